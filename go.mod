@@ -1,0 +1,3 @@
+module flotilla.dev
+
+go 1.26
