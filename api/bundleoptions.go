@@ -1,0 +1,309 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// This file holds the types of a bundle's deployment options and targeting, spelled exactly as
+// Fleet spells them (fleet.cattle.io/v1alpha1), so that a Fleet fleet.yaml, Bundle or GitRepo
+// decodes unchanged. Only the JSON shape is Fleet's; the behaviour lives in internal/bundle.
+
+// BundleDeploymentOptions say how a bundle is deployed to a cluster. A fleet.yaml carries them at
+// its top level, and every target may carry more that are merged over them.
+type BundleDeploymentOptions struct {
+	// DefaultNamespace is the namespace of objects that name none. It does not stop objects from
+	// naming another namespace.
+	DefaultNamespace string `json:"defaultNamespace,omitempty"`
+	// TargetNamespace, if set, puts every namespaced object in that namespace; a cluster-scoped
+	// object then is an error, as in Fleet.
+	TargetNamespace string `json:"namespace,omitempty"`
+
+	Kustomize *KustomizeOptions `json:"kustomize,omitempty"`
+	Helm      *HelmOptions      `json:"helm,omitempty"`
+	YAML      *YAMLOptions      `json:"yaml,omitempty"`
+	Diff      *DiffOptions      `json:"diff,omitempty"`
+
+	// ServiceAccount the agent deploys as, instead of its own identity.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// ForceSyncGeneration forces a redeployment whenever it changes.
+	ForceSyncGeneration int64 `json:"forceSyncGeneration,omitempty"`
+	// KeepResources leaves the deployed objects in place when the bundle is removed.
+	KeepResources bool `json:"keepResources,omitempty"`
+	// DeleteNamespace deletes the namespace created for the bundle when it is removed.
+	DeleteNamespace bool `json:"deleteNamespace,omitempty"`
+	// DeleteCRDResources deletes the bundle's CRDs, and so all their objects, when it is removed.
+	DeleteCRDResources bool `json:"deleteCRDResources,omitempty"`
+
+	// IgnoreOptions lists status conditions that do not make an object unready.
+	IgnoreOptions IgnoreOptions `json:"ignore,omitempty"`
+	CorrectDrift  *CorrectDrift `json:"correctDrift,omitempty"`
+
+	// NamespaceLabels and NamespaceAnnotations are set on the namespace created for the bundle.
+	NamespaceLabels      map[string]string `json:"namespaceLabels,omitempty"`
+	NamespaceAnnotations map[string]string `json:"namespaceAnnotations,omitempty"`
+
+	// DownstreamResources are ConfigMaps and Secrets copied from the bundle's workspace into the
+	// cluster before the bundle is deployed.
+	DownstreamResources []DownstreamResource `json:"downstreamResources,omitempty"`
+}
+
+// KustomizeOptions point at the directory holding the kustomization.yaml to build.
+type KustomizeOptions struct {
+	Dir string `json:"dir,omitempty"`
+}
+
+// HelmOptions describe the chart of a Helm bundle and how it is installed. ReleaseName applies
+// to every kind of bundle.
+type HelmOptions struct {
+	// Chart is a path inside the bundle, a chart name in Repo, an oci:// reference or an
+	// http(s) URL of a chart archive.
+	Chart string `json:"chart,omitempty"`
+	// Repo is the URL of an HTTP(S) chart repository serving an index.yaml.
+	Repo string `json:"repo,omitempty"`
+	// ReleaseName overrides the release name derived from the bundle's name.
+	ReleaseName string `json:"releaseName,omitempty"`
+	// Version is a chart version or a semver constraint.
+	Version        string `json:"version,omitempty"`
+	TimeoutSeconds int    `json:"timeoutSeconds,omitempty"`
+	// Values are passed to the chart. Strings may use ${ } templates that see the cluster.
+	Values map[string]any `json:"values,omitempty"`
+	// TemplateValues are templates whose rendered, YAML-decoded results are set as top-level values.
+	TemplateValues map[string]string `json:"templateValues,omitempty"`
+	// ValuesFiles are files in the bundle whose values are merged over Values.
+	ValuesFiles []string `json:"valuesFiles,omitempty"`
+	// ValuesFrom loads values from ConfigMaps and Secrets in the downstream cluster.
+	ValuesFrom []ValuesFrom `json:"valuesFrom,omitempty"`
+
+	Force                   bool `json:"force,omitempty"`
+	TakeOwnership           bool `json:"takeOwnership,omitempty"`
+	MaxHistory              int  `json:"maxHistory,omitempty"`
+	WaitForJobs             bool `json:"waitForJobs,omitempty"`
+	Atomic                  bool `json:"atomic,omitempty"`
+	DisablePreProcess       bool `json:"disablePreProcess,omitempty"`
+	DisableDNS              bool `json:"disableDNS,omitempty"`
+	SkipSchemaValidation    bool `json:"skipSchemaValidation,omitempty"`
+	DisableDependencyUpdate bool `json:"disableDependencyUpdate,omitempty"`
+}
+
+// ValuesFrom names a ConfigMap or Secret key holding Helm values.
+type ValuesFrom struct {
+	ConfigMapKeyRef *KeySelector `json:"configMapKeyRef,omitempty"`
+	SecretKeyRef    *KeySelector `json:"secretKeyRef,omitempty"`
+}
+
+// KeySelector selects a key of a ConfigMap or Secret; Key defaults to values.yaml.
+type KeySelector struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace,omitempty"`
+	Key       string `json:"key,omitempty"`
+}
+
+// YAMLOptions name the overlays/<name>/ directories applied to a raw-YAML bundle, in order.
+type YAMLOptions struct {
+	Overlays []string `json:"overlays,omitempty"`
+}
+
+// DiffOptions stop runtime-amended fields from counting as drift.
+type DiffOptions struct {
+	ComparePatches []ComparePatch `json:"comparePatches,omitempty"`
+}
+
+// ComparePatch selects objects and the fields of them to leave out of drift detection.
+type ComparePatch struct {
+	APIVersion   string      `json:"apiVersion,omitempty"`
+	Kind         string      `json:"kind,omitempty"`
+	Name         string      `json:"name,omitempty"`
+	Namespace    string      `json:"namespace,omitempty"`
+	Operations   []Operation `json:"operations,omitempty"`
+	JSONPointers []string    `json:"jsonPointers,omitempty"`
+}
+
+// Operation is a JSON patch operation, usually "remove".
+type Operation struct {
+	Op    string `json:"op,omitempty"`
+	Path  string `json:"path,omitempty"`
+	Value string `json:"value,omitempty"`
+}
+
+// CorrectDrift says whether the agent undoes changes made in the cluster.
+type CorrectDrift struct {
+	Enabled         bool `json:"enabled,omitempty"`
+	Force           bool `json:"force,omitempty"`
+	KeepFailHistory bool `json:"keepFailHistory,omitempty"`
+}
+
+// IgnoreOptions list status conditions (each a map of condition fields to match) to ignore.
+type IgnoreOptions struct {
+	Conditions []map[string]string `json:"conditions,omitempty"`
+}
+
+// DownstreamResource names a ConfigMap or Secret to copy to the cluster.
+type DownstreamResource struct {
+	Kind string `json:"kind,omitempty"`
+	Name string `json:"name,omitempty"`
+}
+
+// LabelSelector has the shape of Kubernetes' metav1.LabelSelector. A nil selector selects
+// nothing; an empty one selects everything.
+type LabelSelector struct {
+	MatchLabels      map[string]string          `json:"matchLabels,omitempty"`
+	MatchExpressions []LabelSelectorRequirement `json:"matchExpressions,omitempty"`
+}
+
+// LabelSelectorRequirement is one expression of a LabelSelector: Operator is In, NotIn, Exists
+// or DoesNotExist.
+type LabelSelectorRequirement struct {
+	Key      string   `json:"key"`
+	Operator string   `json:"operator"`
+	Values   []string `json:"values,omitempty"`
+}
+
+// BundleTarget selects clusters and carries the options merged for them. All of a target's
+// criteria must hold; a target without criteria matches no cluster.
+type BundleTarget struct {
+	// Name is for display; targets without one are named target000, target001, ….
+	Name                 string         `json:"name,omitempty"`
+	ClusterName          string         `json:"clusterName,omitempty"`
+	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
+	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
+	// DoNotDeploy keeps the bundle off the clusters this target matches.
+	DoNotDeploy bool `json:"doNotDeploy,omitempty"`
+
+	BundleDeploymentOptions
+}
+
+// BundleTargetRestriction is an allow list entry: when a bundle has restrictions (it came from a
+// GitRepo), only clusters matching one of them may receive it.
+type BundleTargetRestriction struct {
+	Name                 string         `json:"name,omitempty"`
+	ClusterName          string         `json:"clusterName,omitempty"`
+	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
+	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
+}
+
+// GitTarget is a GitRepo target, and an entry of a fleet.yaml's overrideTargets.
+type GitTarget struct {
+	Name                 string         `json:"name,omitempty"`
+	ClusterName          string         `json:"clusterName,omitempty"`
+	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
+	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
+	DoNotDeploy          bool           `json:"doNotDeploy,omitempty"`
+}
+
+// BundleRef names a bundle this one depends on, by name or by labels.
+type BundleRef struct {
+	Name     string         `json:"name,omitempty"`
+	Selector *LabelSelector `json:"selector,omitempty"`
+	// AcceptedStates are the dependency's states that count as ready; default Ready.
+	AcceptedStates []string `json:"acceptedStates,omitempty"`
+}
+
+// RolloutStrategy limits how many clusters, and partitions of them, may be unavailable while a
+// bundle change rolls out.
+type RolloutStrategy struct {
+	// MaxUnavailable clusters, a count or a percentage; default 100%.
+	MaxUnavailable *IntOrString `json:"maxUnavailable,omitempty"`
+	// MaxUnavailablePartitions, a count or a percentage; default 0.
+	MaxUnavailablePartitions *IntOrString `json:"maxUnavailablePartitions,omitempty"`
+	// AutoPartitionSize splits clusters no partition names into partitions; default 25%.
+	AutoPartitionSize *IntOrString `json:"autoPartitionSize,omitempty"`
+	Partitions        []Partition  `json:"partitions,omitempty"`
+}
+
+// Partition is a set of clusters rolled out together.
+type Partition struct {
+	Name string `json:"name,omitempty"`
+	// MaxUnavailable clusters of this partition; default 10%.
+	MaxUnavailable       *IntOrString   `json:"maxUnavailable,omitempty"`
+	ClusterName          string         `json:"clusterName,omitempty"`
+	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
+	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
+}
+
+// FleetYAML is the whole of a fleet.yaml. Every directory holding one is a bundle.
+type FleetYAML struct {
+	// Name overrides the bundle name derived from the GitRepo and the path.
+	Name string `json:"name,omitempty"`
+	// Labels are set on the bundle, for dependsOn selectors.
+	Labels map[string]string `json:"labels,omitempty"`
+
+	BundleDeploymentOptions
+
+	Paused          bool             `json:"paused,omitempty"`
+	RolloutStrategy *RolloutStrategy `json:"rolloutStrategy,omitempty"`
+	DependsOn       []BundleRef      `json:"dependsOn,omitempty"`
+
+	// Targets are accepted as Fleet accepts them (its fleet.yaml inlines a BundleSpec); they act
+	// as target customizations placed before TargetCustomizations.
+	Targets []BundleTarget `json:"targets,omitempty"`
+	// TargetCustomizations are tried in order; the first that matches a cluster customizes the
+	// bundle for it. They never make a cluster receive a bundle its GitRepo does not target.
+	TargetCustomizations []BundleTarget `json:"targetCustomizations,omitempty"`
+	// OverrideTargets replace the GitRepo's targets for this bundle.
+	OverrideTargets []GitTarget `json:"overrideTargets,omitempty"`
+	// ImageScans are accepted so that Fleet repositories decode; Flotilla does not scan images.
+	ImageScans []json.RawMessage `json:"imageScans,omitempty"`
+}
+
+// IntOrString is a count ("3") or a percentage ("25%"). It decodes from a JSON number or string
+// and encodes a count as a number, as Kubernetes' intstr does.
+type IntOrString string
+
+// FromInt returns the IntOrString for a count.
+func FromInt(n int) IntOrString { return IntOrString(strconv.Itoa(n)) }
+
+// MarshalJSON writes a count as a number and anything else as a string.
+func (v IntOrString) MarshalJSON() ([]byte, error) {
+	if n, err := strconv.Atoi(string(v)); err == nil {
+		return []byte(strconv.Itoa(n)), nil
+	}
+	return json.Marshal(string(v))
+}
+
+// UnmarshalJSON accepts an integer or a string.
+func (v *IntOrString) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		*v = IntOrString(s)
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("int or string: %w", err)
+	}
+	*v = IntOrString(strconv.FormatInt(n, 10))
+	return nil
+}
+
+// Scaled resolves v against total: a count is returned as is, a percentage is that share of
+// total, rounded up or down.
+func (v IntOrString) Scaled(total int, roundUp bool) (int, error) {
+	s := string(v)
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return 0, fmt.Errorf("invalid percentage %q", s)
+		}
+		f := float64(n) * float64(total) / 100
+		if roundUp {
+			return int(math.Ceil(f)), nil
+		}
+		return int(math.Floor(f)), nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid count or percentage %q", s)
+	}
+	return n, nil
+}
