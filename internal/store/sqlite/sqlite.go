@@ -1,0 +1,131 @@
+// Package sqlite is the embedded store driver: one SQLite file in the server's data
+// directory, in WAL mode, written by one batching writer. It is the default, so a server
+// needs nothing but its own binary and a directory.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	sqlite3 "modernc.org/sqlite"
+
+	"flotilla.dev/internal/store/sqlstore"
+)
+
+// FileName is the database file inside the data directory.
+const FileName = "flotilla.db"
+
+var schema = []string{`
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0);
+CREATE TABLE objects (
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
+	kind TEXT NOT NULL,
+	namespace TEXT NOT NULL,
+	name TEXT NOT NULL,
+	rev INTEGER NOT NULL,
+	data BLOB NOT NULL,
+	UNIQUE (kind, namespace, name)
+);
+CREATE INDEX objects_kind_ns ON objects (kind, namespace, id);
+CREATE TABLE labels (
+	kind TEXT NOT NULL,
+	key TEXT NOT NULL,
+	value TEXT NOT NULL,
+	obj INTEGER NOT NULL,
+	PRIMARY KEY (kind, key, value, obj)
+) WITHOUT ROWID;
+CREATE INDEX labels_obj ON labels (obj, key, value);
+CREATE TABLE events (
+	rev INTEGER PRIMARY KEY,
+	kind TEXT NOT NULL,
+	namespace TEXT NOT NULL,
+	name TEXT NOT NULL,
+	obj INTEGER NOT NULL,
+	type INTEGER NOT NULL,
+	data BLOB NOT NULL,
+	prev BLOB
+);
+CREATE TABLE kind_counts (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
+`}
+
+// Dialect is SQLite's SQL dialect.
+var Dialect = sqlstore.Dialect{
+	Name:       "sqlite",
+	Migrations: schema,
+	Retryable: func(err error) bool {
+		var se *sqlite3.Error
+		// SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock.
+		return errors.As(err, &se) && (se.Code()&0xff == 5 || se.Code()&0xff == 6)
+	},
+	IsUniqueViolation: func(err error) bool {
+		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+	},
+}
+
+// Store is the SQLite store; Close also releases the data directory.
+type Store struct {
+	*sqlstore.Store
+	db, writeDB *sql.DB
+	lock        *os.File
+}
+
+// Open opens (creating if needed) the store in dir. Only one process may hold a data
+// directory at a time: SQLite's locking cannot order revisions across processes the way
+// the writer does within one.
+func Open(ctx context.Context, dir string, cfg sqlstore.Config) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data directory: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "flotilla.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock file: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("data directory %s is in use by another flotilla process: %w", dir, err)
+	}
+	path := filepath.Join(dir, FileName)
+	pragmas := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "cache_size(-65536)", "temp_store(MEMORY)", "mmap_size(268435456)"} {
+		pragmas.Add("_pragma", p)
+	}
+	dsn := "file:" + path + "?" + pragmas.Encode()
+	writeDB, err := sql.Open("sqlite", dsn+"&_txlock=immediate")
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	writeDB.SetMaxOpenConns(1)
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		writeDB.Close()
+		lock.Close()
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	s, err := sqlstore.Open(ctx, db, writeDB, Dialect, cfg)
+	if err != nil {
+		db.Close()
+		writeDB.Close()
+		lock.Close()
+		return nil, fmt.Errorf("opening sqlite store in %s: %w", dir, err)
+	}
+	return &Store{Store: s, db: db, writeDB: writeDB, lock: lock}, nil
+}
+
+// Close stops the store and closes the database.
+func (s *Store) Close() error {
+	err := s.Store.Close()
+	err = errors.Join(err, s.db.Close(), s.writeDB.Close())
+	s.lock.Close()
+	return err
+}

@@ -1,0 +1,45 @@
+package sqlite_test
+
+import (
+	"context"
+	"testing"
+
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/store/sqlite"
+	"flotilla.dev/internal/store/sqlstore"
+	"flotilla.dev/internal/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	dirs := map[store.Store]string{}
+	open := func(t testing.TB, dir string) store.Store {
+		s, err := sqlite.Open(context.Background(), dir, sqlstore.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		dirs[s] = dir
+		return s
+	}
+	storetest.Run(t, storetest.Harness{
+		Open: func(t testing.TB) store.Store { return open(t, t.TempDir()) },
+		Reopen: func(t testing.TB, s store.Store) store.Store {
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return open(t, dirs[s])
+		},
+	})
+}
+
+func TestDataDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	s, err := sqlite.Open(context.Background(), dir, sqlstore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := sqlite.Open(context.Background(), dir, sqlstore.Config{}); err == nil {
+		t.Fatal("a second store opened the same data directory")
+	}
+}

@@ -1,0 +1,281 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+
+	"flotilla.dev/internal/store"
+)
+
+// continueToken lets the next page be read as of the first page's revision.
+type continueToken struct {
+	Rev   int64 `json:"r"`
+	After int64 `json:"a"`
+}
+
+func encodeContinue(t continueToken) string {
+	b, _ := json.Marshal(t)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeContinue(s string) (continueToken, error) {
+	var t continueToken
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		err = json.Unmarshal(b, &t)
+	}
+	if err != nil || t.Rev <= 0 {
+		return t, fmt.Errorf("invalid continue token")
+	}
+	return t, nil
+}
+
+type row struct {
+	id   int64
+	data []byte
+}
+
+// List returns one page of objects, ordered by their storage id, as of one revision.
+//
+// A page after the first is read at the first page's revision R without keeping old rows:
+// objects unchanged since R come from the objects table, and the state at R of the objects
+// changed since comes from the "before" image of their first event after R. That costs a scan
+// of the events written since the first page, which is small while a client pages through.
+func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.ListResult, err error) {
+	defer s.observe("list", time.Now(), err)
+	var tok continueToken
+	if opts.Continue != "" {
+		if tok, err = decodeContinue(opts.Continue); err != nil {
+			return nil, err
+		}
+	}
+	tx, err := s.db.BeginTx(ctx, s.d.ReadTx)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)
+	}
+	defer tx.Rollback()
+
+	var before []row
+	if opts.Continue != "" {
+		compacted, err := s.compacted(ctx, tx)
+		if err != nil {
+			return nil, err
+		}
+		if compacted > tok.Rev {
+			return nil, fmt.Errorf("continue token from revision %d: %w (the list must be restarted)", tok.Rev, store.ErrCompacted)
+		}
+		if before, err = s.beforeImages(ctx, tx, opts, tok); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'revision'`).Scan(&tok.Rev); err != nil {
+			return nil, fmt.Errorf("listing %s: reading revision: %w", opts.Kind, err)
+		}
+	}
+
+	q, args, post := s.listQuery(opts, tok.Rev)
+	limit := opts.Limit
+	var current []row
+	after := tok.After
+	for {
+		// One more than a page tells whether another page follows.
+		want := 0
+		if limit > 0 {
+			want = limit + 1 - len(current)
+		}
+		page, err := s.queryRows(ctx, tx, q, args, after, want)
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)
+		}
+		for _, r := range page {
+			after = r.id
+			if post == nil || post.Matches(labels.Set(labelsOf(r.data))) {
+				current = append(current, r)
+			}
+		}
+		if want == 0 || len(page) < want || len(current) > limit {
+			break
+		}
+	}
+
+	all := current
+	if len(before) > 0 {
+		all = append(all, before...)
+		sort.Slice(all, func(i, j int) bool { return all[i].id < all[j].id })
+	}
+	res = &store.ListResult{Revision: tok.Rev}
+	if limit > 0 && len(all) > limit {
+		all = all[:limit]
+		res.Continue = encodeContinue(continueToken{Rev: tok.Rev, After: all[len(all)-1].id})
+	}
+	res.Items = make([]json.RawMessage, len(all))
+	for i, r := range all {
+		res.Items[i] = r.data
+	}
+	return res, nil
+}
+
+func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any, after int64, limit int) ([]row, error) {
+	a := append([]any{after}, args...)
+	if limit > 0 {
+		q += " LIMIT ?"
+		a = append(a, limit)
+	}
+	rows, err := tx.QueryContext(ctx, s.q(q), a...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []row
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.id, &r.data); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// listQuery builds the page query. Label requirements become SQL over the labels index: the
+// first positive one drives the query (an index range over kind, key, value), the others are
+// correlated EXISTS probes. Requirements SQL cannot express (gt, lt) are returned to be
+// checked in Go. The query's first argument, prepended by the caller, is the id to start after.
+func (s *Store) listQuery(opts store.ListOptions, rev int64) (string, []any, labels.Selector) {
+	var reqs []labels.Requirement
+	if opts.Selector != nil {
+		reqs, _ = opts.Selector.Requirements()
+	}
+	var post []labels.Requirement
+	driver := -1
+	for i, r := range reqs {
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In, selection.Exists:
+			if driver < 0 {
+				driver = i
+			}
+		case selection.GreaterThan, selection.LessThan:
+			post = append(post, r)
+		}
+	}
+	var b strings.Builder
+	var args []any
+	if driver >= 0 {
+		r := reqs[driver]
+		b.WriteString(`SELECT o.id, o.data FROM labels d JOIN objects o ON o.id = d.obj WHERE d.obj > ? AND d.kind = ? AND d.key = ?`)
+		args = append(args, opts.Kind, r.Key())
+		if r.Operator() != selection.Exists {
+			vals := r.ValuesUnsorted()
+			b.WriteString(` AND d.value IN (` + placeholders(len(vals)) + `)`)
+			for _, v := range vals {
+				args = append(args, v)
+			}
+		}
+	} else {
+		b.WriteString(`SELECT o.id, o.data FROM objects o WHERE o.id > ? AND o.kind = ?`)
+		args = append(args, opts.Kind)
+	}
+	b.WriteString(` AND o.rev <= ?`)
+	args = append(args, rev)
+	if opts.Namespace != "" {
+		b.WriteString(` AND o.namespace = ?`)
+		args = append(args, opts.Namespace)
+	}
+	for i, r := range reqs {
+		if i == driver {
+			continue
+		}
+		var neg bool
+		var vals []string
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In:
+			vals = r.ValuesUnsorted()
+		case selection.NotEquals, selection.NotIn:
+			neg, vals = true, r.ValuesUnsorted()
+		case selection.Exists:
+		case selection.DoesNotExist:
+			neg = true
+		default:
+			continue
+		}
+		if neg {
+			b.WriteString(` AND NOT EXISTS (`)
+		} else {
+			b.WriteString(` AND EXISTS (`)
+		}
+		b.WriteString(`SELECT 1 FROM labels x WHERE x.obj = o.id AND x.key = ?`)
+		args = append(args, r.Key())
+		if len(vals) > 0 {
+			b.WriteString(` AND x.value IN (` + placeholders(len(vals)) + `)`)
+			for _, v := range vals {
+				args = append(args, v)
+			}
+		}
+		b.WriteString(`)`)
+	}
+	if driver >= 0 {
+		b.WriteString(` ORDER BY d.obj`)
+	} else {
+		b.WriteString(` ORDER BY o.id`)
+	}
+	var postSel labels.Selector
+	if len(post) > 0 {
+		postSel = labels.NewSelector().Add(post...)
+	}
+	return b.String(), args, postSel
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+// beforeImages returns the state at tok.Rev of objects changed since, that match opts and
+// lie after the token's position.
+func (s *Store) beforeImages(ctx context.Context, tx *sql.Tx, opts store.ListOptions, tok continueToken) ([]row, error) {
+	q := `SELECT namespace, name, obj, type, prev FROM events WHERE rev > ? AND kind = ?`
+	args := []any{tok.Rev, opts.Kind}
+	if opts.Namespace != "" {
+		q += ` AND namespace = ?`
+		args = append(args, opts.Namespace)
+	}
+	q += ` ORDER BY rev`
+	rows, err := tx.QueryContext(ctx, s.q(q), args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: reading history: %w", opts.Kind, err)
+	}
+	defer rows.Close()
+	seen := map[[2]string]bool{}
+	var out []row
+	for rows.Next() {
+		var ns, name string
+		var id int64
+		var typ int
+		var prev []byte
+		if err := rows.Scan(&ns, &name, &id, &typ, &prev); err != nil {
+			return nil, fmt.Errorf("listing %s: reading history: %w", opts.Kind, err)
+		}
+		k := [2]string{ns, name}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		// Created after the token's revision: it was not there.
+		if typ == evAdded || prev == nil || id <= tok.After {
+			continue
+		}
+		if opts.Selector != nil && !opts.Selector.Empty() && !opts.Selector.Matches(labels.Set(labelsOf(prev))) {
+			continue
+		}
+		out = append(out, row{id: id, data: prev})
+	}
+	return out, rows.Err()
+}

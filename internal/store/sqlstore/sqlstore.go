@@ -1,0 +1,253 @@
+// Package sqlstore is the SQL engine behind both store drivers. One writer goroutine batches
+// writes into transactions; a revision counter row orders every write (for PostgreSQL its row
+// lock also orders commits across server replicas, so readers always see a prefix of history);
+// an events table keeps recent history for watch and for consistent pagination; a poller turns
+// new events into watch notifications.
+//
+// Drivers (store/sqlite, store/postgres) supply a Dialect: schema migrations, placeholder style
+// and how to recognise errors worth retrying.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
+)
+
+// Dialect is what differs between SQL databases.
+type Dialect struct {
+	Name string
+	// Migrations are applied in order, once each, inside a transaction.
+	Migrations []string
+	// Numbered placeholders ($1, $2…) instead of ?.
+	Numbered bool
+	// ReadTx starts the transaction a consistent multi-query read runs in.
+	ReadTx *sql.TxOptions
+	// Retryable reports errors that a reconnect can cure (a restarted database).
+	Retryable func(error) bool
+	// IsUniqueViolation reports a unique-constraint error.
+	IsUniqueViolation func(error) bool
+}
+
+// Config tunes the engine.
+type Config struct {
+	// MaxBatch bounds how many writes share one transaction.
+	MaxBatch int
+	// PollInterval is how often the event poller looks for writes by other processes.
+	PollInterval time.Duration
+	// WatchBuffer is how many events a watcher may lag before it is dropped.
+	WatchBuffer int
+	Logger      *slog.Logger
+	// Observe, if set, is told how long each store operation took.
+	Observe func(op string, d time.Duration, err error)
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{MaxBatch: 1000, PollInterval: time.Second, WatchBuffer: 4096, Logger: slog.Default()}
+}
+
+// Store implements store.Store over database/sql.
+type Store struct {
+	db      *sql.DB // readers
+	writeDB *sql.DB // the writer's connection(s); may be db
+	d       Dialect
+	cfg     Config
+	log     *slog.Logger
+
+	ops    chan *op
+	quit   chan struct{}
+	wg     sync.WaitGroup
+	closed sync.Once
+
+	hub *hub
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open runs migrations and starts the writer and the event poller. writeDB may equal db; for
+// SQLite it is a separate single-connection pool so the writer never waits for a reader's
+// connection.
+func Open(ctx context.Context, db, writeDB *sql.DB, d Dialect, cfg Config) (*Store, error) {
+	def := DefaultConfig()
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = def.MaxBatch
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = def.PollInterval
+	}
+	if cfg.WatchBuffer <= 0 {
+		cfg.WatchBuffer = def.WatchBuffer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	s := &Store{db: db, writeDB: writeDB, d: d, cfg: cfg, log: cfg.Logger,
+		ops: make(chan *op, 4*cfg.MaxBatch), quit: make(chan struct{})}
+	if err := s.migrate(ctx); err != nil {
+		return nil, err
+	}
+	rev, err := s.Revision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.hub = newHub(s, rev)
+	s.wg.Add(2)
+	go s.writer()
+	go s.hub.poll()
+	return s, nil
+}
+
+func (s *Store) q(query string) string {
+	if !s.d.Numbered {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.writeDB.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+		return fmt.Errorf("creating migrations table: %w", err)
+	}
+	for i, m := range s.d.Migrations {
+		v := i + 1
+		tx, err := s.writeDB.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", v, err)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v, err)
+		}
+		if n > 0 {
+			tx.Rollback()
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, m); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version) VALUES (?)`), v); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v, err)
+		}
+		if err := tx.Commit(); err != nil {
+			// Another replica may have applied it at the same moment.
+			if s.d.IsUniqueViolation(err) {
+				continue
+			}
+			return fmt.Errorf("migration %d: %w", v, err)
+		}
+		s.log.Info("applied schema migration", "driver", s.d.Name, "version", v)
+	}
+	return nil
+}
+
+// Close stops the writer (after it finishes queued writes) and the poller.
+func (s *Store) Close() error {
+	s.closed.Do(func() { close(s.quit) })
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Store) observe(op string, start time.Time, err error) {
+	if s.cfg.Observe != nil {
+		s.cfg.Observe(op, time.Since(start), err)
+	}
+}
+
+// Revision returns the newest committed revision.
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	var rev int64
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'revision'`).Scan(&rev)
+	if err != nil {
+		return 0, fmt.Errorf("reading revision: %w", err)
+	}
+	return rev, nil
+}
+
+func (s *Store) compacted(ctx context.Context, q querier) (int64, error) {
+	var rev int64
+	if err := q.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'compacted'`).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("reading compacted revision: %w", err)
+	}
+	return rev, nil
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// Get returns one object.
+func (s *Store) Get(ctx context.Context, key store.Key) (obj *api.Object, err error) {
+	defer s.observe("get", time.Now(), err)
+	var data []byte
+	err = s.db.QueryRowContext(ctx, s.q(`SELECT data FROM objects WHERE kind = ? AND namespace = ? AND name = ?`),
+		key.Kind, key.Namespace, key.Name).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.NotFound(key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting %s: %w", key, err)
+	}
+	return store.Decode(data)
+}
+
+// Count returns the number of objects per kind.
+func (s *Store) Count(ctx context.Context) (map[string]int64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT kind, n FROM kind_counts`)
+	if err != nil {
+		return nil, fmt.Errorf("counting objects: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var k string
+		var n int64
+		if err := rows.Scan(&k, &n); err != nil {
+			return nil, fmt.Errorf("counting objects: %w", err)
+		}
+		out[k] = n
+	}
+	return out, rows.Err()
+}
+
+// Compact forgets history at and before rev.
+func (s *Store) Compact(ctx context.Context, rev int64) (err error) {
+	defer s.observe("compact", time.Now(), err)
+	_, err = s.submit(ctx, &op{kind: opCompact, rev: rev})
+	return err
+}
+
+func labelsOf(data []byte) map[string]string {
+	var o struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	_ = json.Unmarshal(data, &o)
+	return o.Metadata.Labels
+}
