@@ -1,0 +1,169 @@
+package apply
+
+import (
+	"fmt"
+	"strings"
+
+	"helm.sh/helm/v3/pkg/chart"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// Deployment is one bundle's desired state on this cluster.
+type Deployment struct {
+	// ID is the stable bundle identity, e.g. "fleet-default/my-bundle". It
+	// names the inventory and the Helm release's owner and is stamped on
+	// every applied object.
+	ID string
+	// Hash is the digest of the desired state (content and options); it is
+	// reported back as the applied hash. When empty, a digest of Objects is
+	// used instead.
+	Hash string
+	// Objects are applied for raw and Kustomize bundles.
+	Objects []*unstructured.Unstructured
+	// Helm is non-nil for Helm-chart bundles, which are installed as a real
+	// Helm release instead of Objects.
+	Helm *HelmRelease
+	// DefaultNamespace is given to namespaced objects without a namespace,
+	// and created when missing.
+	DefaultNamespace string
+	// CorrectDrift makes Apply re-apply objects that were changed or deleted
+	// by someone else; ForceDrift lets it delete and recreate an object whose
+	// change cannot be undone in place (immutable fields), and forces Helm
+	// upgrades.
+	CorrectDrift bool
+	ForceDrift   bool
+	// KeepResources leaves the objects (and Helm release) in place when the
+	// deployment is removed.
+	KeepResources bool
+	// ComparePatches name fields that drift detection ignores.
+	ComparePatches []ComparePatch
+}
+
+// HelmRelease describes a Helm release to install or upgrade.
+type HelmRelease struct {
+	ReleaseName string
+	// Namespace is the release namespace; DefaultNamespace, then "default",
+	// when empty.
+	Namespace string
+	Chart     *chart.Chart
+	Values    map[string]any
+	// Force, TakeOwnership, Atomic and MaxHistory are Helm's options of the
+	// same names. MaxHistory defaults to 10 (as the helm CLI does), so that
+	// release Secrets do not pile up on small clusters.
+	Force, TakeOwnership, Atomic bool
+	MaxHistory                   int
+	// TimeoutSeconds bounds hooks and, with Atomic, the wait for readiness;
+	// 300 when zero.
+	TimeoutSeconds int
+}
+
+// ComparePatch names fields of one object (or of every object of a kind when
+// Name is empty) that drift detection ignores. It mirrors Fleet's
+// diff.comparePatches: the path of every operation and every JSON pointer is
+// removed from both the desired and the live object before they are
+// compared, whatever the operation (Fleet's users write "remove").
+type ComparePatch struct {
+	APIVersion   string
+	Kind         string
+	Name         string
+	Namespace    string
+	Operations   []PatchOperation
+	JSONPointers []string
+}
+
+// PatchOperation is one JSON patch operation of a ComparePatch.
+type PatchOperation struct {
+	Op    string
+	Path  string
+	Value string
+}
+
+// State is the summary state of a deployment on this cluster, in Fleet's
+// vocabulary.
+type State string
+
+// States, from best to worst as the agent reports them.
+const (
+	// Ready: everything is applied, unmodified and ready.
+	Ready State = "Ready"
+	// NotReady: applied and unmodified, but some object is not ready yet.
+	NotReady State = "NotReady"
+	// Modified: some object differs from what was applied, or is missing.
+	Modified State = "Modified"
+	// WaitApplied: nothing of this deployment has been applied yet.
+	WaitApplied State = "WaitApplied"
+	// ErrApplied: applying failed; Message says why.
+	ErrApplied State = "ErrApplied"
+	// OutOfSync: an older version of the deployment is applied.
+	OutOfSync State = "OutOfSync"
+)
+
+// Result is the outcome of Apply or Status.
+type Result struct {
+	State State
+	// Message names the objects at fault, a few at most; empty when Ready.
+	Message string
+	// AppliedHash is the Hash of the deployment that is applied now.
+	AppliedHash string
+	NonReady    []ObjectStatus
+	Modified    []ObjectStatus
+}
+
+// ObjectStatus describes one object that is not ready or modified.
+type ObjectStatus struct {
+	APIVersion string
+	Kind       string
+	Namespace  string
+	Name       string
+	// Missing is set when the object does not exist.
+	Missing bool
+	// Fields are JSON pointers of the fields that differ, a few at most.
+	Fields []string
+	// Message is the readiness message (from kstatus) or the drift summary.
+	Message string
+}
+
+// String renders the object as in a status message, e.g.
+// "Deployment default/web: not ready: Available: 0/3".
+func (o ObjectStatus) String() string {
+	return o.ref() + ": " + o.Message
+}
+
+func (o ObjectStatus) ref() string {
+	if o.Namespace == "" {
+		return o.Kind + " " + o.Name
+	}
+	return o.Kind + " " + o.Namespace + "/" + o.Name
+}
+
+// maxMessageObjects is how many objects a Result message names before it
+// says "and N more": status messages travel to the server for every cluster
+// and must stay short.
+const maxMessageObjects = 3
+
+// summarize fills State and Message from Modified and NonReady.
+func (r *Result) summarize() {
+	switch {
+	case len(r.Modified) > 0:
+		r.State = Modified
+	case len(r.NonReady) > 0:
+		r.State = NotReady
+	default:
+		r.State = Ready
+		r.Message = ""
+		return
+	}
+	all := append(append([]ObjectStatus(nil), r.Modified...), r.NonReady...)
+	var b strings.Builder
+	for i, o := range all {
+		if i == maxMessageObjects {
+			fmt.Fprintf(&b, "; and %d more", len(all)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(o.String())
+	}
+	r.Message = b.String()
+}
