@@ -70,9 +70,6 @@ func (a *Applier) applyHelm(ctx context.Context, log *slog.Logger, d Deployment,
 	if err := a.writeInventory(ctx, &pending); err != nil {
 		return failed(old.hash(), err)
 	}
-	if ns != d.DefaultNamespace {
-		d.DefaultNamespace = ns
-	}
 	if err := a.ensureNamespace(ctx, ns); err != nil {
 		return failed(old.hash(), err)
 	}
@@ -353,7 +350,9 @@ type restGetter struct {
 	namespace string
 }
 
-func (g *restGetter) ToRESTConfig() (*rest.Config, error) { return rest.CopyConfig(g.a.restConfig), nil }
+func (g *restGetter) ToRESTConfig() (*rest.Config, error) {
+	return rest.CopyConfig(g.a.restConfig), nil
+}
 func (g *restGetter) ToDiscoveryClient() (discovery.CachedDiscoveryInterface, error) {
 	return g.a.discovery, nil
 }
