@@ -1,0 +1,105 @@
+package bundle
+
+import (
+	"fmt"
+	"path"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/api/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+
+	"flotilla.dev/api"
+)
+
+// kustomizationNames are the file names Kustomize reads, in its order of preference.
+var kustomizationNames = []string{"kustomization.yaml", "kustomization.yml", "Kustomization"}
+
+// generatedManifests is the file a chart's output is written to before Kustomize runs over it,
+// Fleet's name for it.
+const generatedManifests = "fleet-manifests.yaml"
+
+// kustomizeDir returns the directory whose kustomization the bundle builds: kustomize.dir, or the
+// root when it holds one; "" when there is none. A kustomize.dir without a kustomization is an
+// error rather than, as in Fleet, a silent fall back to raw YAML.
+func kustomizeDir(files Files, opts api.BundleDeploymentOptions) (string, error) {
+	dir := "."
+	if opts.Kustomize != nil && opts.Kustomize.Dir != "" {
+		dir = cleanRel(opts.Kustomize.Dir)
+		if dir == "" {
+			dir = "."
+		}
+	}
+	if kustomizationFile(files, dir) != "" {
+		return dir, nil
+	}
+	if dir != "." {
+		return "", fmt.Errorf("kustomize.dir %s: no kustomization.yaml in the bundle there", opts.Kustomize.Dir)
+	}
+	return "", nil
+}
+
+func kustomizationFile(files Files, dir string) string {
+	for _, n := range kustomizationNames {
+		p := path.Join(dir, n)
+		if _, ok := files[p]; ok {
+			return p
+		}
+	}
+	return ""
+}
+
+// kustomize builds the kustomization in dir over an in-memory copy of files. When generated
+// objects (a chart's output) are given, they are written to fleet-manifests.yaml in dir and
+// added to the kustomization's resources first, so the kustomization can patch them.
+func kustomize(files Files, dir string, generated []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
+	fs := filesys.MakeFsInMemory()
+	for name, data := range files {
+		if err := fs.WriteFile("/"+name, data); err != nil {
+			return nil, fmt.Errorf("kustomize: %s: %w", name, err)
+		}
+	}
+	kfile := kustomizationFile(files, dir)
+	if len(generated) > 0 {
+		data, err := encodeObjects(generated)
+		if err != nil {
+			return nil, err
+		}
+		if err := fs.WriteFile(path.Join("/", dir, generatedManifests), data); err != nil {
+			return nil, fmt.Errorf("kustomize: %w", err)
+		}
+		var k map[string]any
+		if err := yaml.Unmarshal(files[kfile], &k); err != nil {
+			return nil, fmt.Errorf("kustomize: %s: %w", kfile, err)
+		}
+		if k == nil {
+			k = map[string]any{}
+		}
+		res, _ := k["resources"].([]any)
+		if !slices.Contains(res, any(generatedManifests)) {
+			k["resources"] = append([]any{generatedManifests}, res...)
+		}
+		out, err := yaml.Marshal(k)
+		if err != nil {
+			return nil, fmt.Errorf("kustomize: %w", err)
+		}
+		if err := fs.WriteFile("/"+kfile, out); err != nil {
+			return nil, fmt.Errorf("kustomize: %w", err)
+		}
+	}
+	k := krusty.MakeKustomizer(&krusty.Options{
+		LoadRestrictions: types.LoadRestrictionsRootOnly,
+		PluginConfig:     types.DisabledPluginConfig(),
+	})
+	resMap, err := k.Run(fs, path.Join("/", dir))
+	if err != nil {
+		return nil, fmt.Errorf("kustomize %s: %w", kfile, err)
+	}
+	out, err := resMap.AsYaml()
+	if err != nil {
+		return nil, fmt.Errorf("kustomize %s: %w", kfile, err)
+	}
+	return parseObjects("kustomize "+kfile, out, false)
+}
