@@ -45,7 +45,11 @@ func RenderDir(ctx context.Context, dir string, c Cluster, out io.Writer) error 
 		if err != nil {
 			return fmt.Errorf("bundle %s (%s): %w", src.Name, src.Path, err)
 		}
-		if _, err := fmt.Fprintf(out, "# Bundle %s (path %s, target %s)\n", src.Name, src.Path, t.Name); err != nil {
+		name := t.Name
+		if name == "" {
+			name = "(unnamed)"
+		}
+		if _, err := fmt.Fprintf(out, "# Bundle %s (path %s, target %s)\n", src.Name, src.Path, name); err != nil {
 			return err
 		}
 		objs := r.Objects
