@@ -155,7 +155,7 @@ func Digest(data []byte) string {
 func Unpack(data []byte, l Limits) (Files, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("unpacking bundle: %w", err)
+		return nil, fmt.Errorf("unpacking bundle: not a gzipped tar: %w", err)
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
