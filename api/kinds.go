@@ -90,27 +90,27 @@ type RegistrationTokenStatus struct {
 
 // GitRepoSpec is a git repository to deliver from, in Fleet's shape.
 type GitRepoSpec struct {
-	Repo                   string         `json:"repo"`
-	Branch                 string         `json:"branch,omitempty"`
-	Revision               string         `json:"revision,omitempty"`
-	Paths                  []string       `json:"paths,omitempty"`
-	ClientSecretName       string         `json:"clientSecretName,omitempty"`
-	HelmSecretName         string         `json:"helmSecretName,omitempty"`
-	HelmSecretNameForPaths string         `json:"helmSecretNameForPaths,omitempty"`
-	HelmRepoURLRegex       string         `json:"helmRepoURLRegex,omitempty"`
-	CABundle               string         `json:"caBundle,omitempty"`
-	InsecureSkipTLSVerify  bool           `json:"insecureSkipTLSverify,omitempty"`
-	PollingInterval        string         `json:"pollingInterval,omitempty"`
-	DisablePolling         bool           `json:"disablePolling,omitempty"`
-	WebhookSecret          string         `json:"webhookSecret,omitempty"`
-	Paused                 bool           `json:"paused,omitempty"`
-	ForceSyncGeneration    int64          `json:"forceSyncGeneration,omitempty"`
-	ServiceAccount         string         `json:"serviceAccount,omitempty"`
-	TargetNamespace        string         `json:"targetNamespace,omitempty"`
-	KeepResources          bool           `json:"keepResources,omitempty"`
-	DeleteNamespace        bool           `json:"deleteNamespace,omitempty"`
-	CorrectDrift           *CorrectDrift  `json:"correctDrift,omitempty"`
-	Targets                []BundleTarget `json:"targets,omitempty"`
+	Repo                   string        `json:"repo"`
+	Branch                 string        `json:"branch,omitempty"`
+	Revision               string        `json:"revision,omitempty"`
+	Paths                  []string      `json:"paths,omitempty"`
+	ClientSecretName       string        `json:"clientSecretName,omitempty"`
+	HelmSecretName         string        `json:"helmSecretName,omitempty"`
+	HelmSecretNameForPaths string        `json:"helmSecretNameForPaths,omitempty"`
+	HelmRepoURLRegex       string        `json:"helmRepoURLRegex,omitempty"`
+	CABundle               string        `json:"caBundle,omitempty"`
+	InsecureSkipTLSVerify  bool          `json:"insecureSkipTLSverify,omitempty"`
+	PollingInterval        string        `json:"pollingInterval,omitempty"`
+	DisablePolling         bool          `json:"disablePolling,omitempty"`
+	WebhookSecret          string        `json:"webhookSecret,omitempty"`
+	Paused                 bool          `json:"paused,omitempty"`
+	ForceSyncGeneration    int64         `json:"forceSyncGeneration,omitempty"`
+	ServiceAccount         string        `json:"serviceAccount,omitempty"`
+	TargetNamespace        string        `json:"targetNamespace,omitempty"`
+	KeepResources          bool          `json:"keepResources,omitempty"`
+	DeleteNamespace        bool          `json:"deleteNamespace,omitempty"`
+	CorrectDrift           *CorrectDrift `json:"correctDrift,omitempty"`
+	Targets                []GitTarget   `json:"targets,omitempty"`
 	// Fleet fields accepted so that existing manifests apply unchanged.
 	ImageScanInterval string          `json:"imageScanInterval,omitempty"`
 	ImageScanCommit   json.RawMessage `json:"imageScanCommit,omitempty"`

@@ -113,6 +113,8 @@ var (
 	// ErrBehind: a watcher did not keep up and was dropped; resume from its last revision.
 	ErrBehind = errors.New("watcher fell behind")
 	ErrClosed = errors.New("store closed")
+	// ErrInvalidContinue: a continue token that this store did not issue.
+	ErrInvalidContinue = errors.New("invalid continue token")
 )
 
 // NotFound returns an ErrNotFound naming key.

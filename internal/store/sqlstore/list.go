@@ -34,7 +34,7 @@ func decodeContinue(s string) (continueToken, error) {
 		err = json.Unmarshal(b, &t)
 	}
 	if err != nil || t.Rev <= 0 {
-		return t, fmt.Errorf("invalid continue token")
+		return t, store.ErrInvalidContinue
 	}
 	return t, nil
 }

@@ -1,0 +1,478 @@
+// Package apiserver serves Flotilla's resources over HTTP in the Kubernetes style: create,
+// read, update (with resourceVersion preconditions), delete, list with label selectors and
+// continue tokens, watch streams, and the status subresource. It authenticates every call,
+// validates through package resource, and keeps everything it stores in the store.
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/yaml"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/resource"
+	"flotilla.dev/internal/store"
+)
+
+// Hooks let other parts of the server take part in writes of particular kinds, e.g. moving
+// a Bundle's inline resources into the content store, or minting a RegistrationToken.
+type Hooks interface {
+	// BeforeCreate may change obj, or refuse it with an error (an *api.Status keeps its code).
+	BeforeCreate(ctx context.Context, obj *api.Object, dryRun bool) error
+	// AfterCreate may change the response (e.g. to show a secret once).
+	AfterCreate(ctx context.Context, obj *api.Object) error
+	BeforeUpdate(ctx context.Context, old, obj *api.Object, dryRun bool) error
+}
+
+// Server handles /apis/….
+type Server struct {
+	store store.Store
+	auth  *auth.Authenticator
+	log   *slog.Logger
+	hooks map[string]Hooks
+	// BookmarkInterval is how often an idle watch stream gets a bookmark carrying the
+	// current revision, so a client can resume close to where it was.
+	BookmarkInterval time.Duration
+}
+
+// New returns a Server over st.
+func New(st store.Store, a *auth.Authenticator, log *slog.Logger) *Server {
+	return &Server{store: st, auth: a, log: log, hooks: map[string]Hooks{}, BookmarkInterval: 30 * time.Second}
+}
+
+// SetHooks installs hooks for one kind.
+func (s *Server) SetHooks(kind string, h Hooks) { s.hooks[kind] = h }
+
+// Register adds the resource routes to mux.
+func (s *Server) Register(mux *http.ServeMux) {
+	for _, g := range []string{api.Group, api.FleetGroup} {
+		base := "/apis/" + g + "/{version}"
+		mux.HandleFunc("GET "+base+"/{plural}", s.handle(s.list))
+		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}", s.handle(s.list))
+		mux.HandleFunc("POST "+base+"/namespaces/{ns}/{plural}", s.handle(s.create))
+		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.get))
+		mux.HandleFunc("PUT "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.update))
+		mux.HandleFunc("DELETE "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.delete))
+		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}/{name}/status", s.handle(s.get))
+		mux.HandleFunc("PUT "+base+"/namespaces/{ns}/{plural}/{name}/status", s.handle(s.updateStatus))
+	}
+	mux.HandleFunc("GET /apis", s.handle(s.discovery))
+}
+
+// request is one authenticated call on one kind.
+type request struct {
+	r    *http.Request
+	w    http.ResponseWriter
+	id   *auth.Identity
+	kind api.KindInfo
+	ns   string
+	name string
+}
+
+func (s *Server) handle(fn func(*request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		req := &request{r: r, w: w, ns: r.PathValue("ns"), name: r.PathValue("name")}
+		err := s.prepare(req)
+		if err == nil {
+			err = fn(req)
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
+
+func (s *Server) prepare(req *request) error {
+	id, err := s.auth.Authenticate(req.r.Context(), auth.BearerToken(req.r))
+	if err != nil {
+		return err
+	}
+	req.id = id
+	if v := req.r.PathValue("version"); v != "" && v != api.Version {
+		return statusErr(http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("API version %q is not served (use %s)", v, api.Version))
+	}
+	if p := req.r.PathValue("plural"); p != "" {
+		k, ok := api.LookupKind(p)
+		if !ok || k.Plural != p {
+			return statusErr(http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("the server doesn't have a resource type %q", p))
+		}
+		req.kind = k
+	}
+	if req.ns == auth.SystemNamespace {
+		return statusErr(http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("namespace %s is reserved for Flotilla itself", auth.SystemNamespace))
+	}
+	return nil
+}
+
+func (s *Server) discovery(req *request) error {
+	type resource struct {
+		Name       string   `json:"name"`
+		Kind       string   `json:"kind"`
+		Namespaced bool     `json:"namespaced"`
+		ShortNames []string `json:"shortNames,omitempty"`
+	}
+	out := struct {
+		GroupVersion string     `json:"groupVersion"`
+		Resources    []resource `json:"resources"`
+	}{GroupVersion: api.APIVersion}
+	for _, k := range api.Kinds {
+		out.Resources = append(out.Resources, resource{Name: k.Plural, Kind: k.Kind, Namespaced: true, ShortNames: k.ShortNames})
+	}
+	return writeJSON(req.w, http.StatusOK, out)
+}
+
+func (req *request) key() store.Key {
+	return store.Key{Kind: req.kind.Kind, Namespace: req.ns, Name: req.name}
+}
+
+func (s *Server) get(req *request) error {
+	if err := auth.Authorize(req.id, "get", req.kind.Kind, req.ns); err != nil {
+		return err
+	}
+	obj, err := s.store.Get(req.r.Context(), req.key())
+	if err != nil {
+		return err
+	}
+	return writeJSON(req.w, http.StatusOK, obj)
+}
+
+func (s *Server) list(req *request) error {
+	if err := auth.Authorize(req.id, "list", req.kind.Kind, req.ns); err != nil {
+		return err
+	}
+	q := req.r.URL.Query()
+	sel, err := labels.Parse(q.Get("labelSelector"))
+	if err != nil {
+		return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid label selector %q: %v", q.Get("labelSelector"), err))
+	}
+	if w := q.Get("watch"); w == "true" || w == "1" {
+		return s.watch(req, sel)
+	}
+	limit := 0
+	if l := q.Get("limit"); l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 0 {
+			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid limit %q", l))
+		}
+	}
+	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Limit: limit, Continue: q.Get("continue")})
+	if err != nil {
+		if errors.Is(err, store.ErrCompacted) {
+			return statusErr(http.StatusGone, api.ReasonGone, "the continue token has expired: the list must be restarted without it")
+		}
+		if errors.Is(err, store.ErrInvalidContinue) {
+			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, "invalid continue token")
+		}
+		return err
+	}
+	// Items are stored JSON: write them without decoding, which is what keeps a list of
+	// ten thousand objects cheap.
+	w := req.w
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	meta, _ := json.Marshal(api.ListMeta{ResourceVersion: strconv.FormatInt(res.Revision, 10), Continue: res.Continue})
+	var b strings.Builder
+	fmt.Fprintf(&b, `{"apiVersion":%q,"kind":%q,"metadata":%s,"items":[`, api.APIVersion, req.kind.Kind+"List", meta)
+	io.WriteString(w, b.String())
+	for i, it := range res.Items {
+		if i > 0 {
+			io.WriteString(w, ",")
+		}
+		w.Write(it)
+	}
+	_, err = io.WriteString(w, "]}\n")
+	return nil
+}
+
+func (s *Server) watch(req *request, sel labels.Selector) error {
+	var from int64
+	if rv := req.r.URL.Query().Get("resourceVersion"); rv != "" {
+		var err error
+		if from, err = strconv.ParseInt(rv, 10, 64); err != nil || from < 0 {
+			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid resourceVersion %q", rv))
+		}
+	}
+	ctx := req.r.Context()
+	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Revision: from})
+	if err != nil {
+		return err
+	}
+	w := req.w
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/json;stream=watch")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	enc := json.NewEncoder(w)
+	tick := time.NewTicker(s.BookmarkInterval)
+	defer tick.Stop()
+	last := from
+	for {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			if ev.Err != nil {
+				st := toStatus(ev.Err)
+				raw, _ := json.Marshal(st)
+				enc.Encode(api.WatchEvent{Type: api.Error, Object: raw})
+				if flusher != nil {
+					flusher.Flush()
+				}
+				return nil
+			}
+			last = ev.Revision
+			if err := enc.Encode(api.WatchEvent{Type: ev.Type, Object: ev.Object}); err != nil {
+				return nil
+			}
+		case <-tick.C:
+			rev, err := s.store.Revision(ctx)
+			if err != nil || rev <= last {
+				continue
+			}
+			// A bookmark may only promise what this stream has delivered; revisions after
+			// `last` may still be on their way, so the bookmark carries `last`.
+			bm, _ := json.Marshal(api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: req.kind.Kind},
+				Metadata: api.ObjectMeta{ResourceVersion: strconv.FormatInt(last, 10)}})
+			if err := enc.Encode(api.WatchEvent{Type: api.Bookmark, Object: bm}); err != nil {
+				return nil
+			}
+		case <-ctx.Done():
+			return nil
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+}
+
+// readObject decodes a request body (JSON or YAML) into one object.
+func readObject(req *request) (*api.Object, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(req.w, req.r.Body, resource.MaxObjectBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, statusErr(http.StatusRequestEntityTooLarge, api.ReasonTooLarge, fmt.Sprintf("request body exceeds %d bytes", resource.MaxObjectBytes))
+		}
+		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "reading request body: "+err.Error())
+	}
+	if ct := req.r.Header.Get("Content-Type"); strings.Contains(ct, "yaml") {
+		if body, err = yaml.YAMLToJSON(body); err != nil {
+			return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "malformed YAML: "+err.Error())
+		}
+	}
+	var obj api.Object
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&obj); err != nil {
+		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "malformed object: "+strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if obj.Kind == "" {
+		obj.Kind = req.kind.Kind
+	}
+	if obj.APIVersion == "" {
+		obj.APIVersion = api.APIVersion
+	}
+	if obj.Kind != req.kind.Kind {
+		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("kind %q sent to the %s endpoint", obj.Kind, req.kind.Plural))
+	}
+	if obj.Metadata.Namespace == "" {
+		obj.Metadata.Namespace = req.ns
+	}
+	if obj.Metadata.Namespace != req.ns {
+		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("metadata.namespace %q does not match the namespace %q in the URL", obj.Metadata.Namespace, req.ns))
+	}
+	if req.name != "" && obj.Metadata.Name != "" && obj.Metadata.Name != req.name {
+		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("metadata.name %q does not match the name %q in the URL", obj.Metadata.Name, req.name))
+	}
+	if req.name != "" {
+		obj.Metadata.Name = req.name
+	}
+	return &obj, nil
+}
+
+func dryRun(r *http.Request) bool { return r.URL.Query().Get("dryRun") != "" }
+
+func (s *Server) create(req *request) error {
+	if err := auth.Authorize(req.id, "create", req.kind.Kind, req.ns); err != nil {
+		return err
+	}
+	obj, err := readObject(req)
+	if err != nil {
+		return err
+	}
+	return s.createObject(req, obj)
+}
+
+func (s *Server) createObject(req *request, obj *api.Object) error {
+	ctx := req.r.Context()
+	// Status belongs to the server and agents; a client creating an object cannot set it.
+	obj.Status = nil
+	if err := resource.Prepare(obj); err != nil {
+		return err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	obj.Metadata.UID = newUID()
+	obj.Metadata.CreationTimestamp = &now
+	obj.Metadata.Generation = 1
+	obj.Metadata.ResourceVersion = ""
+	dry := dryRun(req.r)
+	h := s.hooks[obj.Kind]
+	if h != nil {
+		if err := h.BeforeCreate(ctx, obj, dry); err != nil {
+			return err
+		}
+	}
+	if dry {
+		return writeJSON(req.w, http.StatusCreated, obj)
+	}
+	out, err := s.store.Create(ctx, obj)
+	if err != nil {
+		return err
+	}
+	if h != nil {
+		if err := h.AfterCreate(ctx, out); err != nil {
+			return err
+		}
+	}
+	req.w.Header().Set(ResultHeader, "created")
+	return writeJSON(req.w, http.StatusCreated, out)
+}
+
+// ResultHeader tells an applying client whether its object was created, configured or
+// left unchanged.
+const ResultHeader = "X-Flotilla-Result"
+
+// update replaces spec, labels and annotations; status and server-owned metadata are kept.
+// A PUT to a name that does not exist creates it, which makes `apply` one call per object.
+func (s *Server) update(req *request) error {
+	if err := auth.Authorize(req.id, "update", req.kind.Kind, req.ns); err != nil {
+		return err
+	}
+	obj, err := readObject(req)
+	if err != nil {
+		return err
+	}
+	ctx := req.r.Context()
+	wantRV := obj.Metadata.ResourceVersion
+	for attempt := 0; ; attempt++ {
+		cur, err := s.store.Get(ctx, req.key())
+		if errors.Is(err, store.ErrNotFound) {
+			if wantRV != "" {
+				return err
+			}
+			if err := auth.Authorize(req.id, "create", req.kind.Kind, req.ns); err != nil {
+				return err
+			}
+			return s.createObject(req, obj)
+		}
+		if err != nil {
+			return err
+		}
+		next := obj.DeepCopy()
+		next.Status = nil
+		if err := resource.Prepare(next); err != nil {
+			return err
+		}
+		if wantRV != "" && wantRV != cur.Metadata.ResourceVersion {
+			return fmt.Errorf("%s: %w", req.key(), store.ErrConflict)
+		}
+		next.Metadata.UID = cur.Metadata.UID
+		next.Metadata.CreationTimestamp = cur.Metadata.CreationTimestamp
+		next.Metadata.Generation = cur.Metadata.Generation
+		next.Status = cur.Status
+		next.Metadata.ResourceVersion = cur.Metadata.ResourceVersion
+		dry := dryRun(req.r)
+		if h := s.hooks[next.Kind]; h != nil {
+			if err := h.BeforeUpdate(ctx, cur, next, dry); err != nil {
+				return err
+			}
+		}
+		if !jsonEqual(cur.Spec, next.Spec) {
+			next.Metadata.Generation++
+		}
+		if jsonEqual(cur.Spec, next.Spec) && mapsEqual(cur.Metadata.Labels, next.Metadata.Labels) && mapsEqual(cur.Metadata.Annotations, next.Metadata.Annotations) {
+			req.w.Header().Set(ResultHeader, "unchanged")
+			return writeJSON(req.w, http.StatusOK, cur)
+		}
+		if dry {
+			return writeJSON(req.w, http.StatusOK, next)
+		}
+		out, err := s.store.Update(ctx, next)
+		if errors.Is(err, store.ErrConflict) && wantRV == "" && attempt < 5 {
+			// The client asked for an unconditional update; someone wrote in between our
+			// read and write, so read again.
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		req.w.Header().Set(ResultHeader, "configured")
+		return writeJSON(req.w, http.StatusOK, out)
+	}
+}
+
+func (s *Server) updateStatus(req *request) error {
+	if err := auth.Authorize(req.id, "update-status", req.kind.Kind, req.ns); err != nil {
+		return err
+	}
+	obj, err := readObject(req)
+	if err != nil {
+		return err
+	}
+	status, err := resource.PrepareStatus(req.kind.Kind, obj.Status)
+	if err != nil {
+		return err
+	}
+	ctx := req.r.Context()
+	for attempt := 0; ; attempt++ {
+		cur, err := s.store.Get(ctx, req.key())
+		if err != nil {
+			return err
+		}
+		if rv := obj.Metadata.ResourceVersion; rv != "" && rv != cur.Metadata.ResourceVersion {
+			return fmt.Errorf("%s: %w", req.key(), store.ErrConflict)
+		}
+		cur.Status = status
+		out, err := s.store.Update(ctx, cur)
+		if errors.Is(err, store.ErrConflict) && obj.Metadata.ResourceVersion == "" && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		return writeJSON(req.w, http.StatusOK, out)
+	}
+}
+
+func (s *Server) delete(req *request) error {
+	if err := auth.Authorize(req.id, "delete", req.kind.Kind, req.ns); err != nil {
+		return err
+	}
+	rv := req.r.URL.Query().Get("resourceVersion")
+	if dryRun(req.r) {
+		obj, err := s.store.Get(req.r.Context(), req.key())
+		if err != nil {
+			return err
+		}
+		return writeJSON(req.w, http.StatusOK, obj)
+	}
+	obj, err := s.store.Delete(req.r.Context(), req.key(), rv)
+	if err != nil {
+		return err
+	}
+	return writeJSON(req.w, http.StatusOK, obj)
+}

@@ -1,0 +1,219 @@
+// Package auth owns who may call the API: bearer tokens (stored only as hashes), the first
+// admin token, and the identity a request carries. Authorisation decisions for users and
+// clusters are made here too, so every handler asks one place.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
+)
+
+// SystemNamespace holds Flotilla's own records (tokens, credentials); the API does not
+// serve it.
+const SystemNamespace = "flotilla-system"
+
+// kindToken is the internal kind of a stored API token; it never leaves the server.
+const kindToken = "APIToken"
+
+// Identity is who made a request.
+type Identity struct {
+	User   string
+	Groups []string
+	Admin  bool
+}
+
+// tokenSpec is what is stored for a token: never the token itself.
+type tokenSpec struct {
+	Hash    string     `json:"hash"`
+	User    string     `json:"user"`
+	Groups  []string   `json:"groups,omitempty"`
+	Admin   bool       `json:"admin,omitempty"`
+	Expires *time.Time `json:"expires,omitempty"`
+}
+
+// Errors for callers to map to HTTP statuses.
+var (
+	ErrUnauthenticated = errors.New("unauthenticated")
+	ErrForbidden       = errors.New("forbidden")
+)
+
+// Authenticator checks bearer tokens against their stored hashes, with a short cache so
+// that a busy client costs no store read per request.
+type Authenticator struct {
+	store store.Store
+	ttl   time.Duration
+	now   func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+type cached struct {
+	id      *Identity
+	expires time.Time
+}
+
+// NewAuthenticator returns an Authenticator over st.
+func NewAuthenticator(st store.Store) *Authenticator {
+	return &Authenticator{store: st, ttl: 10 * time.Second, now: time.Now, cache: map[string]cached{}}
+}
+
+// Hash returns the stored form of a token.
+func Hash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// NewToken returns a fresh random token with the given prefix.
+func NewToken(prefix string) string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return prefix + hex.EncodeToString(b)
+}
+
+func tokenKey(hash string) store.Key {
+	return store.Key{Kind: kindToken, Namespace: SystemNamespace, Name: "t-" + hash[:40]}
+}
+
+// CreateToken stores a token for user. The token is the caller's to show once.
+func (a *Authenticator) CreateToken(ctx context.Context, token, user string, admin bool, ttl time.Duration) error {
+	hash := Hash(token)
+	spec := tokenSpec{Hash: hash, User: user, Admin: admin}
+	if ttl > 0 {
+		e := a.now().Add(ttl).UTC()
+		spec.Expires = &e
+	}
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	k := tokenKey(hash)
+	now := a.now().UTC()
+	_, err = a.store.Create(ctx, &api.Object{
+		TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: kindToken},
+		Metadata: api.ObjectMeta{Name: k.Name, Namespace: k.Namespace, CreationTimestamp: &now,
+			Labels: map[string]string{"flotilla.dev/user": labelSafe(user)}},
+		Spec: raw,
+	})
+	if errors.Is(err, store.ErrAlreadyExists) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("storing token for %s: %w", user, err)
+	}
+	return nil
+}
+
+func labelSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			return r
+		}
+		return '_'
+	}, s)
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return strings.Trim(s, "-_.")
+}
+
+// Bootstrap makes sure an admin can log in. With a given token, that token becomes an admin
+// token (idempotently). Without one, if no admin token exists yet, a new one is made and
+// returned so the caller can print it once; otherwise it returns "".
+func (a *Authenticator) Bootstrap(ctx context.Context, given string) (generated string, err error) {
+	if given != "" {
+		return "", a.CreateToken(ctx, given, "admin", true, 0)
+	}
+	res, err := a.store.List(ctx, store.ListOptions{Kind: kindToken, Namespace: SystemNamespace, Limit: 1})
+	if err != nil {
+		return "", fmt.Errorf("looking for admin tokens: %w", err)
+	}
+	if len(res.Items) > 0 {
+		return "", nil
+	}
+	t := NewToken("flt_")
+	if err := a.CreateToken(ctx, t, "admin", true, 0); err != nil {
+		return "", err
+	}
+	return t, nil
+}
+
+// BearerToken returns the request's bearer token, or "".
+func BearerToken(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// Authenticate returns the identity behind a request's bearer token.
+func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identity, error) {
+	if token == "" {
+		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthenticated)
+	}
+	hash := Hash(token)
+	now := a.now()
+	a.mu.Lock()
+	c, ok := a.cache[hash]
+	a.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.id, nil
+	}
+	obj, err := a.store.Get(ctx, tokenKey(hash))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: invalid token", ErrUnauthenticated)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checking token: %w", err)
+	}
+	var spec tokenSpec
+	if err := json.Unmarshal(obj.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("reading token: %w", err)
+	}
+	if subtle.ConstantTimeCompare([]byte(spec.Hash), []byte(hash)) != 1 {
+		return nil, fmt.Errorf("%w: invalid token", ErrUnauthenticated)
+	}
+	if spec.Expires != nil && now.After(*spec.Expires) {
+		return nil, fmt.Errorf("%w: token expired", ErrUnauthenticated)
+	}
+	id := &Identity{User: spec.User, Groups: spec.Groups, Admin: spec.Admin}
+	a.mu.Lock()
+	if len(a.cache) > 100000 {
+		a.cache = map[string]cached{}
+	}
+	a.cache[hash] = cached{id: id, expires: now.Add(a.ttl)}
+	a.mu.Unlock()
+	return id, nil
+}
+
+// Authorize decides whether id may do verb on kind in namespace. Admins may do anything;
+// other identities get nothing until roles exist.
+func Authorize(id *Identity, verb, kind, namespace string) error {
+	if id != nil && id.Admin {
+		return nil
+	}
+	return fmt.Errorf("%w: %s may not %s %s in %s", ErrForbidden, userOf(id), verb, kind, namespace)
+}
+
+func userOf(id *Identity) string {
+	if id == nil {
+		return "anonymous"
+	}
+	return id.User
+}

@@ -1,0 +1,146 @@
+// Package cli is the `flotilla` command line: the server, the kubectl-like client commands
+// and the simulator. Each command is a thin layer over client, server or the packages that
+// do the work.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"flotilla.dev/api"
+	"flotilla.dev/client"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// globals are the connection flags every client command shares.
+type globals struct {
+	server, token, caFile, configPath string
+	namespace                         string
+	allNamespaces                     bool
+	out, errOut                       io.Writer
+	in                                io.Reader
+}
+
+// Execute runs the CLI with os.Args.
+func Execute(ctx context.Context) int {
+	cmd := NewRoot(os.Stdin, os.Stdout, os.Stderr)
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 1
+	}
+	return 0
+}
+
+// NewRoot builds the command tree.
+func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
+	g := &globals{in: in, out: out, errOut: errOut}
+	root := &cobra.Command{
+		Use:           "flotilla",
+		Short:         "Flotilla manages fleets of Kubernetes clusters",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       Version,
+	}
+	root.SetIn(in)
+	root.SetOut(out)
+	root.SetErr(errOut)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.server, "server", "", "server URL (env FLOTILLA_SERVER)")
+	pf.StringVar(&g.token, "token", "", "bearer token (env FLOTILLA_TOKEN)")
+	pf.StringVar(&g.caFile, "ca-file", "", "server CA certificate file (env FLOTILLA_CA_FILE)")
+	pf.StringVar(&g.configPath, "config", "", "client config file written by `flotilla login` (env FLOTILLA_CONFIG)")
+	pf.StringVarP(&g.namespace, "namespace", "n", "", "namespace (workspace); default "+api.DefaultNamespace)
+	root.AddCommand(
+		newServerCmd(g),
+		newLoginCmd(g),
+		newApplyCmd(g),
+		newGetCmd(g),
+		newDescribeCmd(g),
+		newDeleteCmd(g),
+	)
+	return root
+}
+
+// clientConfig is what `flotilla login` stores.
+type clientConfig struct {
+	Server string `json:"server"`
+	Token  string `json:"token"`
+	CA     string `json:"ca,omitempty"`
+}
+
+func (g *globals) configFile() string {
+	if g.configPath != "" {
+		return g.configPath
+	}
+	if p := os.Getenv("FLOTILLA_CONFIG"); p != "" {
+		return p
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		dir = "."
+	}
+	return filepath.Join(dir, "flotilla", "config.json")
+}
+
+func (g *globals) loadConfig() (clientConfig, error) {
+	var c clientConfig
+	data, err := os.ReadFile(g.configFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(data, &c); err != nil {
+		return c, fmt.Errorf("reading %s: %w", g.configFile(), err)
+	}
+	return c, nil
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// client builds an API client from flags, then environment, then the login config.
+func (g *globals) client() (*client.Client, error) {
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	server := first(g.server, os.Getenv("FLOTILLA_SERVER"), cfg.Server)
+	if server == "" {
+		return nil, errors.New("no server: pass --server, set FLOTILLA_SERVER, or run `flotilla login`")
+	}
+	token := first(g.token, os.Getenv("FLOTILLA_TOKEN"), cfg.Token)
+	caFile := first(g.caFile, os.Getenv("FLOTILLA_CA_FILE"))
+	var ca []byte
+	if caFile != "" {
+		if ca, err = os.ReadFile(caFile); err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+	} else if cfg.CA != "" && server == cfg.Server {
+		ca = []byte(cfg.CA)
+	}
+	return client.New(client.Config{Server: server, Token: token, CAData: ca})
+}
+
+func (g *globals) ns() string {
+	if g.namespace != "" {
+		return g.namespace
+	}
+	return api.DefaultNamespace
+}

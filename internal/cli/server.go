@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"flotilla.dev/internal/server"
+)
+
+func newServerCmd(g *globals) *cobra.Command {
+	cfg := server.DefaultConfig()
+	var logFormat, logLevel string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the Flotilla server",
+		Long: `Run the Flotilla server: the API, the agent endpoints and the controllers.
+
+By default state lives in an embedded SQLite database in --data-dir; --db selects a
+PostgreSQL database instead. On first start the server creates its CA and prints the CA's
+checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return err
+			}
+			opts := &slog.HandlerOptions{Level: lvl}
+			var h slog.Handler = slog.NewTextHandler(g.errOut, opts)
+			if logFormat == "json" {
+				h = slog.NewJSONHandler(g.errOut, opts)
+			}
+			cfg.Logger = slog.New(h)
+			cfg.Out = g.out
+			if cfg.BootstrapToken == "" {
+				cfg.BootstrapToken = os.Getenv("FLOTILLA_BOOTSTRAP_TOKEN")
+			}
+			if cfg.DB == "" {
+				cfg.DB = os.Getenv("FLOTILLA_DB")
+			}
+			return server.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTPS listen address")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (SQLite database, certificates)")
+	f.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (env FLOTILLA_DB); default the embedded SQLite")
+	f.StringVar(&cfg.BootstrapToken, "bootstrap-token", "", "admin token to accept (env FLOTILLA_BOOTSTRAP_TOKEN); default: generate one on first start")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra host names or IPs for the serving certificate")
+	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serving certificate (default: generated in the data directory)")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "serving key")
+	f.StringVar(&cfg.TLSCAFile, "tls-ca-file", "", "CA of --tls-cert-file, given to agents")
+	f.DurationVar(&cfg.HistoryWindow, "history-window", 5*time.Minute, "how long change history is kept for watches and paging")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}

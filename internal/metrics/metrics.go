@@ -1,0 +1,144 @@
+// Package metrics owns the server's Prometheus metrics: one registry, the HTTP middleware
+// that counts and times requests per route, and the collectors other packages feed.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the server's registry and the metrics everyone shares.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	storeOps *prometheus.HistogramVec
+	storeErr *prometheus.CounterVec
+}
+
+// New creates the registry with Go runtime and process collectors.
+func New() *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_http_requests_total", Help: "HTTP requests by route, method and status code.",
+	}, []string{"route", "method", "code"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "flotilla_http_request_duration_seconds", Help: "HTTP request latency by route (watch streams excluded).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"route", "method"})
+	m.storeOps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "flotilla_store_operation_duration_seconds", Help: "Store operation latency by operation.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"op"})
+	m.storeErr = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_store_operation_errors_total", Help: "Store operations that returned an error, by operation.",
+	}, []string{"op"})
+	m.Registry.MustRegister(m.requests, m.latency, m.storeOps, m.storeErr,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// ObserveStore records one store operation; it fits sqlstore.Config.Observe.
+func (m *Metrics) ObserveStore(op string, d time.Duration, err error) {
+	m.storeOps.WithLabelValues(op).Observe(d.Seconds())
+	if err != nil {
+		m.storeErr.WithLabelValues(op).Inc()
+	}
+}
+
+type recorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Instrument counts and times requests by the route pattern that served them.
+func (m *Metrics) Instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		if rec.code == 0 {
+			rec.code = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.code)).Inc()
+		if r.URL.Query().Get("watch") == "" {
+			m.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+		}
+	})
+}
+
+// Counter is a function that counts things on demand, e.g. objects per kind.
+type Counter func(ctx context.Context) (map[string]int64, error)
+
+// RegisterObjectCounts exposes counts per kind, cached for a few seconds so that frequent
+// scrapes cost little.
+func (m *Metrics) RegisterObjectCounts(count Counter) {
+	m.Registry.MustRegister(&countCollector{count: count, desc: prometheus.NewDesc(
+		"flotilla_objects", "Stored objects by kind.", []string{"kind"}, nil)})
+}
+
+type countCollector struct {
+	count Counter
+	desc  *prometheus.Desc
+
+	mu   sync.Mutex
+	last map[string]int64
+	at   time.Time
+}
+
+func (c *countCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *countCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.at) > 5*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		counts, err := c.count(ctx)
+		cancel()
+		if err == nil {
+			c.last, c.at = counts, time.Now()
+		}
+	}
+	for k, n := range c.last {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), k)
+	}
+}

@@ -1,0 +1,299 @@
+// Package server is the composition root of `flotilla server`: it opens the store, makes
+// sure the server has certificates and an admin token, wires the API, metrics, health and
+// controllers onto one HTTPS listener, and shuts all of it down cleanly.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/metrics"
+	"flotilla.dev/internal/pki"
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/store/postgres"
+	"flotilla.dev/internal/store/sqlite"
+	"flotilla.dev/internal/store/sqlstore"
+)
+
+// Config is what `flotilla server` is started with.
+type Config struct {
+	// Listen is the HTTPS address.
+	Listen string
+	// DataDir holds the SQLite database (unless DB is set), certificates and the lock file.
+	DataDir string
+	// DB is a PostgreSQL URL; empty means the embedded SQLite in DataDir.
+	DB string
+	// BootstrapToken, if set, is made an admin token; otherwise one is generated on first
+	// start and printed once.
+	BootstrapToken string
+	// TLSSANs are extra host names and addresses for the serving certificate.
+	TLSSANs []string
+	// TLSCertFile/TLSKeyFile/TLSCAFile replace the generated certificates.
+	TLSCertFile, TLSKeyFile, TLSCAFile string
+	// HistoryWindow is how long watch and pagination history is kept before compaction.
+	HistoryWindow time.Duration
+	Logger        *slog.Logger
+	// Out receives the lines meant for the operator (CA checksum, a generated token).
+	Out io.Writer
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Listen: "127.0.0.1:8443", DataDir: "flotilla-data", HistoryWindow: 5 * time.Minute}
+}
+
+// Server is a running server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	store   store.Store
+	auth    *auth.Authenticator
+	metrics *metrics.Metrics
+	tls     *pki.Bundle
+	ready   atomic.Bool
+	ln      net.Listener
+	http    *http.Server
+}
+
+// New opens the store and prepares everything; Serve starts listening.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	def := DefaultConfig()
+	if cfg.Listen == "" {
+		cfg.Listen = def.Listen
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = def.DataDir
+	}
+	if cfg.HistoryWindow == 0 {
+		cfg.HistoryWindow = def.HistoryWindow
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
+	scfg := sqlstore.DefaultConfig()
+	scfg.Logger = cfg.Logger
+	scfg.Observe = s.metrics.ObserveStore
+	start := time.Now()
+	if cfg.DB == "" {
+		st, err := sqlite.Open(ctx, cfg.DataDir, scfg)
+		if err != nil {
+			return nil, err
+		}
+		s.store = st
+	} else {
+		st, err := postgres.Open(ctx, cfg.DB, scfg)
+		if err != nil {
+			return nil, err
+		}
+		s.store = st
+	}
+	s.log.Info("store open", "driver", driverName(cfg.DB), "took", time.Since(start).Round(time.Millisecond))
+	s.metrics.RegisterObjectCounts(s.store.Count)
+
+	var err error
+	if cfg.TLSCertFile != "" {
+		s.tls, err = pki.LoadFiles(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSCAFile)
+	} else {
+		s.tls, err = pki.Ensure(filepath.Join(cfg.DataDir, "tls"), append(cfg.TLSSANs, hostOf(cfg.Listen)))
+	}
+	if err != nil {
+		s.store.Close()
+		return nil, fmt.Errorf("preparing TLS: %w", err)
+	}
+
+	s.auth = auth.NewAuthenticator(s.store)
+	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
+	if err != nil {
+		s.store.Close()
+		return nil, err
+	}
+	fmt.Fprintf(cfg.Out, "CA checksum (sha256): %s\n", s.tls.Checksum)
+	if generated != "" {
+		fmt.Fprintf(cfg.Out, "Admin token (shown once, keep it safe): %s\n", generated)
+	}
+	return s, nil
+}
+
+func driverName(db string) string {
+	if db == "" {
+		return "sqlite"
+	}
+	return "postgres"
+}
+
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil || h == "" || h == "0.0.0.0" || h == "::" {
+		return "localhost"
+	}
+	return h
+}
+
+// Store returns the server's store.
+func (s *Server) Store() store.Store { return s.store }
+
+// CAChecksum returns the sha256 of the CA's PEM.
+func (s *Server) CAChecksum() string { return s.tls.Checksum }
+
+// Addr returns the listening address once Serve has started.
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+func (s *Server) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", s.adminOnly(s.metrics.Handler()))
+	mux.Handle("/debug/pprof/", s.adminOnly(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", s.adminOnly(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/trace", s.adminOnly(http.HandlerFunc(pprof.Trace)))
+	mux.Handle("/debug/pprof/symbol", s.adminOnly(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/cmdline", s.adminOnly(http.HandlerFunc(pprof.Cmdline)))
+	api := apiserver.New(s.store, s.auth, s.log)
+	api.Register(mux)
+	return s.metrics.Instrument(mux)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if !s.ready.Load() {
+		http.Error(w, "starting\n", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := s.store.Revision(ctx); err != nil {
+		http.Error(w, "store unavailable\n", http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ok\n")
+}
+
+func (s *Server) adminOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
+		if err == nil && !id.Admin {
+			err = fmt.Errorf("%w: %s is not an admin", auth.ErrForbidden, id.User)
+		}
+		if err != nil {
+			apiserver.WriteError(w, err)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Serve listens and serves until ctx ends, then shuts down: in-flight requests get a few
+// seconds, watch streams end, and the store finishes its queued writes before closing.
+func (s *Server) Serve(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		s.store.Close()
+		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	cert := s.tls.Cert
+	// Send the CA along with the leaf, so a client that pins the CA by checksum can verify
+	// the chain from the handshake alone.
+	if len(s.tls.CAPEM) > 0 {
+		if ca, err := pki.DER(s.tls.CAPEM); err == nil {
+			cert.Certificate = append(cert.Certificate[:1:1], ca)
+		}
+	}
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	s.http = &http.Server{
+		Handler:           s.handler(),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	go s.compactor(baseCtx)
+	s.ready.Store(true)
+	s.log.Info("serving", "address", "https://"+ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		s.store.Close()
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down")
+	s.ready.Store(false)
+	// Watch streams would hold Shutdown for its whole timeout: end them first.
+	cancelBase()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = s.http.Shutdown(sctx)
+	if cerr := s.store.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// compactor forgets history older than the window: it remembers the revision at each tick
+// and compacts to the one seen a window ago.
+func (s *Server) compactor(ctx context.Context) {
+	interval := s.cfg.HistoryWindow / 5
+	if interval < time.Second {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var seen []int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rev, err := s.store.Revision(ctx)
+		if err != nil {
+			continue
+		}
+		seen = append(seen, rev)
+		if len(seen) <= 5 {
+			continue
+		}
+		target := seen[0]
+		seen = seen[1:]
+		if err := s.store.Compact(ctx, target); err != nil && ctx.Err() == nil {
+			s.log.Warn("compacting history", "revision", target, "err", err)
+		}
+	}
+}
+
+// Run is New followed by Serve.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
