@@ -115,16 +115,22 @@ func TestDrift(t *testing.T) {
 	}{
 		{name: "same", change: func(map[string]any) {}},
 		{
-			name:   "server-owned metadata and status are ignored",
-			change: func(m map[string]any) { m["metadata"] = map[string]any{"name": "cfg", "resourceVersion": "9"}; m["status"] = "x" },
+			name: "server-owned metadata and status are ignored",
+			change: func(m map[string]any) {
+				m["metadata"] = map[string]any{"name": "cfg", "resourceVersion": "9"}
+				m["status"] = "x"
+			},
 		},
 		{name: "value changed", change: func(m map[string]any) { m["data"].(map[string]any)["a"] = "9" }, want: []string{"/data/a"}},
 		{name: "key escaped", change: func(m map[string]any) { delete(m["data"].(map[string]any), "b/c") }, want: []string{"/data/b~1c"}},
 		{name: "in a list", change: func(m map[string]any) { m["list"].([]any)[1].(map[string]any)["y"] = "2" }, want: []string{"/list/1/y"}},
 		{name: "list length", change: func(m map[string]any) { m["list"] = []any{"x"} }, want: []string{"/list"}},
 		{
-			name:   "ignored by pointer",
-			change: func(m map[string]any) { m["data"].(map[string]any)["a"] = "9"; m["list"].([]any)[1].(map[string]any)["y"] = "2" },
+			name: "ignored by pointer",
+			change: func(m map[string]any) {
+				m["data"].(map[string]any)["a"] = "9"
+				m["list"].([]any)[1].(map[string]any)["y"] = "2"
+			},
 			ignore: []string{"/data/a", "/list/1/y"},
 		},
 		{

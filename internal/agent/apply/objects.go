@@ -174,9 +174,19 @@ func (a *Applier) applyAll(ctx context.Context, log *slog.Logger, d Deployment, 
 		if err != nil {
 			return failed(old.hash(), err)
 		}
-		crds = crds || it.rank == rankCRD
+		if it.rank == rankCRD {
+			// Readiness of a CRD is its being established, waited for
+			// below; the apply response predates it.
+			crds = true
+			continue
+		}
 		if st := readiness(live); st != nil {
 			res.NonReady = append(res.NonReady, *st)
+		}
+	}
+	if crds {
+		if err := a.waitCRDs(ctx, items); err != nil {
+			return failed(old.hash(), err)
 		}
 	}
 	if err := a.deleteObjects(ctx, log, d.ID, stale); err != nil {
@@ -276,8 +286,10 @@ func (a *Applier) deleteAndWait(ctx context.Context, ri interface {
 	Delete(context.Context, string, metav1.DeleteOptions, ...string) error
 	Get(context.Context, string, metav1.GetOptions, ...string) (*unstructured.Unstructured, error)
 }, name string) error {
-	fg := metav1.DeletePropagationForeground
-	if err := ri.Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &fg}); err != nil && !apierrors.IsNotFound(err) {
+	// Background: the object goes at once and its dependents (a Job's
+	// pods) are collected later, so the new one need not wait for them.
+	bg := metav1.DeletePropagationBackground
+	if err := ri.Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
 	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
