@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -46,7 +49,17 @@ func decodeStrict(data []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(j))
 	d.DisallowUnknownFields()
 	if err := d.Decode(v); err != nil {
-		return fmt.Errorf("invalid fleet.yaml: %s", strings.TrimPrefix(err.Error(), "json: "))
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		if strings.HasPrefix(msg, "unknown field") {
+			// encoding/json names only the field; name its path too.
+			var generic any
+			if json.Unmarshal(j, &generic) == nil {
+				if p := unknownField(reflect.TypeOf(v), generic, ""); p != "" {
+					msg = fmt.Sprintf("unknown field %q", p)
+				}
+			}
+		}
+		return fmt.Errorf("invalid fleet.yaml: %s", msg)
 	}
 	if _, err := d.Token(); !errors.Is(err, io.EOF) {
 		return errors.New("invalid fleet.yaml: trailing data")
@@ -155,4 +168,81 @@ func validRepoPath(p string) error {
 		return fmt.Errorf("%q: NUL in path", p)
 	}
 	return nil
+}
+
+// unknownField returns the path of the first field of data (decoded JSON) that type t does not
+// have, matching names case-insensitively as encoding/json does; "" if there is none.
+func unknownField(t reflect.Type, data any, prefix string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	join := func(k string) string {
+		if prefix == "" {
+			return k
+		}
+		return prefix + "." + k
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := data.(map[string]any)
+		if !ok {
+			return ""
+		}
+		fields := map[string]reflect.Type{}
+		jsonFields(t, fields)
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			ft, ok := fields[strings.ToLower(k)]
+			if !ok {
+				return join(k)
+			}
+			if p := unknownField(ft, m[k], join(k)); p != "" {
+				return p
+			}
+		}
+	case reflect.Slice:
+		a, ok := data.([]any)
+		if !ok || t.Elem().Kind() == reflect.Uint8 {
+			return ""
+		}
+		for i, e := range a {
+			if p := unknownField(t.Elem(), e, fmt.Sprintf("%s[%d]", prefix, i)); p != "" {
+				return p
+			}
+		}
+	case reflect.Map:
+		m, ok := data.(map[string]any)
+		if !ok {
+			return ""
+		}
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if p := unknownField(t.Elem(), m[k], join(k)); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
+}
+
+// jsonFields collects the JSON names (lowercased) of t's fields, promoting those of embedded
+// structs as encoding/json does.
+func jsonFields(t reflect.Type, into map[string]reflect.Type) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		if f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct {
+			jsonFields(f.Type, into)
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		into[strings.ToLower(name)] = f.Type
+	}
 }

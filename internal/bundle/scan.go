@@ -154,6 +154,9 @@ func (s *scanner) rel(abs string) (string, error) {
 // resolve returns the real path of rel, which must stay inside the root once symlinks are
 // followed.
 func (s *scanner) resolve(rel string) (string, error) {
+	if c := path.Clean(rel); c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("%s: path is outside the repository", rel)
+	}
 	real, err := filepath.EvalSymlinks(s.abs(rel))
 	if err != nil {
 		var pe *fs.PathError
