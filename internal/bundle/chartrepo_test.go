@@ -83,6 +83,13 @@ func TestScanChartRepository(t *testing.T) {
 			"targetCustomizations:\n  - name: prod\n    clusterSelector: {matchLabels: {env: prod}}\n    helm:\n      version: 2.0.0\n",
 		"latest/fleet.yaml": "helm:\n  repo: " + srv.URL + "/\n  chart: remote\n",
 		"byurl/fleet.yaml":  "helm:\n  chart: " + srv.URL + "/remote-1.3.0.tgz\n",
+		// A chart in the repository whose dependencies are not vendored.
+		"deps/fleet.yaml": "helm:\n  chart: ./umbrella\n",
+		"deps/umbrella/Chart.yaml": "apiVersion: v2\nname: umbrella\nversion: 0.1.0\ndependencies:\n" +
+			"  - {name: other, version: ^0.1.0, repository: " + srv.URL + "}\n" +
+			"  - {name: common, version: 0.0.1, repository: file://../../shared/common}\n",
+		"shared/common/Chart.yaml":        "apiVersion: v2\nname: common\nversion: 0.0.1\n",
+		"shared/common/templates/sa.yaml": "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: common\n",
 	})
 	srcs, err := Scan(context.Background(), dir, ScanOptions{NamePrefix: "r", HTTPClient: srv.Client()})
 	if err != nil {
@@ -115,6 +122,19 @@ func TestScanChartRepository(t *testing.T) {
 			t.Errorf("%s on %s renders %s, want %s", tt.bundle, tt.c.Name, got, tt.want)
 		}
 	}
+	// Dependencies were added to the umbrella chart at scan time.
+	r, err := Render(context.Background(), byName["r-deps"].Files, byName["r-deps"].Spec.BundleDeploymentOptions, dev, "r-deps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, o := range r.Objects {
+		names = append(names, o.GetKind()+"/"+o.GetName())
+	}
+	if want := "ServiceAccount/common ConfigMap/other"; strings.Join(names, " ") != want {
+		t.Errorf("umbrella chart objects = %v, want %s", names, want)
+	}
+
 	// Each target's chart version has its own place in the content.
 	var charts []string
 	for _, n := range byName["r-constrained"].Files.Names() {

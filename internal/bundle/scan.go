@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 
+	"helm.sh/helm/v3/pkg/chart"
 	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"
@@ -321,6 +323,10 @@ func (s *scanner) read(ctx context.Context, dir string) (Source, error) {
 	if err := c.walk(dir, "", nil, skip); err != nil {
 		return Source{}, err
 	}
+	chartDirs := map[string]bool{}
+	if d, ok := chartDir(src.Files, spec.BundleDeploymentOptions); ok {
+		chartDirs[d] = true
+	}
 	for _, h := range helms {
 		if h == nil || (h.Chart == "" && h.Repo == "") {
 			continue
@@ -328,8 +334,67 @@ func (s *scanner) read(ctx context.Context, dir string) (Source, error) {
 		if err := s.addChart(ctx, &c, dir, fyName, h); err != nil {
 			return Source{}, err
 		}
+		if d, ok := chartDir(src.Files, api.BundleDeploymentOptions{Helm: h}); ok && !isRemoteChart(h.Chart, h.Repo) {
+			chartDirs[d] = true
+		}
+	}
+	if spec.Helm == nil || !spec.Helm.DisableDependencyUpdate {
+		for _, d := range slices.Sorted(maps.Keys(chartDirs)) {
+			if err := s.addDependencies(ctx, &c, dir, d); err != nil {
+				return Source{}, err
+			}
+		}
 	}
 	return src, nil
+}
+
+// addDependencies adds the dependencies a chart of the bundle declares but does not vendor in
+// its charts/ directory, as Fleet runs `helm dependency update` when it reads a bundle:
+// file:// dependencies from the repository, others from their chart repository or registry.
+func (s *scanner) addDependencies(ctx context.Context, c *collector, dir, chartDir string) error {
+	chartYAML := path.Join(chartDir, "Chart.yaml")
+	var meta chart.Metadata
+	if err := yaml.Unmarshal(c.files[chartYAML], &meta); err != nil {
+		return fmt.Errorf("%s: %w", path.Join(dir, chartYAML), err)
+	}
+	charts := path.Join(chartDir, "charts") + "/"
+	for _, dep := range meta.Dependencies {
+		if dep == nil {
+			continue
+		}
+		vendored := false
+		for name := range c.files {
+			rest, ok := strings.CutPrefix(name, charts)
+			if ok && (strings.HasPrefix(rest, dep.Name+"/") || (strings.HasPrefix(rest, dep.Name+"-") && strings.HasSuffix(rest, ".tgz"))) {
+				vendored = true
+				break
+			}
+		}
+		if vendored {
+			continue
+		}
+		where := fmt.Sprintf("%s: dependency %s", path.Join(dir, chartYAML), dep.Name)
+		switch repoURL := dep.Repository; {
+		case strings.HasPrefix(repoURL, "file://"):
+			src := path.Join(dir, chartDir, strings.TrimPrefix(repoURL, "file://"))
+			if err := c.walk(src, charts+dep.Name+"/", nil, nil); err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+		case strings.HasPrefix(repoURL, "https://"), strings.HasPrefix(repoURL, "http://"), strings.HasPrefix(repoURL, ociScheme):
+			_, files, err := s.fetch.fetch(ctx, dep.Name, repoURL, dep.Version)
+			if err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+			for _, f := range files {
+				if err := c.add(charts+dep.Name+"/"+f.Name, f.Data); err != nil {
+					return fmt.Errorf("%s: %w", where, err)
+				}
+			}
+		default:
+			return fmt.Errorf("%s: repository %q is not a URL: vendor the chart in %s", where, repoURL, charts)
+		}
+	}
+	return nil
 }
 
 func hasFleetYAMLFile(p string) bool {
