@@ -11,9 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/releaseutil"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"flotilla.dev/api"
@@ -264,29 +266,67 @@ func renderChart(ctx context.Context, files Files, dir string, opts api.BundleDe
 	return &Rendered{Objects: objs, Helm: rel}, nil
 }
 
-// helmTemplate renders rel's chart as `helm template` does (no cluster), post-rendered by rel.
+// helmTemplate renders rel's chart as `helm template --include-crds` does (no cluster),
+// post-rendered by rel when postRender is set. It uses Helm's engine rather than its action
+// package, which would link Helm's SQL release storage into the agent.
 func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (string, []*unstructured.Unstructured, error) {
-	cfg := &action.Configuration{Log: func(string, ...any) {}}
-	in := action.NewInstall(cfg)
-	in.ClientOnly = true
-	in.DryRun = true
-	in.Replace = true
-	in.IncludeCRDs = true
-	in.ReleaseName = rel.ReleaseName
-	in.Namespace = rel.Namespace
-	in.EnableDNS = !rel.DisableDNS
-	in.SkipSchemaValidation = rel.SkipSchemaValidation
-	if postRender {
-		in.PostRenderer = rel
+	if err := ctx.Err(); err != nil {
+		return "", nil, err
 	}
-	values := copyValue(rel.Values)
-	vals, _ := values.(map[string]any)
-	r, err := in.RunWithContext(ctx, rel.Chart, vals)
+	ch := rel.Chart
+	if err := chartutil.ValidateReleaseName(rel.ReleaseName); err != nil {
+		return "", nil, fmt.Errorf("release name %q: %w", rel.ReleaseName, err)
+	}
+	if ch.Metadata != nil && ch.Metadata.Type != "" && ch.Metadata.Type != "application" {
+		return "", nil, fmt.Errorf("%s charts are not installable", ch.Metadata.Type)
+	}
+	caps := chartutil.DefaultCapabilities.Copy()
+	if ch.Metadata != nil && ch.Metadata.KubeVersion != "" && !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, caps.KubeVersion.String()) {
+		return "", nil, fmt.Errorf("chart requires kubeVersion %s, incompatible with Kubernetes %s", ch.Metadata.KubeVersion, caps.KubeVersion.String())
+	}
+	vals, _ := copyValue(rel.Values).(map[string]any)
+	if vals == nil {
+		vals = map[string]any{}
+	}
+	if err := chartutil.ProcessDependenciesWithMerge(ch, vals); err != nil {
+		return "", nil, err
+	}
+	opts := chartutil.ReleaseOptions{Name: rel.ReleaseName, Namespace: rel.Namespace, Revision: 1, IsInstall: true}
+	values, err := chartutil.ToRenderValuesWithSchemaValidation(ch, vals, opts, caps, rel.SkipSchemaValidation)
 	if err != nil {
 		return "", nil, err
 	}
-	var hooks []*unstructured.Unstructured
-	for _, h := range r.Hooks {
+	e := engine.Engine{EnableDNS: !rel.DisableDNS}
+	files, err := e.Render(ch, values)
+	if err != nil {
+		return "", nil, err
+	}
+	for name := range files {
+		if strings.HasSuffix(name, "NOTES.txt") {
+			delete(files, name)
+		}
+	}
+	hooks, manifests, err := releaseutil.SortManifests(files, caps.APIVersions, releaseutil.InstallOrder)
+	if err != nil {
+		return "", nil, err
+	}
+	var b bytes.Buffer
+	for _, crd := range ch.CRDObjects() {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", crd.Filename, crd.File.Data)
+	}
+	for _, m := range manifests {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, m.Content)
+	}
+	manifest := b.String()
+	if postRender {
+		out, err := rel.Run(&b)
+		if err != nil {
+			return "", nil, fmt.Errorf("post-rendering: %w", err)
+		}
+		manifest = out.String()
+	}
+	var hookObjs []*unstructured.Unstructured
+	for _, h := range hooks {
 		objs, err := parseObjects(h.Path, []byte(h.Manifest), false)
 		if err != nil {
 			return "", nil, err
@@ -294,7 +334,7 @@ func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (strin
 		if err := setNamespaces(objs, rel.post.opts); err != nil {
 			return "", nil, err
 		}
-		hooks = append(hooks, objs...)
+		hookObjs = append(hookObjs, objs...)
 	}
-	return r.Manifest, hooks, nil
+	return manifest, hookObjs, nil
 }
