@@ -353,7 +353,7 @@ func (a *Applier) deleteObjects(ctx context.Context, log *slog.Logger, id string
 	var errs []error
 	for _, r := range refs {
 		m, err := a.mapping(r.gvk())
-		if meta.IsNoMatchError(errors.Unwrap(err)) || meta.IsNoMatchError(err) {
+		if meta.IsNoMatchError(err) {
 			continue // its CRD is gone, and so is the object
 		}
 		if err != nil {

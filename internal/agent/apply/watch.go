@@ -94,7 +94,9 @@ func (a *Applier) Watch(ctx context.Context, notify func(id string)) error {
 func (a *Applier) watchResource(ctx context.Context, gvr schema.GroupVersionResource, notify func(id string)) context.CancelFunc {
 	ctx, cancel := context.WithCancel(ctx)
 	inf := metadatainformer.NewFilteredMetadataInformer(a.metadata, gvr, metav1.NamespaceAll, 0, cache.Indexers{},
-		func(o *metav1.ListOptions) { o.LabelSelector = LabelBundleID }).Informer()
+		// Inventories carry the label too, for people looking; they change
+		// only when the agent applies, which needs no notification.
+		func(o *metav1.ListOptions) { o.LabelSelector = LabelBundleID + ",!" + labelInventory }).Informer()
 	// Managed fields are most of an object's metadata and unused here.
 	_ = inf.SetTransform(func(obj any) (any, error) {
 		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
