@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -55,6 +56,9 @@ func kustomizationFile(files Files, dir string) string {
 // objects (a chart's output) are given, they are written to fleet-manifests.yaml in dir and
 // added to the kustomization's resources first, so the kustomization can patch them.
 func kustomize(files Files, dir string, generated []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
+	if err := checkRemoteBases(files); err != nil {
+		return nil, err
+	}
 	fs := filesys.MakeFsInMemory()
 	for name, data := range files {
 		if err := fs.WriteFile("/"+name, data); err != nil {
@@ -102,4 +106,40 @@ func kustomize(files Files, dir string, generated []*unstructured.Unstructured) 
 		return nil, fmt.Errorf("kustomize %s: %w", kfile, err)
 	}
 	return parseObjects("kustomize "+kfile, out, false)
+}
+
+// checkRemoteBases refuses kustomizations that name remote resources: Kustomize would fetch them
+// with git or HTTP while rendering, and agents must not reach out (Fleet's agent would).
+func checkRemoteBases(files Files) error {
+	for _, name := range files.Names() {
+		if !slices.Contains(kustomizationNames, path.Base(name)) {
+			continue
+		}
+		var k struct {
+			Resources  []string `json:"resources"`
+			Bases      []string `json:"bases"`
+			Components []string `json:"components"`
+		}
+		if err := yaml.Unmarshal(files[name], &k); err != nil {
+			continue // Kustomize reports it, if it is used at all
+		}
+		for _, r := range slices.Concat(k.Resources, k.Bases, k.Components) {
+			if isRemote(r) {
+				return fmt.Errorf("kustomize %s: remote resource %q: vendor it in the repository, bundles are rendered without network access", name, r)
+			}
+		}
+	}
+	return nil
+}
+
+func isRemote(r string) bool {
+	if strings.Contains(r, "://") || strings.HasPrefix(r, "git@") {
+		return true
+	}
+	for _, host := range []string{"github.com/", "gitlab.com/", "bitbucket.org/"} {
+		if strings.HasPrefix(r, host) {
+			return true
+		}
+	}
+	return false
 }

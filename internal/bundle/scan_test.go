@@ -229,6 +229,9 @@ func TestRenderErrors(t *testing.T) {
 		{"kustomize load restriction", map[string]string{
 			"fleet.yaml": "kustomize: {dir: k}\n", "k/kustomization.yaml": "resources: [../cm.yaml]\n", "cm.yaml": cm,
 		}, []string{"kustomize k/kustomization.yaml"}},
+		{"kustomize remote base", map[string]string{
+			"kustomization.yaml": "resources:\n  - github.com/example/repo//base?ref=v1\n",
+		}, []string{"kustomize kustomization.yaml", "remote resource", "github.com/example/repo"}},
 		{"cluster-scoped object with namespace", map[string]string{
 			"fleet.yaml": "namespace: locked\n", "ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n",
 		}, []string{"cluster-scoped Namespace team", "namespace locked", "defaultNamespace"}},
