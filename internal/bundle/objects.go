@@ -186,8 +186,10 @@ func (s scopes) clusterScoped(o *unstructured.Unstructured) bool {
 // namespace, every namespaced object goes there and a cluster-scoped object is an error;
 // otherwise namespaced objects without one get the default namespace ("default" if unset), and
 // cluster-scoped objects carry none.
-func setNamespaces(objs []*unstructured.Unstructured, opts api.BundleDeploymentOptions) error {
-	s := newScopes(objs)
+// crds are further CRDs whose kinds' scope is known (a chart's crds/, which Helm installs
+// outside the release's manifest).
+func setNamespaces(objs []*unstructured.Unstructured, opts api.BundleDeploymentOptions, crds ...*unstructured.Unstructured) error {
+	s := newScopes(slices.Concat(crds, objs))
 	def := releaseNamespace(opts)
 	for _, o := range objs {
 		if s.clusterScoped(o) {

@@ -83,6 +83,7 @@ type postRenderer struct {
 	files        Files
 	kustomizeDir string // "" when there is no kustomization
 	opts         api.BundleDeploymentOptions
+	crds         []*unstructured.Unstructured // of the chart's crds/ directories
 }
 
 func (p postRenderer) process(objs []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
@@ -93,7 +94,7 @@ func (p postRenderer) process(objs []*unstructured.Unstructured) ([]*unstructure
 			return nil, err
 		}
 	}
-	if err := setNamespaces(objs, p.opts); err != nil {
+	if err := setNamespaces(objs, p.opts, p.crds...); err != nil {
 		return nil, err
 	}
 	sortObjects(objs)
@@ -233,6 +234,13 @@ func renderChart(ctx context.Context, files Files, dir string, opts api.BundleDe
 	if err != nil {
 		return nil, fmt.Errorf("loading chart %s: %w", where, err)
 	}
+	for _, crd := range ch.CRDObjects() {
+		objs, err := parseObjects(crd.Filename, crd.File.Data, true)
+		if err != nil {
+			return nil, err
+		}
+		post.crds = append(post.crds, objs...)
+	}
 	h := opts.Helm
 	if h == nil {
 		h = &api.HelmOptions{}
@@ -331,7 +339,7 @@ func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (strin
 		if err != nil {
 			return "", nil, err
 		}
-		if err := setNamespaces(objs, rel.post.opts); err != nil {
+		if err := setNamespaces(objs, rel.post.opts, rel.post.crds...); err != nil {
 			return "", nil, err
 		}
 		hookObjs = append(hookObjs, objs...)
