@@ -1,0 +1,117 @@
+package api
+
+import "time"
+
+// The agent protocol. An agent registers once with a registration token and gets a
+// per-cluster credential; from then on it polls its desired state, fetches content by digest,
+// and reports status. All paths are under AgentPrefix; all calls but registration carry the
+// cluster credential as a bearer token.
+const (
+	AgentPrefix = "/v1/agent"
+	// PathRegister: POST RegisterRequest with the registration token → RegisterResponse.
+	PathRegister = AgentPrefix + "/register"
+	// PathDesired: GET ?since=R → 200 DesiredState, or 304 when nothing changed since R.
+	PathDesired = AgentPrefix + "/desired"
+	// PathContent: GET /v1/agent/content/{digest} → the content archive (immutable).
+	PathContent = AgentPrefix + "/content/"
+	// PathStatus: POST StatusReport → 200 StatusAck.
+	PathStatus = AgentPrefix + "/status"
+
+	// HeaderPollAfter tells the agent how many seconds to wait before its next poll, also
+	// on 304 answers, which carry no body.
+	HeaderPollAfter = "X-Flotilla-Poll-After"
+	// HeaderRevision carries the desired-state revision on 304 answers.
+	HeaderRevision = "X-Flotilla-Revision"
+)
+
+// Deployment states, as Fleet names them.
+const (
+	StateReady       = "Ready"
+	StateNotReady    = "NotReady"
+	StateModified    = "Modified"
+	StateWaitApplied = "WaitApplied"
+	StateErrApplied  = "ErrApplied"
+	StateOutOfSync   = "OutOfSync"
+	StatePending     = "Pending"
+)
+
+// Reasons an agent can act on.
+const (
+	// ReasonClusterDeleted: the credential's cluster no longer exists; the agent stops.
+	ReasonClusterDeleted = "ClusterDeleted"
+	// ReasonTokenInvalid: the registration token is unknown, expired or used up.
+	ReasonTokenInvalid = "RegistrationTokenInvalid"
+)
+
+// RegisterRequest is sent once, with the registration token as bearer token.
+type RegisterRequest struct {
+	// ClientID is the cluster's stable identity (the kube-system namespace UID), so that a
+	// cluster registering again gets its existing Cluster back.
+	ClientID  string            `json:"clientID"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Inventory *ClusterInventory `json:"inventory,omitempty"`
+}
+
+// RegisterResponse hands the agent its identity and credential.
+type RegisterResponse struct {
+	Namespace   string `json:"namespace"`
+	ClusterName string `json:"clusterName"`
+	// Credential is the per-cluster bearer token; the server keeps no copy of it.
+	Credential string `json:"credential"`
+}
+
+// DesiredState is everything a cluster should run.
+type DesiredState struct {
+	// Revision identifies this state; the agent sends it back as since=.
+	Revision           int64             `json:"revision"`
+	ClusterName        string            `json:"clusterName"`
+	ClusterNamespace   string            `json:"clusterNamespace"`
+	ClusterLabels      map[string]string `json:"clusterLabels,omitempty"`
+	ClusterAnnotations map[string]string `json:"clusterAnnotations,omitempty"`
+	// Deployments are every bundle targeting the cluster, with its options already
+	// customised for this cluster.
+	Deployments []DeploymentSpec `json:"deployments"`
+	// PollAfterSeconds is when to ask again.
+	PollAfterSeconds int `json:"pollAfterSeconds"`
+}
+
+// DeploymentSpec is one bundle as this cluster must run it.
+type DeploymentSpec struct {
+	// Bundle is "namespace/name".
+	Bundle string `json:"bundle"`
+	// ID is a digest of everything below: what the agent reports back as applied.
+	ID          string                  `json:"id"`
+	ContentHash string                  `json:"contentHash"`
+	ReleaseName string                  `json:"releaseName"`
+	Options     BundleDeploymentOptions `json:"options"`
+	// Paused: keep what is deployed, do not apply changes.
+	Paused bool `json:"paused,omitempty"`
+}
+
+// StatusReport is what an agent says about its cluster. Reports are idempotent: Seq grows
+// with every report an agent makes, and the server ignores one it has already seen, so a
+// queued report sent twice after an outage changes nothing.
+type StatusReport struct {
+	Seq       int64             `json:"seq"`
+	Time      time.Time         `json:"time"`
+	Inventory *ClusterInventory `json:"inventory,omitempty"`
+	// Deployments lists the deployments whose state is reported; a deployment not listed
+	// keeps its last reported state.
+	Deployments []DeploymentStatus `json:"deployments,omitempty"`
+	// Removed lists bundles the agent has removed from the cluster.
+	Removed []string `json:"removed,omitempty"`
+}
+
+// DeploymentStatus is one deployment's observed state.
+type DeploymentStatus struct {
+	Bundle string `json:"bundle"`
+	// ID is the DeploymentSpec.ID the agent last applied.
+	ID      string `json:"id"`
+	State   string `json:"state"`
+	Message string `json:"message,omitempty"`
+}
+
+// StatusAck confirms a report.
+type StatusAck struct {
+	Seq int64 `json:"seq"`
+}

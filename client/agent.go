@@ -1,0 +1,117 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"flotilla.dev/api"
+)
+
+// WithToken returns a client that shares c's connections but sends token.
+func (c *Client) WithToken(token string) *Client {
+	cp := *c
+	cp.token = token
+	return &cp
+}
+
+// Register exchanges a registration token for a cluster credential.
+func (c *Client) Register(ctx context.Context, registrationToken string, req api.RegisterRequest) (*api.RegisterResponse, error) {
+	var out api.RegisterResponse
+	if _, err := c.WithToken(registrationToken).Do(ctx, http.MethodPost, api.PathRegister, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Desired asks for the cluster's desired state if it changed after since. It returns nil
+// state when nothing changed, and in both cases when to poll next and the revision.
+func (c *Client) Desired(ctx context.Context, since int64) (state *api.DesiredState, rev int64, pollAfter time.Duration, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+api.PathDesired+"?since="+strconv.FormatInt(since, 10), nil)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer resp.Body.Close()
+	pollAfter = time.Duration(atoiOr(resp.Header.Get(api.HeaderPollAfter), 0)) * time.Second
+	switch resp.StatusCode {
+	case http.StatusNotModified:
+		io.Copy(io.Discard, resp.Body)
+		rev, _ = strconv.ParseInt(resp.Header.Get(api.HeaderRevision), 10, 64)
+		return nil, rev, pollAfter, nil
+	case http.StatusOK:
+		var ds api.DesiredState
+		if err := json.NewDecoder(resp.Body).Decode(&ds); err != nil {
+			return nil, 0, pollAfter, fmt.Errorf("decoding desired state: %w", err)
+		}
+		if ds.PollAfterSeconds > 0 {
+			pollAfter = time.Duration(ds.PollAfterSeconds) * time.Second
+		}
+		return &ds, ds.Revision, pollAfter, nil
+	}
+	return nil, 0, pollAfter, statusFrom(resp)
+}
+
+func atoiOr(s string, def int) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return def
+	}
+	return n
+}
+
+// Content fetches a bundle's content archive by digest.
+func (c *Client) Content(ctx context.Context, digest string) ([]byte, error) {
+	resp, err := c.send(ctx, http.MethodGet, api.PathContent+digest, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	if _, err := io.Copy(&b, resp.Body); err != nil {
+		return nil, fmt.Errorf("reading content %s: %w", digest, err)
+	}
+	return b.Bytes(), nil
+}
+
+// ReportStatus sends a status report.
+func (c *Client) ReportStatus(ctx context.Context, rep api.StatusReport) error {
+	_, err := c.Do(ctx, http.MethodPost, api.PathStatus, rep, nil)
+	return err
+}
+
+// Reason returns the Status reason of an API error, or "".
+func Reason(err error) string {
+	var st *api.Status
+	if asStatus(err, &st) {
+		return st.Reason
+	}
+	return ""
+}
+
+// Code returns the HTTP status code of an API error, or 0.
+func Code(err error) int { return code(err) }
+
+func asStatus(err error, st **api.Status) bool {
+	for e := err; e != nil; {
+		if s, ok := e.(*api.Status); ok {
+			*st = s
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}
