@@ -39,7 +39,7 @@ type BundleDeploymentOptions struct {
 	DeleteCRDResources bool `json:"deleteCRDResources,omitempty"`
 
 	// IgnoreOptions lists status conditions that do not make an object unready.
-	IgnoreOptions IgnoreOptions `json:"ignore,omitempty"`
+	IgnoreOptions IgnoreOptions `json:"ignore,omitzero"`
 	CorrectDrift  *CorrectDrift `json:"correctDrift,omitempty"`
 
 	// NamespaceLabels and NamespaceAnnotations are set on the namespace created for the bundle.

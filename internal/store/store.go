@@ -128,3 +128,31 @@ func Decode(data []byte) (*api.Object, error) {
 	}
 	return &o, nil
 }
+
+// DeploymentStatus is one cluster's last reported state of one bundle: a compact row kept
+// outside the object history, because agents report far more often than people edit.
+type DeploymentStatus struct {
+	// Cluster is the Cluster's UID.
+	Cluster string
+	// Bundle is "namespace/name".
+	Bundle  string
+	ID      string
+	State   string
+	Message string
+}
+
+// Agents is the part of the store behind the agent protocol: bundle content stored once by
+// digest, and the compact status rows agents report.
+type Agents interface {
+	// PutContent stores content under its digest; storing it again is a no-op.
+	PutContent(ctx context.Context, digest string, data []byte) error
+	GetContent(ctx context.Context, digest string) ([]byte, error)
+	// PutStatus records one report of a cluster: rows upserted, bundles removed, and the
+	// report's sequence number (kept only if larger than the stored one).
+	PutStatus(ctx context.Context, cluster string, seq int64, rows []DeploymentStatus, removed []string) error
+	// DeleteClusterStatus forgets a deleted cluster's rows.
+	DeleteClusterStatus(ctx context.Context, cluster string) error
+	// ScanStatus streams every status row, and ScanSeqs every cluster's last sequence.
+	ScanStatus(ctx context.Context, fn func(DeploymentStatus) error) error
+	ScanSeqs(ctx context.Context, fn func(cluster string, seq int64) error) error
+}

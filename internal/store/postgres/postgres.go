@@ -51,6 +51,17 @@ CREATE TABLE events (
 	prev BYTEA
 );
 CREATE TABLE kind_counts (kind TEXT PRIMARY KEY, n BIGINT NOT NULL);
+`, `
+CREATE TABLE content (digest TEXT PRIMARY KEY, size BIGINT NOT NULL, data BYTEA NOT NULL);
+CREATE TABLE deployment_status (
+	cluster TEXT NOT NULL,
+	bundle TEXT NOT NULL,
+	id TEXT NOT NULL,
+	state TEXT NOT NULL,
+	message TEXT NOT NULL,
+	PRIMARY KEY (cluster, bundle)
+);
+CREATE TABLE agent_seq (cluster TEXT PRIMARY KEY, seq BIGINT NOT NULL);
 `}
 
 // Dialect is PostgreSQL's SQL dialect.

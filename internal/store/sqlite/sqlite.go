@@ -54,6 +54,17 @@ CREATE TABLE events (
 	prev BLOB
 );
 CREATE TABLE kind_counts (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
+`, `
+CREATE TABLE content (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE deployment_status (
+	cluster TEXT NOT NULL,
+	bundle TEXT NOT NULL,
+	id TEXT NOT NULL,
+	state TEXT NOT NULL,
+	message TEXT NOT NULL,
+	PRIMARY KEY (cluster, bundle)
+) WITHOUT ROWID;
+CREATE TABLE agent_seq (cluster TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 `}
 
 // Dialect is SQLite's SQL dialect.

@@ -22,6 +22,9 @@ const (
 	opUpdate
 	opDelete
 	opCompact
+	opContent
+	opStatus
+	opDeleteStatus
 )
 
 // op is one write waiting for the writer.
@@ -31,8 +34,15 @@ type op struct {
 	key  store.Key
 	rv   string
 	rev  int64 // compaction target
-	ctx  context.Context
-	done chan opResult
+	// Agent writes.
+	digest  string
+	data    []byte
+	cluster string
+	seq     int64
+	rows    []store.DeploymentStatus
+	removed []string
+	ctx     context.Context
+	done    chan opResult
 }
 
 type opResult struct {
@@ -224,7 +234,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	}()
 	n := 0
 	for _, o := range batch {
-		if o.kind != opCompact {
+		if o.revisioned() {
 			n++
 		}
 	}
@@ -254,13 +264,21 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			r.obj, r.err = w.delete(o.key, o.rv, next)
 		case opCompact:
 			r.err = w.compact(o.rev)
+		case opContent:
+			_, r.err = w.exec(`INSERT INTO content (digest, size, data) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING`, o.digest, len(o.data), o.data)
+		case opStatus:
+			r.err = w.status(o)
+		case opDeleteStatus:
+			if _, r.err = w.exec(`DELETE FROM deployment_status WHERE cluster = ?`, o.cluster); r.err == nil {
+				_, r.err = w.exec(`DELETE FROM agent_seq WHERE cluster = ?`, o.cluster)
+			}
 		}
 		var se errSQL
 		if errors.As(r.err, &se) {
 			tx.Rollback()
 			return nil, 0, se.err
 		}
-		if o.kind != opCompact {
+		if o.revisioned() {
 			if r.err == nil {
 				last = next
 			}
@@ -426,6 +444,28 @@ func (w *txw) compact(rev int64) error {
 	}
 	_, err := w.exec(`UPDATE meta SET value = ? WHERE name = 'compacted' AND value < ?`, rev, rev)
 	return err
+}
+
+func (o *op) revisioned() bool { return o.kind <= opDelete }
+
+func (w *txw) status(o *op) error {
+	for _, r := range o.rows {
+		if _, err := w.exec(`INSERT INTO deployment_status (cluster, bundle, id, state, message) VALUES (?, ?, ?, ?, ?) ON CONFLICT (cluster, bundle) DO UPDATE SET id = excluded.id, state = excluded.state, message = excluded.message`,
+			o.cluster, r.Bundle, r.ID, r.State, r.Message); err != nil {
+			return err
+		}
+	}
+	for _, b := range o.removed {
+		if _, err := w.exec(`DELETE FROM deployment_status WHERE cluster = ? AND bundle = ?`, o.cluster, b); err != nil {
+			return err
+		}
+	}
+	if o.seq > 0 {
+		if _, err := w.exec(`INSERT INTO agent_seq (cluster, seq) VALUES (?, ?) ON CONFLICT (cluster) DO UPDATE SET seq = excluded.seq WHERE agent_seq.seq < excluded.seq`, o.cluster, o.seq); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Event types as stored.

@@ -48,6 +48,7 @@ func Run(t *testing.T, h Harness) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"Reopen", testReopen},
 		{"DatabaseRestart", testDatabaseRestart},
+		{"AgentContentAndStatus", testAgents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
@@ -641,4 +642,65 @@ func testDatabaseRestart(t *testing.T, h Harness) {
 		}
 	}
 	t.Logf("%d writes acknowledged across the restart", len(acked))
+}
+
+func testAgents(t *testing.T, h Harness) {
+	s := h.Open(t)
+	ag, ok := s.(store.Agents)
+	if !ok {
+		t.Fatalf("%T does not implement store.Agents", s)
+	}
+	c := ctx(t)
+	if err := ag.PutContent(c, "sha256:aa", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.PutContent(c, "sha256:aa", []byte("hello")); err != nil {
+		t.Fatalf("storing the same content again: %v", err)
+	}
+	if got, err := ag.GetContent(c, "sha256:aa"); err != nil || string(got) != "hello" {
+		t.Errorf("GetContent = %q, %v", got, err)
+	}
+	if _, err := ag.GetContent(c, "sha256:bb"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("missing content: err = %v, want ErrNotFound", err)
+	}
+	rows := []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}, {Bundle: "ns/b", ID: "1", State: "NotReady", Message: "Deployment web: 0/1"}}
+	if err := ag.PutStatus(c, "uid-1", 5, rows, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A newer report updates one row and removes the other; an older sequence is not kept.
+	if err := ag.PutStatus(c, "uid-1", 7, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Modified"}}, []string{"ns/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.PutStatus(c, "uid-1", 6, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.PutStatus(c, "uid-2", 1, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Ready"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s = h.Reopen(t, s)
+	ag = s.(store.Agents)
+	got := map[string]store.DeploymentStatus{}
+	if err := ag.ScanStatus(c, func(r store.DeploymentStatus) error { got[r.Cluster+" "+r.Bundle] = r; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]store.DeploymentStatus{
+		"uid-1 ns/a": {Cluster: "uid-1", Bundle: "ns/a", ID: "2", State: "Modified"},
+		"uid-2 ns/a": {Cluster: "uid-2", Bundle: "ns/a", ID: "2", State: "Ready"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("status rows = %v, want %v", got, want)
+	}
+	seqs := map[string]int64{}
+	ag.ScanSeqs(c, func(cl string, n int64) error { seqs[cl] = n; return nil })
+	if seqs["uid-1"] != 7 || seqs["uid-2"] != 1 {
+		t.Errorf("sequences = %v, want uid-1:7 uid-2:1", seqs)
+	}
+	if err := ag.DeleteClusterStatus(c, "uid-1"); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	ag.ScanStatus(c, func(r store.DeploymentStatus) error { n++; return nil })
+	if n != 1 {
+		t.Errorf("%d rows after deleting uid-1's, want 1", n)
+	}
 }

@@ -1,0 +1,85 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"flotilla.dev/internal/store"
+)
+
+var _ store.Agents = (*Store)(nil)
+
+// PutContent stores content by digest.
+func (s *Store) PutContent(ctx context.Context, digest string, data []byte) (err error) {
+	defer s.observe("put_content", time.Now(), err)
+	_, err = s.submit(ctx, &op{kind: opContent, key: store.Key{Kind: "content", Name: digest}, digest: digest, data: data})
+	return err
+}
+
+// GetContent reads content by digest.
+func (s *Store) GetContent(ctx context.Context, digest string) (data []byte, err error) {
+	defer s.observe("get_content", time.Now(), err)
+	err = s.db.QueryRowContext(ctx, s.q(`SELECT data FROM content WHERE digest = ?`), digest).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("content %s: %w", digest, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading content %s: %w", digest, err)
+	}
+	return data, nil
+}
+
+// PutStatus records one cluster's report; it returns once the report is committed.
+func (s *Store) PutStatus(ctx context.Context, cluster string, seq int64, rows []store.DeploymentStatus, removed []string) (err error) {
+	defer s.observe("put_status", time.Now(), err)
+	_, err = s.submit(ctx, &op{kind: opStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster, seq: seq, rows: rows, removed: removed})
+	return err
+}
+
+// DeleteClusterStatus forgets a cluster's rows.
+func (s *Store) DeleteClusterStatus(ctx context.Context, cluster string) error {
+	_, err := s.submit(ctx, &op{kind: opDeleteStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster})
+	return err
+}
+
+// ScanStatus streams every status row.
+func (s *Store) ScanStatus(ctx context.Context, fn func(store.DeploymentStatus) error) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT cluster, bundle, id, state, message FROM deployment_status`)
+	if err != nil {
+		return fmt.Errorf("scanning status: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r store.DeploymentStatus
+		if err := rows.Scan(&r.Cluster, &r.Bundle, &r.ID, &r.State, &r.Message); err != nil {
+			return fmt.Errorf("scanning status: %w", err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// ScanSeqs streams every cluster's last report sequence.
+func (s *Store) ScanSeqs(ctx context.Context, fn func(string, int64) error) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT cluster, seq FROM agent_seq`)
+	if err != nil {
+		return fmt.Errorf("scanning report sequences: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var c string
+		var n int64
+		if err := rows.Scan(&c, &n); err != nil {
+			return err
+		}
+		if err := fn(c, n); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
