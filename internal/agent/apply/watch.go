@@ -24,24 +24,34 @@ import (
 // reported too; checking an unchanged deployment is cheap.
 //
 // Watching does not replace a periodic Status: a watch can miss nothing
-// while it runs, but readiness of some kinds depends on time.
+// while it runs, but readiness of some kinds depends on time. Watch returns
+// only when ctx ends; API errors are logged and retried.
 func (a *Applier) Watch(ctx context.Context, notify func(id string)) error {
-	invs, err := a.listInventories(ctx)
-	if err != nil {
-		return err
-	}
-	for _, inv := range invs {
-		a.noteInventory(inv)
-	}
+	listed := false
 	running := map[schema.GroupVersionResource]context.CancelFunc{}
 	defer func() {
 		for _, stop := range running {
 			stop()
 		}
 	}()
-	retry := time.NewTimer(0)
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
 	defer retry.Stop()
 	for {
+		retryLater := false
+		if !listed {
+			// Deployments applied by an earlier run of the agent; those
+			// applied from now on are noted as they are.
+			invs, err := a.listInventories(ctx)
+			if err != nil {
+				a.log.Warn("watch: cannot list inventories; retrying", "err", err)
+				retryLater = true
+			}
+			for _, inv := range invs {
+				a.noteInventory(inv)
+			}
+			listed = err == nil
+		}
 		a.knownMu.Lock()
 		changed := a.knownChanged
 		kinds := map[schema.GroupVersionKind]bool{}
@@ -53,13 +63,12 @@ func (a *Applier) Watch(ctx context.Context, notify func(id string)) error {
 		a.knownMu.Unlock()
 
 		want := map[schema.GroupVersionResource]bool{}
-		unresolved := false
 		for gvk := range kinds {
 			m, err := a.mapping(gvk)
 			if err != nil {
 				// A kind whose CRD is not served (yet); try again later.
 				a.log.Debug("not watching kind", "kind", gvk.String(), "err", err)
-				unresolved = true
+				retryLater = true
 				continue
 			}
 			want[m.Resource] = true
@@ -77,7 +86,7 @@ func (a *Applier) Watch(ctx context.Context, notify func(id string)) error {
 				a.log.Debug("watching", "resource", gvr.String())
 			}
 		}
-		if unresolved {
+		if retryLater {
 			retry.Reset(30 * time.Second)
 		}
 		select {
