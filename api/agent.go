@@ -115,3 +115,12 @@ type DeploymentStatus struct {
 type StatusAck struct {
 	Seq int64 `json:"seq"`
 }
+
+// KnownState reports whether s is a deployment state an agent may report.
+func KnownState(s string) bool {
+	switch s {
+	case StateReady, StateNotReady, StateModified, StateWaitApplied, StateErrApplied, StateOutOfSync, StatePending:
+		return true
+	}
+	return false
+}

@@ -325,7 +325,7 @@ func (s *Server) createObject(req *request, obj *api.Object) error {
 		return err
 	}
 	now := time.Now().UTC().Truncate(time.Second)
-	obj.Metadata.UID = newUID()
+	obj.Metadata.UID = NewUID()
 	obj.Metadata.CreationTimestamp = &now
 	obj.Metadata.Generation = 1
 	obj.Metadata.ResourceVersion = ""

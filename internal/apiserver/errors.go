@@ -85,7 +85,8 @@ func jsonEqual(a, b json.RawMessage) bool {
 
 func mapsEqual(a, b map[string]string) bool { return maps.Equal(a, b) }
 
-func newUID() string {
+// NewUID returns a random UUID for a new object.
+func NewUID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = (b[6] & 0x0f) | 0x40

@@ -66,6 +66,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newGetCmd(g),
 		newDescribeCmd(g),
 		newDeleteCmd(g),
+		newTokenCmd(g),
 	)
 	return root
 }

@@ -53,6 +53,8 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "serving key")
 	f.StringVar(&cfg.TLSCAFile, "tls-ca-file", "", "CA of --tls-cert-file, given to agents")
 	f.DurationVar(&cfg.HistoryWindow, "history-window", 5*time.Minute, "how long change history is kept for watches and paging")
+	f.DurationVar(&cfg.Fleet.PollInterval, "agent-poll-interval", 15*time.Second, "how often agents are told to poll for changes")
+	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

@@ -22,7 +22,7 @@ func validateToken(s any) []api.StatusCause {
 	if spec.MaxUses < 0 {
 		causes = append(causes, api.StatusCause{Field: "spec.maxUses", Message: "must not be negative"})
 	}
-	m := api.ObjectMeta{Name: "x", Labels: spec.Labels}
+	m := api.ObjectMeta{Name: "x", Namespace: "x", Labels: spec.Labels}
 	for _, c := range validateMeta(&m) {
 		c.Field = strings.Replace(c.Field, "metadata.labels", "spec.labels", 1)
 		causes = append(causes, c)

@@ -17,8 +17,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"flotilla.dev/api"
+	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/metrics"
 	"flotilla.dev/internal/pki"
 	"flotilla.dev/internal/store"
@@ -44,6 +47,8 @@ type Config struct {
 	TLSCertFile, TLSKeyFile, TLSCAFile string
 	// HistoryWindow is how long watch and pagination history is kept before compaction.
 	HistoryWindow time.Duration
+	// Fleet tunes the fleet model (agent poll interval, offline detection, status writes).
+	Fleet fleet.Config
 	Logger        *slog.Logger
 	// Out receives the lines meant for the operator (CA checksum, a generated token).
 	Out io.Writer
@@ -58,13 +63,21 @@ func DefaultConfig() Config {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	store   store.Store
+	store   storeAll
 	auth    *auth.Authenticator
+	fleet   *fleet.Fleet
+	agents  *agentapi.Server
 	metrics *metrics.Metrics
 	tls     *pki.Bundle
 	ready   atomic.Bool
 	ln      net.Listener
 	http    *http.Server
+}
+
+// storeAll is what both drivers provide.
+type storeAll interface {
+	store.Store
+	store.Agents
 }
 
 // New opens the store and prepares everything; Serve starts listening.
@@ -118,6 +131,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = auth.NewAuthenticator(s.store)
+	fcfg := cfg.Fleet
+	fcfg.Logger = cfg.Logger
+	s.fleet = fleet.New(s.store, fcfg)
+	if s.agents, err = agentapi.New(ctx, s.store, s.fleet, cfg.Logger); err != nil {
+		s.store.Close()
+		return nil, err
+	}
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
 	if err != nil {
 		s.store.Close()
@@ -169,13 +189,16 @@ func (s *Server) handler() http.Handler {
 	mux.Handle("/debug/pprof/trace", s.adminOnly(http.HandlerFunc(pprof.Trace)))
 	mux.Handle("/debug/pprof/symbol", s.adminOnly(http.HandlerFunc(pprof.Symbol)))
 	mux.Handle("/debug/pprof/cmdline", s.adminOnly(http.HandlerFunc(pprof.Cmdline)))
-	api := apiserver.New(s.store, s.auth, s.log)
-	api.Register(mux)
+	resources := apiserver.New(s.store, s.auth, s.log)
+	resources.SetHooks(api.KindRegistrationToken, agentapi.NewTokenHooks(s.store))
+	resources.SetHooks(api.KindBundle, agentapi.NewBundleHooks(s.store))
+	resources.Register(mux)
+	s.agents.Register(mux)
 	return s.metrics.Instrument(mux)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if !s.ready.Load() {
+	if !s.ready.Load() || !s.fleet.Ready() {
 		http.Error(w, "starting\n", http.StatusServiceUnavailable)
 		return
 	}
@@ -230,6 +253,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	go s.compactor(baseCtx)
+	go s.fleet.Run(baseCtx)
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
 	errc := make(chan error, 1)

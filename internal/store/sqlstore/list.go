@@ -212,15 +212,17 @@ func (s *Store) listQuery(opts store.ListOptions, rev int64) (string, []any, lab
 		} else {
 			b.WriteString(` AND EXISTS (`)
 		}
-		b.WriteString(`SELECT 1 FROM labels x WHERE x.obj = o.id AND x.key = ?`)
-		args = append(args, r.Key())
+		// With kind, key and value given this is a point lookup in the primary key
+		// (kind, key, value, obj); without a value, labels_obj (obj, key, value) serves it.
+		b.WriteString(`SELECT 1 FROM labels x WHERE x.kind = ? AND x.key = ?`)
+		args = append(args, opts.Kind, r.Key())
 		if len(vals) > 0 {
 			b.WriteString(` AND x.value IN (` + placeholders(len(vals)) + `)`)
 			for _, v := range vals {
 				args = append(args, v)
 			}
 		}
-		b.WriteString(`)`)
+		b.WriteString(` AND x.obj = o.id)`)
 	}
 	if driver >= 0 {
 		b.WriteString(` ORDER BY d.obj`)

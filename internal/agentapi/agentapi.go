@@ -1,0 +1,224 @@
+// Package agentapi serves the agent protocol (api/agent.go): registration with a
+// registration token, per-cluster credentials, desired state with cheap "nothing changed"
+// answers, content by digest, and idempotent status reports. It also owns the server side of
+// registration tokens and of bundle content (inline resources moved into the content store).
+package agentapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/fleet"
+	"flotilla.dev/internal/store"
+)
+
+// Store is what the agent API needs of the store.
+type Store interface {
+	store.Store
+	store.Agents
+}
+
+// Server handles /v1/agent/….
+type Server struct {
+	st    Store
+	fleet *fleet.Fleet
+	keys  *keyRing
+	log   *slog.Logger
+	now   func() time.Time
+	cache *contentCache
+	// Clusters registered at the same moment with the same token must not both take its
+	// last use: registration holds this while it reserves a use.
+	regMu sync.Mutex
+}
+
+// New prepares the agent API; it creates the credential key on first use of a store.
+func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger) (*Server, error) {
+	k, err := loadKey(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20)}, nil
+}
+
+// Register adds the agent routes to mux.
+func (s *Server) Register(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+api.PathRegister, s.register)
+	mux.HandleFunc("GET "+api.PathDesired, s.desired)
+	mux.HandleFunc("GET "+api.PathContent+"{digest}", s.content)
+	mux.HandleFunc("POST "+api.PathStatus, s.status)
+}
+
+func fail(w http.ResponseWriter, code int, reason, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(&api.Status{TypeMeta: api.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Code: code, Reason: reason, Message: msg})
+}
+
+// cluster authenticates a cluster credential. It writes the error answer itself.
+func (s *Server) cluster(w http.ResponseWriter, r *http.Request) (identity, bool) {
+	id, err := s.keys.verify(auth.BearerToken(r))
+	if err != nil {
+		fail(w, http.StatusUnauthorized, api.ReasonUnauthorized, "Unauthorized: invalid cluster credential")
+		return id, false
+	}
+	if !s.fleet.Ready() {
+		w.Header().Set("Retry-After", "2")
+		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "the server is starting; try again shortly")
+		return id, false
+	}
+	if c, ok := s.fleet.Cluster(id.Namespace, id.Name); ok && c.UID == id.UID {
+		return id, true
+	}
+	// The model may not have seen a cluster registered a moment ago: ask the store.
+	obj, err := s.st.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: id.Namespace, Name: id.Name})
+	switch {
+	case err == nil && obj.Metadata.UID == id.UID:
+		w.Header().Set("Retry-After", "1")
+		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster registered a moment ago; try again shortly")
+	case err == nil || errors.Is(err, store.ErrNotFound):
+		fail(w, http.StatusUnauthorized, api.ReasonClusterDeleted, fmt.Sprintf("cluster %s/%s was deleted from the server; its credential is revoked", id.Namespace, id.Name))
+	default:
+		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "store unavailable")
+	}
+	return id, false
+}
+
+func (s *Server) pollAfter(w http.ResponseWriter) int {
+	secs := int(s.fleet.PollAfter().Seconds())
+	if secs < 1 {
+		secs = 1
+	}
+	w.Header().Set(api.HeaderPollAfter, strconv.Itoa(secs))
+	return secs
+}
+
+// desired answers "has my desired state changed since R?". The unchanged answer reads
+// nothing but the in-memory model.
+func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.cluster(w, r)
+	if !ok {
+		return
+	}
+	since, _ := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
+	s.fleet.Seen(id.Namespace, id.Name, s.now())
+	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")
+		return
+	}
+	secs := s.pollAfter(w)
+	if ds == nil {
+		w.Header().Set(api.HeaderRevision, strconv.FormatInt(rev, 10))
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	ds.PollAfterSeconds = secs
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(ds)
+}
+
+// content serves a bundle's content archive to a cluster that deploys it. Content is
+// immutable: its name is its digest.
+func (s *Server) content(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.cluster(w, r)
+	if !ok {
+		return
+	}
+	digest := r.PathValue("digest")
+	if !s.fleet.References(id.Namespace, id.Name, id.UID, digest) {
+		fail(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("content %s is not part of cluster %s/%s's desired state", digest, id.Namespace, id.Name))
+		return
+	}
+	data, ok := s.cache.get(digest)
+	if !ok {
+		var err error
+		data, err = s.st.GetContent(r.Context(), digest)
+		if err != nil {
+			apiserver.WriteError(w, err)
+			return
+		}
+		s.cache.put(digest, data)
+	}
+	w.Header().Set("Content-Type", "application/gzip")
+	w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
+	w.Header().Set("ETag", `"`+digest+`"`)
+	w.Write(data)
+}
+
+// maxReport bounds a status report's size.
+const maxReport = 1 << 20
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.cluster(w, r)
+	if !ok {
+		return
+	}
+	var rep api.StatusReport
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReport))
+	if err == nil {
+		err = json.Unmarshal(body, &rep)
+	}
+	if err != nil {
+		fail(w, http.StatusBadRequest, api.ReasonBadRequest, "malformed status report: "+err.Error())
+		return
+	}
+	if _, err := s.fleet.Report(r.Context(), id.Namespace, id.Name, id.UID, &rep, s.now()); err != nil {
+		if errors.Is(err, fleet.ErrUnknownCluster) {
+			fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")
+			return
+		}
+		s.log.Error("storing status report", "cluster", id.Namespace+"/"+id.Name, "err", err)
+		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "could not store the report; send it again")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(api.StatusAck{Seq: rep.Seq})
+}
+
+// contentCache keeps recently served content: one bundle change sends the same archive to
+// every targeted cluster.
+type contentCache struct {
+	mu    sync.Mutex
+	max   int
+	size  int
+	items map[string][]byte
+}
+
+func newContentCache(max int) *contentCache { return &contentCache{max: max, items: map[string][]byte{}} }
+
+func (c *contentCache) get(k string) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.items[k]
+	return v, ok
+}
+
+func (c *contentCache) put(k string, v []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(v) > c.max/4 {
+		return
+	}
+	for key, old := range c.items {
+		if c.size+len(v) <= c.max {
+			break
+		}
+		delete(c.items, key)
+		c.size -= len(old)
+	}
+	if _, ok := c.items[k]; !ok {
+		c.items[k] = v
+		c.size += len(v)
+	}
+}

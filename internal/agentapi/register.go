@@ -1,0 +1,273 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"sync"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/resource"
+	"flotilla.dev/internal/store"
+)
+
+// kindRegistrationSecret is the internal record that maps a registration token's hash to
+// its RegistrationToken object. The token itself is never stored.
+const kindRegistrationSecret = "RegistrationSecret"
+
+type registrationSecret struct {
+	Hash      string `json:"hash"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+}
+
+func secretKey(hash string) store.Key {
+	return store.Key{Kind: kindRegistrationSecret, Namespace: auth.SystemNamespace, Name: "r-" + hash[:40]}
+}
+
+// ClusterName is the name a cluster with clientID gets: derived from the identity, so that a
+// cluster registering again finds its Cluster without a search.
+func ClusterName(clientID string) string {
+	h := sha256.Sum256([]byte(clientID))
+	return "c-" + hex.EncodeToString(h[:])[:16]
+}
+
+// TokenHooks mint registration tokens: the value is made when the RegistrationToken is
+// created, shown once in the create response, and stored only as a hash.
+type TokenHooks struct {
+	st  store.Store
+	now func() time.Time
+
+	mu      sync.Mutex
+	minted  map[string]string // object UID → token, between BeforeCreate and AfterCreate
+}
+
+// NewTokenHooks returns the hooks for RegistrationToken.
+func NewTokenHooks(st store.Store) *TokenHooks {
+	return &TokenHooks{st: st, now: time.Now, minted: map[string]string{}}
+}
+
+// BeforeCreate sets the expiry and records the new token's hash.
+func (h *TokenHooks) BeforeCreate(ctx context.Context, obj *api.Object, dryRun bool) error {
+	var spec api.RegistrationTokenSpec
+	json.Unmarshal(obj.Spec, &spec)
+	st := api.RegistrationTokenStatus{}
+	if spec.TTL != "" {
+		d, _ := time.ParseDuration(spec.TTL)
+		e := h.now().Add(d).UTC().Truncate(time.Second)
+		st.Expires = &e
+	}
+	obj.Status, _ = json.Marshal(st)
+	if dryRun {
+		return nil
+	}
+	token := auth.NewToken("frt_")
+	hash := auth.Hash(token)
+	rec, _ := json.Marshal(registrationSecret{Hash: hash, Namespace: obj.Metadata.Namespace, Name: obj.Metadata.Name, UID: obj.Metadata.UID})
+	k := secretKey(hash)
+	if _, err := h.st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: k.Kind},
+		Metadata: api.ObjectMeta{Namespace: k.Namespace, Name: k.Name}, Spec: rec}); err != nil {
+		return fmt.Errorf("recording registration token: %w", err)
+	}
+	h.mu.Lock()
+	h.minted[obj.Metadata.UID] = token
+	h.mu.Unlock()
+	return nil
+}
+
+// AfterCreate shows the token, once, in the create response.
+func (h *TokenHooks) AfterCreate(ctx context.Context, obj *api.Object) error {
+	h.mu.Lock()
+	token := h.minted[obj.Metadata.UID]
+	delete(h.minted, obj.Metadata.UID)
+	h.mu.Unlock()
+	var st api.RegistrationTokenStatus
+	json.Unmarshal(obj.Status, &st)
+	st.Token = token
+	obj.Status, _ = json.Marshal(st)
+	return nil
+}
+
+// BeforeUpdate keeps the token's status (uses, expiry) out of clients' hands.
+func (h *TokenHooks) BeforeUpdate(ctx context.Context, old, obj *api.Object, dryRun bool) error {
+	obj.Status = old.Status
+	return nil
+}
+
+// tokenError answers an unusable registration token.
+type tokenError struct{ msg string }
+
+func (e *tokenError) Error() string { return e.msg }
+
+// resolveToken finds the RegistrationToken behind a bearer token and checks it can be used.
+func (s *Server) resolveToken(ctx context.Context, token string) (*api.Object, error) {
+	if token == "" {
+		return nil, &tokenError{"no registration token"}
+	}
+	rec, err := s.st.Get(ctx, secretKey(auth.Hash(token)))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, &tokenError{"unknown registration token"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var sec registrationSecret
+	json.Unmarshal(rec.Spec, &sec)
+	if sec.Hash != auth.Hash(token) {
+		return nil, &tokenError{"unknown registration token"}
+	}
+	obj, err := s.st.Get(ctx, store.Key{Kind: api.KindRegistrationToken, Namespace: sec.Namespace, Name: sec.Name})
+	if errors.Is(err, store.ErrNotFound) || (err == nil && obj.Metadata.UID != sec.UID) {
+		return nil, &tokenError{"registration token was deleted"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var spec api.RegistrationTokenSpec
+	var st api.RegistrationTokenStatus
+	json.Unmarshal(obj.Spec, &spec)
+	json.Unmarshal(obj.Status, &st)
+	if st.Expires != nil && s.now().After(*st.Expires) {
+		return nil, &tokenError{fmt.Sprintf("registration token %s expired at %s", obj.Metadata.Name, st.Expires.Format(time.RFC3339))}
+	}
+	if spec.MaxUses > 0 && st.Uses >= spec.MaxUses {
+		return nil, &tokenError{fmt.Sprintf("registration token %s is used up (%d of %d registrations)", obj.Metadata.Name, st.Uses, spec.MaxUses)}
+	}
+	return obj, nil
+}
+
+// useToken counts one registration against the token.
+func (s *Server) useToken(ctx context.Context, tok *api.Object) error {
+	for attempt := 0; attempt < 5; attempt++ {
+		var spec api.RegistrationTokenSpec
+		var st api.RegistrationTokenStatus
+		json.Unmarshal(tok.Spec, &spec)
+		json.Unmarshal(tok.Status, &st)
+		if spec.MaxUses > 0 && st.Uses >= spec.MaxUses {
+			return &tokenError{fmt.Sprintf("registration token %s is used up (%d of %d registrations)", tok.Metadata.Name, st.Uses, spec.MaxUses)}
+		}
+		st.Uses++
+		tok.Status, _ = json.Marshal(st)
+		_, err := s.st.Update(ctx, tok)
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+		if tok, err = s.st.Get(ctx, store.KeyOf(tok)); err != nil {
+			return err
+		}
+	}
+	return errors.New("registration token is busy; try again")
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var req api.RegisterRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err == nil {
+		err = json.Unmarshal(body, &req)
+	}
+	if err != nil || req.ClientID == "" {
+		fail(w, http.StatusBadRequest, api.ReasonBadRequest, "malformed registration request: a clientID is required")
+		return
+	}
+	meta := api.ObjectMeta{Name: "x", Namespace: "x", Labels: req.Labels}
+	if err := resource.Prepare(&api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster}, Metadata: meta}); err != nil {
+		fail(w, http.StatusUnprocessableEntity, api.ReasonInvalid, "invalid cluster labels: "+err.Error())
+		return
+	}
+	s.regMu.Lock()
+	resp, err := s.registerLocked(ctx, auth.BearerToken(r), &req)
+	s.regMu.Unlock()
+	var te *tokenError
+	switch {
+	case errors.As(err, &te):
+		fail(w, http.StatusUnauthorized, api.ReasonTokenInvalid, te.msg)
+	case err != nil:
+		s.log.Error("registering a cluster", "err", err)
+		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "registration failed; try again")
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(resp)
+	}
+}
+
+func (s *Server) registerLocked(ctx context.Context, token string, req *api.RegisterRequest) (*api.RegisterResponse, error) {
+	tok, err := s.resolveToken(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	var tspec api.RegistrationTokenSpec
+	json.Unmarshal(tok.Spec, &tspec)
+	ns := tok.Metadata.Namespace
+	name := ClusterName(req.ClientID)
+	key := store.Key{Kind: api.KindCluster, Namespace: ns, Name: name}
+	cur, err := s.st.Get(ctx, key)
+	switch {
+	case err == nil:
+		var spec api.ClusterSpec
+		json.Unmarshal(cur.Spec, &spec)
+		if spec.ClientID != req.ClientID {
+			return nil, fmt.Errorf("cluster name %s is taken by another client ID", name)
+		}
+		// The same cluster again: reuse it. Labels an operator set stay as they are; new ones
+		// from the agent or the token are added.
+		added := false
+		if cur.Metadata.Labels == nil {
+			cur.Metadata.Labels = map[string]string{}
+		}
+		for k, v := range mergeLabels(req.Labels, tspec.Labels) {
+			if _, ok := cur.Metadata.Labels[k]; !ok {
+				cur.Metadata.Labels[k] = v
+				added = true
+			}
+		}
+		if added {
+			if cur, err = s.st.Update(ctx, cur); err != nil {
+				return nil, err
+			}
+		}
+	case errors.Is(err, store.ErrNotFound):
+		if err := s.useToken(ctx, tok); err != nil {
+			return nil, err
+		}
+		now := s.now().UTC().Truncate(time.Second)
+		spec, _ := json.Marshal(api.ClusterSpec{ClientID: req.ClientID})
+		st, _ := json.Marshal(api.ClusterStatus{Inventory: req.Inventory, State: "Pending"})
+		cur, err = s.st.Create(ctx, &api.Object{
+			TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+			Metadata: api.ObjectMeta{Namespace: ns, Name: name, UID: apiserver.NewUID(), Generation: 1, CreationTimestamp: &now,
+				Labels:      mergeLabels(req.Labels, tspec.Labels),
+				Annotations: map[string]string{"flotilla.dev/registered-with": tok.Metadata.Name}},
+			Spec: spec, Status: st,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("cluster registered", "cluster", ns+"/"+name, "token", tok.Metadata.Name)
+	default:
+		return nil, err
+	}
+	return &api.RegisterResponse{Namespace: ns, ClusterName: name,
+		Credential: s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})}, nil
+}
+
+// mergeLabels gives the token's labels precedence over the agent's: the operator who made
+// the token decides.
+func mergeLabels(agent, token map[string]string) map[string]string {
+	out := maps.Clone(agent)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, token)
+	return out
+}

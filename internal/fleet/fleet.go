@@ -1,0 +1,515 @@
+// Package fleet is the server's in-memory model of the fleet: every cluster with its labels,
+// the cluster groups, the bundles with their compiled targets, and the last reported state of
+// every (cluster, bundle) pair. Desired state is computed from it, never stored per pair: a
+// cluster's deployments are the bundles whose targets match it, customised by the matching
+// target. Each cluster carries the revision at which its desired state last changed, so an
+// agent's "anything new since R?" is answered from memory.
+//
+// The model is loaded with streaming scans when the server starts and kept current by store
+// watches; reported status is persisted in the store's compact status rows and rolled up per
+// bundle, cluster and group incrementally.
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/bundle"
+	"flotilla.dev/internal/store"
+)
+
+// Config tunes the model.
+type Config struct {
+	// PollInterval is the base interval agents are told to poll at.
+	PollInterval time.Duration
+	// OfflineAfter: a cluster not seen for this long is Offline.
+	OfflineAfter time.Duration
+	// StatusInterval is how often rolled-up status is written to objects.
+	StatusInterval time.Duration
+	// LastSeenResolution: a cluster's stored lastSeen is refreshed at most this often when
+	// nothing else about it changed, to keep an idle fleet from writing constantly.
+	LastSeenResolution time.Duration
+	Logger             *slog.Logger
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{PollInterval: 15 * time.Second, OfflineAfter: 2 * time.Minute, StatusInterval: 2 * time.Second,
+		LastSeenResolution: time.Minute, Logger: slog.Default()}
+}
+
+// Store is what the model needs of the store.
+type Store interface {
+	store.Store
+	store.Agents
+}
+
+// Fleet is the model.
+type Fleet struct {
+	cfg Config
+	st  Store
+	log *slog.Logger
+
+	mu         sync.RWMutex
+	workspaces map[string]*workspace
+	byUID      map[string]*Cluster
+	// loadRev is the store revision the model was loaded at.
+	loadRev int64
+	ready   atomic.Bool
+
+	dirtyBundles  map[*bundleEntry]struct{}
+	dirtyClusters map[*Cluster]struct{}
+	dirtyGroups   map[string]struct{} // namespaces whose groups need their counts written
+}
+
+type workspace struct {
+	name     string
+	clusters map[string]*Cluster
+	groups   map[string]*group
+	bundles  map[string]*bundleEntry
+}
+
+// Cluster is one registered cluster in memory.
+type Cluster struct {
+	Namespace, Name, UID string
+	Labels, Annotations  map[string]string
+	ClientID             string
+	Paused               bool
+
+	desiredRev int64
+	seq        int64
+	lastSeen   time.Time
+	storedSeen time.Time
+	inventory  *api.ClusterInventory
+	state      string // last written cluster state
+	tmplHash   string
+	deps       map[string]*pair // bundle name → pair
+	counts     map[string]int   // effective state → n, over this cluster's deployments
+}
+
+// pair is one (cluster, bundle): which target matched (-1: none) and what was reported.
+type pair struct {
+	target     int
+	desiredID  string
+	reportedID string
+	state      string
+	message    string
+}
+
+func (p *pair) effective() string {
+	switch {
+	case p.target < 0:
+		return ""
+	case p.reportedID == "":
+		return api.StateWaitApplied
+	case p.reportedID != p.desiredID:
+		return api.StateOutOfSync
+	}
+	return p.state
+}
+
+type group struct {
+	name     string
+	labels   map[string]string
+	selector labels.Selector
+}
+
+type targetInfo struct {
+	opts api.BundleDeploymentOptions
+	id   string
+}
+
+type bundleEntry struct {
+	ns, name    string
+	rv          string
+	generation  int64
+	labels      map[string]string
+	spec        api.BundleSpec
+	matcher     *bundle.Matcher
+	targets     []targetInfo
+	templated   bool
+	usesGroups  bool
+	releaseName string
+	err         string
+
+	counts   map[string]int
+	desired  int
+	notReady map[*Cluster]struct{}
+}
+
+// New returns an empty model; Run loads and maintains it.
+func New(st Store, cfg Config) *Fleet {
+	def := DefaultConfig()
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = def.PollInterval
+	}
+	if cfg.OfflineAfter == 0 {
+		cfg.OfflineAfter = max(def.OfflineAfter, 4*cfg.PollInterval)
+	}
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = def.StatusInterval
+	}
+	if cfg.LastSeenResolution == 0 {
+		cfg.LastSeenResolution = def.LastSeenResolution
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{},
+		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{}}
+}
+
+// Ready reports whether the model has been loaded.
+func (f *Fleet) Ready() bool { return f.ready.Load() }
+
+func (f *Fleet) ws(ns string) *workspace {
+	w := f.workspaces[ns]
+	if w == nil {
+		w = &workspace{name: ns, clusters: map[string]*Cluster{}, groups: map[string]*group{}, bundles: map[string]*bundleEntry{}}
+		f.workspaces[ns] = w
+	}
+	return w
+}
+
+// clusterView is how the bundle package sees a cluster.
+func (f *Fleet) clusterView(w *workspace, c *Cluster) bundle.Cluster {
+	groups := map[string]map[string]string{}
+	for _, g := range w.groups {
+		if g.selector.Matches(labels.Set(c.Labels)) {
+			groups[g.name] = g.labels
+		}
+	}
+	// As in Fleet, the group "default" holds every cluster unless a ClusterGroup of that
+	// name says otherwise.
+	if _, ok := w.groups[bundle.DefaultGroup]; !ok {
+		groups[bundle.DefaultGroup] = map[string]string{}
+	}
+	return bundle.Cluster{Name: c.Name, Namespace: c.Namespace, Labels: c.Labels, Annotations: c.Annotations, Groups: groups}
+}
+
+// digestOf hashes parts into a short stable ID.
+func digestOf(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+func templateHash(c *Cluster) string {
+	if c.tmplHash == "" {
+		l, _ := json.Marshal(c.Labels)
+		a, _ := json.Marshal(c.Annotations)
+		c.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a))
+	}
+	return c.tmplHash
+}
+
+// compileBundle prepares a bundle's targets: which clusters match and, per target, the
+// options and the deployment ID those clusters get.
+func compileBundle(obj *api.Object) (*bundleEntry, error) {
+	var spec api.BundleSpec
+	if err := json.Unmarshal(obj.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("decoding bundle %s/%s: %w", obj.Metadata.Namespace, obj.Metadata.Name, err)
+	}
+	b := &bundleEntry{ns: obj.Metadata.Namespace, name: obj.Metadata.Name, rv: obj.Metadata.ResourceVersion,
+		generation: obj.Metadata.Generation, labels: obj.Metadata.Labels, spec: spec,
+		counts: map[string]int{}, notReady: map[*Cluster]struct{}{}}
+	b.releaseName = bundle.BundleName(b.name, "")
+	m, err := bundle.NewMatcher(spec.Targets, spec.TargetRestrictions)
+	if err != nil {
+		b.err = err.Error()
+	}
+	b.matcher = m
+	for i := range spec.Targets {
+		t := &spec.Targets[i]
+		if t.ClusterGroup != "" || t.ClusterGroupSelector != nil {
+			b.usesGroups = true
+		}
+		opts := bundle.Merge(spec.BundleDeploymentOptions, t)
+		raw, _ := json.Marshal(opts)
+		b.targets = append(b.targets, targetInfo{opts: opts, id: digestOf(spec.ContentHash, string(raw), b.releaseName, strconv.FormatBool(spec.Paused))})
+		if opts.Helm != nil && (len(opts.Helm.Values) > 0 || len(opts.Helm.TemplateValues) > 0) {
+			// Values may be templated with the cluster's labels: the ID must change when
+			// they do, so that the agent renders again.
+			b.templated = true
+		}
+	}
+	for _, r := range spec.TargetRestrictions {
+		if r.ClusterGroup != "" || r.ClusterGroupSelector != nil {
+			b.usesGroups = true
+		}
+	}
+	return b, nil
+}
+
+// match returns which target of b applies to c, or -1.
+func (f *Fleet) match(w *workspace, b *bundleEntry, c *Cluster) (int, string) {
+	if b.matcher == nil || b.spec.ContentHash == "" {
+		return -1, ""
+	}
+	t, ok := b.matcher.Match(f.clusterView(w, c))
+	if !ok {
+		return -1, ""
+	}
+	for i := range b.spec.Targets {
+		if &b.spec.Targets[i] == t {
+			id := b.targets[i].id
+			if b.templated {
+				id = digestOf(id, templateHash(c))
+			}
+			return i, id
+		}
+	}
+	return -1, ""
+}
+
+// setPair moves one pair to its new target and keeps every rollup in step. It returns
+// whether the cluster's desired state changed.
+func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string) bool {
+	p := c.deps[b.name]
+	if p == nil {
+		if target < 0 {
+			return false
+		}
+		p = &pair{target: -1}
+		c.deps[b.name] = p
+	}
+	if p.target == target && p.desiredID == id {
+		return false
+	}
+	old := p.effective()
+	p.target, p.desiredID = target, id
+	f.recount(b, c, old, p.effective())
+	if target < 0 && p.reportedID == "" {
+		delete(c.deps, b.name)
+	}
+	return true
+}
+
+// recount moves one pair's contribution from state old to state now ("" = not targeted).
+func (f *Fleet) recount(b *bundleEntry, c *Cluster, old, now string) {
+	if old == now {
+		return
+	}
+	if old != "" {
+		b.counts[old]--
+		c.counts[old]--
+		b.desired--
+	}
+	if now != "" {
+		b.counts[now]++
+		c.counts[now]++
+		b.desired++
+	}
+	if now != "" && now != api.StateReady {
+		b.notReady[c] = struct{}{}
+	} else {
+		delete(b.notReady, c)
+	}
+	f.dirtyBundles[b] = struct{}{}
+	f.dirtyClusters[c] = struct{}{}
+	f.dirtyGroups[c.Namespace] = struct{}{}
+}
+
+// retarget recomputes c's pairs with every bundle of its workspace.
+func (f *Fleet) retarget(w *workspace, c *Cluster, rev int64) {
+	changed := false
+	for _, b := range w.bundles {
+		t, id := f.match(w, b, c)
+		if f.setPair(b, c, t, id) {
+			changed = true
+		}
+	}
+	if changed || rev > c.desiredRev {
+		c.desiredRev = max(c.desiredRev, rev)
+	}
+}
+
+// Errors for the agent API.
+var (
+	ErrUnknownCluster = errors.New("cluster not found")
+	ErrNotReady       = errors.New("fleet model is loading")
+)
+
+// Desired returns c's desired state if it changed after since; nil means unchanged.
+func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, int64, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w := f.workspaces[ns]
+	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
+		return nil, 0, ErrUnknownCluster
+	}
+	c := w.clusters[name]
+	if since >= c.desiredRev && since > 0 {
+		return nil, c.desiredRev, nil
+	}
+	ds := &api.DesiredState{Revision: c.desiredRev, ClusterName: c.Name, ClusterNamespace: c.Namespace,
+		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, Deployments: []api.DeploymentSpec{}}
+	names := make([]string, 0, len(c.deps))
+	for n, p := range c.deps {
+		if p.target >= 0 {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b := w.bundles[n]
+		p := c.deps[n]
+		ds.Deployments = append(ds.Deployments, api.DeploymentSpec{
+			Bundle: ns + "/" + n, ID: p.desiredID, ContentHash: b.spec.ContentHash, ReleaseName: b.releaseName,
+			Options: b.targets[p.target].opts, Paused: b.spec.Paused || c.Paused,
+		})
+	}
+	return ds, c.desiredRev, nil
+}
+
+// References reports whether digest is content of one of c's deployments.
+func (f *Fleet) References(ns, name, uid, digest string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w := f.workspaces[ns]
+	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
+		return false
+	}
+	for n, p := range w.clusters[name].deps {
+		if p.target >= 0 && w.bundles[n] != nil && w.bundles[n].spec.ContentHash == digest {
+			return true
+		}
+	}
+	return false
+}
+
+// Cluster returns a copy of a cluster's identity, if it exists.
+func (f *Fleet) Cluster(ns, name string) (Cluster, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w := f.workspaces[ns]
+	if w == nil || w.clusters[name] == nil {
+		return Cluster{}, false
+	}
+	return *w.clusters[name], true
+}
+
+// PollAfter is how long an agent should wait before polling again.
+func (f *Fleet) PollAfter() time.Duration { return f.cfg.PollInterval }
+
+// Report applies an agent's status report. It returns false, without error, for a report
+// already seen (a resend after an outage). The report is persisted before it returns.
+func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.StatusReport, now time.Time) (bool, error) {
+	f.mu.Lock()
+	w := f.workspaces[ns]
+	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
+		f.mu.Unlock()
+		return false, ErrUnknownCluster
+	}
+	c := w.clusters[name]
+	c.lastSeen = now
+	if rep.Seq <= c.seq {
+		f.mu.Unlock()
+		return false, nil
+	}
+	c.seq = rep.Seq
+	if rep.Inventory != nil && !inventoryEqual(c.inventory, rep.Inventory) {
+		c.inventory = rep.Inventory
+		f.dirtyClusters[c] = struct{}{}
+	}
+	rows := make([]store.DeploymentStatus, 0, len(rep.Deployments))
+	var removed []string
+	for _, d := range rep.Deployments {
+		bns, bname, ok := splitKey(d.Bundle)
+		if !ok || bns != ns {
+			continue
+		}
+		if !api.KnownState(d.State) {
+			continue
+		}
+		msg := truncate(d.Message, 1024)
+		rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: msg})
+		p := c.deps[bname]
+		if p == nil {
+			p = &pair{target: -1}
+			c.deps[bname] = p
+		}
+		old := p.effective()
+		p.reportedID, p.state, p.message = d.ID, d.State, msg
+		if b := w.bundles[bname]; b != nil {
+			f.recount(b, c, old, p.effective())
+		}
+	}
+	for _, key := range rep.Removed {
+		bns, bname, ok := splitKey(key)
+		if !ok || bns != ns {
+			continue
+		}
+		removed = append(removed, key)
+		if p := c.deps[bname]; p != nil {
+			old := p.effective()
+			p.reportedID, p.state, p.message = "", "", ""
+			if b := w.bundles[bname]; b != nil {
+				f.recount(b, c, old, p.effective())
+			}
+			if p.target < 0 {
+				delete(c.deps, bname)
+			}
+		}
+	}
+	seq := rep.Seq
+	f.mu.Unlock()
+	// Acknowledge only what is committed, so a server restart loses no accepted report.
+	if err := f.st.PutStatus(ctx, uid, seq, rows, removed); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Seen records a poll.
+func (f *Fleet) Seen(ns, name string, now time.Time) {
+	f.mu.Lock()
+	if w := f.workspaces[ns]; w != nil {
+		if c := w.clusters[name]; c != nil {
+			c.lastSeen = now
+		}
+	}
+	f.mu.Unlock()
+}
+
+func splitKey(k string) (string, string, bool) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '/' {
+			return k[:i], k[i+1:], i > 0 && i < len(k)-1
+		}
+	}
+	return "", "", false
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func inventoryEqual(a, b *api.ClusterInventory) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+

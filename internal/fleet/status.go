@@ -1,0 +1,210 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
+)
+
+// maxNonReady bounds the examples of non-ready deployments a summary lists.
+const maxNonReady = 10
+
+// writeStatusLoop writes rolled-up status to Bundles, Clusters and ClusterGroups. Rollups
+// are kept incrementally in memory; this only writes the ones that changed.
+func (f *Fleet) writeStatusLoop(ctx context.Context) {
+	t := time.NewTicker(f.cfg.StatusInterval)
+	defer t.Stop()
+	lastSweep := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !f.ready.Load() {
+			return // a reload starts a new loop
+		}
+		now := time.Now()
+		if now.Sub(lastSweep) > 5*time.Second {
+			f.sweep(now)
+			lastSweep = now
+		}
+		f.flush(ctx, now)
+	}
+}
+
+// sweep marks clusters whose state changed with time alone (gone offline, or due a lastSeen
+// refresh).
+func (f *Fleet) sweep(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.workspaces {
+		for _, c := range w.clusters {
+			if f.clusterState(c, now) != c.state || (!c.lastSeen.IsZero() && c.lastSeen.Sub(c.storedSeen) > f.cfg.LastSeenResolution) {
+				f.dirtyClusters[c] = struct{}{}
+			}
+		}
+	}
+}
+
+func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
+	switch {
+	case c.lastSeen.IsZero():
+		return "Pending"
+	case now.Sub(c.lastSeen) > f.cfg.OfflineAfter:
+		return "Offline"
+	}
+	for s, n := range c.counts {
+		if n > 0 && s != api.StateReady {
+			return api.StateNotReady
+		}
+	}
+	return api.StateReady
+}
+
+func summary(counts map[string]int, desired int) *api.Summary {
+	return &api.Summary{
+		DesiredReady: desired, Ready: counts[api.StateReady], NotReady: counts[api.StateNotReady],
+		Modified: counts[api.StateModified], WaitApplied: counts[api.StateWaitApplied], ErrApplied: counts[api.StateErrApplied],
+		OutOfSync: counts[api.StateOutOfSync], Pending: counts[api.StatePending],
+	}
+}
+
+type pendingWrite struct {
+	key    store.Key
+	status any
+	// onDone records what was written, under the model's lock.
+	onDone func()
+}
+
+// flush computes the changed rollups under the lock, then writes them without it.
+func (f *Fleet) flush(ctx context.Context, now time.Time) {
+	var writes []pendingWrite
+	f.mu.Lock()
+	for b := range f.dirtyBundles {
+		s := summary(b.counts, b.desired)
+		var examples []api.NonReadyResource
+		for c := range b.notReady {
+			p := c.deps[b.name]
+			if p == nil {
+				continue
+			}
+			examples = append(examples, api.NonReadyResource{Name: c.Name, State: p.effective(), Message: p.message})
+			if len(examples) >= maxNonReady {
+				break
+			}
+		}
+		sort.Slice(examples, func(i, j int) bool { return examples[i].Name < examples[j].Name })
+		s.NonReadyResources = examples
+		st := api.BundleStatus{ObservedGeneration: b.generation, Summary: s}
+		ready := "True"
+		msg := ""
+		if b.err != "" {
+			ready, msg = "False", b.err
+		} else if s.Ready < s.DesiredReady {
+			ready = "False"
+			if len(examples) > 0 {
+				msg = examples[0].State + ": " + examples[0].Name
+				if examples[0].Message != "" {
+					msg += ": " + examples[0].Message
+				}
+			}
+		}
+		st.Conditions = []api.Condition{{Type: "Ready", Status: ready, Message: msg}}
+		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindBundle, Namespace: b.ns, Name: b.name}, status: st})
+	}
+	clear(f.dirtyBundles)
+	for c := range f.dirtyClusters {
+		c := c
+		state := f.clusterState(c, now)
+		total := 0
+		for _, n := range c.counts {
+			total += n
+		}
+		s := summary(c.counts, total)
+		var names []string
+		for n, p := range c.deps {
+			if e := p.effective(); e != "" && e != api.StateReady {
+				names = append(names, n)
+			}
+		}
+		sort.Strings(names)
+		for _, n := range names[:min(len(names), maxNonReady)] {
+			p := c.deps[n]
+			s.NonReadyResources = append(s.NonReadyResources, api.NonReadyResource{Name: n, State: p.effective(), Message: p.message})
+		}
+		st := api.ClusterStatus{Inventory: c.inventory, State: state, Summary: s}
+		seen := c.lastSeen
+		if !seen.IsZero() {
+			t := seen.UTC().Truncate(time.Second)
+			st.LastSeen = &t
+		}
+		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st,
+			onDone: func() { c.state, c.storedSeen = state, seen }})
+	}
+	clear(f.dirtyClusters)
+	for ns := range f.dirtyGroups {
+		w := f.workspaces[ns]
+		if w == nil {
+			continue
+		}
+		for _, g := range w.groups {
+			var st api.ClusterGroupStatus
+			for _, c := range w.clusters {
+				if g.selector.Matches(labels.Set(c.Labels)) {
+					st.ClusterCount++
+					if f.clusterState(c, now) != api.StateReady {
+						st.NonReadyClusterCount++
+					}
+				}
+			}
+			writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindClusterGroup, Namespace: ns, Name: g.name}, status: st})
+		}
+	}
+	clear(f.dirtyGroups)
+	f.mu.Unlock()
+
+	for _, pw := range writes {
+		if err := f.writeStatus(ctx, pw.key, pw.status); err != nil {
+			if ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
+				f.log.Warn("writing status", "object", pw.key.String(), "err", err)
+			}
+			continue
+		}
+		if pw.onDone != nil {
+			f.mu.Lock()
+			pw.onDone()
+			f.mu.Unlock()
+		}
+	}
+}
+
+// writeStatus replaces an object's status if it differs.
+func (f *Fleet) writeStatus(ctx context.Context, key store.Key, status any) error {
+	raw, err := json.Marshal(status)
+	if err != nil {
+		return err
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		obj, err := f.st.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if string(obj.Status) == string(raw) {
+			return nil
+		}
+		obj.Status = raw
+		_, err = f.st.Update(ctx, obj)
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+	return store.ErrConflict
+}

@@ -1,0 +1,381 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/resource"
+	"flotilla.dev/internal/store"
+)
+
+// Run loads the model and keeps it current until ctx ends.
+func (f *Fleet) Run(ctx context.Context) error {
+	for {
+		rev, err := f.load(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			f.log.Error("loading the fleet model", "err", err)
+			select {
+			case <-time.After(2 * time.Second):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		f.ready.Store(true)
+		go f.writeStatusLoop(ctx)
+		err = f.follow(ctx, rev)
+		if ctx.Err() != nil {
+			return nil
+		}
+		// History we needed was compacted away: start over from a fresh load.
+		f.log.Warn("fleet model lost its watch; reloading", "err", err)
+		f.ready.Store(false)
+	}
+}
+
+// clusterRecord is the part of a stored Cluster the model reads; decoding only it keeps a
+// load of a million clusters fast.
+type clusterRecord struct {
+	Metadata struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		UID         string            `json:"uid"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		ClientID string `json:"clientID"`
+		Paused   bool   `json:"paused"`
+	} `json:"spec"`
+	Status struct {
+		State    string                `json:"state"`
+		LastSeen *time.Time            `json:"lastSeen"`
+		Inv      *api.ClusterInventory `json:"inventory"`
+	} `json:"status"`
+}
+
+// scan streams every object of a kind at one revision.
+func (f *Fleet) scan(ctx context.Context, kind string, rev *int64, fn func(json.RawMessage) error) error {
+	opts := store.ListOptions{Kind: kind, Limit: 5000}
+	for {
+		res, err := f.st.List(ctx, opts)
+		if err != nil {
+			return fmt.Errorf("listing %s: %w", kind, err)
+		}
+		if *rev == 0 {
+			*rev = res.Revision
+		}
+		for _, it := range res.Items {
+			if err := fn(it); err != nil {
+				return err
+			}
+		}
+		if res.Continue == "" {
+			return nil
+		}
+		opts.Continue = res.Continue
+	}
+}
+
+func (f *Fleet) load(ctx context.Context) (int64, error) {
+	start := time.Now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.workspaces = map[string]*workspace{}
+	f.byUID = map[string]*Cluster{}
+	var rev int64
+	// Clusters first, at one revision; groups and bundles are read at the same revision by
+	// starting from the cluster list's (each list pins its own, so watch from the oldest).
+	n := 0
+	err := f.scan(ctx, api.KindCluster, &rev, func(raw json.RawMessage) error {
+		var r clusterRecord
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return err
+		}
+		c := &Cluster{Namespace: r.Metadata.Namespace, Name: r.Metadata.Name, UID: r.Metadata.UID, Labels: intern(r.Metadata.Labels),
+			Annotations: r.Metadata.Annotations, ClientID: r.Spec.ClientID, Paused: r.Spec.Paused, inventory: r.Status.Inv,
+			state: r.Status.State, deps: map[string]*pair{}, counts: map[string]int{}}
+		if r.Status.LastSeen != nil {
+			c.lastSeen, c.storedSeen = *r.Status.LastSeen, *r.Status.LastSeen
+		}
+		f.ws(c.Namespace).clusters[c.Name] = c
+		f.byUID[c.UID] = c
+		n++
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	grev := rev
+	if err := f.scan(ctx, api.KindClusterGroup, &grev, func(raw json.RawMessage) error {
+		obj, err := store.Decode(raw)
+		if err != nil {
+			return err
+		}
+		f.putGroup(obj)
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	brev := rev
+	nb := 0
+	if err := f.scan(ctx, api.KindBundle, &brev, func(raw json.RawMessage) error {
+		obj, err := store.Decode(raw)
+		if err != nil {
+			return err
+		}
+		b, err := compileBundle(obj)
+		if err != nil {
+			f.log.Warn("skipping bundle", "err", err)
+			return nil
+		}
+		f.ws(b.ns).bundles[b.name] = b
+		nb++
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if err := f.st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
+		c := f.byUID[r.Cluster]
+		_, bname, ok := splitKey(r.Bundle)
+		if c == nil || !ok {
+			return nil
+		}
+		c.deps[bname] = &pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if err := f.st.ScanSeqs(ctx, func(uid string, seq int64) error {
+		if c := f.byUID[uid]; c != nil {
+			c.seq = seq
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	// Every agent learns its state afresh once after a load: a bundle deleted while the
+	// server was down left no revision behind to compare with.
+	f.loadRev = rev
+	for _, w := range f.workspaces {
+		for _, c := range w.clusters {
+			c.desiredRev = rev
+			// Reported pairs of bundles that no longer exist count nowhere.
+			for _, b := range w.bundles {
+				t, id := f.match(w, b, c)
+				f.setPair(b, c, t, id)
+			}
+		}
+	}
+	f.log.Info("fleet model loaded", "clusters", n, "bundles", nb, "revision", rev, "took", time.Since(start).Round(time.Millisecond))
+	return min(rev, grev, brev), nil
+}
+
+// intern shares label strings between clusters: a million clusters mostly carry the same
+// few keys and values.
+var internTable = map[string]string{}
+
+func intern(l map[string]string) map[string]string {
+	if len(l) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(l))
+	for k, v := range l {
+		if s, ok := internTable[k]; ok {
+			k = s
+		} else {
+			internTable[k] = k
+		}
+		if s, ok := internTable[v]; ok {
+			v = s
+		} else if len(internTable) < 1<<20 {
+			internTable[v] = v
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func (f *Fleet) putGroup(obj *api.Object) {
+	var spec api.ClusterGroupSpec
+	json.Unmarshal(obj.Spec, &spec)
+	sel, err := resource.Selector(spec.Selector)
+	if err != nil {
+		sel = labels.Nothing()
+	}
+	f.ws(obj.Metadata.Namespace).groups[obj.Metadata.Name] = &group{name: obj.Metadata.Name, labels: obj.Metadata.Labels, selector: sel}
+}
+
+// follow applies watch events from rev on, for the three kinds the model holds.
+func (f *Fleet) follow(ctx context.Context, rev int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	for _, kind := range []string{api.KindCluster, api.KindClusterGroup, api.KindBundle} {
+		go func() {
+			from := rev
+			for {
+				ch, err := f.st.Watch(ctx, store.WatchOptions{Kind: kind, Revision: from})
+				if err != nil {
+					errc <- err
+					return
+				}
+				for ev := range ch {
+					if ev.Err != nil {
+						if errors.Is(ev.Err, store.ErrCompacted) {
+							errc <- ev.Err
+							return
+						}
+						break // fell behind: resume from the last revision applied
+					}
+					f.apply(kind, ev)
+					from = ev.Revision
+				}
+				if ctx.Err() != nil {
+					errc <- nil
+					return
+				}
+			}
+		}()
+	}
+	return <-errc
+}
+
+func (f *Fleet) apply(kind string, ev store.Event) {
+	obj, err := store.Decode(ev.Object)
+	if err != nil {
+		f.log.Warn("undecodable watch event", "kind", kind, "err", err)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.ws(obj.Metadata.Namespace)
+	switch kind {
+	case api.KindCluster:
+		f.applyCluster(w, ev, obj)
+	case api.KindClusterGroup:
+		if ev.Type == api.Deleted {
+			delete(w.groups, obj.Metadata.Name)
+		} else {
+			f.putGroup(obj)
+		}
+		// Membership may have changed: retarget what depends on groups.
+		for _, c := range w.clusters {
+			changed := false
+			for _, b := range w.bundles {
+				if !b.usesGroups {
+					continue
+				}
+				t, id := f.match(w, b, c)
+				if f.setPair(b, c, t, id) {
+					changed = true
+				}
+			}
+			if changed {
+				c.desiredRev = max(c.desiredRev, ev.Revision)
+			}
+		}
+		f.dirtyGroups[w.name] = struct{}{}
+	case api.KindBundle:
+		f.applyBundle(w, ev, obj)
+	}
+}
+
+func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
+	name := obj.Metadata.Name
+	c := w.clusters[name]
+	if ev.Type == api.Deleted {
+		if c == nil || c.UID != obj.Metadata.UID {
+			return
+		}
+		for bn := range c.deps {
+			if b := w.bundles[bn]; b != nil {
+				f.recount(b, c, c.deps[bn].effective(), "")
+			}
+		}
+		delete(w.clusters, name)
+		delete(f.byUID, c.UID)
+		delete(f.dirtyClusters, c)
+		f.dirtyGroups[w.name] = struct{}{}
+		go func(uid string) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := f.st.DeleteClusterStatus(ctx, uid); err != nil {
+				f.log.Warn("deleting status of a deleted cluster", "uid", uid, "err", err)
+			}
+		}(c.UID)
+		return
+	}
+	var spec api.ClusterSpec
+	json.Unmarshal(obj.Spec, &spec)
+	if c == nil || c.UID != obj.Metadata.UID {
+		c = &Cluster{Namespace: w.name, Name: name, UID: obj.Metadata.UID, deps: map[string]*pair{}, counts: map[string]int{}}
+		w.clusters[name] = c
+		f.byUID[c.UID] = c
+		var st api.ClusterStatus
+		json.Unmarshal(obj.Status, &st)
+		c.inventory = st.Inventory
+		c.state = st.State
+		f.dirtyClusters[c] = struct{}{}
+	} else if maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused {
+		// A status write, or a spec change that does not affect targeting.
+		c.ClientID = spec.ClientID
+		return
+	}
+	c.Labels = intern(obj.Metadata.Labels)
+	c.Annotations = obj.Metadata.Annotations
+	c.ClientID, c.Paused = spec.ClientID, spec.Paused
+	c.tmplHash = ""
+	f.retarget(w, c, ev.Revision)
+	c.desiredRev = max(c.desiredRev, ev.Revision)
+	f.dirtyGroups[w.name] = struct{}{}
+}
+
+func (f *Fleet) applyBundle(w *workspace, ev store.Event, obj *api.Object) {
+	old := w.bundles[obj.Metadata.Name]
+	if ev.Type == api.Deleted {
+		if old == nil {
+			return
+		}
+		for _, c := range w.clusters {
+			if f.setPair(old, c, -1, "") {
+				c.desiredRev = max(c.desiredRev, ev.Revision)
+			}
+		}
+		delete(w.bundles, old.name)
+		delete(f.dirtyBundles, old)
+		return
+	}
+	if old != nil && old.generation == obj.Metadata.Generation && maps.Equal(old.labels, obj.Metadata.Labels) {
+		old.rv = obj.Metadata.ResourceVersion
+		return // our own status write
+	}
+	b, err := compileBundle(obj)
+	if err != nil {
+		f.log.Warn("bundle not usable", "bundle", obj.Metadata.Namespace+"/"+obj.Metadata.Name, "err", err)
+		return
+	}
+	if old != nil {
+		// Carry the rollups over; setPair below moves each pair to the new targets.
+		b.counts, b.desired, b.notReady = old.counts, old.desired, old.notReady
+	}
+	w.bundles[b.name] = b
+	f.dirtyBundles[b] = struct{}{}
+	for _, c := range w.clusters {
+		t, id := f.match(w, b, c)
+		if f.setPair(b, c, t, id) {
+			c.desiredRev = max(c.desiredRev, ev.Revision)
+		}
+	}
+}
+
