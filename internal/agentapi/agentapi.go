@@ -195,7 +195,9 @@ type contentCache struct {
 	items map[string][]byte
 }
 
-func newContentCache(max int) *contentCache { return &contentCache{max: max, items: map[string][]byte{}} }
+func newContentCache(max int) *contentCache {
+	return &contentCache{max: max, items: map[string][]byte{}}
+}
 
 func (c *contentCache) get(k string) ([]byte, bool) {
 	c.mu.Lock()

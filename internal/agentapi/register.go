@@ -48,8 +48,8 @@ type TokenHooks struct {
 	st  store.Store
 	now func() time.Time
 
-	mu      sync.Mutex
-	minted  map[string]string // object UID → token, between BeforeCreate and AfterCreate
+	mu     sync.Mutex
+	minted map[string]string // object UID → token, between BeforeCreate and AfterCreate
 }
 
 // NewTokenHooks returns the hooks for RegistrationToken.

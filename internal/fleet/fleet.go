@@ -512,4 +512,3 @@ func inventoryEqual(a, b *api.ClusterInventory) bool {
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
 }
-

@@ -378,4 +378,3 @@ func (f *Fleet) applyBundle(w *workspace, ev store.Event, obj *api.Object) {
 		}
 	}
 }
-

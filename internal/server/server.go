@@ -48,8 +48,8 @@ type Config struct {
 	// HistoryWindow is how long watch and pagination history is kept before compaction.
 	HistoryWindow time.Duration
 	// Fleet tunes the fleet model (agent poll interval, offline detection, status writes).
-	Fleet fleet.Config
-	Logger        *slog.Logger
+	Fleet  fleet.Config
+	Logger *slog.Logger
 	// Out receives the lines meant for the operator (CA checksum, a generated token).
 	Out io.Writer
 }
