@@ -1,0 +1,310 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"reflect"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"flotilla.dev/api"
+	"flotilla.dev/client"
+	"flotilla.dev/internal/agent/apply"
+)
+
+// applier is the apply engine: *apply.Applier, or a fake in tests.
+type applier interface {
+	Apply(ctx context.Context, d apply.Deployment) (apply.Result, error)
+	Status(ctx context.Context, d apply.Deployment) (apply.Result, error)
+	Remove(ctx context.Context, id string) error
+	Watch(ctx context.Context, notify func(id string)) error
+}
+
+var _ applier = (*apply.Applier)(nil)
+
+// clusterInfo is what the agent reads from its cluster besides applied objects.
+type clusterInfo interface {
+	ClientID(ctx context.Context) (string, error)
+	Inventory(ctx context.Context) (*api.ClusterInventory, error)
+	ValuesFrom(ctx context.Context, refs []api.ValuesFrom, ns string) (map[string]any, error)
+}
+
+var _ clusterInfo = (*kubeCluster)(nil)
+
+// Run runs the agent until ctx ends, when it returns nil, or until it must stop: then it
+// returns ErrClusterDeleted, ErrUnauthorized, ErrTokenInvalid or ErrNotRegistered (wrapped
+// with the server's explanation), or an error about its state directory or configuration.
+// Everything else (the server or the cluster being unreachable) is retried.
+func Run(ctx context.Context, cfg Config) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	rc, err := restConfig(cfg)
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	ap, err := apply.New(apply.Config{RESTConfig: rc, Logger: cfg.Logger})
+	if err != nil {
+		return err
+	}
+	dir, err := openStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	var creds credStore = fileCreds{dir}
+	if cfg.InCluster {
+		creds = secretCreds{kube: kube, namespace: cfg.SecretNamespace, name: cfg.SecretName}
+	}
+	return run(ctx, cfg, deps{
+		cluster: &kubeCluster{kube: kube, version: cfg.Version},
+		applier: ap,
+		creds:   creds,
+		dir:     dir,
+	})
+}
+
+// restConfig finds the managed cluster's configuration.
+func restConfig(cfg Config) (*rest.Config, error) {
+	switch {
+	case cfg.RESTConfig != nil:
+		return rest.CopyConfig(cfg.RESTConfig), nil
+	case cfg.Kubeconfig != "":
+		rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("loading kubeconfig %s: %w", cfg.Kubeconfig, err)
+		}
+		return rc, nil
+	case cfg.InCluster:
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster configuration: %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	return rc, nil
+}
+
+// deps are the agent's collaborators, replaced by fakes in unit tests.
+type deps struct {
+	cluster clusterInfo
+	applier applier
+	creds   credStore
+	dir     *stateDir
+	now     func() time.Time
+}
+
+// agent is one run of the agent. Its goroutines: the poller (desired state and content),
+// the reconciler (render, apply, status), the reporter (status queue), the drift watch and
+// the inventory refresh.
+type agent struct {
+	cfg Config
+	log *slog.Logger
+	deps
+	client *client.Client
+	queue  *statusQueue
+
+	mu         sync.Mutex
+	desired    *api.DesiredState
+	desiredGen uint64
+	drifted    map[string]bool
+	inventory  *api.ClusterInventory
+	// contentErrs are content digests the server could not give correctly, with why.
+	contentErrs map[string]string
+
+	wakeReconcile chan struct{}
+	wakeReport    chan struct{}
+	online        chan struct{} // the server answered after failures
+
+	// Reconciler state, owned by its goroutine.
+	deployments map[string]*deploymentState
+}
+
+func run(ctx context.Context, cfg Config, d deps) error {
+	if d.now == nil {
+		d.now = time.Now
+	}
+	a := &agent{
+		cfg:           cfg,
+		log:           cfg.Logger,
+		deps:          d,
+		drifted:       map[string]bool{},
+		contentErrs:   map[string]string{},
+		wakeReconcile: make(chan struct{}, 1),
+		wakeReport:    make(chan struct{}, 1),
+		online:        make(chan struct{}, 1),
+		deployments:   map[string]*deploymentState{},
+	}
+	creds, err := a.register(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	a.log = a.log.With("cluster", creds.Namespace+"/"+creds.ClusterName)
+	a.client, err = client.New(client.Config{Server: creds.Server, CAData: []byte(creds.CA), Token: creds.Credential})
+	if err != nil {
+		return err
+	}
+	if a.queue, err = openQueue(d.dir, d.now); err != nil {
+		return err
+	}
+	ds, err := d.dir.loadDesired()
+	if err != nil {
+		// A damaged file is not a reason to stop: the server sends the state again.
+		a.log.Error("ignoring the persisted desired state", "err", err)
+	}
+	if ds != nil {
+		a.desired, a.desiredGen = ds, 1
+		a.log.Info("starting from the persisted desired state", "revision", ds.Revision, "deployments", len(ds.Deployments))
+		kick(a.wakeReconcile)
+	}
+	if inv, err := d.cluster.Inventory(ctx); err != nil {
+		a.log.Warn("reading the cluster's inventory", "err", err)
+	} else {
+		a.inventory = inv
+		// Sent with the first report: the agent may have been upgraded, the cluster too.
+		if err := a.queue.setInventory(inv); err != nil {
+			a.log.Error("queueing the inventory", "err", err)
+		}
+		kick(a.wakeReport)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		stopOnce sync.Once
+		stopErr  error
+	)
+	stop := func(err error) {
+		if err == nil {
+			return
+		}
+		stopOnce.Do(func() { stopErr = err })
+		cancel()
+	}
+	wg.Go(func() { stop(a.pollLoop(ctx)) })
+	wg.Go(func() { stop(a.reportLoop(ctx)) })
+	wg.Go(func() { a.reconcileLoop(ctx) })
+	wg.Go(func() { a.watchLoop(ctx) })
+	wg.Go(func() { a.inventoryLoop(ctx) })
+	wg.Wait()
+	return stopErr
+}
+
+// kick wakes a loop without blocking; wakes coalesce.
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// sleep waits d or until ctx ends, and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// fatal turns the server's refusal of the credential into the error Run stops with, and
+// returns nil for anything worth retrying.
+func fatal(err error) error {
+	switch client.Code(err) {
+	case http.StatusUnauthorized:
+		if client.Reason(err) == api.ReasonClusterDeleted {
+			return ErrClusterDeleted
+		}
+		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	}
+	return nil
+}
+
+// transient reports whether a failed call is worth retrying as it is: the server was not
+// reached, or answered that it is busy or broken.
+func transient(err error) bool {
+	c := client.Code(err)
+	return c == 0 || c == http.StatusRequestTimeout || c == http.StatusTooManyRequests || c >= 500
+}
+
+// watchLoop turns changes of applied objects into prompt re-checks.
+func (a *agent) watchLoop(ctx context.Context) {
+	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
+	for {
+		err := a.applier.Watch(ctx, a.noteChanged)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := bo.next()
+		a.log.Warn("watching applied objects stopped; starting again", "err", err, "in", wait.Round(time.Millisecond))
+		if !sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// noteChanged is called by the watch when an object of deployment id changed.
+func (a *agent) noteChanged(id string) {
+	a.mu.Lock()
+	a.drifted[id] = true
+	a.mu.Unlock()
+	kick(a.wakeReconcile)
+}
+
+// inventoryLoop refreshes the inventory and queues it when it changed.
+func (a *agent) inventoryLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.InventoryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		inv, err := a.cluster.Inventory(ctx)
+		if err != nil {
+			a.log.Warn("reading the cluster's inventory", "err", err)
+			continue
+		}
+		a.mu.Lock()
+		changed := !reflect.DeepEqual(inv, a.inventory)
+		a.inventory = inv
+		a.mu.Unlock()
+		if changed {
+			a.log.Info("cluster inventory changed", "nodes", inv.NodeCount, "architecture", inv.Architecture, "version", inv.KubernetesVersion)
+			if err := a.queue.setInventory(inv); err != nil {
+				a.log.Error("queueing the inventory", "err", err)
+			}
+			kick(a.wakeReport)
+		}
+	}
+}
+
+func (a *agent) currentInventory() *api.ClusterInventory {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inventory
+}

@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"errors"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"k8s.io/client-go/rest"
+)
+
+// DefaultStateDir is where the agent keeps its state unless told otherwise.
+const DefaultStateDir = "/var/lib/flotilla-agent"
+
+// Config configures Run. Server, CAChecksum and Token are needed only until the agent has
+// registered: from then on the state directory (or the Secret) holds the server's address,
+// CA and the cluster's credential.
+type Config struct {
+	// Server is the Flotilla server's URL, https://host:port.
+	Server string
+	// CAChecksum pins the server's CA by the sha256 of its PEM. The agent fetches the CA once,
+	// checks it against the checksum, and keeps it.
+	CAChecksum string
+	// Token is the registration token, exchanged once for the cluster's credential.
+	Token string
+	// Labels are the cluster's labels, sent when registering.
+	Labels map[string]string
+
+	// Kubeconfig is the kubeconfig of the cluster the agent manages. Empty means the
+	// in-cluster configuration when InCluster is set, else the usual kubeconfig rules
+	// ($KUBECONFIG, ~/.kube/config).
+	Kubeconfig string
+	// InCluster says the agent runs in a pod of the cluster it manages: it then uses the pod's
+	// service account (unless Kubeconfig is set) and keeps its credential in a Secret.
+	InCluster bool
+	// RESTConfig, if set, is used instead of Kubeconfig and InCluster's configuration.
+	RESTConfig *rest.Config
+	// SecretNamespace and SecretName name the Secret that holds the credential in-cluster;
+	// flotilla-system/flotilla-agent by default.
+	SecretNamespace, SecretName string
+
+	// StateDir holds the credential (unless in-cluster), the last desired state, the content
+	// cache and the queue of unsent status. DefaultStateDir when empty.
+	StateDir string
+
+	// Logger receives the agent's logs; slog.Default() when nil.
+	Logger *slog.Logger
+	// Version is the agent's version, reported in the inventory; Version() when empty.
+	Version string
+
+	// PollInterval is how long to wait between polls when the server does not say; 30s.
+	PollInterval time.Duration
+	// StatusInterval is how often every deployment's status is checked again, which catches
+	// readiness changes that no watch reports; 20s.
+	StatusInterval time.Duration
+	// HeartbeatInterval is how often a report carrying the inventory is sent even when
+	// nothing changed; 10m.
+	HeartbeatInterval time.Duration
+	// InventoryInterval is how often the inventory is refreshed; 10m.
+	InventoryInterval time.Duration
+	// ReportDelay gathers status changes that come close together into one report; 500ms.
+	ReportDelay time.Duration
+	// MinBackoff and MaxBackoff bound the delay between retries while the server (or the
+	// cluster) cannot be reached; 1s and 5m.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.SecretNamespace == "" {
+		c.SecretNamespace = "flotilla-system"
+	}
+	if c.SecretName == "" {
+		c.SecretName = "flotilla-agent"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Version == "" {
+		c.Version = Version()
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.PollInterval, 30*time.Second)
+	def(&c.StatusInterval, 20*time.Second)
+	def(&c.HeartbeatInterval, 10*time.Minute)
+	def(&c.InventoryInterval, 10*time.Minute)
+	def(&c.ReportDelay, 500*time.Millisecond)
+	def(&c.MinBackoff, time.Second)
+	def(&c.MaxBackoff, 5*time.Minute)
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = c.MinBackoff
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.Server != "" {
+		u, err := url.Parse(c.Server)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return errors.New("the server URL must look like https://host:port")
+		}
+	}
+	return nil
+}
+
+// Errors Run returns when the agent must stop rather than retry. Each is wrapped with the
+// server's explanation.
+var (
+	// ErrClusterDeleted: the cluster was deleted on the server and its credential revoked.
+	ErrClusterDeleted = errors.New("this cluster was deleted from the Flotilla server; its credential is revoked")
+	// ErrUnauthorized: the server refused the cluster's credential for another reason.
+	ErrUnauthorized = errors.New("the Flotilla server refused this cluster's credential")
+	// ErrTokenInvalid: the registration token is unknown, expired or used up.
+	ErrTokenInvalid = errors.New("the registration token is invalid, expired or used up")
+	// ErrNotRegistered: there is no credential yet and no registration token to get one.
+	ErrNotRegistered = errors.New("the agent has no credential yet: give it a registration token (--token) and the server (--server, --ca-checksum)")
+)

@@ -1,0 +1,166 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/client"
+)
+
+// maxPollAfter bounds how long a server may send the agent away for.
+const maxPollAfter = time.Hour
+
+// pollLoop asks the server for the desired state, as often as the server says, and hands
+// every new state to the reconciler once its content is in the cache. While the server is
+// unreachable it backs off; the reconciler keeps working from the last state meanwhile.
+func (a *agent) pollLoop(ctx context.Context) error {
+	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
+	var since int64
+	if ds := a.currentDesired(); ds != nil {
+		since = ds.Revision
+	}
+	offline := false
+	for {
+		wait, err := a.poll(ctx, &since)
+		if err != nil {
+			if f := fatal(err); f != nil {
+				return f
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			wait = bo.next()
+			if !offline {
+				a.log.Warn("cannot reach the Flotilla server; the cluster keeps its last desired state", "err", err, "retryIn", wait.Round(time.Millisecond))
+			} else {
+				a.log.Debug("server still unreachable", "err", err, "retryIn", wait.Round(time.Millisecond))
+			}
+			offline = true
+		} else {
+			bo.reset()
+			if offline {
+				a.log.Info("reached the Flotilla server again")
+				offline = false
+				kick(a.online)
+			}
+		}
+		if !sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// poll makes one poll and returns when to make the next.
+func (a *agent) poll(ctx context.Context, since *int64) (time.Duration, error) {
+	pctx, cancel := context.WithTimeout(ctx, time.Minute)
+	ds, rev, after, err := a.client.Desired(pctx, *since)
+	cancel()
+	if err != nil {
+		return 0, err
+	}
+	if after <= 0 {
+		after = a.cfg.PollInterval
+	}
+	after = min(after, maxPollAfter)
+	if ds == nil {
+		a.log.Debug("desired state unchanged", "revision", *since)
+		// Content that could not be fetched before is tried again.
+		if cur := a.currentDesired(); cur != nil {
+			fetched, err := a.fetchContent(ctx, cur)
+			if err != nil {
+				return 0, err
+			}
+			if fetched {
+				kick(a.wakeReconcile)
+			}
+		}
+		return after, nil
+	}
+	if _, err := a.fetchContent(ctx, ds); err != nil {
+		return 0, err
+	}
+	if err := a.dir.saveDesired(ds); err != nil {
+		// Still apply it; only a restart before the next change would miss it.
+		a.log.Error("persisting the desired state", "err", err)
+	}
+	a.mu.Lock()
+	a.desired = ds
+	a.desiredGen++
+	a.mu.Unlock()
+	kick(a.wakeReconcile)
+	a.log.Info("received desired state", "revision", rev, "deployments", len(ds.Deployments))
+	*since = rev
+	keep := map[string]bool{}
+	for _, d := range ds.Deployments {
+		keep[d.ContentHash] = true
+	}
+	if err := a.dir.pruneContent(keep); err != nil {
+		a.log.Warn("pruning the content cache", "err", err)
+	}
+	return after, nil
+}
+
+// fetchContent puts the content of every deployment of ds in the cache. It returns an error
+// only when the server could not be reached (the poll is then retried as a whole); content
+// the server answers wrongly for is remembered in contentErrs, for the reconciler to report.
+func (a *agent) fetchContent(ctx context.Context, ds *api.DesiredState) (fetched bool, err error) {
+	for _, d := range ds.Deployments {
+		digest := d.ContentHash
+		if digest == "" || a.dir.hasContent(digest) {
+			continue
+		}
+		if _, err := a.dir.contentPath(digest); err != nil {
+			a.setContentErr(digest, err.Error())
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		data, err := a.client.Content(cctx, digest)
+		cancel()
+		if err != nil {
+			// A revoked credential stops the agent; a refusal of this one digest does not.
+			if client.Code(err) == http.StatusUnauthorized || transient(err) {
+				return fetched, fmt.Errorf("fetching content %s: %w", digest, err)
+			}
+			a.setContentErr(digest, "fetching content: "+err.Error())
+			continue
+		}
+		if err := a.dir.putContent(digest, data); err != nil {
+			// A transfer damaged on the way is retried with the next poll; the message
+			// says what happened if it keeps happening.
+			a.setContentErr(digest, err.Error())
+			continue
+		}
+		a.setContentErr(digest, "")
+		fetched = true
+		a.log.Debug("fetched content", "digest", digest, "bytes", len(data))
+	}
+	return fetched, nil
+}
+
+func (a *agent) setContentErr(digest, msg string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if msg == "" {
+		delete(a.contentErrs, digest)
+		return
+	}
+	if a.contentErrs[digest] != msg {
+		a.log.Warn("bundle content unavailable", "digest", digest, "err", msg)
+	}
+	a.contentErrs[digest] = msg
+}
+
+func (a *agent) contentErr(digest string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.contentErrs[digest]
+}
+
+func (a *agent) currentDesired() *api.DesiredState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.desired
+}
