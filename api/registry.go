@@ -16,6 +16,7 @@ var Kinds = []KindInfo{
 	{Kind: KindRegistrationToken, Plural: "registrationtokens", ShortNames: []string{"token", "tokens", "clusterregistrationtoken", "clusterregistrationtokens"}},
 	{Kind: KindGitRepo, Plural: "gitrepos", ShortNames: []string{"gr"}},
 	{Kind: KindBundle, Plural: "bundles"},
+	{Kind: KindSecret, Plural: "secrets"},
 }
 
 // LookupKind finds a kind by its name, plural or short name, in any case.

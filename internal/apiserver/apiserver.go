@@ -35,6 +35,14 @@ type Hooks interface {
 	BeforeUpdate(ctx context.Context, old, obj *api.Object, dryRun bool) error
 }
 
+// ResponseFilter may be implemented by a kind's Hooks when objects of that kind hold values
+// the API must never return (a Secret's data): every object of the kind the server writes
+// out, whether from get, list, watch or a write, passes through FilterResponse first.
+type ResponseFilter interface {
+	// FilterResponse changes obj, a copy, in place; it cannot fail.
+	FilterResponse(obj *api.Object)
+}
+
 // Server handles /apis/….
 type Server struct {
 	store store.Store
@@ -53,6 +61,34 @@ func New(st store.Store, a *auth.Authenticator, log *slog.Logger) *Server {
 
 // SetHooks installs hooks for one kind.
 func (s *Server) SetHooks(kind string, h Hooks) { s.hooks[kind] = h }
+
+// respond writes obj through its kind's ResponseFilter, if any.
+func (s *Server) respond(w http.ResponseWriter, code int, obj *api.Object) error {
+	if f, ok := s.hooks[obj.Kind].(ResponseFilter); ok {
+		obj = obj.DeepCopy()
+		f.FilterResponse(obj)
+	}
+	return writeJSON(w, code, obj)
+}
+
+// filterRaw is respond for stored JSON (list items, watch events): bytes of a filtered kind
+// are decoded and filtered, never written as stored.
+func (s *Server) filterRaw(kind string, raw json.RawMessage) json.RawMessage {
+	f, ok := s.hooks[kind].(ResponseFilter)
+	if !ok {
+		return raw
+	}
+	obj, err := store.Decode(raw)
+	if err != nil {
+		return json.RawMessage("{}")
+	}
+	f.FilterResponse(obj)
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return json.RawMessage("{}")
+	}
+	return out
+}
 
 // Register adds the resource routes to mux.
 func (s *Server) Register(mux *http.ServeMux) {
@@ -144,7 +180,7 @@ func (s *Server) get(req *request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(req.w, http.StatusOK, obj)
+	return s.respond(req.w, http.StatusOK, obj)
 }
 
 func (s *Server) list(req *request) error {
@@ -188,7 +224,7 @@ func (s *Server) list(req *request) error {
 		if i > 0 {
 			io.WriteString(w, ",")
 		}
-		w.Write(it)
+		w.Write(s.filterRaw(req.kind.Kind, it))
 	}
 	_, err = io.WriteString(w, "]}\n")
 	return nil
@@ -235,7 +271,7 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 				return nil
 			}
 			last = ev.Revision
-			if err := enc.Encode(api.WatchEvent{Type: ev.Type, Object: ev.Object}); err != nil {
+			if err := enc.Encode(api.WatchEvent{Type: ev.Type, Object: s.filterRaw(req.kind.Kind, ev.Object)}); err != nil {
 				return nil
 			}
 		case <-tick.C:
@@ -337,7 +373,7 @@ func (s *Server) createObject(req *request, obj *api.Object) error {
 		}
 	}
 	if dry {
-		return writeJSON(req.w, http.StatusCreated, obj)
+		return s.respond(req.w, http.StatusCreated, obj)
 	}
 	out, err := s.store.Create(ctx, obj)
 	if err != nil {
@@ -349,7 +385,7 @@ func (s *Server) createObject(req *request, obj *api.Object) error {
 		}
 	}
 	req.w.Header().Set(ResultHeader, "created")
-	return writeJSON(req.w, http.StatusCreated, out)
+	return s.respond(req.w, http.StatusCreated, out)
 }
 
 // ResultHeader tells an applying client whether its object was created, configured or
@@ -406,10 +442,10 @@ func (s *Server) update(req *request) error {
 		}
 		if jsonEqual(cur.Spec, next.Spec) && mapsEqual(cur.Metadata.Labels, next.Metadata.Labels) && mapsEqual(cur.Metadata.Annotations, next.Metadata.Annotations) {
 			req.w.Header().Set(ResultHeader, "unchanged")
-			return writeJSON(req.w, http.StatusOK, cur)
+			return s.respond(req.w, http.StatusOK, cur)
 		}
 		if dry {
-			return writeJSON(req.w, http.StatusOK, next)
+			return s.respond(req.w, http.StatusOK, next)
 		}
 		out, err := s.store.Update(ctx, next)
 		if errors.Is(err, store.ErrConflict) && wantRV == "" && attempt < 5 {
@@ -421,7 +457,7 @@ func (s *Server) update(req *request) error {
 			return err
 		}
 		req.w.Header().Set(ResultHeader, "configured")
-		return writeJSON(req.w, http.StatusOK, out)
+		return s.respond(req.w, http.StatusOK, out)
 	}
 }
 
@@ -454,7 +490,7 @@ func (s *Server) updateStatus(req *request) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(req.w, http.StatusOK, out)
+		return s.respond(req.w, http.StatusOK, out)
 	}
 }
 
@@ -468,11 +504,11 @@ func (s *Server) delete(req *request) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(req.w, http.StatusOK, obj)
+		return s.respond(req.w, http.StatusOK, obj)
 	}
 	obj, err := s.store.Delete(req.r.Context(), req.key(), rv)
 	if err != nil {
 		return err
 	}
-	return writeJSON(req.w, http.StatusOK, obj)
+	return s.respond(req.w, http.StatusOK, obj)
 }

@@ -24,6 +24,7 @@ import (
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/metrics"
 	"flotilla.dev/internal/pki"
+	"flotilla.dev/internal/secrets"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/postgres"
 	"flotilla.dev/internal/store/sqlite"
@@ -67,6 +68,7 @@ type Server struct {
 	auth    *auth.Authenticator
 	fleet   *fleet.Fleet
 	agents  *agentapi.Server
+	secrets *secrets.Keeper
 	metrics *metrics.Metrics
 	tls     *pki.Bundle
 	ready   atomic.Bool
@@ -138,6 +140,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.store.Close()
 		return nil, err
 	}
+	if s.secrets, err = secrets.Open(ctx, s.store); err != nil {
+		s.store.Close()
+		return nil, err
+	}
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
 	if err != nil {
 		s.store.Close()
@@ -192,6 +198,7 @@ func (s *Server) handler() http.Handler {
 	resources := apiserver.New(s.store, s.auth, s.log)
 	resources.SetHooks(api.KindRegistrationToken, agentapi.NewTokenHooks(s.store))
 	resources.SetHooks(api.KindBundle, agentapi.NewBundleHooks(s.store))
+	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
 	s.agents.Register(mux)
 	return s.metrics.Instrument(mux)
