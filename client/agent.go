@@ -32,7 +32,17 @@ func (c *Client) Register(ctx context.Context, registrationToken string, req api
 // Desired asks for the cluster's desired state if it changed after since. It returns nil
 // state when nothing changed, and in both cases when to poll next and the revision.
 func (c *Client) Desired(ctx context.Context, since int64) (state *api.DesiredState, rev int64, pollAfter time.Duration, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+api.PathDesired+"?since="+strconv.FormatInt(since, 10), nil)
+	return c.WaitDesired(ctx, since, 0)
+}
+
+// WaitDesired is Desired as a long poll: the server holds the request for up to wait (at
+// most a minute) and answers as soon as the desired state changes.
+func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duration) (state *api.DesiredState, rev int64, pollAfter time.Duration, err error) {
+	u := c.base + api.PathDesired + "?since=" + strconv.FormatInt(since, 10)
+	if s := int(wait.Seconds()); s > 0 {
+		u += "&wait=" + strconv.Itoa(s)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, 0, 0, err
 	}

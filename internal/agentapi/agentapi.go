@@ -112,6 +112,11 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	since, _ := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
 	s.fleet.Seen(id.Namespace, id.Name, s.now())
+	// A long poll: an agent that holds the request open is told the moment its state
+	// changes, instead of at its next poll.
+	if wait, _ := strconv.Atoi(r.URL.Query().Get("wait")); wait > 0 {
+		s.fleet.Wait(r.Context(), id.Namespace, id.Name, since, time.Duration(min(wait, 60))*time.Second)
+	}
 	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
 	if err != nil {
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")

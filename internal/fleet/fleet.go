@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sort"
 	"strconv"
 	"sync"
@@ -35,6 +36,12 @@ import (
 type Config struct {
 	// PollInterval is the base interval agents are told to poll at.
 	PollInterval time.Duration
+	// PollBudget is the rate of polls per second the whole fleet may make; agents are told
+	// to come back later as the fleet grows, so the load stays within it.
+	PollBudget float64
+	// MaxWaiters bounds how many agents may hold a long poll open at once; they are told
+	// "come now" the moment their desired state changes.
+	MaxWaiters int
 	// OfflineAfter: a cluster not seen for this long is Offline.
 	OfflineAfter time.Duration
 	// StatusInterval is how often rolled-up status is written to objects.
@@ -47,7 +54,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{PollInterval: 15 * time.Second, OfflineAfter: 2 * time.Minute, StatusInterval: 2 * time.Second,
+	return Config{PollInterval: 15 * time.Second, PollBudget: 2000, MaxWaiters: 10000, OfflineAfter: 2 * time.Minute, StatusInterval: 2 * time.Second,
 		LastSeenResolution: time.Minute, Logger: slog.Default()}
 }
 
@@ -67,8 +74,15 @@ type Fleet struct {
 	workspaces map[string]*workspace
 	byUID      map[string]*Cluster
 	// loadRev is the store revision the model was loaded at.
-	loadRev int64
-	ready   atomic.Bool
+	loadRev  int64
+	ready    atomic.Bool
+	clusters atomic.Int64
+
+	// issued is the last desired-state version handed out. Versions are opaque: an agent's
+	// "since" is compared for equality, and each load starts from the clock, so a version an
+	// agent kept from before a restart never matches.
+	issued  int64
+	waiters map[*Cluster]chan struct{}
 
 	dirtyBundles  map[*bundleEntry]struct{}
 	dirtyClusters map[*Cluster]struct{}
@@ -100,19 +114,33 @@ type Cluster struct {
 	counts     map[string]int   // effective state → n, over this cluster's deployments
 }
 
-// pair is one (cluster, bundle): which target matched (-1: none) and what was reported.
+// pair is one (cluster, bundle): which target matched (-1: none), what was reported, and,
+// while a rollout holds the cluster back, the older deployment it keeps running.
 type pair struct {
 	target     int
 	desiredID  string
 	reportedID string
 	state      string
 	message    string
+	held       *api.DeploymentSpec
+	heldID     string
+}
+
+// available reports whether the cluster runs this bundle well, in whichever version it has.
+func (p *pair) available() bool {
+	if p.held != nil {
+		return p.reportedID == p.heldID && p.state == api.StateReady
+	}
+	return p.effective() == api.StateReady
 }
 
 func (p *pair) effective() string {
 	switch {
 	case p.target < 0:
 		return ""
+	case p.held != nil:
+		// Not updated yet: a rollout holds it back.
+		return api.StateOutOfSync
 	case p.reportedID == "":
 		return api.StateWaitApplied
 	case p.reportedID != p.desiredID:
@@ -130,6 +158,7 @@ type group struct {
 type targetInfo struct {
 	opts api.BundleDeploymentOptions
 	id   string
+	spec *api.DeploymentSpec
 }
 
 type bundleEntry struct {
@@ -148,6 +177,10 @@ type bundleEntry struct {
 	counts   map[string]int
 	desired  int
 	notReady map[*Cluster]struct{}
+
+	// rollout is the latest rollout state, for status; rolling says clusters are held.
+	rolling bool
+	rollout rolloutStatus
 }
 
 // New returns an empty model; Run loads and maintains it.
@@ -155,6 +188,12 @@ func New(st Store, cfg Config) *Fleet {
 	def := DefaultConfig()
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = def.PollInterval
+	}
+	if cfg.PollBudget == 0 {
+		cfg.PollBudget = def.PollBudget
+	}
+	if cfg.MaxWaiters == 0 {
+		cfg.MaxWaiters = def.MaxWaiters
 	}
 	if cfg.OfflineAfter == 0 {
 		cfg.OfflineAfter = max(def.OfflineAfter, 4*cfg.PollInterval)
@@ -168,7 +207,7 @@ func New(st Store, cfg Config) *Fleet {
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
-	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{},
+	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{},
 		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{}}
 }
 
@@ -242,7 +281,9 @@ func compileBundle(obj *api.Object) (*bundleEntry, error) {
 		}
 		opts := bundle.Merge(spec.BundleDeploymentOptions, t)
 		raw, _ := json.Marshal(opts)
-		b.targets = append(b.targets, targetInfo{opts: opts, id: digestOf(spec.ContentHash, string(raw), b.releaseName, strconv.FormatBool(spec.Paused))})
+		id := digestOf(spec.ContentHash, string(raw), b.releaseName, strconv.FormatBool(spec.Paused))
+		b.targets = append(b.targets, targetInfo{opts: opts, id: id, spec: &api.DeploymentSpec{
+			Bundle: b.ns + "/" + b.name, ID: id, ContentHash: spec.ContentHash, ReleaseName: b.releaseName, Options: opts, Paused: spec.Paused}})
 		if opts.Helm != nil && (len(opts.Helm.Values) > 0 || len(opts.Helm.TemplateValues) > 0) {
 			// Values may be templated with the cluster's labels: the ID must change when
 			// they do, so that the agent renders again.
@@ -279,8 +320,9 @@ func (f *Fleet) match(w *workspace, b *bundleEntry, c *Cluster) (int, string) {
 }
 
 // setPair moves one pair to its new target and keeps every rollup in step. It returns
-// whether the cluster's desired state changed.
-func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string) bool {
+// whether the cluster's desired state changed. With prev set (a staged rollout of a new
+// version of b), a cluster that ran the previous version keeps it until the rollout admits it.
+func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev *bundleEntry) bool {
 	p := c.deps[b.name]
 	if p == nil {
 		if target < 0 {
@@ -293,6 +335,17 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string) bool 
 		return false
 	}
 	old := p.effective()
+	switch {
+	case target < 0:
+		p.held, p.heldID = nil, ""
+	case prev != nil && p.held == nil && p.target >= 0 && p.target < len(prev.targets):
+		spec := *prev.targets[p.target].spec
+		spec.ID = p.desiredID
+		p.held, p.heldID = &spec, p.desiredID
+		b.rolling = true
+	case prev == nil:
+		p.held, p.heldID = nil, ""
+	}
 	p.target, p.desiredID = target, id
 	f.recount(b, c, old, p.effective())
 	if target < 0 && p.reportedID == "" {
@@ -326,17 +379,28 @@ func (f *Fleet) recount(b *bundleEntry, c *Cluster, old, now string) {
 	f.dirtyGroups[c.Namespace] = struct{}{}
 }
 
-// retarget recomputes c's pairs with every bundle of its workspace.
-func (f *Fleet) retarget(w *workspace, c *Cluster, rev int64) {
+// retarget recomputes c's pairs with every bundle of its workspace; force gives it a new
+// version even if no pair changed (its labels did, which templated values may use).
+func (f *Fleet) retarget(w *workspace, c *Cluster, force bool) {
 	changed := false
 	for _, b := range w.bundles {
 		t, id := f.match(w, b, c)
-		if f.setPair(b, c, t, id) {
+		if f.setPair(b, c, t, id, nil) {
 			changed = true
 		}
 	}
-	if changed || rev > c.desiredRev {
-		c.desiredRev = max(c.desiredRev, rev)
+	if changed || force {
+		f.bump(c)
+	}
+}
+
+// bump gives c a new desired-state version and wakes an agent waiting for one.
+func (f *Fleet) bump(c *Cluster) {
+	f.issued++
+	c.desiredRev = f.issued
+	if ch := f.waiters[c]; ch != nil {
+		close(ch)
+		delete(f.waiters, c)
 	}
 }
 
@@ -355,7 +419,7 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 		return nil, 0, ErrUnknownCluster
 	}
 	c := w.clusters[name]
-	if since >= c.desiredRev && since > 0 {
+	if since == c.desiredRev {
 		return nil, c.desiredRev, nil
 	}
 	ds := &api.DesiredState{Revision: c.desiredRev, ClusterName: c.Name, ClusterNamespace: c.Namespace,
@@ -370,10 +434,19 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 	for _, n := range names {
 		b := w.bundles[n]
 		p := c.deps[n]
-		ds.Deployments = append(ds.Deployments, api.DeploymentSpec{
-			Bundle: ns + "/" + n, ID: p.desiredID, ContentHash: b.spec.ContentHash, ReleaseName: b.releaseName,
-			Options: b.targets[p.target].opts, Paused: b.spec.Paused || c.Paused,
-		})
+		var d api.DeploymentSpec
+		switch {
+		case p.held != nil:
+			d = *p.held
+		case p.reportedID == "" && f.blocked(w, b, c) != "":
+			// dependsOn holds back a first deployment until its dependencies are ready here.
+			continue
+		default:
+			d = *b.targets[p.target].spec
+			d.ID = p.desiredID
+		}
+		d.Paused = d.Paused || c.Paused
+		ds.Deployments = append(ds.Deployments, d)
 	}
 	return ds, c.desiredRev, nil
 }
@@ -388,6 +461,9 @@ func (f *Fleet) References(ns, name, uid, digest string) bool {
 	}
 	for n, p := range w.clusters[name].deps {
 		if p.target >= 0 && w.bundles[n] != nil && w.bundles[n].spec.ContentHash == digest {
+			return true
+		}
+		if p.held != nil && p.held.ContentHash == digest {
 			return true
 		}
 	}
@@ -405,8 +481,62 @@ func (f *Fleet) Cluster(ns, name string) (Cluster, bool) {
 	return *w.clusters[name], true
 }
 
-// PollAfter is how long an agent should wait before polling again.
-func (f *Fleet) PollAfter() time.Duration { return f.cfg.PollInterval }
+// Interval is the mean time between one agent's polls: the base interval, stretched so
+// that the whole fleet polls within the budget.
+func (f *Fleet) Interval() time.Duration {
+	d := f.cfg.PollInterval
+	if n := f.clusters.Load(); f.cfg.PollBudget > 0 && float64(n)/f.cfg.PollBudget > d.Seconds() {
+		d = time.Duration(float64(n) / f.cfg.PollBudget * float64(time.Second))
+	}
+	return d
+}
+
+// PollAfter is how long an agent should wait before polling again: the interval with ±20%
+// jitter, so that a fleet which came back at once spreads out again.
+func (f *Fleet) PollAfter() time.Duration {
+	d := f.Interval()
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// Wait blocks until c's desired state differs from since, timeout passes or ctx ends; it
+// reports whether the state changed. When too many agents wait already it returns at once.
+func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout time.Duration) bool {
+	f.mu.Lock()
+	w := f.workspaces[ns]
+	if w == nil || w.clusters[name] == nil {
+		f.mu.Unlock()
+		return false
+	}
+	c := w.clusters[name]
+	if c.desiredRev != since {
+		f.mu.Unlock()
+		return true
+	}
+	ch := f.waiters[c]
+	if ch == nil {
+		if len(f.waiters) >= f.cfg.MaxWaiters {
+			f.mu.Unlock()
+			return false
+		}
+		ch = make(chan struct{})
+		f.waiters[c] = ch
+	}
+	f.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	f.mu.Lock()
+	if f.waiters[c] == ch {
+		delete(f.waiters, c)
+	}
+	f.mu.Unlock()
+	return false
+}
 
 // Report applies an agent's status report. It returns false, without error, for a report
 // already seen (a resend after an outage). The report is persisted before it returns.
@@ -449,6 +579,9 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		p.reportedID, p.state, p.message = d.ID, d.State, msg
 		if b := w.bundles[bname]; b != nil {
 			f.recount(b, c, old, p.effective())
+		}
+		if (old == api.StateReady) != (p.effective() == api.StateReady) {
+			f.dependents(w, c, bname)
 		}
 	}
 	for _, key := range rep.Removed {

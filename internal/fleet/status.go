@@ -88,6 +88,13 @@ type pendingWrite struct {
 func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	var writes []pendingWrite
 	f.mu.Lock()
+	for _, w := range f.workspaces {
+		for _, b := range w.bundles {
+			if b.rolling {
+				f.rollout(w, b)
+			}
+		}
+	}
 	for b := range f.dirtyBundles {
 		s := summary(b.counts, b.desired)
 		var examples []api.NonReadyResource
@@ -103,11 +110,13 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		}
 		sort.Slice(examples, func(i, j int) bool { return examples[i].Name < examples[j].Name })
 		s.NonReadyResources = examples
-		st := api.BundleStatus{ObservedGeneration: b.generation, Summary: s}
+		st := api.BundleStatus{ObservedGeneration: b.generation, Summary: s, Partitions: b.rollout.partitions}
 		ready := "True"
 		msg := ""
 		if b.err != "" {
 			ready, msg = "False", b.err
+		} else if b.rollout.stalled != "" {
+			ready, msg = "False", b.rollout.stalled
 		} else if s.Ready < s.DesiredReady {
 			ready = "False"
 			if len(examples) > 0 {

@@ -167,16 +167,18 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	// Every agent learns its state afresh once after a load: a bundle deleted while the
 	// server was down left no revision behind to compare with.
 	f.loadRev = rev
+	f.issued = max(f.issued, time.Now().UnixNano())
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
-			c.desiredRev = rev
+			c.desiredRev = f.issued
 			// Reported pairs of bundles that no longer exist count nowhere.
 			for _, b := range w.bundles {
 				t, id := f.match(w, b, c)
-				f.setPair(b, c, t, id)
+				f.setPair(b, c, t, id, nil)
 			}
 		}
 	}
+	f.clusters.Store(int64(len(f.byUID)))
 	f.log.Info("fleet model loaded", "clusters", n, "bundles", nb, "revision", rev, "took", time.Since(start).Round(time.Millisecond))
 	return min(rev, grev, brev), nil
 }
@@ -277,12 +279,12 @@ func (f *Fleet) apply(kind string, ev store.Event) {
 					continue
 				}
 				t, id := f.match(w, b, c)
-				if f.setPair(b, c, t, id) {
+				if f.setPair(b, c, t, id, nil) {
 					changed = true
 				}
 			}
 			if changed {
-				c.desiredRev = max(c.desiredRev, ev.Revision)
+				f.bump(c)
 			}
 		}
 		f.dirtyGroups[w.name] = struct{}{}
@@ -305,6 +307,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		}
 		delete(w.clusters, name)
 		delete(f.byUID, c.UID)
+		f.clusters.Store(int64(len(f.byUID)))
 		delete(f.dirtyClusters, c)
 		f.dirtyGroups[w.name] = struct{}{}
 		go func(uid string) {
@@ -322,6 +325,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		c = &Cluster{Namespace: w.name, Name: name, UID: obj.Metadata.UID, deps: map[string]*pair{}, counts: map[string]int{}}
 		w.clusters[name] = c
 		f.byUID[c.UID] = c
+		f.clusters.Store(int64(len(f.byUID)))
 		var st api.ClusterStatus
 		json.Unmarshal(obj.Status, &st)
 		c.inventory = st.Inventory
@@ -336,8 +340,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	c.Annotations = obj.Metadata.Annotations
 	c.ClientID, c.Paused = spec.ClientID, spec.Paused
 	c.tmplHash = ""
-	f.retarget(w, c, ev.Revision)
-	c.desiredRev = max(c.desiredRev, ev.Revision)
+	f.retarget(w, c, true)
 	f.dirtyGroups[w.name] = struct{}{}
 }
 
@@ -348,8 +351,8 @@ func (f *Fleet) applyBundle(w *workspace, ev store.Event, obj *api.Object) {
 			return
 		}
 		for _, c := range w.clusters {
-			if f.setPair(old, c, -1, "") {
-				c.desiredRev = max(c.desiredRev, ev.Revision)
+			if f.setPair(old, c, -1, "", nil) {
+				f.bump(c)
 			}
 		}
 		delete(w.bundles, old.name)
@@ -365,16 +368,23 @@ func (f *Fleet) applyBundle(w *workspace, ev store.Event, obj *api.Object) {
 		f.log.Warn("bundle not usable", "bundle", obj.Metadata.Namespace+"/"+obj.Metadata.Name, "err", err)
 		return
 	}
+	var prev *bundleEntry
 	if old != nil {
 		// Carry the rollups over; setPair below moves each pair to the new targets.
 		b.counts, b.desired, b.notReady = old.counts, old.desired, old.notReady
+		if staged(b) {
+			prev = old
+		}
 	}
 	w.bundles[b.name] = b
 	f.dirtyBundles[b] = struct{}{}
 	for _, c := range w.clusters {
 		t, id := f.match(w, b, c)
-		if f.setPair(b, c, t, id) {
-			c.desiredRev = max(c.desiredRev, ev.Revision)
+		if f.setPair(b, c, t, id, prev) {
+			f.bump(c)
 		}
+	}
+	if b.rolling {
+		f.rollout(w, b)
 	}
 }
