@@ -29,14 +29,25 @@ type Store interface {
 	store.Agents
 }
 
+// Observer counts agent requests by call and answer.
+type Observer interface {
+	AgentRequest(call, answer string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) AgentRequest(string, string) {}
+
 // Server handles /v1/agent/….
 type Server struct {
-	st    Store
-	fleet *fleet.Fleet
-	keys  *keyRing
-	log   *slog.Logger
-	now   func() time.Time
-	cache *contentCache
+	// Metrics is told about every request; set it before serving.
+	Metrics Observer
+	st      Store
+	fleet   *fleet.Fleet
+	keys    *keyRing
+	log     *slog.Logger
+	now     func() time.Time
+	cache   *contentCache
 	// Clusters registered at the same moment with the same token must not both take its
 	// last use: registration holds this while it reserves a use.
 	regMu sync.Mutex
@@ -48,7 +59,7 @@ func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, err
 	}
-	return &Server{st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20)}, nil
+	return &Server{Metrics: nopObserver{}, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20)}, nil
 }
 
 // Register adds the agent routes to mux.
@@ -81,6 +92,7 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) (identity, bool
 		return id, true
 	}
 	// The model may not have seen a cluster registered a moment ago: ask the store.
+	s.Metrics.AgentRequest("auth", "store_lookup")
 	obj, err := s.st.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: id.Namespace, Name: id.Name})
 	switch {
 	case err == nil && obj.Metadata.UID == id.UID:
@@ -124,10 +136,12 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	secs := s.pollAfter(w)
 	if ds == nil {
+		s.Metrics.AgentRequest("desired", "not_modified")
 		w.Header().Set(api.HeaderRevision, strconv.FormatInt(rev, 10))
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
+	s.Metrics.AgentRequest("desired", "changed")
 	ds.PollAfterSeconds = secs
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(ds)
@@ -146,7 +160,10 @@ func (s *Server) content(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data, ok := s.cache.get(digest)
-	if !ok {
+	if ok {
+		s.Metrics.AgentRequest("content", "cache")
+	} else {
+		s.Metrics.AgentRequest("content", "store")
 		var err error
 		data, err = s.st.GetContent(r.Context(), digest)
 		if err != nil {
@@ -178,7 +195,8 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, api.ReasonBadRequest, "malformed status report: "+err.Error())
 		return
 	}
-	if _, err := s.fleet.Report(r.Context(), id.Namespace, id.Name, id.UID, &rep, s.now()); err != nil {
+	fresh, err := s.fleet.Report(r.Context(), id.Namespace, id.Name, id.UID, &rep, s.now())
+	if err != nil {
 		if errors.Is(err, fleet.ErrUnknownCluster) {
 			fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")
 			return
@@ -186,6 +204,11 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("storing status report", "cluster", id.Namespace+"/"+id.Name, "err", err)
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "could not store the report; send it again")
 		return
+	}
+	if fresh {
+		s.Metrics.AgentRequest("status", "accepted")
+	} else {
+		s.Metrics.AgentRequest("status", "duplicate")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(api.StatusAck{Seq: rep.Seq})

@@ -50,6 +50,8 @@ type Config struct {
 	// nothing else about it changed, to keep an idle fleet from writing constantly.
 	LastSeenResolution time.Duration
 	Logger             *slog.Logger
+	// Observe, if set, is told how long each status pass took.
+	Observe func(controller string, d time.Duration, err error)
 }
 
 // DefaultConfig returns the defaults.

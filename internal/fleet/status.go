@@ -36,8 +36,39 @@ func (f *Fleet) writeStatusLoop(ctx context.Context) {
 			f.sweep(now)
 			lastSweep = now
 		}
+		start := time.Now()
 		f.flush(ctx, now)
+		if f.cfg.Observe != nil {
+			f.cfg.Observe("fleet-status", time.Since(start), nil)
+		}
 	}
+}
+
+// Stats counts clusters, bundles and deployments by state, for metrics.
+func (f *Fleet) Stats() (clusters, bundles, deployments map[string]int, queue int) {
+	now := time.Now()
+	clusters, bundles, deployments = map[string]int{}, map[string]int{}, map[string]int{}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, w := range f.workspaces {
+		for _, c := range w.clusters {
+			clusters[f.clusterState(c, now)]++
+		}
+		for _, b := range w.bundles {
+			state := api.StateReady
+			switch {
+			case b.rolling:
+				state = "Rolling"
+			case b.counts[api.StateReady] < b.desired:
+				state = api.StateNotReady
+			}
+			bundles[state]++
+			for s, n := range b.counts {
+				deployments[s] += n
+			}
+		}
+	}
+	return clusters, bundles, deployments, len(f.dirtyBundles) + len(f.dirtyClusters) + len(f.dirtyGroups)
 }
 
 // sweep marks clusters whose state changed with time alone (gone offline, or due a lastSeen

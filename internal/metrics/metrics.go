@@ -22,6 +22,9 @@ type Metrics struct {
 	latency  *prometheus.HistogramVec
 	storeOps *prometheus.HistogramVec
 	storeErr *prometheus.CounterVec
+	batch    prometheus.Histogram
+	agent    *prometheus.CounterVec
+	reconc   *prometheus.HistogramVec
 }
 
 // New creates the registry with Go runtime and process collectors.
@@ -41,9 +44,76 @@ func New() *Metrics {
 	m.storeErr = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flotilla_store_operation_errors_total", Help: "Store operations that returned an error, by operation.",
 	}, []string{"op"})
-	m.Registry.MustRegister(m.requests, m.latency, m.storeOps, m.storeErr,
+	m.batch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "flotilla_store_batch_size", Help: "Writes (objects and agent status reports) committed per transaction.",
+		Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000},
+	})
+	m.agent = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_agent_requests_total",
+		Help: "Agent protocol requests by call and answer. Every desired-state answer (not_modified, changed) is made from memory, without a database read.",
+	}, []string{"call", "answer"})
+	m.reconc = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "flotilla_controller_reconcile_duration_seconds", Help: "Controller reconcile passes by controller.",
+		Buckets: []float64{.0001, .001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"controller", "result"})
+	m.Registry.MustRegister(m.requests, m.latency, m.storeOps, m.storeErr, m.batch, m.agent, m.reconc,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// ObserveBatch records one committed write transaction.
+func (m *Metrics) ObserveBatch(n int) { m.batch.Observe(float64(n)) }
+
+// AgentRequest counts one agent protocol request.
+func (m *Metrics) AgentRequest(call, answer string) { m.agent.WithLabelValues(call, answer).Inc() }
+
+// ObserveReconcile records one pass of a controller.
+func (m *Metrics) ObserveReconcile(controller string, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.reconc.WithLabelValues(controller, result).Observe(d.Seconds())
+}
+
+// FleetStats is the fleet's state at one moment.
+type FleetStats struct {
+	ClustersByState    map[string]int
+	BundlesByState     map[string]int
+	DeploymentsByState map[string]int
+	// QueueDepth is work waiting per controller (e.g. status rollups not yet written).
+	QueueDepth map[string]int
+}
+
+// RegisterFleet exposes fleet state, computed at each scrape.
+func (m *Metrics) RegisterFleet(stats func() FleetStats) {
+	m.Registry.MustRegister(&fleetCollector{stats: stats,
+		clusters:    prometheus.NewDesc("flotilla_clusters", "Clusters by state.", []string{"state"}, nil),
+		bundles:     prometheus.NewDesc("flotilla_bundles", "Bundles by state (Ready when every targeted cluster is ready).", []string{"state"}, nil),
+		deployments: prometheus.NewDesc("flotilla_deployments", "Bundle deployments (cluster × bundle pairs, computed, not stored) by state.", []string{"state"}, nil),
+		queue:       prometheus.NewDesc("flotilla_controller_queue_depth", "Work waiting per controller.", []string{"controller"}, nil),
+	})
+}
+
+type fleetCollector struct {
+	stats                                 func() FleetStats
+	clusters, bundles, deployments, queue *prometheus.Desc
+}
+
+func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.clusters
+	ch <- c.bundles
+	ch <- c.deployments
+	ch <- c.queue
+}
+
+func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	for desc, m := range map[*prometheus.Desc]map[string]int{c.clusters: s.ClustersByState, c.bundles: s.BundlesByState, c.deployments: s.DeploymentsByState, c.queue: s.QueueDepth} {
+		for k, n := range m {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(n), k)
+		}
+	}
 }
 
 // Handler serves /metrics.

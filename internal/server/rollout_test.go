@@ -3,6 +3,8 @@ package server_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"testing"
@@ -225,4 +227,48 @@ func TestLongPollComesEarly(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("a waiting agent was not told of its new desired state")
 	}
+}
+
+func TestAgentMetrics(t *testing.T) {
+	ts := start(t, t.TempDir())
+	a := registerN(t, ts, []map[string]string{{"env": "prod"}})[0]
+	ds := waitDesired(t, a.c, func(*api.DesiredState) bool { return true })
+	for range 3 {
+		a.c.Desired(ctxT(t), ds.Revision)
+	}
+	a.report(t, "fleet-default/none", "x", api.StateReady, "")
+	wants := []string{
+		`flotilla_agent_requests_total{answer="not_modified",call="desired"} 3`,
+		`flotilla_agent_requests_total{answer="changed",call="desired"}`,
+		`flotilla_agent_requests_total{answer="accepted",call="status"} 1`,
+		`flotilla_clusters{state="Ready"} 1`,
+		`flotilla_store_batch_size_count`,
+		`flotilla_controller_reconcile_duration_seconds_count{controller="fleet-status",result="ok"}`,
+		`flotilla_controller_queue_depth{controller="fleet-status"}`,
+		`flotilla_http_request_duration_seconds_count{method="GET",route="GET /v1/agent/desired"}`,
+	}
+	eventually(t, "metrics", func() string {
+		raw := metricsText(t, ts)
+		for _, want := range wants {
+			if !strings.Contains(raw, want) {
+				return "metrics lack " + want
+			}
+		}
+		return ""
+	})
+}
+
+func metricsText(t *testing.T, ts *testServer) string {
+	t.Helper()
+	tc, _ := client.TLSConfig(nil, ts.checksum, false)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	req, _ := http.NewRequest("GET", ts.url+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

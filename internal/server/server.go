@@ -104,6 +104,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	scfg := sqlstore.DefaultConfig()
 	scfg.Logger = cfg.Logger
 	scfg.Observe = s.metrics.ObserveStore
+	scfg.ObserveBatch = s.metrics.ObserveBatch
 	start := time.Now()
 	if cfg.DB == "" {
 		st, err := sqlite.Open(ctx, cfg.DataDir, scfg)
@@ -135,11 +136,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.auth = auth.NewAuthenticator(s.store)
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
+	fcfg.Observe = s.metrics.ObserveReconcile
 	s.fleet = fleet.New(s.store, fcfg)
+	s.metrics.RegisterFleet(func() metrics.FleetStats {
+		c, b, d, q := s.fleet.Stats()
+		return metrics.FleetStats{ClustersByState: c, BundlesByState: b, DeploymentsByState: d, QueueDepth: map[string]int{"fleet-status": q}}
+	})
 	if s.agents, err = agentapi.New(ctx, s.store, s.fleet, cfg.Logger); err != nil {
 		s.store.Close()
 		return nil, err
 	}
+	s.agents.Metrics = s.metrics
 	if s.secrets, err = secrets.Open(ctx, s.store); err != nil {
 		s.store.Close()
 		return nil, err

@@ -50,6 +50,8 @@ type Config struct {
 	Logger      *slog.Logger
 	// Observe, if set, is told how long each store operation took.
 	Observe func(op string, d time.Duration, err error)
+	// ObserveBatch, if set, is told how many writes each committed transaction held.
+	ObserveBatch func(n int)
 }
 
 // DefaultConfig returns the defaults.

@@ -142,6 +142,9 @@ func (s *Store) runBatch(batch []*op) {
 	}
 	results, last, err := s.commit(live)
 	if err == nil {
+		if s.cfg.ObserveBatch != nil {
+			s.cfg.ObserveBatch(len(live))
+		}
 		for i, o := range live {
 			o.done <- results[i]
 		}
