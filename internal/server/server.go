@@ -22,6 +22,7 @@ import (
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/fleet"
+	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/metrics"
 	"flotilla.dev/internal/pki"
 	"flotilla.dev/internal/secrets"
@@ -69,6 +70,7 @@ type Server struct {
 	fleet   *fleet.Fleet
 	agents  *agentapi.Server
 	secrets *secrets.Keeper
+	gitops  *gitops.Controller
 	metrics *metrics.Metrics
 	tls     *pki.Bundle
 	ready   atomic.Bool
@@ -151,6 +153,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.store.Close()
 		return nil, err
 	}
+	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
+		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger})
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
 	if err != nil {
 		s.store.Close()
@@ -208,6 +212,7 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
 	s.agents.Register(mux)
+	s.gitops.Register(mux)
 	return s.metrics.Instrument(mux)
 }
 
@@ -268,6 +273,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	go s.compactor(baseCtx)
 	go s.fleet.Run(baseCtx)
+	go s.gitops.Run(baseCtx)
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
 	errc := make(chan error, 1)

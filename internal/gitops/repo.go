@@ -1,0 +1,300 @@
+package gitops
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/filemode"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/secrets"
+)
+
+// mirror is the local clone of one GitRepo's repository: a bare repository kept between polls
+// so that each fetch transfers only new objects.
+type mirror struct {
+	dir  string // the bare repository
+	repo *git.Repository
+}
+
+// ErrTooLarge is wrapped by the error for a commit whose tree is over Config.MaxRepoBytes.
+var ErrTooLarge = errors.New("repository too large")
+
+// mirrorDir is where a GitRepo's clone lives: its namespace and name, and a hash of the
+// repository URL so that changing spec.repo starts a fresh clone.
+func mirrorDir(root string, ns, name, repoURL string) string {
+	h := sha256.Sum256([]byte(repoURL))
+	return filepath.Join(root, ns, name+"-"+hex.EncodeToString(h[:6]))
+}
+
+func openMirror(dir, repoURL string) (*mirror, error) {
+	r, err := git.PlainOpen(dir)
+	if errors.Is(err, git.ErrRepositoryNotExists) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		if r, err = git.PlainInit(dir, true); err != nil {
+			return nil, fmt.Errorf("creating local clone: %w", err)
+		}
+		if _, err := r.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{repoURL}}); err != nil {
+			return nil, fmt.Errorf("creating local clone: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("opening local clone: %w", err)
+	}
+	return &mirror{dir: dir, repo: r}, nil
+}
+
+// fetchOptions are what a fetch needs besides refs: credentials and TLS settings.
+type fetchOptions struct {
+	auth            transport.AuthMethod
+	caBundle        []byte
+	insecureSkipTLS bool
+	// secrets are values that must never appear in an error.
+	secrets []string
+}
+
+var fullHash = regexp.MustCompile(`^[0-9a-f]{40}$`)
+
+// fetch brings the clone up to date and resolves the commit to deploy: the head of branch, or
+// revision (a tag, a branch or a commit hash) when set. A pinned commit already in the clone
+// needs no fetch at all.
+func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOptions) (plumbing.Hash, error) {
+	rev := spec.Revision
+	if rev != "" && fullHash.MatchString(rev) {
+		if _, err := m.repo.CommitObject(plumbing.NewHash(rev)); err == nil {
+			return plumbing.NewHash(rev), nil
+		}
+	}
+	var specs []config.RefSpec
+	if rev == "" {
+		specs = []config.RefSpec{config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", spec.Branch, spec.Branch))}
+	} else {
+		specs = []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"}
+	}
+	err := m.repo.FetchContext(ctx, &git.FetchOptions{
+		RemoteName: "origin", RefSpecs: specs, Auth: o.auth, Force: true, Tags: git.NoTags,
+		CABundle: o.caBundle, InsecureSkipTLS: o.insecureSkipTLS,
+	})
+	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return plumbing.ZeroHash, fetchError(spec, err, o.secrets)
+	}
+	if rev == "" {
+		ref, err := m.repo.Reference(plumbing.NewRemoteReferenceName("origin", spec.Branch), true)
+		if err != nil {
+			return plumbing.ZeroHash, fmt.Errorf("branch %q not found in %s", spec.Branch, redactURL(spec.Repo))
+		}
+		return ref.Hash(), nil
+	}
+	for _, name := range []plumbing.ReferenceName{plumbing.NewTagReferenceName(rev), plumbing.NewRemoteReferenceName("origin", rev)} {
+		if ref, err := m.repo.Reference(name, true); err == nil {
+			h := ref.Hash()
+			// An annotated tag points at a tag object; deploy the commit it names.
+			if tag, err := m.repo.TagObject(h); err == nil {
+				c, err := tag.Commit()
+				if err != nil {
+					return plumbing.ZeroHash, fmt.Errorf("tag %q does not name a commit", rev)
+				}
+				h = c.Hash
+			}
+			return h, nil
+		}
+	}
+	if h, err := m.repo.ResolveRevision(plumbing.Revision(rev)); err == nil {
+		if _, err := m.repo.CommitObject(*h); err == nil {
+			return *h, nil
+		}
+	}
+	return plumbing.ZeroHash, fmt.Errorf("revision %q not found in %s", rev, redactURL(spec.Repo))
+}
+
+// fetchError says what went wrong without credentials.
+func fetchError(spec *api.GitRepoSpec, err error, secrets []string) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, transport.ErrAuthenticationRequired):
+		msg = "authentication required: set spec.clientSecretName to a secret with credentials"
+	case errors.Is(err, transport.ErrAuthorizationFailed):
+		msg = "authentication failed: the credentials in spec.clientSecretName were refused"
+	case errors.Is(err, transport.ErrRepositoryNotFound):
+		msg = "repository not found"
+	}
+	return errors.New(scrub(fmt.Sprintf("fetching %s: %s", redactURL(spec.Repo), msg), secrets))
+}
+
+// scrub removes secret values from s, however they got there.
+func scrub(s string, secrets []string) string {
+	for _, v := range secrets {
+		if len(v) >= 4 {
+			s = strings.ReplaceAll(s, v, "***")
+		}
+	}
+	return s
+}
+
+// redactURL hides a password written into a repository URL.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	return u.Redacted()
+}
+
+// checkout writes the tree of commit into dir (which must not exist), refusing a tree whose
+// files add up to more than maxBytes. Symlinks are written as symlinks, for bundle.Scan to
+// refuse those that leave the repository; submodules are left out.
+func (m *mirror) checkout(commit plumbing.Hash, dir string, maxBytes int64) error {
+	c, err := m.repo.CommitObject(commit)
+	if err != nil {
+		return fmt.Errorf("reading commit %s: %w", commit, err)
+	}
+	tree, err := c.Tree()
+	if err != nil {
+		return fmt.Errorf("reading commit %s: %w", commit, err)
+	}
+	type entry struct {
+		name string
+		e    object.TreeEntry
+	}
+	var entries []entry
+	var total int64
+	w := object.NewTreeWalker(tree, true, nil)
+	defer w.Close()
+	for {
+		name, e, err := w.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading commit %s: %w", commit, err)
+		}
+		if e.Mode == filemode.Dir || e.Mode == filemode.Submodule {
+			continue
+		}
+		size, err := m.repo.Storer.EncodedObjectSize(e.Hash)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", name, err)
+		}
+		total += size
+		if maxBytes > 0 && total > maxBytes {
+			return fmt.Errorf("%w: the files of commit %s add up to more than %d bytes (at %s)", ErrTooLarge, commit.String()[:12], maxBytes, name)
+		}
+		entries = append(entries, entry{name, e})
+	}
+	for _, en := range entries {
+		p := filepath.Join(dir, filepath.FromSlash(en.name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		blob, err := m.repo.BlobObject(en.e.Hash)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", en.name, err)
+		}
+		r, err := blob.Reader()
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", en.name, err)
+		}
+		data, err := io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", en.name, err)
+		}
+		if en.e.Mode == filemode.Symlink {
+			if err := os.Symlink(string(data), p); err != nil {
+				return fmt.Errorf("writing %s: %w", en.name, err)
+			}
+			continue
+		}
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			return fmt.Errorf("writing %s: %w", en.name, err)
+		}
+	}
+	return nil
+}
+
+// authFor builds the credentials for repoURL from the GitRepo's client secret.
+func authFor(repoURL string, sec *secrets.Secret, knownHostsFile string) (transport.AuthMethod, []string, error) {
+	if sec == nil {
+		return nil, nil, nil
+	}
+	d := sec.Data
+	var secretValues []string
+	for _, k := range []string{api.SecretKeyPassword, api.SecretKeyToken, api.SecretKeySSHPassphrase} {
+		if v := string(d[k]); v != "" {
+			secretValues = append(secretValues, v)
+		}
+	}
+	if isSSH(repoURL) {
+		key := d[api.SecretKeySSHPrivateKey]
+		if len(key) == 0 {
+			return nil, secretValues, fmt.Errorf("%s is an SSH URL, but the client secret has no %q", redactURL(repoURL), api.SecretKeySSHPrivateKey)
+		}
+		user := sshUser(repoURL)
+		pk, err := gitssh.NewPublicKeys(user, key, string(d[api.SecretKeySSHPassphrase]))
+		if err != nil {
+			return nil, secretValues, fmt.Errorf("client secret: %q is not a usable private key (%s)", api.SecretKeySSHPrivateKey, scrub(err.Error(), secretValues))
+		}
+		hosts := d[api.SecretKeyKnownHosts]
+		if len(hosts) == 0 {
+			return nil, secretValues, fmt.Errorf("client secret has no %q: refusing to connect to %s without verifying its host key", api.SecretKeyKnownHosts, redactURL(repoURL))
+		}
+		if err := os.WriteFile(knownHostsFile, hosts, 0o600); err != nil {
+			return nil, secretValues, err
+		}
+		db, err := gitssh.NewKnownHostsDb(knownHostsFile)
+		if err != nil {
+			return nil, secretValues, fmt.Errorf("client secret: %q is not a known_hosts file: %v", api.SecretKeyKnownHosts, err)
+		}
+		pk.HostKeyCallback = db.HostKeyCallback()
+		return pk, secretValues, nil
+	}
+	user, pass := string(d[api.SecretKeyUsername]), string(d[api.SecretKeyPassword])
+	if tok := string(d[api.SecretKeyToken]); tok != "" && pass == "" {
+		// Git hosts take a token as the password of HTTP basic auth; GitHub and GitLab accept
+		// any user name with it.
+		pass = tok
+		if user == "" {
+			user = "x-access-token"
+		}
+	}
+	if pass == "" && user == "" {
+		return nil, secretValues, fmt.Errorf("client secret has neither %q nor %q", api.SecretKeyPassword, api.SecretKeyToken)
+	}
+	return &githttp.BasicAuth{Username: user, Password: pass}, secretValues, nil
+}
+
+// scpLike matches git's scp-style addresses: user@host:path.
+var scpLike = regexp.MustCompile(`^([A-Za-z0-9._-]+)@([A-Za-z0-9.-]+):(.+)$`)
+
+func isSSH(repoURL string) bool {
+	return scpLike.MatchString(repoURL) || strings.HasPrefix(repoURL, "ssh://")
+}
+
+func sshUser(repoURL string) string {
+	if m := scpLike.FindStringSubmatch(repoURL); m != nil {
+		return m[1]
+	}
+	if u, err := url.Parse(repoURL); err == nil && u.User != nil && u.User.Username() != "" {
+		return u.User.Username()
+	}
+	return "git"
+}
+
+func plumbingHash(s string) plumbing.Hash { return plumbing.NewHash(s) }
