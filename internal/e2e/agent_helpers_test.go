@@ -495,4 +495,3 @@ func bundleYAML(name, options string, resources map[string]string, targets strin
 	b.WriteString("  targets:\n" + indent(targets, "  "))
 	return b.String()
 }
-
