@@ -1,0 +1,222 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Seconds is a duration in seconds, as JSON numbers are easiest to plot.
+type Seconds float64
+
+func seconds(d time.Duration) Seconds { return Seconds(d.Seconds()) }
+
+// Duration converts back.
+func (s Seconds) Duration() time.Duration { return time.Duration(float64(s) * float64(time.Second)) }
+
+func (s Seconds) String() string {
+	d := s.Duration()
+	switch {
+	case d == 0:
+		return "0"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.0fms", float64(d)/float64(time.Millisecond))
+	case d < time.Minute:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	return d.Round(time.Second).String()
+}
+
+// Report is what a run measured; it is printed as a table and written as JSON.
+type Report struct {
+	Server      string    `json:"server"`
+	Clusters    int       `json:"clusters"`
+	Connections int       `json:"connections"`
+	Workers     int       `json:"workers"`
+	Started     time.Time `json:"started"`
+
+	Baseline     *BaselineResult `json:"baseline,omitempty"`
+	Registration *Registration   `json:"registration,omitempty"`
+	// InitialSync is from the start until every cluster made its first poll.
+	InitialSync  Seconds            `json:"initialSync"`
+	Change       *ChangeResult      `json:"change,omitempty"`
+	Idle         *IdleResult        `json:"idle,omitempty"`
+	PollStorm    *StormResult       `json:"pollStorm,omitempty"`
+	ServerMemory ServerMemory       `json:"serverMemory"`
+	Simulator    SimulatorResult    `json:"simulator"`
+	Calls        map[string]Latency `json:"calls"`
+	Errors       map[string]uint64  `json:"errors"`
+	Totals       Totals             `json:"totals"`
+}
+
+// Registration is how fast the fleet registered.
+type Registration struct {
+	Clusters int64   `json:"clusters"`
+	Duration Seconds `json:"duration"`
+	PerSec   float64 `json:"perSec"`
+	// RatioToBaseline is PerSec over the bare-HTTPS request rate.
+	RatioToBaseline float64 `json:"ratioToBaseline,omitempty"`
+}
+
+// ServerMemory is the server's resident memory, from its /metrics, in bytes.
+type ServerMemory struct {
+	Before            float64 `json:"before"`
+	AfterRegistration float64 `json:"afterRegistration"`
+	End               float64 `json:"end"`
+	// PerCluster is End over the number of clusters; GrowthPerCluster (End-Before) over it.
+	PerCluster       float64 `json:"perCluster"`
+	GrowthPerCluster float64 `json:"growthPerCluster"`
+}
+
+// SimulatorResult is what the simulator itself cost.
+type SimulatorResult struct {
+	HeapBytes  uint64  `json:"heapBytes"`
+	SysBytes   uint64  `json:"sysBytes"`
+	PerCluster float64 `json:"perCluster"`
+	CPU        Seconds `json:"cpu"`
+	// SchedulingLag is how late clusters were run: when it grows, the simulator is the
+	// bottleneck, not the server.
+	SchedulingLag Latency `json:"schedulingLag"`
+}
+
+// Totals count what the fleet did.
+type Totals struct {
+	Registered   int64  `json:"registered"`
+	Polls        uint64 `json:"polls"`
+	Unchanged    uint64 `json:"unchanged"`
+	Contents     uint64 `json:"contents"`
+	ContentBytes uint64 `json:"contentBytes"`
+	Reports      uint64 `json:"reports"`
+	Errors       uint64 `json:"errors"`
+}
+
+func (s *Sim) newReport() *Report {
+	return &Report{Server: s.cfg.Server, Clusters: len(s.clusters), Connections: s.cfg.Connections, Workers: s.cfg.Workers, Started: s.epoch}
+}
+
+func mb(b float64) string { return fmt.Sprintf("%.1f MB", b/(1<<20)) }
+
+func ratio(x float64) string { return strconv.FormatFloat(x, 'f', 3, 64) + "×" }
+
+// WriteTable prints the report for people.
+func (r *Report) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "flotilla sim: %d clusters against %s (%d connections, %d workers)\n\n", r.Clusters, r.Server, r.Connections, r.Workers)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	var base float64
+	if b := r.Baseline; b != nil {
+		base = b.RequestsPerSec
+		fmt.Fprintf(tw, "baseline\t%.0f req/s\tbare HTTPS, trivial handler, same machine; %v CPU per request (client+server), p50 %v\n", b.RequestsPerSec, b.CPUPerRequest, b.Latency.P50)
+	}
+	if g := r.Registration; g != nil {
+		extra := ""
+		if base > 0 {
+			extra = " (" + ratio(g.RatioToBaseline) + " baseline)"
+		}
+		fmt.Fprintf(tw, "registration\t%d in %v\t%.0f clusters/s%s\n", g.Clusters, g.Duration, g.PerSec, extra)
+		fmt.Fprintf(tw, "first poll\tall in %v\tfrom the start\n", r.InitialSync)
+	}
+	if c := r.Change; c != nil {
+		fmt.Fprintf(tw, "bundle change\t%s\t%d targeted (%s): %d to reach, %d Ready, %d ErrApplied, %d offline\n", c.Bundle, c.Expect.Targeted, c.Selector, c.Expect.Reach, c.Expect.Ready, c.Expect.ErrApplied, c.Expect.WaitApplied)
+		fmt.Fprintf(tw, "  reached all\t%v\t%d clusters; server poll interval %v\n", c.ReachAll, c.Reached, c.PollAfter)
+		fmt.Fprintf(tw, "  all reported\t%v\t%d final reports acknowledged\n", c.ReportAll, c.Reported)
+		extra := ""
+		if c.BaselineTime > 0 {
+			extra = fmt.Sprintf("; %d requests, %v at the baseline rate", c.Requests, c.BaselineTime)
+		}
+		fmt.Fprintf(tw, "  server rollup\t%v\tBundle status counts every cluster%s\n", c.ServerRollup, extra)
+		if c.TimedOut {
+			fmt.Fprintf(tw, "  TIMED OUT\t\t\n")
+		}
+	}
+	if i := r.Idle; i != nil {
+		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
+	}
+	if p := r.PollStorm; p != nil {
+		extra := ""
+		if p.RateRatio > 0 {
+			extra = fmt.Sprintf(" (%s baseline rate; CPU %s baseline)", ratio(p.RateRatio), ratio(p.CPURatio))
+		}
+		fmt.Fprintf(tw, "unchanged poll\t%.0f/s%s\tCPU per poll: server %v + simulator %v; p50 %v, %d of %d unchanged\n", p.PerSec, extra, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.Latency.P50, p.Unchanged, p.Polls)
+	}
+	m := r.ServerMemory
+	if m.End > 0 {
+		fmt.Fprintf(tw, "server RSS\t%s\tbefore %s, after registration %s; %.0f bytes per cluster (%.0f of growth)\n", mb(m.End), mb(m.Before), mb(m.AfterRegistration), m.PerCluster, m.GrowthPerCluster)
+	}
+	sm := r.Simulator
+	fmt.Fprintf(tw, "simulator\t%s heap\t%.0f bytes per cluster, %v CPU, scheduling lag p99 %v (max %v)\n", mb(float64(sm.HeapBytes)), sm.PerCluster, sm.CPU, sm.SchedulingLag.P99, sm.SchedulingLag.Max)
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "call\tcount\tp50\tp90\tp99\tmax\t")
+	for _, name := range callNames {
+		l := r.Calls[name]
+		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%v\t%v\t\n", name, l.Count, l.P50, l.P90, l.P99, l.Max)
+	}
+	tw.Flush()
+	t := r.Totals
+	fmt.Fprintf(w, "\n%d polls (%d unchanged), %d content fetches (%s), %d status reports, %d errors\n", t.Polls, t.Unchanged, t.Contents, mb(float64(t.ContentBytes)), t.Reports, t.Errors)
+	for _, k := range slices.Sorted(maps.Keys(r.Errors)) {
+		fmt.Fprintf(w, "  %-50s %d\n", k, r.Errors[k])
+	}
+}
+
+// Progress is a snapshot of the fleet's counters.
+type Progress struct {
+	Elapsed                                       time.Duration
+	Clusters, Registered, Polled, Dead            int64
+	Polls, Unchanged, Contents, Reports, Errors   uint64
+	InFlight                                      int64
+	ChangeTargeted, ChangeReached, ChangeReported int64
+}
+
+// Progress returns the fleet's counters now.
+func (s *Sim) Progress() Progress {
+	p := Progress{Elapsed: time.Since(s.epoch), Clusters: int64(len(s.clusters)), Registered: s.st.registered.Load(),
+		Polled: s.st.polled.Load(), Dead: s.st.dead.Load(), Polls: s.st.polls.Load(), Unchanged: s.st.unchanged.Load(),
+		Contents: s.st.contents.Load(), Reports: s.st.reports.Load(), Errors: s.st.errors.Load(), InFlight: s.st.inflight.Load()}
+	if ch := s.change.Load(); ch != nil {
+		p.ChangeReached, p.ChangeReported = ch.reached.Load(), ch.done.Load()
+	}
+	return p
+}
+
+func (s *Sim) progressLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ProgressInterval)
+	defer t.Stop()
+	last, lastAt := s.Progress(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p, now := s.Progress(), time.Now()
+		dt := now.Sub(lastAt).Seconds()
+		rate := func(a, b uint64) float64 { return float64(a-b) / dt }
+		var b strings.Builder
+		fmt.Fprintf(&b, "[%6.1fs] registered %d/%d (%.0f/s)", p.Elapsed.Seconds(), p.Registered, p.Clusters, float64(p.Registered-last.Registered)/dt)
+		polls := p.Polls - last.Polls
+		unchangedPct := 0.0
+		if polls > 0 {
+			unchangedPct = 100 * float64(p.Unchanged-last.Unchanged) / float64(polls)
+		}
+		fmt.Fprintf(&b, " · polls %.0f/s (%.0f%% unchanged) · content %.0f/s · reports %.0f/s", rate(p.Polls, last.Polls), unchangedPct, rate(p.Contents, last.Contents), rate(p.Reports, last.Reports))
+		if ch := s.change.Load(); ch != nil {
+			fmt.Fprintf(&b, " · change reached %d, reported %d", p.ChangeReached, p.ChangeReported)
+		}
+		fmt.Fprintf(&b, " · errors %d · in flight %d · lag p99 %v\n", p.Errors, p.InFlight, s.st.lag.summary().P99)
+		io.WriteString(s.cfg.Progress, b.String())
+		last, lastAt = p, now
+	}
+}

@@ -1,0 +1,491 @@
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"flotilla.dev/api"
+)
+
+// Run measures the server with the simulated fleet, phase by phase: the bare-HTTPS
+// baseline, registration of every cluster and their first poll, one bundle change reaching
+// every targeted cluster and all of them reporting, an idle fleet, and a storm of unchanged
+// polls. Phases not configured are skipped. The fleet stops when Run returns.
+func (s *Sim) Run(ctx context.Context) (*Report, error) {
+	rep := s.newReport()
+	if s.cfg.Baseline > 0 {
+		s.logf("measuring the bare-HTTPS baseline for %v", s.cfg.Baseline)
+		b, err := Baseline(ctx, s.cfg.Connections, s.cfg.Workers, s.cfg.Baseline)
+		if err != nil {
+			return nil, err
+		}
+		rep.Baseline = b
+	}
+	if m, err := s.Scrape(ctx); err == nil {
+		rep.ServerMemory.Before, _ = m.value("process_resident_memory_bytes", nil)
+	}
+	if s.cfg.RegistrationToken == "" {
+		tok, err := s.CreateRegistrationToken(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.cfg.RegistrationToken = tok
+	}
+	fleetCtx, stop := context.WithCancel(ctx)
+	defer func() { stop(); s.Wait() }()
+	s.Start(fleetCtx)
+
+	var err error
+	if rep.Registration, err = s.WaitRegistered(ctx); err != nil {
+		return s.finish(rep), err
+	}
+	if rep.InitialSync, err = s.WaitPolled(ctx); err != nil {
+		return s.finish(rep), err
+	}
+	// From here on, the scheduling lag says whether the simulator keeps up with a running
+	// fleet, not how long the registration queue was.
+	s.st.lag.reset()
+	if m, err := s.Scrape(ctx); err == nil {
+		rep.ServerMemory.AfterRegistration, _ = m.value("process_resident_memory_bytes", nil)
+	}
+	if s.cfg.ChangeBundle != "" {
+		if rep.Change, err = s.Change(ctx, s.cfg.ChangeBundle, s.cfg.ChangeSelector); err != nil {
+			return s.finish(rep), err
+		}
+	}
+	if s.cfg.Duration > 0 {
+		if rep.Idle, err = s.Idle(ctx, s.cfg.Duration); err != nil {
+			return s.finish(rep), err
+		}
+	}
+	if s.cfg.PollStorm > 0 {
+		if rep.PollStorm, err = s.PollStorm(ctx, s.cfg.PollStorm, rep.Baseline); err != nil {
+			return s.finish(rep), err
+		}
+	}
+	return s.finish(rep), nil
+}
+
+func (s *Sim) logf(format string, args ...any) {
+	if s.cfg.Progress != nil {
+		fmt.Fprintf(s.cfg.Progress, "sim: "+format+"\n", args...)
+	}
+}
+
+// CreateRegistrationToken makes a registration token for the run with the admin token.
+func (s *Sim) CreateRegistrationToken(ctx context.Context) (string, error) {
+	if s.admin == nil {
+		return "", errors.New("no registration token: give one, or an admin token to create one")
+	}
+	spec, _ := json.Marshal(api.RegistrationTokenSpec{TTL: "168h"})
+	name := fmt.Sprintf("%s-%d", s.cfg.Prefix, time.Now().Unix())
+	out, err := s.admin.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindRegistrationToken},
+		Metadata: api.ObjectMeta{Name: name, Namespace: api.DefaultNamespace}, Spec: spec})
+	if err != nil {
+		return "", fmt.Errorf("creating a registration token: %w", err)
+	}
+	var st api.RegistrationTokenStatus
+	json.Unmarshal(out.Status, &st)
+	if st.Token == "" {
+		return "", errors.New("creating a registration token: the server returned no value")
+	}
+	return st.Token, nil
+}
+
+// waitFor polls cond until it holds, ctx ends or the configured timeout passes.
+func (s *Sim) waitFor(ctx context.Context, what string, cond func() bool) error {
+	deadline := time.Now().Add(s.cfg.Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v waiting for %s", s.cfg.Timeout, what)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// WaitRegistered waits until every cluster registered (or gave up for good).
+func (s *Sim) WaitRegistered(ctx context.Context) (*Registration, error) {
+	n := int64(len(s.clusters))
+	err := s.waitFor(ctx, "every cluster to register", func() bool { return s.st.registered.Load()+s.st.dead.Load() >= n })
+	r := &Registration{Clusters: s.st.registered.Load()}
+	took := time.Duration(s.st.lastReg.Load() - s.st.regStart.Load())
+	r.Duration = seconds(took)
+	if took > 0 {
+		r.PerSec = float64(r.Clusters) / took.Seconds()
+	}
+	if err == nil && r.Clusters < n {
+		err = fmt.Errorf("%d of %d clusters could not register (see the errors)", n-r.Clusters, n)
+	}
+	return r, err
+}
+
+// WaitPolled waits until every registered cluster made its first poll, and returns how
+// long after the start that was.
+func (s *Sim) WaitPolled(ctx context.Context) (Seconds, error) {
+	err := s.waitFor(ctx, "every cluster's first poll", func() bool {
+		return s.st.polled.Load()+s.st.dead.Load() >= int64(len(s.clusters))
+	})
+	return seconds(time.Duration(s.st.lastPolled.Load() - s.st.regStart.Load())), err
+}
+
+// Expectation is what a bundle change should lead to, from the simulated clusters' labels.
+type Expectation struct {
+	Targeted    int `json:"targeted"`
+	Reach       int `json:"reach"`
+	Ready       int `json:"ready"`
+	ErrApplied  int `json:"errApplied"`
+	WaitApplied int `json:"waitApplied"`
+}
+
+// Expect computes which simulated clusters a selector targets and what they will report:
+// offline clusters never receive the change, failing ones report ErrApplied. It assumes
+// the clusters still carry the labels they registered with.
+func (s *Sim) Expect(sel labels.Selector) Expectation {
+	var e Expectation
+	for i := range s.clusters {
+		if !sel.Matches(labels.Set(s.Labels(i))) {
+			continue
+		}
+		e.Targeted++
+		switch {
+		case s.Offline(i):
+			e.WaitApplied++
+		case s.Failing(i):
+			e.Reach++
+			e.ErrApplied++
+		default:
+			e.Reach++
+			e.Ready++
+		}
+	}
+	return e
+}
+
+// ChangeResult is one bundle change as the fleet and the server saw it.
+type ChangeResult struct {
+	Bundle      string      `json:"bundle"`
+	ContentHash string      `json:"contentHash"`
+	Selector    string      `json:"selector"`
+	Expect      Expectation `json:"expect"`
+	Reached     int64       `json:"reached"`
+	Reported    int64       `json:"reported"`
+	// ReachAll is from the apply until the last targeted cluster received the change;
+	// ReportAll until the server acknowledged the last final report; ServerRollup until
+	// the Bundle's status counted every one.
+	ReachAll     Seconds `json:"reachAll"`
+	ReportAll    Seconds `json:"reportAll"`
+	ServerRollup Seconds `json:"serverRollup"`
+	// PollAfter is the poll interval the server gave, which bounds ReachAll from below.
+	PollAfter Seconds `json:"pollAfter"`
+	// Requests made while the change rolled out, and how long the baseline would take
+	// to serve that many.
+	Requests     uint64  `json:"requests"`
+	BaselineTime Seconds `json:"baselineTime,omitempty"`
+	TimedOut     bool    `json:"timedOut,omitempty"`
+}
+
+// Change applies a bundle targeting selector (default: every cluster of the run) with new
+// content and measures how it reaches the fleet.
+func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult, error) {
+	if s.admin == nil {
+		return nil, errors.New("a bundle change needs the admin token")
+	}
+	if selector == "" {
+		selector = RunLabel + "=" + s.cfg.Prefix
+	}
+	sel, err := labels.Parse(selector)
+	if err != nil {
+		return nil, fmt.Errorf("change selector %q: %w", selector, err)
+	}
+	ls, err := metav1.ParseToLabelSelector(selector)
+	if err != nil {
+		return nil, fmt.Errorf("change selector %q: %w", selector, err)
+	}
+	target := &api.LabelSelector{MatchLabels: ls.MatchLabels}
+	for _, r := range ls.MatchExpressions {
+		target.MatchExpressions = append(target.MatchExpressions, api.LabelSelectorRequirement{Key: r.Key, Operator: string(r.Operator), Values: r.Values})
+	}
+	ns := s.Namespace()
+	if ns == "" {
+		ns = api.DefaultNamespace
+	}
+	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  changed: %q\n  payload: %q\n",
+		name, time.Now().UTC().Format(time.RFC3339Nano), strings.Repeat("x", s.cfg.ChangeSize))
+	spec, _ := json.Marshal(api.BundleSpec{
+		Resources: []api.BundleResource{{Name: "configmap.yaml", Content: cm}},
+		Targets:   []api.BundleTarget{{Name: "sim", ClusterSelector: target}},
+	})
+	res := &ChangeResult{Bundle: ns + "/" + name, Selector: selector, Expect: s.Expect(sel)}
+	s.logf("applying bundle %s to %d clusters (%s)", res.Bundle, res.Expect.Targeted, selector)
+	reqs0 := s.st.polls.Load() + s.st.contents.Load() + s.st.reports.Load()
+	ch := &change{bundle: res.Bundle}
+	if old := s.change.Load(); old != nil {
+		ch.gen = old.gen
+	}
+	ch.gen++
+	start := s.now()
+	out, _, err := s.admin.Apply(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+		Metadata: api.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}, false)
+	if err != nil {
+		return nil, fmt.Errorf("applying bundle %s: %w", res.Bundle, err)
+	}
+	var applied api.BundleSpec
+	json.Unmarshal(out.Spec, &applied)
+	res.ContentHash = applied.ContentHash
+	ch.digest, ch.start = applied.ContentHash, start
+	s.change.Store(ch)
+
+	err = s.waitFor(ctx, "the change to reach every targeted cluster and all of them to report", func() bool {
+		return ch.reached.Load() >= int64(res.Expect.Reach) && ch.done.Load() >= int64(res.Expect.Reach)
+	})
+	res.Reached, res.Reported = ch.reached.Load(), ch.done.Load()
+	res.ReachAll = seconds(time.Duration(ch.lastReached.Load() - start))
+	res.ReportAll = seconds(time.Duration(ch.lastDone.Load() - start))
+	res.PollAfter = seconds(time.Duration(s.st.pollAfter.Load()))
+	if err != nil {
+		res.TimedOut = true
+		return res, err
+	}
+	err = s.waitFor(ctx, "the bundle's status to count every cluster", func() bool {
+		o, err := s.admin.Get(ctx, api.KindBundle, ns, name)
+		if err != nil {
+			return false
+		}
+		var st api.BundleStatus
+		json.Unmarshal(o.Status, &st)
+		return st.ObservedGeneration == out.Metadata.Generation && st.Summary != nil &&
+			st.Summary.Ready == res.Expect.Ready && st.Summary.ErrApplied == res.Expect.ErrApplied
+	})
+	res.ServerRollup = seconds(time.Duration(s.now() - start))
+	res.Requests = s.st.polls.Load() + s.st.contents.Load() + s.st.reports.Load() - reqs0
+	if err != nil {
+		res.TimedOut = true
+	}
+	return res, err
+}
+
+// Mark starts counting clusters that poll successfully from now on (e.g. after a server
+// restart); WaitMarked waits until every online cluster has.
+func (s *Sim) Mark() {
+	m := &mark{start: s.now()}
+	if old := s.mark.Load(); old != nil {
+		m.gen = old.gen
+	}
+	m.gen++
+	s.mark.Store(m)
+}
+
+// WaitMarked waits until every online, registered cluster polled successfully since Mark,
+// and returns how long after Mark the last one did.
+func (s *Sim) WaitMarked(ctx context.Context) (Seconds, error) {
+	m := s.mark.Load()
+	if m == nil {
+		return 0, errors.New("no mark")
+	}
+	online := int64(0)
+	for i := range s.clusters {
+		if !s.Offline(i) {
+			online++
+		}
+	}
+	err := s.waitFor(ctx, "every cluster to poll again", func() bool { return m.n.Load()+s.st.dead.Load() >= online })
+	return seconds(time.Duration(m.last.Load() - m.start)), err
+}
+
+// IdleResult is the cost of a fleet with nothing to do.
+type IdleResult struct {
+	Duration      Seconds `json:"duration"`
+	PollsPerSec   float64 `json:"pollsPerSec"`
+	ReportsPerSec float64 `json:"reportsPerSec"`
+	// ServerCPU is the server's CPU use in cores (1 = one core busy).
+	ServerCPU float64 `json:"serverCPU"`
+	// SimCPU is the simulator's.
+	SimCPU float64 `json:"simCPU"`
+}
+
+// Idle lets the fleet run for d and measures what it costs.
+func (s *Sim) Idle(ctx context.Context, d time.Duration) (*IdleResult, error) {
+	s.logf("idle fleet for %v", d)
+	m0, err := s.Scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	polls0, reps0, cpu0 := s.st.polls.Load(), s.st.reports.Load(), processCPU()
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(d):
+	}
+	m1, err := s.Scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	took := time.Since(start).Seconds()
+	c0, _ := m0.value("process_cpu_seconds_total", nil)
+	c1, _ := m1.value("process_cpu_seconds_total", nil)
+	return &IdleResult{Duration: Seconds(took), PollsPerSec: float64(s.st.polls.Load()-polls0) / took,
+		ReportsPerSec: float64(s.st.reports.Load()-reps0) / took, ServerCPU: (c1 - c0) / took,
+		SimCPU: (processCPU() - cpu0).Seconds() / took}, nil
+}
+
+// StormResult is the cost of an unchanged poll, measured by sending them as fast as they
+// are answered.
+type StormResult struct {
+	Duration  Seconds `json:"duration"`
+	Polls     uint64  `json:"polls"`
+	Unchanged uint64  `json:"unchanged"`
+	PerSec    float64 `json:"perSec"`
+	Latency   Latency `json:"latency"`
+	// ServerCPUPerPoll is the server's CPU time per poll it answered in the period (from its
+	// /metrics); SimCPUPerPoll the simulator's.
+	ServerCPUPerPoll Seconds `json:"serverCPUPerPoll"`
+	SimCPUPerPoll    Seconds `json:"simCPUPerPoll"`
+	// RateRatio is PerSec over the baseline's rate; CPURatio the CPU per poll (server and
+	// simulator) over the baseline's CPU per request (its server and client).
+	RateRatio float64 `json:"rateRatio,omitempty"`
+	CPURatio  float64 `json:"cpuRatio,omitempty"`
+}
+
+// PollStorm sends unchanged polls, each as one of the registered clusters at its current
+// revision, from every worker for d.
+func (s *Sim) PollStorm(ctx context.Context, d time.Duration, base *BaselineResult) (*StormResult, error) {
+	type target struct {
+		cred  string
+		since int64
+	}
+	var targets []target
+	for i := range s.clusters {
+		mu := s.lock(i)
+		mu.Lock()
+		c := &s.clusters[i]
+		if c.cred != "" && c.since > 0 && c.flags&flagDead == 0 && !s.Offline(i) {
+			targets = append(targets, target{c.cred, c.since})
+		}
+		mu.Unlock()
+		if len(targets) >= 100000 {
+			break
+		}
+	}
+	if len(targets) == 0 {
+		return nil, errors.New("no cluster has polled yet")
+	}
+	s.logf("unchanged polls as fast as they go for %v", d)
+	m0, err := s.Scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var lat histogram
+	var unchanged atomic.Uint64
+	fleetPolls0 := s.st.polls.Load()
+	cpu0 := processCPU()
+	res := hammer(ctx, s.cfg.Workers, d, &lat, func(ctx context.Context, w int, n uint64) error {
+		t := targets[n%uint64(len(targets))]
+		ds, _, _, err := s.conns[w%len(s.conns)].WithToken(t.cred).Desired(ctx, t.since)
+		if err == nil && ds == nil {
+			unchanged.Add(1)
+		}
+		return err
+	})
+	cpu := processCPU() - cpu0
+	m1, err := s.Scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &StormResult{Duration: seconds(res.took), Polls: res.ok, Unchanged: unchanged.Load(), PerSec: float64(res.ok) / res.took.Seconds(), Latency: lat.summary()}
+	isDesired := func(l map[string]string) bool { return strings.Contains(l["route"], api.PathDesired) }
+	r0, ok0 := m0.value("flotilla_http_requests_total", isDesired)
+	r1, ok1 := m1.value("flotilla_http_requests_total", isDesired)
+	served := r1 - r0
+	if !ok0 || !ok1 || served <= 0 {
+		// Without per-route counts, count what the simulator sent.
+		served = float64(res.ok + s.st.polls.Load() - fleetPolls0)
+	}
+	c0, _ := m0.value("process_cpu_seconds_total", nil)
+	c1, _ := m1.value("process_cpu_seconds_total", nil)
+	if served > 0 {
+		out.ServerCPUPerPoll = Seconds((c1 - c0) / served)
+		out.SimCPUPerPoll = Seconds(cpu.Seconds() / served)
+	}
+	if base != nil && base.RequestsPerSec > 0 {
+		out.RateRatio = out.PerSec / base.RequestsPerSec
+		if base.CPUPerRequest > 0 {
+			out.CPURatio = float64(out.ServerCPUPerPoll+out.SimCPUPerPoll) / float64(base.CPUPerRequest)
+		}
+	}
+	if res.errors > 0 {
+		s.logf("%d polls failed during the storm; the first: %v", res.errors, res.firstErr)
+	}
+	return out, nil
+}
+
+// Scrape reads the server's metrics (needs the admin token).
+func (s *Sim) Scrape(ctx context.Context) (serverMetrics, error) {
+	if s.cfg.AdminToken == "" {
+		return nil, errors.New("reading the server's metrics needs the admin token")
+	}
+	return scrape(ctx, s.hc, s.cfg.Server, s.cfg.AdminToken)
+}
+
+// ServerRSS returns the server's resident memory from its /metrics.
+func (s *Sim) ServerRSS(ctx context.Context) (float64, error) {
+	m, err := s.Scrape(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m.value("process_resident_memory_bytes", nil)
+	if !ok {
+		return 0, errors.New("the server's metrics have no process_resident_memory_bytes")
+	}
+	return v, nil
+}
+
+func (s *Sim) finish(rep *Report) *Report {
+	if m, err := s.Scrape(context.Background()); err == nil {
+		rep.ServerMemory.End, _ = m.value("process_resident_memory_bytes", nil)
+	}
+	if rep.ServerMemory.End > 0 {
+		rep.ServerMemory.PerCluster = rep.ServerMemory.End / float64(len(s.clusters))
+		if rep.ServerMemory.Before > 0 {
+			rep.ServerMemory.GrowthPerCluster = (rep.ServerMemory.End - rep.ServerMemory.Before) / float64(len(s.clusters))
+		}
+	}
+	if rep.Registration != nil && rep.Baseline != nil && rep.Baseline.RequestsPerSec > 0 {
+		rep.Registration.RatioToBaseline = rep.Registration.PerSec / rep.Baseline.RequestsPerSec
+	}
+	if rep.Change != nil && rep.Baseline != nil && rep.Baseline.RequestsPerSec > 0 {
+		rep.Change.BaselineTime = Seconds(float64(rep.Change.Requests) / rep.Baseline.RequestsPerSec)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rep.Simulator = SimulatorResult{HeapBytes: ms.HeapInuse, SysBytes: ms.Sys,
+		PerCluster: float64(ms.HeapInuse) / float64(len(s.clusters)), CPU: Seconds(processCPU().Seconds()),
+		SchedulingLag: s.st.lag.summary()}
+	rep.Calls = map[string]Latency{}
+	for c, name := range callNames {
+		rep.Calls[name] = s.st.lat[c].summary()
+	}
+	s.st.errMu.Lock()
+	rep.Errors = map[string]uint64{}
+	for k, v := range s.st.errs {
+		rep.Errors[k] = v
+	}
+	s.st.errMu.Unlock()
+	rep.Totals = Totals{Registered: s.st.registered.Load(), Polls: s.st.polls.Load(), Unchanged: s.st.unchanged.Load(),
+		Contents: s.st.contents.Load(), ContentBytes: s.st.bytes.Load(), Reports: s.st.reports.Load(), Errors: s.st.errors.Load()}
+	return rep
+}
