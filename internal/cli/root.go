@@ -67,6 +67,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newDescribeCmd(g),
 		newDeleteCmd(g),
 		newTokenCmd(g),
+		newSimCmd(g),
 		newRenderCmd(g),
 	)
 	return root
