@@ -141,20 +141,30 @@ func (p *agentProc) exitCode() int {
 	return 0
 }
 
-// rssKiB reads the agent's resident set size from /proc.
-func (p *agentProc) rssKiB(t *testing.T) int64 {
+// memKiB reads the agent's resident memory from /proc: VmRSS, and its anonymous (heap,
+// stacks) and file-backed (the mapped binary) parts.
+func (p *agentProc) memKiB(t *testing.T) (rss, anon, file int64) {
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.cmd.Process.Pid), "status"))
 	if err != nil {
 		t.Logf("reading the agent's RSS: %v", err)
-		return 0
+		return 0, 0, 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return n
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			rss = n
+		case "RssAnon":
+			anon = n
+		case "RssFile":
+			file = n
 		}
 	}
-	return 0
+	return rss, anon, file
 }
 
 // tcpProxy forwards loopback connections to target. Cut drops every connection and refuses
