@@ -93,7 +93,7 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 		CABundle: o.caBundle, InsecureSkipTLS: o.insecureSkipTLS,
 	})
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return plumbing.ZeroHash, fetchError(spec, err, o.secrets)
+		return plumbing.ZeroHash, fetchError(spec, err, o.auth != nil, o.secrets)
 	}
 	if rev == "" {
 		ref, err := m.repo.Reference(plumbing.NewRemoteReferenceName("origin", spec.Branch), true)
@@ -125,9 +125,11 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 }
 
 // fetchError says what went wrong without credentials.
-func fetchError(spec *api.GitRepoSpec, err error, secrets []string) error {
+func fetchError(spec *api.GitRepoSpec, err error, withAuth bool, secrets []string) error {
 	msg := err.Error()
 	switch {
+	case withAuth && (errors.Is(err, transport.ErrAuthenticationRequired) || errors.Is(err, transport.ErrAuthorizationFailed)):
+		msg = "authentication failed: the credentials in spec.clientSecretName were refused"
 	case errors.Is(err, transport.ErrAuthenticationRequired):
 		msg = "authentication required: set spec.clientSecretName to a secret with credentials"
 	case errors.Is(err, transport.ErrAuthorizationFailed):

@@ -192,6 +192,9 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 			return nil, fmt.Errorf("commit %s: bundle %s (%s): %s", short(commit), src.Name, src.Path, stripRoot(err.Error(), tree))
 		}
 		b := bundleObject(obj, spec, src, gitTargets, digest, commit)
+		if err := checkRenders(ctx, b, src); err != nil {
+			return nil, fmt.Errorf("commit %s: bundle %s (path %s): %s", short(commit), src.Name, src.Path, stripRoot(err.Error(), tree))
+		}
 		check := b.DeepCopy()
 		if err := resource.Prepare(check); err != nil {
 			return nil, fmt.Errorf("commit %s: bundle %s (%s/fleet.yaml): %v", short(commit), src.Name, src.Path, err)
@@ -238,6 +241,43 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 	}
 	slices.Sort(names)
 	return names, nil
+}
+
+// checkRenders renders the bundle once with its own options and once per target
+// customisation, so that a chart, kustomization or manifest that cannot render is refused here,
+// with its file named, rather than on every cluster. Helm values templated per cluster are
+// only checked where they template without a real cluster's labels; those that need one are
+// the cluster's to report.
+func checkRenders(ctx context.Context, b *api.Object, src bundle.Source) error {
+	var spec api.BundleSpec
+	if err := json.Unmarshal(b.Spec, &spec); err != nil {
+		return err
+	}
+	c := bundle.Cluster{Name: "render-check", Namespace: b.Metadata.Namespace, Labels: map[string]string{}}
+	variants := []struct {
+		name string
+		opts api.BundleDeploymentOptions
+	}{{"", spec.BundleDeploymentOptions}}
+	for i := range spec.Targets {
+		if t := spec.Targets[i]; !t.DoNotDeploy {
+			variants = append(variants, struct {
+				name string
+				opts api.BundleDeploymentOptions
+			}{t.Name, bundle.Merge(spec.BundleDeploymentOptions, &spec.Targets[i])})
+		}
+	}
+	for _, v := range variants {
+		if _, err := bundle.TemplateValues(v.opts, c); err != nil {
+			continue
+		}
+		if _, err := bundle.Render(ctx, src.Files, v.opts, c, b.Metadata.Name); err != nil {
+			if v.name != "" {
+				return fmt.Errorf("rendering for target %s: %w", v.name, err)
+			}
+			return fmt.Errorf("rendering: %w", err)
+		}
+	}
+	return nil
 }
 
 // bundleObject is the Bundle a GitRepo makes of one source, as Fleet lays it out: the
