@@ -394,18 +394,22 @@ func TestBadCommitsKeepBundles(t *testing.T) {
 		"apps/web/chart/templates/NOTES.txt": "web\n",
 	}
 	tests := []struct {
-		name  string
+		name   string
 		break_ func(r *gitserver.Repo)
-		want  []string
+		want   []string
 	}{
-		{"invalid fleet.yaml", func(r *gitserver.Repo) { r.Write("apps/web/fleet.yaml", "helm:\n  chart: ./chart\n  valuez: {v: two}\n") },
+		{"invalid fleet.yaml", func(r *gitserver.Repo) {
+			r.Write("apps/web/fleet.yaml", "helm:\n  chart: ./chart\n  valuez: {v: two}\n")
+		},
 			[]string{"apps/web/fleet.yaml", "valuez"}},
 		{"malformed fleet.yaml", func(r *gitserver.Repo) { r.Write("apps/api/fleet.yaml", "namespace: [\n") },
 			[]string{"apps/api/fleet.yaml"}},
 		{"chart fails to render", func(r *gitserver.Repo) {
 			r.Write("apps/web/chart/templates/bad.yaml", "{{ fail \"the chart refuses\" }}\n")
 		}, []string{"templates/bad.yaml", "the chart refuses", "apps-web (path apps/web)"}},
-		{"kustomize error", func(r *gitserver.Repo) { r.Write("apps/kust/kustomization.yaml", "resources: [cm.yaml, missing.yaml]\n") },
+		{"kustomize error", func(r *gitserver.Repo) {
+			r.Write("apps/kust/kustomization.yaml", "resources: [cm.yaml, missing.yaml]\n")
+		},
 			[]string{"apps-kust (path apps/kust)", "kustomization.yaml", "missing.yaml"}},
 		{"malformed manifest", func(r *gitserver.Repo) { r.Write("apps/api/extra.yaml", "kind: [\n") },
 			[]string{"extra.yaml"}},
@@ -547,8 +551,12 @@ func TestWebhook(t *testing.T) {
 	// The URL as a host would write it: with .git, or without, or in another case.
 	url := strings.TrimSuffix(repo.HTTPURL(), ".git")
 	body := github("refs/heads/main", url)
-	gh := func(sig string) map[string]string { return map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": sig} }
-	gl := func(tok string) map[string]string { return map[string]string{"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": tok} }
+	gh := func(sig string) map[string]string {
+		return map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": sig}
+	}
+	gl := func(tok string) map[string]string {
+		return map[string]string{"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": tok}
+	}
 
 	tests := []struct {
 		name     string
