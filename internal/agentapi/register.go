@@ -257,6 +257,15 @@ func (s *Server) registerLocked(ctx context.Context, token string, req *api.Regi
 	default:
 		return nil, err
 	}
+	// Answer once the fleet model knows the cluster, so the agent's first poll succeeds.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if c, ok := s.fleet.Cluster(ns, name); ok && c.UID == cur.Metadata.UID {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
 	return &api.RegisterResponse{Namespace: ns, ClusterName: name,
 		Credential: s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})}, nil
 }

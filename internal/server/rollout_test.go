@@ -23,10 +23,7 @@ type simAgent struct {
 
 func (a *simAgent) desired(t *testing.T) map[string]api.DeploymentSpec {
 	t.Helper()
-	ds, _, _, err := a.c.Desired(ctxT(t), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ds := waitDesired(t, a.c, func(*api.DesiredState) bool { return true })
 	out := map[string]api.DeploymentSpec{}
 	for _, d := range ds.Deployments {
 		out[d.Bundle] = d
@@ -207,10 +204,7 @@ func TestDependsOn(t *testing.T) {
 func TestLongPollComesEarly(t *testing.T) {
 	ts := start(t, t.TempDir())
 	a := registerN(t, ts, []map[string]string{{"env": "prod"}})[0]
-	ds, _, _, err := a.c.Desired(ctxT(t), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ds := waitDesired(t, a.c, func(*api.DesiredState) bool { return true })
 	got := make(chan *api.DesiredState, 1)
 	go func() {
 		// Far longer than the test waits: only a change can end it early.
