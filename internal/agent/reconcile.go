@@ -26,6 +26,10 @@ type deploymentState struct {
 	err error
 	// waiting is set when err is only that the content has not arrived yet.
 	waiting bool
+	// A failed apply is retried with backoff (from StatusInterval up to MaxBackoff), not on
+	// every pass: a failing Helm install leaves a release revision behind each time.
+	failures int
+	retryAt  time.Time
 }
 
 // maxMessage bounds a status message: it travels to the server for every cluster.
@@ -125,9 +129,12 @@ func (a *agent) reconcileOne(ctx context.Context, ds *api.DesiredState, spec api
 			res apply.Result
 			err error
 		)
-		if spec.Paused {
+		switch {
+		case spec.Paused:
 			res, err = a.applier.Status(ctx, *d.dep)
-		} else {
+		case d.failures > 0 && a.now().Before(d.retryAt):
+			return // the failure stays reported until the retry
+		default:
 			res, err = a.applier.Apply(ctx, *d.dep)
 		}
 		if ctx.Err() != nil {
@@ -136,6 +143,13 @@ func (a *agent) reconcileOne(ctx context.Context, ds *api.DesiredState, spec api
 		if err != nil && spec.Paused {
 			log.Warn("checking paused deployment", "err", err)
 			return
+		}
+		if err != nil && !spec.Paused {
+			d.failures++
+			wait := a.cfg.StatusInterval << min(d.failures-1, 10)
+			d.retryAt = a.now().Add(min(wait, max(a.cfg.MaxBackoff, a.cfg.StatusInterval)))
+		} else {
+			d.failures = 0
 		}
 		st = statusOf(spec, res, err)
 	}
