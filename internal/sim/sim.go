@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -134,6 +135,9 @@ type mark struct {
 func New(cfg Config) (*Sim, error) {
 	if err := cfg.complete(); err != nil {
 		return nil, err
+	}
+	if cfg.Progress != nil {
+		cfg.Progress = &lockedWriter{w: cfg.Progress}
 	}
 	s := &Sim{cfg: cfg, epoch: time.Now(), clusters: make([]cluster, cfg.Clusters)}
 	// Report numbers start at the current time, as a fresh agent's do, so that a second run
@@ -690,4 +694,16 @@ func intern(s string) string {
 		internTable.m[s] = s
 	}
 	return s
+}
+
+// lockedWriter serialises the progress lines and messages of the fleet and of Run.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -1,0 +1,115 @@
+package sim_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"flotilla.dev/internal/fleet"
+	"flotilla.dev/internal/server"
+	"flotilla.dev/internal/sim"
+)
+
+const adminToken = "sim-test-admin-token-0123456789"
+
+// startServer runs a real server in-process on loopback.
+func startServer(t *testing.T) (url, checksum string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: adminToken,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Fleet:  fleet.Config{PollInterval: time.Second, StatusInterval: 100 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return "https://" + addr, s.CAChecksum()
+}
+
+func TestRun(t *testing.T) {
+	url, checksum := startServer(t)
+	ls, err := sim.ParseLabelSpec("env=prod:70,dev:30")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	cfg := sim.DefaultConfig()
+	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
+	cfg.Clusters, cfg.Labels = 300, ls
+	cfg.Connections, cfg.Workers = 2, 16
+	cfg.FailFraction, cfg.OfflineFraction = 0.05, 0.05
+	cfg.ReportDelay, cfg.ReadyDelay = 20*time.Millisecond, 100*time.Millisecond
+	cfg.MinBackoff, cfg.MaxBackoff = 100*time.Millisecond, time.Second
+	cfg.Baseline, cfg.PollStorm, cfg.Duration = 200*time.Millisecond, 200*time.Millisecond, 1500*time.Millisecond
+	cfg.ChangeBundle, cfg.ChangeSelector = "web", "env=prod"
+	cfg.Timeout = time.Minute
+	cfg.Progress, cfg.ProgressInterval = &progress, 100*time.Millisecond
+	s, err := sim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := s.Run(ctx)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, progress.String())
+	}
+	if rep.Registration.Clusters != 300 {
+		t.Errorf("registered %d clusters, want 300", rep.Registration.Clusters)
+	}
+	c := rep.Change
+	if c.Expect.Targeted < 150 || c.Expect.Ready == 0 || c.Expect.ErrApplied == 0 || c.Expect.WaitApplied == 0 {
+		t.Errorf("expectation %+v: want about 210 targeted, some failing, some offline", c.Expect)
+	}
+	if c.Reached != int64(c.Expect.Reach) || c.Reported != int64(c.Expect.Reach) {
+		t.Errorf("change reached %d and reported %d clusters, want %d", c.Reached, c.Reported, c.Expect.Reach)
+	}
+	if c.ReachAll <= 0 || c.ReportAll < c.ReachAll || c.ServerRollup < c.ReportAll {
+		t.Errorf("change times reach %v, report %v, rollup %v: want 0 < reach <= report <= rollup", c.ReachAll, c.ReportAll, c.ServerRollup)
+	}
+	for i := range s.Clusters() {
+		deps := s.Deployments(i)
+		targeted := s.Labels(i)["env"] == "prod"
+		switch {
+		case s.Offline(i):
+		case !targeted && len(deps) != 0:
+			t.Errorf("cluster %d (not targeted) runs %+v", i, deps)
+		case targeted && (len(deps) != 1 || deps[0].ContentHash != c.ContentHash):
+			t.Errorf("cluster %d runs %+v, want the change %s", i, deps, c.ContentHash)
+		case targeted && s.Failing(i) && deps[0].Acked != "ErrApplied":
+			t.Errorf("failing cluster %d acknowledged %q, want ErrApplied", i, deps[0].Acked)
+		case targeted && !s.Failing(i) && deps[0].Acked != "Ready":
+			t.Errorf("cluster %d acknowledged %q, want Ready", i, deps[0].Acked)
+		}
+	}
+	if rep.Baseline == nil || rep.Baseline.RequestsPerSec <= 0 || rep.PollStorm == nil || rep.PollStorm.Unchanged == 0 || rep.PollStorm.ServerCPUPerPoll <= 0 {
+		t.Errorf("baseline %+v, poll storm %+v: want both measured", rep.Baseline, rep.PollStorm)
+	}
+	if rep.ServerMemory.End <= 0 || rep.Idle == nil || rep.Idle.PollsPerSec <= 0 {
+		t.Errorf("server memory %+v, idle %+v: want both measured", rep.ServerMemory, rep.Idle)
+	}
+	if !strings.Contains(progress.String(), "registered 300/300") {
+		t.Errorf("no progress line with every cluster registered:\n%s", progress.String())
+	}
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	for _, want := range []string{"baseline", "registration", "reached all", "unchanged poll", "server RSS", "desired-304"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("the table lacks %q:\n%s", want, table.String())
+		}
+	}
+	t.Logf("\n%s", table.String())
+}
