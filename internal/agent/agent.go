@@ -123,8 +123,9 @@ type agent struct {
 	desiredGen uint64
 	drifted    map[string]bool
 	inventory  *api.ClusterInventory
-	// contentErrs are content digests the server could not give correctly, with why.
-	contentErrs map[string]string
+	// contentErrs are content digests the server could not give correctly: why, and when
+	// to ask again.
+	contentErrs map[string]*contentFailure
 
 	wakeReconcile chan struct{}
 	wakeReport    chan struct{}
@@ -143,7 +144,7 @@ func run(ctx context.Context, cfg Config, d deps) error {
 		log:           cfg.Logger,
 		deps:          d,
 		drifted:       map[string]bool{},
-		contentErrs:   map[string]string{},
+		contentErrs:   map[string]*contentFailure{},
 		wakeReconcile: make(chan struct{}, 1),
 		wakeReport:    make(chan struct{}, 1),
 		online:        make(chan struct{}, 1),

@@ -109,7 +109,7 @@ func (a *agent) poll(ctx context.Context, since *int64) (time.Duration, error) {
 func (a *agent) fetchContent(ctx context.Context, ds *api.DesiredState) (fetched bool, err error) {
 	for _, d := range ds.Deployments {
 		digest := d.ContentHash
-		if digest == "" || a.dir.hasContent(digest) {
+		if digest == "" || a.dir.hasContent(digest) || !a.contentDue(digest) {
 			continue
 		}
 		if _, err := a.dir.contentPath(digest); err != nil {
@@ -140,6 +140,14 @@ func (a *agent) fetchContent(ctx context.Context, ds *api.DesiredState) (fetched
 	return fetched, nil
 }
 
+// contentFailure is content the server did not give correctly. It is asked for again with
+// backoff: an archive that arrives damaged may be large.
+type contentFailure struct {
+	msg     string
+	retryAt time.Time
+	bo      *backoff
+}
+
 func (a *agent) setContentErr(digest, msg string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -147,16 +155,33 @@ func (a *agent) setContentErr(digest, msg string) {
 		delete(a.contentErrs, digest)
 		return
 	}
-	if a.contentErrs[digest] != msg {
+	f := a.contentErrs[digest]
+	if f == nil {
+		f = &contentFailure{bo: newBackoff(a.cfg.PollInterval, a.cfg.MaxBackoff)}
+		a.contentErrs[digest] = f
+	}
+	if f.msg != msg {
 		a.log.Warn("bundle content unavailable", "digest", digest, "err", msg)
 	}
-	a.contentErrs[digest] = msg
+	f.msg = msg
+	f.retryAt = a.now().Add(f.bo.next())
+}
+
+// contentDue reports whether digest may be fetched now.
+func (a *agent) contentDue(digest string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.contentErrs[digest]
+	return f == nil || !a.now().Before(f.retryAt)
 }
 
 func (a *agent) contentErr(digest string) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.contentErrs[digest]
+	if f := a.contentErrs[digest]; f != nil {
+		return f.msg
+	}
+	return ""
 }
 
 func (a *agent) currentDesired() *api.DesiredState {
