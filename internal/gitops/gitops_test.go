@@ -395,7 +395,7 @@ func TestBadCommitsKeepBundles(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		break_ func(r *gitserver.Repo)
+		change func(r *gitserver.Repo)
 		want   []string
 	}{
 		{"invalid fleet.yaml", func(r *gitserver.Repo) {
@@ -434,7 +434,7 @@ func TestBadCommitsKeepBundles(t *testing.T) {
 				t.Fatalf("good commit made bundles %v", slices.Sorted(maps.Keys(before)))
 			}
 
-			tt.break_(repo)
+			tt.change(repo)
 			bad := repo.Commit("bad")
 			e.ctrl.Trigger(ns, name)
 			st := e.wait(name, "an error", func(st api.GitRepoStatus) bool { return st.Error != "" })
