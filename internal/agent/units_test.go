@@ -261,3 +261,19 @@ func TestContentPathRefusesNonDigests(t *testing.T) {
 		t.Error("putContent accepted data that does not match its digest")
 	}
 }
+
+func TestMainVersionAndUsage(t *testing.T) {
+	var out, errOut strings.Builder
+	if code := Main(t.Context(), []string{"--version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "flotilla-agent ") {
+		t.Errorf("--version: code %d, output %q", code, out.String())
+	}
+	out.Reset()
+	if code := Main(t.Context(), []string{"--labels", "nope"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "key=value") {
+		t.Errorf("bad flag: code %d, stderr %q", code, errOut.String())
+	}
+	errOut.Reset()
+	code := Main(t.Context(), []string{"--state-dir", t.TempDir(), "--kubeconfig", "/nonexistent/kubeconfig"}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "kubeconfig") {
+		t.Errorf("missing kubeconfig: code %d, stderr %q", code, errOut.String())
+	}
+}

@@ -272,6 +272,15 @@ func TestAgentFleet(t *testing.T) {
 	if logs := agentB.logs.String(); !strings.Contains(logs, "this cluster was deleted from the Flotilla server; its credential is revoked") {
 		t.Errorf("agent B did not say its cluster was deleted:\n%s", logs)
 	}
+
+	// A used-up token gets a clear refusal, and the agent exits.
+	late := startAgent(t, t.TempDir(), args(clusters[1], "env=dev", tok)...)
+	if code := late.wait(time.Minute); code != agent.ExitRegistration {
+		t.Fatalf("agent with a used-up token exited %d, want %d", code, agent.ExitRegistration)
+	}
+	if logs := late.logs.String(); !strings.Contains(logs, "used up") {
+		t.Errorf("agent with a used-up token did not say so:\n%s", logs)
+	}
 }
 
 func inventoryIs(got *api.ClusterInventory, want api.ClusterInventory) error {

@@ -146,6 +146,24 @@ func TestAgentOffline(t *testing.T) {
 	if logs := ag.logs.String(); strings.Contains(logs, "registering") || strings.Contains(logs, "msg=registered") {
 		t.Errorf("the restarted agent registered again:\n%s", logs)
 	}
+
+	// The credential is kept private and never logged, nor is the registration token.
+	credFile := filepath.Join(stateDir, "credentials.json")
+	fi, err := os.Stat(credFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", credFile, fi.Mode().Perm())
+	}
+	var creds struct{ Credential string }
+	data, _ := os.ReadFile(credFile)
+	if err := json.Unmarshal(data, &creds); err != nil || creds.Credential == "" {
+		t.Fatalf("reading the stored credential: %v", err)
+	}
+	if logs := ag.logs.String(); strings.Contains(logs, creds.Credential) || strings.Contains(logs, tok) {
+		t.Error("the agent logged its credential or the registration token")
+	}
 }
 
 // measureIdleAgent reports the agent's resident memory once it has settled, and the bytes a
