@@ -106,6 +106,7 @@ type worker struct {
 	key    store.Key
 	cancel context.CancelFunc
 	kick   chan struct{}
+	done   chan struct{} // closed when the poller has stopped
 
 	// force makes the next sync retry a commit that failed, as a webhook or spec change asks.
 	force atomic.Bool
@@ -269,7 +270,7 @@ func (c *Controller) upsert(ctx context.Context, obj *api.Object) {
 		return
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	w := &worker{key: key, cancel: cancel, kick: make(chan struct{}, 1), obj: obj}
+	w := &worker{key: key, cancel: cancel, kick: make(chan struct{}, 1), done: make(chan struct{}), obj: obj}
 	var st api.GitRepoStatus
 	json.Unmarshal(obj.Status, &st)
 	if st.Commit != "" && st.Error == "" {
@@ -279,6 +280,7 @@ func (c *Controller) upsert(ctx context.Context, obj *api.Object) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		defer close(w.done)
 		c.poll(wctx, w)
 	}()
 }
@@ -290,15 +292,17 @@ func (c *Controller) remove(ctx context.Context, key store.Key) {
 	delete(c.repos, key)
 	c.mu.Unlock()
 	if ok {
+		// A sync in flight could write bundles after they are deleted: let it end first.
 		w.cancel()
+		<-w.done
 	}
 	log := c.log.With("gitrepo", key.Namespace+"/"+key.Name)
-	if _, err := c.deleteBundles(ctx, key, nil); err != nil {
-		log.Warn("deleting bundles of a deleted GitRepo", "err", err)
-	}
 	matches, _ := filepath.Glob(filepath.Join(c.cfg.Dir, key.Namespace, key.Name+"-*"))
 	for _, m := range matches {
 		os.RemoveAll(m)
+	}
+	if _, err := c.deleteBundles(ctx, key, nil); err != nil {
+		log.Warn("deleting bundles of a deleted GitRepo", "err", err)
 	}
 	log.Info("GitRepo deleted; its bundles are removed")
 }

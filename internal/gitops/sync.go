@@ -164,6 +164,10 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 	if err := m.checkout(plumbingHash(commit), tree, c.cfg.MaxRepoBytes); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", short(commit), err)
 	}
+	if spec.HelmSecretNameForPaths != "" {
+		// Charts needing those credentials would fail to download with a less clear error.
+		return nil, errors.New("spec.helmSecretNameForPaths is not supported yet: use spec.helmSecretName (with spec.helmRepoURLRegex)")
+	}
 	hc, err := c.chartClient(ctx, obj.Metadata.Namespace, spec)
 	if err != nil {
 		return nil, err
