@@ -21,6 +21,11 @@ import (
 	"testing"
 	"time"
 
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/provenance"
+	"helm.sh/helm/v3/pkg/repo"
+
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/bundle"
@@ -593,6 +598,79 @@ func TestWebhook(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 			if st := e.status("hooked"); st.Commit == commit {
 				t.Errorf("deployed %s without a valid webhook", commit[:12])
+			}
+		})
+	}
+}
+
+// A chart from a Helm repository that wants credentials: helmSecretName supplies them, and
+// only to the URLs helmRepoURLRegex allows.
+func TestHelmRepositoryCredentials(t *testing.T) {
+	e := newEnv(t, nil)
+	gs := gitserver.Start(t)
+	dir := t.TempDir()
+	ch := &chart.Chart{
+		Metadata: &chart.Metadata{APIVersion: chart.APIVersionV2, Name: "private", Version: "1.0.0"},
+		Templates: []*chart.File{{Name: "templates/cm.yaml", Data: []byte(
+			"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: private\ndata:\n  v: {{ .Chart.Version | quote }}\n")}},
+	}
+	p, err := chartutil.Save(ch, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, _ := provenance.DigestFile(p)
+	idx := repo.NewIndexFile()
+	if err := idx.MustAdd(ch.Metadata, filepath.Base(p), "", digest); err != nil {
+		t.Fatal(err)
+	}
+	if err := idx.WriteFile(filepath.Join(dir, "index.yaml"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	charts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "helm-user" || p != "helm-pass" {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		http.FileServer(http.Dir(dir)).ServeHTTP(w, r)
+	}))
+	t.Cleanup(charts.Close)
+
+	g := gs.NewRepo(t, "helm")
+	g.Write("app/fleet.yaml", fmt.Sprintf("helm:\n  repo: %s\n  chart: private\n  version: 1.0.0\n", charts.URL))
+	c1 := g.Commit("chart from a private repository")
+	e.secret("git", api.SecretTypeBasicAuth, map[string]string{"username": gs.User, "password": gs.Password})
+	e.secret("helm", api.SecretTypeHelmRepo, map[string]string{"username": "helm-user", "password": "helm-pass"})
+
+	tests := []struct {
+		name, secret, regex string
+		ok                  bool
+	}{
+		{"no helm secret", "", "", false},
+		{"helm secret", "helm", "", true},
+		{"regex excludes the repository", "helm", "^https://charts\\.example\\.com/", false},
+		{"regex includes the repository", "helm", "^http://127\\.0\\.0\\.1", true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := fmt.Sprintf("helm-%d", i)
+			e.gitRepo(name, api.GitRepoSpec{Repo: g.HTTPURL(), Branch: "main", ClientSecretName: "git", HelmSecretName: tt.secret, HelmRepoURLRegex: tt.regex})
+			if tt.ok {
+				e.waitCommit(name, c1)
+				b := e.bundles(name)[name+"-app"]
+				if b == nil {
+					t.Fatalf("no bundle %s-app", name)
+				}
+				if names := e.content(b).Names(); !slices.ContainsFunc(names, func(n string) bool { return strings.HasSuffix(n, "Chart.yaml") }) {
+					t.Errorf("bundle content %v: want the downloaded chart", names)
+				}
+				return
+			}
+			st := e.wait(name, "an error", func(st api.GitRepoStatus) bool { return st.Error != "" })
+			if !strings.Contains(st.Error, "401") && !strings.Contains(strings.ToLower(st.Error), "unauthorized") {
+				t.Errorf("status.error %q: want the chart repository's refusal", st.Error)
+			}
+			if strings.Contains(st.Error, "helm-pass") {
+				t.Errorf("status.error shows the password: %q", st.Error)
 			}
 		})
 	}
