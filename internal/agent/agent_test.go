@@ -394,3 +394,46 @@ func readQueue(t *testing.T, dir string) queueState {
 	}
 	return q
 }
+
+// A state directory that moved to another cluster must not act for the first one: the agent
+// registers the new cluster and forgets what the old registration asked for.
+func TestStateFromAnotherClusterIsForgotten(t *testing.T) {
+	f := newFakeServer(t)
+	f.setDesired(nil, configMapBundle("old", "1"))
+	dir := t.TempDir()
+	cfg := testConfig(t, f, dir)
+	a := startAgent(t, cfg, nil)
+	waitFor(t, "old Ready", func() bool { return f.snapshot().latest["fleet-default/old"].State == api.StateReady })
+	a.stop()
+
+	f.set(func(f *fakeServer) {
+		f.tokens["good-token"] = 1
+		f.down = true // the new registration must not apply the old state meanwhile
+	})
+	ap := newFakeApplier()
+	b := startAgentAs(t, "uid-2", cfg, ap)
+	time.Sleep(200 * time.Millisecond)
+	ap.get(func(ap *fakeApplier) {
+		if len(ap.applied) != 0 {
+			t.Errorf("applied %v on another cluster before registering it", ap.applied)
+		}
+	})
+	f.set(func(f *fakeServer) { f.down = false })
+	waitFor(t, "the second registration", func() bool { return f.snapshot().registrations == 2 })
+	f.mu.Lock()
+	got := f.registrations[1].ClientID
+	f.mu.Unlock()
+	if got != "uid-2" {
+		t.Errorf("second registration's client ID = %q, want uid-2", got)
+	}
+	if err := b.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without a token it refuses to go on.
+	cfg.Token = ""
+	err := startAgentAs(t, "uid-3", cfg, nil).wait(5 * time.Second)
+	if err == nil || !strings.Contains(err.Error(), "belongs to another cluster") {
+		t.Errorf("Run on a third cluster without a token = %v", err)
+	}
+}

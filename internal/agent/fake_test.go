@@ -371,6 +371,12 @@ func testConfig(t *testing.T, f *fakeServer, stateDir string) Config {
 
 func startAgent(t *testing.T, cfg Config, ap *fakeApplier) *testAgent {
 	t.Helper()
+	return startAgentAs(t, "uid-1", cfg, ap)
+}
+
+// startAgentAs runs the agent on a cluster whose identity is clientID.
+func startAgentAs(t *testing.T, clientID string, cfg Config, ap *fakeApplier) *testAgent {
+	t.Helper()
 	if ap == nil {
 		ap = newFakeApplier()
 	}
@@ -379,7 +385,7 @@ func startAgent(t *testing.T, cfg Config, ap *fakeApplier) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ta := &testAgent{t: t, cfg: cfg, applier: ap, cluster: &fakeCluster{id: "uid-1", inv: api.ClusterInventory{KubernetesVersion: "v1.37.2", NodeCount: 1, Architecture: "arm64", AgentVersion: "test"}}, done: make(chan error, 1)}
+	ta := &testAgent{t: t, cfg: cfg, applier: ap, cluster: &fakeCluster{id: clientID, inv: api.ClusterInventory{KubernetesVersion: "v1.37.2", NodeCount: 1, Architecture: "arm64", AgentVersion: "test"}}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	ta.cancel = cancel
 	go func() {

@@ -42,7 +42,13 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		if a.cfg.Token == "" {
 			return nil, fmt.Errorf("%s, and there is no registration token to register with %s", why, a.cfg.Server)
 		}
-		a.log.Warn("registering again", "why", why)
+		a.log.Warn("registering again; forgetting the desired state and status kept for the old registration", "why", why)
+		// What the old registration asked of the cluster must not be applied before the
+		// new server says what it wants, and what was reported to the old one is news to
+		// the new one. Cached content is addressed by digest and stays valid.
+		if err := a.dir.forgetRegistration(); err != nil {
+			return nil, err
+		}
 	}
 	if a.cfg.Token == "" || a.cfg.Server == "" {
 		return nil, ErrNotRegistered

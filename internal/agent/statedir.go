@@ -103,6 +103,16 @@ func (s *stateDir) loadDesired() (*api.DesiredState, error) {
 	return &ds, nil
 }
 
+// forgetRegistration removes the desired state and the status queue.
+func (s *stateDir) forgetRegistration() error {
+	for _, name := range []string{desiredFile, statusFile} {
+		if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("forgetting the old registration: %w", err)
+		}
+	}
+	return nil
+}
+
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 // contentPath returns where the archive of digest is cached. The digest comes from the
