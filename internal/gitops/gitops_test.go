@@ -283,6 +283,16 @@ func TestGitRepoLifecycle(t *testing.T) {
 	if got := bs["fleet-apps-db"]; got.Metadata.Generation != 2 || !strings.Contains(string(e.content(got)["cm.yaml"]), `"2"`) {
 		t.Errorf("bundle db: generation %d, content %q; want 2 and the new ConfigMap", got.Metadata.Generation, e.content(got)["cm.yaml"])
 	}
+	// A fetch with nothing new asks for the refs and transfers no pack.
+	bytesBefore, reqBefore := gs.UploadedBytes(), gs.Requests()
+	e.ctrl.Trigger(ns, "fleet")
+	for deadline := time.Now().Add(10 * time.Second); gs.Requests() == reqBefore && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if gs.Requests() == reqBefore || gs.UploadedBytes() != bytesBefore {
+		t.Errorf("fetch without a new commit: %d requests, %d pack bytes; want refs only", gs.Requests()-reqBefore, gs.UploadedBytes()-bytesBefore)
+	}
 	if clones, _ := filepath.Glob(filepath.Join(e.dir, ns, "fleet-*")); len(clones) != 1 {
 		t.Errorf("local clones %v, want one kept between fetches", clones)
 	}
