@@ -27,6 +27,7 @@ import (
 type Store interface {
 	store.Store
 	store.Agents
+	store.Summaries
 }
 
 // Observer counts agent requests by call and answer.

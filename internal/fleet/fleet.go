@@ -11,6 +11,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -64,6 +65,7 @@ func DefaultConfig() Config {
 type Store interface {
 	store.Store
 	store.Agents
+	store.Summaries
 }
 
 // Fleet is the model.
@@ -109,7 +111,7 @@ type Cluster struct {
 	seq        int64
 	lastSeen   time.Time
 	storedSeen time.Time
-	inventory  *api.ClusterInventory
+	inventory  json.RawMessage
 	state      string // last written cluster state
 	tmplHash   string
 	deps       map[string]*pair // bundle name → pair
@@ -556,9 +558,11 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		return false, nil
 	}
 	c.seq = rep.Seq
-	if rep.Inventory != nil && !inventoryEqual(c.inventory, rep.Inventory) {
-		c.inventory = rep.Inventory
-		f.dirtyClusters[c] = struct{}{}
+	if rep.Inventory != nil {
+		if inv, _ := json.Marshal(rep.Inventory); !bytes.Equal(inv, c.inventory) {
+			c.inventory = inv
+			f.dirtyClusters[c] = struct{}{}
+		}
 	}
 	rows := make([]store.DeploymentStatus, 0, len(rep.Deployments))
 	var removed []string
@@ -637,13 +641,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
-}
-
-func inventoryEqual(a, b *api.ClusterInventory) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	x, _ := json.Marshal(a)
-	y, _ := json.Marshal(b)
-	return string(x) == string(y)
 }

@@ -1,8 +1,12 @@
 package fleet
 
 import (
+	"encoding/json"
+	"maps"
 	"testing"
 	"time"
+
+	"flotilla.dev/api"
 )
 
 func TestPollBudget(t *testing.T) {
@@ -25,6 +29,40 @@ func TestPollBudget(t *testing.T) {
 			if d := f.PollAfter(); d < tc.want*8/10 || d > tc.want*12/10 {
 				t.Fatalf("PollAfter %v outside ±20%% of %v", d, tc.want)
 			}
+		}
+	}
+}
+
+func TestClusterSummaryRoundTrip(t *testing.T) {
+	seen := time.Date(2026, 11, 22, 20, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		obj  *api.Object
+		want Cluster
+	}{
+		{"bare", &api.Object{Metadata: api.ObjectMeta{Namespace: "ns", Name: "c", UID: "u"}},
+			Cluster{Namespace: "ns", Name: "c", UID: "u"}},
+		{"full", &api.Object{
+			Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: "c-1", UID: "u-1", Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"}},
+			Spec:     json.RawMessage(`{"clientID":"kube-system-uid","paused":true}`),
+			Status:   json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":{"nodeCount":3}}`)},
+			Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true,
+				Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"},
+				state: "Ready", lastSeen: seen, inventory: json.RawMessage(`{"nodeCount":3}`)}},
+	} {
+		got, err := decodeCluster(SummarizeCluster(tc.obj))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got.Namespace != tc.want.Namespace || got.Name != tc.want.Name || got.UID != tc.want.UID || got.ClientID != tc.want.ClientID ||
+			got.Paused != tc.want.Paused || got.state != tc.want.state || !got.lastSeen.Equal(tc.want.lastSeen) ||
+			!maps.Equal(got.Labels, tc.want.Labels) || !maps.Equal(got.Annotations, tc.want.Annotations) || string(got.inventory) != string(tc.want.inventory) {
+			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+	for _, bad := range [][]byte{nil, {9}, {1, 200}, SummarizeCluster(&api.Object{})[:3]} {
+		if _, err := decodeCluster(bad); err == nil {
+			t.Errorf("decodeCluster(%v) accepted a malformed summary", bad)
 		}
 	}
 }

@@ -180,7 +180,11 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			p := c.deps[n]
 			s.NonReadyResources = append(s.NonReadyResources, api.NonReadyResource{Name: n, State: p.effective(), Message: p.message})
 		}
-		st := api.ClusterStatus{Inventory: c.inventory, State: state, Summary: s}
+		st := api.ClusterStatus{State: state, Summary: s}
+		if len(c.inventory) > 0 {
+			st.Inventory = &api.ClusterInventory{}
+			json.Unmarshal(c.inventory, st.Inventory)
+		}
 		seen := c.lastSeen
 		if !seen.IsZero() {
 			t := seen.UTC().Truncate(time.Second)

@@ -43,27 +43,6 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 }
 
-// clusterRecord is the part of a stored Cluster the model reads; decoding only it keeps a
-// load of a million clusters fast.
-type clusterRecord struct {
-	Metadata struct {
-		Name        string            `json:"name"`
-		Namespace   string            `json:"namespace"`
-		UID         string            `json:"uid"`
-		Labels      map[string]string `json:"labels"`
-		Annotations map[string]string `json:"annotations"`
-	} `json:"metadata"`
-	Spec struct {
-		ClientID string `json:"clientID"`
-		Paused   bool   `json:"paused"`
-	} `json:"spec"`
-	Status struct {
-		State    string                `json:"state"`
-		LastSeen *time.Time            `json:"lastSeen"`
-		Inv      *api.ClusterInventory `json:"inventory"`
-	} `json:"status"`
-}
-
 // scan streams every object of a kind at one revision.
 func (f *Fleet) scan(ctx context.Context, kind string, rev *int64, fn func(json.RawMessage) error) error {
 	opts := store.ListOptions{Kind: kind, Limit: 5000}
@@ -94,19 +73,13 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	f.workspaces = map[string]*workspace{}
 	f.byUID = map[string]*Cluster{}
 	var rev int64
-	// Clusters first, at one revision; groups and bundles are read at the same revision by
-	// starting from the cluster list's (each list pins its own, so watch from the oldest).
+	// Clusters from their summaries, at one revision; groups and bundles are listed after
+	// it, and the watch starts from the oldest of the three revisions.
 	n := 0
-	err := f.scan(ctx, api.KindCluster, &rev, func(raw json.RawMessage) error {
-		var r clusterRecord
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return err
-		}
-		c := &Cluster{Namespace: r.Metadata.Namespace, Name: r.Metadata.Name, UID: r.Metadata.UID, Labels: intern(r.Metadata.Labels),
-			Annotations: r.Metadata.Annotations, ClientID: r.Spec.ClientID, Paused: r.Spec.Paused, inventory: r.Status.Inv,
-			state: r.Status.State, deps: map[string]*pair{}, counts: map[string]int{}}
-		if r.Status.LastSeen != nil {
-			c.lastSeen, c.storedSeen = *r.Status.LastSeen, *r.Status.LastSeen
+	rev, err := f.st.ScanSummaries(ctx, api.KindCluster, func(sum []byte) error {
+		c, err := decodeCluster(sum)
+		if err != nil {
+			return fmt.Errorf("loading clusters: %w", err)
 		}
 		f.ws(c.Namespace).clusters[c.Name] = c
 		f.byUID[c.UID] = c
@@ -184,8 +157,20 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 }
 
 // intern shares label strings between clusters: a million clusters mostly carry the same
-// few keys and values.
+// few keys and values. Only the loader and the watch goroutines (under the model's lock)
+// use the table.
 var internTable = map[string]string{}
+
+func internBytes(b []byte) string {
+	if s, ok := internTable[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(internTable) < 1<<20 {
+		internTable[s] = s
+	}
+	return s
+}
 
 func intern(l map[string]string) map[string]string {
 	if len(l) == 0 {
@@ -326,7 +311,10 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		w.clusters[name] = c
 		f.byUID[c.UID] = c
 		f.clusters.Store(int64(len(f.byUID)))
-		var st api.ClusterStatus
+		var st struct {
+			State     string          `json:"state"`
+			Inventory json.RawMessage `json:"inventory"`
+		}
 		json.Unmarshal(obj.Status, &st)
 		c.inventory = st.Inventory
 		c.state = st.State

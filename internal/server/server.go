@@ -82,6 +82,7 @@ type Server struct {
 type storeAll interface {
 	store.Store
 	store.Agents
+	store.Summaries
 }
 
 // New opens the store and prepares everything; Serve starts listening.
@@ -107,6 +108,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	scfg.Logger = cfg.Logger
 	scfg.Observe = s.metrics.ObserveStore
 	scfg.ObserveBatch = s.metrics.ObserveBatch
+	scfg.Summaries = map[string]store.Summarizer{api.KindCluster: fleet.SummarizeCluster}
 	start := time.Now()
 	if cfg.DB == "" {
 		st, err := sqlite.Open(ctx, cfg.DataDir, scfg)

@@ -62,6 +62,8 @@ CREATE TABLE deployment_status (
 	PRIMARY KEY (cluster, bundle)
 );
 CREATE TABLE agent_seq (cluster TEXT PRIMARY KEY, seq BIGINT NOT NULL);
+`, `
+ALTER TABLE objects ADD COLUMN summary BYTEA;
 `}
 
 // Dialect is PostgreSQL's SQL dialect.

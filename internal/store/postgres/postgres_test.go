@@ -23,7 +23,7 @@ func TestConformance(t *testing.T) {
 	srv := pg.Start(t)
 	urls := map[store.Store]string{}
 	open := func(t testing.TB, url string) store.Store {
-		s, err := postgres.Open(context.Background(), url, sqlstore.Config{})
+		s, err := postgres.Open(context.Background(), url, sqlstore.Config{Summaries: storetest.Summaries})
 		if err != nil {
 			t.Fatal(err)
 		}

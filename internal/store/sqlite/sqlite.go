@@ -65,6 +65,8 @@ CREATE TABLE deployment_status (
 	PRIMARY KEY (cluster, bundle)
 ) WITHOUT ROWID;
 CREATE TABLE agent_seq (cluster TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+`, `
+ALTER TABLE objects ADD COLUMN summary BLOB;
 `}
 
 // Dialect is SQLite's SQL dialect.

@@ -13,7 +13,7 @@ import (
 func TestConformance(t *testing.T) {
 	dirs := map[store.Store]string{}
 	open := func(t testing.TB, dir string) store.Store {
-		s, err := sqlite.Open(context.Background(), dir, sqlstore.Config{})
+		s, err := sqlite.Open(context.Background(), dir, sqlstore.Config{Summaries: storetest.Summaries})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"flotilla.dev/api"
 	"flotilla.dev/internal/store"
 )
 
@@ -82,4 +83,49 @@ func (s *Store) ScanSeqs(ctx context.Context, fn func(string, int64) error) erro
 		}
 	}
 	return rows.Err()
+}
+
+var _ store.Summaries = (*Store)(nil)
+
+func (s *Store) summary(obj *api.Object) []byte {
+	if fn := s.cfg.Summaries[obj.Kind]; fn != nil {
+		return fn(obj)
+	}
+	return nil
+}
+
+// ScanSummaries streams every object's summary of a kind at one revision. Rows written
+// before their kind had a summarizer are summarised from their document on the way.
+func (s *Store) ScanSummaries(ctx context.Context, kind string, fn func([]byte) error) (rev int64, err error) {
+	defer s.observe("scan_summaries", time.Now(), err)
+	tx, err := s.db.BeginTx(ctx, s.d.ReadTx)
+	if err != nil {
+		return 0, fmt.Errorf("scanning %s: %w", kind, err)
+	}
+	defer tx.Rollback()
+	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'revision'`).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("scanning %s: %w", kind, err)
+	}
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT summary, CASE WHEN summary IS NULL THEN data ELSE NULL END FROM objects WHERE kind = ?`), kind)
+	if err != nil {
+		return 0, fmt.Errorf("scanning %s: %w", kind, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sum, data sql.RawBytes
+		if err := rows.Scan(&sum, &data); err != nil {
+			return 0, fmt.Errorf("scanning %s: %w", kind, err)
+		}
+		if sum == nil {
+			obj, err := store.Decode(data)
+			if err != nil {
+				return 0, err
+			}
+			sum = s.summary(obj)
+		}
+		if err := fn(sum); err != nil {
+			return 0, err
+		}
+	}
+	return rev, rows.Err()
 }

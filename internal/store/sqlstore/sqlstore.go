@@ -52,6 +52,8 @@ type Config struct {
 	Observe func(op string, d time.Duration, err error)
 	// ObserveBatch, if set, is told how many writes each committed transaction held.
 	ObserveBatch func(n int)
+	// Summaries, per kind, make the compact summaries ScanSummaries streams.
+	Summaries map[string]store.Summarizer
 }
 
 // DefaultConfig returns the defaults.

@@ -312,8 +312,8 @@ func (w *txw) create(obj *api.Object, rev int64) (*api.Object, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s: %w", key, err)
 	}
-	row, err := w.queryRow(`INSERT INTO objects (kind, namespace, name, rev, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO NOTHING RETURNING id`,
-		key.Kind, key.Namespace, key.Name, rev, data)
+	row, err := w.queryRow(`INSERT INTO objects (kind, namespace, name, rev, data, summary) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO NOTHING RETURNING id`,
+		key.Kind, key.Namespace, key.Name, rev, data, w.s.summary(&out))
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +370,7 @@ func (w *txw) update(obj *api.Object, rv string, rev int64) (*api.Object, error)
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s: %w", key, err)
 	}
-	if _, err := w.exec(`UPDATE objects SET rev = ?, data = ? WHERE id = ?`, rev, data, id); err != nil {
+	if _, err := w.exec(`UPDATE objects SET rev = ?, data = ?, summary = ? WHERE id = ?`, rev, data, w.s.summary(&out), id); err != nil {
 		return nil, err
 	}
 	if old := labelsOf(oldData); !maps.Equal(old, out.Metadata.Labels) {

@@ -19,6 +19,11 @@ import (
 	"flotilla.dev/internal/store"
 )
 
+// Summaries are the summarizers stores under test must be opened with.
+var Summaries = map[string]store.Summarizer{
+	api.KindCluster: func(o *api.Object) []byte { return []byte(o.Metadata.Name + "|" + o.Metadata.Labels["env"]) },
+}
+
 // Harness gives the suite fresh stores.
 type Harness struct {
 	// Open returns a new, empty store, closed by the harness at test end.
@@ -49,6 +54,7 @@ func Run(t *testing.T, h Harness) {
 		{"Reopen", testReopen},
 		{"DatabaseRestart", testDatabaseRestart},
 		{"AgentContentAndStatus", testAgents},
+		{"Summaries", testSummaries},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
@@ -702,5 +708,40 @@ func testAgents(t *testing.T, h Harness) {
 	ag.ScanStatus(c, func(r store.DeploymentStatus) error { n++; return nil })
 	if n != 1 {
 		t.Errorf("%d rows after deleting uid-1's, want 1", n)
+	}
+}
+
+func testSummaries(t *testing.T, h Harness) {
+	s := h.Open(t)
+	sc, ok := s.(store.Summaries)
+	if !ok {
+		t.Fatalf("%T does not implement store.Summaries", s)
+	}
+	a := mustCreate(t, s, Obj("ns", "a", map[string]string{"env": "dev"}))
+	mustCreate(t, s, Obj("ns", "b", map[string]string{"env": "dev"}))
+	mustCreate(t, s, Obj("other", "c", nil))
+	gone := Obj("ns", "gone", nil)
+	mustCreate(t, s, gone)
+	if _, err := s.Delete(ctx(t), store.KeyOf(gone), ""); err != nil {
+		t.Fatal(err)
+	}
+	a.Metadata.Labels["env"] = "prod"
+	if _, err := s.Update(ctx(t), a); err != nil {
+		t.Fatal(err)
+	}
+	bundle := Obj("ns", "bundle", nil)
+	bundle.Kind = api.KindBundle
+	mustCreate(t, s, bundle)
+	var got []string
+	rev, err := sc.ScanSummaries(ctx(t), api.KindCluster, func(b []byte) error { got = append(got, string(b)); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if want := []string{"a|prod", "b|dev", "c|"}; !slices.Equal(got, want) {
+		t.Errorf("summaries = %q, want %q", got, want)
+	}
+	if cur, _ := s.Revision(ctx(t)); rev != cur {
+		t.Errorf("scan at revision %d, store at %d", rev, cur)
 	}
 }

@@ -1,0 +1,150 @@
+package fleet
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"flotilla.dev/api"
+)
+
+// The summary of a Cluster is what the model loads at start: a compact binary record the
+// store keeps beside the document, so that loading a million clusters reads no JSON.
+//
+//	version 1 | namespace | name | uid | clientID | paused | state | lastSeen (unix ns) |
+//	inventory (JSON) | labels | annotations
+//
+// strings and byte fields are uvarint-length-prefixed; maps are a uvarint count of pairs.
+
+const summaryVersion = 1
+
+// SummarizeCluster is the store.Summarizer for Clusters.
+func SummarizeCluster(obj *api.Object) []byte {
+	var spec api.ClusterSpec
+	json.Unmarshal(obj.Spec, &spec)
+	var st struct {
+		State     string          `json:"state"`
+		LastSeen  *time.Time      `json:"lastSeen"`
+		Inventory json.RawMessage `json:"inventory"`
+	}
+	json.Unmarshal(obj.Status, &st)
+	b := make([]byte, 0, 256)
+	b = append(b, summaryVersion)
+	for _, s := range []string{obj.Metadata.Namespace, obj.Metadata.Name, obj.Metadata.UID, spec.ClientID} {
+		b = appendString(b, s)
+	}
+	if spec.Paused {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = appendString(b, st.State)
+	var seen int64
+	if st.LastSeen != nil {
+		seen = st.LastSeen.UnixNano()
+	}
+	b = binary.AppendVarint(b, seen)
+	b = appendString(b, string(st.Inventory))
+	b = appendMap(b, obj.Metadata.Labels)
+	b = appendMap(b, obj.Metadata.Annotations)
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendMap(b []byte, m map[string]string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(m)))
+	for k, v := range m {
+		b = appendString(b, k)
+		b = appendString(b, v)
+	}
+	return b
+}
+
+var errSummary = errors.New("malformed cluster summary")
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errSummary
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if r.err != nil || n > uint64(len(r.b)) {
+		r.err = errSummary
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+// str interns: label keys and values repeat across a fleet.
+func (r *reader) str(intern bool) string {
+	v := r.bytes()
+	if intern {
+		return internBytes(v)
+	}
+	return string(v)
+}
+
+func (r *reader) strMap(intern bool) map[string]string {
+	n := r.uvarint()
+	if r.err != nil || n == 0 || n > uint64(len(r.b)) {
+		return nil
+	}
+	m := make(map[string]string, n)
+	for range n {
+		k := r.str(intern)
+		m[k] = r.str(intern)
+	}
+	return m
+}
+
+// decodeCluster reads a summary into a new Cluster.
+func decodeCluster(b []byte) (*Cluster, error) {
+	if len(b) == 0 || b[0] != summaryVersion {
+		return nil, errSummary
+	}
+	r := &reader{b: b[1:]}
+	c := &Cluster{deps: map[string]*pair{}, counts: map[string]int{}}
+	c.Namespace = r.str(true)
+	c.Name = r.str(false)
+	c.UID = r.str(false)
+	c.ClientID = r.str(false)
+	if len(r.b) == 0 {
+		return nil, errSummary
+	}
+	c.Paused = r.b[0] == 1
+	r.b = r.b[1:]
+	c.state = r.str(true)
+	seen, n := binary.Varint(r.b)
+	if n <= 0 {
+		return nil, errSummary
+	}
+	r.b = r.b[n:]
+	if seen != 0 {
+		c.lastSeen = time.Unix(0, seen)
+		c.storedSeen = c.lastSeen
+	}
+	if inv := r.bytes(); len(inv) > 0 {
+		c.inventory = json.RawMessage(append([]byte(nil), inv...))
+	}
+	c.Labels = r.strMap(true)
+	c.Annotations = r.strMap(false)
+	return c, r.err
+}
