@@ -89,7 +89,7 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) (identity, bool
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "the server is starting; try again shortly")
 		return id, false
 	}
-	if c, ok := s.fleet.Cluster(id.Namespace, id.Name); ok && c.UID == id.UID {
+	if s.fleet.Known(id.Namespace, id.Name, id.UID) {
 		return id, true
 	}
 	// The model may not have seen a cluster registered a moment ago: ask the store.

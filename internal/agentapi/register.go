@@ -259,7 +259,7 @@ func (s *Server) registerLocked(ctx context.Context, token string, req *api.Regi
 	}
 	// Answer once the fleet model knows the cluster, so the agent's first poll succeeds.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if c, ok := s.fleet.Cluster(ns, name); ok && c.UID == cur.Metadata.UID {
+		if s.fleet.Known(ns, name, cur.Metadata.UID) {
 			break
 		}
 		if ctx.Err() != nil {

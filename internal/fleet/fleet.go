@@ -109,7 +109,9 @@ type Cluster struct {
 
 	desiredRev int64
 	seq        int64
-	lastSeen   time.Time
+	// seen is when the agent last called, in unix nanoseconds; polls set it under the read
+	// lock, so it is atomic.
+	seen       atomic.Int64
 	storedSeen time.Time
 	inventory  json.RawMessage
 	state      string // last written cluster state
@@ -474,16 +476,6 @@ func (f *Fleet) References(ns, name, uid, digest string) bool {
 	return false
 }
 
-// Cluster returns a copy of a cluster's identity, if it exists.
-func (f *Fleet) Cluster(ns, name string) (Cluster, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	w := f.workspaces[ns]
-	if w == nil || w.clusters[name] == nil {
-		return Cluster{}, false
-	}
-	return *w.clusters[name], true
-}
 
 // Interval is the mean time between one agent's polls: the base interval, stretched so
 // that the whole fleet polls within the budget.
@@ -552,7 +544,7 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		return false, ErrUnknownCluster
 	}
 	c := w.clusters[name]
-	c.lastSeen = now
+	c.seen.Store(now.UnixNano())
 	if rep.Seq <= c.seq {
 		f.mu.Unlock()
 		return false, nil
@@ -618,13 +610,29 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 
 // Seen records a poll.
 func (f *Fleet) Seen(ns, name string, now time.Time) {
-	f.mu.Lock()
+	f.mu.RLock()
 	if w := f.workspaces[ns]; w != nil {
 		if c := w.clusters[name]; c != nil {
-			c.lastSeen = now
+			c.seen.Store(now.UnixNano())
 		}
 	}
-	f.mu.Unlock()
+	f.mu.RUnlock()
+}
+
+// lastSeen is when c's agent last called.
+func (c *Cluster) lastSeen() time.Time {
+	if n := c.seen.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Known reports whether the cluster exists with that UID.
+func (f *Fleet) Known(ns, name, uid string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w := f.workspaces[ns]
+	return w != nil && w.clusters[name] != nil && w.clusters[name].UID == uid
 }
 
 func splitKey(k string) (string, string, bool) {

@@ -78,7 +78,7 @@ func (f *Fleet) sweep(now time.Time) {
 	defer f.mu.Unlock()
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
-			if f.clusterState(c, now) != c.state || (!c.lastSeen.IsZero() && c.lastSeen.Sub(c.storedSeen) > f.cfg.LastSeenResolution) {
+			if seen := c.lastSeen(); f.clusterState(c, now) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > f.cfg.LastSeenResolution) {
 				f.dirtyClusters[c] = struct{}{}
 			}
 		}
@@ -87,9 +87,9 @@ func (f *Fleet) sweep(now time.Time) {
 
 func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
 	switch {
-	case c.lastSeen.IsZero():
+	case c.seen.Load() == 0:
 		return "Pending"
-	case now.Sub(c.lastSeen) > f.cfg.OfflineAfter:
+	case now.Sub(c.lastSeen()) > f.cfg.OfflineAfter:
 		return "Offline"
 	}
 	for s, n := range c.counts {
@@ -185,7 +185,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			st.Inventory = &api.ClusterInventory{}
 			json.Unmarshal(c.inventory, st.Inventory)
 		}
-		seen := c.lastSeen
+		seen := c.lastSeen()
 		if !seen.IsZero() {
 			t := seen.UTC().Truncate(time.Second)
 			st.LastSeen = &t

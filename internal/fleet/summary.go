@@ -138,8 +138,8 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	}
 	r.b = r.b[n:]
 	if seen != 0 {
-		c.lastSeen = time.Unix(0, seen)
-		c.storedSeen = c.lastSeen
+		c.seen.Store(seen)
+		c.storedSeen = time.Unix(0, seen)
 	}
 	if inv := r.bytes(); len(inv) > 0 {
 		c.inventory = json.RawMessage(append([]byte(nil), inv...))
