@@ -49,9 +49,7 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	cache   *contentCache
-	// Clusters registered at the same moment with the same token must not both take its
-	// last use: registration holds this while it reserves a use.
-	regMu sync.Mutex
+	tokens  tokenCache
 }
 
 // New prepares the agent API; it creates the credential key on first use of a store.
@@ -60,7 +58,8 @@ func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, err
 	}
-	return &Server{Metrics: nopObserver{}, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20)}, nil
+	return &Server{Metrics: nopObserver{}, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20),
+		tokens: tokenCache{entries: map[string]cachedToken{}, locks: map[string]*sync.Mutex{}, uses: map[store.Key]int{}}}, nil
 }
 
 // Register adds the agent routes to mux.

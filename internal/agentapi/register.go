@@ -109,29 +109,64 @@ type tokenError struct{ msg string }
 
 func (e *tokenError) Error() string { return e.msg }
 
+// tokenCache remembers resolved registration tokens for a few seconds: a fleet registering
+// at once presents the same token thousands of times a second.
+type tokenCache struct {
+	mu      sync.Mutex
+	entries map[string]cachedToken
+	locks   map[string]*sync.Mutex // per token UID, for tokens with maxUses
+	uses    map[store.Key]int      // registrations not yet added to unlimited tokens' status
+}
+
+type cachedToken struct {
+	obj *api.Object
+	at  time.Time
+}
+
+const tokenCacheTTL = 5 * time.Second
+
+func (c *tokenCache) get(hash string, now time.Time) *api.Object {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[hash]; ok && now.Sub(e.at) < tokenCacheTTL {
+		return e.obj
+	}
+	return nil
+}
+
+func (c *tokenCache) put(hash string, obj *api.Object, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) > 10000 {
+		clear(c.entries)
+	}
+	c.entries[hash] = cachedToken{obj: obj, at: now}
+}
+
+func (c *tokenCache) lock(uid string) *sync.Mutex {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.locks[uid]
+	if m == nil {
+		m = &sync.Mutex{}
+		c.locks[uid] = m
+	}
+	return m
+}
+
 // resolveToken finds the RegistrationToken behind a bearer token and checks it can be used.
 func (s *Server) resolveToken(ctx context.Context, token string) (*api.Object, error) {
 	if token == "" {
 		return nil, &tokenError{"no registration token"}
 	}
-	rec, err := s.st.Get(ctx, secretKey(auth.Hash(token)))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, &tokenError{"unknown registration token"}
-	}
-	if err != nil {
-		return nil, err
-	}
-	var sec registrationSecret
-	json.Unmarshal(rec.Spec, &sec)
-	if sec.Hash != auth.Hash(token) {
-		return nil, &tokenError{"unknown registration token"}
-	}
-	obj, err := s.st.Get(ctx, store.Key{Kind: api.KindRegistrationToken, Namespace: sec.Namespace, Name: sec.Name})
-	if errors.Is(err, store.ErrNotFound) || (err == nil && obj.Metadata.UID != sec.UID) {
-		return nil, &tokenError{"registration token was deleted"}
-	}
-	if err != nil {
-		return nil, err
+	hash := auth.Hash(token)
+	obj := s.tokens.get(hash, s.now())
+	if obj == nil {
+		var err error
+		if obj, err = s.lookupToken(ctx, hash); err != nil {
+			return nil, err
+		}
+		s.tokens.put(hash, obj, s.now())
 	}
 	var spec api.RegistrationTokenSpec
 	var st api.RegistrationTokenStatus
@@ -146,8 +181,48 @@ func (s *Server) resolveToken(ctx context.Context, token string) (*api.Object, e
 	return obj, nil
 }
 
-// useToken counts one registration against the token.
+func (s *Server) lookupToken(ctx context.Context, hash string) (*api.Object, error) {
+	rec, err := s.st.Get(ctx, secretKey(hash))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, &tokenError{"unknown registration token"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var sec registrationSecret
+	json.Unmarshal(rec.Spec, &sec)
+	if sec.Hash != hash {
+		return nil, &tokenError{"unknown registration token"}
+	}
+	obj, err := s.st.Get(ctx, store.Key{Kind: api.KindRegistrationToken, Namespace: sec.Namespace, Name: sec.Name})
+	if errors.Is(err, store.ErrNotFound) || (err == nil && obj.Metadata.UID != sec.UID) {
+		return nil, &tokenError{"registration token was deleted"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return obj, nil
+}
+
+// useToken counts one registration against the token. A token with maxUses is counted in the
+// store at once, under its own lock, so that it is never used more often than allowed; the
+// uses of unlimited tokens are added up in memory and written every few seconds (flushUses).
 func (s *Server) useToken(ctx context.Context, tok *api.Object) error {
+	var spec api.RegistrationTokenSpec
+	json.Unmarshal(tok.Spec, &spec)
+	if spec.MaxUses == 0 {
+		s.tokens.mu.Lock()
+		s.tokens.uses[store.KeyOf(tok)]++
+		s.tokens.mu.Unlock()
+		return nil
+	}
+	mu := s.tokens.lock(tok.Metadata.UID)
+	mu.Lock()
+	defer mu.Unlock()
+	tok, err := s.st.Get(ctx, store.KeyOf(tok))
+	if err != nil {
+		return err
+	}
 	for attempt := 0; attempt < 5; attempt++ {
 		var spec api.RegistrationTokenSpec
 		var st api.RegistrationTokenStatus
@@ -169,6 +244,47 @@ func (s *Server) useToken(ctx context.Context, tok *api.Object) error {
 	return errors.New("registration token is busy; try again")
 }
 
+// flushUses writes the registrations counted in memory to unlimited tokens' status.
+func (s *Server) flushUses(ctx context.Context) {
+	s.tokens.mu.Lock()
+	pending := s.tokens.uses
+	s.tokens.uses = map[store.Key]int{}
+	s.tokens.mu.Unlock()
+	for key, n := range pending {
+		for attempt := 0; attempt < 5; attempt++ {
+			tok, err := s.st.Get(ctx, key)
+			if err != nil {
+				break // deleted meanwhile
+			}
+			var st api.RegistrationTokenStatus
+			json.Unmarshal(tok.Status, &st)
+			st.Uses += n
+			tok.Status, _ = json.Marshal(st)
+			if _, err = s.st.Update(ctx, tok); !errors.Is(err, store.ErrConflict) {
+				if err != nil {
+					s.log.Warn("counting registration token uses", "token", key.String(), "err", err)
+				}
+				break
+			}
+		}
+	}
+}
+
+// Run writes counted token uses every few seconds until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.flushUses(context.Background())
+			return
+		case <-t.C:
+			s.flushUses(ctx)
+		}
+	}
+}
+
 func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var req api.RegisterRequest
@@ -185,9 +301,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusUnprocessableEntity, api.ReasonInvalid, "invalid cluster labels: "+err.Error())
 		return
 	}
-	s.regMu.Lock()
-	resp, err := s.registerLocked(ctx, auth.BearerToken(r), &req)
-	s.regMu.Unlock()
+	resp, err := s.registerCluster(ctx, auth.BearerToken(r), &req)
 	var te *tokenError
 	switch {
 	case errors.As(err, &te):
@@ -201,7 +315,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) registerLocked(ctx context.Context, token string, req *api.RegisterRequest) (*api.RegisterResponse, error) {
+func (s *Server) registerCluster(ctx context.Context, token string, req *api.RegisterRequest) (*api.RegisterResponse, error) {
 	tok, err := s.resolveToken(ctx, token)
 	if err != nil {
 		return nil, err
@@ -212,8 +326,30 @@ func (s *Server) registerLocked(ctx context.Context, token string, req *api.Regi
 	name := ClusterName(req.ClientID)
 	key := store.Key{Kind: api.KindCluster, Namespace: ns, Name: name}
 	cur, err := s.st.Get(ctx, key)
-	switch {
-	case err == nil:
+	if errors.Is(err, store.ErrNotFound) {
+		if err := s.useToken(ctx, tok); err != nil {
+			return nil, err
+		}
+		now := s.now().UTC().Truncate(time.Second)
+		spec, _ := json.Marshal(api.ClusterSpec{ClientID: req.ClientID})
+		st, _ := json.Marshal(api.ClusterStatus{Inventory: req.Inventory, State: "Pending"})
+		cur, err = s.st.Create(ctx, &api.Object{
+			TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+			Metadata: api.ObjectMeta{Namespace: ns, Name: name, UID: apiserver.NewUID(), Generation: 1, CreationTimestamp: &now,
+				Labels:      mergeLabels(req.Labels, tspec.Labels),
+				Annotations: map[string]string{"flotilla.dev/registered-with": tok.Metadata.Name}},
+			Spec: spec, Status: st,
+		})
+		if err == nil {
+			s.log.Debug("cluster registered", "cluster", ns+"/"+name, "token", tok.Metadata.Name)
+		} else if errors.Is(err, store.ErrAlreadyExists) {
+			// The same cluster registering twice at once: the other request made it.
+			cur, err = s.st.Get(ctx, key)
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else if err == nil {
 		var spec api.ClusterSpec
 		json.Unmarshal(cur.Spec, &spec)
 		if spec.ClientID != req.ClientID {
@@ -236,25 +372,7 @@ func (s *Server) registerLocked(ctx context.Context, token string, req *api.Regi
 				return nil, err
 			}
 		}
-	case errors.Is(err, store.ErrNotFound):
-		if err := s.useToken(ctx, tok); err != nil {
-			return nil, err
-		}
-		now := s.now().UTC().Truncate(time.Second)
-		spec, _ := json.Marshal(api.ClusterSpec{ClientID: req.ClientID})
-		st, _ := json.Marshal(api.ClusterStatus{Inventory: req.Inventory, State: "Pending"})
-		cur, err = s.st.Create(ctx, &api.Object{
-			TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
-			Metadata: api.ObjectMeta{Namespace: ns, Name: name, UID: apiserver.NewUID(), Generation: 1, CreationTimestamp: &now,
-				Labels:      mergeLabels(req.Labels, tspec.Labels),
-				Annotations: map[string]string{"flotilla.dev/registered-with": tok.Metadata.Name}},
-			Spec: spec, Status: st,
-		})
-		if err != nil {
-			return nil, err
-		}
-		s.log.Info("cluster registered", "cluster", ns+"/"+name, "token", tok.Metadata.Name)
-	default:
+	} else {
 		return nil, err
 	}
 	// Answer once the fleet model knows the cluster, so the agent's first poll succeeds.

@@ -275,6 +275,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	go s.compactor(baseCtx)
 	go s.fleet.Run(baseCtx)
+	go s.agents.Run(baseCtx)
 	go s.gitops.Run(baseCtx)
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
