@@ -307,3 +307,50 @@ func TestRegistrationTokenExpiry(t *testing.T) {
 		t.Fatal("not an API status")
 	}
 }
+
+func TestConcurrentRegistration(t *testing.T) {
+	ts := start(t, t.TempDir())
+	limited := createToken(t, ts, "limited", api.RegistrationTokenSpec{MaxUses: 5})
+	unlimited := createToken(t, ts, "unlimited", api.RegistrationTokenSpec{})
+	anon := ts.agent(t, "")
+	type result struct{ err error }
+	results := make(chan result, 40)
+	for i := range 20 {
+		go func() {
+			_, err := anon.Register(ctxT(t), limited, api.RegisterRequest{ClientID: "limited-" + string(rune('a'+i))})
+			results <- result{err}
+		}()
+		go func() {
+			_, err := anon.Register(ctxT(t), unlimited, api.RegisterRequest{ClientID: "free-" + string(rune('a'+i))})
+			results <- result{err}
+		}()
+	}
+	ok, refused := 0, 0
+	for range 40 {
+		r := <-results
+		switch {
+		case r.err == nil:
+			ok++
+		case client.Reason(r.err) == api.ReasonTokenInvalid:
+			refused++
+		default:
+			t.Errorf("registration failed: %v", r.err)
+		}
+	}
+	if ok != 25 || refused != 15 {
+		t.Errorf("%d registered, %d refused; want 25 (5 limited + 20 unlimited) and 15", ok, refused)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o, _ := ts.admin.Get(ctxT(t), api.KindRegistrationToken, api.DefaultNamespace, "unlimited")
+		var st api.RegistrationTokenStatus
+		json.Unmarshal(o.Status, &st)
+		if st.Uses == 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unlimited token shows %d uses, want 20", st.Uses)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
