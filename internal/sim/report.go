@@ -173,11 +173,13 @@ func (r *Report) WriteTable(w io.Writer) {
 
 // Progress is a snapshot of the fleet's counters.
 type Progress struct {
-	Elapsed                                       time.Duration
-	Clusters, Registered, Polled, Dead            int64
-	Polls, Unchanged, Contents, Reports, Errors   uint64
-	InFlight                                      int64
-	ChangeTargeted, ChangeReached, ChangeReported int64
+	Elapsed                                     time.Duration
+	Clusters, Registered, Polled, Dead          int64
+	Polls, Unchanged, Contents, Reports, Errors uint64
+	InFlight                                    int64
+	// Change counts the bundle changes made so far; the counts are the last one's.
+	Change                        int
+	ChangeReached, ChangeReported int64
 }
 
 // Progress returns the fleet's counters now.
@@ -186,7 +188,7 @@ func (s *Sim) Progress() Progress {
 		Polled: s.st.polled.Load(), Dead: s.st.dead.Load(), Polls: s.st.polls.Load(), Unchanged: s.st.unchanged.Load(),
 		Contents: s.st.contents.Load(), Reports: s.st.reports.Load(), Errors: s.st.errors.Load(), InFlight: s.st.inflight.Load()}
 	if ch := s.change.Load(); ch != nil {
-		p.ChangeReached, p.ChangeReported = ch.reached.Load(), ch.done.Load()
+		p.Change, p.ChangeReached, p.ChangeReported = int(ch.gen), ch.reached.Load(), ch.done.Load()
 	}
 	return p
 }

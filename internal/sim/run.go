@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -38,7 +39,7 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.cfg.RegistrationToken = tok
+		s.SetRegistrationToken(tok)
 	}
 	fleetCtx, stop := context.WithCancel(ctx)
 	defer func() { stop(); s.Wait() }()
@@ -51,9 +52,6 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 	if rep.InitialSync, err = s.WaitPolled(ctx); err != nil {
 		return s.finish(rep), err
 	}
-	// From here on, the scheduling lag says whether the simulator keeps up with a running
-	// fleet, not how long the registration queue was.
-	s.st.lag.reset()
 	if m, err := s.Scrape(ctx); err == nil {
 		rep.ServerMemory.AfterRegistration, _ = m.value("process_resident_memory_bytes", nil)
 	}
@@ -139,6 +137,9 @@ func (s *Sim) WaitPolled(ctx context.Context) (Seconds, error) {
 	err := s.waitFor(ctx, "every cluster's first poll", func() bool {
 		return s.st.polled.Load()+s.st.dead.Load() >= int64(len(s.clusters))
 	})
+	// From here on, the scheduling lag says whether the simulator keeps up with a running
+	// fleet, not how long the registration queue was.
+	s.st.lag.reset()
 	return seconds(time.Duration(s.st.lastPolled.Load() - s.st.regStart.Load())), err
 }
 
@@ -470,22 +471,38 @@ func (s *Sim) finish(rep *Report) *Report {
 	if rep.Change != nil && rep.Baseline != nil && rep.Baseline.RequestsPerSec > 0 {
 		rep.Change.BaselineTime = Seconds(float64(rep.Change.Requests) / rep.Baseline.RequestsPerSec)
 	}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	rep.Simulator = SimulatorResult{HeapBytes: ms.HeapInuse, SysBytes: ms.Sys,
-		PerCluster: float64(ms.HeapInuse) / float64(len(s.clusters)), CPU: Seconds(processCPU().Seconds()),
-		SchedulingLag: s.st.lag.summary()}
-	rep.Calls = map[string]Latency{}
-	for c, name := range callNames {
-		rep.Calls[name] = s.st.lat[c].summary()
-	}
-	s.st.errMu.Lock()
-	rep.Errors = map[string]uint64{}
-	for k, v := range s.st.errs {
-		rep.Errors[k] = v
-	}
-	s.st.errMu.Unlock()
+	rep.Simulator = s.SimulatorResult()
+	rep.Calls = s.Calls()
+	rep.Errors = s.Errors()
 	rep.Totals = Totals{Registered: s.st.registered.Load(), Polls: s.st.polls.Load(), Unchanged: s.st.unchanged.Load(),
 		Contents: s.st.contents.Load(), ContentBytes: s.st.bytes.Load(), Reports: s.st.reports.Load(), Errors: s.st.errors.Load()}
 	return rep
+}
+
+// SetRegistrationToken sets the token clusters register with; call it before Start.
+func (s *Sim) SetRegistrationToken(token string) { s.cfg.RegistrationToken = token }
+
+// Calls returns the latency of every call type so far.
+func (s *Sim) Calls() map[string]Latency {
+	out := map[string]Latency{}
+	for c, name := range callNames {
+		out[name] = s.st.lat[c].summary()
+	}
+	return out
+}
+
+// Errors returns the failed calls so far, by call and cause.
+func (s *Sim) Errors() map[string]uint64 {
+	s.st.errMu.Lock()
+	defer s.st.errMu.Unlock()
+	return maps.Clone(s.st.errs)
+}
+
+// SimulatorResult returns what the simulator has cost so far.
+func (s *Sim) SimulatorResult() SimulatorResult {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return SimulatorResult{HeapBytes: ms.HeapInuse, SysBytes: ms.Sys,
+		PerCluster: float64(ms.HeapInuse) / float64(len(s.clusters)), CPU: Seconds(processCPU().Seconds()),
+		SchedulingLag: s.st.lag.summary()}
 }
