@@ -162,7 +162,8 @@ func redactURL(s string) string {
 // checkout writes the tree of commit into dir (which must not exist), refusing a tree whose
 // files add up to more than maxBytes. Symlinks are written as symlinks, for bundle.Scan to
 // refuse those that leave the repository; submodules are left out.
-func (m *mirror) checkout(commit plumbing.Hash, dir string, maxBytes int64) error {
+func (m *mirror) checkout(commitHash, dir string, maxBytes int64) error {
+	commit := plumbing.NewHash(commitHash)
 	c, err := m.repo.CommitObject(commit)
 	if err != nil {
 		return fmt.Errorf("reading commit %s: %w", commit, err)
@@ -298,5 +299,3 @@ func sshUser(repoURL string) string {
 	}
 	return "git"
 }
-
-func plumbingHash(s string) plumbing.Hash { return plumbing.NewHash(s) }

@@ -161,7 +161,7 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 	}
 	defer os.RemoveAll(work)
 	tree := filepath.Join(work, "repo")
-	if err := m.checkout(plumbingHash(commit), tree, c.cfg.MaxRepoBytes); err != nil {
+	if err := m.checkout(commit, tree, c.cfg.MaxRepoBytes); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", short(commit), err)
 	}
 	if spec.HelmSecretNameForPaths != "" {
@@ -258,16 +258,14 @@ func checkRenders(ctx context.Context, b *api.Object, src bundle.Source) error {
 		return err
 	}
 	c := bundle.Cluster{Name: "render-check", Namespace: b.Metadata.Namespace, Labels: map[string]string{}}
-	variants := []struct {
-		name string
+	type variant struct {
+		name string // the target's; "" for the bundle's own options
 		opts api.BundleDeploymentOptions
-	}{{"", spec.BundleDeploymentOptions}}
+	}
+	variants := []variant{{"", spec.BundleDeploymentOptions}}
 	for i := range spec.Targets {
 		if t := spec.Targets[i]; !t.DoNotDeploy {
-			variants = append(variants, struct {
-				name string
-				opts api.BundleDeploymentOptions
-			}{t.Name, bundle.Merge(spec.BundleDeploymentOptions, &spec.Targets[i])})
+			variants = append(variants, variant{t.Name, bundle.Merge(spec.BundleDeploymentOptions, &spec.Targets[i])})
 		}
 	}
 	for _, v := range variants {
