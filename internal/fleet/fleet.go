@@ -33,6 +33,9 @@ import (
 	"flotilla.dev/internal/store"
 )
 
+// LabelGitRepo names the GitRepo a bundle came from; its rollup adds up those bundles.
+const LabelGitRepo = "flotilla.dev/gitrepo"
+
 // Config tunes the model.
 type Config struct {
 	// PollInterval is the base interval agents are told to poll at.

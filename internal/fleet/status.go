@@ -111,6 +111,9 @@ func summary(counts map[string]int, desired int) *api.Summary {
 type pendingWrite struct {
 	key    store.Key
 	status any
+	// field, if set, is the one status field written; the rest belongs to another
+	// controller and is kept.
+	field string
 	// onDone records what was written, under the model's lock.
 	onDone func()
 }
@@ -126,7 +129,11 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			}
 		}
 	}
+	repos := map[[2]string]bool{}
 	for b := range f.dirtyBundles {
+		if r := b.labels[LabelGitRepo]; r != "" {
+			repos[[2]string{b.ns, r}] = true
+		}
 		s := summary(b.counts, b.desired)
 		var examples []api.NonReadyResource
 		for c := range b.notReady {
@@ -161,6 +168,37 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindBundle, Namespace: b.ns, Name: b.name}, status: st})
 	}
 	clear(f.dirtyBundles)
+	// A GitRepo's summary adds up its bundles', with a few of their non-ready clusters.
+	for r := range repos {
+		w := f.workspaces[r[0]]
+		if w == nil {
+			continue
+		}
+		counts := map[string]int{}
+		desired := 0
+		var examples []api.NonReadyResource
+		for _, b := range w.bundles {
+			if b.labels[LabelGitRepo] != r[1] {
+				continue
+			}
+			for st, n := range b.counts {
+				counts[st] += n
+			}
+			desired += b.desired
+			for c := range b.notReady {
+				if len(examples) >= maxNonReady {
+					break
+				}
+				if p := c.deps[b.name]; p != nil {
+					examples = append(examples, api.NonReadyResource{Name: b.name + "/" + c.Name, State: p.effective(), Message: p.message})
+				}
+			}
+		}
+		sum := summary(counts, desired)
+		sort.Slice(examples, func(i, j int) bool { return examples[i].Name < examples[j].Name })
+		sum.NonReadyResources = examples
+		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindGitRepo, Namespace: r[0], Name: r[1]}, status: sum, field: "summary"})
+	}
 	for c := range f.dirtyClusters {
 		c := c
 		state := f.clusterState(c, now)
@@ -216,7 +254,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	f.mu.Unlock()
 
 	for _, pw := range writes {
-		if err := f.writeStatus(ctx, pw.key, pw.status); err != nil {
+		if err := f.writeStatus(ctx, pw.key, pw.field, pw.status); err != nil {
 			if ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
 				f.log.Warn("writing status", "object", pw.key.String(), "err", err)
 			}
@@ -230,9 +268,9 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	}
 }
 
-// writeStatus replaces an object's status if it differs.
-func (f *Fleet) writeStatus(ctx context.Context, key store.Key, status any) error {
-	raw, err := json.Marshal(status)
+// writeStatus replaces an object's status, or one field of it, if it differs.
+func (f *Fleet) writeStatus(ctx context.Context, key store.Key, field string, status any) error {
+	value, err := json.Marshal(status)
 	if err != nil {
 		return err
 	}
@@ -240,6 +278,15 @@ func (f *Fleet) writeStatus(ctx context.Context, key store.Key, status any) erro
 		obj, err := f.st.Get(ctx, key)
 		if err != nil {
 			return err
+		}
+		raw := value
+		if field != "" {
+			m := map[string]json.RawMessage{}
+			if len(obj.Status) > 0 {
+				json.Unmarshal(obj.Status, &m)
+			}
+			m[field] = value
+			raw, _ = json.Marshal(m)
 		}
 		if string(obj.Status) == string(raw) {
 			return nil

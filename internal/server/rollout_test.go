@@ -266,3 +266,50 @@ func metricsText(t *testing.T, ts *testServer) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+func TestGitRepoRollup(t *testing.T) {
+	ts := start(t, t.TempDir())
+	agents := registerN(t, ts, []map[string]string{{"env": "prod"}, {"env": "prod"}})
+	// Two bundles as the GitRepo controller would make them, and the GitRepo itself with a
+	// status field of its own that the rollup must keep.
+	gr := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindGitRepo},
+		Metadata: api.ObjectMeta{Name: "apps", Namespace: api.DefaultNamespace}, Spec: json.RawMessage(`{"repo":"https://git.example.com/apps.git"}`)}
+	if _, err := ts.admin.Create(ctxT(t), gr); err != nil {
+		t.Fatal(err)
+	}
+	o, _ := ts.admin.Get(ctxT(t), api.KindGitRepo, api.DefaultNamespace, "apps")
+	o.Status = json.RawMessage(`{"commit":"abc123"}`)
+	if _, err := ts.admin.UpdateStatus(ctxT(t), o); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"apps-one", "apps-two"} {
+		raw, _ := json.Marshal(map[string]any{"resources": cm(name), "targets": []map[string]any{{"clusterSelector": map[string]any{}}}})
+		if _, _, err := ts.admin.Apply(ctxT(t), &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+			Metadata: api.ObjectMeta{Name: name, Namespace: api.DefaultNamespace, Labels: map[string]string{"flotilla.dev/gitrepo": "apps"}}, Spec: raw}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range agents {
+		for k, d := range a.desired(t) {
+			state := api.StateReady
+			if a == agents[1] && k == "fleet-default/apps-two" {
+				state = api.StateErrApplied
+			}
+			a.report(t, k, d.ID, state, "boom")
+		}
+	}
+	eventually(t, "GitRepo summary", func() string {
+		o, _ := ts.admin.Get(ctxT(t), api.KindGitRepo, api.DefaultNamespace, "apps")
+		var st api.GitRepoStatus
+		json.Unmarshal(o.Status, &st)
+		s := st.Summary
+		if st.Commit != "abc123" {
+			return "the rollup dropped the controller's commit field"
+		}
+		if s == nil || s.DesiredReady != 4 || s.Ready != 3 || s.ErrApplied != 1 || len(s.NonReadyResources) != 1 ||
+			s.NonReadyResources[0].Name != "apps-two/"+agents[1].name {
+			return fmt.Sprintf("summary %+v", s)
+		}
+		return ""
+	})
+}
