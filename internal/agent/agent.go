@@ -118,8 +118,10 @@ type agent struct {
 	client *client.Client
 	queue  *statusQueue
 
-	mu         sync.Mutex
-	desired    *api.DesiredState
+	mu      sync.Mutex
+	desired *api.DesiredState
+	// desiredGen grows when the desired state changes, or content it lacked arrives: the
+	// reconciler then makes a full pass.
 	desiredGen uint64
 	drifted    map[string]bool
 	inventory  *api.ClusterInventory

@@ -74,6 +74,10 @@ func (a *agent) poll(ctx context.Context, since *int64) (time.Duration, error) {
 				return 0, err
 			}
 			if fetched {
+				// Deployments waiting for it are rendered on a full pass.
+				a.mu.Lock()
+				a.desiredGen++
+				a.mu.Unlock()
 				kick(a.wakeReconcile)
 			}
 		}
