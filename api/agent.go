@@ -68,6 +68,8 @@ type DesiredState struct {
 	ClusterNamespace   string            `json:"clusterNamespace"`
 	ClusterLabels      map[string]string `json:"clusterLabels,omitempty"`
 	ClusterAnnotations map[string]string `json:"clusterAnnotations,omitempty"`
+	// ClusterValues are the Cluster's spec.templateValues.
+	ClusterValues map[string]any `json:"clusterValues,omitempty"`
 	// Deployments are every bundle targeting the cluster, with its options already
 	// customised for this cluster.
 	Deployments []DeploymentSpec `json:"deployments"`

@@ -32,6 +32,9 @@ type ClusterSpec struct {
 	ClientID string `json:"clientID,omitempty"`
 	// DisplayName is an optional human name shown instead of the generated one.
 	DisplayName string `json:"displayName,omitempty"`
+	// TemplateValues are the cluster's values for `${ .ClusterValues.x }` in bundles' Helm
+	// values, as in Fleet.
+	TemplateValues map[string]any `json:"templateValues,omitempty"`
 }
 
 // ClusterStatus is what Flotilla observed about a cluster.

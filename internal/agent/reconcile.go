@@ -215,7 +215,7 @@ func (a *agent) render(ctx context.Context, ds *api.DesiredState, spec api.Deplo
 	if release == "" {
 		_, release, _ = strings.Cut(spec.Bundle, "/")
 	}
-	c := bundle.Cluster{Name: ds.ClusterName, Namespace: ds.ClusterNamespace, Labels: ds.ClusterLabels, Annotations: ds.ClusterAnnotations}
+	c := bundle.Cluster{Name: ds.ClusterName, Namespace: ds.ClusterNamespace, Labels: ds.ClusterLabels, Annotations: ds.ClusterAnnotations, TemplateValues: ds.ClusterValues}
 	r, err := bundle.Render(ctx, files, spec.Options, c, release)
 	if err != nil {
 		return nil, false, err

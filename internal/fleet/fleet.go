@@ -109,6 +109,7 @@ type Cluster struct {
 	Labels, Annotations  map[string]string
 	ClientID             string
 	Paused               bool
+	Values               map[string]any
 
 	desiredRev int64
 	seq        int64
@@ -262,7 +263,8 @@ func templateHash(c *Cluster) string {
 	if c.tmplHash == "" {
 		l, _ := json.Marshal(c.Labels)
 		a, _ := json.Marshal(c.Annotations)
-		c.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a))
+		v, _ := json.Marshal(c.Values)
+		c.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a), string(v))
 	}
 	return c.tmplHash
 }
@@ -432,7 +434,7 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 		return nil, c.desiredRev, nil
 	}
 	ds := &api.DesiredState{Revision: c.desiredRev, ClusterName: c.Name, ClusterNamespace: c.Namespace,
-		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, Deployments: []api.DeploymentSpec{}}
+		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values, Deployments: []api.DeploymentSpec{}}
 	names := make([]string, 0, len(c.deps))
 	for n, p := range c.deps {
 		if p.target >= 0 {
@@ -478,7 +480,6 @@ func (f *Fleet) References(ns, name, uid, digest string) bool {
 	}
 	return false
 }
-
 
 // Interval is the mean time between one agent's polls: the base interval, stretched so
 // that the whole fleet polls within the budget.

@@ -44,9 +44,9 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 			&Cluster{Namespace: "ns", Name: "c", UID: "u"}},
 		{"full", &api.Object{
 			Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: "c-1", UID: "u-1", Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"}},
-			Spec:     json.RawMessage(`{"clientID":"kube-system-uid","paused":true}`),
+			Spec:     json.RawMessage(`{"clientID":"kube-system-uid","paused":true,"templateValues":{"replicas":3}}`),
 			Status:   json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":{"nodeCount":3}}`)},
-			&Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true,
+			&Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true, Values: map[string]any{"replicas": float64(3)},
 				Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"},
 				state: "Ready", storedSeen: seen, inventory: json.RawMessage(`{"nodeCount":3}`)}},
 	} {
@@ -56,7 +56,8 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 		}
 		if got.Namespace != tc.want.Namespace || got.Name != tc.want.Name || got.UID != tc.want.UID || got.ClientID != tc.want.ClientID ||
 			got.Paused != tc.want.Paused || got.state != tc.want.state || !got.lastSeen().Equal(tc.want.storedSeen) ||
-			!maps.Equal(got.Labels, tc.want.Labels) || !maps.Equal(got.Annotations, tc.want.Annotations) || string(got.inventory) != string(tc.want.inventory) {
+			!maps.Equal(got.Labels, tc.want.Labels) || !maps.Equal(got.Annotations, tc.want.Annotations) || string(got.inventory) != string(tc.want.inventory) ||
+			!sameValues(got.Values, tc.want.Values) {
 			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
 		}
 	}

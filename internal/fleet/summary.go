@@ -13,7 +13,7 @@ import (
 // store keeps beside the document, so that loading a million clusters reads no JSON.
 //
 //	version 1 | namespace | name | uid | clientID | paused | state | lastSeen (unix ns) |
-//	inventory (JSON) | labels | annotations
+//	inventory (JSON) | labels | annotations | templateValues (JSON, may be absent)
 //
 // strings and byte fields are uvarint-length-prefixed; maps are a uvarint count of pairs.
 
@@ -48,6 +48,10 @@ func SummarizeCluster(obj *api.Object) []byte {
 	b = appendString(b, string(st.Inventory))
 	b = appendMap(b, obj.Metadata.Labels)
 	b = appendMap(b, obj.Metadata.Annotations)
+	if len(spec.TemplateValues) > 0 {
+		v, _ := json.Marshal(spec.TemplateValues)
+		b = appendString(b, string(v))
+	}
 	return b
 }
 
@@ -146,5 +150,10 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	}
 	c.Labels = r.strMap(true)
 	c.Annotations = r.strMap(false)
+	if r.err == nil && len(r.b) > 0 {
+		if v := r.bytes(); len(v) > 0 {
+			json.Unmarshal(v, &c.Values)
+		}
+	}
 	return c, r.err
 }

@@ -319,14 +319,14 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		c.inventory = st.Inventory
 		c.state = st.State
 		f.dirtyClusters[c] = struct{}{}
-	} else if maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused {
+	} else if maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
 		// A status write, or a spec change that does not affect targeting.
 		c.ClientID = spec.ClientID
 		return
 	}
 	c.Labels = intern(obj.Metadata.Labels)
 	c.Annotations = obj.Metadata.Annotations
-	c.ClientID, c.Paused = spec.ClientID, spec.Paused
+	c.ClientID, c.Paused, c.Values = spec.ClientID, spec.Paused, spec.TemplateValues
 	c.tmplHash = ""
 	f.retarget(w, c, true)
 	f.dirtyGroups[w.name] = struct{}{}
@@ -375,4 +375,10 @@ func (f *Fleet) applyBundle(w *workspace, ev store.Event, obj *api.Object) {
 	if b.rolling {
 		f.rollout(w, b)
 	}
+}
+
+func sameValues(a, b map[string]any) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
 }
