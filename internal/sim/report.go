@@ -76,6 +76,10 @@ type ServerMemory struct {
 	// PerCluster is End over the number of clusters; GrowthPerCluster (End-Before) over it.
 	PerCluster       float64 `json:"perCluster"`
 	GrowthPerCluster float64 `json:"growthPerCluster"`
+	// GoHeap is the Go heap in use at the end (go_memstats_heap_inuse_bytes): RSS also
+	// holds what the Go runtime has not returned and what SQLite caches outside the heap.
+	GoHeap           float64 `json:"goHeap,omitempty"`
+	GoHeapPerCluster float64 `json:"goHeapPerCluster,omitempty"`
 }
 
 // SimulatorResult is what the simulator itself cost.
@@ -151,6 +155,9 @@ func (r *Report) WriteTable(w io.Writer) {
 	m := r.ServerMemory
 	if m.End > 0 {
 		fmt.Fprintf(tw, "server RSS\t%s\tbefore %s, after registration %s; %.0f bytes per cluster (%.0f of growth)\n", mb(m.End), mb(m.Before), mb(m.AfterRegistration), m.PerCluster, m.GrowthPerCluster)
+		if m.GoHeap > 0 {
+			fmt.Fprintf(tw, "server Go heap\t%s\t%.0f bytes per cluster\n", mb(m.GoHeap), m.GoHeapPerCluster)
+		}
 	}
 	sm := r.Simulator
 	fmt.Fprintf(tw, "simulator\t%s heap\t%.0f bytes per cluster, %v CPU, scheduling lag p99 %v (max %v)\n", mb(float64(sm.HeapBytes)), sm.PerCluster, sm.CPU, sm.SchedulingLag.P99, sm.SchedulingLag.Max)

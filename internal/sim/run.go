@@ -73,6 +73,11 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 	return s.finish(rep), nil
 }
 
+// Finish completes a report assembled phase by phase outside Run: call latencies, errors,
+// totals, the simulator's cost, ratios to the baseline, and the server's memory now unless
+// it was filled in.
+func (s *Sim) Finish(rep *Report) *Report { return s.finish(rep) }
+
 func (s *Sim) logf(format string, args ...any) {
 	if s.cfg.Progress != nil {
 		fmt.Fprintf(s.cfg.Progress, "sim: "+format+"\n", args...)
@@ -444,21 +449,33 @@ func (s *Sim) Scrape(ctx context.Context) (serverMetrics, error) {
 
 // ServerRSS returns the server's resident memory from its /metrics.
 func (s *Sim) ServerRSS(ctx context.Context) (float64, error) {
+	rss, _, err := s.ServerMemoryNow(ctx)
+	return rss, err
+}
+
+// ServerMemoryNow returns the server's resident memory and Go heap in use, from its
+// /metrics.
+func (s *Sim) ServerMemoryNow(ctx context.Context) (rss, heap float64, err error) {
 	m, err := s.Scrape(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	v, ok := m.value("process_resident_memory_bytes", nil)
+	rss, ok := m.value("process_resident_memory_bytes", nil)
 	if !ok {
-		return 0, errors.New("the server's metrics have no process_resident_memory_bytes")
+		return 0, 0, errors.New("the server's metrics have no process_resident_memory_bytes")
 	}
-	return v, nil
+	heap, _ = m.value("go_memstats_heap_inuse_bytes", nil)
+	return rss, heap, nil
 }
 
 func (s *Sim) finish(rep *Report) *Report {
-	if m, err := s.Scrape(context.Background()); err == nil {
-		rep.ServerMemory.End, _ = m.value("process_resident_memory_bytes", nil)
+	if rep.ServerMemory.End == 0 {
+		if m, err := s.Scrape(context.Background()); err == nil {
+			rep.ServerMemory.End, _ = m.value("process_resident_memory_bytes", nil)
+			rep.ServerMemory.GoHeap, _ = m.value("go_memstats_heap_inuse_bytes", nil)
+		}
 	}
+	rep.ServerMemory.GoHeapPerCluster = rep.ServerMemory.GoHeap / float64(len(s.clusters))
 	if rep.ServerMemory.End > 0 {
 		rep.ServerMemory.PerCluster = rep.ServerMemory.End / float64(len(s.clusters))
 		if rep.ServerMemory.Before > 0 {

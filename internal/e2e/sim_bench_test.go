@@ -1,0 +1,227 @@
+package e2e_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/e2e"
+	"flotilla.dev/internal/sim"
+	"flotilla.dev/internal/testenv/pg"
+)
+
+// TestSimBenchmark is the scale benchmark of DESIGN.md §7: a real server (SQLite, then
+// PostgreSQL), N simulated clusters registering, one bundle change reaching all of them, an
+// idle fleet, unchanged polls as fast as they go, kill -9 and restart at full size, and
+// listing 10,000 clusters by label. It prints FIGURE lines, each rate also as a ratio to the
+// bare-HTTPS baseline measured in the same run; it asserts nothing about time.
+//
+//	FLOTILLA_SIM_CLUSTERS=10000 go test -run TestSimBenchmark -v -timeout 2h ./internal/e2e/
+//
+// Also read from the environment: FLOTILLA_SIM_DRIVERS (default "sqlite,postgres"),
+// FLOTILLA_SIM_POLL_INTERVAL (the server's --agent-poll-interval, default 15s),
+// FLOTILLA_SIM_SERVER_ARGS (more server flags, space-separated), FLOTILLA_SIM_CONNECTIONS
+// and FLOTILLA_SIM_WORKERS (default 8 and 128), FLOTILLA_SIM_RAMP (registrations per second,
+// default all at once), FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default
+// 30s) and FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON).
+func TestSimBenchmark(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("FLOTILLA_SIM_CLUSTERS"))
+	if n == 0 {
+		t.Skip("set FLOTILLA_SIM_CLUSTERS=N to run the fleet benchmark")
+	}
+	drivers := simEnv("FLOTILLA_SIM_DRIVERS", "sqlite,postgres")
+	for _, d := range []string{"sqlite", "postgres"} {
+		if slices.Contains(strings.Split(drivers, ","), d) {
+			t.Run(d, func(t *testing.T) { simBench(t, d, n) })
+		}
+	}
+}
+
+func simEnv(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func simEnvDuration(t *testing.T, key string, def time.Duration) time.Duration {
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return d
+}
+
+func simEnvInt(t *testing.T, key string, def int) int {
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return n
+}
+
+func simBench(t *testing.T, driver string, n int) {
+	ctx := context.Background()
+	poll := simEnvDuration(t, "FLOTILLA_SIM_POLL_INTERVAL", 15*time.Second)
+	args := []string{"--agent-poll-interval", poll.String()}
+	if extra := os.Getenv("FLOTILLA_SIM_SERVER_ARGS"); extra != "" {
+		args = append(args, strings.Fields(extra)...)
+	}
+	if driver == "postgres" {
+		args = append(args, "--db", pg.Start(t).NewDatabase(t))
+	}
+	opts := e2e.ServerOptions{DataDir: t.TempDir(), Addr: e2e.FreePort(t), Args: args,
+		Env: []string{"FLOTILLA_BOOTSTRAP_TOKEN=" + simAdminToken}}
+	srv := e2e.StartServer(t, opts)
+	figure := func(format string, a ...any) {
+		t.Logf("FIGURE %s %d clusters: %s", driver, n, fmt.Sprintf(format, a...))
+	}
+
+	conns, workers := simEnvInt(t, "FLOTILLA_SIM_CONNECTIONS", 8), simEnvInt(t, "FLOTILLA_SIM_WORKERS", 128)
+	base, err := sim.Baseline(ctx, conns, workers, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	figure("bare-HTTPS baseline: %.0f requests/s, %v CPU per request (client and server)", base.RequestsPerSec, base.CPUPerRequest)
+
+	ls, err := sim.ParseLabelSpec("env=prod:50,dev:50;region=eu,us,ap;group=@10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := sim.DefaultConfig()
+	cfg.Server, cfg.CAChecksum, cfg.AdminToken = srv.URL, srv.Checksum, simAdminToken
+	cfg.Clusters, cfg.Labels, cfg.Prefix = n, ls, "bench"
+	cfg.Connections, cfg.Workers = conns, workers
+	cfg.Ramp = float64(simEnvInt(t, "FLOTILLA_SIM_RAMP", 0))
+	cfg.Timeout = time.Hour
+	cfg.Progress, cfg.ProgressInterval = os.Stderr, 5*time.Second
+	s, err := sim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := &sim.Report{Server: srv.URL, Clusters: n, Connections: conns, Workers: workers, Started: time.Now(), Baseline: base}
+	rssBefore, _ := s.ServerRSS(ctx)
+	tok, err := s.CreateRegistrationToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetRegistrationToken(tok)
+	fleetCtx, stopFleet := context.WithCancel(ctx)
+	defer func() { stopFleet(); s.Wait() }()
+	s.Start(fleetCtx)
+
+	if rep.Registration, err = s.WaitRegistered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	figure("register all: %v (%.0f clusters/s, %.3f× the baseline request rate)", rep.Registration.Duration, rep.Registration.PerSec, rep.Registration.PerSec/base.RequestsPerSec)
+	if rep.InitialSync, err = s.WaitPolled(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rssRegistered, _ := s.ServerRSS(ctx)
+
+	if rep.Change, err = s.Change(ctx, "bench", ""); err != nil {
+		t.Fatal(err)
+	}
+	c := rep.Change
+	figure("one bundle change to all: reached every cluster in %v, all reported Ready in %v, Bundle status counted all in %v (poll interval %v; %d requests, %v at the baseline rate)",
+		c.ReachAll, c.ReportAll, c.ServerRollup, c.PollAfter, c.Requests, sim.Seconds(float64(c.Requests)/base.RequestsPerSec))
+
+	if rep.Idle, err = s.Idle(ctx, simEnvDuration(t, "FLOTILLA_SIM_IDLE", 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	figure("idle fleet: %.0f polls/s, server CPU %.1f%% of one core (simulator %.1f%%)", rep.Idle.PollsPerSec, 100*rep.Idle.ServerCPU, 100*rep.Idle.SimCPU)
+
+	// The machine is shared: measure the baseline again right before the storm, so that
+	// the two see the same conditions.
+	base2, err := sim.Baseline(ctx, conns, workers, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	figure("bare-HTTPS baseline again, with the fleet idling: %.0f requests/s, %v CPU per request", base2.RequestsPerSec, base2.CPUPerRequest)
+	if rep.PollStorm, err = s.PollStorm(ctx, 5*time.Second, base2); err != nil {
+		t.Fatal(err)
+	}
+	p := rep.PollStorm
+	figure("unchanged poll: %.0f/s (%.3f× the baseline rate), CPU per poll server %v + simulator %v (%.2f× the baseline's client+server %v)",
+		p.PerSec, p.RateRatio, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio, base2.CPUPerRequest)
+
+	rssEnd, heapEnd, _ := s.ServerMemoryNow(ctx)
+	rep.ServerMemory = sim.ServerMemory{Before: rssBefore, AfterRegistration: rssRegistered, End: rssEnd, GoHeap: heapEnd,
+		PerCluster: rssEnd / float64(n), GrowthPerCluster: (rssEnd - rssBefore) / float64(n)}
+	figure("server RSS: %.1f MB before, %.1f MB registered, %.1f MB at the end: %.0f bytes per cluster (%.0f of growth); Go heap in use %.1f MB, %.0f bytes per cluster",
+		rssBefore/(1<<20), rssRegistered/(1<<20), rssEnd/(1<<20), rep.ServerMemory.PerCluster, rep.ServerMemory.GrowthPerCluster, heapEnd/(1<<20), heapEnd/float64(n))
+
+	// kill -9 at full size, with the fleet polling: time to /readyz, then until every
+	// cluster's poll is answered again.
+	srv.Kill()
+	s.Mark()
+	start := time.Now()
+	srv = e2e.StartServer(t, opts)
+	ready := time.Since(start)
+	back, err := s.WaitMarked(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	figure("restart after kill -9: process start to /readyz %v; every cluster's poll answered again after %v", ready.Round(time.Millisecond), back)
+	if rss, heap, err := s.ServerMemoryNow(ctx); err == nil {
+		figure("server RSS after the restart (state loaded from the store): %.1f MB, %.0f bytes per cluster; Go heap in use %.1f MB, %.0f bytes per cluster",
+			rss/(1<<20), rss/float64(n), heap/(1<<20), heap/float64(n))
+	}
+
+	// Listing 10,000 clusters by label through the API, one request, decoded.
+	sel := "group=b0"
+	if n < 10000 {
+		sel = sim.RunLabel + "=bench"
+	}
+	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	var durs []time.Duration
+	items := 0
+	for range 7 {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/apis/"+api.APIVersion+"/namespaces/"+api.DefaultNamespace+"/clusters?labelSelector="+sel, nil)
+		req.Header.Set("Authorization", "Bearer "+simAdminToken)
+		t0 := time.Now()
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l api.List
+		err = json.NewDecoder(resp.Body).Decode(&l)
+		resp.Body.Close()
+		durs = append(durs, time.Since(t0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		items = len(l.Items)
+	}
+	figure("list %d clusters by label (%s) through the API: median %v (min %v, max %v)", items, sel, median(durs), minD(durs), maxD(durs))
+
+	s.Finish(rep)
+	figure("simulator: %.0f bytes of heap per cluster, %v CPU in all, scheduling lag p99 %v", rep.Simulator.PerCluster, rep.Simulator.CPU, rep.Simulator.SchedulingLag.P99)
+	var table strings.Builder
+	rep.WriteTable(&table)
+	t.Logf("\n%s", table.String())
+	if dir := os.Getenv("FLOTILLA_SIM_JSON_DIR"); dir != "" {
+		data, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("sim-%s-%d.json", driver, n)), data, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
