@@ -61,6 +61,8 @@ type Applier struct {
 	known   map[string][]objectRef
 	// knownChanged is closed and replaced whenever known changes.
 	knownChanged chan struct{}
+
+	releaseCache releaseCache
 }
 
 // New returns an Applier for the cluster cfg.RESTConfig reaches. It does not
@@ -131,7 +133,7 @@ func (a *Applier) Apply(ctx context.Context, d Deployment) (Result, error) {
 		return failed("", err)
 	}
 	if d.Helm != nil {
-		return a.applyHelm(ctx, log, d, inv)
+		return a.applyRelease(ctx, log, d, inv)
 	}
 	items, err := a.prepare(ctx, d)
 	if err != nil {
@@ -163,7 +165,7 @@ func (a *Applier) Status(ctx context.Context, d Deployment) (Result, error) {
 		return Result{State: OutOfSync, AppliedHash: inv.Hash, Message: "an older version is applied"}, nil
 	}
 	if d.Helm != nil {
-		return a.helmStatus(ctx, d, inv)
+		return a.releaseStatus(ctx, d, inv)
 	}
 	items, err := a.prepare(ctx, d)
 	if err != nil {
@@ -189,7 +191,7 @@ func (a *Applier) Remove(ctx context.Context, id string) error {
 	case inv.KeepResources:
 		log.Info("removing deployment, keeping its resources")
 	case inv.HelmRelease != "":
-		if err := a.uninstallHelm(ctx, log, inv.HelmNamespace, inv.HelmRelease); err != nil {
+		if err := a.uninstallRelease(ctx, log, id, inv.HelmNamespace, inv.HelmRelease, inv.Objects); err != nil {
 			return err
 		}
 	default:

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -200,6 +201,26 @@ func (a *Applier) listInventories(ctx context.Context) ([]*inventory, error) {
 		out = append(out, inv)
 	}
 	return out, nil
+}
+
+var configMapsGVR = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+
+// Deployments lists the IDs of the deployments whose inventories the cluster holds: every
+// deployment applied and not removed since, whatever the agent remembers. An agent whose
+// state was lost learns from it what it has to remove. Only metadata is read.
+func (a *Applier) Deployments(ctx context.Context) ([]string, error) {
+	list, err := a.metadata.Resource(configMapsGVR).Namespace(a.systemNamespace).List(ctx, metav1.ListOptions{LabelSelector: labelInventory + "=true"})
+	if err != nil {
+		return nil, fmt.Errorf("listing inventories: %w", err)
+	}
+	ids := make([]string, 0, len(list.Items))
+	for _, m := range list.Items {
+		if id := m.Annotations[AnnotationBundleID]; id != "" && m.Name == inventoryName(id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), nil
 }
 
 // ensureNamespace creates a namespace unless it exists. Namespaces created

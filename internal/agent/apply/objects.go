@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -142,12 +143,6 @@ func (a *Applier) applyAll(ctx context.Context, log *slog.Logger, d Deployment, 
 				stale = append(stale, r)
 			}
 		}
-		if old.HelmRelease != "" {
-			// The bundle switched from Helm to raw manifests.
-			if err := a.uninstallHelm(ctx, log, old.HelmNamespace, old.HelmRelease); err != nil {
-				return failed(old.Hash, err)
-			}
-		}
 	}
 	// Record the union before touching anything, under the old hash: an
 	// agent that dies half-way then still knows every object it may have
@@ -159,38 +154,20 @@ func (a *Applier) applyAll(ctx context.Context, log *slog.Logger, d Deployment, 
 	if err := a.ensureNamespaces(ctx, d, items); err != nil {
 		return failed(old.hash(), err)
 	}
-	var res Result
-	crds := false
-	for i, it := range items {
-		if crds && it.rank > rankCRD {
-			// The CRDs just applied must be served before their custom
-			// resources can be applied.
-			if err := a.waitCRDs(ctx, items[:i]); err != nil {
-				return failed(old.hash(), err)
-			}
-			crds = false
-		}
-		live, err := a.applyObject(ctx, it, d.ForceDrift)
-		if err != nil {
-			return failed(old.hash(), err)
-		}
-		if it.rank == rankCRD {
-			// Readiness of a CRD is its being established, waited for
-			// below; the apply response predates it.
-			crds = true
-			continue
-		}
-		if st := readiness(live); st != nil {
-			res.NonReady = append(res.NonReady, *st)
-		}
+	nonReady, err := a.applyItems(ctx, items, d.ForceDrift)
+	if err != nil {
+		return failed(old.hash(), err)
 	}
-	if crds {
-		if err := a.waitCRDs(ctx, items); err != nil {
-			return failed(old.hash(), err)
-		}
-	}
+	res := Result{NonReady: nonReady}
 	if err := a.deleteObjects(ctx, log, d.ID, stale); err != nil {
 		return failed(old.hash(), err)
+	}
+	if old != nil && old.HelmRelease != "" {
+		// The bundle switched from a Helm chart to raw manifests: the release's
+		// objects were pruned or taken over above; its history goes now.
+		if err := a.forgetRelease(ctx, old.HelmNamespace, old.HelmRelease); err != nil {
+			return failed(old.hash(), err)
+		}
 	}
 	if err := a.writeInventory(ctx, newInv); err != nil {
 		return failed(old.hash(), err)
@@ -199,6 +176,42 @@ func (a *Applier) applyAll(ctx context.Context, log *slog.Logger, d Deployment, 
 	res.AppliedHash = newInv.Hash
 	res.summarize()
 	return res, nil
+}
+
+// applyItems applies items in order, waiting for CRDs to be served before the
+// objects after them, and returns the objects that are not ready yet.
+func (a *Applier) applyItems(ctx context.Context, items []item, recreate bool) ([]ObjectStatus, error) {
+	var nonReady []ObjectStatus
+	crds := false
+	for i, it := range items {
+		if crds && it.rank > rankCRD {
+			// The CRDs just applied must be served before their custom
+			// resources can be applied.
+			if err := a.waitCRDs(ctx, items[:i]); err != nil {
+				return nil, err
+			}
+			crds = false
+		}
+		live, err := a.applyObject(ctx, it, recreate)
+		if err != nil {
+			return nil, err
+		}
+		if it.rank == rankCRD {
+			// Readiness of a CRD is its being established, waited for
+			// below; the apply response predates it.
+			crds = true
+			continue
+		}
+		if st := readiness(live); st != nil {
+			nonReady = append(nonReady, *st)
+		}
+	}
+	if crds {
+		if err := a.waitCRDs(ctx, items); err != nil {
+			return nil, err
+		}
+	}
+	return nonReady, nil
 }
 
 // keepApplied handles a deployment whose version is already applied: it
@@ -331,9 +344,18 @@ func (a *Applier) waitCRDs(ctx context.Context, items []item) error {
 	return nil
 }
 
+// resourcePolicyAnnotation set to "keep" on an object spares it when its
+// deployment no longer has it or is removed, as Helm (and so Fleet) does.
+const resourcePolicyAnnotation = "helm.sh/resource-policy"
+
+func keepPolicy(u *unstructured.Unstructured) bool {
+	return strings.EqualFold(strings.TrimSpace(u.GetAnnotations()[resourcePolicyAnnotation]), "keep")
+}
+
 // deleteObjects deletes the objects of deployment id, namespaced ones before
 // cluster-scoped ones and namespaces last. An object that another deployment
-// has taken over since (its label says so) is left alone.
+// has taken over since (its label says so) is left alone, and so is one
+// annotated helm.sh/resource-policy: keep.
 func (a *Applier) deleteObjects(ctx context.Context, log *slog.Logger, id string, refs []objectRef) error {
 	refs = slices.Clone(refs)
 	rank := func(r objectRef) int {
@@ -374,6 +396,10 @@ func (a *Applier) deleteObjects(ctx context.Context, log *slog.Logger, id string
 			continue
 		}
 		if live.GetDeletionTimestamp() != nil {
+			continue
+		}
+		if keepPolicy(live) {
+			log.Info("not deleting object annotated "+resourcePolicyAnnotation+": keep", "object", r.String())
 			continue
 		}
 		bg := metav1.DeletePropagationBackground

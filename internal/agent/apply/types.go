@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 
@@ -47,14 +48,36 @@ type HelmRelease struct {
 	Namespace string
 	Chart     *chart.Chart
 	Values    map[string]any
+	// PostRenderer, when set, rewrites the chart's rendered manifest before
+	// the engine stamps and applies it, as Helm's --post-renderer does (the
+	// agent passes the bundle's Kustomize and namespace rules).
+	PostRenderer PostRenderer
+	// RenderKey identifies whatever else the rendering depends on (what the
+	// PostRenderer does). A release made with other chart, values or key is
+	// rendered again, and upgraded only when the result differs.
+	RenderKey string
 	// Force, TakeOwnership, Atomic and MaxHistory are Helm's options of the
-	// same names. MaxHistory defaults to 10 (as the helm CLI does), so that
-	// release Secrets do not pile up on small clusters.
+	// same names: Force recreates objects the server refuses to change in
+	// place, TakeOwnership adopts existing objects that no release owns,
+	// Atomic waits for readiness and undoes a failed install or upgrade.
+	// MaxHistory defaults to 10 (as the helm CLI does), so that release
+	// Secrets do not pile up on small clusters.
 	Force, TakeOwnership, Atomic bool
 	MaxHistory                   int
-	// TimeoutSeconds bounds hooks and, with Atomic, the wait for readiness;
-	// 300 when zero.
+	// WaitForJobs waits, after applying, until the release's objects are
+	// ready and its Jobs have completed (Atomic alone does not wait for
+	// Jobs). DisableDNS turns off the getHostByName template function;
+	// SkipSchemaValidation skips the chart's values.schema.json.
+	WaitForJobs, DisableDNS, SkipSchemaValidation bool
+	// TimeoutSeconds bounds each hook and the wait for readiness; 300 when
+	// zero.
 	TimeoutSeconds int
+}
+
+// PostRenderer rewrites a rendered manifest; Helm's postrender.PostRenderer
+// has the same method.
+type PostRenderer interface {
+	Run(rendered *bytes.Buffer) (*bytes.Buffer, error)
 }
 
 // ComparePatch names fields of one object (or of every object of a kind when
