@@ -108,6 +108,8 @@ Every simulated cluster also carries ` + sim.RunLabel + `=PREFIX.`,
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "heartbeat (inventory report) interval; 0 for none")
 	f.Float64Var(&cfg.FailFraction, "fail-fraction", 0, "fraction of clusters whose deployments report ErrApplied")
 	f.Float64Var(&cfg.OfflineFraction, "offline-fraction", 0, "fraction of clusters that go silent after their first poll")
+	f.DurationVar(&cfg.LongPoll, "long-poll", 0, "hold polls open for up to this long (the server caps it at 1m), as agents keeping a connection do; 0: short polls only")
+	f.Float64Var(&cfg.LongPollFraction, "long-poll-fraction", 1, "fraction of clusters that long-poll when --long-poll is set")
 	f.DurationVar(&cfg.MinBackoff, "min-backoff", cfg.MinBackoff, "first retry delay after a failed call")
 	f.DurationVar(&cfg.MaxBackoff, "max-backoff", cfg.MaxBackoff, "longest retry delay")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "timeout of one call")

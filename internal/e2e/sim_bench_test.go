@@ -34,6 +34,11 @@ import (
 // and FLOTILLA_SIM_WORKERS (default 8 and 128), FLOTILLA_SIM_RAMP (registrations per second,
 // default all at once), FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default
 // 30s) and FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON).
+//
+// At 100k clusters and more, pass FLOTILLA_SIM_SERVER_ARGS="--log-level warn": the test
+// keeps the server's log in memory, one line per registration at the info level. The
+// simulator runs in the test process and needs about 1 KB per cluster and, per request,
+// about as much CPU as the server does; watch its scheduling lag in the report.
 func TestSimBenchmark(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("FLOTILLA_SIM_CLUSTERS"))
 	if n == 0 {

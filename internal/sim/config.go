@@ -50,6 +50,11 @@ type Config struct {
 	// FailFraction of the clusters report ErrApplied instead of Ready; OfflineFraction of
 	// them go silent after their first poll. Which ones is decided by the cluster's index.
 	FailFraction, OfflineFraction float64
+	// LongPoll, when set, makes LongPollFraction of the clusters hold each poll open for
+	// up to this long (the server answers at once when their desired state changes), as
+	// agents that keep a connection do.
+	LongPoll         time.Duration
+	LongPollFraction float64
 	// MinBackoff and MaxBackoff bound retries after a failed call, jittered as the agent's.
 	MinBackoff, MaxBackoff time.Duration
 	// RequestTimeout bounds one call.
@@ -114,7 +119,7 @@ func (c *Config) complete() error {
 	if c.Clusters > 1<<31-1 {
 		return errors.New("too many clusters")
 	}
-	if c.FailFraction < 0 || c.FailFraction > 1 || c.OfflineFraction < 0 || c.OfflineFraction > 1 {
+	if c.FailFraction < 0 || c.FailFraction > 1 || c.OfflineFraction < 0 || c.OfflineFraction > 1 || c.LongPollFraction < 0 || c.LongPollFraction > 1 {
 		return errors.New("fractions must be between 0 and 1")
 	}
 	if c.Prefix == "" {

@@ -224,6 +224,9 @@ func (s *Sim) progressLoop(ctx context.Context) {
 		if ch := s.change.Load(); ch != nil {
 			fmt.Fprintf(&b, " · change reached %d, reported %d", p.ChangeReached, p.ChangeReported)
 		}
+		if s.cfg.LongPoll > 0 {
+			fmt.Fprintf(&b, " · long polls held %d", s.st.longPolls.Load())
+		}
 		fmt.Fprintf(&b, " · errors %d · in flight %d · lag p99 %v\n", p.Errors, p.InFlight, s.st.lag.summary().P99)
 		io.WriteString(s.cfg.Progress, b.String())
 		last, lastAt = p, now

@@ -32,6 +32,9 @@ type Sim struct {
 	sched *scheduler
 	trs   []*http.Transport
 	conns []*client.Client
+	// lpConns carry long polls, which hold a stream each: the server allows some 250
+	// streams per connection.
+	lpConns []*client.Client
 	// hc shares the first connection, for /metrics and the admin API.
 	hc    *http.Client
 	admin *client.Client
@@ -90,16 +93,17 @@ const (
 	callDesiredUnchanged
 	callContent
 	callStatus
+	callLongPoll
 	numCalls
 )
 
-var callNames = [numCalls]string{"register", "desired", "desired-304", "content", "status"}
+var callNames = [numCalls]string{"register", "desired", "desired-304", "content", "status", "long-poll"}
 
 type stats struct {
 	registered, polled, dead          atomic.Int64
 	polls, unchanged, contents, bytes atomic.Uint64
 	reports, errors                   atomic.Uint64
-	inflight                          atomic.Int64
+	inflight, longPolls               atomic.Int64
 	// pollAfter is the last poll interval the server gave, in nanoseconds.
 	pollAfter atomic.Int64
 	// firstReg and lastReg are when the first and last registration succeeded; lastPolled
@@ -156,6 +160,18 @@ func New(cfg Config) (*Sim, error) {
 		}
 		s.conns = append(s.conns, c)
 	}
+	if holders := cfg.LongPollFraction * float64(cfg.Clusters); cfg.LongPoll > 0 && holders > 0 {
+		n := int(holders/streamsPerConn) + 1
+		lps, err := newTransports(cfg.CAData, cfg.CAChecksum, n)
+		if err != nil {
+			return nil, err
+		}
+		for _, tr := range lps {
+			c, _ := client.New(client.Config{Server: cfg.Server, Transport: tr})
+			s.lpConns = append(s.lpConns, c)
+		}
+		s.trs = append(s.trs, lps...)
+	}
 	s.hc = &http.Client{Transport: s.trs[0], Timeout: cfg.RequestTimeout}
 	if cfg.AdminToken != "" {
 		s.admin, _ = client.New(client.Config{Server: cfg.Server, Token: cfg.AdminToken, Transport: s.trs[0], Timeout: cfg.RequestTimeout})
@@ -187,6 +203,15 @@ func (s *Sim) Labels(i int) map[string]string {
 
 // Failing reports whether cluster i reports ErrApplied instead of Ready.
 func (s *Sim) Failing(i int) bool { return unit(i, 0xfa11) < s.cfg.FailFraction }
+
+// streamsPerConn is how many long polls share a connection, below the 250 concurrent
+// streams Go's HTTP/2 server allows by default.
+const streamsPerConn = 200
+
+// LongPolling reports whether cluster i holds its polls open (long polls).
+func (s *Sim) LongPolling(i int) bool {
+	return s.cfg.LongPoll > 0 && unit(i, 0x10e6) < s.cfg.LongPollFraction
+}
 
 // Offline reports whether cluster i goes silent after its first poll.
 func (s *Sim) Offline(i int) bool { return unit(i, 0x0ff1) < s.cfg.OfflineFraction }
@@ -309,9 +334,19 @@ func (s *Sim) step(ctx context.Context, i int) {
 	default:
 		err = s.act(ctx, i, now)
 	}
-	if ctx.Err() != nil {
+	if errors.Is(err, errDetached) || ctx.Err() != nil {
 		return
 	}
+	s.reschedule(i, err)
+}
+
+// errDetached says a long poll now owns the cluster: it reschedules it when it returns.
+var errDetached = errors.New("long poll in flight")
+
+// reschedule puts cluster i back in the scheduler after a step: retried with backoff after
+// an error, else at its next due time.
+func (s *Sim) reschedule(i int, err error) {
+	c := &s.clusters[i]
 	if c.flags&flagDead != 0 {
 		s.st.dead.Add(1)
 		return
@@ -405,7 +440,33 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		}
 	}
 	if now >= c.nextPoll {
-		if err := s.poll(ctx, i); err != nil {
+		if s.LongPolling(i) && c.flags&flagPolled != 0 {
+			if c.reportAt != 0 || c.readyAt != 0 {
+				// The agent's poll and report loops run side by side; the simulator runs
+				// one call per cluster at a time, so the long poll waits for the report.
+				c.nextPoll = c.reportAt
+				if c.nextPoll == 0 || (c.readyAt != 0 && c.readyAt < c.nextPoll) {
+					c.nextPoll = c.readyAt
+				}
+				return nil
+			}
+			wait := s.cfg.LongPoll
+			if s.cfg.Heartbeat > 0 {
+				wait = min(wait, time.Duration(c.nextBeat-now))
+			}
+			if wait >= time.Second {
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					err := s.poll(ctx, i, wait)
+					if ctx.Err() == nil {
+						s.reschedule(i, err)
+					}
+				}()
+				return errDetached
+			}
+		}
+		if err := s.poll(ctx, i, 0); err != nil {
 			return err
 		}
 	}
@@ -419,14 +480,21 @@ func (s *Sim) finalState(i int) uint8 {
 	return stReady
 }
 
-func (s *Sim) poll(ctx context.Context, i int) error {
+// poll asks for cluster i's desired state; with wait, as a long poll that the server holds
+// until the state changes or wait passes.
+func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 	c := &s.clusters[i]
 	cl := s.conn(i).WithToken(c.cred)
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	if wait > 0 {
+		cl = s.lpConns[i%len(s.lpConns)].WithToken(c.cred)
+		s.st.longPolls.Add(1)
+		defer s.st.longPolls.Add(-1)
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout+wait)
 	defer cancel()
 	start := time.Now()
 	s.st.inflight.Add(1)
-	ds, rev, after, err := cl.Desired(rctx, c.since)
+	ds, rev, after, err := cl.WaitDesired(rctx, c.since, wait)
 	s.st.inflight.Add(-1)
 	s.st.polls.Add(1)
 	if err != nil {
@@ -436,11 +504,20 @@ func (s *Sim) poll(ctx context.Context, i int) error {
 		}
 		return err
 	}
-	if ds == nil {
-		s.st.lat[callDesiredUnchanged].record(time.Since(start))
+	took := time.Since(start)
+	switch {
+	case wait > 0:
+		s.st.lat[callLongPoll].record(took)
+		if ds == nil {
+			s.st.unchanged.Add(1)
+		}
+	case ds == nil:
+		s.st.lat[callDesiredUnchanged].record(took)
 		s.st.unchanged.Add(1)
-	} else {
-		s.st.lat[callDesired].record(time.Since(start))
+	default:
+		s.st.lat[callDesired].record(took)
+	}
+	if ds != nil {
 		if err := s.apply(ctx, i, cl, ds); err != nil {
 			return err
 		}
@@ -449,6 +526,12 @@ func (s *Sim) poll(ctx context.Context, i int) error {
 		after = s.cfg.PollInterval
 	} else {
 		s.st.pollAfter.Store(int64(after))
+	}
+	if s.LongPolling(i) && (wait == 0 || ds != nil || took >= wait/2) {
+		// A long-polling cluster asks again at once once the server held its poll (or
+		// answered it with news), or after a short poll. A long poll answered at once
+		// was refused, and waits like a short one.
+		after = 0
 	}
 	now := s.now()
 	mu := s.lock(i)

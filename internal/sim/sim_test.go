@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/client"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/server"
 	"flotilla.dev/internal/sim"
@@ -18,7 +19,7 @@ import (
 const adminToken = "sim-test-admin-token-0123456789"
 
 // startServer runs a real server in-process on loopback.
-func startServer(t *testing.T) (url, checksum string) {
+func startServer(t *testing.T, poll time.Duration) (url, checksum string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -29,18 +30,30 @@ func startServer(t *testing.T) (url, checksum string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: adminToken,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Fleet:  fleet.Config{PollInterval: time.Second, StatusInterval: 100 * time.Millisecond}})
+		Fleet:  fleet.Config{PollInterval: poll, StatusInterval: 100 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return "https://" + addr, s.CAChecksum()
+	url = "https://" + addr
+	c, err := client.New(client.Config{Server: url, CAChecksum: s.CAChecksum()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := c.Do(ctx, "GET", "/readyz", nil, nil); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("server not ready: %v", err)
+		}
+	}
+	return url, s.CAChecksum()
 }
 
 func TestRun(t *testing.T) {
-	url, checksum := startServer(t)
+	url, checksum := startServer(t, time.Second)
 	ls, err := sim.ParseLabelSpec("env=prod:70,dev:30")
 	if err != nil {
 		t.Fatal(err)
@@ -112,4 +125,52 @@ func TestRun(t *testing.T) {
 		}
 	}
 	t.Logf("\n%s", table.String())
+}
+
+// TestLongPoll checks that clusters holding their polls open learn of a change at once,
+// however long the poll interval.
+func TestLongPoll(t *testing.T) {
+	url, checksum := startServer(t, time.Minute)
+	cfg := sim.DefaultConfig()
+	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
+	cfg.Clusters, cfg.Connections, cfg.Workers = 100, 2, 16
+	cfg.LongPoll, cfg.LongPollFraction = 30*time.Second, 1
+	cfg.ReportDelay, cfg.Heartbeat = 10*time.Millisecond, 0
+	cfg.Timeout = 30 * time.Second
+	s, err := sim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer func() { cancel(); s.Wait() }()
+	tok, err := s.CreateRegistrationToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetRegistrationToken(tok)
+	s.Start(ctx)
+	if _, err := s.WaitRegistered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WaitPolled(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Calls()["long-poll"].Count == 0 && s.Progress().InFlight < 100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the clusters do not hold polls: %+v", s.Progress())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ch, err := s.Change(ctx, "hint", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.ReachAll.Duration() > 10*time.Second {
+		t.Errorf("long-polling clusters took %v to receive a change, with a one-minute poll interval; want at once", ch.ReachAll)
+	}
+	t.Logf("reached all in %v, %d polls, %d long polls answered", ch.ReachAll, s.Progress().Polls, s.Calls()["long-poll"].Count)
+	if n := s.Progress().Polls; n > 1000 {
+		t.Errorf("%d polls from 100 clusters: a long poll answered at once must not be repeated at once", n)
+	}
 }
