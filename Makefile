@@ -3,9 +3,10 @@ GO ?= go
 
 .PHONY: run test build vet k8s-binaries clean
 
-# Start the server on its embedded SQLite store in ./flotilla-data.
+# The server on its embedded SQLite store (./flotilla-data) with simulated clusters and a
+# sample bundle; see hack/demo.sh.
 run:
-	$(GO) run ./cmd/flotilla server --data-dir ./flotilla-data
+	hack/demo.sh
 
 build:
 	$(GO) build -o bin/flotilla ./cmd/flotilla
