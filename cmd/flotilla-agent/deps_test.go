@@ -7,10 +7,10 @@ import (
 	"testing"
 )
 
-// flotilla-agent is an edge binary: it must link neither the server's store, nor the SQL
-// drivers Flotilla's server uses, nor git. (Helm's action package, used to install
-// releases, links github.com/lib/pq for its optional SQL release storage; that is Helm's,
-// unused, and not on the list.)
+// flotilla-agent is an edge binary: it must link neither the server's store, nor any SQL
+// driver, nor git. Helm's action and storage packages are out too: their SQL release
+// driver links lib/pq, sqlx, gorp and sql-migrate, so the agent writes Helm's release
+// Secrets itself (internal/agent/apply).
 func TestDependencies(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go command on PATH")
@@ -28,6 +28,12 @@ func TestDependencies(t *testing.T) {
 		"github.com/mattn/go-sqlite3",
 		"github.com/jackc/pgx",
 		"github.com/go-git/",
+		"github.com/lib/pq",
+		"github.com/jmoiron/sqlx",
+		"github.com/go-gorp/gorp",
+		"github.com/rubenv/sql-migrate",
+		"helm.sh/helm/v3/pkg/action",
+		"helm.sh/helm/v3/pkg/storage",
 	}
 	deps := strings.Fields(string(out))
 	for _, pkg := range deps {

@@ -55,6 +55,10 @@ func TestAgainstAPIServer(t *testing.T) {
 	t.Run("Readiness", e.testReadiness)
 	t.Run("CRDAndCustomResource", e.testCRD)
 	t.Run("Helm", e.testHelm)
+	t.Run("HelmStorage", e.testHelmStorage)
+	t.Run("HelmUninstallByHelm", e.testHelmUninstallByHelm)
+	t.Run("HelmHooksAndCRDs", e.testHelmHooksAndCRDs)
+	t.Run("HelmAtomic", e.testHelmAtomic)
 	t.Run("Watch", e.testWatch)
 	t.Run("Figures", e.testFigures)
 }

@@ -7,9 +7,9 @@ import (
 )
 
 // The agent is a small edge binary: this package must not pull in the
-// server's storage, SQL drivers of Flotilla's own choice, or git. Helm's
-// action package links github.com/lib/pq for its optional SQL release
-// storage, which is why lib/pq is not on the list.
+// server's storage, any SQL driver, or git. That includes Helm's action and
+// storage packages, whose SQL release driver links lib/pq, sqlx, gorp and
+// sql-migrate: the engine writes Helm's release Secrets itself.
 func TestDependencies(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go command on PATH")
@@ -24,6 +24,12 @@ func TestDependencies(t *testing.T) {
 		"github.com/mattn/go-sqlite3",
 		"github.com/jackc/pgx",
 		"github.com/go-git/",
+		"github.com/lib/pq",
+		"github.com/jmoiron/sqlx",
+		"github.com/go-gorp/gorp",
+		"github.com/rubenv/sql-migrate",
+		"helm.sh/helm/v3/pkg/action",
+		"helm.sh/helm/v3/pkg/storage",
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		if pkg == "flotilla.dev/internal/agent/apply" {

@@ -54,9 +54,10 @@ func releaseSecretName(name string, version int) string {
 // revision is one stored revision as its Secret's labels describe it, read without
 // downloading and decoding the release (which carries the whole chart).
 type revision struct {
-	Version         int
-	Status          release.Status
-	Digest          string // labelHelmDigest
+	Version int
+	Status  release.Status
+	// Digest is labelHelmDigest, when the agent made this revision from it.
+	Digest          string
 	Secret          string
 	ResourceVersion string
 }
@@ -86,7 +87,11 @@ func (s releaseStore) history(ctx context.Context, name string) ([]revision, err
 		if err != nil || m.Name != releaseSecretName(name, v) {
 			continue // not a release Secret of ours to reason about
 		}
-		out = append(out, revision{Version: v, Status: release.Status(l["status"]), Digest: l[labelHelmDigest], Secret: m.Name, ResourceVersion: m.ResourceVersion})
+		r := revision{Version: v, Status: release.Status(l["status"]), Secret: m.Name, ResourceVersion: m.ResourceVersion}
+		if l[labelHelmRevision] == l["version"] {
+			r.Digest = l[labelHelmDigest]
+		}
+		out = append(out, r)
 	}
 	slices.SortFunc(out, func(x, y revision) int { return x.Version - y.Version })
 	return out, nil

@@ -32,6 +32,10 @@ const (
 	// chart and values it was made from, so that an unchanged release is not
 	// upgraded again.
 	labelHelmDigest = "flotilla.dev/digest"
+	// labelHelmRevision is the revision the agent stored labelHelmDigest on.
+	// `helm upgrade` copies a release's labels into the revisions it makes;
+	// a digest on another revision than its own was not made by the agent.
+	labelHelmRevision = "flotilla.dev/revision"
 
 	// DefaultSystemNamespace holds the inventories.
 	DefaultSystemNamespace = "flotilla-system"

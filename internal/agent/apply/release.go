@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -126,7 +127,7 @@ func (a *Applier) upgradeRelease(ctx context.Context, log *slog.Logger, d Deploy
 	if err != nil {
 		return failed(old.hash(), fmt.Errorf("helm release %s/%s: %w", ns, name, err))
 	}
-	rel.Labels = map[string]string{labelHelmDigest: digest}
+	rel.Labels = map[string]string{labelHelmDigest: digest, labelHelmRevision: strconv.Itoa(rel.Version)}
 	if current != nil {
 		rel.Info.FirstDeployed = current.Info.FirstDeployed
 		for k, v := range current.Labels {
@@ -139,6 +140,7 @@ func (a *Applier) upgradeRelease(ctx context.Context, log *slog.Logger, d Deploy
 		// Only the inputs changed, not what they make: remember the new digest on the
 		// deployed revision rather than making a revision that changes nothing.
 		current.Labels[labelHelmDigest] = digest
+		current.Labels[labelHelmRevision] = strconv.Itoa(current.Version)
 		if err := store.update(ctx, current); err != nil {
 			return failed(old.hash(), err)
 		}
