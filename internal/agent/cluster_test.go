@@ -42,6 +42,8 @@ func TestRunAgainstAPIServer(t *testing.T) {
 		"Chart.yaml":              []byte("apiVersion: v2\nname: hello\nversion: 0.1.0\n"),
 		"values.yaml":             []byte("greeting: hello\n"),
 		"templates/greeting.yaml": []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: greeting\ndata:\n  greeting: {{ .Values.greeting | quote }}\n"),
+		// Post-renders the chart's output, as in Fleet.
+		"kustomization.yaml": []byte("commonLabels:\n  overlay: kustomized\n"),
 	}, opts: api.BundleDeploymentOptions{DefaultNamespace: "hello", Helm: &api.HelmOptions{
 		ValuesFrom: []api.ValuesFrom{{ConfigMapKeyRef: &api.KeySelector{Name: "site-values"}}},
 	}}}
@@ -73,6 +75,13 @@ func TestRunAgainstAPIServer(t *testing.T) {
 	}
 	if got, want := cm.Data["greeting"], "from the cluster"; got != want {
 		t.Errorf("greeting = %q, want %q (from valuesFrom)", got, want)
+	}
+	if got := cm.Labels["overlay"]; got != "kustomized" {
+		t.Errorf("label overlay of the chart's ConfigMap = %q, want kustomized (the bundle's post-rendering)", got)
+	}
+	rel, err := k.CoreV1().Secrets("hello").Get(ctx, "sh.helm.release.v1.hello.v1", metav1.GetOptions{})
+	if err != nil || rel.Labels["status"] != "deployed" {
+		t.Errorf("helm release Secret hello v1: %v, labels %v", err, rel.GetLabels())
 	}
 	if _, err := k.CoreV1().ConfigMaps("web").Get(ctx, "web", metav1.GetOptions{}); err != nil {
 		t.Errorf("raw bundle's ConfigMap: %v", err)

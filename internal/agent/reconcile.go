@@ -256,15 +256,23 @@ func (a *agent) render(ctx context.Context, ds *api.DesiredState, spec api.Deplo
 		values = bundle.MergeValues(values, from)
 	}
 	d.Helm = &apply.HelmRelease{
-		ReleaseName:    h.ReleaseName,
-		Namespace:      h.Namespace,
-		Chart:          h.Chart,
-		Values:         values,
-		Force:          h.Force,
-		TakeOwnership:  h.TakeOwnership,
-		Atomic:         h.Atomic,
-		MaxHistory:     h.MaxHistory,
-		TimeoutSeconds: int(h.Timeout / time.Second),
+		ReleaseName: h.ReleaseName,
+		Namespace:   h.Namespace,
+		Chart:       h.Chart,
+		Values:      values,
+		// The chart's output gets the bundle's Kustomize overlay and namespace rules, as
+		// Rendered.Objects (what `flotilla render` shows) has them. They depend on the
+		// content and options, which hash identifies.
+		PostRenderer:         h,
+		RenderKey:            hash,
+		Force:                h.Force,
+		TakeOwnership:        h.TakeOwnership,
+		Atomic:               h.Atomic,
+		WaitForJobs:          h.WaitForJobs,
+		DisableDNS:           h.DisableDNS,
+		SkipSchemaValidation: h.SkipSchemaValidation,
+		MaxHistory:           h.MaxHistory,
+		TimeoutSeconds:       int(h.Timeout / time.Second),
 	}
 	return d, false, nil
 }
