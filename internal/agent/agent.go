@@ -24,6 +24,9 @@ type applier interface {
 	Status(ctx context.Context, d apply.Deployment) (apply.Result, error)
 	Remove(ctx context.Context, id string) error
 	Watch(ctx context.Context, notify func(id string)) error
+	// Deployments lists the deployments applied to the cluster, whatever the state
+	// directory remembers.
+	Deployments(ctx context.Context) ([]string, error)
 }
 
 var _ applier = (*apply.Applier)(nil)

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/agent/apply"
@@ -436,4 +439,61 @@ func TestStateFromAnotherClusterIsForgotten(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "belongs to another cluster") {
 		t.Errorf("Run on a third cluster without a token = %v", err)
 	}
+}
+
+// A change reaches an agent at once through its long poll, while polls still come only as
+// often as the server's poll-after says.
+func TestLongPollLearnsAtOnce(t *testing.T) {
+	f := newFakeServer(t)
+	f.pollAfter = 3 * time.Second
+	f.setDesired(nil, configMapBundle("web", "1"))
+	a := startAgent(t, testConfig(t, f, t.TempDir()), nil)
+	waitFor(t, "web Ready", func() bool { return f.snapshot().latest["fleet-default/web"].State == api.StateReady })
+	held := func() (n int) {
+		f.set(func(f *fakeServer) { n = f.held })
+		return n
+	}
+	waitFor(t, "a poll held by the server", func() bool { return held() == 1 })
+	polls := len(f.snapshot().polls)
+
+	changed := time.Now()
+	f.setDesired(nil, configMapBundle("web", "2"))
+	applied := func() (v string) {
+		a.applier.get(func(ap *fakeApplier) {
+			if d, ok := ap.applied["fleet-default/web"]; ok && len(d.Objects) == 1 {
+				v, _, _ = unstructured.NestedString(d.Objects[0].Object, "data", "v")
+			}
+		})
+		return v
+	}
+	waitFor(t, "the change applied", func() bool { return applied() == "2" })
+	if took := time.Since(changed); took > time.Second {
+		t.Errorf("the change took %s to reach the agent, want far less than the poll-after of 3s", took)
+	}
+	// The next poll waits for the poll-after: no burst of polls after a change.
+	time.Sleep(time.Second)
+	if got := len(f.snapshot().polls) - polls; got != 0 {
+		t.Errorf("%d more polls in the second after a change, want none before the poll-after", got)
+	}
+}
+
+// An agent whose state directory was lost still removes what the cluster's inventories
+// hold and the server no longer wants.
+func TestInventoriedDeploymentsAreRemoved(t *testing.T) {
+	f := newFakeServer(t)
+	f.setDesired(nil, configMapBundle("web", "1"))
+	ap := newFakeApplier()
+	ap.inventoried = []string{"fleet-default/gone"}
+	a := startAgent(t, testConfig(t, f, t.TempDir()), ap)
+	waitFor(t, "gone removed", func() bool {
+		var removed []string
+		a.applier.get(func(ap *fakeApplier) { removed = ap.removed })
+		return slices.Contains(removed, "fleet-default/gone")
+	})
+	waitFor(t, "web Ready", func() bool { return f.snapshot().latest["fleet-default/web"].State == api.StateReady })
+	a.applier.get(func(ap *fakeApplier) {
+		if slices.Contains(ap.removed, "fleet-default/web") {
+			t.Errorf("removed %v, want only fleet-default/gone", ap.removed)
+		}
+	})
 }

@@ -55,15 +55,23 @@ func TestRunAgainstAPIServer(t *testing.T) {
 	cfg := testConfig(t, f, dir)
 	cfg.RESTConfig = c.RESTConfig()
 	cfg.InCluster = true
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- Run(runCtx, cfg) }()
-	defer func() {
+	var (
+		stop context.CancelFunc
+		done = make(chan error, 1)
+	)
+	start := func() {
+		var runCtx context.Context
+		runCtx, stop = context.WithCancel(ctx)
+		go func() { done <- Run(runCtx, cfg) }()
+	}
+	halt := func() {
 		stop()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-	}()
+	}
+	start()
+	defer func() { halt() }()
 
 	waitFor(t, "both deployments Ready", func() bool {
 		l := f.snapshot().latest
@@ -114,6 +122,20 @@ func TestRunAgainstAPIServer(t *testing.T) {
 		_, err := k.CoreV1().ConfigMaps("web").Get(ctx, "web", metav1.GetOptions{})
 		_, reported := f.snapshot().latest["fleet-default/web"]
 		return err != nil && !reported
+	})
+
+	// An agent whose state directory was lost still removes, from the cluster's
+	// inventories, a bundle the server dropped meanwhile: here the Helm release.
+	halt()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	f.setDesired(nil)
+	start()
+	waitFor(t, "the helm release uninstalled", func() bool {
+		secs, err := k.CoreV1().Secrets("hello").List(ctx, metav1.ListOptions{LabelSelector: "owner=helm,name=hello"})
+		_, cmErr := k.CoreV1().ConfigMaps("hello").Get(ctx, "greeting", metav1.GetOptions{})
+		return err == nil && len(secs.Items) == 0 && cmErr != nil
 	})
 }
 

@@ -50,6 +50,11 @@ type Config struct {
 
 	// PollInterval is how long to wait between polls when the server does not say; 30s.
 	PollInterval time.Duration
+	// PollWait is the longest the agent lets the server hold a poll open waiting for a
+	// change (a long poll, so that a change reaches the agent at once); 30s. Each poll is
+	// held for at most the server's poll-after, so long polls never make more requests
+	// than the server asked for.
+	PollWait time.Duration
 	// StatusInterval is how often every deployment's status is checked again, which catches
 	// readiness changes that no watch reports; 20s.
 	StatusInterval time.Duration
@@ -87,6 +92,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	def(&c.PollInterval, 30*time.Second)
+	def(&c.PollWait, 30*time.Second)
 	def(&c.StatusInterval, 20*time.Second)
 	def(&c.HeartbeatInterval, 10*time.Minute)
 	def(&c.InventoryInterval, 10*time.Minute)

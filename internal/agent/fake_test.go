@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,10 @@ type fakeServer struct {
 	latest map[string]api.DeploymentStatus
 	// tokensSeen are the bearer tokens seen on non-registration calls.
 	tokensSeen map[string]bool
+	// pollAfter, when set, is the poll-after the server answers with; held counts the
+	// long polls it holds open now.
+	pollAfter time.Duration
+	held      int
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -131,6 +136,20 @@ func (f *fakeServer) getDesired(w http.ResponseWriter, r *http.Request) {
 	defer f.mu.Unlock()
 	since, _ := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
 	f.polls = append(f.polls, since)
+	if f.pollAfter > 0 {
+		w.Header().Set(api.HeaderPollAfter, strconv.Itoa(int(f.pollAfter/time.Second)))
+	}
+	// A long poll, as the real server holds it: until the state changes or wait passes.
+	if secs, _ := strconv.Atoi(r.URL.Query().Get("wait")); secs > 0 {
+		f.held++
+		deadline := time.Now().Add(time.Duration(secs) * time.Second)
+		for since > 0 && since >= f.desired.Revision && time.Now().Before(deadline) && r.Context().Err() == nil {
+			f.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+			f.mu.Lock()
+		}
+		f.held--
+	}
 	if since > 0 && since >= f.desired.Revision {
 		f.notModified++
 		w.Header().Set(api.HeaderRevision, strconv.FormatInt(f.desired.Revision, 10))
@@ -258,6 +277,8 @@ type fakeApplier struct {
 	state  map[string]apply.State
 	failed map[string]error
 	notify func(string)
+	// inventoried are deployments the cluster holds from before the agent's state was lost.
+	inventoried []string
 }
 
 func newFakeApplier() *fakeApplier {
@@ -306,7 +327,19 @@ func (a *fakeApplier) Remove(_ context.Context, id string) error {
 	defer a.mu.Unlock()
 	a.removed = append(a.removed, id)
 	delete(a.applied, id)
+	a.inventoried = slices.DeleteFunc(a.inventoried, func(s string) bool { return s == id })
 	return nil
+}
+
+// Deployments are those applied and not removed, and those inventoried by an earlier run.
+func (a *fakeApplier) Deployments(context.Context) ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id := range a.applied {
+		ids = append(ids, id)
+	}
+	return append(ids, a.inventoried...), nil
 }
 
 func (a *fakeApplier) Watch(ctx context.Context, notify func(string)) error {

@@ -16,6 +16,13 @@ const maxPollAfter = time.Hour
 // pollLoop asks the server for the desired state, as often as the server says, and hands
 // every new state to the reconciler once its content is in the cache. While the server is
 // unreachable it backs off; the reconciler keeps working from the last state meanwhile.
+//
+// Polls are long polls: the server holds one open until the desired state changes, for up
+// to the time the agent would have waited before its next poll anyway (the server's
+// poll-after, at most PollWait), and the next poll starts poll-after after the previous
+// one. A change thus reaches the agent at once while the server's poll-after still sets
+// the rate of requests. The first poll, and the first after an outage, is not held, so
+// that reaching the server again is noticed (and queued status sent) at once.
 func (a *agent) pollLoop(ctx context.Context) error {
 	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
 	var since int64
@@ -23,8 +30,11 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		since = ds.Revision
 	}
 	offline := false
+	var hold time.Duration
 	for {
-		wait, err := a.poll(ctx, &since)
+		start := time.Now()
+		after, err := a.poll(ctx, &since, hold)
+		wait := after - time.Since(start)
 		if err != nil {
 			if f := fatal(err); f != nil {
 				return f
@@ -32,7 +42,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			wait = bo.next()
+			wait, hold = bo.next(), 0
 			if !offline {
 				a.log.Warn("cannot reach the Flotilla server; the cluster keeps its last desired state", "err", err, "retryIn", wait.Round(time.Millisecond))
 			} else {
@@ -41,22 +51,27 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			offline = true
 		} else {
 			bo.reset()
+			hold = min(after, a.cfg.PollWait)
 			if offline {
 				a.log.Info("reached the Flotilla server again")
 				offline = false
 				kick(a.online)
 			}
 		}
-		if !sleep(ctx, wait) {
+		if wait > 0 && !sleep(ctx, wait) {
+			return nil
+		}
+		if ctx.Err() != nil {
 			return nil
 		}
 	}
 }
 
-// poll makes one poll and returns when to make the next.
-func (a *agent) poll(ctx context.Context, since *int64) (time.Duration, error) {
-	pctx, cancel := context.WithTimeout(ctx, time.Minute)
-	ds, rev, after, err := a.client.Desired(pctx, *since)
+// poll makes one poll, held by the server for up to hold, and returns the server's
+// poll-after: how long after this poll's start to make the next.
+func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (time.Duration, error) {
+	pctx, cancel := context.WithTimeout(ctx, hold+time.Minute)
+	ds, rev, after, err := a.client.WaitDesired(pctx, *since, hold)
 	cancel()
 	if err != nil {
 		return 0, err

@@ -83,8 +83,20 @@ func (a *agent) reconcileAll(ctx context.Context, ds *api.DesiredState) {
 		want[spec.Bundle] = true
 	}
 	// The bundles the agent reported on are those it applied; the queue remembers them
-	// across restarts, so a bundle dropped while the agent was down is removed too.
-	for _, id := range slices.Sorted(maps.Keys(a.queue.known())) {
+	// across restarts, so a bundle dropped while the agent was down is removed too. The
+	// cluster's inventories name them as well, even when the state directory was lost.
+	applied := map[string]bool{}
+	for id := range a.queue.known() {
+		applied[id] = true
+	}
+	if ids, err := a.applier.Deployments(ctx); err != nil {
+		a.log.Warn("listing the deployments applied to the cluster", "err", err)
+	} else {
+		for _, id := range ids {
+			applied[id] = true
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(applied)) {
 		if want[id] || ctx.Err() != nil {
 			continue
 		}
