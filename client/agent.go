@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -102,7 +103,7 @@ func (c *Client) ReportStatus(ctx context.Context, rep api.StatusReport) error {
 // Reason returns the Status reason of an API error, or "".
 func Reason(err error) string {
 	var st *api.Status
-	if asStatus(err, &st) {
+	if errors.As(err, &st) {
 		return st.Reason
 	}
 	return ""
@@ -110,18 +111,3 @@ func Reason(err error) string {
 
 // Code returns the HTTP status code of an API error, or 0.
 func Code(err error) int { return code(err) }
-
-func asStatus(err error, st **api.Status) bool {
-	for e := err; e != nil; {
-		if s, ok := e.(*api.Status); ok {
-			*st = s
-			return true
-		}
-		u, ok := e.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		e = u.Unwrap()
-	}
-	return false
-}

@@ -3,15 +3,12 @@ package agentapi
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strings"
 
-	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/store"
 )
@@ -31,33 +28,12 @@ type identity struct {
 // keyRing holds the signing key, shared by every server replica through the store.
 type keyRing struct{ key []byte }
 
-var keyName = store.Key{Kind: "ServerKey", Namespace: auth.SystemNamespace, Name: "agent-credentials"}
-
 func loadKey(ctx context.Context, st store.Store) (*keyRing, error) {
-	for attempt := 0; attempt < 3; attempt++ {
-		obj, err := st.Get(ctx, keyName)
-		if err == nil {
-			var spec struct {
-				Key []byte `json:"key"`
-			}
-			if err := json.Unmarshal(obj.Spec, &spec); err != nil || len(spec.Key) < 32 {
-				return nil, errors.New("stored agent credential key is unreadable")
-			}
-			return &keyRing{key: spec.Key}, nil
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("reading agent credential key: %w", err)
-		}
-		k := make([]byte, 32)
-		rand.Read(k)
-		spec, _ := json.Marshal(map[string][]byte{"key": k})
-		_, err = st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: keyName.Kind},
-			Metadata: api.ObjectMeta{Namespace: keyName.Namespace, Name: keyName.Name}, Spec: spec})
-		if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
-			return nil, fmt.Errorf("creating agent credential key: %w", err)
-		}
+	k, err := auth.ServerKey(ctx, st, "agent-credentials")
+	if err != nil {
+		return nil, err
 	}
-	return nil, errors.New("agent credential key: gave up")
+	return &keyRing{key: k}, nil
 }
 
 func (k *keyRing) mac(payload string) string {

@@ -217,3 +217,37 @@ func userOf(id *Identity) string {
 	}
 	return id.User
 }
+
+// ServerKey returns the random 32-byte key stored under name in the system namespace,
+// creating it on first use. Keys live in the store so that every server replica on one
+// database shares them.
+func ServerKey(ctx context.Context, st store.Store, name string) ([]byte, error) {
+	key := store.Key{Kind: "ServerKey", Namespace: SystemNamespace, Name: name}
+	for attempt := 0; attempt < 3; attempt++ {
+		obj, err := st.Get(ctx, key)
+		if err == nil {
+			var spec struct {
+				Key []byte `json:"key"`
+			}
+			if err := json.Unmarshal(obj.Spec, &spec); err != nil || len(spec.Key) != 32 {
+				return nil, fmt.Errorf("server key %s is unreadable", name)
+			}
+			return spec.Key, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("reading server key %s: %w", name, err)
+		}
+		k := make([]byte, 32)
+		if _, err := rand.Read(k); err != nil {
+			return nil, err
+		}
+		spec, _ := json.Marshal(map[string][]byte{"key": k})
+		_, err = st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: key.Kind},
+			Metadata: api.ObjectMeta{Namespace: key.Namespace, Name: key.Name}, Spec: spec})
+		// Another replica may have created it first: read it on the next round.
+		if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+			return nil, fmt.Errorf("creating server key %s: %w", name, err)
+		}
+	}
+	return nil, fmt.Errorf("server key %s: gave up", name)
+}

@@ -6,6 +6,7 @@ package resource
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -148,7 +149,7 @@ func decode(field string, data []byte, v any) []api.StatusCause {
 	if err != nil {
 		msg := err.Error()
 		var te *json.UnmarshalTypeError
-		if ok := asTypeError(err, &te); ok && te.Field != "" {
+		if errors.As(err, &te) && te.Field != "" {
 			return []api.StatusCause{{Field: field + "." + te.Field, Message: fmt.Sprintf("must be %s, not %s", te.Type, te.Value)}}
 		}
 		return []api.StatusCause{{Field: field, Message: strings.TrimPrefix(msg, "json: ")}}
@@ -167,21 +168,6 @@ func decode(field string, data []byte, v any) []api.StatusCause {
 		causes = append(causes, api.StatusCause{Field: f, Message: msg})
 	}
 	return causes
-}
-
-func asTypeError(err error, te **json.UnmarshalTypeError) bool {
-	for e := err; e != nil; {
-		if t, ok := e.(*json.UnmarshalTypeError); ok {
-			*te = t
-			return true
-		}
-		u, ok := e.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		e = u.Unwrap()
-	}
-	return false
 }
 
 func validateMeta(m *api.ObjectMeta) []api.StatusCause {

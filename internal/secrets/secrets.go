@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -38,7 +37,7 @@ const sealedPrefix = "v1:"
 
 // Open loads the server's secret key from st, creating it on first start.
 func Open(ctx context.Context, st store.Store) (*Keeper, error) {
-	key, err := loadKey(ctx, st)
+	key, err := auth.ServerKey(ctx, st, "secret-encryption")
 	if err != nil {
 		return nil, err
 	}
@@ -51,33 +50,6 @@ func Open(ctx context.Context, st store.Store) (*Keeper, error) {
 		return nil, fmt.Errorf("secret key: %w", err)
 	}
 	return &Keeper{st: st, aead: aead}, nil
-}
-
-func loadKey(ctx context.Context, st store.Store) ([]byte, error) {
-	for attempt := 0; attempt < 3; attempt++ {
-		obj, err := st.Get(ctx, keyName)
-		if err == nil {
-			var spec struct {
-				Key []byte `json:"key"`
-			}
-			if err := json.Unmarshal(obj.Spec, &spec); err != nil || len(spec.Key) != 32 {
-				return nil, errors.New("stored secret encryption key is unreadable")
-			}
-			return spec.Key, nil
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("reading secret encryption key: %w", err)
-		}
-		k := make([]byte, 32)
-		rand.Read(k)
-		spec, _ := json.Marshal(map[string][]byte{"key": k})
-		_, err = st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: keyName.Kind},
-			Metadata: api.ObjectMeta{Namespace: keyName.Namespace, Name: keyName.Name}, Spec: spec})
-		if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
-			return nil, fmt.Errorf("creating secret encryption key: %w", err)
-		}
-	}
-	return nil, errors.New("secret encryption key: gave up")
 }
 
 // Secret is a Secret's type and decrypted values.
