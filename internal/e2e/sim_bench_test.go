@@ -32,8 +32,10 @@ import (
 // FLOTILLA_SIM_POLL_INTERVAL (the server's --agent-poll-interval, default 15s),
 // FLOTILLA_SIM_SERVER_ARGS (more server flags, space-separated), FLOTILLA_SIM_CONNECTIONS
 // and FLOTILLA_SIM_WORKERS (default 8 and 128), FLOTILLA_SIM_RAMP (registrations per second,
-// default all at once), FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default
-// 30s) and FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON).
+// default all at once), FLOTILLA_SIM_LONG_POLL and FLOTILLA_SIM_LONG_POLL_FRACTION (a
+// fraction of the clusters, default all, hold their polls open this long, default not),
+// FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default 30s) and
+// FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON).
 //
 // At 100k clusters and more, pass FLOTILLA_SIM_SERVER_ARGS="--log-level warn": the test
 // keeps the server's log in memory, one line per registration at the info level. The
@@ -116,6 +118,16 @@ func simBench(t *testing.T, driver string, n int) {
 	cfg.Clusters, cfg.Labels, cfg.Prefix = n, ls, "bench"
 	cfg.Connections, cfg.Workers = conns, workers
 	cfg.Ramp = float64(simEnvInt(t, "FLOTILLA_SIM_RAMP", 0))
+	cfg.LongPoll = simEnvDuration(t, "FLOTILLA_SIM_LONG_POLL", 0)
+	cfg.LongPollFraction = 1
+	if f := os.Getenv("FLOTILLA_SIM_LONG_POLL_FRACTION"); f != "" {
+		if cfg.LongPollFraction, err = strconv.ParseFloat(f, 64); err != nil {
+			t.Fatalf("FLOTILLA_SIM_LONG_POLL_FRACTION: %v", err)
+		}
+	}
+	if cfg.LongPoll > 0 {
+		figure("%.0f%% of the clusters long-poll, holding each poll up to %v", 100*cfg.LongPollFraction, cfg.LongPoll)
+	}
 	cfg.Timeout = time.Hour
 	cfg.Progress, cfg.ProgressInterval = os.Stderr, 5*time.Second
 	s, err := sim.New(cfg)

@@ -454,17 +454,20 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 			if s.cfg.Heartbeat > 0 {
 				wait = min(wait, time.Duration(c.nextBeat-now))
 			}
-			if wait >= time.Second {
-				s.wg.Add(1)
-				go func() {
-					defer s.wg.Done()
-					err := s.poll(ctx, i, wait)
-					if ctx.Err() == nil {
-						s.reschedule(i, err)
-					}
-				}()
-				return errDetached
+			if wait < time.Second {
+				// The heartbeat is due first; the long poll follows it.
+				c.nextPoll = c.nextBeat
+				return nil
 			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				err := s.poll(ctx, i, wait)
+				if ctx.Err() == nil {
+					s.reschedule(i, err)
+				}
+			}()
+			return errDetached
 		}
 		if err := s.poll(ctx, i, 0); err != nil {
 			return err

@@ -8,9 +8,10 @@ import (
 	"flotilla.dev/client"
 )
 
-// newTransports returns n HTTP/2 transports that each keep a single connection to the
-// server, so that the simulated fleet shares exactly n connections however many clusters it
-// holds, as agents behind a few NAT gateways would look to the server's TLS stack.
+// newTransports returns n HTTP/2 transports, each of which multiplexes its requests over a
+// single connection while the server allows that many streams, so that the simulated fleet
+// shares n connections however many clusters it holds. MaxConnsPerHost is deliberately not
+// set: with HTTP/2 it can leave requests waiting forever (golang/go#34941).
 func newTransports(caPEM []byte, checksum string, n int) ([]*http.Transport, error) {
 	tc, err := client.TLSConfig(caPEM, checksum, false)
 	if err != nil {
@@ -24,7 +25,6 @@ func newTransports(caPEM []byte, checksum string, n int) ([]*http.Transport, err
 			TLSClientConfig:     tc.Clone(),
 			TLSHandshakeTimeout: 10 * time.Second,
 			ForceAttemptHTTP2:   true,
-			MaxConnsPerHost:     1,
 			MaxIdleConnsPerHost: 1,
 			IdleConnTimeout:     5 * time.Minute,
 		}
