@@ -24,6 +24,9 @@ and credential and makes exactly the calls a real agent makes: it registers, pol
 desired state when the server says, fetches content it has not got, reports status (every
 applied deployment is Ready after --ready-delay, or ErrApplied for --fail-fraction of the
 clusters) and heartbeats; --offline-fraction of them go silent after their first poll.
+As the agent, they long-poll: the server holds each poll until the cluster's desired state
+changes or its poll-after passes (at most --long-poll), which costs the simulator (and the
+server) a goroutine and a stream per cluster; --long-poll 0 makes short polls only.
 They share --connections HTTP/2 connections and --workers requests in flight.
 
 The run goes through phases and reports on each: the bare-HTTPS baseline (a trivial
@@ -108,8 +111,8 @@ Every simulated cluster also carries ` + sim.RunLabel + `=PREFIX.`,
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "heartbeat (inventory report) interval; 0 for none")
 	f.Float64Var(&cfg.FailFraction, "fail-fraction", 0, "fraction of clusters whose deployments report ErrApplied")
 	f.Float64Var(&cfg.OfflineFraction, "offline-fraction", 0, "fraction of clusters that go silent after their first poll")
-	f.DurationVar(&cfg.LongPoll, "long-poll", 0, "hold polls open for up to this long (the server caps it at 1m), as agents keeping a connection do; 0: short polls only")
-	f.Float64Var(&cfg.LongPollFraction, "long-poll-fraction", 1, "fraction of clusters that long-poll when --long-poll is set")
+	f.DurationVar(&cfg.LongPoll, "long-poll", cfg.LongPoll, "longest a poll is held open, as the agent's (it holds each for the server's poll-after, at most this); 0: short polls only")
+	f.Float64Var(&cfg.LongPollFraction, "long-poll-fraction", cfg.LongPollFraction, "fraction of clusters that long-poll")
 	f.DurationVar(&cfg.MinBackoff, "min-backoff", cfg.MinBackoff, "first retry delay after a failed call")
 	f.DurationVar(&cfg.MaxBackoff, "max-backoff", cfg.MaxBackoff, "longest retry delay")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "timeout of one call")

@@ -32,15 +32,18 @@ import (
 // FLOTILLA_SIM_POLL_INTERVAL (the server's --agent-poll-interval, default 15s),
 // FLOTILLA_SIM_SERVER_ARGS (more server flags, space-separated), FLOTILLA_SIM_CONNECTIONS
 // and FLOTILLA_SIM_WORKERS (default 8 and 128), FLOTILLA_SIM_RAMP (registrations per second,
-// default all at once), FLOTILLA_SIM_LONG_POLL and FLOTILLA_SIM_LONG_POLL_FRACTION (a
-// fraction of the clusters, default all, hold their polls open this long, default not),
+// default all at once), FLOTILLA_SIM_LONG_POLL and FLOTILLA_SIM_LONG_POLL_FRACTION (how
+// long the clusters let the server hold a poll, as the agent's PollWait, default 30s; and
+// which fraction of them long-poll, default all; 0s for short polls only),
 // FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default 30s) and
 // FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON).
 //
 // At 100k clusters and more, pass FLOTILLA_SIM_SERVER_ARGS="--log-level warn": the test
 // keeps the server's log in memory, one line per registration at the info level. The
 // simulator runs in the test process and needs about 1 KB per cluster and, per request,
-// about as much CPU as the server does; watch its scheduling lag in the report.
+// about as much CPU as the server does; watch its scheduling lag in the report. Each held
+// long poll costs it (and the server) some 20 KB more: at 1M clusters, let a fraction
+// long-poll (FLOTILLA_SIM_LONG_POLL_FRACTION) or none (FLOTILLA_SIM_LONG_POLL=0s).
 func TestSimBenchmark(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("FLOTILLA_SIM_CLUSTERS"))
 	if n == 0 {
@@ -118,15 +121,16 @@ func simBench(t *testing.T, driver string, n int) {
 	cfg.Clusters, cfg.Labels, cfg.Prefix = n, ls, "bench"
 	cfg.Connections, cfg.Workers = conns, workers
 	cfg.Ramp = float64(simEnvInt(t, "FLOTILLA_SIM_RAMP", 0))
-	cfg.LongPoll = simEnvDuration(t, "FLOTILLA_SIM_LONG_POLL", 0)
-	cfg.LongPollFraction = 1
+	cfg.LongPoll = simEnvDuration(t, "FLOTILLA_SIM_LONG_POLL", cfg.LongPoll)
 	if f := os.Getenv("FLOTILLA_SIM_LONG_POLL_FRACTION"); f != "" {
 		if cfg.LongPollFraction, err = strconv.ParseFloat(f, 64); err != nil {
 			t.Fatalf("FLOTILLA_SIM_LONG_POLL_FRACTION: %v", err)
 		}
 	}
 	if cfg.LongPoll > 0 {
-		figure("%.0f%% of the clusters long-poll, holding each poll up to %v", 100*cfg.LongPollFraction, cfg.LongPoll)
+		figure("%.0f%% of the clusters long-poll as the agent does, each poll held for the server's poll-after, at most %v", 100*cfg.LongPollFraction, cfg.LongPoll)
+	} else {
+		figure("short polls only")
 	}
 	cfg.Timeout = time.Hour
 	cfg.Progress, cfg.ProgressInterval = os.Stderr, 5*time.Second

@@ -58,7 +58,7 @@ func TestSimScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	fleetCtx, stopFleet := context.WithCancel(ctx)
-	defer func() { stopFleet(); s.Wait() }()
+	defer func() { stopFleet(); s.Wait(); phase("fleet stopped") }()
 	s.Start(fleetCtx)
 
 	// Every cluster registers exactly once; registering again reuses the cluster.
@@ -151,8 +151,9 @@ func TestSimScale(t *testing.T) {
 		}
 		return nil
 	})
-	// Ten out, ten in: the same counts as before.
+	// Ten out, ten in: the same counts as before; and each cluster's own status says so.
 	simCheckBundle(t, ctx, admin, ns, "web", ch.Expect)
+	simCheckClusterStatus(t, ctx, admin, s, ns, env)
 	phase("moved clusters re-targeted")
 
 	// A rollout is cut by kill -9 of the server; once it is back, every report it
@@ -186,6 +187,17 @@ func TestSimScale(t *testing.T) {
 	phase("second rollout done")
 
 	// Every cluster's last report is what the server shows for it.
+	simCheckClusterStatus(t, ctx, admin, s, ns, env)
+	phase("every cluster's status matches its last report")
+	t.Logf("second rollout across the restart: reached all in %v, all reported in %v, server rollup %v", r.ch.ReachAll, r.ch.ReportAll, r.ch.ServerRollup)
+}
+
+// simCheckClusterStatus checks that every Cluster's status counts what its simulated
+// cluster last reported: its deployments by acknowledged state, or, for an offline one
+// that never received the bundle, one waiting to be applied when env says it is targeted.
+func simCheckClusterStatus(t *testing.T, ctx context.Context, admin *client.Client, s *sim.Sim, ns string, env func(int) string) {
+	t.Helper()
+	n := s.Clusters()
 	simEventually(t, ctx, "every cluster's status to match its last report", func() error {
 		l, err := admin.ListAll(ctx, api.KindCluster, ns, sim.RunLabel+"=scale")
 		if err != nil {
@@ -231,7 +243,6 @@ func TestSimScale(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("second rollout across the restart: reached all in %v, all reported in %v, server rollup %v", r.ch.ReachAll, r.ch.ReportAll, r.ch.ServerRollup)
 }
 
 func simRegistrationToken(t *testing.T, ctx context.Context, admin *client.Client, maxUses int) (name, token string) {
@@ -322,12 +333,20 @@ func simSetLabel(t *testing.T, ctx context.Context, admin *client.Client, ns, na
 
 func simEventually(t *testing.T, ctx context.Context, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	start := time.Now()
+	// Shorter than the server's one-minute refresh of idle clusters' status, which would
+	// hide a stale one.
+	deadline := start.Add(30 * time.Second)
+	var last error
 	for {
 		err := check()
 		if err == nil {
+			if time.Since(start) > 10*time.Second {
+				t.Logf("waited %v for %s; before: %v", time.Since(start).Round(time.Millisecond), what, last)
+			}
 			return
 		}
+		last = err
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			t.Fatalf("waiting for %s: %v", what, err)
 		}

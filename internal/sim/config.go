@@ -50,9 +50,13 @@ type Config struct {
 	// FailFraction of the clusters report ErrApplied instead of Ready; OfflineFraction of
 	// them go silent after their first poll. Which ones is decided by the cluster's index.
 	FailFraction, OfflineFraction float64
-	// LongPoll, when set, makes LongPollFraction of the clusters hold each poll open for
-	// up to this long (the server answers at once when their desired state changes), as
-	// agents that keep a connection do.
+	// LongPoll, when set, makes LongPollFraction of the clusters poll as the agent does:
+	// each poll but the first (and the first after a failure) is held by the server, which
+	// answers at once when the cluster's desired state changes, for up to the poll-after
+	// it gave last, at most LongPoll (the agent's PollWait); the next poll starts
+	// poll-after after the previous one started. 0: short polls only, as agents before
+	// long polls. Each held poll costs the simulator a goroutine and an HTTP/2 stream
+	// (some 20 KB), and the server about as much.
 	LongPoll         time.Duration
 	LongPollFraction float64
 	// MinBackoff and MaxBackoff bound retries after a failed call, jittered as the agent's.
@@ -95,6 +99,8 @@ func DefaultConfig() Config {
 		Workers:          128,
 		PollInterval:     30 * time.Second,
 		ReportDelay:      500 * time.Millisecond,
+		LongPoll:         30 * time.Second,
+		LongPollFraction: 1,
 		Heartbeat:        10 * time.Minute,
 		MinBackoff:       time.Second,
 		MaxBackoff:       time.Minute,

@@ -58,9 +58,11 @@ type cluster struct {
 	seq     int64
 	// Times in nanoseconds since the epoch; 0 means not pending.
 	nextPoll, reportAt, readyAt, nextBeat int64
-	fails                                 uint8
-	flags                                 uint8
-	changeSeen, changeDone, markSeen      uint32
+	// pollAfterMs is the poll interval the server gave last.
+	pollAfterMs                      uint32
+	fails                            uint8
+	flags                            uint8
+	changeSeen, changeDone, markSeen uint32
 }
 
 const (
@@ -203,6 +205,9 @@ func (s *Sim) Labels(i int) map[string]string {
 
 // Failing reports whether cluster i reports ErrApplied instead of Ready.
 func (s *Sim) Failing(i int) bool { return unit(i, 0xfa11) < s.cfg.FailFraction }
+
+// maxPollAfter bounds how long the server may send a cluster away for, as in the agent.
+const maxPollAfter = time.Hour
 
 // streamsPerConn is how many long polls share a connection, below the 250 concurrent
 // streams Go's HTTP/2 server allows by default.
@@ -440,7 +445,10 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		}
 	}
 	if now >= c.nextPoll {
-		if s.LongPolling(i) && c.flags&flagPolled != 0 {
+		var hold time.Duration
+		// As the agent: polls are held by the server for up to the poll-after it gave
+		// last (at most LongPoll), except the first and the first after a failure.
+		if s.LongPolling(i) && c.flags&flagPolled != 0 && c.fails == 0 {
 			if c.reportAt != 0 || c.readyAt != 0 {
 				// The agent's poll and report loops run side by side; the simulator runs
 				// one call per cluster at a time, so the long poll waits for the report.
@@ -450,19 +458,17 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 				}
 				return nil
 			}
-			wait := s.cfg.LongPoll
+			hold = min(s.cfg.LongPoll, time.Duration(c.pollAfterMs)*time.Millisecond)
 			if s.cfg.Heartbeat > 0 {
-				wait = min(wait, time.Duration(c.nextBeat-now))
+				// Likewise the heartbeat: the poll is held no longer than until it is due.
+				hold = min(hold, time.Duration(c.nextBeat-now))
 			}
-			if wait < time.Second {
-				// The heartbeat is due first; the long poll follows it.
-				c.nextPoll = c.nextBeat
-				return nil
-			}
+		}
+		if hold >= time.Second {
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				err := s.poll(ctx, i, wait)
+				err := s.poll(ctx, i, hold)
 				if ctx.Err() == nil {
 					s.reschedule(i, err)
 				}
@@ -495,6 +501,7 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout+wait)
 	defer cancel()
+	begun := s.now()
 	start := time.Now()
 	s.st.inflight.Add(1)
 	ds, rev, after, err := cl.WaitDesired(rctx, c.since, wait)
@@ -530,19 +537,17 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 	} else {
 		s.st.pollAfter.Store(int64(after))
 	}
-	if s.LongPolling(i) && (wait == 0 || ds != nil || took >= wait/2) {
-		// A long-polling cluster asks again at once once the server held its poll (or
-		// answered it with news), or after a short poll. A long poll answered at once
-		// was refused, and waits like a short one.
-		after = 0
-	}
+	after = min(after, maxPollAfter)
 	now := s.now()
 	mu := s.lock(i)
 	mu.Lock()
 	if ds != nil {
 		c.since = rev
 	}
-	c.nextPoll = now + int64(after)
+	// The next poll starts poll-after after this one started: a poll the server held that
+	// long is followed at once by the next.
+	c.nextPoll = begun + int64(after)
+	c.pollAfterMs = uint32(after / time.Millisecond)
 	first := c.flags&flagPolled == 0
 	c.flags |= flagPolled
 	mu.Unlock()
