@@ -157,13 +157,19 @@ func simBench(t *testing.T, driver string, n int) {
 		t.Fatal(err)
 	}
 	rssRegistered, _ := s.ServerRSS(ctx)
+	if rep.Held, err = s.WaitHeld(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Held > 0 {
+		figure("nine in ten clusters hold a long poll %v after the start", rep.Held)
+	}
 
 	if rep.Change, err = s.Change(ctx, "bench", ""); err != nil {
 		t.Fatal(err)
 	}
 	c := rep.Change
-	figure("one bundle change to all: reached every cluster in %v, all reported Ready in %v, Bundle status counted all in %v (poll interval %v; %d requests, %v at the baseline rate)",
-		c.ReachAll, c.ReportAll, c.ServerRollup, c.PollAfter, c.Requests, sim.Seconds(float64(c.Requests)/base.RequestsPerSec))
+	figure("one bundle change to all: reached every cluster in %v (half in %v, 90%% in %v, 99%% in %v), all reported Ready in %v, Bundle status counted all in %v (poll interval %v; %d requests, %v at the baseline rate)",
+		c.ReachAll, c.Reach.P50, c.Reach.P90, c.Reach.P99, c.ReportAll, c.ServerRollup, c.PollAfter, c.Requests, sim.Seconds(float64(c.Requests)/base.RequestsPerSec))
 
 	if rep.Idle, err = s.Idle(ctx, simEnvDuration(t, "FLOTILLA_SIM_IDLE", 30*time.Second)); err != nil {
 		t.Fatal(err)

@@ -48,7 +48,9 @@ type Report struct {
 	Baseline     *BaselineResult `json:"baseline,omitempty"`
 	Registration *Registration   `json:"registration,omitempty"`
 	// InitialSync is from the start until every cluster made its first poll.
-	InitialSync  Seconds            `json:"initialSync"`
+	InitialSync Seconds `json:"initialSync"`
+	// Held is from the start until nine in ten long-polling clusters held a poll.
+	Held         Seconds            `json:"held,omitempty"`
 	Change       *ChangeResult      `json:"change,omitempty"`
 	Idle         *IdleResult        `json:"idle,omitempty"`
 	PollStorm    *StormResult       `json:"pollStorm,omitempty"`
@@ -88,8 +90,9 @@ type SimulatorResult struct {
 	SysBytes   uint64  `json:"sysBytes"`
 	PerCluster float64 `json:"perCluster"`
 	CPU        Seconds `json:"cpu"`
-	// SchedulingLag is how late clusters were run: when it grows, the simulator is the
-	// bottleneck, not the server.
+	// SchedulingLag is how late clusters were run once the fleet was registered: when it
+	// grows while fewer requests than workers are in flight, the simulator is the
+	// bottleneck; with every worker waiting on an answer, the server is.
 	SchedulingLag Latency `json:"schedulingLag"`
 }
 
@@ -128,11 +131,14 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "registration\t%d in %v\t%.0f clusters/s%s\n", g.Clusters, g.Duration, g.PerSec, extra)
 		fmt.Fprintf(tw, "first poll\tall in %v\tfrom the start\n", r.InitialSync)
+		if r.Held > 0 {
+			fmt.Fprintf(tw, "polls held\tafter %v\tnine in ten long-polling clusters hold a poll, from the start\n", r.Held)
+		}
 	}
 	if c := r.Change; c != nil {
 		fmt.Fprintf(tw, "bundle change\t%s\t%d targeted (%s): %d to reach, %d Ready, %d ErrApplied, %d offline\n", c.Bundle, c.Expect.Targeted, c.Selector, c.Expect.Reach, c.Expect.Ready, c.Expect.ErrApplied, c.Expect.WaitApplied)
-		fmt.Fprintf(tw, "  reached all\t%v\t%d clusters; server poll interval %v\n", c.ReachAll, c.Reached, c.PollAfter)
-		fmt.Fprintf(tw, "  all reported\t%v\t%d final reports acknowledged\n", c.ReportAll, c.Reported)
+		fmt.Fprintf(tw, "  reached all\t%v\t%d clusters, half in %v, 90%% in %v, 99%% in %v; server poll interval %v\n", c.ReachAll, c.Reached, c.Reach.P50, c.Reach.P90, c.Reach.P99, c.PollAfter)
+		fmt.Fprintf(tw, "  all reported\t%v\t%d final reports acknowledged, half in %v, 90%% in %v, 99%% in %v\n", c.ReportAll, c.Reported, c.Report.P50, c.Report.P90, c.Report.P99)
 		extra := ""
 		if c.BaselineTime > 0 {
 			extra = fmt.Sprintf("; %d requests, %v at the baseline rate", c.Requests, c.BaselineTime)

@@ -55,6 +55,9 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 	if m, err := s.Scrape(ctx); err == nil {
 		rep.ServerMemory.AfterRegistration, _ = m.value("process_resident_memory_bytes", nil)
 	}
+	if rep.Held, err = s.WaitHeld(ctx); err != nil {
+		return s.finish(rep), err
+	}
 	if s.cfg.ChangeBundle != "" {
 		if rep.Change, err = s.Change(ctx, s.cfg.ChangeBundle, s.cfg.ChangeSelector); err != nil {
 			return s.finish(rep), err
@@ -148,6 +151,24 @@ func (s *Sim) WaitPolled(ctx context.Context) (Seconds, error) {
 	return seconds(time.Duration(s.st.lastPolled.Load() - s.st.regStart.Load())), err
 }
 
+// WaitHeld waits until nine in ten long-polling clusters hold a poll, as a fleet that has
+// run for a while does (after registering, a cluster's second poll is the first held), and
+// returns how long after the start that was; 0 without long polls.
+func (s *Sim) WaitHeld(ctx context.Context) (Seconds, error) {
+	want := int64(0)
+	for i := range s.clusters {
+		if s.LongPolling(i) && !s.Offline(i) {
+			want++
+		}
+	}
+	if want == 0 {
+		return 0, nil
+	}
+	s.logf("waiting for the fleet to hold its polls")
+	err := s.waitFor(ctx, "the fleet to hold its polls", func() bool { return s.st.longPolls.Load() >= want*9/10 })
+	return seconds(time.Since(s.epoch) - time.Duration(s.st.regStart.Load())), err
+}
+
 // Expectation is what a bundle change should lead to, from the simulated clusters' labels.
 type Expectation struct {
 	Targeted    int `json:"targeted"`
@@ -195,6 +216,9 @@ type ChangeResult struct {
 	ReachAll     Seconds `json:"reachAll"`
 	ReportAll    Seconds `json:"reportAll"`
 	ServerRollup Seconds `json:"serverRollup"`
+	// Reach and Report spread the clusters' times since the apply.
+	Reach  Latency `json:"reach"`
+	Report Latency `json:"report"`
 	// PollAfter is the poll interval the server gave, which bounds ReachAll from below.
 	PollAfter Seconds `json:"pollAfter"`
 	// Requests made while the change rolled out, and how long the baseline would take
@@ -262,6 +286,7 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 	res.ReachAll = seconds(time.Duration(ch.lastReached.Load() - start))
 	res.ReportAll = seconds(time.Duration(ch.lastDone.Load() - start))
 	res.PollAfter = seconds(time.Duration(s.st.pollAfter.Load()))
+	res.Reach, res.Report = ch.reachAt.summary(), ch.doneAt.summary()
 	if err != nil {
 		res.TimedOut = true
 		return res, err

@@ -126,6 +126,8 @@ type change struct {
 	start                 int64
 	reached, done         atomic.Int64
 	lastReached, lastDone atomic.Int64
+	// reachAt and doneAt record, per cluster, how long after the apply it got there.
+	reachAt, doneAt histogram
 }
 
 // mark counts clusters that made a successful poll after a point in time (e.g. a server
@@ -546,7 +548,7 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 	}
 	// The next poll starts poll-after after this one started: a poll the server held that
 	// long is followed at once by the next.
-	c.nextPoll = begun + int64(after)
+	c.nextPoll = max(begun+int64(after), now)
 	c.pollAfterMs = uint32(after / time.Millisecond)
 	first := c.flags&flagPolled == 0
 	c.flags |= flagPolled
@@ -646,6 +648,7 @@ func (s *Sim) apply(ctx context.Context, i int, cl *client.Client, ds *api.Desir
 				c.changeSeen = ch.gen
 				ch.reached.Add(1)
 				ch.lastReached.Store(now)
+				ch.reachAt.record(time.Duration(now - ch.start))
 			}
 		}
 	}
@@ -699,6 +702,7 @@ func (s *Sim) report(ctx context.Context, i int, beat bool) error {
 			c.changeDone = ch.gen
 			ch.done.Add(1)
 			ch.lastDone.Store(now)
+			ch.doneAt.record(time.Duration(now - ch.start))
 		}
 	}
 	c.removed = nil
