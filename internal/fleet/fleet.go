@@ -120,8 +120,53 @@ type Cluster struct {
 	inventory  json.RawMessage
 	state      string // last written cluster state
 	tmplHash   string
-	deps       map[string]*pair // bundle name → pair
-	counts     map[string]int   // effective state → n, over this cluster's deployments
+	deps       map[string]*pair // bundle name → pair; nil until the cluster has one
+	counts     stateCounts      // effective state → n, over this cluster's deployments
+}
+
+// stateCounts counts deployments by state without a map per cluster.
+type stateCounts [7]int32
+
+var states = [...]string{api.StateReady, api.StateNotReady, api.StateModified, api.StateWaitApplied, api.StateErrApplied, api.StateOutOfSync, api.StatePending}
+
+func (s *stateCounts) add(state string, d int32) {
+	for i, st := range states {
+		if st == state {
+			s[i] += d
+			return
+		}
+	}
+}
+
+// notReady reports whether any counted deployment is not Ready.
+func (s *stateCounts) notReady() bool {
+	for i := 1; i < len(states); i++ {
+		if s[i] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// asMap returns the counts as a map, and their total.
+func (s *stateCounts) asMap() (map[string]int, int) {
+	m := map[string]int{}
+	total := 0
+	for i, n := range s {
+		if n != 0 {
+			m[states[i]] = int(n)
+			total += int(n)
+		}
+	}
+	return m, total
+}
+
+// depsFor returns c's pairs, made on first use.
+func (c *Cluster) depsFor() map[string]*pair {
+	if c.deps == nil {
+		c.deps = map[string]*pair{}
+	}
+	return c.deps
 }
 
 // pair is one (cluster, bundle): which target matched (-1: none), what was reported, and,
@@ -340,7 +385,7 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 			return false
 		}
 		p = &pair{target: -1}
-		c.deps[b.name] = p
+		c.depsFor()[b.name] = p
 	}
 	if p.target == target && p.desiredID == id {
 		return false
@@ -372,12 +417,12 @@ func (f *Fleet) recount(b *bundleEntry, c *Cluster, old, now string) {
 	}
 	if old != "" {
 		b.counts[old]--
-		c.counts[old]--
+		c.counts.add(old, -1)
 		b.desired--
 	}
 	if now != "" {
 		b.counts[now]++
-		c.counts[now]++
+		c.counts.add(now, 1)
 		b.desired++
 	}
 	if now != "" && now != api.StateReady {
@@ -575,7 +620,7 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		p := c.deps[bname]
 		if p == nil {
 			p = &pair{target: -1}
-			c.deps[bname] = p
+			c.depsFor()[bname] = p
 		}
 		old := p.effective()
 		p.reportedID, p.state, p.message = d.ID, d.State, msg

@@ -92,10 +92,8 @@ func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
 	case now.Sub(c.lastSeen()) > f.cfg.OfflineAfter:
 		return "Offline"
 	}
-	for s, n := range c.counts {
-		if n > 0 && s != api.StateReady {
-			return api.StateNotReady
-		}
+	if c.counts.notReady() {
+		return api.StateNotReady
 	}
 	return api.StateReady
 }
@@ -202,11 +200,8 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	for c := range f.dirtyClusters {
 		c := c
 		state := f.clusterState(c, now)
-		total := 0
-		for _, n := range c.counts {
-			total += n
-		}
-		s := summary(c.counts, total)
+		counts, total := c.counts.asMap()
+		s := summary(counts, total)
 		var names []string
 		for n, p := range c.deps {
 			if e := p.effective(); e != "" && e != api.StateReady {

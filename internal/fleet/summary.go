@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"sort"
 	"time"
 
 	"flotilla.dev/api"
@@ -60,13 +61,43 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
+// appendMap writes pairs in key order, so equal maps encode to equal bytes and can be
+// shared when loaded (see sharedMap).
 func appendMap(b []byte, m map[string]string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(m)))
-	for k, v := range m {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
 		b = appendString(b, k)
-		b = appendString(b, v)
+		b = appendString(b, m[k])
 	}
 	return b
+}
+
+// sharedMaps holds one copy of each distinct label (or annotation) set. The model never
+// changes a cluster's map in place — a change replaces it — so clusters with the same
+// labels can share one map: a fleet of a million usually has a few thousand distinct sets.
+var sharedMaps = map[string]map[string]string{}
+
+const maxSharedMaps = 1 << 18
+
+// sharedMap returns the shared copy of m.
+func sharedMap(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	key := appendMap(nil, m)
+	if s, ok := sharedMaps[string(key)]; ok {
+		return s
+	}
+	m = intern(m)
+	if len(sharedMaps) < maxSharedMaps {
+		sharedMaps[string(key)] = m
+	}
+	return m
 }
 
 var errSummary = errors.New("malformed cluster summary")
@@ -107,6 +138,7 @@ func (r *reader) str(intern bool) string {
 }
 
 func (r *reader) strMap(intern bool) map[string]string {
+	start := r.b
 	n := r.uvarint()
 	if r.err != nil || n == 0 || n > uint64(len(r.b)) {
 		return nil
@@ -115,6 +147,17 @@ func (r *reader) strMap(intern bool) map[string]string {
 	for range n {
 		k := r.str(intern)
 		m[k] = r.str(intern)
+	}
+	if r.err != nil {
+		return nil
+	}
+	// Equal maps have equal bytes (appendMap sorts): share one copy.
+	raw := start[:len(start)-len(r.b)]
+	if s, ok := sharedMaps[string(raw)]; ok {
+		return s
+	}
+	if len(sharedMaps) < maxSharedMaps {
+		sharedMaps[string(raw)] = m
 	}
 	return m
 }
@@ -125,7 +168,7 @@ func decodeCluster(b []byte) (*Cluster, error) {
 		return nil, errSummary
 	}
 	r := &reader{b: b[1:]}
-	c := &Cluster{deps: map[string]*pair{}, counts: map[string]int{}}
+	c := &Cluster{}
 	c.Namespace = r.str(true)
 	c.Name = r.str(false)
 	c.UID = r.str(false)

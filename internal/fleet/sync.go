@@ -124,7 +124,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		if c == nil || !ok {
 			return nil
 		}
-		c.deps[bname] = &pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}
+		c.depsFor()[bname] = &pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}
 		return nil
 	}); err != nil {
 		return 0, err
@@ -307,7 +307,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	var spec api.ClusterSpec
 	json.Unmarshal(obj.Spec, &spec)
 	if c == nil || c.UID != obj.Metadata.UID {
-		c = &Cluster{Namespace: w.name, Name: name, UID: obj.Metadata.UID, deps: map[string]*pair{}, counts: map[string]int{}}
+		c = &Cluster{Namespace: w.name, Name: name, UID: obj.Metadata.UID}
 		w.clusters[name] = c
 		f.byUID[c.UID] = c
 		f.clusters.Store(int64(len(f.byUID)))
@@ -324,8 +324,8 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		c.ClientID = spec.ClientID
 		return
 	}
-	c.Labels = intern(obj.Metadata.Labels)
-	c.Annotations = obj.Metadata.Annotations
+	c.Labels = sharedMap(obj.Metadata.Labels)
+	c.Annotations = sharedMap(obj.Metadata.Annotations)
 	c.ClientID, c.Paused, c.Values = spec.ClientID, spec.Paused, spec.TemplateValues
 	c.tmplHash = ""
 	f.retarget(w, c, true)
