@@ -67,3 +67,20 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestSeenResolution(t *testing.T) {
+	for _, tc := range []struct {
+		clusters int64
+		want     time.Duration
+	}{
+		{100, time.Minute},             // small fleets: the configured resolution
+		{3000, time.Minute},            // 3,000 / 50 per second = 60 s
+		{1000000, 20000 * time.Second}, // a million: lastSeen stored every ~5.5 h, offline at once
+	} {
+		f := New(nil, Config{LastSeenResolution: time.Minute, LastSeenWriteBudget: 50})
+		f.clusters.Store(tc.clusters)
+		if got := f.seenResolution(); got != tc.want {
+			t.Errorf("%d clusters: resolution %v, want %v", tc.clusters, got, tc.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sort"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -15,6 +16,13 @@ import (
 
 // maxNonReady bounds the examples of non-ready deployments a summary lists.
 const maxNonReady = 10
+
+// maxClusterWrites bounds the Cluster status writes of one pass; statusWriters is how many
+// run at once.
+const (
+	maxClusterWrites = 5000
+	statusWriters    = 16
+)
 
 // writeStatusLoop writes rolled-up status to Bundles, Clusters and ClusterGroups. Rollups
 // are kept incrementally in memory; this only writes the ones that changed.
@@ -74,11 +82,12 @@ func (f *Fleet) Stats() (clusters, bundles, deployments map[string]int, queue in
 // sweep marks clusters whose state changed with time alone (gone offline, or due a lastSeen
 // refresh).
 func (f *Fleet) sweep(now time.Time) {
+	res := f.seenResolution()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
-			if seen := c.lastSeen(); f.clusterState(c, now) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > f.cfg.LastSeenResolution) {
+			if seen := c.lastSeen(); f.clusterState(c, now) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > res) {
 				f.dirtyClusters[c] = struct{}{}
 			}
 		}
@@ -197,8 +206,14 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		sum.NonReadyResources = examples
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindGitRepo, Namespace: r[0], Name: r[1]}, status: sum, field: "summary"})
 	}
+	n := 0
 	for c := range f.dirtyClusters {
-		c := c
+		// Bound a pass: the rest stay dirty for the next one, so bundle rollups never wait
+		// behind a flood of cluster writes.
+		if n++; n > maxClusterWrites {
+			break
+		}
+		delete(f.dirtyClusters, c)
 		state := f.clusterState(c, now)
 		counts, total := c.counts.asMap()
 		s := summary(counts, total)
@@ -226,7 +241,6 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st,
 			onDone: func() { c.state, c.storedSeen = state, seen }})
 	}
-	clear(f.dirtyClusters)
 	for ns := range f.dirtyGroups {
 		w := f.workspaces[ns]
 		if w == nil {
@@ -248,19 +262,34 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	clear(f.dirtyGroups)
 	f.mu.Unlock()
 
-	for _, pw := range writes {
-		if err := f.writeStatus(ctx, pw.key, pw.field, pw.status); err != nil {
-			if ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
-				f.log.Warn("writing status", "object", pw.key.String(), "err", err)
+	// Several writers at once, so the store's batching writer groups them into few
+	// transactions.
+	work := make(chan pendingWrite)
+	var wg sync.WaitGroup
+	for range min(statusWriters, len(writes)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for pw := range work {
+				if err := f.writeStatus(ctx, pw.key, pw.field, pw.status); err != nil {
+					if ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
+						f.log.Warn("writing status", "object", pw.key.String(), "err", err)
+					}
+					continue
+				}
+				if pw.onDone != nil {
+					f.mu.Lock()
+					pw.onDone()
+					f.mu.Unlock()
+				}
 			}
-			continue
-		}
-		if pw.onDone != nil {
-			f.mu.Lock()
-			pw.onDone()
-			f.mu.Unlock()
-		}
+		}()
 	}
+	for _, pw := range writes {
+		work <- pw
+	}
+	close(work)
+	wg.Wait()
 }
 
 // writeStatus replaces an object's status, or one field of it, if it differs.
