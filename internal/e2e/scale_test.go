@@ -26,6 +26,7 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/e2e"
+	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/postgres"
 	"flotilla.dev/internal/store/sqlite"
@@ -79,6 +80,8 @@ func scaleRun(t *testing.T, driver string, n int) {
 	var err error
 	open := func() {
 		cfg := sqlstore.DefaultConfig()
+		// Write as the server does, summaries included.
+		cfg.Summaries = map[string]store.Summarizer{api.KindCluster: fleet.SummarizeCluster}
 		if driver == "sqlite" {
 			st, err = sqlite.Open(ctx, dataDir, cfg)
 		} else {

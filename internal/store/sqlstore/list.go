@@ -82,7 +82,11 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 		}
 	}
 
-	q, args, post := s.listQuery(opts, tok.Rev)
+	driver, err := s.pickDriver(ctx, tx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)
+	}
+	q, args, post := s.listQuery(opts, tok.Rev, driver)
 	limit := opts.Limit
 	var current []row
 	after := tok.After
@@ -150,19 +154,14 @@ func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any,
 // first positive one drives the query (an index range over kind, key, value), the others are
 // correlated EXISTS probes. Requirements SQL cannot express (gt, lt) are returned to be
 // checked in Go. The query's first argument, prepended by the caller, is the id to start after.
-func (s *Store) listQuery(opts store.ListOptions, rev int64) (string, []any, labels.Selector) {
+func (s *Store) listQuery(opts store.ListOptions, rev int64, driver int) (string, []any, labels.Selector) {
 	var reqs []labels.Requirement
 	if opts.Selector != nil {
 		reqs, _ = opts.Selector.Requirements()
 	}
 	var post []labels.Requirement
-	driver := -1
-	for i, r := range reqs {
+	for _, r := range reqs {
 		switch r.Operator() {
-		case selection.Equals, selection.DoubleEquals, selection.In, selection.Exists:
-			if driver < 0 {
-				driver = i
-			}
 		case selection.GreaterThan, selection.LessThan:
 			post = append(post, r)
 		}
@@ -234,6 +233,63 @@ func (s *Store) listQuery(opts store.ListOptions, rev int64) (string, []any, lab
 		postSel = labels.NewSelector().Add(post...)
 	}
 	return b.String(), args, postSel
+}
+
+// driverProbe caps how many index entries pickDriver counts per requirement.
+const driverProbe = 20000
+
+func positive(r labels.Requirement) bool {
+	switch r.Operator() {
+	case selection.Equals, selection.DoubleEquals, selection.In, selection.Exists:
+		return true
+	}
+	return false
+}
+
+// pickDriver chooses which label requirement drives the query: the one matching the fewest
+// objects. Requirements come sorted by key, not by selectivity, so with more than one a
+// capped count of each one's index entries decides (env=prod may match a third of the fleet,
+// group=g1 a hundredth). It returns -1 when no requirement can drive.
+func (s *Store) pickDriver(ctx context.Context, tx *sql.Tx, opts store.ListOptions) (int, error) {
+	if opts.Selector == nil {
+		return -1, nil
+	}
+	reqs, _ := opts.Selector.Requirements()
+	var cands []int
+	for i, r := range reqs {
+		if positive(r) {
+			cands = append(cands, i)
+		}
+	}
+	switch len(cands) {
+	case 0:
+		return -1, nil
+	case 1:
+		return cands[0], nil
+	}
+	best, bestN := cands[0], int64(-1)
+	for _, i := range cands {
+		r := reqs[i]
+		q := `SELECT COUNT(*) FROM (SELECT 1 FROM labels WHERE kind = ? AND key = ?`
+		args := []any{opts.Kind, r.Key()}
+		if r.Operator() != selection.Exists {
+			vals := r.ValuesUnsorted()
+			q += ` AND value IN (` + placeholders(len(vals)) + `)`
+			for _, v := range vals {
+				args = append(args, v)
+			}
+		}
+		q += ` LIMIT ?) AS probe`
+		args = append(args, driverProbe)
+		var n int64
+		if err := tx.QueryRowContext(ctx, s.q(q), args...).Scan(&n); err != nil {
+			return -1, err
+		}
+		if bestN < 0 || n < bestN {
+			best, bestN = i, n
+		}
+	}
+	return best, nil
 }
 
 func placeholders(n int) string {

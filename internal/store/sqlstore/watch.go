@@ -76,24 +76,27 @@ func (h *hub) poll() {
 
 // pass hands out every event after the cursor.
 func (h *hub) pass() error {
+	// Read the revision before looking for watchers: when nobody listens the cursor jumps
+	// to it, and only events committed before a watcher registered may be skipped so (the
+	// watcher reads those itself). Reading it after the check would skip an event committed
+	// in between, which neither would deliver.
+	rev, err := h.s.Revision(context.Background())
+	if err != nil {
+		return err
+	}
 	h.mu.Lock()
 	n := len(h.watchers)
 	cursor := h.cursor
-	h.mu.Unlock()
 	if n == 0 {
-		// Nobody listens: move the cursor without reading rows. Every revision up to the
-		// stored one is committed, because writers commit in revision order.
-		rev, err := h.s.Revision(context.Background())
-		if err != nil {
-			return err
-		}
-		h.mu.Lock()
+		// Every revision up to the stored one is committed, because writers commit in
+		// revision order.
 		if rev > h.cursor {
 			h.cursor = rev
 		}
 		h.mu.Unlock()
 		return nil
 	}
+	h.mu.Unlock()
 	for {
 		evs, err := h.s.readEvents(context.Background(), cursor, 1000)
 		if err != nil {
