@@ -57,7 +57,7 @@ type Config struct {
 	// in a large fleet the stored lastSeen gets coarser instead (the model keeps the exact
 	// time, and a cluster going offline is written at once).
 	LastSeenWriteBudget float64
-	Logger             *slog.Logger
+	Logger              *slog.Logger
 	// Observe, if set, is told how long each status pass took.
 	Observe func(controller string, d time.Duration, err error)
 }
