@@ -1,0 +1,61 @@
+// Package deps checks in tests that a package does not link what the edge agent must not
+// carry. Imported only by tests.
+package deps
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Edge lists what nothing linked into flotilla-agent may import: the server's store, SQL
+// drivers and clients, git, and Helm's action and storage packages (their SQL release driver
+// links lib/pq, sqlx, gorp and sql-migrate; the agent writes Helm's release Secrets itself).
+var Edge = []string{
+	"flotilla.dev/internal/store",
+	"database/sql",
+	"modernc.org/sqlite",
+	"github.com/mattn/go-sqlite3",
+	"github.com/jackc/pgx",
+	"github.com/lib/pq",
+	"github.com/jmoiron/sqlx",
+	"github.com/go-gorp/gorp",
+	"github.com/rubenv/sql-migrate",
+	"github.com/go-git",
+	"helm.sh/helm/v3/pkg/action",
+	"helm.sh/helm/v3/pkg/storage",
+}
+
+// Forbid fails t for every package that pkg (a `go list` pattern, usually ".") depends on
+// and that is, or lies under, one of forbidden.
+func Forbid(t testing.TB, pkg string, forbidden ...string) {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command on PATH")
+	}
+	out, err := exec.Command(goTool, "list", "-deps", "-test=false", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", pkg, err)
+	}
+	self, err := exec.Command(goTool, "list", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list %s: %v", pkg, err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list -deps %s returned only %d packages", pkg, len(deps))
+	}
+	for _, d := range deps {
+		// Only interfaces (github.com/google/uuid implements them); database/sql itself, the
+		// SQL client, stays forbidden.
+		if d == "database/sql/driver" || d == strings.TrimSpace(string(self)) {
+			continue
+		}
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("%s depends on %s", pkg, d)
+			}
+		}
+	}
+}
