@@ -21,10 +21,11 @@ k8s-binaries:
 	hack/k8s-binaries.sh >/dev/null
 
 # The whole test suite: formatting and vet, the agent's cross-build, and every test
-# (real SQLite, PostgreSQL, Kubernetes API servers, git servers).
+# (real SQLite, PostgreSQL, Kubernetes API servers, git servers). One package at a time:
+# several start servers and simulated fleets, and two cores shared by them make timing flaky.
 test: vet k8s-binaries
 	@if ls cmd/flotilla-agent/*.go >/dev/null 2>&1; then GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/flotilla-agent && echo "flotilla-agent builds for linux/arm64"; fi
-	FLOTILLA_K8S_BIN=$$(hack/k8s-binaries.sh) $(GO) test -timeout 45m ./...
+	FLOTILLA_K8S_BIN=$$(hack/k8s-binaries.sh) $(GO) test -p 1 -timeout 45m ./...
 
 clean:
 	rm -rf bin
