@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,32 +26,7 @@ func TestModelMemory(t *testing.T) {
 		t.Skip("set FLOTILLA_MEM_CLUSTERS=N to measure the model's memory")
 	}
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, t.TempDir(), sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	now := time.Now().UTC()
-	inv := json.RawMessage(`{"kubernetesVersion":"v1.37.0+k3s1","nodeCount":1,"architectures":["arm64"],"architecture":"arm64","allocatableCPU":"4","allocatableMemory":"8Gi","agentVersion":"v0.1.0"}`)
-	done := make(chan struct{})
-	for w := range 64 {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for i := w; i < n; i += 64 {
-				name := fmt.Sprintf("c-%016x", i*7919)
-				st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
-					Metadata: api.ObjectMeta{Name: name, Namespace: "fleet-default", UID: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i), CreationTimestamp: &now,
-						Labels:      map[string]string{"env": []string{"prod", "dev"}[i%2], "region": []string{"eu", "us", "ap"}[i%3], "flotilla.dev/sim": "sim"},
-						Annotations: map[string]string{"flotilla.dev/registered-with": "token-abc"}},
-					Spec:   json.RawMessage(`{"clientID":"` + fmt.Sprintf("%036d", i) + `"}`),
-					Status: json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":` + string(inv) + `}`),
-				})
-			}
-		}()
-	}
-	for range 64 {
-		<-done
-	}
+	st := seedClusters(t, n)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -67,4 +43,40 @@ func TestModelMemory(t *testing.T) {
 		fh.Close()
 	}
 	runtime.KeepAlive(f)
+}
+
+// seedClusters returns a SQLite store, written as the server writes it (summaries
+// included), holding n Clusters shaped as registered agents make them.
+func seedClusters(t testing.TB, n int) *sqlite.Store {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, t.TempDir(), sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	now := time.Now().UTC()
+	inv := `{"kubernetesVersion":"v1.37.0+k3s1","nodeCount":1,"architectures":["arm64"],"architecture":"arm64","allocatableCPU":"4","allocatableMemory":"8Gi","agentVersion":"v0.1.0"}`
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 64 {
+				_, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+					Metadata: api.ObjectMeta{Name: fmt.Sprintf("c-%016x", i*7919), Namespace: "fleet-default", UID: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i), CreationTimestamp: &now,
+						Labels:      map[string]string{"env": []string{"prod", "dev"}[i%2], "region": []string{"eu", "us", "ap"}[i%3], "group": "g" + strconv.Itoa(i/10000)},
+						Annotations: map[string]string{"flotilla.dev/registered-with": "token-abc"}},
+					Spec:   json.RawMessage(`{"clientID":"` + fmt.Sprintf("%036d", i) + `"}`),
+					Status: json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":` + inv + `}`),
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return st
 }
