@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,8 +36,10 @@ import (
 // default all at once), FLOTILLA_SIM_LONG_POLL and FLOTILLA_SIM_LONG_POLL_FRACTION (how
 // long the clusters let the server hold a poll, as the agent's PollWait, default 30s; and
 // which fraction of them long-poll, default all; 0s for short polls only),
-// FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default 30s) and
-// FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON).
+// FLOTILLA_SIM_IDLE (how long the idle fleet is measured, default 30s),
+// FLOTILLA_SIM_JSON_DIR (where to write each run's report as JSON) and
+// FLOTILLA_SIM_PROFILE_DIR (where to write a CPU profile of the server while the fleet idles,
+// for `go tool pprof`).
 //
 // At 100k clusters and more, pass FLOTILLA_SIM_SERVER_ARGS="--log-level warn": the test
 // keeps the server's log in memory, one line per registration at the info level. The
@@ -171,9 +174,12 @@ func simBench(t *testing.T, driver string, n int) {
 	figure("one bundle change to all: reached every cluster in %v (half in %v, 90%% in %v, 99%% in %v), all reported Ready in %v, Bundle status counted all in %v (poll interval %v; %d requests, %v at the baseline rate)",
 		c.ReachAll, c.Reach.P50, c.Reach.P90, c.Reach.P99, c.ReportAll, c.ServerRollup, c.PollAfter, c.Requests, sim.Seconds(float64(c.Requests)/base.RequestsPerSec))
 
-	if rep.Idle, err = s.Idle(ctx, simEnvDuration(t, "FLOTILLA_SIM_IDLE", 30*time.Second)); err != nil {
+	idle := simEnvDuration(t, "FLOTILLA_SIM_IDLE", 30*time.Second)
+	profiled := profileServer(t, srv.URL, idle, driver, n)
+	if rep.Idle, err = s.Idle(ctx, idle); err != nil {
 		t.Fatal(err)
 	}
+	<-profiled
 	figure("idle fleet: %.0f polls/s, server CPU %.1f%% of one core (simulator %.1f%%)", rep.Idle.PollsPerSec, 100*rep.Idle.ServerCPU, 100*rep.Idle.SimCPU)
 
 	// The machine is shared: measure the baseline again right before the storm, so that
@@ -251,4 +257,39 @@ func simBench(t *testing.T, driver string, n int) {
 			t.Error(err)
 		}
 	}
+}
+
+// profileServer fetches a CPU profile of the server over the idle period into
+// FLOTILLA_SIM_PROFILE_DIR, when set; the channel closes when it is written.
+func profileServer(t *testing.T, url string, d time.Duration, driver string, n int) <-chan struct{} {
+	done := make(chan struct{})
+	dir := os.Getenv("FLOTILLA_SIM_PROFILE_DIR")
+	secs := int(d.Seconds())
+	if dir == "" || secs < 1 {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		hc := &http.Client{Timeout: d + time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, secs), nil)
+		req.Header.Set("Authorization", "Bearer "+simAdminToken)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Errorf("server CPU profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", resp.Status, data)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, fmt.Sprintf("idle-cpu-%s-%d.pprof", driver, n)), data, 0o644)
+		}
+		if err != nil {
+			t.Errorf("server CPU profile: %v", err)
+		}
+	}()
+	return done
 }

@@ -267,17 +267,30 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 		ch.gen = old.gen
 	}
 	ch.gen++
-	start := s.now()
-	out, _, err := s.admin.Apply(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
-		Metadata: api.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}, false)
+	obj := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+		Metadata: api.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
+	// The digest must be known before the change is made: a cluster polling while the
+	// apply is still in flight already receives it. A dry run has the server work it out.
+	dry, _, err := s.admin.Apply(ctx, obj, true)
+	if err != nil {
+		return nil, fmt.Errorf("applying bundle %s (dry run): %w", res.Bundle, err)
+	}
+	var planned api.BundleSpec
+	json.Unmarshal(dry.Spec, &planned)
+	ch.digest = planned.ContentHash
+	ch.start = s.now()
+	start := ch.start
+	s.change.Store(ch)
+	out, _, err := s.admin.Apply(ctx, obj, false)
 	if err != nil {
 		return nil, fmt.Errorf("applying bundle %s: %w", res.Bundle, err)
 	}
 	var applied api.BundleSpec
 	json.Unmarshal(out.Spec, &applied)
 	res.ContentHash = applied.ContentHash
-	ch.digest, ch.start = applied.ContentHash, start
-	s.change.Store(ch)
+	if applied.ContentHash != ch.digest {
+		return nil, fmt.Errorf("applying bundle %s: stored content %s differs from the dry run's %s", res.Bundle, applied.ContentHash, ch.digest)
+	}
 
 	err = s.waitFor(ctx, "the change to reach every targeted cluster and all of them to report", func() bool {
 		return ch.reached.Load() >= int64(res.Expect.Reach) && ch.done.Load() >= int64(res.Expect.Reach)

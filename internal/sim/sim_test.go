@@ -62,10 +62,7 @@ func TestRun(t *testing.T) {
 	cfg := sim.DefaultConfig()
 	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
 	cfg.Clusters, cfg.Labels = 300, ls
-	// Short polls only: with half the clusters long-polling this run intermittently stalls
-	// (held polls stop returning; seen about once in eight runs) — an open bug on the
-	// simulator's long-poll path. TestLongPoll covers long polls on their own.
-	cfg.LongPoll = 0
+	cfg.LongPoll, cfg.LongPollFraction = 30*time.Second, 0.5
 	cfg.Connections, cfg.Workers = 2, 16
 	cfg.FailFraction, cfg.OfflineFraction = 0.05, 0.05
 	cfg.ReportDelay, cfg.ReadyDelay = 20*time.Millisecond, 100*time.Millisecond
