@@ -171,8 +171,8 @@ func simBench(t *testing.T, driver string, n int) {
 		t.Fatal(err)
 	}
 	c := rep.Change
-	figure("one bundle change to all: reached every cluster in %v (half in %v, 90%% in %v, 99%% in %v), all reported Ready in %v, Bundle status counted all in %v (poll interval %v; %d requests, %v at the baseline rate)",
-		c.ReachAll, c.Reach.P50, c.Reach.P90, c.Reach.P99, c.ReportAll, c.ServerRollup, c.PollAfter, c.Requests, sim.Seconds(float64(c.Requests)/base.RequestsPerSec))
+	figure("one bundle change to all: reached every cluster in %v (half in %v, 90%% in %v, 99%% in %v), all reported Ready in %v, Bundle status counted all in %v, every Cluster's status written in %v (poll interval %v; %d requests, %v at the baseline rate)",
+		c.ReachAll, c.Reach.P50, c.Reach.P90, c.Reach.P99, c.ReportAll, c.ServerRollup, c.StatusSettled, c.PollAfter, c.Requests, sim.Seconds(float64(c.Requests)/base.RequestsPerSec))
 
 	idle := simEnvDuration(t, "FLOTILLA_SIM_IDLE", 30*time.Second)
 	profiled := profileServer(t, srv.URL, idle, driver, n)
@@ -259,8 +259,8 @@ func simBench(t *testing.T, driver string, n int) {
 	}
 }
 
-// profileServer fetches a CPU profile of the server over the idle period into
-// FLOTILLA_SIM_PROFILE_DIR, when set; the channel closes when it is written.
+// profileServer fetches a CPU profile of the server over the idle period, and then a heap
+// profile, into FLOTILLA_SIM_PROFILE_DIR when set; the channel closes when both are written.
 func profileServer(t *testing.T, url string, d time.Duration, driver string, n int) <-chan struct{} {
 	done := make(chan struct{})
 	dir := os.Getenv("FLOTILLA_SIM_PROFILE_DIR")
@@ -269,14 +269,13 @@ func profileServer(t *testing.T, url string, d time.Duration, driver string, n i
 		close(done)
 		return done
 	}
-	go func() {
-		defer close(done)
+	fetch := func(path, file string) {
 		hc := &http.Client{Timeout: d + time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, secs), nil)
+		req, _ := http.NewRequest(http.MethodGet, url+path, nil)
 		req.Header.Set("Authorization", "Bearer "+simAdminToken)
 		resp, err := hc.Do(req)
 		if err != nil {
-			t.Errorf("server CPU profile: %v", err)
+			t.Errorf("server profile %s: %v", path, err)
 			return
 		}
 		defer resp.Body.Close()
@@ -285,11 +284,16 @@ func profileServer(t *testing.T, url string, d time.Duration, driver string, n i
 			err = fmt.Errorf("%s: %s", resp.Status, data)
 		}
 		if err == nil {
-			err = os.WriteFile(filepath.Join(dir, fmt.Sprintf("idle-cpu-%s-%d.pprof", driver, n)), data, 0o644)
+			err = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s-%d.pprof", file, driver, n)), data, 0o644)
 		}
 		if err != nil {
-			t.Errorf("server CPU profile: %v", err)
+			t.Errorf("server profile %s: %v", path, err)
 		}
+	}
+	go func() {
+		defer close(done)
+		fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), "idle-cpu")
+		fetch("/debug/pprof/heap?gc=1", "heap")
 	}()
 	return done
 }

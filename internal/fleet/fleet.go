@@ -668,6 +668,13 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 	}
 	seq := rep.Seq
 	f.mu.Unlock()
+	if len(rows) == 0 && len(removed) == 0 {
+		// A heartbeat: its inventory, if new, reaches the store with the Cluster's status.
+		// Its sequence number need not be kept: sequence numbers only keep a resent report
+		// from undoing a later one, and this one changes nothing a resend could undo. At
+		// 1M clusters this saves a database write per heartbeat (1,700/s at 10 minutes).
+		return true, nil
+	}
 	// Acknowledge only what is committed, so a server restart loses no accepted report.
 	if err := f.st.PutStatus(ctx, uid, seq, rows, removed); err != nil {
 		return false, err

@@ -144,6 +144,9 @@ func (r *Report) WriteTable(w io.Writer) {
 			extra = fmt.Sprintf("; %d requests, %v at the baseline rate", c.Requests, c.BaselineTime)
 		}
 		fmt.Fprintf(tw, "  server rollup\t%v\tBundle status counts every cluster%s\n", c.ServerRollup, extra)
+		if c.StatusSettled > 0 {
+			fmt.Fprintf(tw, "  status settled\t%v\tevery Cluster's status written, the server's queues empty\n", c.StatusSettled)
+		}
 		if c.TimedOut {
 			fmt.Fprintf(tw, "  TIMED OUT\t\t\n")
 		}

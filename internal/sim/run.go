@@ -216,6 +216,9 @@ type ChangeResult struct {
 	ReachAll     Seconds `json:"reachAll"`
 	ReportAll    Seconds `json:"reportAll"`
 	ServerRollup Seconds `json:"serverRollup"`
+	// StatusSettled is until the server had no status writes left to make: every
+	// Cluster's status (state, bundle counts) brought up to date.
+	StatusSettled Seconds `json:"statusSettled,omitempty"`
 	// Reach and Report spread the clusters' times since the apply.
 	Reach  Latency `json:"reach"`
 	Report Latency `json:"report"`
@@ -318,8 +321,32 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 	res.Requests = s.st.polls.Load() + s.st.contents.Load() + s.st.reports.Load() - reqs0
 	if err != nil {
 		res.TimedOut = true
+		return res, err
 	}
-	return res, err
+	if err = s.waitSettled(ctx); err != nil {
+		res.TimedOut = true
+		return res, err
+	}
+	res.StatusSettled = seconds(time.Duration(s.now() - start))
+	return res, nil
+}
+
+// waitSettled waits until the server's controllers have no work queued (its
+// flotilla_controller_queue_depth), scraping once a second: a scrape counts the whole fleet.
+func (s *Sim) waitSettled(ctx context.Context) error {
+	var last time.Time
+	return s.waitFor(ctx, "the server's status writes to settle", func() bool {
+		if time.Since(last) < time.Second {
+			return false
+		}
+		last = time.Now()
+		m, err := s.Scrape(ctx)
+		if err != nil {
+			return false
+		}
+		q, ok := m.value("flotilla_controller_queue_depth", nil)
+		return ok && q == 0
+	})
 }
 
 // Mark starts counting clusters that poll successfully from now on (e.g. after a server
