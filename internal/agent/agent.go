@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -131,6 +132,9 @@ type agent struct {
 	// contentErrs are content digests the server could not give correctly: why, and when
 	// to ask again.
 	contentErrs map[string]*contentFailure
+
+	// pollAfter is the server's last poll-after, in nanoseconds.
+	pollAfter atomic.Int64
 
 	wakeReconcile chan struct{}
 	wakeReport    chan struct{}

@@ -59,7 +59,7 @@ type Config struct {
 	// readiness changes that no watch reports; 20s.
 	StatusInterval time.Duration
 	// HeartbeatInterval is how often a report carrying the inventory is sent even when
-	// nothing changed; 10m.
+	// nothing changed; 10m, or eight of the server's poll intervals when those are longer.
 	HeartbeatInterval time.Duration
 	// InventoryInterval is how often the inventory is refreshed; 10m.
 	InventoryInterval time.Duration

@@ -51,6 +51,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			offline = true
 		} else {
 			bo.reset()
+			a.pollAfter.Store(int64(after))
 			hold = min(after, a.cfg.PollWait)
 			if offline {
 				a.log.Info("reached the Flotilla server again")

@@ -9,11 +9,11 @@ import (
 
 // reportLoop sends queued status: soon after it changes (gathering changes that come within
 // ReportDelay into one report), and a heartbeat carrying the inventory every
-// HeartbeatInterval. While the server is unreachable it backs off, and tries again at once
+// heartbeatInterval. While the server is unreachable it backs off, and tries again at once
 // when the poller reaches the server.
 func (a *agent) reportLoop(ctx context.Context) error {
 	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
-	heartbeat := time.NewTicker(a.cfg.HeartbeatInterval)
+	heartbeat := time.NewTimer(a.heartbeatInterval())
 	defer heartbeat.Stop()
 	beat := false
 	for {
@@ -26,6 +26,7 @@ func (a *agent) reportLoop(ctx context.Context) error {
 			}
 		case <-heartbeat.C:
 			beat = true
+			heartbeat.Reset(a.heartbeatInterval())
 		case <-a.online:
 		}
 		for {
@@ -80,4 +81,15 @@ func (a *agent) reportLoop(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// heartbeatPolls is how many of the server's poll intervals a heartbeat interval lasts at
+// least. The server stretches poll intervals to keep a large fleet's requests within its
+// budget; heartbeats follow, so that 1M clusters do not send 1,700 a second. Liveness does
+// not depend on them: every poll counts as the cluster being seen.
+const heartbeatPolls = 8
+
+// heartbeatInterval is HeartbeatInterval, or heartbeatPolls poll intervals if longer.
+func (a *agent) heartbeatInterval() time.Duration {
+	return max(a.cfg.HeartbeatInterval, heartbeatPolls*time.Duration(a.pollAfter.Load()))
 }

@@ -708,7 +708,8 @@ func (s *Sim) report(ctx context.Context, i int, beat bool) error {
 	c.removed = nil
 	c.reportAt = 0
 	if beat {
-		c.nextBeat = now + int64(s.cfg.Heartbeat)
+		// As the agent: at least eight poll intervals apart (heartbeatPolls there).
+		c.nextBeat = now + max(int64(s.cfg.Heartbeat), 8*int64(c.pollAfterMs)*int64(time.Millisecond))
 	}
 	mu.Unlock()
 	return nil
