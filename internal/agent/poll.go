@@ -13,6 +13,10 @@ import (
 // maxPollAfter bounds how long a server may send the agent away for.
 const maxPollAfter = time.Hour
 
+// closeIdleAfter: when the next poll is further away than this, the agent closes its idle
+// connections instead of keeping them until then.
+const closeIdleAfter = time.Minute
+
 // pollLoop asks the server for the desired state, as often as the server says, and hands
 // every new state to the reconciler once its content is in the cache. While the server is
 // unreachable it backs off; the reconciler keeps working from the last state meanwhile.
@@ -53,6 +57,13 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			bo.reset()
 			a.pollAfter.Store(int64(after))
 			hold = min(after, a.cfg.PollWait)
+			if wait > closeIdleAfter {
+				// Told to come back in minutes (a large fleet): close the connection now
+				// rather than have the server keep it open meanwhile. A million agents
+				// each holding one for the transport's 90 s idle timeout would cost the
+				// server far more memory than a resumed TLS handshake per poll costs CPU.
+				a.client.CloseIdleConnections()
+			}
 			if offline {
 				a.log.Info("reached the Flotilla server again")
 				offline = false

@@ -131,7 +131,7 @@ func simBench(t *testing.T, driver string, n int) {
 		}
 	}
 	if cfg.LongPoll > 0 {
-		figure("%.0f%% of the clusters long-poll as the agent does, each poll held for the server's poll-after, at most %v", 100*cfg.LongPollFraction, cfg.LongPoll)
+		figure("%.1f%% of the clusters long-poll as the agent does, each poll held for the server's poll-after, at most %v", 100*cfg.LongPollFraction, cfg.LongPoll)
 	} else {
 		figure("short polls only")
 	}
@@ -195,6 +195,13 @@ func simBench(t *testing.T, driver string, n int) {
 	p := rep.PollStorm
 	figure("unchanged poll: %.0f/s (%.3f× the baseline rate), CPU per poll server %v + simulator %v (%.2f× the baseline's client+server %v)",
 		p.PerSec, p.RateRatio, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio, base2.CPUPerRequest)
+
+	if rep.ReconnectStorm, err = s.ReconnectStorm(ctx, 5*time.Second, base2); err != nil {
+		t.Fatal(err)
+	}
+	p = rep.ReconnectStorm
+	figure("unchanged poll on a new connection (resumed TLS session), as agents of a large fleet poll: %.0f/s, CPU per poll server %v + simulator %v (%.2f× the baseline's client+server on open connections)",
+		p.PerSec, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio)
 
 	rssEnd, heapEnd, _ := s.ServerMemoryNow(ctx)
 	rep.ServerMemory = sim.ServerMemory{Before: rssBefore, AfterRegistration: rssRegistered, End: rssEnd, GoHeap: heapEnd,

@@ -129,6 +129,16 @@ type Cluster struct {
 	counts     stateCounts      // effective state → n, over this cluster's deployments
 }
 
+// canonicalState returns the package's own copy of a known state name.
+func canonicalState(s string) string {
+	for _, c := range states {
+		if c == s {
+			return c
+		}
+	}
+	return s
+}
+
 // stateCounts counts deployments by state without a map per cluster.
 type stateCounts [7]int32
 
@@ -641,7 +651,13 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 			c.depsFor()[bname] = p
 		}
 		old := p.effective()
-		p.reportedID, p.state, p.message = d.ID, d.State, msg
+		// Share the strings every cluster has alike: a million clusters report the same
+		// deployment IDs and states.
+		id := d.ID
+		if id == p.desiredID {
+			id = p.desiredID
+		}
+		p.reportedID, p.state, p.message = id, canonicalState(d.State), msg
 		if b := w.bundles[bname]; b != nil {
 			f.recount(b, c, old, p.effective())
 		}

@@ -50,15 +50,17 @@ type Report struct {
 	// InitialSync is from the start until every cluster made its first poll.
 	InitialSync Seconds `json:"initialSync"`
 	// Held is from the start until nine in ten long-polling clusters held a poll.
-	Held         Seconds            `json:"held,omitempty"`
-	Change       *ChangeResult      `json:"change,omitempty"`
-	Idle         *IdleResult        `json:"idle,omitempty"`
-	PollStorm    *StormResult       `json:"pollStorm,omitempty"`
-	ServerMemory ServerMemory       `json:"serverMemory"`
-	Simulator    SimulatorResult    `json:"simulator"`
-	Calls        map[string]Latency `json:"calls"`
-	Errors       map[string]uint64  `json:"errors"`
-	Totals       Totals             `json:"totals"`
+	Held      Seconds       `json:"held,omitempty"`
+	Change    *ChangeResult `json:"change,omitempty"`
+	Idle      *IdleResult   `json:"idle,omitempty"`
+	PollStorm *StormResult  `json:"pollStorm,omitempty"`
+	// ReconnectStorm is the same with a new connection (a resumed TLS session) per poll.
+	ReconnectStorm *StormResult       `json:"reconnectStorm,omitempty"`
+	ServerMemory   ServerMemory       `json:"serverMemory"`
+	Simulator      SimulatorResult    `json:"simulator"`
+	Calls          map[string]Latency `json:"calls"`
+	Errors         map[string]uint64  `json:"errors"`
+	Totals         Totals             `json:"totals"`
 }
 
 // Registration is how fast the fleet registered.
@@ -154,12 +156,19 @@ func (r *Report) WriteTable(w io.Writer) {
 	if i := r.Idle; i != nil {
 		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
 	}
-	if p := r.PollStorm; p != nil {
+	for _, st := range []struct {
+		name string
+		p    *StormResult
+	}{{"unchanged poll", r.PollStorm}, {"  on a new conn.", r.ReconnectStorm}} {
+		p := st.p
+		if p == nil {
+			continue
+		}
 		extra := ""
 		if p.RateRatio > 0 {
 			extra = fmt.Sprintf(" (%s baseline rate; CPU %s baseline)", ratio(p.RateRatio), ratio(p.CPURatio))
 		}
-		fmt.Fprintf(tw, "unchanged poll\t%.0f/s%s\tCPU per poll: server %v + simulator %v; p50 %v, %d of %d unchanged\n", p.PerSec, extra, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.Latency.P50, p.Unchanged, p.Polls)
+		fmt.Fprintf(tw, "%s\t%.0f/s%s\tCPU per poll: server %v + simulator %v; p50 %v, %d of %d unchanged\n", st.name, p.PerSec, extra, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.Latency.P50, p.Unchanged, p.Polls)
 	}
 	m := r.ServerMemory
 	if m.End > 0 {

@@ -2,10 +2,12 @@ package sim
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
+	"flotilla.dev/client"
 )
 
 // Run measures the server with the simulated fleet, phase by phase: the bare-HTTPS
@@ -70,6 +73,9 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 	}
 	if s.cfg.PollStorm > 0 {
 		if rep.PollStorm, err = s.PollStorm(ctx, s.cfg.PollStorm, rep.Baseline); err != nil {
+			return s.finish(rep), err
+		}
+		if rep.ReconnectStorm, err = s.ReconnectStorm(ctx, s.cfg.PollStorm, rep.Baseline); err != nil {
 			return s.finish(rep), err
 		}
 	}
@@ -435,6 +441,17 @@ type StormResult struct {
 // PollStorm sends unchanged polls, each as one of the registered clusters at its current
 // revision, from every worker for d.
 func (s *Sim) PollStorm(ctx context.Context, d time.Duration, base *BaselineResult) (*StormResult, error) {
+	return s.storm(ctx, d, base, false)
+}
+
+// ReconnectStorm is PollStorm with every poll on a new connection, resuming an earlier TLS
+// session: how agents of a large fleet poll, since they close their connection while told to
+// stay away for minutes. Its ratio is to the baseline's requests on open connections.
+func (s *Sim) ReconnectStorm(ctx context.Context, d time.Duration, base *BaselineResult) (*StormResult, error) {
+	return s.storm(ctx, d, base, true)
+}
+
+func (s *Sim) storm(ctx context.Context, d time.Duration, base *BaselineResult, reconnect bool) (*StormResult, error) {
 	type target struct {
 		cred  string
 		since int64
@@ -455,7 +472,16 @@ func (s *Sim) PollStorm(ctx context.Context, d time.Duration, base *BaselineResu
 	if len(targets) == 0 {
 		return nil, errors.New("no cluster has polled yet")
 	}
-	s.logf("unchanged polls as fast as they go for %v", d)
+	var tc *tls.Config
+	if reconnect {
+		var err error
+		if tc, err = client.TLSConfig(s.cfg.CAData, s.cfg.CAChecksum, false); err != nil {
+			return nil, err
+		}
+		s.logf("unchanged polls, each on a new connection, as fast as they go for %v", d)
+	} else {
+		s.logf("unchanged polls as fast as they go for %v", d)
+	}
 	m0, err := s.Scrape(ctx)
 	if err != nil {
 		return nil, err
@@ -466,7 +492,17 @@ func (s *Sim) PollStorm(ctx context.Context, d time.Duration, base *BaselineResu
 	cpu0 := processCPU()
 	res := hammer(ctx, s.cfg.Workers, d, &lat, func(ctx context.Context, w int, n uint64) error {
 		t := targets[n%uint64(len(targets))]
-		ds, _, _, err := s.conns[w%len(s.conns)].WithToken(t.cred).Desired(ctx, t.since)
+		cl := s.conns[w%len(s.conns)]
+		if reconnect {
+			// The clone shares tc's session cache, as an agent's transport keeps its own.
+			tr := &http.Transport{TLSClientConfig: tc.Clone(), ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+			defer tr.CloseIdleConnections()
+			var err error
+			if cl, err = client.New(client.Config{Server: s.cfg.Server, Transport: tr}); err != nil {
+				return err
+			}
+		}
+		ds, _, _, err := cl.WithToken(t.cred).Desired(ctx, t.since)
 		if err == nil && ds == nil {
 			unchanged.Add(1)
 		}
