@@ -164,7 +164,7 @@ func simBench(t *testing.T, driver string, n int) {
 		t.Fatal(err)
 	}
 	if rep.Held > 0 {
-		figure("nine in ten clusters hold a long poll %v after the start", rep.Held)
+		figure("nine in ten long-polling clusters have made a long poll %v after the start", rep.Held)
 	}
 
 	if rep.Change, err = s.Change(ctx, "bench", ""); err != nil {

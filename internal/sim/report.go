@@ -49,7 +49,7 @@ type Report struct {
 	Registration *Registration   `json:"registration,omitempty"`
 	// InitialSync is from the start until every cluster made its first poll.
 	InitialSync Seconds `json:"initialSync"`
-	// Held is from the start until nine in ten long-polling clusters held a poll.
+	// Held is from the start until nine in ten long-polling clusters had made a long poll.
 	Held      Seconds       `json:"held,omitempty"`
 	Change    *ChangeResult `json:"change,omitempty"`
 	Idle      *IdleResult   `json:"idle,omitempty"`
@@ -134,7 +134,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(tw, "registration\t%d in %v\t%.0f clusters/s%s\n", g.Clusters, g.Duration, g.PerSec, extra)
 		fmt.Fprintf(tw, "first poll\tall in %v\tfrom the start\n", r.InitialSync)
 		if r.Held > 0 {
-			fmt.Fprintf(tw, "polls held\tafter %v\tnine in ten long-polling clusters hold a poll, from the start\n", r.Held)
+			fmt.Fprintf(tw, "polls held\tafter %v\tnine in ten long-polling clusters have made a long poll, from the start\n", r.Held)
 		}
 	}
 	if c := r.Change; c != nil {

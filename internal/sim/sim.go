@@ -69,6 +69,7 @@ const (
 	flagRegistered uint8 = 1 << iota
 	flagPolled
 	flagDead
+	flagHeld // has made a long poll
 )
 
 // deployment is one bundle as the simulated cluster runs it. Its strings are interned:
@@ -106,6 +107,8 @@ type stats struct {
 	polls, unchanged, contents, bytes atomic.Uint64
 	reports, errors                   atomic.Uint64
 	inflight, longPolls               atomic.Int64
+	// everHeld counts clusters that have made a long poll.
+	everHeld atomic.Int64
 	// pollAfter is the last poll interval the server gave, in nanoseconds.
 	pollAfter atomic.Int64
 	// firstReg and lastReg are when the first and last registration succeeded; lastPolled
@@ -500,6 +503,14 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 		cl = s.lpConns[i%len(s.lpConns)].WithToken(c.cred)
 		s.st.longPolls.Add(1)
 		defer s.st.longPolls.Add(-1)
+		mu := s.lock(i)
+		mu.Lock()
+		first := c.flags&flagHeld == 0
+		c.flags |= flagHeld
+		mu.Unlock()
+		if first {
+			s.st.everHeld.Add(1)
+		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout+wait)
 	defer cancel()
