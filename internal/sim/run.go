@@ -157,8 +157,9 @@ func (s *Sim) WaitPolled(ctx context.Context) (Seconds, error) {
 	return seconds(time.Duration(s.st.lastPolled.Load() - s.st.regStart.Load())), err
 }
 
-// WaitHeld waits until nine in ten long-polling clusters have made a long poll, as in a fleet that has
-// run for a while does (after registering, a cluster's second poll is the first held), and
+// WaitHeld waits until nine in ten long-polling clusters have made a long poll, as in a
+// fleet that has run for a while (after registering, a cluster's second poll is the first
+// held), and
 // returns how long after the start that was; 0 without long polls.
 func (s *Sim) WaitHeld(ctx context.Context) (Seconds, error) {
 	want := int64(0)
