@@ -56,7 +56,7 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 	f.DurationVar(&cfg.Fleet.PollInterval, "agent-poll-interval", 15*time.Second, "how often agents are told to poll for changes")
 	f.Float64Var(&cfg.Fleet.PollBudget, "agent-poll-budget", 2000, "polls per second the whole fleet may make; agents are told to come back later as the fleet grows")
 	f.IntVar(&cfg.Fleet.MaxWaiters, "max-held-polls", 5000, "agent polls held open at once, to tell those agents of a change at once (~20 KB each)")
-	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m)")
+	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m; never less than 3 of the intervals a large fleet's poll budget stretches them to)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

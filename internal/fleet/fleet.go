@@ -11,7 +11,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -122,11 +122,11 @@ type Cluster struct {
 	// lock, so it is atomic.
 	seen       atomic.Int64
 	storedSeen time.Time
-	inventory  json.RawMessage
+	inventory  string // JSON; interned, since most clusters of a fleet report alike
 	state      string // last written cluster state
 	tmplHash   string
-	deps       map[string]*pair // bundle name → pair; nil until the cluster has one
-	counts     stateCounts      // effective state → n, over this cluster's deployments
+	deps       deps        // one pair per bundle that targets the cluster or that it reported
+	counts     stateCounts // effective state → n, over this cluster's deployments
 }
 
 // canonicalState returns the package's own copy of a known state name.
@@ -176,17 +176,43 @@ func (s *stateCounts) asMap() (map[string]int, int) {
 	return m, total
 }
 
-// depsFor returns c's pairs, made on first use.
-func (c *Cluster) depsFor() map[string]*pair {
-	if c.deps == nil {
-		c.deps = map[string]*pair{}
+// deps are a cluster's pairs. A slice rather than a map by bundle name: a cluster has few,
+// and a Go map holding one costs ~250 bytes, a quarter of the model's memory per cluster.
+type deps []*pair
+
+// get returns the pair of bundle, or nil.
+func (d deps) get(bundle string) *pair {
+	for _, p := range d {
+		if p.bundle == bundle {
+			return p
+		}
 	}
-	return c.deps
+	return nil
+}
+
+// addDep adds the pair of a bundle c has none for yet.
+func (c *Cluster) addDep(bundle string, p *pair) {
+	p.bundle = bundle
+	c.deps = append(c.deps, p)
+}
+
+// delDep removes bundle's pair.
+func (c *Cluster) delDep(bundle string) {
+	for i, p := range c.deps {
+		if p.bundle == bundle {
+			c.deps = slices.Delete(c.deps, i, i+1)
+			if len(c.deps) == 0 {
+				c.deps = nil
+			}
+			return
+		}
+	}
 }
 
 // pair is one (cluster, bundle): which target matched (-1: none), what was reported, and,
 // while a rollout holds the cluster back, the older deployment it keeps running.
 type pair struct {
+	bundle     string // the bundle's name, shared with its entry
 	target     int
 	desiredID  string
 	reportedID string
@@ -397,13 +423,13 @@ func (f *Fleet) match(w *workspace, b *bundleEntry, c *Cluster) (int, string) {
 // whether the cluster's desired state changed. With prev set (a staged rollout of a new
 // version of b), a cluster that ran the previous version keeps it until the rollout admits it.
 func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev *bundleEntry) bool {
-	p := c.deps[b.name]
+	p := c.deps.get(b.name)
 	if p == nil {
 		if target < 0 {
 			return false
 		}
 		p = &pair{target: -1}
-		c.depsFor()[b.name] = p
+		c.addDep(b.name, p)
 	}
 	if p.target == target && p.desiredID == id {
 		return false
@@ -423,7 +449,7 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 	p.target, p.desiredID = target, id
 	f.recount(b, c, old, p.effective())
 	if target < 0 && p.reportedID == "" {
-		delete(c.deps, b.name)
+		c.delDep(b.name)
 	}
 	return true
 }
@@ -499,15 +525,15 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 	ds := &api.DesiredState{Revision: c.desiredRev, ClusterName: c.Name, ClusterNamespace: c.Namespace,
 		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values, Deployments: []api.DeploymentSpec{}}
 	names := make([]string, 0, len(c.deps))
-	for n, p := range c.deps {
+	for _, p := range c.deps {
 		if p.target >= 0 {
-			names = append(names, n)
+			names = append(names, p.bundle)
 		}
 	}
 	sort.Strings(names)
 	for _, n := range names {
 		b := w.bundles[n]
-		p := c.deps[n]
+		p := c.deps.get(n)
 		var d api.DeploymentSpec
 		switch {
 		case p.held != nil:
@@ -533,7 +559,8 @@ func (f *Fleet) References(ns, name, uid, digest string) bool {
 	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
 		return false
 	}
-	for n, p := range w.clusters[name].deps {
+	for _, p := range w.clusters[name].deps {
+		n := p.bundle
 		if p.target >= 0 && w.bundles[n] != nil && w.bundles[n].spec.ContentHash == digest {
 			return true
 		}
@@ -628,8 +655,8 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 	}
 	c.seq = rep.Seq
 	if rep.Inventory != nil {
-		if inv, _ := json.Marshal(rep.Inventory); !bytes.Equal(inv, c.inventory) {
-			c.inventory = inv
+		if inv, _ := json.Marshal(rep.Inventory); string(inv) != c.inventory {
+			c.inventory = internJSON(inv)
 			f.dirtyClusters[c] = struct{}{}
 		}
 	}
@@ -645,10 +672,10 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		}
 		msg := truncate(d.Message, 1024)
 		rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: msg})
-		p := c.deps[bname]
+		p := c.deps.get(bname)
 		if p == nil {
 			p = &pair{target: -1}
-			c.depsFor()[bname] = p
+			c.addDep(bname, p)
 		}
 		old := p.effective()
 		// Share the strings every cluster has alike: a million clusters report the same
@@ -671,14 +698,14 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 			continue
 		}
 		removed = append(removed, key)
-		if p := c.deps[bname]; p != nil {
+		if p := c.deps.get(bname); p != nil {
 			old := p.effective()
 			p.reportedID, p.state, p.message = "", "", ""
 			if b := w.bundles[bname]; b != nil {
 				f.recount(b, c, old, p.effective())
 			}
 			if p.target < 0 {
-				delete(c.deps, bname)
+				c.delDep(bname)
 			}
 		}
 	}

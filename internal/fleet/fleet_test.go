@@ -48,7 +48,7 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 			Status:   json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":{"nodeCount":3}}`)},
 			&Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true, Values: map[string]any{"replicas": float64(3)},
 				Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"},
-				state: "Ready", storedSeen: seen, inventory: json.RawMessage(`{"nodeCount":3}`)}},
+				state: "Ready", storedSeen: seen, inventory: `{"nodeCount":3}`}},
 	} {
 		got, err := decodeCluster(SummarizeCluster(tc.obj))
 		if err != nil {
@@ -82,5 +82,26 @@ func TestSeenResolution(t *testing.T) {
 		if got := f.seenResolution(); got != tc.want {
 			t.Errorf("%d clusters: resolution %v, want %v", tc.clusters, got, tc.want)
 		}
+	}
+}
+
+// Clusters of a large fleet poll rarely (the poll budget stretches the interval); they must
+// not count as Offline between two polls.
+func TestOfflineAfterFollowsPollInterval(t *testing.T) {
+	f := New(nil, Config{PollInterval: 15 * time.Second, PollBudget: 2000, OfflineAfter: 2 * time.Minute})
+	now := time.Now()
+	c := &Cluster{}
+	c.seen.Store(now.Add(-5 * time.Minute).UnixNano())
+	f.clusters.Store(1000)
+	if got := f.clusterState(c, now); got != "Offline" {
+		t.Errorf("1,000 clusters, unseen for 5m: %s, want Offline", got)
+	}
+	f.clusters.Store(1000000) // interval 500 s
+	if got := f.clusterState(c, now); got != api.StateReady {
+		t.Errorf("1M clusters polling every 500 s, unseen for 5m: %s, want Ready", got)
+	}
+	c.seen.Store(now.Add(-26 * time.Minute).UnixNano())
+	if got := f.clusterState(c, now); got != "Offline" {
+		t.Errorf("1M clusters, unseen for 26m: %s, want Offline", got)
 	}
 }

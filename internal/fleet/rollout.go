@@ -66,7 +66,7 @@ func (f *Fleet) partitions(w *workspace, b *bundleEntry) []*partition {
 	rs := b.spec.RolloutStrategy
 	var targeted []*Cluster
 	for _, c := range w.clusters {
-		if p := c.deps[b.name]; p != nil && p.target >= 0 {
+		if p := c.deps.get(b.name); p != nil && p.target >= 0 {
 			targeted = append(targeted, c)
 		}
 	}
@@ -162,7 +162,7 @@ func (f *Fleet) rollout(w *workspace, b *bundleEntry) {
 	for _, p := range parts {
 		total += len(p.clusters)
 		for _, c := range p.clusters {
-			if !c.deps[b.name].available() {
+			if !c.deps.get(b.name).available() {
 				unavailable++
 			}
 		}
@@ -180,7 +180,7 @@ func (f *Fleet) rollout(w *workspace, b *bundleEntry) {
 	for _, p := range parts {
 		ps := api.PartitionStatus{Name: p.name, Count: len(p.clusters), MaxUnavailable: p.maxUnavailable}
 		for _, c := range p.clusters {
-			pr := c.deps[b.name]
+			pr := c.deps.get(b.name)
 			if pr.held != nil && !stop && unavailable < maxUnavailable {
 				old := pr.effective()
 				wasAvailable := pr.available()
@@ -206,7 +206,7 @@ func (f *Fleet) rollout(w *workspace, b *bundleEntry) {
 		}
 		partHeld := false
 		for _, c := range p.clusters {
-			if c.deps[b.name].held != nil {
+			if c.deps.get(b.name).held != nil {
 				partHeld = true
 				break
 			}
@@ -236,7 +236,7 @@ func countHeldAfter(parts []*partition, after *partition, b *bundleEntry) int {
 	for _, p := range parts {
 		if seen {
 			for _, c := range p.clusters {
-				if c.deps[b.name].held != nil {
+				if c.deps.get(b.name).held != nil {
 					n++
 				}
 			}
@@ -251,7 +251,7 @@ func countHeldAfter(parts []*partition, after *partition, b *bundleEntry) int {
 func stallMessage(b *bundleEntry, p *partition, ps api.PartitionStatus, n, allowed int) string {
 	var bad []string
 	for _, c := range p.clusters {
-		pr := c.deps[b.name]
+		pr := c.deps.get(b.name)
 		if !pr.available() {
 			s := c.Name + " (" + pr.effective()
 			if pr.message != "" {
@@ -290,7 +290,7 @@ func (f *Fleet) blocked(w *workspace, b *bundleEntry, c *Cluster) string {
 			}
 		}
 		for _, n := range names {
-			p := c.deps[n]
+			p := c.deps.get(n)
 			if p == nil || !slices.Contains(accepted, p.effective()) {
 				return "waiting for dependency " + n
 			}
@@ -305,7 +305,7 @@ func (f *Fleet) dependents(w *workspace, c *Cluster, name string) {
 		if len(b.spec.DependsOn) == 0 {
 			continue
 		}
-		if p := c.deps[b.name]; p == nil || p.target < 0 || p.reportedID != "" {
+		if p := c.deps.get(b.name); p == nil || p.target < 0 || p.reportedID != "" {
 			continue
 		}
 		for _, dep := range b.spec.DependsOn {

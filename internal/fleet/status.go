@@ -94,11 +94,18 @@ func (f *Fleet) sweep(now time.Time) {
 	}
 }
 
+// offlineAfter is how long a cluster may go unseen before it is Offline: OfflineAfter, or
+// three poll intervals when the poll budget has stretched them further (at 1M clusters
+// agents poll every ~500 s; they must not count as Offline between two polls).
+func (f *Fleet) offlineAfter() time.Duration {
+	return max(f.cfg.OfflineAfter, 3*f.Interval())
+}
+
 func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
 	switch {
 	case c.seen.Load() == 0:
 		return "Pending"
-	case now.Sub(c.lastSeen()) > f.cfg.OfflineAfter:
+	case now.Sub(c.lastSeen()) > f.offlineAfter():
 		return "Offline"
 	}
 	if c.counts.notReady() {
@@ -144,7 +151,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		s := summary(b.counts, b.desired)
 		var examples []api.NonReadyResource
 		for c := range b.notReady {
-			p := c.deps[b.name]
+			p := c.deps.get(b.name)
 			if p == nil {
 				continue
 			}
@@ -196,7 +203,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 				if len(examples) >= maxNonReady {
 					break
 				}
-				if p := c.deps[b.name]; p != nil {
+				if p := c.deps.get(b.name); p != nil {
 					examples = append(examples, api.NonReadyResource{Name: b.name + "/" + c.Name, State: p.effective(), Message: p.message})
 				}
 			}
@@ -218,20 +225,20 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		counts, total := c.counts.asMap()
 		s := summary(counts, total)
 		var names []string
-		for n, p := range c.deps {
+		for _, p := range c.deps {
 			if e := p.effective(); e != "" && e != api.StateReady {
-				names = append(names, n)
+				names = append(names, p.bundle)
 			}
 		}
 		sort.Strings(names)
 		for _, n := range names[:min(len(names), maxNonReady)] {
-			p := c.deps[n]
+			p := c.deps.get(n)
 			s.NonReadyResources = append(s.NonReadyResources, api.NonReadyResource{Name: n, State: p.effective(), Message: p.message})
 		}
 		st := api.ClusterStatus{State: state, Summary: s}
 		if len(c.inventory) > 0 {
 			st.Inventory = &api.ClusterInventory{}
-			json.Unmarshal(c.inventory, st.Inventory)
+			json.Unmarshal([]byte(c.inventory), st.Inventory)
 		}
 		seen := c.lastSeen()
 		if !seen.IsZero() {

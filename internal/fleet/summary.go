@@ -189,7 +189,7 @@ func decodeCluster(b []byte) (*Cluster, error) {
 		c.storedSeen = time.Unix(0, seen)
 	}
 	if inv := r.bytes(); len(inv) > 0 {
-		c.inventory = json.RawMessage(append([]byte(nil), inv...))
+		c.inventory = internJSON(inv)
 	}
 	c.Labels = r.strMap(true)
 	c.Annotations = r.strMap(false)

@@ -124,7 +124,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		if c == nil || !ok {
 			return nil
 		}
-		c.depsFor()[bname] = &pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}
+		c.addDep(bname, &pair{target: -1, reportedID: internBytes([]byte(r.ID)), state: canonicalState(r.State), message: r.Message})
 		return nil
 	}); err != nil {
 		return 0, err
@@ -160,6 +160,14 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 // few keys and values. Only the loader and the watch goroutines (under the model's lock)
 // use the table.
 var internTable = map[string]string{}
+
+// internJSON returns the canonical copy of a JSON document as a string ("" for none).
+func internJSON(b []byte) string {
+	if len(b) == 0 || string(b) == "null" {
+		return ""
+	}
+	return internBytes(b)
+}
 
 func internBytes(b []byte) string {
 	if s, ok := internTable[string(b)]; ok {
@@ -285,9 +293,9 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		if c == nil || c.UID != obj.Metadata.UID {
 			return
 		}
-		for bn := range c.deps {
-			if b := w.bundles[bn]; b != nil {
-				f.recount(b, c, c.deps[bn].effective(), "")
+		for _, p := range c.deps {
+			if b := w.bundles[p.bundle]; b != nil {
+				f.recount(b, c, p.effective(), "")
 			}
 		}
 		delete(w.clusters, name)
@@ -316,7 +324,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 			Inventory json.RawMessage `json:"inventory"`
 		}
 		json.Unmarshal(obj.Status, &st)
-		c.inventory = st.Inventory
+		c.inventory = internJSON(st.Inventory)
 		c.state = st.State
 		f.dirtyClusters[c] = struct{}{}
 	} else if maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
