@@ -93,12 +93,18 @@ func TestOfflineAfterFollowsPollInterval(t *testing.T) {
 	c := &Cluster{}
 	c.seen.Store(now.Add(-5 * time.Minute).UnixNano())
 	f.clusters.Store(1000)
+	if got := f.sweepInterval(); got != 12*time.Second {
+		t.Errorf("1,000 clusters: sweep every %v, want 12s (a tenth of 2m)", got)
+	}
 	if got := f.clusterState(c, now); got != "Offline" {
 		t.Errorf("1,000 clusters, unseen for 5m: %s, want Offline", got)
 	}
 	f.clusters.Store(1000000) // interval 500 s
 	if got := f.clusterState(c, now); got != api.StateReady {
 		t.Errorf("1M clusters polling every 500 s, unseen for 5m: %s, want Ready", got)
+	}
+	if got := f.sweepInterval(); got != 2*time.Minute {
+		t.Errorf("1M clusters: sweep every %v, want 2m (a tenth of 25m, at most 2m)", got)
 	}
 	c.seen.Store(now.Add(-26 * time.Minute).UnixNano())
 	if got := f.clusterState(c, now); got != "Offline" {

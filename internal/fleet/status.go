@@ -40,7 +40,7 @@ func (f *Fleet) writeStatusLoop(ctx context.Context) {
 			return // a reload starts a new loop
 		}
 		now := time.Now()
-		if now.Sub(lastSweep) > 5*time.Second {
+		if now.Sub(lastSweep) > f.sweepInterval() {
 			f.sweep(now)
 			lastSweep = now
 		}
@@ -77,6 +77,13 @@ func (f *Fleet) Stats() (clusters, bundles, deployments map[string]int, queue in
 		}
 	}
 	return clusters, bundles, deployments, len(f.dirtyBundles) + len(f.dirtyClusters) + len(f.dirtyGroups)
+}
+
+// sweepInterval is how often sweep runs: a tenth of the time after which a silent cluster
+// is Offline, between 5 s and 2 min. A sweep visits every cluster under the model's write
+// lock (~0.3 s at 1M clusters); every 5 s it took 15% of an idle 1M fleet's server CPU.
+func (f *Fleet) sweepInterval() time.Duration {
+	return min(max(f.offlineAfter()/10, 5*time.Second), 2*time.Minute)
 }
 
 // sweep marks clusters whose state changed with time alone (gone offline, or due a lastSeen
