@@ -214,13 +214,22 @@ func simBench(t *testing.T, driver string, n int) {
 	srv.Kill()
 	s.Mark()
 	start := time.Now()
-	srv = e2e.StartServer(t, opts)
+	// At the info level the restarted server logs how long opening the store and loading
+	// the fleet model took (it registers nobody, so its log stays short).
+	restart := opts
+	restart.Args = append(slices.Clip(opts.Args), "--log-level", "info")
+	srv = e2e.StartServer(t, restart)
 	ready := time.Since(start)
 	back, err := s.WaitMarked(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	figure("restart after kill -9: process start to /readyz %v; every cluster's poll answered again after %v", ready.Round(time.Millisecond), back)
+	for _, line := range strings.Split(srv.Stderr()+srv.Stdout(), "\n") {
+		if strings.Contains(line, "store open") || strings.Contains(line, "fleet model loaded") {
+			figure("restart: %s", strings.TrimSpace(line))
+		}
+	}
 	if rss, heap, err := s.ServerMemoryNow(ctx); err == nil {
 		figure("server RSS after the restart (state loaded from the store): %.1f MB, %.0f bytes per cluster; Go heap in use %.1f MB, %.0f bytes per cluster",
 			rss/(1<<20), rss/float64(n), heap/(1<<20), heap/float64(n))
