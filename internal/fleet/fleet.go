@@ -129,12 +129,20 @@ type Cluster struct {
 	counts     stateCounts // effective state → n, over this cluster's deployments
 }
 
+// stateIndex is the index of a known state in states, or -1.
+func stateIndex(s string) int {
+	for i, st := range states {
+		if st == s {
+			return i
+		}
+	}
+	return -1
+}
+
 // canonicalState returns the package's own copy of a known state name.
 func canonicalState(s string) string {
-	for _, c := range states {
-		if c == s {
-			return c
-		}
+	if i := stateIndex(s); i >= 0 {
+		return states[i]
 	}
 	return s
 }
@@ -145,11 +153,8 @@ type stateCounts [7]int32
 var states = [...]string{api.StateReady, api.StateNotReady, api.StateModified, api.StateWaitApplied, api.StateErrApplied, api.StateOutOfSync, api.StatePending}
 
 func (s *stateCounts) add(state string, d int32) {
-	for i, st := range states {
-		if st == state {
-			s[i] += d
-			return
-		}
+	if i := stateIndex(state); i >= 0 {
+		s[i] += d
 	}
 }
 

@@ -124,7 +124,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		if c == nil || !ok {
 			return nil
 		}
-		c.addDep(bname, &pair{target: -1, reportedID: internBytes([]byte(r.ID)), state: canonicalState(r.State), message: r.Message})
+		c.addDep(bname, &pair{target: -1, reportedID: internString(r.ID), state: canonicalState(r.State), message: r.Message})
 		return nil
 	}); err != nil {
 		return 0, err
@@ -173,7 +173,14 @@ func internBytes(b []byte) string {
 	if s, ok := internTable[string(b)]; ok {
 		return s
 	}
-	s := string(b)
+	return internString(string(b))
+}
+
+// internString is internBytes for a string the caller already has, without copying it.
+func internString(s string) string {
+	if c, ok := internTable[s]; ok {
+		return c
+	}
 	if len(internTable) < 1<<20 {
 		internTable[s] = s
 	}

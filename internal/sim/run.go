@@ -281,27 +281,32 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 	ch.gen++
 	obj := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
 		Metadata: api.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
+	// apply returns the Bundle as the server took it, and the digest of its content.
+	apply := func(dryRun bool) (*api.Object, string, error) {
+		out, _, err := s.admin.Apply(ctx, obj, dryRun)
+		if err != nil {
+			return nil, "", fmt.Errorf("applying bundle %s (dry run: %v): %w", res.Bundle, dryRun, err)
+		}
+		var applied api.BundleSpec
+		json.Unmarshal(out.Spec, &applied)
+		return out, applied.ContentHash, nil
+	}
 	// The digest must be known before the change is made: a cluster polling while the
 	// apply is still in flight already receives it. A dry run has the server work it out.
-	dry, _, err := s.admin.Apply(ctx, obj, true)
+	_, digest, err := apply(true)
 	if err != nil {
-		return nil, fmt.Errorf("applying bundle %s (dry run): %w", res.Bundle, err)
+		return nil, err
 	}
-	var planned api.BundleSpec
-	json.Unmarshal(dry.Spec, &planned)
-	ch.digest = planned.ContentHash
-	ch.start = s.now()
+	ch.digest, ch.start = digest, s.now()
 	start := ch.start
 	s.change.Store(ch)
-	out, _, err := s.admin.Apply(ctx, obj, false)
+	out, digest, err := apply(false)
 	if err != nil {
-		return nil, fmt.Errorf("applying bundle %s: %w", res.Bundle, err)
+		return nil, err
 	}
-	var applied api.BundleSpec
-	json.Unmarshal(out.Spec, &applied)
-	res.ContentHash = applied.ContentHash
-	if applied.ContentHash != ch.digest {
-		return nil, fmt.Errorf("applying bundle %s: stored content %s differs from the dry run's %s", res.Bundle, applied.ContentHash, ch.digest)
+	res.ContentHash = digest
+	if digest != ch.digest {
+		return nil, fmt.Errorf("applying bundle %s: stored content %s differs from the dry run's %s", res.Bundle, digest, ch.digest)
 	}
 
 	err = s.waitFor(ctx, "the change to reach every targeted cluster and all of them to report", func() bool {
