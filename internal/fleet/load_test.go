@@ -2,10 +2,15 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
 )
 
 // BenchmarkLoad times loading the fleet model from a store of FLOTILLA_LOAD_CLUSTERS
@@ -27,5 +32,67 @@ func BenchmarkLoad(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(time.Since(start).Microseconds())/float64(n), "µs/cluster")
+	}
+}
+
+// A load restores what agents reported (read alongside the clusters) and keeps one copy of
+// what clusters share.
+func TestLoadRestoresReports(t *testing.T) {
+	ctx := context.Background()
+	const n = 300
+	st := seedClusters(t, n)
+	uid := func(i int) string { return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i) }
+	for i := range n {
+		if i%3 == 0 {
+			continue
+		}
+		rows := []store.DeploymentStatus{{Bundle: "fleet-default/gone", ID: "id-1", State: api.StateReady}}
+		if i%3 == 2 {
+			rows = append(rows, store.DeploymentStatus{Bundle: "fleet-default/other", ID: "id-2", State: "ErrApplied", Message: "boom " + strconv.Itoa(i)})
+		}
+		if err := st.PutStatus(ctx, uid(i), int64(i+1), rows, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Rows of a cluster that no longer exists are ignored.
+	if err := st.PutStatus(ctx, "no-such-cluster", 9, []store.DeploymentStatus{{Bundle: "fleet-default/gone", ID: "x", State: api.StateReady}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f := New(st, Config{})
+	if _, err := f.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.byUID) != n || len(f.workspaces["fleet-default"].clusters) != n {
+		t.Fatalf("loaded %d clusters (%d in fleet-default), want %d", len(f.byUID), len(f.workspaces["fleet-default"].clusters), n)
+	}
+	labelMaps := map[uintptr]bool{}
+	for i := range n {
+		c := f.byUID[uid(i)]
+		if c == nil || c.Name != fmt.Sprintf("c-%016x", i*7919) || c.ClientID != fmt.Sprintf("%036d", i) || f.workspaces["fleet-default"].clusters[c.Name] != c {
+			t.Fatalf("cluster %d: %+v", i, c)
+		}
+		labelMaps[reflect.ValueOf(c.Labels).Pointer()] = true
+		wantSeq, wantDeps := int64(i+1), 1+i%3/2
+		if i%3 == 0 {
+			wantSeq, wantDeps = 0, 0
+		}
+		if c.seq != wantSeq || len(c.deps) != wantDeps {
+			t.Fatalf("cluster %d: seq %d and %d pairs, want %d and %d", i, c.seq, len(c.deps), wantSeq, wantDeps)
+		}
+		if wantDeps == 0 {
+			continue
+		}
+		if p := c.deps.get("gone"); p == nil || p.reportedID != "id-1" || p.state != api.StateReady || p.target != -1 {
+			t.Fatalf("cluster %d: pair of gone: %+v", i, p)
+		}
+		if wantDeps == 2 {
+			if p := c.deps.get("other"); p == nil || p.state != "ErrApplied" || p.message != "boom "+strconv.Itoa(i) {
+				t.Fatalf("cluster %d: pair of other: %+v", i, p)
+			}
+		}
+	}
+	// seedClusters gives 2 × 3 × 1 label combinations.
+	if len(labelMaps) != 6 {
+		t.Errorf("%d distinct label maps for 6 distinct label sets", len(labelMaps))
 	}
 }

@@ -143,23 +143,40 @@ func (r *reader) strMap(intern bool) map[string]string {
 	if r.err != nil || n == 0 || n > uint64(len(r.b)) {
 		return nil
 	}
+	// Equal maps have equal bytes (appendMap sorts): most clusters share one copy, so look
+	// for it before building another.
+	body := r.b
+	for range 2 * n {
+		r.bytes()
+	}
+	if r.err != nil {
+		return nil
+	}
+	raw := start[:len(start)-len(r.b)]
+	if s, ok := sharedMaps[string(raw)]; ok {
+		return s
+	}
+	rest := r.b
+	r.b = body
 	m := make(map[string]string, n)
 	for range n {
 		k := r.str(intern)
 		m[k] = r.str(intern)
 	}
-	if r.err != nil {
-		return nil
-	}
-	// Equal maps have equal bytes (appendMap sorts): share one copy.
-	raw := start[:len(start)-len(r.b)]
-	if s, ok := sharedMaps[string(raw)]; ok {
-		return s
-	}
+	r.b = rest
 	if len(sharedMaps) < maxSharedMaps {
 		sharedMaps[string(raw)] = m
 	}
 	return m
+}
+
+// setIDs sets the cluster's name, UID and client ID as parts of one string: they are kept
+// for the cluster's lifetime, and at a million clusters one object instead of three is
+// less for the collector to mark.
+func (c *Cluster) setIDs(name, uid, clientID string) {
+	all := name + uid + clientID
+	c.Name, all = all[:len(name)], all[len(name):]
+	c.UID, c.ClientID = all[:len(uid)], all[len(uid):]
 }
 
 // decodeCluster reads a summary into a new Cluster.
@@ -170,9 +187,18 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	r := &reader{b: b[1:]}
 	c := &Cluster{}
 	c.Namespace = r.str(true)
-	c.Name = r.str(false)
-	c.UID = r.str(false)
-	c.ClientID = r.str(false)
+	// Name, UID and client ID are adjacent: keep them in one allocation (see setIDs).
+	start := r.b
+	name, uid, clientID := r.bytes(), r.bytes(), r.bytes()
+	if r.err != nil {
+		return nil, r.err
+	}
+	span := string(start[:len(start)-len(r.b)])
+	sub := func(v []byte) string {
+		o := cap(start) - cap(v)
+		return span[o : o+len(v)]
+	}
+	c.Name, c.UID, c.ClientID = sub(name), sub(uid), sub(clientID)
 	if len(r.b) == 0 {
 		return nil, errSummary
 	}

@@ -72,23 +72,74 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	defer f.mu.Unlock()
 	f.workspaces = map[string]*workspace{}
 	f.byUID = map[string]*Cluster{}
+	// Deployment statuses and report sequences are read on a second connection while the
+	// clusters are: at a million clusters each scan takes seconds, and readers of either
+	// store do not block each other. The rows are joined to their clusters afterwards.
+	type statusRow struct {
+		uid, bundle string
+		p           *pair
+	}
+	type seqRow struct {
+		uid string
+		seq int64
+	}
+	var statuses []statusRow
+	var seqs []seqRow
+	side := make(chan error, 1)
+	go func() {
+		err := f.st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
+			if _, bname, ok := splitKey(r.Bundle); ok {
+				statuses = append(statuses, statusRow{r.Cluster, bname, &pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}})
+			}
+			return nil
+		})
+		if err == nil {
+			err = f.st.ScanSeqs(ctx, func(uid string, seq int64) error {
+				seqs = append(seqs, seqRow{uid, seq})
+				return nil
+			})
+		}
+		side <- err
+	}()
+	sideErr := func() error { return <-side }
+	defer func() {
+		if side != nil {
+			<-side
+		}
+	}()
+	if counts, err := f.st.Count(ctx); err == nil {
+		// Growing a map of a million entries step by step costs seconds of rehashing.
+		f.byUID = make(map[string]*Cluster, counts[api.KindCluster])
+	}
 	var rev int64
 	// Clusters from their summaries, at one revision; groups and bundles are listed after
-	// it, and the watch starts from the oldest of the three revisions.
-	n := 0
+	// it, and the watch starts from the oldest of the three revisions. Clusters are
+	// gathered first so that each workspace's map is made at its final size.
+	var loaded []*Cluster
 	rev, err := f.st.ScanSummaries(ctx, api.KindCluster, func(sum []byte) error {
 		c, err := decodeCluster(sum)
 		if err != nil {
 			return fmt.Errorf("loading clusters: %w", err)
 		}
-		f.ws(c.Namespace).clusters[c.Name] = c
 		f.byUID[c.UID] = c
-		n++
+		loaded = append(loaded, c)
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
+	n := len(loaded)
+	perNS := map[string]int{}
+	for _, c := range loaded {
+		perNS[c.Namespace]++
+	}
+	for ns, k := range perNS {
+		f.ws(ns).clusters = make(map[string]*Cluster, k)
+	}
+	for _, c := range loaded {
+		f.workspaces[c.Namespace].clusters[c.Name] = c
+	}
+	loaded = nil
 	grev := rev
 	if err := f.scan(ctx, api.KindClusterGroup, &grev, func(raw json.RawMessage) error {
 		obj, err := store.Decode(raw)
@@ -118,25 +169,24 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	}); err != nil {
 		return 0, err
 	}
-	if err := f.st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
-		c := f.byUID[r.Cluster]
-		_, bname, ok := splitKey(r.Bundle)
-		if c == nil || !ok {
-			return nil
-		}
-		c.addDep(bname, &pair{target: -1, reportedID: internString(r.ID), state: canonicalState(r.State), message: r.Message})
-		return nil
-	}); err != nil {
+	err = sideErr()
+	side = nil
+	if err != nil {
 		return 0, err
 	}
-	if err := f.st.ScanSeqs(ctx, func(uid string, seq int64) error {
-		if c := f.byUID[uid]; c != nil {
-			c.seq = seq
+	for _, r := range statuses {
+		if c := f.byUID[r.uid]; c != nil {
+			r.p.reportedID, r.p.state = internString(r.p.reportedID), canonicalState(r.p.state)
+			c.addDep(internString(r.bundle), r.p)
 		}
-		return nil
-	}); err != nil {
-		return 0, err
 	}
+	statuses = nil
+	for _, r := range seqs {
+		if c := f.byUID[r.uid]; c != nil {
+			c.seq = r.seq
+		}
+	}
+	seqs = nil
 	// Every agent learns its state afresh once after a load: a bundle deleted while the
 	// server was down left no revision behind to compare with.
 	f.loadRev = rev
@@ -322,8 +372,9 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	var spec api.ClusterSpec
 	json.Unmarshal(obj.Spec, &spec)
 	if c == nil || c.UID != obj.Metadata.UID {
-		c = &Cluster{Namespace: w.name, Name: name, UID: obj.Metadata.UID}
-		w.clusters[name] = c
+		c = &Cluster{Namespace: w.name}
+		c.setIDs(name, obj.Metadata.UID, spec.ClientID)
+		w.clusters[c.Name] = c
 		f.byUID[c.UID] = c
 		f.clusters.Store(int64(len(f.byUID)))
 		var st struct {
@@ -332,19 +383,32 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		}
 		json.Unmarshal(obj.Status, &st)
 		c.inventory = internJSON(st.Inventory)
-		c.state = st.State
+		c.state = canonicalState(st.State)
 		f.dirtyClusters[c] = struct{}{}
 	} else if maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
 		// A status write, or a spec change that does not affect targeting.
-		c.ClientID = spec.ClientID
+		f.setClientID(w, c, spec.ClientID)
 		return
 	}
 	c.Labels = sharedMap(obj.Metadata.Labels)
 	c.Annotations = sharedMap(obj.Metadata.Annotations)
-	c.ClientID, c.Paused, c.Values = spec.ClientID, spec.Paused, spec.TemplateValues
+	f.setClientID(w, c, spec.ClientID)
+	c.Paused, c.Values = spec.Paused, spec.TemplateValues
 	c.tmplHash = ""
 	f.retarget(w, c, true)
 	f.dirtyGroups[w.name] = struct{}{}
+}
+
+// setClientID changes a cluster's client ID (a re-registration), keeping its IDs in one
+// allocation.
+func (f *Fleet) setClientID(w *workspace, c *Cluster, id string) {
+	if c.ClientID == id {
+		return
+	}
+	c.setIDs(c.Name, c.UID, id)
+	// Storing again replaces the maps' keys, which still point at the old strings.
+	w.clusters[c.Name] = c
+	f.byUID[c.UID] = c
 }
 
 func (f *Fleet) applyBundle(w *workspace, ev store.Event, obj *api.Object) {

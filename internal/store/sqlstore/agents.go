@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"time"
@@ -98,7 +99,23 @@ func (s *Store) summary(obj *api.Object) []byte {
 // before their kind had a summarizer are summarised from their document on the way.
 func (s *Store) ScanSummaries(ctx context.Context, kind string, fn func([]byte) error) (rev int64, err error) {
 	defer s.observe("scan_summaries", time.Now(), err)
-	tx, err := s.db.BeginTx(ctx, s.d.ReadTx)
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("scanning %s: %w", kind, err)
+	}
+	defer conn.Close()
+	if s.d.BulkRead != "" {
+		if _, err := conn.ExecContext(ctx, s.d.BulkRead); err != nil {
+			return 0, fmt.Errorf("scanning %s: %w", kind, err)
+		}
+		defer func() {
+			if _, err := conn.ExecContext(context.Background(), s.d.BulkReadDone); err != nil {
+				// The connection must not go back to the pool in bulk-read mode.
+				conn.Raw(func(any) error { return driver.ErrBadConn })
+			}
+		}()
+	}
+	tx, err := conn.BeginTx(ctx, s.d.ReadTx)
 	if err != nil {
 		return 0, fmt.Errorf("scanning %s: %w", kind, err)
 	}
@@ -106,7 +123,8 @@ func (s *Store) ScanSummaries(ctx context.Context, kind string, fn func([]byte) 
 	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'revision'`).Scan(&rev); err != nil {
 		return 0, fmt.Errorf("scanning %s: %w", kind, err)
 	}
-	rows, err := tx.QueryContext(ctx, s.q(`SELECT summary, CASE WHEN summary IS NULL THEN data ELSE NULL END FROM objects WHERE kind = ?`), kind)
+	// The kind being scanned is most of the table in a large fleet (clusters).
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT summary, CASE WHEN summary IS NULL THEN data ELSE NULL END FROM objects `+s.d.SeqScan+` WHERE kind = ?`), kind)
 	if err != nil {
 		return 0, fmt.Errorf("scanning %s: %w", kind, err)
 	}

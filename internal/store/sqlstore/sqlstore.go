@@ -37,6 +37,12 @@ type Dialect struct {
 	Retryable func(error) bool
 	// IsUniqueViolation reports a unique-constraint error.
 	IsUniqueViolation func(error) bool
+	// SeqScan follows a table name in a query that reads most of the table, to read it in
+	// storage order rather than through an index and a lookup per row.
+	SeqScan string
+	// BulkRead and BulkReadDone, if set, are run on the connection of a scan that reads most
+	// of the database (the fleet model's load) before and after it.
+	BulkRead, BulkReadDone string
 }
 
 // Config tunes the engine.
