@@ -125,6 +125,7 @@ type Cluster struct {
 	inventory  string // JSON; interned, since most clusters of a fleet report alike
 	state      string // last written cluster state
 	tmplHash   string
+	statusHash uint64      // of the stored status document (see statusHash)
 	deps       deps        // one pair per bundle that targets the cluster or that it reported
 	counts     stateCounts // effective state → n, over this cluster's deployments
 }

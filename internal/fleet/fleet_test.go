@@ -57,7 +57,7 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 		if got.Namespace != tc.want.Namespace || got.Name != tc.want.Name || got.UID != tc.want.UID || got.ClientID != tc.want.ClientID ||
 			got.Paused != tc.want.Paused || got.state != tc.want.state || !got.lastSeen().Equal(tc.want.storedSeen) ||
 			!maps.Equal(got.Labels, tc.want.Labels) || !maps.Equal(got.Annotations, tc.want.Annotations) || string(got.inventory) != string(tc.want.inventory) ||
-			!sameValues(got.Values, tc.want.Values) {
+			!sameValues(got.Values, tc.want.Values) || got.statusHash != statusHash(tc.obj.Status) {
 			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
 		}
 	}

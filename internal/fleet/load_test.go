@@ -2,10 +2,13 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,5 +97,69 @@ func TestLoadRestoresReports(t *testing.T) {
 	// seedClusters gives 2 × 3 × 1 label combinations.
 	if len(labelMaps) != 6 {
 		t.Errorf("%d distinct label maps for 6 distinct label sets", len(labelMaps))
+	}
+}
+
+// countingStore counts the objects read one by one.
+type countingStore struct {
+	Store
+	gets atomic.Int64
+}
+
+func (s *countingStore) Get(ctx context.Context, key store.Key) (*api.Object, error) {
+	s.gets.Add(1)
+	return s.Store.Get(ctx, key)
+}
+
+// After a load every cluster's rollup is recomputed; those already stored are neither
+// written nor read back.
+func TestLoadDoesNotRewriteStoredStatus(t *testing.T) {
+	ctx := context.Background()
+	const n = 200
+	st := seedClusters(t, n)
+	now := time.Now()
+	first := &countingStore{Store: st}
+	// With bundles a load leaves every cluster's rollup to write; here there are none.
+	loadDirty := func(f *Fleet) {
+		t.Helper()
+		if _, err := f.load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range f.byUID {
+			f.dirtyClusters[c] = struct{}{}
+		}
+	}
+	f := New(first, Config{})
+	loadDirty(f)
+	f.flush(ctx, now)
+	if got := first.gets.Load(); got != n {
+		t.Fatalf("first flush read %d clusters, want all %d (their seeded status differs)", got, n)
+	}
+	rev, err := st.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One cluster's status is changed behind the model's back.
+	obj, err := st.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: fmt.Sprintf("c-%016x", 7*7919)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Status = json.RawMessage(`{"state":"Modified"}`)
+	if _, err := st.Update(ctx, obj); err != nil {
+		t.Fatal(err)
+	}
+
+	again := &countingStore{Store: st}
+	f = New(again, Config{})
+	loadDirty(f)
+	f.flush(ctx, now)
+	if got := again.gets.Load(); got != 1 {
+		t.Errorf("flush after a reload read %d clusters, want only the 1 changed behind its back", got)
+	}
+	if after, _ := st.Revision(ctx); after != rev+2 {
+		t.Errorf("store revision %d after the reload's flush, want %d (the outside change and its repair)", after, rev+2)
+	}
+	if obj, err = st.Get(ctx, store.KeyOf(obj)); err != nil || strings.Contains(string(obj.Status), "Modified") {
+		t.Errorf("the changed status was not repaired: %s %v", obj.Status, err)
 	}
 }

@@ -135,8 +135,11 @@ type pendingWrite struct {
 	// field, if set, is the one status field written; the rest belongs to another
 	// controller and is kept.
 	field string
+	// stored is the hash of the stored status, if known: a whole status equal to it is
+	// not written (nor read back).
+	stored uint64
 	// onDone records what was written, under the model's lock.
-	onDone func()
+	onDone func(hash uint64)
 }
 
 // flush computes the changed rollups under the lock, then writes them without it.
@@ -252,8 +255,13 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			t := seen.UTC().Truncate(time.Second)
 			st.LastSeen = &t
 		}
-		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st,
-			onDone: func() { c.state, c.storedSeen = state, seen }})
+		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st, stored: c.statusHash,
+			onDone: func(h uint64) {
+				c.state, c.storedSeen = state, seen
+				if h != 0 {
+					c.statusHash = h
+				}
+			}})
 	}
 	for ns := range f.dirtyGroups {
 		w := f.workspaces[ns]
@@ -285,7 +293,20 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		go func() {
 			defer wg.Done()
 			for pw := range work {
-				if err := f.writeStatus(ctx, pw.key, pw.field, pw.status); err != nil {
+				var h uint64
+				if pw.field == "" && pw.stored != 0 {
+					raw, err := json.Marshal(pw.status)
+					if err != nil {
+						f.log.Warn("encoding status", "object", pw.key.String(), "err", err)
+						continue
+					}
+					if h = statusHash(raw); h != pw.stored {
+						pw.status = json.RawMessage(raw)
+					}
+				}
+				if h != 0 && h == pw.stored {
+					// Already stored.
+				} else if err := f.writeStatus(ctx, pw.key, pw.field, pw.status); err != nil {
 					if ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
 						f.log.Warn("writing status", "object", pw.key.String(), "err", err)
 					}
@@ -293,7 +314,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 				}
 				if pw.onDone != nil {
 					f.mu.Lock()
-					pw.onDone()
+					pw.onDone(h)
 					f.mu.Unlock()
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"hash/fnv"
 	"sort"
 	"time"
 
@@ -49,11 +50,27 @@ func SummarizeCluster(obj *api.Object) []byte {
 	b = appendString(b, string(st.Inventory))
 	b = appendMap(b, obj.Metadata.Labels)
 	b = appendMap(b, obj.Metadata.Annotations)
+	var values []byte
 	if len(spec.TemplateValues) > 0 {
-		v, _ := json.Marshal(spec.TemplateValues)
-		b = appendString(b, string(v))
+		values, _ = json.Marshal(spec.TemplateValues)
 	}
-	return b
+	b = appendString(b, string(values))
+	// Summaries end with the stored status's hash (older ones end before it, or before
+	// the values).
+	return binary.LittleEndian.AppendUint64(b, statusHash(obj.Status))
+}
+
+// statusHash identifies a stored status document, so that the model can tell, without
+// reading the object, that a status it would write is already stored: after a load every
+// cluster's rollup is recomputed, and at a million clusters reading each back costs minutes.
+// Zero means unknown.
+func statusHash(status []byte) uint64 {
+	if len(status) == 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write(status)
+	return h.Sum64()
 }
 
 func appendString(b []byte, s string) []byte {
@@ -223,6 +240,10 @@ func decodeCluster(b []byte) (*Cluster, error) {
 		if v := r.bytes(); len(v) > 0 {
 			json.Unmarshal(v, &c.Values)
 		}
+	}
+	if r.err == nil && len(r.b) >= 8 {
+		c.statusHash = binary.LittleEndian.Uint64(r.b)
+		r.b = r.b[8:]
 	}
 	return c, r.err
 }

@@ -371,8 +371,11 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	}
 	var spec api.ClusterSpec
 	json.Unmarshal(obj.Spec, &spec)
+	if c != nil && c.UID == obj.Metadata.UID {
+		c.statusHash = statusHash(obj.Status)
+	}
 	if c == nil || c.UID != obj.Metadata.UID {
-		c = &Cluster{Namespace: w.name}
+		c = &Cluster{Namespace: w.name, statusHash: statusHash(obj.Status)}
 		c.setIDs(name, obj.Metadata.UID, spec.ClientID)
 		w.clusters[c.Name] = c
 		f.byUID[c.UID] = c
