@@ -209,6 +209,18 @@ func (w *txw) queryRow(query string, args ...any) (*sql.Row, error) {
 	return st.QueryRowContext(w.ctx, args...), nil
 }
 
+func (w *txw) query(query string, args ...any) (*sql.Rows, error) {
+	st, err := w.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := st.QueryContext(w.ctx, args...)
+	if err != nil {
+		return nil, errSQL{err}
+	}
+	return rs, nil
+}
+
 func (w *txw) stmt(query string) (*sql.Stmt, error) {
 	if st, ok := w.stmts[query]; ok {
 		return st, nil
@@ -256,38 +268,53 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 		next = end - int64(n) + 1
 	}
 	results := make([]opResult, len(batch))
-	for i, o := range batch {
-		var r opResult
+	for i := 0; i < len(batch); {
+		// A run of consecutive creates, or of agent reports, is written with a few multi-row
+		// statements: on PostgreSQL each statement is a round trip to the server.
+		o, j := batch[i], i+1
+		var err error
 		switch o.kind {
 		case opCreate:
-			r.obj, r.err = w.create(o.obj, next)
-		case opUpdate:
-			r.obj, r.err = w.update(o.obj, o.rv, next)
-		case opDelete:
-			r.obj, r.err = w.delete(o.key, o.rv, next)
-		case opCompact:
-			r.err = w.compact(o.rev)
-		case opContent:
-			_, r.err = w.exec(`INSERT INTO content (digest, size, data) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING`, o.digest, len(o.data), o.data)
-		case opStatus:
-			r.err = w.status(o)
-		case opDeleteStatus:
-			if _, r.err = w.exec(`DELETE FROM deployment_status WHERE cluster = ?`, o.cluster); r.err == nil {
-				_, r.err = w.exec(`DELETE FROM agent_seq WHERE cluster = ?`, o.cluster)
+			for j < len(batch) && batch[j].kind == opCreate {
+				j++
 			}
+			err = w.create(batch[i:j], next, results[i:j])
+		case opStatus:
+			for j < len(batch) && batch[j].kind == opStatus {
+				j++
+			}
+			err = w.status(batch[i:j])
+		default:
+			r := &results[i]
+			switch o.kind {
+			case opUpdate:
+				r.obj, r.err = w.update(o.obj, o.rv, next)
+			case opDelete:
+				r.obj, r.err = w.delete(o.key, o.rv, next)
+			case opCompact:
+				r.err = w.compact(o.rev)
+			case opContent:
+				_, r.err = w.exec(`INSERT INTO content (digest, size, data) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING`, o.digest, len(o.data), o.data)
+			case opDeleteStatus:
+				if _, r.err = w.exec(`DELETE FROM deployment_status WHERE cluster = ?`, o.cluster); r.err == nil {
+					_, r.err = w.exec(`DELETE FROM agent_seq WHERE cluster = ?`, o.cluster)
+				}
+			}
+			err = r.err
 		}
 		var se errSQL
-		if errors.As(r.err, &se) {
+		if errors.As(err, &se) {
 			tx.Rollback()
 			return nil, 0, se.err
 		}
-		if o.revisioned() {
-			if r.err == nil {
-				last = next
+		for ; i < j; i++ {
+			if batch[i].revisioned() {
+				if results[i].err == nil {
+					last = next
+				}
+				next++
 			}
-			next++
 		}
-		results[i] = r
 	}
 	for kind, d := range w.count {
 		if d == 0 {
@@ -304,34 +331,143 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	return results, last, nil
 }
 
-func (w *txw) create(obj *api.Object, rev int64) (*api.Object, error) {
-	key := store.KeyOf(obj)
-	out := *obj
-	out.Metadata.ResourceVersion = strconv.FormatInt(rev, 10)
-	data, err := json.Marshal(&out)
+// create writes a run of creates, which take revisions rev, rev+1, … in order: one
+// multi-row statement per table (per chunk of rows). A create whose key exists, or is taken
+// by an earlier create of the run, is refused with ErrAlreadyExists, as it would be one by
+// one.
+func (w *txw) create(ops []*op, rev int64, results []opResult) error {
+	type newRow struct {
+		i         int // in ops
+		key       store.Key
+		data, sum []byte
+		id        int64
+		inserted  bool
+	}
+	rows := make([]newRow, 0, len(ops))
+	byKey := make(map[store.Key]int, len(ops)) // index in rows
+	for i, o := range ops {
+		key := store.KeyOf(o.obj)
+		if _, taken := byKey[key]; taken {
+			results[i].err = fmt.Errorf("%s: %w", key, store.ErrAlreadyExists)
+			continue
+		}
+		out := *o.obj
+		out.Metadata.ResourceVersion = strconv.FormatInt(rev+int64(i), 10)
+		data, err := json.Marshal(&out)
+		if err != nil {
+			results[i].err = fmt.Errorf("encoding %s: %w", key, err)
+			continue
+		}
+		results[i].obj = &out
+		byKey[key] = len(rows)
+		rows = append(rows, newRow{i: i, key: key, data: data, sum: w.s.summary(&out)})
+	}
+
+	err := chunks(len(rows), 6, func(lo, hi int) error {
+		args := make([]any, 0, 6*(hi-lo))
+		for _, r := range rows[lo:hi] {
+			args = append(args, r.key.Kind, r.key.Namespace, r.key.Name, rev+int64(r.i), r.data, r.sum)
+		}
+		rs, err := w.query(multiRow(`INSERT INTO objects (kind, namespace, name, rev, data, summary) VALUES `, `(?, ?, ?, ?, ?, ?)`, hi-lo,
+			` ON CONFLICT (kind, namespace, name) DO NOTHING RETURNING id, kind, namespace, name`), args...)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var id int64
+			var k store.Key
+			if err := rs.Scan(&id, &k.Kind, &k.Namespace, &k.Name); err != nil {
+				return errSQL{err}
+			}
+			n, ok := byKey[k]
+			if !ok || n < lo || n >= hi || rows[n].inserted {
+				return errSQL{fmt.Errorf("creating objects: the database returned %s, which was not inserted", k)}
+			}
+			rows[n].id, rows[n].inserted = id, true
+		}
+		if err := rs.Err(); err != nil {
+			return errSQL{err}
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("encoding %s: %w", key, err)
+		return err
 	}
-	row, err := w.queryRow(`INSERT INTO objects (kind, namespace, name, rev, data, summary) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, namespace, name) DO NOTHING RETURNING id`,
-		key.Kind, key.Namespace, key.Name, rev, data, w.s.summary(&out))
+
+	type labelRow struct {
+		kind, key, value string
+		id               int64
+	}
+	var labels []labelRow
+	done := rows[:0]
+	for _, r := range rows {
+		if !r.inserted {
+			results[r.i] = opResult{err: fmt.Errorf("%s: %w", r.key, store.ErrAlreadyExists)}
+			continue
+		}
+		for k, v := range results[r.i].obj.Metadata.Labels {
+			labels = append(labels, labelRow{r.key.Kind, k, v, r.id})
+		}
+		done = append(done, r)
+	}
+	rows = done
+	err = chunks(len(labels), 4, func(lo, hi int) error {
+		args := make([]any, 0, 4*(hi-lo))
+		for _, l := range labels[lo:hi] {
+			args = append(args, l.kind, l.key, l.value, l.id)
+		}
+		_, err := w.exec(multiRow(`INSERT INTO labels (kind, key, value, obj) VALUES `, `(?, ?, ?, ?)`, hi-lo, ``), args...)
+		return err
+	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var id int64
-	if err := row.Scan(&id); errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%s: %w", key, store.ErrAlreadyExists)
-	} else if err != nil {
-		return nil, errSQL{err}
+	err = chunks(len(rows), 7, func(lo, hi int) error {
+		args := make([]any, 0, 7*(hi-lo))
+		for _, r := range rows[lo:hi] {
+			args = append(args, rev+int64(r.i), r.key.Kind, r.key.Namespace, r.key.Name, r.id, evAdded, r.data)
+		}
+		_, err := w.exec(multiRow(`INSERT INTO events (rev, kind, namespace, name, obj, type, data, prev) VALUES `, `(?, ?, ?, ?, ?, ?, ?, NULL)`, hi-lo, ``), args...)
+		return err
+	})
+	if err != nil {
+		return err
 	}
-	if err := w.insertLabels(key.Kind, id, out.Metadata.Labels); err != nil {
-		return nil, err
+	for _, r := range rows {
+		w.count[r.key.Kind]++
 	}
-	if _, err := w.exec(`INSERT INTO events (rev, kind, namespace, name, obj, type, data, prev) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`,
-		rev, key.Kind, key.Namespace, key.Name, id, evAdded, data); err != nil {
-		return nil, err
+	return nil
+}
+
+// maxParams bounds the bind parameters of one statement: PostgreSQL takes up to 65,535,
+// SQLite (modernc.org/sqlite) up to 32,766.
+const maxParams = 30000
+
+// chunks splits n rows of perRow parameters each into runs [lo, hi) that fit one statement.
+func chunks(n, perRow int, fn func(lo, hi int) error) error {
+	size := maxParams / perRow
+	for lo := 0; lo < n; lo += size {
+		if err := fn(lo, min(lo+size, n)); err != nil {
+			return err
+		}
 	}
-	w.count[key.Kind]++
-	return &out, nil
+	return nil
+}
+
+// multiRow returns head, n copies of group separated by commas, then tail.
+func multiRow(head, group string, n int, tail string) string {
+	var b strings.Builder
+	b.Grow(len(head) + n*(len(group)+2) + len(tail))
+	b.WriteString(head)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(group)
+	}
+	b.WriteString(tail)
+	return b.String()
 }
 
 // current reads the stored row for key inside the transaction.
@@ -451,24 +587,68 @@ func (w *txw) compact(rev int64) error {
 
 func (o *op) revisioned() bool { return o.kind <= opDelete }
 
-func (w *txw) status(o *op) error {
-	for _, r := range o.rows {
-		if _, err := w.exec(`INSERT INTO deployment_status (cluster, bundle, id, state, message) VALUES (?, ?, ?, ?, ?) ON CONFLICT (cluster, bundle) DO UPDATE SET id = excluded.id, state = excluded.state, message = excluded.message`,
-			o.cluster, r.Bundle, r.ID, r.State, r.Message); err != nil {
+// status writes a run of agent reports as if one after another: each (cluster, bundle)
+// takes its last write in the run (a row, or a removal after it in the same report), each
+// cluster its largest sequence. Rows go in one multi-row upsert, which in PostgreSQL may not
+// touch a row twice; removals, which are rare, one by one.
+func (w *txw) status(ops []*op) error {
+	type key struct{ cluster, bundle string }
+	last := map[key]*store.DeploymentStatus{} // nil: removed
+	var keys []key                            // in order of first write
+	set := func(k key, r *store.DeploymentStatus) {
+		if _, ok := last[k]; !ok {
+			keys = append(keys, k)
+		}
+		last[k] = r
+	}
+	seqs := map[string]int64{}
+	var clusters []string
+	for _, o := range ops {
+		for i := range o.rows {
+			set(key{o.cluster, o.rows[i].Bundle}, &o.rows[i])
+		}
+		for _, b := range o.removed {
+			set(key{o.cluster, b}, nil)
+		}
+		if o.seq > 0 {
+			if cur, ok := seqs[o.cluster]; !ok {
+				clusters = append(clusters, o.cluster)
+				seqs[o.cluster] = o.seq
+			} else if o.seq > cur {
+				seqs[o.cluster] = o.seq
+			}
+		}
+	}
+	var up []key
+	for _, k := range keys {
+		if last[k] != nil {
+			up = append(up, k)
+		} else if _, err := w.exec(`DELETE FROM deployment_status WHERE cluster = ? AND bundle = ?`, k.cluster, k.bundle); err != nil {
 			return err
 		}
 	}
-	for _, b := range o.removed {
-		if _, err := w.exec(`DELETE FROM deployment_status WHERE cluster = ? AND bundle = ?`, o.cluster, b); err != nil {
-			return err
+	err := chunks(len(up), 5, func(lo, hi int) error {
+		args := make([]any, 0, 5*(hi-lo))
+		for _, k := range up[lo:hi] {
+			r := last[k]
+			args = append(args, k.cluster, k.bundle, r.ID, r.State, r.Message)
 		}
+		_, err := w.exec(multiRow(`INSERT INTO deployment_status (cluster, bundle, id, state, message) VALUES `, `(?, ?, ?, ?, ?)`, hi-lo,
+			` ON CONFLICT (cluster, bundle) DO UPDATE SET id = excluded.id, state = excluded.state, message = excluded.message`), args...)
+		return err
+	})
+	if err != nil {
+		return err
 	}
-	if o.seq > 0 {
-		if _, err := w.exec(`INSERT INTO agent_seq (cluster, seq) VALUES (?, ?) ON CONFLICT (cluster) DO UPDATE SET seq = excluded.seq WHERE agent_seq.seq < excluded.seq`, o.cluster, o.seq); err != nil {
-			return err
+	return chunks(len(clusters), 2, func(lo, hi int) error {
+		args := make([]any, 0, 2*(hi-lo))
+		for _, c := range clusters[lo:hi] {
+			args = append(args, c, seqs[c])
 		}
-	}
-	return nil
+		_, err := w.exec(multiRow(`INSERT INTO agent_seq (cluster, seq) VALUES `, `(?, ?)`, hi-lo,
+			` ON CONFLICT (cluster) DO UPDATE SET seq = excluded.seq WHERE agent_seq.seq < excluded.seq`), args...)
+		return err
+	})
 }
 
 // Event types as stored.
