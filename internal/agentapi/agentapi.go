@@ -106,8 +106,8 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) (identity, bool
 	return id, false
 }
 
-func (s *Server) pollAfter(w http.ResponseWriter) int {
-	secs := int(s.fleet.PollAfter().Seconds())
+func (s *Server) pollAfter(w http.ResponseWriter, uid string) int {
+	secs := int(s.fleet.PollAfter(uid, s.now()).Seconds())
 	if secs < 1 {
 		secs = 1
 	}
@@ -134,7 +134,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")
 		return
 	}
-	secs := s.pollAfter(w)
+	secs := s.pollAfter(w, id.UID)
 	if ds == nil {
 		s.Metrics.AgentRequest("desired", "not_modified")
 		w.Header().Set(api.HeaderRevision, strconv.FormatInt(rev, 10))

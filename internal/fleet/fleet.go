@@ -17,8 +17,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strconv"
@@ -597,11 +598,22 @@ func (f *Fleet) seenResolution() time.Duration {
 	return d
 }
 
-// PollAfter is how long an agent should wait before polling again: the interval with ±20%
-// jitter, so that a fleet which came back at once spreads out again.
-func (f *Fleet) PollAfter() time.Duration {
+// PollAfter is how long the agent of the cluster with this UID should wait, from now,
+// before polling again. Each cluster has its own phase in the interval (a hash of its UID)
+// and is sent to its next phase at least half an interval away. A fleet that polled all at
+// once (it registered, or the server restarted, or a change went out) is spread evenly over
+// the interval by the next round, where random jitter would leave it bunched for many
+// rounds, over the budget; and a change reaches every cluster within one interval.
+func (f *Fleet) PollAfter(uid string, now time.Time) time.Duration {
 	d := f.Interval()
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	h := fnv.New64a()
+	io.WriteString(h, uid)
+	phase := time.Duration(h.Sum64() % uint64(d))
+	next := (phase - time.Duration(now.UnixNano()%int64(d)) + d) % d
+	if next < d/2 {
+		next += d
+	}
+	return next
 }
 
 // Wait blocks until c's desired state differs from since, timeout passes or ctx ends; it

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -25,9 +26,29 @@ func TestPollBudget(t *testing.T) {
 		if got := f.Interval(); got != tc.want {
 			t.Errorf("%d clusters, budget %v/s: interval %v, want %v", tc.clusters, tc.budget, got, tc.want)
 		}
-		for range 100 {
-			if d := f.PollAfter(); d < tc.want*8/10 || d > tc.want*12/10 {
-				t.Fatalf("PollAfter %v outside ±20%% of %v", d, tc.want)
+		// Each cluster comes back at its own phase, half an interval to one and a half away;
+		// one that keeps its phase polls once an interval; the fleet's phases are spread
+		// evenly over the interval.
+		now := time.Date(2026, 11, 23, 1, 0, 0, 0, time.UTC)
+		var buckets [10]int
+		for i := range 10000 {
+			uid := fmt.Sprintf("uid-%d", i)
+			d := f.PollAfter(uid, now)
+			if d < tc.want/2 || d >= tc.want*3/2 {
+				t.Fatalf("PollAfter %v outside [%v, %v)", d, tc.want/2, tc.want*3/2)
+			}
+			if again := f.PollAfter(uid, now.Add(d)); again != tc.want {
+				t.Fatalf("a cluster polling at its phase is told %v, want the interval %v", again, tc.want)
+			}
+			// Truncated to whole seconds, as agents are told, the phase holds.
+			if again := f.PollAfter(uid, now.Add(d.Truncate(time.Second))); again < tc.want || again > tc.want+time.Second {
+				t.Fatalf("a cluster polling up to a second early is told %v, want %v to %v", again, tc.want, tc.want+time.Second)
+			}
+			buckets[int((now.Add(d).UnixNano()%int64(tc.want))*10/int64(tc.want))]++
+		}
+		for i, n := range buckets {
+			if n < 800 || n > 1200 {
+				t.Errorf("%d clusters, budget %v/s: %d of 10,000 polls in tenth %d of the interval, want about 1,000", tc.clusters, tc.budget, n, i)
 			}
 		}
 	}
