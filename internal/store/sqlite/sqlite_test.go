@@ -2,7 +2,10 @@ package sqlite_test
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/sqlite"
@@ -41,5 +44,28 @@ func TestDataDirLocked(t *testing.T) {
 	defer s.Close()
 	if _, err := sqlite.Open(context.Background(), dir, sqlstore.Config{}); err == nil {
 		t.Fatal("a second store opened the same data directory")
+	}
+}
+
+// Store operation metrics see the error an operation returned.
+func TestObserveSeesErrors(t *testing.T) {
+	var mu sync.Mutex
+	errs := map[string]error{}
+	s, err := sqlite.Open(context.Background(), t.TempDir(), sqlstore.Config{Observe: func(op string, _ time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		errs[op] = err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Get(context.Background(), store.Key{Kind: "Cluster", Namespace: "fleet-default", Name: "missing"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get of a missing object: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !errors.Is(errs["get"], store.ErrNotFound) {
+		t.Errorf("observed get error %v, want not found", errs["get"])
 	}
 }

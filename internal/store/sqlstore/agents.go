@@ -16,14 +16,14 @@ var _ store.Agents = (*Store)(nil)
 
 // PutContent stores content by digest.
 func (s *Store) PutContent(ctx context.Context, digest string, data []byte) (err error) {
-	defer s.observe("put_content", time.Now(), err)
+	defer s.observe("put_content", time.Now(), &err)
 	_, err = s.submit(ctx, &op{kind: opContent, key: store.Key{Kind: "content", Name: digest}, digest: digest, data: data})
 	return err
 }
 
 // GetContent reads content by digest.
 func (s *Store) GetContent(ctx context.Context, digest string) (data []byte, err error) {
-	defer s.observe("get_content", time.Now(), err)
+	defer s.observe("get_content", time.Now(), &err)
 	err = s.db.QueryRowContext(ctx, s.q(`SELECT data FROM content WHERE digest = ?`), digest).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("content %s: %w", digest, store.ErrNotFound)
@@ -36,7 +36,7 @@ func (s *Store) GetContent(ctx context.Context, digest string) (data []byte, err
 
 // PutStatus records one cluster's report; it returns once the report is committed.
 func (s *Store) PutStatus(ctx context.Context, cluster string, seq int64, rows []store.DeploymentStatus, removed []string) (err error) {
-	defer s.observe("put_status", time.Now(), err)
+	defer s.observe("put_status", time.Now(), &err)
 	_, err = s.submit(ctx, &op{kind: opStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster, seq: seq, rows: rows, removed: removed})
 	return err
 }
@@ -98,7 +98,7 @@ func (s *Store) summary(obj *api.Object) []byte {
 // ScanSummaries streams every object's summary of a kind at one revision. Rows written
 // before their kind had a summarizer are summarised from their document on the way.
 func (s *Store) ScanSummaries(ctx context.Context, kind string, fn func([]byte) error) (rev int64, err error) {
-	defer s.observe("scan_summaries", time.Now(), err)
+	defer s.observe("scan_summaries", time.Now(), &err)
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("scanning %s: %w", kind, err)

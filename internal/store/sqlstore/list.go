@@ -51,7 +51,7 @@ type row struct {
 // changed since comes from the "before" image of their first event after R. That costs a scan
 // of the events written since the first page, which is small while a client pages through.
 func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.ListResult, err error) {
-	defer s.observe("list", time.Now(), err)
+	defer s.observe("list", time.Now(), &err)
 	var tok continueToken
 	if opts.Continue != "" {
 		if tok, err = decodeContinue(opts.Continue); err != nil {

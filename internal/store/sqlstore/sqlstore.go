@@ -182,9 +182,11 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func (s *Store) observe(op string, start time.Time, err error) {
+// observe reports an operation; err points at the operation's named result, so that a
+// deferred call sees the error it returns.
+func (s *Store) observe(op string, start time.Time, err *error) {
 	if s.cfg.Observe != nil {
-		s.cfg.Observe(op, time.Since(start), err)
+		s.cfg.Observe(op, time.Since(start), *err)
 	}
 }
 
@@ -213,7 +215,7 @@ type querier interface {
 
 // Get returns one object.
 func (s *Store) Get(ctx context.Context, key store.Key) (obj *api.Object, err error) {
-	defer s.observe("get", time.Now(), err)
+	defer s.observe("get", time.Now(), &err)
 	var data []byte
 	err = s.db.QueryRowContext(ctx, s.q(`SELECT data FROM objects WHERE kind = ? AND namespace = ? AND name = ?`),
 		key.Kind, key.Namespace, key.Name).Scan(&data)
@@ -247,7 +249,7 @@ func (s *Store) Count(ctx context.Context) (map[string]int64, error) {
 
 // Compact forgets history at and before rev.
 func (s *Store) Compact(ctx context.Context, rev int64) (err error) {
-	defer s.observe("compact", time.Now(), err)
+	defer s.observe("compact", time.Now(), &err)
 	_, err = s.submit(ctx, &op{kind: opCompact, rev: rev})
 	return err
 }

@@ -78,19 +78,19 @@ func (s *Store) submit(ctx context.Context, o *op) (*api.Object, error) {
 
 // Create stores a new object.
 func (s *Store) Create(ctx context.Context, obj *api.Object) (out *api.Object, err error) {
-	defer s.observe("create", time.Now(), err)
+	defer s.observe("create", time.Now(), &err)
 	return s.submit(ctx, &op{kind: opCreate, obj: obj, key: store.KeyOf(obj)})
 }
 
 // Update replaces an object at its resourceVersion.
 func (s *Store) Update(ctx context.Context, obj *api.Object) (out *api.Object, err error) {
-	defer s.observe("update", time.Now(), err)
+	defer s.observe("update", time.Now(), &err)
 	return s.submit(ctx, &op{kind: opUpdate, obj: obj, key: store.KeyOf(obj), rv: obj.Metadata.ResourceVersion})
 }
 
 // Delete removes an object.
 func (s *Store) Delete(ctx context.Context, key store.Key, resourceVersion string) (out *api.Object, err error) {
-	defer s.observe("delete", time.Now(), err)
+	defer s.observe("delete", time.Now(), &err)
 	return s.submit(ctx, &op{kind: opDelete, key: key, rv: resourceVersion})
 }
 
