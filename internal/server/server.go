@@ -106,7 +106,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
 	scfg := sqlstore.DefaultConfig()
 	scfg.Logger = cfg.Logger
-	scfg.Observe = s.metrics.ObserveStore
+	scfg.Observe = func(op string, d time.Duration, err error) {
+		// A refused write or a missing object is an answer, not a failure of the store.
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrAlreadyExists) {
+			err = nil
+		}
+		s.metrics.ObserveStore(op, d, err)
+	}
 	scfg.ObserveBatch = s.metrics.ObserveBatch
 	scfg.Summaries = map[string]store.Summarizer{api.KindCluster: fleet.SummarizeCluster}
 	start := time.Now()
