@@ -42,7 +42,7 @@ func New() *Metrics {
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	}, []string{"op"})
 	m.storeErr = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "flotilla_store_operation_errors_total", Help: "Store operations that returned an error, by operation.",
+		Name: "flotilla_store_operation_errors_total", Help: "Store operations that failed, by operation (refusals such as not found or conflict are answers, not failures).",
 	}, []string{"op"})
 	m.batch = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "flotilla_store_batch_size", Help: "Writes (objects and agent status reports) committed per transaction.",
