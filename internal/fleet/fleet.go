@@ -600,17 +600,17 @@ func (f *Fleet) seenResolution() time.Duration {
 
 // PollAfter is how long the agent of the cluster with this UID should wait, from now,
 // before polling again. Each cluster has its own phase in the interval (a hash of its UID)
-// and is sent to its next phase at least half an interval away. A fleet that polled all at
-// once (it registered, or the server restarted, or a change went out) is spread evenly over
-// the interval by the next round, where random jitter would leave it bunched for many
-// rounds, over the budget; and a change reaches every cluster within one interval.
+// and is sent to its next phase at least a tenth of an interval away. A fleet that polled
+// all at once (it registered, or the server restarted) is spread evenly over the interval by
+// the next round, where random jitter would leave it bunched for many rounds, over the
+// budget; and a change reaches every cluster within one interval (1.1 in the first round).
 func (f *Fleet) PollAfter(uid string, now time.Time) time.Duration {
 	d := f.Interval()
 	h := fnv.New64a()
 	io.WriteString(h, uid)
 	phase := time.Duration(h.Sum64() % uint64(d))
 	next := (phase - time.Duration(now.UnixNano()%int64(d)) + d) % d
-	if next < d/2 {
+	if next < d/10 {
 		next += d
 	}
 	return next
