@@ -185,28 +185,32 @@ func (s *stateCounts) asMap() (map[string]int, int) {
 
 // deps are a cluster's pairs. A slice rather than a map by bundle name: a cluster has few,
 // and a Go map holding one costs ~250 bytes, a quarter of the model's memory per cluster.
-type deps []*pair
+// The pairs are held in the slice, not behind pointers: at a million clusters each object
+// less per cluster is a million fewer for the collector to mark. A pair's address is
+// therefore good only until the cluster's pairs are next added to or removed.
+type deps []pair
 
 // get returns the pair of bundle, or nil.
 func (d deps) get(bundle string) *pair {
-	for _, p := range d {
-		if p.bundle == bundle {
-			return p
+	for i := range d {
+		if d[i].bundle == bundle {
+			return &d[i]
 		}
 	}
 	return nil
 }
 
-// addDep adds the pair of a bundle c has none for yet.
-func (c *Cluster) addDep(bundle string, p *pair) {
+// addDep adds the pair of a bundle c has none for yet, and returns it.
+func (c *Cluster) addDep(bundle string, p pair) *pair {
 	p.bundle = bundle
 	c.deps = append(c.deps, p)
+	return &c.deps[len(c.deps)-1]
 }
 
 // delDep removes bundle's pair.
 func (c *Cluster) delDep(bundle string) {
-	for i, p := range c.deps {
-		if p.bundle == bundle {
+	for i := range c.deps {
+		if c.deps[i].bundle == bundle {
 			c.deps = slices.Delete(c.deps, i, i+1)
 			if len(c.deps) == 0 {
 				c.deps = nil
@@ -435,8 +439,7 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 		if target < 0 {
 			return false
 		}
-		p = &pair{target: -1}
-		c.addDep(b.name, p)
+		p = c.addDep(b.name, pair{target: -1})
 	}
 	if p.target == target && p.desiredID == id {
 		return false
@@ -692,8 +695,7 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: msg})
 		p := c.deps.get(bname)
 		if p == nil {
-			p = &pair{target: -1}
-			c.addDep(bname, p)
+			p = c.addDep(bname, pair{target: -1})
 		}
 		old := p.effective()
 		// Share the strings every cluster has alike: a million clusters report the same

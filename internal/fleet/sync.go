@@ -77,7 +77,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	// store do not block each other. The rows are joined to their clusters afterwards.
 	type statusRow struct {
 		uid, bundle string
-		p           *pair
+		p           pair
 	}
 	type seqRow struct {
 		uid string
@@ -89,7 +89,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	go func() {
 		err := f.st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
 			if _, bname, ok := splitKey(r.Bundle); ok {
-				statuses = append(statuses, statusRow{r.Cluster, bname, &pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}})
+				statuses = append(statuses, statusRow{r.Cluster, bname, pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}})
 			}
 			return nil
 		})
