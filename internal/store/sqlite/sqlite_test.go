@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"flotilla.dev/api"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/sqlite"
 	"flotilla.dev/internal/store/sqlstore"
@@ -68,4 +69,28 @@ func TestObserveSeesErrors(t *testing.T) {
 	if !errors.Is(errs["get"], store.ErrNotFound) {
 		t.Errorf("observed get error %v, want not found", errs["get"])
 	}
+}
+
+// BenchmarkGet reads one object by key, as agents' registrations and the API do.
+func BenchmarkGet(b *testing.B) {
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, b.TempDir(), sqlstore.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	obj := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster}, Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: "c-1", UID: "u-1"}}
+	if _, err := s.Create(ctx, obj); err != nil {
+		b.Fatal(err)
+	}
+	key := store.KeyOf(obj)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.Get(ctx, key); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

@@ -24,7 +24,7 @@ func (s *Store) PutContent(ctx context.Context, digest string, data []byte) (err
 // GetContent reads content by digest.
 func (s *Store) GetContent(ctx context.Context, digest string) (data []byte, err error) {
 	defer s.observe("get_content", time.Now(), &err)
-	err = s.db.QueryRowContext(ctx, s.q(`SELECT data FROM content WHERE digest = ?`), digest).Scan(&data)
+	err = s.queryRow(ctx, `SELECT data FROM content WHERE digest = ?`, digest).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("content %s: %w", digest, store.ErrNotFound)
 	}

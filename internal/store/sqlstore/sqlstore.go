@@ -81,9 +81,41 @@ type Store struct {
 	closed sync.Once
 
 	hub *hub
+
+	// stmts caches prepared reads by query: SQLite's driver prepares an unprepared query
+	// on every call, which was most of the cost of reading one object.
+	stmts sync.Map // query → *sql.Stmt
 }
 
 var _ store.Store = (*Store)(nil)
+
+// prepared returns query prepared on the reader pool (each connection prepares it when it
+// first runs it).
+func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, s.q(query))
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// queryRow runs a cached prepared read that returns one row.
+func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := s.prepared(ctx, query)
+	if err != nil {
+		// A row carrying the error: database/sql has no constructor for one, so run the
+		// query unprepared and let it report.
+		return s.db.QueryRowContext(ctx, s.q(query), args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
 
 // Open runs migrations and starts the writer and the event poller. writeDB may equal db; for
 // SQLite it is a separate single-connection pool so the writer never waits for a reader's
@@ -179,6 +211,11 @@ func (s *Store) migrate(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closed.Do(func() { close(s.quit) })
 	s.wg.Wait()
+	s.stmts.Range(func(q, st any) bool {
+		st.(*sql.Stmt).Close()
+		s.stmts.Delete(q)
+		return true
+	})
 	return nil
 }
 
@@ -193,7 +230,7 @@ func (s *Store) observe(op string, start time.Time, err *error) {
 // Revision returns the newest committed revision.
 func (s *Store) Revision(ctx context.Context) (int64, error) {
 	var rev int64
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'revision'`).Scan(&rev)
+	err := s.queryRow(ctx, `SELECT value FROM meta WHERE name = 'revision'`).Scan(&rev)
 	if err != nil {
 		return 0, fmt.Errorf("reading revision: %w", err)
 	}
@@ -217,7 +254,7 @@ type querier interface {
 func (s *Store) Get(ctx context.Context, key store.Key) (obj *api.Object, err error) {
 	defer s.observe("get", time.Now(), &err)
 	var data []byte
-	err = s.db.QueryRowContext(ctx, s.q(`SELECT data FROM objects WHERE kind = ? AND namespace = ? AND name = ?`),
+	err = s.queryRow(ctx, `SELECT data FROM objects WHERE kind = ? AND namespace = ? AND name = ?`,
 		key.Kind, key.Namespace, key.Name).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.NotFound(key)
