@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"time"
 
@@ -26,6 +28,12 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 				return err
+			}
+			if cfg.Fleet.PollInterval <= 0 {
+				return fmt.Errorf("--agent-poll-interval must be positive, not %v", cfg.Fleet.PollInterval)
+			}
+			if cfg.Fleet.PollBudget <= 0 || math.IsNaN(cfg.Fleet.PollBudget) || math.IsInf(cfg.Fleet.PollBudget, 0) {
+				return fmt.Errorf("--agent-poll-budget must be a positive number of polls per second, not %v", cfg.Fleet.PollBudget)
 			}
 			opts := &slog.HandlerOptions{Level: lvl}
 			var h slog.Handler = slog.NewTextHandler(g.errOut, opts)

@@ -609,6 +609,9 @@ func (f *Fleet) seenResolution() time.Duration {
 // budget; and a change reaches every cluster within one interval (1.1 in the first round).
 func (f *Fleet) PollAfter(uid string, now time.Time) time.Duration {
 	d := f.Interval()
+	if d <= 0 {
+		return 0
+	}
 	h := fnv.New64a()
 	io.WriteString(h, uid)
 	phase := time.Duration(h.Sum64() % uint64(d))
