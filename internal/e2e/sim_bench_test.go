@@ -317,9 +317,15 @@ func listFigure(t *testing.T, figure func(string, ...any), url string, n int, wh
 		if err != nil {
 			t.Fatal(err)
 		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("listing clusters by %s: %s: %s", sel, resp.Status, body)
+		}
 		var l api.List
 		if err := json.Unmarshal(body, &l); err != nil {
 			t.Fatal(err)
+		}
+		if len(l.Items) == 0 {
+			t.Fatalf("listing clusters by %s found none", sel)
 		}
 		decoded = append(decoded, time.Since(t0))
 		items = len(l.Items)

@@ -17,8 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
-	"io"
 	"log/slog"
 	"slices"
 	"sort"
@@ -612,9 +610,7 @@ func (f *Fleet) PollAfter(uid string, now time.Time) time.Duration {
 	if d <= 0 {
 		return 0
 	}
-	h := fnv.New64a()
-	io.WriteString(h, uid)
-	phase := time.Duration(h.Sum64() % uint64(d))
+	phase := time.Duration(fnv1a(uid) % uint64(d))
 	next := (phase - time.Duration(now.UnixNano()%int64(d)) + d) % d
 	if next < d/10 {
 		next += d

@@ -3,6 +3,7 @@ package fleet
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"testing"
 	"time"
@@ -130,5 +131,25 @@ func TestOfflineAfterFollowsPollInterval(t *testing.T) {
 	c.seen.Store(now.Add(-26 * time.Minute).UnixNano())
 	if got := f.clusterState(c, now); got != "Offline" {
 		t.Errorf("1M clusters, unseen for 26m: %s, want Offline", got)
+	}
+}
+
+// Stored summaries carry fnv1a sums, so it must stay hash/fnv's FNV-1a; on the poll path it
+// must not allocate.
+func TestFNV1a(t *testing.T) {
+	for _, s := range []string{"", "a", "6f1c2b9e-0000-4000-8000-000000000042", `{"state":"Ready","summary":{"ready":3}}`} {
+		h := fnv.New64a()
+		h.Write([]byte(s))
+		if got, want := fnv1a(s), h.Sum64(); got != want {
+			t.Errorf("fnv1a(%q) = %x, hash/fnv says %x", s, got, want)
+		}
+		if got := fnv1a([]byte(s)); got != h.Sum64() {
+			t.Errorf("fnv1a([]byte(%q)) = %x, hash/fnv says %x", s, got, h.Sum64())
+		}
+	}
+	f := New(nil, Config{})
+	now := time.Now()
+	if n := testing.AllocsPerRun(100, func() { f.PollAfter("6f1c2b9e-0000-4000-8000-000000000042", now) }); n != 0 {
+		t.Errorf("PollAfter allocates %v times per call", n)
 	}
 }

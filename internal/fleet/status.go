@@ -139,7 +139,7 @@ type pendingWrite struct {
 	// not written (nor read back).
 	stored uint64
 	// onDone records what was written, under the model's lock.
-	onDone func(hash uint64)
+	onDone func()
 }
 
 // flush computes the changed rollups under the lock, then writes them without it.
@@ -256,12 +256,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			st.LastSeen = &t
 		}
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st, stored: c.statusHash,
-			onDone: func(h uint64) {
-				c.state, c.storedSeen = state, seen
-				if h != 0 {
-					c.statusHash = h
-				}
-			}})
+			onDone: func() { c.state, c.storedSeen = state, seen }})
 	}
 	for ns := range f.dirtyGroups {
 		w := f.workspaces[ns]
@@ -293,20 +288,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		go func() {
 			defer wg.Done()
 			for pw := range work {
-				var h uint64
-				if pw.field == "" && pw.stored != 0 {
-					raw, err := json.Marshal(pw.status)
-					if err != nil {
-						f.log.Warn("encoding status", "object", pw.key.String(), "err", err)
-						continue
-					}
-					if h = statusHash(raw); h != pw.stored {
-						pw.status = json.RawMessage(raw)
-					}
-				}
-				if h != 0 && h == pw.stored {
-					// Already stored.
-				} else if err := f.writeStatus(ctx, pw.key, pw.field, pw.status); err != nil {
+				if err := f.writeStatus(ctx, pw); err != nil {
 					if ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
 						f.log.Warn("writing status", "object", pw.key.String(), "err", err)
 					}
@@ -314,7 +296,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 				}
 				if pw.onDone != nil {
 					f.mu.Lock()
-					pw.onDone(h)
+					pw.onDone()
 					f.mu.Unlock()
 				}
 			}
@@ -327,11 +309,16 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	wg.Wait()
 }
 
-// writeStatus replaces an object's status, or one field of it, if it differs.
-func (f *Fleet) writeStatus(ctx context.Context, key store.Key, field string, status any) error {
-	value, err := json.Marshal(status)
+// writeStatus replaces an object's status, or one field of it, if it differs. A whole
+// status whose hash matches the stored one's is not read back at all.
+func (f *Fleet) writeStatus(ctx context.Context, pw pendingWrite) error {
+	key, field := pw.key, pw.field
+	value, err := json.Marshal(pw.status)
 	if err != nil {
 		return err
+	}
+	if field == "" && pw.stored != 0 && statusHash(value) == pw.stored {
+		return nil
 	}
 	for attempt := 0; attempt < 3; attempt++ {
 		obj, err := f.st.Get(ctx, key)

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
@@ -85,28 +86,24 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	}
 	var statuses []statusRow
 	var seqs []seqRow
-	side := make(chan error, 1)
-	go func() {
+	var side errgroup.Group
+	side.Go(func() error {
 		err := f.st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
 			if _, bname, ok := splitKey(r.Bundle); ok {
 				statuses = append(statuses, statusRow{r.Cluster, bname, pair{target: -1, reportedID: r.ID, state: r.State, message: r.Message}})
 			}
 			return nil
 		})
-		if err == nil {
-			err = f.st.ScanSeqs(ctx, func(uid string, seq int64) error {
-				seqs = append(seqs, seqRow{uid, seq})
-				return nil
-			})
+		if err != nil {
+			return err
 		}
-		side <- err
-	}()
-	sideErr := func() error { return <-side }
-	defer func() {
-		if side != nil {
-			<-side
-		}
-	}()
+		return f.st.ScanSeqs(ctx, func(uid string, seq int64) error {
+			seqs = append(seqs, seqRow{uid, seq})
+			return nil
+		})
+	})
+	// An early return still waits for the scans, which append to this call's slices.
+	defer side.Wait()
 	if counts, err := f.st.Count(ctx); err == nil {
 		// Growing a map of a million entries step by step costs seconds of rehashing.
 		f.byUID = make(map[string]*Cluster, counts[api.KindCluster])
@@ -169,9 +166,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	}); err != nil {
 		return 0, err
 	}
-	err = sideErr()
-	side = nil
-	if err != nil {
+	if err := side.Wait(); err != nil {
 		return 0, err
 	}
 	for _, r := range statuses {
@@ -371,11 +366,9 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	}
 	var spec api.ClusterSpec
 	json.Unmarshal(obj.Spec, &spec)
-	if c != nil && c.UID == obj.Metadata.UID {
-		c.statusHash = statusHash(obj.Status)
-	}
-	if c == nil || c.UID != obj.Metadata.UID {
-		c = &Cluster{Namespace: w.name, statusHash: statusHash(obj.Status)}
+	isNew := c == nil || c.UID != obj.Metadata.UID
+	if isNew {
+		c = &Cluster{Namespace: w.name}
 		c.setIDs(name, obj.Metadata.UID, spec.ClientID)
 		w.clusters[c.Name] = c
 		f.byUID[c.UID] = c
@@ -388,7 +381,9 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		c.inventory = internJSON(st.Inventory)
 		c.state = canonicalState(st.State)
 		f.dirtyClusters[c] = struct{}{}
-	} else if maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
+	}
+	c.statusHash = statusHash(obj.Status)
+	if !isNew && maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
 		// A status write, or a spec change that does not affect targeting.
 		f.setClientID(w, c, spec.ClientID)
 		return

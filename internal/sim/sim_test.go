@@ -112,7 +112,7 @@ func TestRun(t *testing.T) {
 	if rep.Baseline == nil || rep.Baseline.RequestsPerSec <= 0 || rep.PollStorm == nil || rep.PollStorm.Unchanged == 0 || rep.PollStorm.ServerCPUPerPoll <= 0 {
 		t.Errorf("baseline %+v, poll storm %+v: want both measured", rep.Baseline, rep.PollStorm)
 	}
-	if r := rep.ReconnectStorm; r == nil || r.Unchanged == 0 || r.ServerCPUPerPoll <= 0 {
+	if r := rep.ReconnectStorm; r == nil || r.Unchanged == 0 || r.Unchanged != r.Polls || r.ServerCPUPerPoll <= 0 {
 		t.Errorf("reconnect storm %+v: want unchanged polls measured", r)
 	}
 	if rep.ServerMemory.End <= 0 || rep.Idle == nil || rep.Idle.PollsPerSec <= 0 {
