@@ -290,7 +290,11 @@ func TestGitRepoRollup(t *testing.T) {
 		}
 	}
 	for _, a := range agents {
-		for k, d := range a.desired(t) {
+		// Both bundles reach a cluster's desired state on the fleet controller's own time:
+		// report only once both are there, or a report races the fan-out and is never sent.
+		ds := waitDesired(t, a.c, func(ds *api.DesiredState) bool { return len(ds.Deployments) == 2 })
+		for _, d := range ds.Deployments {
+			k := d.Bundle
 			state := api.StateReady
 			if a == agents[1] && k == "fleet-default/apps-two" {
 				state = api.StateErrApplied
