@@ -180,7 +180,7 @@ func simBench(t *testing.T, driver string, n int) {
 		t.Fatal(err)
 	}
 	<-profiled
-	figure("idle fleet: %.0f polls/s, server CPU %.1f%% of one core (simulator %.1f%%)", rep.Idle.PollsPerSec, 100*rep.Idle.ServerCPU, 100*rep.Idle.SimCPU)
+	figure("idle fleet: %.0f polls/s, server CPU %.1f%% of one core (simulator %.1f%%); server heap %s", rep.Idle.PollsPerSec, 100*rep.Idle.ServerCPU, 100*rep.Idle.SimCPU, rep.Idle.ServerGC)
 
 	listFigure(t, figure, srv.URL, n, "while the fleet idles")
 
@@ -195,15 +195,15 @@ func simBench(t *testing.T, driver string, n int) {
 		t.Fatal(err)
 	}
 	p := rep.PollStorm
-	figure("unchanged poll: %.0f/s (%.3f× the baseline rate), CPU per poll server %v + simulator %v (%.2f× the baseline's client+server %v)",
-		p.PerSec, p.RateRatio, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio, base2.CPUPerRequest)
+	figure("unchanged poll: %.0f/s (%.3f× the baseline rate), CPU per poll server %v + simulator %v (%.2f× the baseline's client+server %v); server heap %s",
+		p.PerSec, p.RateRatio, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio, base2.CPUPerRequest, p.ServerGC)
 
 	if rep.ReconnectStorm, err = s.ReconnectStorm(ctx, 5*time.Second, base2); err != nil {
 		t.Fatal(err)
 	}
 	p = rep.ReconnectStorm
-	figure("unchanged poll on a new connection (resumed TLS session), as agents of a large fleet poll: %.0f/s, CPU per poll server %v + simulator %v (%.2f× the baseline's client+server on open connections)",
-		p.PerSec, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio)
+	figure("unchanged poll on a new connection (resumed TLS session), as agents of a large fleet poll: %.0f/s, CPU per poll server %v + simulator %v (%.2f× the baseline's client+server on open connections); server heap %s",
+		p.PerSec, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.CPURatio, p.ServerGC)
 
 	rssEnd, heapEnd, _ := s.ServerMemoryNow(ctx)
 	rep.ServerMemory = sim.ServerMemory{Before: rssBefore, AfterRegistration: rssRegistered, End: rssEnd, GoHeap: heapEnd,

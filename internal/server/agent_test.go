@@ -30,7 +30,7 @@ type testServer struct {
 	dir      string
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func start(t *testing.T, dir string) *testServer {
+func start(t testing.TB, dir string) *testServer {
 	t.Helper()
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -83,7 +83,7 @@ func (ts *testServer) stop() {
 	}
 }
 
-func (ts *testServer) agent(t *testing.T, credential string) *client.Client {
+func (ts *testServer) agent(t testing.TB, credential string) *client.Client {
 	c, err := client.New(client.Config{Server: ts.url, Token: credential, CAChecksum: ts.checksum})
 	if err != nil {
 		t.Fatal(err)
@@ -91,13 +91,13 @@ func (ts *testServer) agent(t *testing.T, credential string) *client.Client {
 	return c
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func createToken(t *testing.T, ts *testServer, name string, spec api.RegistrationTokenSpec) string {
+func createToken(t testing.TB, ts *testServer, name string, spec api.RegistrationTokenSpec) string {
 	t.Helper()
 	raw, _ := json.Marshal(spec)
 	out, err := ts.admin.Create(ctxT(t), &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindRegistrationToken},
@@ -132,7 +132,7 @@ func applyBundle(t *testing.T, ts *testServer, name string, selector map[string]
 }
 
 // waitDesired polls until cond holds for the cluster's desired state.
-func waitDesired(t *testing.T, c *client.Client, cond func(*api.DesiredState) bool) *api.DesiredState {
+func waitDesired(t testing.TB, c *client.Client, cond func(*api.DesiredState) bool) *api.DesiredState {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {

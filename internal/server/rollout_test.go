@@ -39,7 +39,7 @@ func (a *simAgent) report(t *testing.T, bundle, id, state, msg string) {
 	}
 }
 
-func registerN(t *testing.T, ts *testServer, labels []map[string]string) []*simAgent {
+func registerN(t testing.TB, ts *testServer, labels []map[string]string) []*simAgent {
 	tok := createToken(t, ts, "many", api.RegistrationTokenSpec{})
 	var out []*simAgent
 	for i, l := range labels {

@@ -155,6 +155,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	if i := r.Idle; i != nil {
 		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
+		fmt.Fprintf(tw, "  server heap		%s\n", i.ServerGC)
 	}
 	for _, st := range []struct {
 		name string
@@ -169,6 +170,7 @@ func (r *Report) WriteTable(w io.Writer) {
 			extra = fmt.Sprintf(" (%s baseline rate; CPU %s baseline)", ratio(p.RateRatio), ratio(p.CPURatio))
 		}
 		fmt.Fprintf(tw, "%s\t%.0f/s%s\tCPU per poll: server %v + simulator %v; p50 %v, %d of %d unchanged\n", st.name, p.PerSec, extra, p.ServerCPUPerPoll, p.SimCPUPerPoll, p.Latency.P50, p.Unchanged, p.Polls)
+		fmt.Fprintf(tw, "\t\tserver heap: %s\n", p.ServerGC)
 	}
 	m := r.ServerMemory
 	if m.End > 0 {

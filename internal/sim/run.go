@@ -400,6 +400,45 @@ type IdleResult struct {
 	ServerCPU float64 `json:"serverCPU"`
 	// SimCPU is the simulator's.
 	SimCPU float64 `json:"simCPU"`
+	// ServerGC is what the server's Go heap did meanwhile: the collector's work grows with
+	// what the requests allocate.
+	ServerGC GCFigures `json:"serverGC"`
+}
+
+// GCFigures are the server's allocations and collections over a period, from its /metrics
+// (the Go collector's go_memstats_alloc_bytes_total and go_gc_duration_seconds_count).
+type GCFigures struct {
+	// AllocPerSec is bytes allocated per second; AllocPerRequest the same per request the
+	// server answered in the period (polls and reports), where that is known.
+	AllocPerSec     float64 `json:"allocPerSec"`
+	AllocPerRequest float64 `json:"allocPerRequest,omitempty"`
+	// CyclesPerMin is how many collections ran per minute.
+	CyclesPerMin float64 `json:"cyclesPerMin"`
+}
+
+func (f GCFigures) String() string {
+	per := ""
+	if f.AllocPerRequest > 0 {
+		per = fmt.Sprintf(", %.0f B per request", f.AllocPerRequest)
+	}
+	return fmt.Sprintf("allocated %s/s%s; %.1f collections a minute", mb(f.AllocPerSec), per, f.CyclesPerMin)
+}
+
+// gcFigures compares two scrapes taken secs apart, during which the server answered
+// requests requests (0 if unknown).
+func gcFigures(m0, m1 serverMetrics, secs, requests float64) GCFigures {
+	a0, _ := m0.value("go_memstats_alloc_bytes_total", nil)
+	a1, _ := m1.value("go_memstats_alloc_bytes_total", nil)
+	g0, _ := m0.value("go_gc_duration_seconds_count", nil)
+	g1, _ := m1.value("go_gc_duration_seconds_count", nil)
+	var f GCFigures
+	if secs > 0 {
+		f.AllocPerSec, f.CyclesPerMin = (a1-a0)/secs, 60*(g1-g0)/secs
+	}
+	if requests > 0 {
+		f.AllocPerRequest = (a1 - a0) / requests
+	}
+	return f
 }
 
 // Idle lets the fleet run for d and measures what it costs.
@@ -423,9 +462,10 @@ func (s *Sim) Idle(ctx context.Context, d time.Duration) (*IdleResult, error) {
 	took := time.Since(start).Seconds()
 	c0, _ := m0.value("process_cpu_seconds_total", nil)
 	c1, _ := m1.value("process_cpu_seconds_total", nil)
-	return &IdleResult{Duration: Seconds(took), PollsPerSec: float64(s.st.polls.Load()-polls0) / took,
-		ReportsPerSec: float64(s.st.reports.Load()-reps0) / took, ServerCPU: (c1 - c0) / took,
-		SimCPU: (processCPU() - cpu0).Seconds() / took}, nil
+	polls, reports := float64(s.st.polls.Load()-polls0), float64(s.st.reports.Load()-reps0)
+	return &IdleResult{Duration: Seconds(took), PollsPerSec: polls / took,
+		ReportsPerSec: reports / took, ServerCPU: (c1 - c0) / took,
+		SimCPU: (processCPU() - cpu0).Seconds() / took, ServerGC: gcFigures(m0, m1, took, polls+reports)}, nil
 }
 
 // StormResult is the cost of an unchanged poll, measured by sending them as fast as they
@@ -440,6 +480,9 @@ type StormResult struct {
 	// /metrics); SimCPUPerPoll the simulator's.
 	ServerCPUPerPoll Seconds `json:"serverCPUPerPoll"`
 	SimCPUPerPoll    Seconds `json:"simCPUPerPoll"`
+	// ServerGC is the server's allocations and collections in the period, per poll it
+	// answered.
+	ServerGC GCFigures `json:"serverGC"`
 	// RateRatio is PerSec over the baseline's rate; CPURatio the CPU per poll (server and
 	// simulator) over the baseline's CPU per request (its server and client).
 	RateRatio float64 `json:"rateRatio,omitempty"`
@@ -536,6 +579,7 @@ func (s *Sim) storm(ctx context.Context, d time.Duration, base *BaselineResult, 
 		out.ServerCPUPerPoll = Seconds((c1 - c0) / served)
 		out.SimCPUPerPoll = Seconds(cpu.Seconds() / served)
 	}
+	out.ServerGC = gcFigures(m0, m1, res.took.Seconds(), served)
 	if base != nil && base.RequestsPerSec > 0 {
 		out.RateRatio = out.PerSec / base.RequestsPerSec
 		if base.CPUPerRequest > 0 {

@@ -118,6 +118,9 @@ func TestRun(t *testing.T) {
 	if rep.ServerMemory.End <= 0 || rep.Idle == nil || rep.Idle.PollsPerSec <= 0 {
 		t.Errorf("server memory %+v, idle %+v: want both measured", rep.ServerMemory, rep.Idle)
 	}
+	if g := rep.PollStorm; g != nil && (g.ServerGC.AllocPerSec <= 0 || g.ServerGC.AllocPerRequest <= 0) {
+		t.Errorf("poll storm's server heap %+v: want the allocations per poll measured", g.ServerGC)
+	}
 	if !strings.Contains(progress.String(), "registered 300/300") {
 		t.Errorf("no progress line with every cluster registered:\n%s", progress.String())
 	}
