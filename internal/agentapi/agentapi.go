@@ -12,7 +12,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,12 +124,18 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	since, _ := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
+	var since int64
+	if v := queryValue(r.URL.RawQuery, "since"); v != "" {
+		since, _ = strconv.ParseInt(v, 10, 64)
+	}
 	s.fleet.Seen(id.Namespace, id.Name, s.now())
 	// A long poll: an agent that holds the request open is told the moment its state
 	// changes, instead of at its next poll.
-	if wait, _ := strconv.Atoi(r.URL.Query().Get("wait")); wait > 0 {
-		s.fleet.Wait(r.Context(), id.Namespace, id.Name, since, time.Duration(min(wait, 60))*time.Second)
+	if v := queryValue(r.URL.RawQuery, "wait"); v != "" {
+		wait, _ := strconv.Atoi(v)
+		if wait > 0 {
+			s.fleet.Wait(r.Context(), id.Namespace, id.Name, since, time.Duration(min(wait, 60))*time.Second)
+		}
 	}
 	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
 	if err != nil {
@@ -251,4 +259,23 @@ func (c *contentCache) put(k string, v []byte) {
 		c.items[k] = v
 		c.size += len(v)
 	}
+}
+
+// queryValue returns the first value of key in a raw query string. The poll is the request
+// a fleet makes most, and url.Values builds a map for every parse: this reads the two
+// numbers it needs without allocating, unescaping only values that need it.
+func queryValue(raw, key string) string {
+	for raw != "" {
+		var kv string
+		kv, raw, _ = strings.Cut(raw, "&")
+		k, v, _ := strings.Cut(kv, "=")
+		if k != key {
+			continue
+		}
+		if strings.ContainsAny(v, "%+") {
+			v, _ = url.QueryUnescape(v)
+		}
+		return v
+	}
+	return ""
 }

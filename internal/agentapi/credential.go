@@ -92,10 +92,14 @@ func (k *keyRing) verify(token string) (identity, error) {
 	}
 	if raw[0] == '{' {
 		err = json.Unmarshal(raw, &id)
-	} else if parts := strings.Split(string(raw), "\x00"); len(parts) == 3 {
-		id = identity{Namespace: parts[0], Name: parts[1], UID: parts[2]}
 	} else {
-		err = errBadCredential
+		// One string for the three parts: they share it (this runs on every agent request).
+		ns, rest, ok1 := strings.Cut(string(raw), "\x00")
+		name, uid, ok2 := strings.Cut(rest, "\x00")
+		if !ok1 || !ok2 || strings.Contains(uid, "\x00") {
+			err = errBadCredential
+		}
+		id = identity{Namespace: ns, Name: name, UID: uid}
 	}
 	if err != nil || id.Name == "" || id.UID == "" {
 		return identity{}, errBadCredential

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -170,7 +171,9 @@ func (m *Metrics) Instrument(next http.Handler) http.Handler {
 			rec.code = http.StatusOK
 		}
 		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.code)).Inc()
-		if r.URL.Query().Get("watch") == "" {
+		// Watches last as long as the client stays; their durations would drown the rest.
+		// (Parsing every query would cost a map per request: look first.)
+		if !strings.Contains(r.URL.RawQuery, "watch=") || r.URL.Query().Get("watch") == "" {
 			m.latency.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
 		}
 	})
