@@ -129,15 +129,16 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		since, _ = strconv.ParseInt(v, 10, 64)
 	}
 	s.fleet.Seen(id.Namespace, id.Name, s.now())
+	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
 	// A long poll: an agent that holds the request open is told the moment its state
-	// changes, instead of at its next poll.
-	if v := queryValue(r.URL.RawQuery, "wait"); v != "" {
-		wait, _ := strconv.Atoi(v)
-		if wait > 0 {
+	// changes, instead of at its next poll. (Desired first: it versions the state, which a
+	// load or a change left unversioned, so that Wait compares with a version.)
+	if v := queryValue(r.URL.RawQuery, "wait"); err == nil && ds == nil && v != "" {
+		if wait, _ := strconv.Atoi(v); wait > 0 {
 			s.fleet.Wait(r.Context(), id.Namespace, id.Name, since, time.Duration(min(wait, 60))*time.Second)
+			ds, rev, err = s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
 		}
 	}
-	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
 	if err != nil {
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")
 		return

@@ -13,6 +13,7 @@ package fleet
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -89,10 +90,6 @@ type Fleet struct {
 	ready    atomic.Bool
 	clusters atomic.Int64
 
-	// issued is the last desired-state version handed out. Versions are opaque: an agent's
-	// "since" is compared for equality, and each load starts from the clock, so a version an
-	// agent kept from before a restart never matches.
-	issued  int64
 	waiters map[*Cluster]chan struct{}
 
 	dirtyBundles  map[*bundleEntry]struct{}
@@ -115,7 +112,11 @@ type Cluster struct {
 	Paused               bool
 	Values               map[string]any
 
-	desiredRev int64
+	// desiredRev is the version of the desired state: a digest of it (see version), so that
+	// an agent's version from before a restart still matches when nothing changed for it.
+	// 0 means not computed yet (after a load or a change); polls compute it under the read
+	// lock, so it is atomic.
+	desiredRev atomic.Int64
 	seq        int64
 	// seen is when the agent last called, in unix nanoseconds; polls set it under the read
 	// lock, so it is atomic.
@@ -502,10 +503,10 @@ func (f *Fleet) retarget(w *workspace, c *Cluster, force bool) {
 	}
 }
 
-// bump gives c a new desired-state version and wakes an agent waiting for one.
+// bump marks c's desired state changed (its next poll computes the new version) and wakes
+// an agent waiting for one.
 func (f *Fleet) bump(c *Cluster) {
-	f.issued++
-	c.desiredRev = f.issued
+	c.desiredRev.Store(0)
 	if ch := f.waiters[c]; ch != nil {
 		close(ch)
 		delete(f.waiters, c)
@@ -523,14 +524,15 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	w := f.workspaces[ns]
-	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
+	c := w.cluster(name, uid)
+	if c == nil {
 		return nil, 0, ErrUnknownCluster
 	}
-	c := w.clusters[name]
-	if since == c.desiredRev {
-		return nil, c.desiredRev, nil
+	rev := c.desiredRev.Load()
+	if rev != 0 && since == rev {
+		return nil, rev, nil
 	}
-	ds := &api.DesiredState{Revision: c.desiredRev, ClusterName: c.Name, ClusterNamespace: c.Namespace,
+	ds := &api.DesiredState{ClusterName: c.Name, ClusterNamespace: c.Namespace,
 		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values, Deployments: []api.DeploymentSpec{}}
 	names := make([]string, 0, len(c.deps))
 	for _, p := range c.deps {
@@ -556,7 +558,28 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 		d.Paused = d.Paused || c.Paused
 		ds.Deployments = append(ds.Deployments, d)
 	}
-	return ds, c.desiredRev, nil
+	if rev == 0 {
+		// Under the read lock no change can come between: concurrent polls of the same
+		// cluster compute the same version.
+		rev = version(ds)
+		c.desiredRev.CompareAndSwap(0, rev)
+	}
+	if since == rev {
+		return nil, rev, nil
+	}
+	ds.Revision = rev
+	return ds, rev, nil
+}
+
+// version is the digest of a desired state (Revision and PollAfterSeconds unset), as a
+// positive number. encoding/json writes map keys in order, so the same state always has the
+// same version; agents compare versions for equality only.
+func version(ds *api.DesiredState) int64 {
+	h := sha256.New()
+	json.NewEncoder(h).Encode(ds)
+	var sum [sha256.Size]byte
+	v := int64(binary.BigEndian.Uint64(h.Sum(sum[:0])) >> 1)
+	return max(v, 1)
 }
 
 // References reports whether digest is content of one of c's deployments.
@@ -564,10 +587,11 @@ func (f *Fleet) References(ns, name, uid, digest string) bool {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	w := f.workspaces[ns]
-	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
+	c := w.cluster(name, uid)
+	if c == nil {
 		return false
 	}
-	for _, p := range w.clusters[name].deps {
+	for _, p := range c.deps {
 		n := p.bundle
 		if p.target >= 0 && w.bundles[n] != nil && w.bundles[n].spec.ContentHash == digest {
 			return true
@@ -622,13 +646,16 @@ func (f *Fleet) PollAfter(uid string, now time.Time) time.Duration {
 // reports whether the state changed. When too many agents wait already it returns at once.
 func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout time.Duration) bool {
 	f.mu.Lock()
-	w := f.workspaces[ns]
-	if w == nil || w.clusters[name] == nil {
+	var c *Cluster
+	if w := f.workspaces[ns]; w != nil {
+		c = w.clusters[name]
+	}
+	if c == nil {
 		f.mu.Unlock()
 		return false
 	}
-	c := w.clusters[name]
-	if c.desiredRev != since {
+	if rev := c.desiredRev.Load(); rev == 0 || rev != since {
+		// Changed, or not versioned since a change or a load: Desired decides.
 		f.mu.Unlock()
 		return true
 	}
@@ -663,11 +690,11 @@ func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout 
 func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.StatusReport, now time.Time) (bool, error) {
 	f.mu.Lock()
 	w := f.workspaces[ns]
-	if w == nil || w.clusters[name] == nil || w.clusters[name].UID != uid {
+	c := w.cluster(name, uid)
+	if c == nil {
 		f.mu.Unlock()
 		return false, ErrUnknownCluster
 	}
-	c := w.clusters[name]
 	c.seen.Store(now.UnixNano())
 	if rep.Seq <= c.seq {
 		f.mu.Unlock()
@@ -767,8 +794,19 @@ func (c *Cluster) lastSeen() time.Time {
 func (f *Fleet) Known(ns, name, uid string) bool {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	w := f.workspaces[ns]
-	return w != nil && w.clusters[name] != nil && w.clusters[name].UID == uid
+	return f.workspaces[ns].cluster(name, uid) != nil
+}
+
+// cluster returns the named cluster if it has that UID. A poll asks the model about its
+// cluster several times: one lookup each in a map of a million clusters.
+func (w *workspace) cluster(name, uid string) *Cluster {
+	if w == nil {
+		return nil
+	}
+	if c := w.clusters[name]; c != nil && c.UID == uid {
+		return c
+	}
+	return nil
 }
 
 func splitKey(k string) (string, string, bool) {

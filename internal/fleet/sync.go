@@ -182,13 +182,13 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		}
 	}
 	seqs = nil
-	// Every agent learns its state afresh once after a load: a bundle deleted while the
-	// server was down left no revision behind to compare with.
+	// Versions are digests of the desired state, computed at each cluster's first poll
+	// after the load: an agent whose state did not change while the server was down is
+	// answered "unchanged", one whose state did (a bundle deleted meanwhile) gets it anew.
 	f.loadRev = rev
-	f.issued = max(f.issued, time.Now().UnixNano())
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
-			c.desiredRev = f.issued
+			c.desiredRev.Store(0)
 			// Reported pairs of bundles that no longer exist count nowhere.
 			for _, b := range w.bundles {
 				t, id := f.match(w, b, c)

@@ -16,9 +16,9 @@ import (
 
 // simAgent is a minimal stand-in for an agent: it reads desired state and reports states.
 type simAgent struct {
-	name string
-	c    *client.Client
-	seq  int64
+	name, cred string
+	c          *client.Client
+	seq        int64
 }
 
 func (a *simAgent) desired(t *testing.T) map[string]api.DeploymentSpec {
@@ -47,7 +47,7 @@ func registerN(t testing.TB, ts *testServer, labels []map[string]string) []*simA
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, &simAgent{name: r.ClusterName, c: ts.agent(t, r.Credential)})
+		out = append(out, &simAgent{name: r.ClusterName, cred: r.Credential, c: ts.agent(t, r.Credential)})
 	}
 	return out
 }
