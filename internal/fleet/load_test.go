@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -21,10 +20,7 @@ import (
 //
 //	FLOTILLA_LOAD_CLUSTERS=100000 go test -run XXX -bench Load -benchtime 3x ./internal/fleet/
 func BenchmarkLoad(b *testing.B) {
-	n, _ := strconv.Atoi(os.Getenv("FLOTILLA_LOAD_CLUSTERS"))
-	if n == 0 {
-		n = 20000
-	}
+	n := envCount("FLOTILLA_LOAD_CLUSTERS", 20000)
 	ctx := context.Background()
 	st := seedClusters(b, n)
 	b.ResetTimer()
@@ -44,7 +40,6 @@ func TestLoadRestoresReports(t *testing.T) {
 	ctx := context.Background()
 	const n = 300
 	st := seedClusters(t, n)
-	uid := func(i int) string { return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i) }
 	for i := range n {
 		if i%3 == 0 {
 			continue
@@ -53,7 +48,7 @@ func TestLoadRestoresReports(t *testing.T) {
 		if i%3 == 2 {
 			rows = append(rows, store.DeploymentStatus{Bundle: "fleet-default/other", ID: "id-2", State: "ErrApplied", Message: "boom " + strconv.Itoa(i)})
 		}
-		if err := st.PutStatus(ctx, uid(i), int64(i+1), rows, nil); err != nil {
+		if err := st.PutStatus(ctx, seededUID(i), int64(i+1), rows, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -70,8 +65,8 @@ func TestLoadRestoresReports(t *testing.T) {
 	}
 	labelMaps := map[uintptr]bool{}
 	for i := range n {
-		c := f.byUID[uid(i)]
-		if c == nil || c.Name != fmt.Sprintf("c-%016x", i*7919) || c.ClientID != fmt.Sprintf("%036d", i) || f.workspaces["fleet-default"].clusters[c.Name] != c {
+		c := f.byUID[seededUID(i)]
+		if c == nil || c.Name != seededName(i) || c.ClientID != fmt.Sprintf("%036d", i) || f.workspaces["fleet-default"].clusters[c.Name] != c {
 			t.Fatalf("cluster %d: %+v", i, c)
 		}
 		labelMaps[reflect.ValueOf(c.Labels).Pointer()] = true
@@ -140,7 +135,7 @@ func TestLoadDoesNotRewriteStoredStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	// One cluster's status is changed behind the model's back.
-	obj, err := st.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: fmt.Sprintf("c-%016x", 7*7919)})
+	obj, err := st.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: seededName(7)})
 	if err != nil {
 		t.Fatal(err)
 	}

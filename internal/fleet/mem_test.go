@@ -21,7 +21,7 @@ import (
 // TestModelMemory reports the fleet model's heap per cluster (FLOTILLA_MEM_CLUSTERS, default
 // 20,000), with clusters shaped as registered agents make them.
 func TestModelMemory(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("FLOTILLA_MEM_CLUSTERS"))
+	n := envCount("FLOTILLA_MEM_CLUSTERS", 0)
 	if n == 0 {
 		t.Skip("set FLOTILLA_MEM_CLUSTERS=N to measure the model's memory")
 	}
@@ -45,6 +45,18 @@ func TestModelMemory(t *testing.T) {
 	runtime.KeepAlive(f)
 }
 
+// envCount is a size a figure-producing test or benchmark takes from the environment.
+func envCount(name string, def int) int {
+	if n, _ := strconv.Atoi(os.Getenv(name)); n > 0 {
+		return n
+	}
+	return def
+}
+
+// seededName and seededUID are the name and UID seedClusters gives cluster i.
+func seededName(i int) string { return fmt.Sprintf("c-%016x", i*7919) }
+func seededUID(i int) string  { return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i) }
+
 // seedClusters returns a SQLite store, written as the server writes it (summaries
 // included), holding n Clusters shaped as registered agents make them.
 func seedClusters(t testing.TB, n int) *sqlite.Store {
@@ -64,7 +76,7 @@ func seedClusters(t testing.TB, n int) *sqlite.Store {
 			defer wg.Done()
 			for i := w; i < n; i += 64 {
 				_, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
-					Metadata: api.ObjectMeta{Name: fmt.Sprintf("c-%016x", i*7919), Namespace: "fleet-default", UID: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i), CreationTimestamp: &now,
+					Metadata: api.ObjectMeta{Name: seededName(i), Namespace: "fleet-default", UID: seededUID(i), CreationTimestamp: &now,
 						Labels:      map[string]string{"env": []string{"prod", "dev"}[i%2], "region": []string{"eu", "us", "ap"}[i%3], "group": "g" + strconv.Itoa(i/10000)},
 						Annotations: map[string]string{"flotilla.dev/registered-with": "token-abc"}},
 					Spec:   json.RawMessage(`{"clientID":"` + fmt.Sprintf("%036d", i) + `"}`),

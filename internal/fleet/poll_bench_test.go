@@ -2,9 +2,6 @@ package fleet
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -16,10 +13,7 @@ import (
 //
 //	FLOTILLA_POLL_CLUSTERS=1000000 go test -run XXX -bench Poll ./internal/fleet/
 func BenchmarkPoll(b *testing.B) {
-	n, _ := strconv.Atoi(os.Getenv("FLOTILLA_POLL_CLUSTERS"))
-	if n == 0 {
-		n = 20000
-	}
+	n := envCount("FLOTILLA_POLL_CLUSTERS", 20000)
 	f := New(seedClusters(b, n), Config{})
 	if _, err := f.load(context.Background()); err != nil {
 		b.Fatal(err)
@@ -30,7 +24,7 @@ func BenchmarkPoll(b *testing.B) {
 	}
 	polls := make([]poll, n)
 	for i := range polls {
-		p := poll{name: fmt.Sprintf("c-%016x", i*7919), uid: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)}
+		p := poll{name: seededName(i), uid: seededUID(i)}
 		_, rev, err := f.Desired("fleet-default", p.name, p.uid, -1)
 		if err != nil {
 			b.Fatal(err)

@@ -34,11 +34,6 @@ func TestVersionsSurviveRestart(t *testing.T) {
 	if ds, rev, _, err := prod.c.Desired(ctxT(t), prodDS.Revision); err != nil || ds != nil || rev != prodDS.Revision {
 		t.Errorf("after a restart, the unchanged cluster's poll answered %+v, version %d, %v; want unchanged at %d", ds, rev, err, prodDS.Revision)
 	}
-	// A long poll at the same version is unchanged too (the restart left versions to be
-	// computed: the poll computes its own before it waits).
-	if ds, _, _, err := prod.c.WaitDesired(ctxT(t), prodDS.Revision, time.Second); err != nil || ds != nil {
-		t.Errorf("long poll after a restart: %+v, %v; want unchanged", ds, err)
-	}
 	got := waitDesired(t, dev.c, func(ds *api.DesiredState) bool { return ds.Deployments[0].ID != devDS.Deployments[0].ID })
 	if ds, _, _, err := dev.c.Desired(ctxT(t), devDS.Revision); err != nil || ds == nil || ds.Revision != got.Revision || got.Revision == devDS.Revision {
 		t.Errorf("the changed cluster polling with its old version %d: %+v, %v; want the new state at a new version", devDS.Revision, ds, err)
@@ -46,5 +41,27 @@ func TestVersionsSurviveRestart(t *testing.T) {
 	// A first poll (version 0) always gets the state.
 	if ds, _, _, err := prod.c.Desired(ctxT(t), 0); err != nil || ds == nil || ds.Revision != prodDS.Revision {
 		t.Errorf("first poll: %+v, %v; want the state at version %d", ds, err, prodDS.Revision)
+	}
+
+	// A long poll at the unchanged version is held, not answered "unchanged" at once because
+	// the restart left the version to be computed, so it hears of a change made meanwhile.
+	ts.stop()
+	ts = start(t, ts.dir)
+	prod.c = ts.agent(t, prod.cred)
+	got = nil
+	done := make(chan *api.DesiredState, 1)
+	go func() {
+		ds, _, _, _ := prod.c.WaitDesired(ctxT(t), prodDS.Revision, 50*time.Second)
+		done <- ds
+	}()
+	time.Sleep(200 * time.Millisecond)
+	putBundle(t, ts, "web", map[string]any{"resources": cm("2"), "targets": []map[string]any{{"clusterSelector": map[string]any{"matchLabels": map[string]string{"env": "prod"}}}}})
+	select {
+	case got = <-done:
+		if got == nil || len(got.Deployments) != 1 || got.Deployments[0].ID == prodDS.Deployments[0].ID {
+			t.Errorf("long poll after a restart answered %+v; want held until web changed, then the new state", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("a long poll after a restart did not hear of the change")
 	}
 }

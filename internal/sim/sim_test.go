@@ -121,6 +121,9 @@ func TestRun(t *testing.T) {
 	if g := rep.PollStorm; g != nil && (g.ServerGC.AllocPerSec <= 0 || g.ServerGC.AllocPerRequest <= 0) {
 		t.Errorf("poll storm's server heap %+v: want the allocations per poll measured", g.ServerGC)
 	}
+	if i := rep.Idle; i != nil && (i.ServerGC.AllocPerSec <= 0 || i.ServerGC.AllocPerRequest <= 0) {
+		t.Errorf("idle fleet's server heap %+v: want the allocations per request measured", i.ServerGC)
+	}
 	if !strings.Contains(progress.String(), "registered 300/300") {
 		t.Errorf("no progress line with every cluster registered:\n%s", progress.String())
 	}
