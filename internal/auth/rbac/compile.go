@@ -1,0 +1,332 @@
+package rbac
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	"flotilla.dev/api"
+)
+
+// The names compiled objects carry on a cluster. They are part of Flotilla's interface: the
+// proxy impersonates exactly these users and groups, and the agent prunes by OwnerLabel.
+const (
+	// ObjectPrefix starts the name of every RBAC object compiled from a role: the ClusterRole
+	// "flotilla-<role>", and the ClusterRoleBinding or RoleBindings of that name.
+	ObjectPrefix = "flotilla-"
+	// UserPrefix and GroupPrefix make a Flotilla user or group a Kubernetes one:
+	// "flotilla:user:alice", "flotilla:group:ops". Nothing else on a cluster can carry them.
+	UserPrefix  = "flotilla:user:"
+	GroupPrefix = "flotilla:group:"
+	// GroupMemberUser is the user the proxy impersonates for a person whose access to a cluster
+	// comes only through groups: the groups carry the grants, and ExtraUserKey carries who it
+	// is for the cluster's audit log.
+	GroupMemberUser = "flotilla:group-member"
+	ExtraUserKey    = "flotilla-user"
+	// ImpersonatorName names the ClusterRole and ClusterRoleBinding letting the agent's service
+	// account impersonate the subjects bound on its cluster, and nobody else.
+	ImpersonatorName = "flotilla-impersonator"
+	// ProjectObjectName names the ResourceQuota and LimitRange of a project namespace.
+	ProjectObjectName = "flotilla-project"
+	// OwnerLabel (with value OwnerValue) marks every compiled object for pruning.
+	OwnerLabel = "flotilla.dev/owner"
+	OwnerValue = "access"
+	// ProjectLabel names a project namespace's project.
+	ProjectLabel = "flotilla.dev/project"
+	// AgentNamespace and AgentServiceAccount are where the agent runs by default.
+	AgentNamespace      = "flotilla-system"
+	AgentServiceAccount = "flotilla-agent"
+)
+
+// Manifest is one Kubernetes object a cluster must hold, as JSON ready for server-side apply.
+type Manifest struct {
+	APIVersion string          `json:"apiVersion"`
+	Kind       string          `json:"kind"`
+	Namespace  string          `json:"namespace,omitempty"`
+	Name       string          `json:"name"`
+	Object     json.RawMessage `json:"object"`
+}
+
+// NamespaceTemplate is applied by the agent to every namespace of its cluster matching
+// Selector (a project's namespaceSelector); the objects' namespace is left for it to fill.
+type NamespaceTemplate struct {
+	Project  string             `json:"project"`
+	Selector *api.LabelSelector `json:"selector"`
+	Objects  []Manifest         `json:"objects"`
+}
+
+// Compiled is everything access-related a cluster must hold, sorted, with a digest that
+// changes only when the content does.
+type Compiled struct {
+	Objects   []Manifest          `json:"objects"`
+	Templates []NamespaceTemplate `json:"templates,omitempty"`
+	// Conflicts are namespaces claimed by two projects on this cluster; the project first by
+	// name keeps the namespace.
+	Conflicts []string `json:"conflicts,omitempty"`
+	Digest    string   `json:"digest"`
+}
+
+// CompileOptions says where the agent runs.
+type CompileOptions struct {
+	AgentNamespace, AgentServiceAccount string
+}
+
+// DefaultCompileOptions names the agent's default service account.
+func DefaultCompileOptions() CompileOptions {
+	return CompileOptions{AgentNamespace: AgentNamespace, AgentServiceAccount: AgentServiceAccount}
+}
+
+// subjects is a set of users and groups bound with one role.
+type subjects map[subjectKey]struct{}
+
+// Compile computes the access objects cluster c must hold. It reads only the bindings whose
+// scope can reach c: the global ones, c's workspace, c's name and groups by key, the
+// selector bindings bucketed under one of c's labels, and the projects picking c.
+func (a *Authorizer) Compile(c Cluster, opts CompileOptions) Compiled {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+
+	wide := map[*role]subjects{}
+	addWide := func(b *binding) {
+		if len(b.role.kube) == 0 {
+			return
+		}
+		if wide[b.role] == nil {
+			wide[b.role] = subjects{}
+		}
+		wide[b.role][b.subj] = struct{}{}
+	}
+	for _, b := range a.global {
+		addWide(b)
+	}
+	for _, b := range a.byScope[scopeTarget{scopeWorkspace, c.Workspace}] {
+		addWide(b)
+	}
+	for _, b := range a.byScope[scopeTarget{scopeCluster, c.Name}] {
+		if b.matchesCluster(&c) {
+			addWide(b)
+		}
+	}
+	for _, g := range c.Groups {
+		for _, b := range a.byScope[scopeTarget{scopeGroup, g}] {
+			if b.matchesCluster(&c) {
+				addWide(b)
+			}
+		}
+	}
+	a.selBindings.each(c.Labels, func(b *binding) {
+		if b.workspace == "" || b.workspace == c.Workspace {
+			addWide(b)
+		}
+	})
+	var projects []*project
+	a.selProjects.each(c.Labels, func(p *project) { projects = append(projects, p) })
+	slices.SortFunc(projects, func(x, y *project) int { return cmp.Compare(x.name, y.name) })
+
+	var out Compiled
+	everyone := subjects{}
+	clusterRoles := map[*role]bool{}
+	for r, subs := range wide {
+		clusterRoles[r] = true
+		out.Objects = append(out.Objects, manifest("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "", ObjectPrefix+r.name, nil, map[string]any{
+			"roleRef":  roleRef(r),
+			"subjects": subjectList(subs),
+		}))
+		maps.Copy(everyone, subs)
+	}
+
+	claimed := map[string]string{}
+	for _, p := range projects {
+		perRole := map[*role]subjects{}
+		for _, b := range p.bindings {
+			if len(b.role.kube) == 0 {
+				continue
+			}
+			if perRole[b.role] == nil {
+				perRole[b.role] = subjects{}
+			}
+			perRole[b.role][b.subj] = struct{}{}
+		}
+		nsObjects := func(ns string, quota *api.ResourceQuotaSpec) []Manifest {
+			var objs []Manifest
+			if quota != nil {
+				objs = append(objs, manifest("v1", "ResourceQuota", ns, ProjectObjectName, projectLabels(p), map[string]any{"hard": quota.Hard}))
+			}
+			if d := p.spec.ContainerDefaults; d != nil {
+				item := map[string]any{"type": "Container"}
+				for k, v := range map[string]map[string]string{"default": d.Default, "defaultRequest": d.DefaultRequest, "max": d.Max, "min": d.Min} {
+					if len(v) > 0 {
+						item[k] = v
+					}
+				}
+				objs = append(objs, manifest("v1", "LimitRange", ns, ProjectObjectName, projectLabels(p), map[string]any{"limits": []any{item}}))
+			}
+			for r, subs := range perRole {
+				objs = append(objs, manifest("rbac.authorization.k8s.io/v1", "RoleBinding", ns, ObjectPrefix+r.name, projectLabels(p), map[string]any{
+					"roleRef":  roleRef(r),
+					"subjects": subjectList(subs),
+				}))
+			}
+			return objs
+		}
+		for r, subs := range perRole {
+			clusterRoles[r] = true
+			maps.Copy(everyone, subs)
+		}
+		for _, ns := range p.spec.Namespaces {
+			if owner, ok := claimed[ns.Name]; ok {
+				out.Conflicts = append(out.Conflicts, fmt.Sprintf("namespace %q is claimed by projects %q and %q; %q keeps it", ns.Name, owner, p.name, owner))
+				continue
+			}
+			claimed[ns.Name] = p.name
+			out.Objects = append(out.Objects, manifest("v1", "Namespace", "", ns.Name, projectLabels(p), nil))
+			q := p.spec.NamespaceQuota
+			if ns.Quota != nil {
+				q = ns.Quota
+			}
+			out.Objects = append(out.Objects, nsObjects(ns.Name, q)...)
+		}
+		if p.spec.NamespaceSelector != nil {
+			objs := nsObjects("", p.spec.NamespaceQuota)
+			sortManifests(objs)
+			out.Templates = append(out.Templates, NamespaceTemplate{Project: p.name, Selector: cloneSelector(p.spec.NamespaceSelector), Objects: objs})
+		}
+	}
+	for r := range clusterRoles {
+		out.Objects = append(out.Objects, manifest("rbac.authorization.k8s.io/v1", "ClusterRole", "", ObjectPrefix+r.name, nil, map[string]any{"rules": kubeRules(r.kube)}))
+	}
+	out.Objects = append(out.Objects, impersonator(everyone, opts)...)
+	sortManifests(out.Objects)
+	out.Digest = digest(&out)
+	return out
+}
+
+// impersonator lets the agent's service account impersonate exactly the bound subjects. An
+// impersonation rule without resourceNames would allow every user, so none is written when
+// there is nobody to name.
+func impersonator(subs subjects, opts CompileOptions) []Manifest {
+	var users, groups []string
+	for s := range subs {
+		if s.group {
+			groups = append(groups, GroupPrefix+s.name)
+		} else {
+			users = append(users, UserPrefix+s.name)
+		}
+	}
+	if len(groups) > 0 {
+		users = append(users, GroupMemberUser)
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	slices.Sort(users)
+	slices.Sort(groups)
+	rules := []any{map[string]any{"apiGroups": []string{""}, "resources": []string{"users"}, "verbs": []string{"impersonate"}, "resourceNames": users}}
+	if len(groups) > 0 {
+		rules = append(rules, map[string]any{"apiGroups": []string{""}, "resources": []string{"groups"}, "verbs": []string{"impersonate"}, "resourceNames": groups})
+	}
+	// The extra only names the person for the cluster's audit log; RBAC grants nothing on it.
+	rules = append(rules, map[string]any{"apiGroups": []string{"authentication.k8s.io"}, "resources": []string{"userextras/" + ExtraUserKey}, "verbs": []string{"impersonate"}})
+	return []Manifest{
+		manifest("rbac.authorization.k8s.io/v1", "ClusterRole", "", ImpersonatorName, nil, map[string]any{"rules": rules}),
+		manifest("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "", ImpersonatorName, nil, map[string]any{
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ImpersonatorName},
+			"subjects": []any{map[string]any{"kind": "ServiceAccount", "namespace": opts.AgentNamespace, "name": opts.AgentServiceAccount}},
+		}),
+	}
+}
+
+func projectLabels(p *project) map[string]string { return map[string]string{ProjectLabel: p.name} }
+
+func roleRef(r *role) map[string]any {
+	return map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ObjectPrefix + r.name}
+}
+
+func subjectList(subs subjects) []any {
+	keys := slices.SortedFunc(maps.Keys(subs), func(x, y subjectKey) int {
+		if x.group != y.group {
+			if x.group {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Compare(x.name, y.name)
+	})
+	out := make([]any, len(keys))
+	for i, k := range keys {
+		name := UserPrefix + k.name
+		if k.group {
+			name = GroupPrefix + k.name
+		}
+		out[i] = map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": k.kind(), "name": name}
+	}
+	return out
+}
+
+func kubeRules(rules []api.KubernetesPolicyRule) []any {
+	out := make([]any, len(rules))
+	for i, r := range rules {
+		m := map[string]any{"verbs": r.Verbs}
+		if len(r.NonResourceURLs) > 0 {
+			m["nonResourceURLs"] = r.NonResourceURLs
+		} else {
+			m["apiGroups"] = r.APIGroups
+			m["resources"] = r.Resources
+		}
+		if len(r.ResourceNames) > 0 {
+			m["resourceNames"] = r.ResourceNames
+		}
+		out[i] = m
+	}
+	return out
+}
+
+// manifest builds an object: metadata with the owner label, then body's fields at the top
+// level (rules, subjects, spec, …). encoding/json sorts map keys, so the bytes are stable.
+func manifest(apiVersion, kind, ns, name string, extraLabels map[string]string, body map[string]any) Manifest {
+	lbls := map[string]string{OwnerLabel: OwnerValue}
+	maps.Copy(lbls, extraLabels)
+	meta := map[string]any{"name": name, "labels": lbls}
+	if ns != "" {
+		meta["namespace"] = ns
+	}
+	obj := map[string]any{"apiVersion": apiVersion, "kind": kind, "metadata": meta}
+	switch kind {
+	case "ResourceQuota", "LimitRange":
+		obj["spec"] = body
+	default:
+		maps.Copy(obj, body)
+	}
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		panic(fmt.Sprintf("rbac: marshalling %s %s: %v", kind, name, err)) // only strings and maps
+	}
+	return Manifest{APIVersion: apiVersion, Kind: kind, Namespace: ns, Name: name, Object: raw}
+}
+
+var kindOrder = map[string]int{"Namespace": 0, "ClusterRole": 1, "ClusterRoleBinding": 2, "ResourceQuota": 3, "LimitRange": 4, "RoleBinding": 5}
+
+// sortManifests orders objects so that what others refer to comes first.
+func sortManifests(m []Manifest) {
+	slices.SortFunc(m, func(x, y Manifest) int {
+		return cmp.Or(cmp.Compare(kindOrder[x.Kind], kindOrder[y.Kind]), cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	})
+}
+
+func digest(c *Compiled) string {
+	h := sha256.New()
+	for _, m := range c.Objects {
+		h.Write(m.Object)
+		h.Write([]byte{'\n'})
+	}
+	for _, t := range c.Templates {
+		raw, _ := json.Marshal(t)
+		h.Write(raw)
+		h.Write([]byte{'\n'})
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
