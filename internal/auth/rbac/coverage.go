@@ -95,13 +95,25 @@ func (a *Authorizer) scopeSet(b *binding) ClusterSet {
 	case scopeGroup:
 		return ClusterSet{Workspace: b.workspace, ClusterGroup: b.target}
 	case scopeSelector:
-		return ClusterSet{Workspace: b.workspace, Selector: b.sel.src}
+		return selectorSet(b.workspace, b.sel)
 	case scopeProject:
 		if p := a.projects[b.target]; p != nil && p.sel != nil {
-			return ClusterSet{Selector: p.sel.src}
+			return selectorSet("", p.sel)
 		}
 	}
 	return ClusterSet{}
+}
+
+// selectorSet describes the clusters of workspace (any when "") matching s; the empty
+// selector over every workspace is All, so that callers need not recognise it.
+func selectorSet(workspace string, s *selector) ClusterSet {
+	switch {
+	case s.key == "" && workspace == "":
+		return ClusterSet{All: true}
+	case s.key == "":
+		return ClusterSet{Workspace: workspace}
+	}
+	return ClusterSet{Workspace: workspace, Selector: s.src}
 }
 
 // bindingSet is the clusters whose compiled objects b contributes to: none when its role
@@ -227,11 +239,11 @@ func (a *Authorizer) ClusterFilter(s Subject, verb string) ClusterFilter {
 			return
 		}
 		var sel *selector
-		switch {
-		case b.scope == scopeSelector:
+		if set.Selector != nil {
 			sel = b.sel
-		case b.scope == scopeProject:
-			sel = a.projects[b.target].sel
+			if b.scope == scopeProject {
+				sel = a.projects[b.target].sel
+			}
 		}
 		f.entries = append(f.entries, FilterEntry{Set: set, Names: names})
 		f.sels = append(f.sels, sel)

@@ -35,7 +35,7 @@ func (a *Authorizer) checkRole(name string, spec api.RoleSpec) error {
 		return err
 	}
 	if r, ok := a.roles[name]; ok && r.spec.Context != spec.Context {
-		if refs := a.roleReferrers(r, false); refs != "" {
+		if refs := a.roleReferrers(r); refs != "" {
 			return &InvalidError{Kind: api.KindRole, Name: name, Causes: []api.StatusCause{{Field: "spec.context", Message: fmt.Sprintf("the context cannot change while the role is used by %s", refs)}}}
 		}
 	}
@@ -73,21 +73,21 @@ func (a *Authorizer) DeleteRole(name string) error {
 	case r.builtin:
 		return fmt.Errorf("role %q is built in and cannot be deleted", name)
 	}
-	if refs := a.roleReferrers(r, false); refs != "" {
+	if refs := a.roleReferrers(r); refs != "" {
 		return fmt.Errorf("role %q is still used by %s; delete or change those first", name, refs)
 	}
 	delete(a.roles, name)
 	return nil
 }
 
-// roleReferrers describes (a few of) the bindings, and unless bindingsOnly the roles, that
+// roleReferrers describes (a few of) the bindings and roles that
 // refer to r; "" when none do.
-func (a *Authorizer) roleReferrers(r *role, bindingsOnly bool) string {
+func (a *Authorizer) roleReferrers(r *role) string {
 	var names []string
 	for b := range r.bindings {
 		names = append(names, "role binding "+b.name)
 	}
-	if !bindingsOnly {
+	{
 		for _, o := range a.roles {
 			if slices.Contains(o.spec.InheritFrom, r.name) {
 				names = append(names, "role "+o.name)
@@ -323,7 +323,7 @@ func (a *Authorizer) PutProject(name string, spec api.ProjectSpec) (Coverage, er
 		p = &project{name: name}
 		a.projects[name] = p
 	} else if p.sel != nil {
-		cov.add(ClusterSet{Selector: p.sel.src})
+		cov.add(selectorSet("", p.sel))
 		a.selProjects.remove(p.sel, p)
 		a.sels.release(p.sel)
 		p.sel = nil
@@ -336,7 +336,7 @@ func (a *Authorizer) PutProject(name string, spec api.ProjectSpec) (Coverage, er
 		}
 		p.sel = s
 		a.selProjects.add(s, p)
-		cov.add(ClusterSet{Selector: s.src})
+		cov.add(selectorSet("", s))
 	}
 	return cov, nil
 }
@@ -359,7 +359,7 @@ func (a *Authorizer) DeleteProject(name string) (Coverage, error) {
 	}
 	var cov Coverage
 	if p.sel != nil {
-		cov.add(ClusterSet{Selector: p.sel.src})
+		cov.add(selectorSet("", p.sel))
 		a.selProjects.remove(p.sel, p)
 		a.sels.release(p.sel)
 	}
