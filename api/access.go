@@ -129,8 +129,9 @@ type Subject struct {
 
 // BindingScope says where a binding applies. Exactly one of Global, Workspace (alone),
 // ClusterSelector, ClusterGroup, Cluster and Project is set. Workspace may also accompany
-// ClusterSelector, ClusterGroup or Cluster to limit them to clusters of that workspace;
-// ClusterGroup, being a namespaced object, is looked up in the cluster's own workspace.
+// ClusterSelector, ClusterGroup or Cluster to name the workspace of the clusters meant: a
+// ClusterSelector without it spans every workspace, a Cluster or ClusterGroup without it is
+// the one in the default workspace (fleet-default), since names are unique per workspace.
 type BindingScope struct {
 	Global bool `json:"global,omitempty"`
 	// Workspace is a namespace of Flotilla objects (fleet-default, …).

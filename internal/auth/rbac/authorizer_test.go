@@ -106,7 +106,8 @@ func TestDecideScopesAndGroups(t *testing.T) {
 		{"list with names", Subject{User: "carol"}, Request{Verb: "update", Kind: api.KindGitRepo, Namespace: "w"}, false, ""},
 		{"selector narrowed to workspace", Subject{User: "dave"}, Request{Verb: "update", Kind: api.KindCluster, Namespace: "edge", Name: "shop-1", Cluster: edgeBox}, true, ""},
 		{"selector outside workspace", Subject{User: "dave"}, Request{Verb: "update", Kind: api.KindCluster, Namespace: "fleet-default", Name: "shop-1", Cluster: prodShop}, false, ""},
-		{"cluster by name in any workspace", Subject{User: "erin"}, Request{Verb: "get", Kind: api.KindCluster, Name: "shop-1", Cluster: edgeBox}, true, ""},
+		{"cluster by name in the default workspace", Subject{User: "erin"}, Request{Verb: "get", Kind: api.KindCluster, Name: "shop-1", Cluster: prodShop}, true, ""},
+		{"same name in another workspace", Subject{User: "erin"}, Request{Verb: "get", Kind: api.KindCluster, Name: "shop-1", Cluster: edgeBox}, false, ""},
 		{"cluster scope without a cluster", Subject{User: "erin"}, Request{Verb: "list", Kind: api.KindCluster, Namespace: "fleet-default"}, false, ""},
 	}
 	for _, tt := range tests {
@@ -209,7 +210,8 @@ func TestClusterFilter(t *testing.T) {
 	}{
 		{*prodShop, true},
 		{*edgeBox, false}, // selector narrowed to fleet-default
-		{Cluster{Name: "x", Workspace: "edge", Groups: []string{"g"}}, true},
+		{Cluster{Name: "x", Workspace: "fleet-default", Groups: []string{"g"}}, true},
+		{Cluster{Name: "x", Workspace: "edge", Groups: []string{"g"}}, false}, // another workspace's group g
 		{Cluster{Name: "y", Workspace: "edge", Labels: map[string]string{"site": "dc"}}, true},
 		{*devBox, true}, // by name
 		{Cluster{Name: "dev-2", Labels: map[string]string{"env": "dev"}}, false},
@@ -298,7 +300,8 @@ func TestImpersonation(t *testing.T) {
 		{Subject{User: "alice", Groups: []string{"ops", "all"}}, prodShop, "flotilla:user:alice", []string{"flotilla:group:ops"}, true},
 		{Subject{User: "bob", Groups: []string{"ops"}}, prodShop, GroupMemberUser, []string{"flotilla:group:ops"}, true},
 		{Subject{User: "bob", Groups: []string{"ops", "all"}}, devBox, "", nil, false},
-		{Subject{User: "alice"}, edgeBox, "flotilla:user:alice", nil, true},
+		{Subject{User: "alice"}, edgeBox, "", nil, false},
+		{Subject{User: "alice"}, prodShop, "flotilla:user:alice", nil, true},
 	}
 	for _, tt := range tests {
 		user, groups, ok := a.Impersonation(tt.s, *tt.c)

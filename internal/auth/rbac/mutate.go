@@ -1,6 +1,7 @@
 package rbac
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -87,11 +88,9 @@ func (a *Authorizer) roleReferrers(r *role) string {
 	for b := range r.bindings {
 		names = append(names, "role binding "+b.name)
 	}
-	{
-		for _, o := range a.roles {
-			if slices.Contains(o.spec.InheritFrom, r.name) {
-				names = append(names, "role "+o.name)
-			}
+	for _, o := range a.roles {
+		if slices.Contains(o.spec.InheritFrom, r.name) {
+			names = append(names, "role "+o.name)
 		}
 	}
 	if len(names) == 0 {
@@ -221,8 +220,10 @@ func (a *Authorizer) newBinding(name string, spec api.RoleBindingSpec) (*binding
 		b.sel = s
 	case sc.ClusterGroup != "":
 		b.scope, b.target = scopeGroup, sc.ClusterGroup
+		b.workspace = cmp.Or(b.workspace, api.DefaultNamespace)
 	case sc.Cluster != "":
 		b.scope, b.target = scopeCluster, sc.Cluster
+		b.workspace = cmp.Or(b.workspace, api.DefaultNamespace)
 	case sc.Project != "":
 		b.scope, b.target = scopeProject, sc.Project
 	default:
