@@ -183,6 +183,11 @@ type Authorizer struct {
 	byScope     map[scopeTarget][]*binding // workspace, cluster and ClusterGroup scopes
 	selBindings selIndex[*binding]
 	selProjects selIndex[*project]
+
+	// The shared layer of every cluster's compiled objects, computed once after a change.
+	sharedMu   sync.Mutex
+	shared     *layer
+	sharedOpts CompileOptions
 }
 
 // New returns an Authorizer holding the built-in roles and nothing else.

@@ -30,6 +30,10 @@ const (
 	// ImpersonatorName names the ClusterRole and ClusterRoleBinding letting the agent's service
 	// account impersonate the subjects bound on its cluster, and nobody else.
 	ImpersonatorName = "flotilla-impersonator"
+	// SharedSuffix ends the names of the ClusterRoleBindings (and the impersonator) made from
+	// bindings that reach every cluster: "flotilla-admin:all". Those objects are the same on
+	// every cluster and are computed once.
+	SharedSuffix = ":all"
 	// ProjectObjectName names the ResourceQuota and LimitRange of a project namespace.
 	ProjectObjectName = "flotilla-project"
 	// OwnerLabel (with value OwnerValue) marks every compiled object for pruning.
@@ -83,62 +87,162 @@ func DefaultCompileOptions() CompileOptions {
 // subjects is a set of users and groups bound with one role.
 type subjects map[subjectKey]struct{}
 
-// Compile computes the access objects cluster c must hold. It reads only the bindings whose
-// scope can reach c: the global ones, c's workspace, c's name and groups by key, the
-// selector bindings bucketed under one of c's labels, and the projects picking c.
+// everywhere reports whether b reaches every cluster whatever its name, workspace, labels
+// or groups: such bindings make the shared layer.
+func (b *binding) everywhere() bool {
+	return b.scope == scopeGlobal || b.scope == scopeSelector && b.sel.key == "" && b.workspace == ""
+}
+
+// layer is one part of a cluster's objects: the shared layer (bindings reaching every
+// cluster, the same bytes everywhere, computed once) or the cluster's own.
+type layer struct {
+	objects   []Manifest
+	templates []NamespaceTemplate
+	conflicts []string
+	digest    string
+}
+
+// Compile computes the access objects cluster c must hold: the shared layer, computed once
+// after each change and cached, and c's own layer, from only the bindings whose scope can
+// reach c: c's workspace, c's name and groups by key, the selector bindings bucketed under
+// one of c's labels, and the projects picking c. The digest is a digest of the two layers'
+// digests, so a change to the shared layer re-versions every cluster at the cost of one
+// hash each.
 func (a *Authorizer) Compile(c Cluster, opts CompileOptions) Compiled {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
+	shared := a.sharedLayer(opts)
+	own := a.ownLayer(&c, opts)
 
-	wide := map[*role]subjects{}
-	addWide := func(b *binding) {
-		if len(b.role.kube) == 0 {
-			return
-		}
-		if wide[b.role] == nil {
-			wide[b.role] = subjects{}
-		}
-		wide[b.role][b.subj] = struct{}{}
+	out := Compiled{Templates: own.templates, Conflicts: own.conflicts}
+	out.Objects = make([]Manifest, 0, len(shared.objects)+len(own.objects))
+	out.Objects = append(out.Objects, shared.objects...)
+	out.Objects = append(out.Objects, own.objects...)
+	sortManifests(out.Objects)
+	// A role bound in both layers has its ClusterRole in both, with the same content.
+	out.Objects = slices.CompactFunc(out.Objects, func(x, y Manifest) bool {
+		return x.Kind == y.Kind && x.Namespace == y.Namespace && x.Name == y.Name
+	})
+	out.Digest = combine(shared.digest, own.digest)
+	return out
+}
+
+// Digest returns Compile(c, opts).Digest.
+func (a *Authorizer) Digest(c Cluster, opts CompileOptions) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return combine(a.sharedLayer(opts).digest, a.ownLayer(&c, opts).digest)
+}
+
+// SharedDigest and OwnDigest are the two halves of a cluster's digest, for a fleet that keeps
+// each cluster's own digest (recomputed only when a change's coverage includes the cluster)
+// and, when the shared layer changes, re-versions every cluster with CombineDigests alone.
+func (a *Authorizer) SharedDigest(opts CompileOptions) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.sharedLayer(opts).digest
+}
+
+// OwnDigest is the digest of the objects only c's own bindings and projects make.
+func (a *Authorizer) OwnDigest(c Cluster, opts CompileOptions) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.ownLayer(&c, opts).digest
+}
+
+// CombineDigests returns the digest of a cluster from its two halves: Compile's Digest.
+func CombineDigests(shared, own string) string { return combine(shared, own) }
+
+func combine(shared, own string) string {
+	h := sha256.Sum256([]byte(shared + "\n" + own))
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+// sharedLayer returns the cached shared layer, computing it after a change. Callers hold
+// a.mu for reading; the cache has its own lock.
+func (a *Authorizer) sharedLayer(opts CompileOptions) *layer {
+	a.sharedMu.Lock()
+	defer a.sharedMu.Unlock()
+	if a.shared != nil && a.sharedOpts == opts {
+		return a.shared
 	}
+	wide := roleSubjects{}
 	for _, b := range a.global {
-		addWide(b)
+		wide.add(b)
 	}
+	a.selBindings.each(nil, func(b *binding) {
+		if b.everywhere() {
+			wide.add(b)
+		}
+	})
+	l := build(wide, nil, SharedSuffix, opts)
+	a.shared, a.sharedOpts = &l, opts
+	return a.shared
+}
+
+// invalidate drops the cached shared layer; callers hold a.mu for writing.
+func (a *Authorizer) invalidate() {
+	a.sharedMu.Lock()
+	a.shared = nil
+	a.sharedMu.Unlock()
+}
+
+func (a *Authorizer) ownLayer(c *Cluster, opts CompileOptions) layer {
+	wide := roleSubjects{}
 	for _, b := range a.byScope[scopeTarget{scopeWorkspace, c.Workspace}] {
-		addWide(b)
+		wide.add(b)
 	}
 	for _, b := range a.byScope[scopeTarget{scopeCluster, c.Name}] {
-		if b.matchesCluster(&c) {
-			addWide(b)
+		if b.matchesCluster(c) {
+			wide.add(b)
 		}
 	}
 	for _, g := range c.Groups {
 		for _, b := range a.byScope[scopeTarget{scopeGroup, g}] {
-			if b.matchesCluster(&c) {
-				addWide(b)
+			if b.matchesCluster(c) {
+				wide.add(b)
 			}
 		}
 	}
 	a.selBindings.each(c.Labels, func(b *binding) {
-		if b.workspace == "" || b.workspace == c.Workspace {
-			addWide(b)
+		if !b.everywhere() && (b.workspace == "" || b.workspace == c.Workspace) {
+			wide.add(b)
 		}
 	})
 	var projects []*project
 	a.selProjects.each(c.Labels, func(p *project) { projects = append(projects, p) })
 	slices.SortFunc(projects, func(x, y *project) int { return cmp.Compare(x.name, y.name) })
+	return build(wide, projects, "", opts)
+}
 
-	var out Compiled
+// roleSubjects collects, per role pushing rules downstream, the subjects bound with it.
+type roleSubjects map[*role]subjects
+
+func (rs roleSubjects) add(b *binding) {
+	if len(b.role.kube) == 0 {
+		return
+	}
+	if rs[b.role] == nil {
+		rs[b.role] = subjects{}
+	}
+	rs[b.role][b.subj] = struct{}{}
+}
+
+// build makes a layer's objects; suffix tells the shared layer's bindings from a cluster's
+// own ("flotilla-admin:all" beside "flotilla-admin"). ':' never appears in a role's name, so
+// the two cannot collide.
+func build(wide roleSubjects, projects []*project, suffix string, opts CompileOptions) layer {
+	var out layer
 	everyone := subjects{}
 	clusterRoles := map[*role]bool{}
 	for r, subs := range wide {
 		clusterRoles[r] = true
-		out.Objects = append(out.Objects, manifest("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "", ObjectPrefix+r.name, nil, map[string]any{
+		out.objects = append(out.objects, manifest("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "", ObjectPrefix+r.name+suffix, nil, map[string]any{
 			"roleRef":  roleRef(r),
 			"subjects": subjectList(subs),
 		}))
 		maps.Copy(everyone, subs)
 	}
-
 	claimed := map[string]string{}
 	for _, p := range projects {
 		perRole := map[*role]subjects{}
@@ -179,36 +283,37 @@ func (a *Authorizer) Compile(c Cluster, opts CompileOptions) Compiled {
 		}
 		for _, ns := range p.spec.Namespaces {
 			if owner, ok := claimed[ns.Name]; ok {
-				out.Conflicts = append(out.Conflicts, fmt.Sprintf("namespace %q is claimed by projects %q and %q; %q keeps it", ns.Name, owner, p.name, owner))
+				out.conflicts = append(out.conflicts, fmt.Sprintf("namespace %q is claimed by projects %q and %q; %q keeps it", ns.Name, owner, p.name, owner))
 				continue
 			}
 			claimed[ns.Name] = p.name
-			out.Objects = append(out.Objects, manifest("v1", "Namespace", "", ns.Name, projectLabels(p), nil))
+			out.objects = append(out.objects, manifest("v1", "Namespace", "", ns.Name, projectLabels(p), nil))
 			q := p.spec.NamespaceQuota
 			if ns.Quota != nil {
 				q = ns.Quota
 			}
-			out.Objects = append(out.Objects, nsObjects(ns.Name, q)...)
+			out.objects = append(out.objects, nsObjects(ns.Name, q)...)
 		}
 		if p.spec.NamespaceSelector != nil {
 			objs := nsObjects("", p.spec.NamespaceQuota)
 			sortManifests(objs)
-			out.Templates = append(out.Templates, NamespaceTemplate{Project: p.name, Selector: cloneSelector(p.spec.NamespaceSelector), Objects: objs})
+			out.templates = append(out.templates, NamespaceTemplate{Project: p.name, Selector: cloneSelector(p.spec.NamespaceSelector), Objects: objs})
 		}
 	}
 	for r := range clusterRoles {
-		out.Objects = append(out.Objects, manifest("rbac.authorization.k8s.io/v1", "ClusterRole", "", ObjectPrefix+r.name, nil, map[string]any{"rules": kubeRules(r.kube)}))
+		out.objects = append(out.objects, manifest("rbac.authorization.k8s.io/v1", "ClusterRole", "", ObjectPrefix+r.name, nil, map[string]any{"rules": kubeRules(r.kube)}))
 	}
-	out.Objects = append(out.Objects, impersonator(everyone, opts)...)
-	sortManifests(out.Objects)
-	out.Digest = digest(&out)
+	out.objects = append(out.objects, impersonator(everyone, suffix, opts)...)
+	sortManifests(out.objects)
+	out.digest = digest(&out)
 	return out
 }
+
 
 // impersonator lets the agent's service account impersonate exactly the bound subjects. An
 // impersonation rule without resourceNames would allow every user, so none is written when
 // there is nobody to name.
-func impersonator(subs subjects, opts CompileOptions) []Manifest {
+func impersonator(subs subjects, suffix string, opts CompileOptions) []Manifest {
 	var users, groups []string
 	for s := range subs {
 		if s.group {
@@ -232,9 +337,9 @@ func impersonator(subs subjects, opts CompileOptions) []Manifest {
 	// The extra only names the person for the cluster's audit log; RBAC grants nothing on it.
 	rules = append(rules, map[string]any{"apiGroups": []string{"authentication.k8s.io"}, "resources": []string{"userextras/" + ExtraUserKey}, "verbs": []string{"impersonate"}})
 	return []Manifest{
-		manifest("rbac.authorization.k8s.io/v1", "ClusterRole", "", ImpersonatorName, nil, map[string]any{"rules": rules}),
-		manifest("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "", ImpersonatorName, nil, map[string]any{
-			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ImpersonatorName},
+		manifest("rbac.authorization.k8s.io/v1", "ClusterRole", "", ImpersonatorName+suffix, nil, map[string]any{"rules": rules}),
+		manifest("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "", ImpersonatorName+suffix, nil, map[string]any{
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ImpersonatorName + suffix},
 			"subjects": []any{map[string]any{"kind": "ServiceAccount", "namespace": opts.AgentNamespace, "name": opts.AgentServiceAccount}},
 		}),
 	}
@@ -317,13 +422,13 @@ func sortManifests(m []Manifest) {
 	})
 }
 
-func digest(c *Compiled) string {
+func digest(c *layer) string {
 	h := sha256.New()
-	for _, m := range c.Objects {
+	for _, m := range c.objects {
 		h.Write(m.Object)
 		h.Write([]byte{'\n'})
 	}
-	for _, t := range c.Templates {
+	for _, t := range c.templates {
 		raw, _ := json.Marshal(t)
 		h.Write(raw)
 		h.Write([]byte{'\n'})

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -99,7 +100,7 @@ func TestCompileImpersonatorNamesEverySubject(t *testing.T) {
 	for _, c := range []Cluster{*prodShop, *devBox, *edgeBox} {
 		out := a.Compile(c, DefaultCompileOptions())
 		for _, m := range out.Objects {
-			if m.Kind != "ClusterRole" || m.Name != ImpersonatorName {
+			if m.Kind != "ClusterRole" || !strings.HasPrefix(m.Name, ImpersonatorName) {
 				continue
 			}
 			var cr struct {
@@ -187,5 +188,53 @@ func TestCompileDigest(t *testing.T) {
 	other.AgentServiceAccount = "agent"
 	if got := a.Compile(*prodShop, other).Digest; got == before {
 		t.Fatal("the agent's service account is not part of the digest")
+	}
+}
+
+// TestSharedLayer checks that bindings reaching every cluster are compiled once per change:
+// other changes keep the cached layer, and a change to it re-versions every cluster.
+func TestSharedLayer(t *testing.T) {
+	a := fixture(t)
+	opts := DefaultCompileOptions()
+	before := map[string]string{}
+	for _, c := range []Cluster{*prodShop, *devBox, *edgeBox} {
+		before[c.Workspace+"/"+c.Name] = a.Digest(c, opts)
+		if got := a.Compile(c, opts).Digest; got != before[c.Workspace+"/"+c.Name] {
+			t.Fatalf("Digest %s and Compile %s disagree", before[c.Workspace+"/"+c.Name], got)
+		}
+	}
+	shared := a.shared
+	mustBind(t, a, "one", "zed", RoleClusterOwner, api.BindingScope{Cluster: "dev-1"})
+	a.Compile(*devBox, opts)
+	if a.shared != shared {
+		t.Fatal("a binding on one cluster recomputed the shared layer")
+	}
+	cov := mustBind(t, a, "all", "group:sre", RoleClusterOwner, api.BindingScope{ClusterSelector: &api.LabelSelector{}})
+	if !cov.All() {
+		t.Fatalf("covers %+v", cov.Sets)
+	}
+	for _, c := range []Cluster{*prodShop, *edgeBox} {
+		out := a.Compile(c, opts)
+		if out.Digest == before[c.Workspace+"/"+c.Name] {
+			t.Fatalf("%s: digest unchanged by a binding covering every cluster", c.Name)
+		}
+		var names []string
+		for _, m := range out.Objects {
+			if m.Kind == "ClusterRoleBinding" {
+				names = append(names, m.Name)
+			}
+		}
+		if !slices.Contains(names, "flotilla-cluster-owner:all") || !slices.Contains(names, ImpersonatorName+SharedSuffix) {
+			t.Fatalf("%s: ClusterRoleBindings %v", c.Name, names)
+		}
+	}
+	if a.shared == shared {
+		t.Fatal("the shared layer was not recomputed")
+	}
+	if _, err := a.DeleteBinding("all"); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Digest(*prodShop, opts); got != before[prodShop.Workspace+"/"+prodShop.Name] {
+		t.Fatal("deleting the binding did not restore the digest")
 	}
 }

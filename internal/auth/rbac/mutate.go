@@ -60,6 +60,7 @@ func (a *Authorizer) PutRole(name string, spec api.RoleSpec) (Coverage, error) {
 	for _, d := range affected {
 		a.flatten(d)
 	}
+	a.invalidate()
 	return a.roleCoverage(affected), nil
 }
 
@@ -233,6 +234,9 @@ func (a *Authorizer) newBinding(name string, spec api.RoleBindingSpec) (*binding
 }
 
 func (a *Authorizer) index(b *binding) {
+	if b.everywhere() {
+		a.invalidate()
+	}
 	a.bindings[b.name] = b
 	b.role.bindings[b] = struct{}{}
 	e := a.subjects[b.subj]
@@ -265,6 +269,9 @@ func (a *Authorizer) index(b *binding) {
 }
 
 func (a *Authorizer) unindex(b *binding) {
+	if b.everywhere() {
+		a.invalidate()
+	}
 	delete(a.bindings, b.name)
 	delete(b.role.bindings, b)
 	e := a.subjects[b.subj]
@@ -411,6 +418,7 @@ func (a *Authorizer) Load(roles map[string]api.RoleSpec, projects map[string]api
 	for _, r := range a.roles {
 		a.flatten(r)
 	}
+	a.invalidate()
 	a.mu.Unlock()
 	for _, n := range sortedKeys(projects) {
 		if _, err := a.PutProject(n, projects[n]); err != nil {
