@@ -154,8 +154,21 @@ func (a *Authorizer) OwnDigest(c Cluster, opts CompileOptions) string {
 func CombineDigests(shared, own string) string { return combine(shared, own) }
 
 func combine(shared, own string) string {
-	h := sha256.Sum256([]byte(shared + "\n" + own))
-	return "sha256:" + hex.EncodeToString(h[:])
+	// One allocation: this runs for every cluster when the shared layer changes.
+	var sum [sha256.Size]byte
+	var in [256]byte
+	if len(shared)+1+len(own) <= len(in) {
+		n := copy(in[:], shared)
+		in[n] = '\n'
+		n += 1 + copy(in[n+1:], own)
+		sum = sha256.Sum256(in[:n])
+	} else {
+		sum = sha256.Sum256([]byte(shared + "\n" + own))
+	}
+	var out [7 + 2*sha256.Size]byte
+	copy(out[:], "sha256:")
+	hex.Encode(out[7:], sum[:])
+	return string(out[:])
 }
 
 // sharedLayer returns the cached shared layer, computing it after a change. Callers hold

@@ -2,6 +2,8 @@ package rbac
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"os"
@@ -236,5 +238,15 @@ func TestSharedLayer(t *testing.T) {
 	}
 	if got := a.Digest(*prodShop, opts); got != before[prodShop.Workspace+"/"+prodShop.Name] {
 		t.Fatal("deleting the binding did not restore the digest")
+	}
+}
+
+func TestCombineDigests(t *testing.T) {
+	for _, n := range []int{0, 71, 127, 128, 200} {
+		shared, own := strings.Repeat("a", n), strings.Repeat("b", n)
+		sum := sha256.Sum256([]byte(shared + "\n" + own))
+		if got, want := CombineDigests(shared, own), "sha256:"+hex.EncodeToString(sum[:]); got != want {
+			t.Errorf("%d bytes each: got %s, want %s", n, got, want)
+		}
 	}
 }
