@@ -322,7 +322,6 @@ func build(wide roleSubjects, projects []*project, suffix string, opts CompileOp
 	return out
 }
 
-
 // impersonator lets the agent's service account impersonate exactly the bound subjects. An
 // impersonation rule without resourceNames would allow every user, so none is written when
 // there is nobody to name.
