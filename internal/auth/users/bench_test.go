@@ -25,4 +25,3 @@ func BenchmarkHashDefault(b *testing.B) {
 		b.ReportMetric(float64(c.Nanoseconds())/float64(n), "cpu-ns/op")
 	}
 }
-
