@@ -43,6 +43,10 @@ const (
 	MaxPasswordBytes = 1024
 )
 
+// DefaultMaxConcurrent is how many hashes run at once by default: the cores of a 2-core
+// server. More logins wait for a slot rather than take memory and CPU from everything else.
+const DefaultMaxConcurrent = 2
+
 // ErrMalformedHash is a stored hash that cannot be read, or names parameters out of bounds.
 var ErrMalformedHash = errors.New("malformed password hash")
 
