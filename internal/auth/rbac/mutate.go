@@ -192,13 +192,17 @@ func (a *Authorizer) DeleteBinding(name string) (Coverage, error) {
 }
 
 // BindingsOf returns the names of the bindings naming a user or group, sorted: what to
-// delete with a deleted user.
+// delete with a deleted user. It reads only that subject's bindings.
 func (a *Authorizer) BindingsOf(kind, name string) []string {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
+	e := a.subjects[subjectKey{group: kind == api.SubjectGroup, name: name}]
+	if e == nil || kind != api.SubjectUser && kind != api.SubjectGroup {
+		return nil
+	}
 	var out []string
-	for _, b := range a.bindings {
-		if b.subj.name == name && b.subj.kind() == kind {
+	for _, l := range [][]*binding{e.global, e.selectors, e.projects, e.keyed} {
+		for _, b := range l {
 			out = append(out, b.name)
 		}
 	}
