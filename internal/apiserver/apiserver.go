@@ -118,6 +118,8 @@ type request struct {
 
 func (s *Server) handle(fn func(*request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		w, done := groupWriter(w, r)
+		defer done()
 		req := &request{r: r, w: w, ns: r.PathValue("ns"), name: r.PathValue("name")}
 		err := s.prepare(req)
 		if err == nil {

@@ -58,47 +58,9 @@ func (s *Server) coreV1(fn func(*request) error) http.HandlerFunc {
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.Header.Set("Content-Type", "application/json")
 		}
-		cw := &coreWriter{w: w}
+		cw := &lineWriter{w: w, convert: coreLine}
 		h(cw, r)
 		cw.flush(true)
-	}
-}
-
-// coreWriter rewrites each line of a response (one JSON document, or one watch event)
-// from Flotilla's Secret to Kubernetes'.
-type coreWriter struct {
-	w   http.ResponseWriter
-	buf []byte
-}
-
-func (c *coreWriter) Header() http.Header  { return c.w.Header() }
-func (c *coreWriter) WriteHeader(code int) { c.w.WriteHeader(code) }
-
-func (c *coreWriter) Write(p []byte) (int, error) {
-	c.buf = append(c.buf, p...)
-	c.flush(false)
-	return len(p), nil
-}
-
-func (c *coreWriter) Flush() {
-	c.flush(false)
-	if f, ok := c.w.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (c *coreWriter) flush(all bool) {
-	for {
-		i := bytes.IndexByte(c.buf, '\n')
-		if i < 0 {
-			break
-		}
-		c.w.Write(append(coreLine(c.buf[:i]), '\n'))
-		c.buf = c.buf[i+1:]
-	}
-	if all && len(c.buf) > 0 {
-		c.w.Write(coreLine(c.buf))
-		c.buf = nil
 	}
 }
 
@@ -218,4 +180,56 @@ func redactLastApplied(obj *api.Object) error {
 	}
 	obj.Metadata.Annotations[lastAppliedAnnotation] = string(out)
 	return nil
+}
+
+// groupWriter shows objects served under Fleet's group in that group, so that a client
+// that applied a fleet.cattle.io manifest reads back what it wrote (kubectl's apply would
+// otherwise see a changed apiVersion every time and report "configured").
+func groupWriter(w http.ResponseWriter, r *http.Request) (http.ResponseWriter, func()) {
+	if !strings.HasPrefix(r.URL.Path, "/apis/"+api.FleetGroup+"/") {
+		return w, func() {}
+	}
+	lw := &lineWriter{w: w, convert: func(line []byte) []byte {
+		return bytes.ReplaceAll(line, []byte(`"apiVersion":"`+api.APIVersion+`"`), []byte(`"apiVersion":"`+api.FleetAPIVersion+`"`))
+	}}
+	return lw, func() { lw.flush(true) }
+}
+
+// lineWriter passes a response through convert one line (one JSON document or watch
+// event) at a time.
+type lineWriter struct {
+	w       http.ResponseWriter
+	buf     []byte
+	convert func([]byte) []byte
+}
+
+func (c *lineWriter) Header() http.Header  { return c.w.Header() }
+func (c *lineWriter) WriteHeader(code int) { c.w.WriteHeader(code) }
+
+func (c *lineWriter) Write(p []byte) (int, error) {
+	c.buf = append(c.buf, p...)
+	c.flush(false)
+	return len(p), nil
+}
+
+func (c *lineWriter) Flush() {
+	c.flush(false)
+	if f, ok := c.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (c *lineWriter) flush(all bool) {
+	for {
+		i := bytes.IndexByte(c.buf, '\n')
+		if i < 0 {
+			break
+		}
+		c.w.Write(append(c.convert(c.buf[:i]), '\n'))
+		c.buf = c.buf[i+1:]
+	}
+	if all && len(c.buf) > 0 {
+		c.w.Write(c.convert(c.buf))
+		c.buf = nil
+	}
 }

@@ -311,6 +311,13 @@ spec: {repo: https://git.example.com/web.git, paths: [x], branch: main}
 	if mf := got.GetManagedFields(); len(mf) != 1 || mf[0].Manager != "alice" || mf[0].Operation != metav1.ManagedFieldsOperationApply {
 		t.Errorf("managedFields after the first apply: %+v", mf)
 	}
+	// Served in the group it was written in, so that a client reads back what it applied.
+	if got.GetAPIVersion() != api.FleetAPIVersion {
+		t.Errorf("apiVersion under Fleet's group: %s", got.GetAPIVersion())
+	}
+	if own, err := res.Get(ctx, "web", metav1.GetOptions{}); err != nil || own.GetAPIVersion() != api.APIVersion {
+		t.Errorf("apiVersion under Flotilla's group: %v %v", own, err)
+	}
 	_, err = apply("bob", false, `
 apiVersion: flotilla.dev/v1alpha1
 kind: GitRepo
