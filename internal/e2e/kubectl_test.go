@@ -140,10 +140,10 @@ func TestKubectl(t *testing.T) {
 	k.must("", "patch", "gitrepo", "apps", "--type", "json", "-p", `[{"op":"replace","path":"/spec/paths","value":["a","b"]}]`)
 	k.fails("not supported", "", "patch", "gitrepo", "apps", "-p", `{"spec":{"paused":false}}`)
 	editor := filepath.Join(home, "editor.sh")
-	os.WriteFile(editor, []byte("#!/bin/sh\nsed -i 's/paused: true/paused: false/' \"$1\"\n"), 0o700)
+	os.WriteFile(editor, []byte("#!/bin/sh\nsed -i 's/branch: release/branch: edited/' \"$1\"\n"), 0o700)
 	k.env = append(k.env, "KUBE_EDITOR="+editor)
 	contains(t, "edit", k.must("", "edit", "gitrepo", "apps"), "edited")
-	if out := k.must("", "get", "gitrepo", "apps", "-o", "jsonpath={.metadata.labels.env} {.metadata.annotations.owner} {.spec.paths} {.spec.paused}"); out != `prod team-a ["a","b"] false` {
+	if out := k.must("", "get", "gitrepo", "apps", "-o", "jsonpath={.metadata.labels.env} {.metadata.annotations.owner} {.spec.paths} {.spec.paused} {.spec.branch}"); out != `prod team-a ["a","b"] true edited` {
 		t.Errorf("after label, annotate, patch and edit: %q", out)
 	}
 
