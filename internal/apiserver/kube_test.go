@@ -447,3 +447,27 @@ stringData: {password: hunter2-secret}
 		t.Errorf("unknown field: %v, want 400 naming it", err)
 	}
 }
+
+// An object written before managedFields were kept, sent back unchanged, stays unchanged
+// (a regression test: the field manager leaves such objects alone).
+func TestUnchangedWriteKeepsManagedFields(t *testing.T) {
+	e := start(t)
+	ctx := ctxT(t)
+	o := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindClusterGroup},
+		Metadata: api.ObjectMeta{Name: "old", Namespace: "ws", UID: "u1"}, Spec: json.RawMessage(`{}`)}
+	if _, err := e.st.Create(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	code, h, body := e.raw(t, "PUT", "/apis/"+api.APIVersion+"/namespaces/ws/clustergroups/old", "", "application/json",
+		`{"apiVersion":"flotilla.dev/v1alpha1","kind":"ClusterGroup","metadata":{"name":"old"},"spec":{}}`)
+	if code != 200 || h.Get(apiserver.ResultHeader) != "unchanged" {
+		t.Errorf("PUT of the same object: %d %s %s, want unchanged", code, h.Get(apiserver.ResultHeader), body)
+	}
+	// As in Kubernetes, updates of such an object are not tracked until someone applies;
+	// an object created through the API is tracked from the start.
+	code, _, body = e.raw(t, "POST", "/apis/"+api.APIVersion+"/namespaces/ws/clustergroups?fieldManager=ops", "", "application/json",
+		`{"apiVersion":"flotilla.dev/v1alpha1","kind":"ClusterGroup","metadata":{"name":"new"},"spec":{}}`)
+	if code != 201 || !strings.Contains(body, `"manager":"ops"`) || !strings.Contains(body, `"operation":"Update"`) {
+		t.Errorf("POST: %d %s, want managedFields naming ops", code, body)
+	}
+}
