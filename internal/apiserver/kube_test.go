@@ -16,9 +16,11 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/csaupgrade"
 	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"
@@ -469,5 +471,38 @@ func TestUnchangedWriteKeepsManagedFields(t *testing.T) {
 		`{"apiVersion":"flotilla.dev/v1alpha1","kind":"ClusterGroup","metadata":{"name":"new"},"spec":{}}`)
 	if code != 201 || !strings.Contains(body, `"manager":"ops"`) || !strings.Contains(body, `"operation":"Update"`) {
 		t.Errorf("POST: %d %s, want managedFields naming ops", code, body)
+	}
+}
+
+// kubectl moves client-side apply's fields to its server-side apply manager with a JSON
+// patch of managedFields as it read them, under Fleet's group too; afterwards a field the
+// applier drops is removed.
+func TestClientToServerSideApply(t *testing.T) {
+	e := start(t)
+	ctx := ctxT(t)
+	res := e.dyn.Resource(schema.GroupVersionResource{Group: api.FleetGroup, Version: api.Version, Resource: "clustergroups"}).Namespace("ws")
+	const cg = "apiVersion: fleet.cattle.io/v1alpha1\nkind: ClusterGroup\nmetadata: {name: prod, labels: {%s}}\nspec: {selector: {matchLabels: {env: prod}}}\n"
+	if _, err := res.Create(ctx, obj(t, strings.Replace(cg, "%s", "a: b", 1)), metav1.CreateOptions{FieldManager: "kubectl-client-side-apply"}); err != nil {
+		t.Fatal(err)
+	}
+	apply := func(labels string) *unstructured.Unstructured {
+		t.Helper()
+		js, _ := yaml.YAMLToJSON([]byte(strings.Replace(cg, "%s", labels, 1)))
+		got, err := res.Patch(ctx, "prod", types.ApplyPatchType, js, metav1.PatchOptions{FieldManager: "kubectl"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	got := apply("a: b")
+	patch, err := csaupgrade.UpgradeManagedFieldsPatch(got, sets.New("kubectl-client-side-apply"), "kubectl")
+	if err != nil || patch == nil {
+		t.Fatalf("upgrade patch: %s, %v", patch, err)
+	}
+	if _, err := res.Patch(ctx, "prod", types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: "kubectl"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := apply("c: d"); len(got.GetLabels()) != 1 || got.GetLabels()["c"] != "d" {
+		t.Errorf("labels after dropping a: %v, want only c", got.GetLabels())
 	}
 }

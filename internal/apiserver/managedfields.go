@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -154,6 +155,7 @@ func (s *Server) trackFields(req *request, cur, next *api.Object) {
 	if next.Metadata.ManagedFields == nil && cur != nil {
 		next.Metadata.ManagedFields = cur.Metadata.ManagedFields
 	}
+	next.Metadata.ManagedFields = ownGroup(next.Metadata.ManagedFields)
 	n, err := toUnstructured(next)
 	if err != nil {
 		return
@@ -197,6 +199,29 @@ func fromAPIError(err error) error {
 		for _, c := range st.Details.Causes {
 			out.Details.Causes = append(out.Details.Causes, api.StatusCause{Field: c.Field, Message: c.Message})
 		}
+	}
+	return out
+}
+
+// ownGroup records entries a client read under Fleet's group (and sends back, as kubectl
+// does when it moves client-side apply's fields to server-side apply) under Flotilla's,
+// the one version the field manager knows.
+func ownGroup(mf json.RawMessage) json.RawMessage {
+	if len(mf) == 0 || !bytes.Contains(mf, []byte(api.FleetGroup)) {
+		return mf
+	}
+	var entries []metav1.ManagedFieldsEntry
+	if json.Unmarshal(mf, &entries) != nil {
+		return mf
+	}
+	for i := range entries {
+		if entries[i].APIVersion == api.FleetAPIVersion {
+			entries[i].APIVersion = api.APIVersion
+		}
+	}
+	out, err := json.Marshal(entries)
+	if err != nil {
+		return mf
 	}
 	return out
 }
