@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -23,6 +24,11 @@ type CoreV1Secret struct {
 	Immutable *bool `json:"immutable,omitempty"`
 }
 
+// CoreV1Redacted stands for a redacted value in a Kubernetes-shaped Secret's data: the
+// base64 of SecretRedacted, so that clients that decode data (kubectl describe, typed
+// client-go) can, and sending it back keeps the stored value as SecretRedacted does.
+var CoreV1Redacted = base64.StdEncoding.EncodeToString([]byte(SecretRedacted))
+
 // IsCoreV1Secret reports whether a document's apiVersion and kind are Kubernetes' Secret.
 func IsCoreV1Secret(apiVersion, kind string) bool {
 	return apiVersion == CoreV1 && kind == KindSecret
@@ -43,6 +49,11 @@ func SecretFromCoreV1(data []byte) (*Object, error) {
 	if s.Immutable != nil && *s.Immutable {
 		return nil, fmt.Errorf("immutable Secrets are not supported: remove immutable: true")
 	}
+	for k, v := range s.Data {
+		if v == CoreV1Redacted {
+			s.Data[k] = SecretRedacted
+		}
+	}
 	spec, err := json.Marshal(SecretSpec{Type: s.Type, Data: s.Data, StringData: s.StringData})
 	if err != nil {
 		return nil, err
@@ -57,6 +68,11 @@ func (o *Object) CoreV1() (*CoreV1Secret, error) {
 	if len(o.Spec) > 0 {
 		if err := json.Unmarshal(o.Spec, &spec); err != nil {
 			return nil, fmt.Errorf("secret %s/%s: %w", o.Metadata.Namespace, o.Metadata.Name, err)
+		}
+	}
+	for k, v := range spec.Data {
+		if v == SecretRedacted {
+			spec.Data[k] = CoreV1Redacted
 		}
 	}
 	return &CoreV1Secret{TypeMeta: TypeMeta{APIVersion: CoreV1, Kind: KindSecret}, Metadata: o.Metadata,

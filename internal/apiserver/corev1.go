@@ -161,18 +161,19 @@ func redactLastApplied(obj *api.Object) error {
 	if err := json.Unmarshal([]byte(la), &cfg); err != nil {
 		return resource.Invalid(obj.Kind, obj.Metadata.Name, []api.StatusCause{{Field: "metadata.annotations." + lastAppliedAnnotation, Message: "must be a JSON object"}})
 	}
-	redact := func(m map[string]any) {
-		for _, f := range []string{"data", "stringData"} {
+	redact := func(m map[string]any, data string) {
+		for f, marker := range map[string]string{"data": data, "stringData": api.SecretRedacted} {
 			if vals, ok := m[f].(map[string]any); ok {
 				for k := range vals {
-					vals[k] = api.SecretRedacted
+					vals[k] = marker
 				}
 			}
 		}
 	}
-	redact(cfg)
+	// Kubernetes' shape keeps data base64-encoded; Flotilla's spec takes the marker as is.
+	redact(cfg, api.CoreV1Redacted)
 	if spec, ok := cfg["spec"].(map[string]any); ok {
-		redact(spec)
+		redact(spec, api.SecretRedacted)
 	}
 	out, err := json.Marshal(cfg)
 	if err != nil {

@@ -409,8 +409,8 @@ stringData: {password: hunter2-secret}
 			t.Errorf("%s: %s, want a v1 Secret of type %s", what, data, api.SecretTypeBasicAuth)
 		}
 		d, _, _ := unstructured.NestedStringMap(u.Object, "data")
-		if d["username"] != api.SecretRedacted || d["password"] != api.SecretRedacted {
-			t.Errorf("%s: data %v, want both keys redacted", what, d)
+		if d["username"] != api.CoreV1Redacted || d["password"] != api.CoreV1Redacted {
+			t.Errorf("%s: data %v, want both keys redacted (and valid base64)", what, d)
 		}
 	}
 	check("create", created)
@@ -438,6 +438,28 @@ stringData: {password: hunter2-secret}
 	// changes, the other stays.
 	if _, err := res.Patch(ctx, "git-auth", types.StrategicMergePatchType, []byte(`{"stringData":{"password":"new-secret"}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	// What a client read and sends back keeps the stored values.
+	got, err = res.Get(ctx, "git-auth", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := func() string {
+		o, err := e.st.Get(ctx, store.Key{Kind: api.KindSecret, Namespace: "ws", Name: "git-auth"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var spec api.SecretSpec
+		json.Unmarshal(o.Spec, &spec)
+		return spec.Sealed
+	}
+	before := sealed()
+	got.SetLabels(map[string]string{"team": "a"})
+	if _, err := res.Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if after := sealed(); after != before {
+		t.Error("sending the redacted values back changed the stored ones")
 	}
 	// Flotilla's own endpoint sees the same Secret.
 	code, _, body := e.raw(t, "GET", "/apis/"+api.APIVersion+"/namespaces/ws/secrets/git-auth", "", "", "")

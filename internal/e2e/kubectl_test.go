@@ -131,7 +131,8 @@ func TestKubectl(t *testing.T) {
 	if strings.Contains(secret, "hunter2") || strings.Contains(secret, "ZGVwbG95") {
 		t.Errorf("the Secret shows a value:\n%s", secret)
 	}
-	contains(t, "get secret", secret, "type: kubernetes.io/basic-auth", api.SecretRedacted)
+	contains(t, "get secret", secret, "type: kubernetes.io/basic-auth", api.CoreV1Redacted)
+	contains(t, "describe secret", k.must("", "describe", "secret", "git-auth"), "password:  12 bytes")
 
 	// label, annotate, patch (merge and JSON), edit.
 	contains(t, "label", k.must("", "label", "gitrepo", "apps", "env=prod"), "labeled")
