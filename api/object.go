@@ -37,6 +37,9 @@ type ObjectMeta struct {
 	CreationTimestamp *time.Time        `json:"creationTimestamp,omitempty"`
 	Labels            map[string]string `json:"labels,omitempty"`
 	Annotations       map[string]string `json:"annotations,omitempty"`
+	// ManagedFields records which field manager set which fields, as Kubernetes' server-side
+	// apply keeps it; the API server maintains it for writes made through the API.
+	ManagedFields json.RawMessage `json:"managedFields,omitempty"`
 }
 
 // Object is any stored resource. Spec and status stay raw here; each kind's typed spec lives in
@@ -60,6 +63,9 @@ func (o *Object) DeepCopy() *Object {
 	if o.Metadata.CreationTimestamp != nil {
 		t := *o.Metadata.CreationTimestamp
 		c.Metadata.CreationTimestamp = &t
+	}
+	if o.Metadata.ManagedFields != nil {
+		c.Metadata.ManagedFields = append(json.RawMessage(nil), o.Metadata.ManagedFields...)
 	}
 	c.Spec = append(json.RawMessage(nil), o.Spec...)
 	c.Status = append(json.RawMessage(nil), o.Status...)

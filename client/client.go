@@ -192,6 +192,14 @@ func (c *Client) Do(ctx context.Context, method, path string, body any, out any)
 }
 
 func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	return c.sendType(ctx, method, path, "application/json", body)
+}
+
+// UserAgent names Flotilla's clients; the server takes its first part as the field
+// manager of their writes.
+const UserAgent = "flotilla"
+
+func (c *Client) sendType(ctx context.Context, method, path, contentType string, body any) (*http.Response, error) {
 	var r io.Reader
 	if body != nil {
 		switch b := body.(type) {
@@ -210,9 +218,10 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 		return nil, err
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", UserAgent)
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
@@ -417,4 +426,41 @@ func (c *Client) Watch(ctx context.Context, kind, ns, selector, resourceVersion 
 		}
 	}()
 	return ch, nil
+}
+
+// Patch types Patch accepts: Kubernetes' names.
+const (
+	MergePatch = "application/merge-patch+json"
+	JSONPatch  = "application/json-patch+json"
+	ApplyPatch = "application/apply-patch+yaml"
+)
+
+// Patch changes an object with a merge, JSON or apply patch. An apply patch needs a
+// fieldManager, and force takes fields other managers own.
+func (c *Client) Patch(ctx context.Context, kind, ns, name, patchType string, patch []byte, fieldManager string, force bool) (*api.Object, error) {
+	k, err := kindInfo(kind)
+	if err != nil {
+		return nil, err
+	}
+	q := url.Values{}
+	if fieldManager != "" {
+		q.Set("fieldManager", fieldManager)
+	}
+	if force {
+		q.Set("force", "true")
+	}
+	p := Path(k, ns, name)
+	if len(q) > 0 {
+		p += "?" + q.Encode()
+	}
+	resp, err := c.sendType(ctx, http.MethodPatch, p, patchType, patch)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out api.Object
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("decoding the answer to PATCH %s: %w", p, err)
+	}
+	return &out, nil
 }

@@ -94,16 +94,16 @@ func (s *Server) filterRaw(kind string, raw json.RawMessage) json.RawMessage {
 func (s *Server) Register(mux *http.ServeMux) {
 	for _, g := range []string{api.Group, api.FleetGroup} {
 		base := "/apis/" + g + "/{version}"
-		mux.HandleFunc("GET "+base+"/{plural}", s.handle(s.list))
-		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}", s.handle(s.list))
+		mux.HandleFunc("GET "+base+"/{plural}", s.handle(s.kubeList))
+		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}", s.handle(s.kubeList))
 		mux.HandleFunc("POST "+base+"/namespaces/{ns}/{plural}", s.handle(s.create))
-		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.get))
+		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.kubeGet))
 		mux.HandleFunc("PUT "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.update))
 		mux.HandleFunc("DELETE "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.delete))
 		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}/{name}/status", s.handle(s.get))
 		mux.HandleFunc("PUT "+base+"/namespaces/{ns}/{plural}/{name}/status", s.handle(s.updateStatus))
 	}
-	mux.HandleFunc("GET /apis", s.handle(s.discovery))
+	s.registerKube(mux)
 }
 
 // request is one authenticated call on one kind.
@@ -118,6 +118,8 @@ type request struct {
 
 func (s *Server) handle(fn func(*request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		w, done := groupWriter(w, r)
+		defer done()
 		req := &request{r: r, w: w, ns: r.PathValue("ns"), name: r.PathValue("name")}
 		err := s.prepare(req)
 		if err == nil {
@@ -149,23 +151,6 @@ func (s *Server) prepare(req *request) error {
 		return statusErr(http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("namespace %s is reserved for Flotilla itself", auth.SystemNamespace))
 	}
 	return nil
-}
-
-func (s *Server) discovery(req *request) error {
-	type resource struct {
-		Name       string   `json:"name"`
-		Kind       string   `json:"kind"`
-		Namespaced bool     `json:"namespaced"`
-		ShortNames []string `json:"shortNames,omitempty"`
-	}
-	out := struct {
-		GroupVersion string     `json:"groupVersion"`
-		Resources    []resource `json:"resources"`
-	}{GroupVersion: api.APIVersion}
-	for _, k := range api.Kinds {
-		out.Resources = append(out.Resources, resource{Name: k.Plural, Kind: k.Kind, Namespaced: true, ShortNames: k.ShortNames})
-	}
-	return writeJSON(req.w, http.StatusOK, out)
 }
 
 func (req *request) key() store.Key {
@@ -365,6 +350,7 @@ func (s *Server) createObject(req *request, obj *api.Object) error {
 	obj.Metadata.CreationTimestamp = &now
 	obj.Metadata.Generation = 1
 	obj.Metadata.ResourceVersion = ""
+	s.trackFields(req, nil, obj)
 	dry := dryRun(req.r)
 	h := s.hooks[obj.Kind]
 	if h != nil {
@@ -431,6 +417,7 @@ func (s *Server) update(req *request) error {
 		next.Metadata.Generation = cur.Metadata.Generation
 		next.Status = cur.Status
 		next.Metadata.ResourceVersion = cur.Metadata.ResourceVersion
+		s.trackFields(req, cur, next)
 		dry := dryRun(req.r)
 		if h := s.hooks[next.Kind]; h != nil {
 			if err := h.BeforeUpdate(ctx, cur, next, dry); err != nil {
@@ -440,7 +427,8 @@ func (s *Server) update(req *request) error {
 		if !jsonEqual(cur.Spec, next.Spec) {
 			next.Metadata.Generation++
 		}
-		if jsonEqual(cur.Spec, next.Spec) && mapsEqual(cur.Metadata.Labels, next.Metadata.Labels) && mapsEqual(cur.Metadata.Annotations, next.Metadata.Annotations) {
+		if jsonEqual(cur.Spec, next.Spec) && mapsEqual(cur.Metadata.Labels, next.Metadata.Labels) && mapsEqual(cur.Metadata.Annotations, next.Metadata.Annotations) &&
+			jsonEqual(cur.Metadata.ManagedFields, next.Metadata.ManagedFields) {
 			req.w.Header().Set(ResultHeader, "unchanged")
 			return s.respond(req.w, http.StatusOK, cur)
 		}

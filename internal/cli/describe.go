@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
@@ -43,7 +44,7 @@ func describe(w io.Writer, o *api.Object) error {
 	fmt.Fprintf(w, "Labels:            %s\n", indentMap(m.Labels))
 	fmt.Fprintf(w, "Annotations:       %s\n", indentMap(m.Annotations))
 	if m.CreationTimestamp != nil {
-		fmt.Fprintf(w, "Created:           %s (%s ago)\n", m.CreationTimestamp.UTC().Format("2006-01-02T15:04:05Z"), age(o))
+		fmt.Fprintf(w, "Created:           %s (%s ago)\n", m.CreationTimestamp.UTC().Format("2006-01-02T15:04:05Z"), api.Age(o, time.Now()))
 	}
 	fmt.Fprintf(w, "UID:               %s\n", m.UID)
 	fmt.Fprintf(w, "Generation:        %d\n", m.Generation)
@@ -55,7 +56,7 @@ func describe(w io.Writer, o *api.Object) error {
 	if len(o.Status) > 0 {
 		json.Unmarshal(o.Status, &conds)
 	}
-	section(w, "Status", o.Status)
+	section(w, "Status", withoutConditions(o.Status))
 	if len(conds.Conditions) > 0 {
 		fmt.Fprintln(w, "Conditions:")
 		fmt.Fprintf(w, "  %-20s %-7s %-24s %s\n", "TYPE", "STATUS", "REASON", "MESSAGE")
@@ -85,6 +86,23 @@ func indentMap(m map[string]string) string {
 	if len(m) == 0 {
 		return "<none>"
 	}
-	s := labelString(m)
+	s := api.LabelString(m)
 	return strings.ReplaceAll(s, ",", "\n                   ")
+}
+
+// withoutConditions drops status.conditions, which describe prints as a table of their own.
+func withoutConditions(status json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(status, &m) != nil {
+		return status
+	}
+	if _, ok := m["conditions"]; !ok {
+		return status
+	}
+	delete(m, "conditions")
+	out, err := json.Marshal(m)
+	if err != nil {
+		return status
+	}
+	return out
 }

@@ -3,14 +3,15 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/util/jsonpath"
 	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"
@@ -19,15 +20,19 @@ import (
 
 func newGetCmd(g *globals) *cobra.Command {
 	var selector, output string
-	var watch bool
+	var watch, noHeaders bool
 	cmd := &cobra.Command{
-		Use:   "get KIND [NAME...]",
-		Short: "Show objects as a table, YAML or JSON",
-		Example: `  flotilla get clusters -l env=prod -o wide
+		Use:   "get [KIND [NAME...]]",
+		Short: "Show objects as a table, YAML, JSON, names or a JSONPath template; without a kind, list the kinds",
+		Example: `  flotilla get
+  flotilla get clusters -l env=prod -o wide
   flotilla get bundle my-app -o yaml
+  flotilla get gitrepos -o jsonpath='{.items[*].spec.repo}'
   flotilla get clusters -A -w`,
-		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return printKinds(g.out, noHeaders)
+			}
 			kind, ok := api.LookupKind(args[0])
 			if !ok {
 				return fmt.Errorf("unknown kind %q: Flotilla serves %s", args[0], kindList())
@@ -68,7 +73,7 @@ func newGetCmd(g *globals) *cobra.Command {
 					objs = append(objs, &o)
 				}
 			}
-			p := &printer{out: g.out, kind: kind, output: output, showNS: g.allNamespaces}
+			p := &printer{out: g.out, kind: kind, output: output, showNS: g.allNamespaces, noHeader: noHeaders}
 			if err := p.print(objs, len(args) == 2); err != nil {
 				return err
 			}
@@ -79,7 +84,8 @@ func newGetCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&selector, "selector", "l", "", "label selector, e.g. env=prod,tier!=db")
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: wide, yaml, json or name")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: wide, yaml, json, name or jsonpath=TEMPLATE")
+	cmd.Flags().BoolVar(&noHeaders, "no-headers", false, "print tables without their header line")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "after listing, watch for changes")
 	cmd.Flags().BoolVarP(&g.allNamespaces, "all-namespaces", "A", false, "all namespaces")
 	return cmd
@@ -90,7 +96,25 @@ func checkOutput(o string) error {
 	case "", "wide", "yaml", "json", "name":
 		return nil
 	}
-	return fmt.Errorf("unknown output format %q: use wide, yaml, json or name", o)
+	if tmpl, ok := strings.CutPrefix(o, "jsonpath="); ok {
+		if err := jsonpath.New("output").Parse(tmpl); err != nil {
+			return fmt.Errorf("invalid JSONPath template %q: %w", tmpl, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown output format %q: use wide, yaml, json, name or jsonpath=TEMPLATE", o)
+}
+
+// printKinds lists the kinds the server serves, as `kubectl api-resources` does.
+func printKinds(w io.Writer, noHeaders bool) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+	if !noHeaders {
+		fmt.Fprintln(tw, "NAME\tSHORTNAMES\tAPIVERSION\tKIND")
+	}
+	for _, k := range api.Kinds {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Plural, strings.Join(k.ShortNames, ","), api.APIVersion, k.Kind)
+	}
+	return tw.Flush()
 }
 
 func watchObjects(ctx context.Context, c *client.Client, p *printer, kind api.KindInfo, ns, selector, rv string) error {
@@ -100,6 +124,9 @@ func watchObjects(ctx context.Context, c *client.Client, p *printer, kind api.Ki
 	}
 	p.noHeader = true
 	for ev := range ch {
+		if ctx.Err() != nil {
+			break
+		}
 		switch ev.Type {
 		case api.Bookmark:
 			continue
@@ -117,6 +144,10 @@ func watchObjects(ctx context.Context, c *client.Client, p *printer, kind api.Ki
 			return err
 		}
 	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// Ctrl-C is how a watch ends.
+		return nil
+	}
 	return ctx.Err()
 }
 
@@ -130,6 +161,17 @@ type printer struct {
 }
 
 func (p *printer) print(objs []*api.Object, single bool) error {
+	for i, o := range objs {
+		if o.Metadata.ManagedFields != nil {
+			// As kubectl does, leave out the field manager's bookkeeping.
+			c := *o
+			c.Metadata.ManagedFields = nil
+			objs[i] = &c
+		}
+	}
+	if tmpl, ok := strings.CutPrefix(p.output, "jsonpath="); ok {
+		return p.jsonpath(tmpl, objs, single)
+	}
 	switch p.output {
 	case "json", "yaml":
 		var v any = objs
@@ -168,7 +210,8 @@ func (p *printer) print(objs []*api.Object, single bool) error {
 		fmt.Fprintf(p.out, "No %s found.\n", p.kind.Plural)
 		return nil
 	}
-	cols := columnsFor(p.kind.Kind)
+	cols := api.Columns(p.kind.Kind)
+	now := time.Now()
 	tw := tabwriter.NewWriter(p.out, 0, 4, 3, ' ', 0)
 	if !p.noHeader {
 		var h []string
@@ -180,8 +223,8 @@ func (p *printer) print(objs []*api.Object, single bool) error {
 		}
 		h = append(h, "NAME")
 		for _, c := range cols {
-			if !c.wide || p.output == "wide" {
-				h = append(h, c.name)
+			if !c.Wide || p.output == "wide" {
+				h = append(h, c.Name)
 			}
 		}
 		fmt.Fprintln(tw, strings.Join(h, "\t"))
@@ -196,8 +239,8 @@ func (p *printer) print(objs []*api.Object, single bool) error {
 		}
 		row = append(row, o.Metadata.Name)
 		for _, c := range cols {
-			if !c.wide || p.output == "wide" {
-				row = append(row, c.value(o))
+			if !c.Wide || p.output == "wide" {
+				row = append(row, c.Value(o, now))
 			}
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
@@ -205,169 +248,43 @@ func (p *printer) print(objs []*api.Object, single bool) error {
 	return tw.Flush()
 }
 
-type column struct {
-	name  string
-	wide  bool
-	value func(*api.Object) string
+// jsonpath prints objs through a JSONPath template, over the object itself or, for several,
+// over a List of them, as kubectl does.
+func (p *printer) jsonpath(tmpl string, objs []*api.Object, single bool) error {
+	jp := jsonpath.New("output")
+	jp.AllowMissingKeys(true)
+	if err := jp.Parse(tmpl); err != nil {
+		return fmt.Errorf("invalid JSONPath template %q: %w", tmpl, err)
+	}
+	var v any = objs
+	if single && len(objs) == 1 {
+		v = objs[0]
+	} else {
+		v = map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}
+	}
+	// Through JSON, so that the template sees the field names the API uses.
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var generic any
+	if err := json.Unmarshal(data, &generic); err != nil {
+		return err
+	}
+	if err := jp.Execute(p.out, generic); err != nil {
+		return fmt.Errorf("executing the JSONPath template: %w", err)
+	}
+	if p.event != "" {
+		fmt.Fprintln(p.out)
+	}
+	return nil
 }
 
+// decodeInto decodes raw into a T, leaving it zero on error.
 func decodeInto[T any](raw json.RawMessage) T {
 	var v T
 	if len(raw) > 0 {
 		json.Unmarshal(raw, &v)
 	}
 	return v
-}
-
-func age(o *api.Object) string {
-	if o.Metadata.CreationTimestamp == nil {
-		return "<unknown>"
-	}
-	return shortDuration(time.Since(*o.Metadata.CreationTimestamp))
-}
-
-func shortDuration(d time.Duration) string {
-	switch {
-	case d < 0:
-		return "0s"
-	case d < 2*time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < 2*time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd", int(d.Hours()/24))
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "<none>"
-	}
-	return s
-}
-
-func labelString(l map[string]string) string {
-	keys := make([]string, 0, len(l))
-	for k := range l {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for i, k := range keys {
-		keys[i] = k + "=" + l[k]
-	}
-	return orNone(strings.Join(keys, ","))
-}
-
-func readyCount(s *api.Summary) string {
-	if s == nil {
-		return "0/0"
-	}
-	return fmt.Sprintf("%d/%d", s.Ready, s.DesiredReady)
-}
-
-func columnsFor(kind string) []column {
-	ageCol := column{name: "AGE", value: age}
-	labelsCol := column{name: "LABELS", wide: true, value: func(o *api.Object) string { return labelString(o.Metadata.Labels) }}
-	switch kind {
-	case api.KindCluster:
-		st := func(o *api.Object) api.ClusterStatus { return decodeInto[api.ClusterStatus](o.Status) }
-		inv := func(o *api.Object) api.ClusterInventory {
-			if i := st(o).Inventory; i != nil {
-				return *i
-			}
-			return api.ClusterInventory{}
-		}
-		return []column{
-			{name: "BUNDLES-READY", value: func(o *api.Object) string { return readyCount(st(o).Summary) }},
-			{name: "STATE", value: func(o *api.Object) string { return orNone(st(o).State) }},
-			{name: "K8S-VERSION", value: func(o *api.Object) string { return orNone(inv(o).KubernetesVersion) }},
-			{name: "NODES", value: func(o *api.Object) string { return fmt.Sprint(inv(o).NodeCount) }},
-			{name: "LAST-SEEN", value: func(o *api.Object) string {
-				if t := st(o).LastSeen; t != nil {
-					return shortDuration(time.Since(*t))
-				}
-				return "<never>"
-			}},
-			ageCol,
-			{name: "ARCH", wide: true, value: func(o *api.Object) string { return orNone(inv(o).Architecture) }},
-			{name: "AGENT", wide: true, value: func(o *api.Object) string { return orNone(inv(o).AgentVersion) }},
-			labelsCol,
-		}
-	case api.KindClusterGroup:
-		st := func(o *api.Object) api.ClusterGroupStatus { return decodeInto[api.ClusterGroupStatus](o.Status) }
-		return []column{
-			{name: "CLUSTERS", value: func(o *api.Object) string { return fmt.Sprint(st(o).ClusterCount) }},
-			{name: "NOT-READY", value: func(o *api.Object) string { return fmt.Sprint(st(o).NonReadyClusterCount) }},
-			ageCol,
-			{name: "SELECTOR", wide: true, value: func(o *api.Object) string {
-				s := decodeInto[api.ClusterGroupSpec](o.Spec).Selector
-				if s == nil {
-					return "<none>"
-				}
-				b, _ := json.Marshal(s)
-				return string(b)
-			}},
-		}
-	case api.KindRegistrationToken:
-		return []column{
-			{name: "USES", value: func(o *api.Object) string {
-				return fmt.Sprint(decodeInto[api.RegistrationTokenStatus](o.Status).Uses)
-			}},
-			{name: "MAX-USES", value: func(o *api.Object) string {
-				if n := decodeInto[api.RegistrationTokenSpec](o.Spec).MaxUses; n > 0 {
-					return fmt.Sprint(n)
-				}
-				return "<unlimited>"
-			}},
-			{name: "EXPIRES", value: func(o *api.Object) string {
-				if t := decodeInto[api.RegistrationTokenStatus](o.Status).Expires; t != nil {
-					return t.UTC().Format(time.RFC3339)
-				}
-				return "<never>"
-			}},
-			ageCol,
-		}
-	case api.KindGitRepo:
-		spec := func(o *api.Object) api.GitRepoSpec { return decodeInto[api.GitRepoSpec](o.Spec) }
-		st := func(o *api.Object) api.GitRepoStatus { return decodeInto[api.GitRepoStatus](o.Status) }
-		return []column{
-			{name: "REPO", value: func(o *api.Object) string { return spec(o).Repo }},
-			{name: "COMMIT", value: func(o *api.Object) string {
-				c := st(o).Commit
-				if len(c) > 12 {
-					c = c[:12]
-				}
-				return orNone(c)
-			}},
-			{name: "BUNDLES-READY", value: func(o *api.Object) string { return readyCount(st(o).Summary) }},
-			{name: "STATUS", value: func(o *api.Object) string { return orNone(st(o).Error) }},
-			ageCol,
-			{name: "BRANCH", wide: true, value: func(o *api.Object) string { return orNone(first(spec(o).Revision, spec(o).Branch)) }},
-			{name: "PATHS", wide: true, value: func(o *api.Object) string { return orNone(strings.Join(spec(o).Paths, ",")) }},
-		}
-	case api.KindBundle:
-		st := func(o *api.Object) api.BundleStatus { return decodeInto[api.BundleStatus](o.Status) }
-		return []column{
-			{name: "DEPLOYMENTS-READY", value: func(o *api.Object) string { return readyCount(st(o).Summary) }},
-			{name: "STATUS", value: func(o *api.Object) string {
-				s := st(o).Summary
-				if s == nil || len(s.NonReadyResources) == 0 {
-					return ""
-				}
-				r := s.NonReadyResources[0]
-				return fmt.Sprintf("%s(%d) [%s: %s]", r.State, s.DesiredReady-s.Ready, r.Name, r.Message)
-			}},
-			ageCol,
-			{name: "CONTENT", wide: true, value: func(o *api.Object) string {
-				h := decodeInto[api.BundleSpec](o.Spec).ContentHash
-				if len(h) > 19 {
-					h = h[:19]
-				}
-				return orNone(h)
-			}},
-			labelsCol,
-		}
-	}
-	return []column{ageCol}
 }

@@ -62,7 +62,7 @@ func newLoginCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&checksum, "ca-checksum", "", "sha256 checksum of the server CA, as printed by `flotilla server`")
+	cmd.Flags().StringVar(&checksum, "ca-checksum", "", "sha256 checksum of the server CA, as printed by 'flotilla server'")
 	cmd.Flags().BoolVar(&insecure, "insecure-skip-tls-verify", false, "do not verify the server certificate (unsafe)")
 	return cmd
 }

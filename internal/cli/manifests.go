@@ -154,6 +154,14 @@ func decodeManifest(js []byte) ([]*api.Object, error) {
 	if head.Kind == "" {
 		return nil, errors.New("missing kind")
 	}
+	if api.IsCoreV1Secret(head.APIVersion, head.Kind) {
+		// Kubernetes' Secret, as Fleet users write git and Helm credentials.
+		o, err := api.SecretFromCoreV1(js)
+		if err != nil {
+			return nil, err
+		}
+		return []*api.Object{o}, nil
+	}
 	if head.APIVersion == "" {
 		return nil, errors.New("missing apiVersion")
 	}

@@ -57,7 +57,10 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.server, "server", "", "server URL (env FLOTILLA_SERVER)")
 	pf.StringVar(&g.token, "token", "", "bearer token (env FLOTILLA_TOKEN)")
 	pf.StringVar(&g.caFile, "ca-file", "", "server CA certificate file (env FLOTILLA_CA_FILE)")
-	pf.StringVar(&g.configPath, "config", "", "client config file written by `flotilla login` (env FLOTILLA_CONFIG)")
+	// No backticks in flag help: pflag would take the quoted words for the argument's name.
+	pf.StringVar(&g.configPath, "config", "", "client config file written by 'flotilla login' (env FLOTILLA_CONFIG)")
+	// --version only: -v is too easily taken for "verbose".
+	root.Flags().Bool("version", false, "print the version")
 	pf.StringVarP(&g.namespace, "namespace", "n", "", "namespace (workspace); default "+api.DefaultNamespace)
 	root.AddCommand(
 		newServerCmd(g),
@@ -66,6 +69,11 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newGetCmd(g),
 		newDescribeCmd(g),
 		newDeleteCmd(g),
+		newMetaCmd(g, "label", "labels"),
+		newMetaCmd(g, "annotate", "annotations"),
+		newPatchCmd(g),
+		newEditCmd(g),
+		newKubeconfigCmd(g),
 		newTokenCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
@@ -118,27 +126,42 @@ func first(vals ...string) string {
 	return ""
 }
 
+// connection is where and as whom client commands connect.
+type connection struct {
+	server, token string
+	ca            []byte
+}
+
+// connection resolves the server, token and CA from flags, then environment, then the
+// login config.
+func (g *globals) connection() (connection, error) {
+	cfg, err := g.loadConfig()
+	if err != nil {
+		return connection{}, err
+	}
+	c := connection{server: first(g.server, os.Getenv("FLOTILLA_SERVER"), cfg.Server)}
+	if c.server == "" {
+		return c, errors.New("no server: pass --server, set FLOTILLA_SERVER, or run `flotilla login`")
+	}
+	c.token = first(g.token, os.Getenv("FLOTILLA_TOKEN"), cfg.Token)
+	caFile := first(g.caFile, os.Getenv("FLOTILLA_CA_FILE"))
+	if caFile != "" {
+		if c.ca, err = os.ReadFile(caFile); err != nil {
+			return c, fmt.Errorf("reading CA file: %w", err)
+		}
+	} else if cfg.CA != "" && c.server == cfg.Server {
+		c.ca = []byte(cfg.CA)
+	}
+	return c, nil
+}
+
 // client builds an API client from flags, then environment, then the login config.
 func (g *globals) client() (*client.Client, error) {
-	cfg, err := g.loadConfig()
+	c, err := g.connection()
 	if err != nil {
 		return nil, err
 	}
-	server := first(g.server, os.Getenv("FLOTILLA_SERVER"), cfg.Server)
-	if server == "" {
-		return nil, errors.New("no server: pass --server, set FLOTILLA_SERVER, or run `flotilla login`")
-	}
-	token := first(g.token, os.Getenv("FLOTILLA_TOKEN"), cfg.Token)
-	caFile := first(g.caFile, os.Getenv("FLOTILLA_CA_FILE"))
-	var ca []byte
-	if caFile != "" {
-		if ca, err = os.ReadFile(caFile); err != nil {
-			return nil, fmt.Errorf("reading CA file: %w", err)
-		}
-	} else if cfg.CA != "" && server == cfg.Server {
-		ca = []byte(cfg.CA)
-	}
-	return client.New(client.Config{Server: server, Token: token, CAData: ca})
+	return client.New(client.Config{Server: c.server, Token: c.token, CAData: c.ca})
 }
 
 func (g *globals) ns() string {
