@@ -277,10 +277,18 @@ func TestGitRepoRollup(t *testing.T) {
 	if _, err := ts.admin.Create(ctxT(t), gr); err != nil {
 		t.Fatal(err)
 	}
-	o, _ := ts.admin.Get(ctxT(t), api.KindGitRepo, api.DefaultNamespace, "apps")
-	o.Status = json.RawMessage(`{"commit":"abc123"}`)
-	if _, err := ts.admin.UpdateStatus(ctxT(t), o); err != nil {
-		t.Fatal(err)
+	// The GitRepo controller writes this status too (its fetch of the fake URL fails), so
+	// the write is retried at the status it races with, as a controller would.
+	for attempt := 0; ; attempt++ {
+		o, _ := ts.admin.Get(ctxT(t), api.KindGitRepo, api.DefaultNamespace, "apps")
+		o.Status = json.RawMessage(`{"commit":"abc123"}`)
+		_, err := ts.admin.UpdateStatus(ctxT(t), o)
+		if err == nil {
+			break
+		}
+		if !client.IsConflict(err) || attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	for _, name := range []string{"apps-one", "apps-two"} {
 		raw, _ := json.Marshal(map[string]any{"resources": cm(name), "targets": []map[string]any{{"clusterSelector": map[string]any{}}}})
