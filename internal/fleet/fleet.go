@@ -687,32 +687,62 @@ func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout 
 	return false
 }
 
-// Report applies an agent's status report. It returns false, without error, for a report
-// already seen (a resend after an outage). The report is persisted before it returns, and
+// ReportResult is what became of a status report.
+type ReportResult struct {
+	// Fresh is false for a report already seen (a resend after an outage): nothing of it
+	// was taken.
+	Fresh bool
+	// Refused names the entries that were not stored: a cluster's status is kept only for
+	// the bundles that target it (or that it ran and has not yet reported removed).
+	Refused []api.StatusCause
+}
+
+// Report applies an agent's status report. The report is persisted before it returns, and
 // the model takes it (its sequence number above all) only once the store has it: a report
 // whose write failed is not seen, so its resend is stored, not ignored as a duplicate.
-func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.StatusReport, now time.Time) (bool, error) {
+//
+// Only entries about the cluster's own deployments are stored: a cluster credential must
+// not be able to add a row per name it can make up. The check is a look-up among the
+// cluster's pairs, which the report updates anyway.
+func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.StatusReport, now time.Time) (ReportResult, error) {
+	var res ReportResult
 	f.mu.Lock()
 	c, err := f.reportSlot(ctx, ns, name, uid, now)
 	if err != nil {
 		f.mu.Unlock()
-		return false, err
+		return res, err
 	}
 	if rep.Seq <= c.seq {
 		f.mu.Unlock()
-		return false, nil
+		return res, nil
+	}
+	res.Fresh = true
+	refuse := func(field, format string, args ...any) {
+		res.Refused = append(res.Refused, api.StatusCause{Field: field, Message: fmt.Sprintf(format, args...)})
 	}
 	rows := make([]store.DeploymentStatus, 0, len(rep.Deployments))
-	for _, d := range rep.Deployments {
-		bns, _, ok := splitKey(d.Bundle)
-		if !ok || bns != ns || !api.KnownState(d.State) {
-			continue
+	for i, d := range rep.Deployments {
+		field := fmt.Sprintf("deployments[%d]", i)
+		bns, bname, ok := splitKey(d.Bundle)
+		switch {
+		case !ok || bns != ns:
+			refuse(field+".bundle", "%.80q is not a bundle of namespace %s", d.Bundle, ns)
+		case !api.KnownState(d.State):
+			refuse(field+".state", "unknown state %.40q", d.State)
+		case c.deps.get(bname) == nil:
+			refuse(field+".bundle", "bundle %.80s does not target cluster %s/%s", d.Bundle, ns, name)
+		default:
+			rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: truncate(d.Message, 1024)})
 		}
-		rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: truncate(d.Message, 1024)})
 	}
 	var removed []string
-	for _, key := range rep.Removed {
-		if bns, _, ok := splitKey(key); ok && bns == ns {
+	for i, key := range rep.Removed {
+		bns, bname, ok := splitKey(key)
+		switch {
+		case !ok || bns != ns:
+			refuse(fmt.Sprintf("removed[%d]", i), "%.80q is not a bundle of namespace %s", key, ns)
+		case c.deps.get(bname) != nil:
+			// The removal of a bundle the cluster has no pair for has nothing to delete.
 			removed = append(removed, key)
 		}
 	}
@@ -724,7 +754,7 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		// 10 minutes).
 		f.setInventory(c, rep.Inventory)
 		f.mu.Unlock()
-		return true, nil
+		return res, nil
 	}
 	// One report of a cluster at a time is between the store and the model, so that they
 	// take a cluster's reports in the same order.
@@ -739,10 +769,10 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 	if err != nil {
 		// The write may not have committed: the model stays as it was, behind the store at
 		// worst, never ahead of it.
-		return false, err
+		return ReportResult{}, err
 	}
 	f.applyReport(c, rep.Seq, rep.Inventory, rows, removed)
-	return true, nil
+	return res, nil
 }
 
 // reportSlot finds the reporting cluster and waits, with the model's lock released, while
@@ -875,9 +905,13 @@ func splitKey(k string) (string, string, bool) {
 	return "", "", false
 }
 
+// truncate cuts s to n bytes at a rune boundary, marking the cut.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
 	}
 	return s[:n] + "…"
 }

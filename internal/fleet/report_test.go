@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -102,18 +103,106 @@ func TestReportFailedWriteThenRetry(t *testing.T) {
 	if id, state := e.reported("app"); id != "id-1" || state != api.StateNotReady {
 		t.Errorf("after a failed write the model holds %s %s, want the stored id-1 NotReady", id, state)
 	}
-	fresh, err := e.f.Report(context.Background(), reportNS, reportName, reportUID, rep, time.Now())
+	res, err := e.f.Report(context.Background(), reportNS, reportName, reportUID, rep, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !fresh {
+	if !res.Fresh {
 		t.Error("the resend of a report whose write failed was taken as a duplicate")
 	}
 	e.restart()
 	if id, state := e.reported("app"); id != "id-2" || state != api.StateReady {
 		t.Errorf("after a restart the model holds %s %s, want the acknowledged id-2 Ready", id, state)
 	}
-	if dup, err := e.f.Report(context.Background(), reportNS, reportName, reportUID, rep, time.Now()); err != nil || dup {
-		t.Errorf("a resend after the restart: fresh %v, err %v; want a duplicate", dup, err)
+	if dup, err := e.f.Report(context.Background(), reportNS, reportName, reportUID, rep, time.Now()); err != nil || dup.Fresh {
+		t.Errorf("a resend after the restart: fresh %v, err %v; want a duplicate", dup.Fresh, err)
 	}
+}
+
+// rows returns the stored status rows of the cluster, by bundle.
+func (e *reportEnv) rows() map[string]store.DeploymentStatus {
+	e.t.Helper()
+	out := map[string]store.DeploymentStatus{}
+	if err := e.st.ScanStatus(context.Background(), func(r store.DeploymentStatus) error {
+		if r.Cluster == reportUID {
+			out[r.Bundle] = r
+		}
+		return nil
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// A cluster's status is stored only for the bundles that target it: a credential cannot add
+// a row per name it makes up.
+func TestReportOnlyTargetedBundles(t *testing.T) {
+	e := newReportEnv(t)
+	ctx := context.Background()
+	rep := &api.StatusReport{Seq: 1, Deployments: []api.DeploymentStatus{
+		{Bundle: reportNS + "/app", ID: "id-1", State: api.StateReady},
+		{Bundle: reportNS + "/no-such-bundle", ID: "x", State: api.StateReady},
+		{Bundle: "other-ns/app", ID: "x", State: api.StateReady},
+	}, Removed: []string{reportNS + "/never-had-it"}}
+	res, err := e.f.Report(ctx, reportNS, reportName, reportUID, rep, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Refused) != 2 || res.Refused[0].Field != "deployments[1].bundle" || res.Refused[1].Field != "deployments[2].bundle" {
+		t.Errorf("refused %+v, want deployments[1] and deployments[2]", res.Refused)
+	}
+	rows := e.rows()
+	if len(rows) != 1 || rows[reportNS+"/app"].ID != "id-1" {
+		t.Errorf("stored %+v, want only fleet-default/app", rows)
+	}
+	// Many reports of made-up bundles store nothing and grow no model state.
+	for seq := int64(2); seq < 50; seq++ {
+		rep := &api.StatusReport{Seq: seq}
+		for i := range 20 {
+			rep.Deployments = append(rep.Deployments, api.DeploymentStatus{Bundle: fmt.Sprintf("%s/made-up-%d-%d", reportNS, seq, i), ID: "x", State: api.StateReady})
+		}
+		res, err := e.f.Report(ctx, reportNS, reportName, reportUID, rep, time.Now())
+		if err != nil || len(res.Refused) != 20 {
+			t.Fatalf("report %d: %d refused, err %v; want all 20 refused", seq, len(res.Refused), err)
+		}
+	}
+	if rows := e.rows(); len(rows) != 1 {
+		t.Errorf("after 48 reports of made-up bundles the store holds %d rows of the cluster, want 1", len(rows))
+	}
+	e.f.mu.RLock()
+	n := len(e.f.workspaces[reportNS].cluster(reportName, reportUID).deps)
+	e.f.mu.RUnlock()
+	if n != 1 {
+		t.Errorf("the model holds %d pairs of the cluster, want 1", n)
+	}
+	// A bundle the cluster ran keeps its status after its targets change, until the agent
+	// reports it removed.
+	if _, err := e.st.Update(ctx, bundleObj(t, e, `{"contentHash":"sha256:0123","targets":[{"clusterName":"someone-else"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	e.load()
+	res, err = e.f.Report(ctx, reportNS, reportName, reportUID, &api.StatusReport{Seq: 100, Deployments: []api.DeploymentStatus{{Bundle: reportNS + "/app", ID: "id-1", State: api.StateModified}}}, time.Now())
+	if err != nil || len(res.Refused) != 0 {
+		t.Fatalf("a report of a bundle the cluster still runs: refused %+v, err %v", res.Refused, err)
+	}
+	if _, err := e.f.Report(ctx, reportNS, reportName, reportUID, &api.StatusReport{Seq: 101, Removed: []string{reportNS + "/app"}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if rows := e.rows(); len(rows) != 0 {
+		t.Errorf("after the removal the store holds %+v, want nothing", rows)
+	}
+	res, err = e.f.Report(ctx, reportNS, reportName, reportUID, &api.StatusReport{Seq: 102, Deployments: []api.DeploymentStatus{{Bundle: reportNS + "/app", ID: "id-1", State: api.StateReady}}}, time.Now())
+	if err != nil || len(res.Refused) != 1 {
+		t.Errorf("a report of a removed bundle that no longer targets the cluster: refused %+v, err %v; want it refused", res.Refused, err)
+	}
+}
+
+func bundleObj(t *testing.T, e *reportEnv, spec string) *api.Object {
+	t.Helper()
+	obj, err := e.st.Get(context.Background(), store.Key{Kind: api.KindBundle, Namespace: reportNS, Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Spec = json.RawMessage(spec)
+	return obj
 }
