@@ -229,47 +229,57 @@ func decodeReport(body []byte) (*api.StatusReport, error) {
 			fmt.Sprintf("status report has %d entries (deployments and removals); at most %d are accepted in one report", n, maxReportEntries), nil)
 	}
 	var causes []api.StatusCause
-	bad := func(field, format string, args ...any) {
+	// field is a format taking the entry's index: names are made only for what is refused.
+	bad := func(field string, i int, format string, args ...any) {
 		if len(causes) < 10 {
+			if strings.Contains(field, "%d") {
+				field = fmt.Sprintf(field, i)
+			}
 			causes = append(causes, api.StatusCause{Field: field, Message: fmt.Sprintf(format, args...)})
 		}
 	}
 	if rep.Seq < 1 {
-		bad("seq", "must be at least 1")
+		bad("seq", 0, "must be at least 1")
 	}
 	if rep.Inventory != nil {
 		if raw, _ := json.Marshal(rep.Inventory); len(raw) > maxInventory {
-			bad("inventory", "is %d bytes as JSON; at most %d", len(raw), maxInventory)
+			bad("inventory", 0, "is %d bytes as JSON; at most %d", len(raw), maxInventory)
 		}
 	}
-	seen := make(map[string]bool, len(rep.Deployments))
+	// Most reports carry one entry: no set for those.
+	var seen map[string]bool
+	if len(rep.Deployments) > 1 || len(rep.Removed) > 1 {
+		seen = make(map[string]bool, max(len(rep.Deployments), len(rep.Removed)))
+	}
 	for i, d := range rep.Deployments {
-		f := fmt.Sprintf("deployments[%d]", i)
 		if msg := checkBundleKey(d.Bundle); msg != "" {
-			bad(f+".bundle", "%s", msg)
+			bad("deployments[%d].bundle", i, "%s", msg)
 		} else if seen[d.Bundle] {
-			bad(f+".bundle", "%q is reported twice", d.Bundle)
+			bad("deployments[%d].bundle", i, "%q is reported twice", d.Bundle)
 		}
-		seen[d.Bundle] = true
+		if seen != nil {
+			seen[d.Bundle] = true
+		}
 		if !api.KnownState(d.State) {
-			bad(f+".state", "unknown state %.40q", d.State)
+			bad("deployments[%d].state", i, "unknown state %.40q", d.State)
 		}
 		if len(d.ID) > maxReportID {
-			bad(f+".id", "is %d bytes; at most %d", len(d.ID), maxReportID)
+			bad("deployments[%d].id", i, "is %d bytes; at most %d", len(d.ID), maxReportID)
 		}
 		if len(d.Message) > maxReportMessage {
-			bad(f+".message", "is %d bytes; at most %d", len(d.Message), maxReportMessage)
+			bad("deployments[%d].message", i, "is %d bytes; at most %d", len(d.Message), maxReportMessage)
 		}
 	}
 	clear(seen)
 	for i, key := range rep.Removed {
-		f := fmt.Sprintf("removed[%d]", i)
 		if msg := checkBundleKey(key); msg != "" {
-			bad(f, "%s", msg)
+			bad("removed[%d]", i, "%s", msg)
 		} else if seen[key] {
-			bad(f, "%q is listed twice", key)
+			bad("removed[%d]", i, "%q is listed twice", key)
 		}
-		seen[key] = true
+		if seen != nil {
+			seen[key] = true
+		}
 	}
 	if len(causes) > 0 {
 		msgs := make([]string, len(causes))
