@@ -187,34 +187,169 @@ func (s *Server) content(w http.ResponseWriter, r *http.Request) {
 	w.Write(data)
 }
 
-// maxReport bounds a status report's size.
-const maxReport = 1 << 20
+// Limits of one status report. A cluster credential is all an attacker on an edge cluster
+// holds: what it may make the server store is bounded by the bundles that target its
+// cluster (checked by the fleet model) and by these.
+const (
+	// maxReport bounds a report's body.
+	maxReport = 1 << 20
+	// maxReportEntries bounds deployments plus removals in one report.
+	maxReportEntries = 1000
+	// maxReportMessage bounds one deployment's message as sent; the agent cuts its
+	// messages to 1 KiB, and the server stores at most that.
+	maxReportMessage = 4 << 10
+	// maxReportID bounds a deployment ID (the server makes 32-character ones).
+	maxReportID = 128
+	// maxBundleKey is a namespace (63) and a name (253) with the slash between.
+	maxBundleKey = 63 + 1 + 253
+	// maxInventory bounds the inventory, as JSON; agents send about 250 bytes.
+	maxInventory = 2 << 10
+)
+
+func reportStatus(code int, reason, msg string, causes []api.StatusCause) *api.Status {
+	st := &api.Status{TypeMeta: api.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Code: code, Reason: reason, Message: msg}
+	if len(causes) > 0 {
+		st.Details = &api.StatusDetails{Kind: "StatusReport", Causes: causes}
+	}
+	return st
+}
+
+// decodeReport decodes and checks a status report body. Whatever it refuses is refused
+// whole, with a 4xx Status naming what is wrong; nothing of it is stored.
+func decodeReport(body []byte) (*api.StatusReport, error) {
+	if len(body) > maxReport {
+		return nil, reportStatus(http.StatusRequestEntityTooLarge, api.ReasonTooLarge, fmt.Sprintf("status report exceeds %d bytes", maxReport), nil)
+	}
+	var rep api.StatusReport
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return nil, reportStatus(http.StatusBadRequest, api.ReasonBadRequest, "malformed status report: "+strings.TrimPrefix(err.Error(), "json: "), nil)
+	}
+	if n := len(rep.Deployments) + len(rep.Removed); n > maxReportEntries {
+		return nil, reportStatus(http.StatusRequestEntityTooLarge, api.ReasonTooLarge,
+			fmt.Sprintf("status report has %d entries (deployments and removals); at most %d are accepted in one report", n, maxReportEntries), nil)
+	}
+	var causes []api.StatusCause
+	// field is a format taking the entry's index: names are made only for what is refused.
+	bad := func(field string, i int, format string, args ...any) {
+		if len(causes) < 10 {
+			if strings.Contains(field, "%d") {
+				field = fmt.Sprintf(field, i)
+			}
+			causes = append(causes, api.StatusCause{Field: field, Message: fmt.Sprintf(format, args...)})
+		}
+	}
+	if rep.Seq < 1 {
+		bad("seq", 0, "must be at least 1")
+	}
+	if rep.Inventory != nil {
+		if raw, _ := json.Marshal(rep.Inventory); len(raw) > maxInventory {
+			bad("inventory", 0, "is %d bytes as JSON; at most %d", len(raw), maxInventory)
+		}
+	}
+	// Most reports carry one entry: no set for those.
+	var seen map[string]bool
+	if len(rep.Deployments) > 1 || len(rep.Removed) > 1 {
+		seen = make(map[string]bool, max(len(rep.Deployments), len(rep.Removed)))
+	}
+	for i, d := range rep.Deployments {
+		if msg := checkBundleKey(d.Bundle); msg != "" {
+			bad("deployments[%d].bundle", i, "%s", msg)
+		} else if seen[d.Bundle] {
+			bad("deployments[%d].bundle", i, "%q is reported twice", d.Bundle)
+		}
+		if seen != nil {
+			seen[d.Bundle] = true
+		}
+		if !api.KnownState(d.State) {
+			bad("deployments[%d].state", i, "unknown state %.40q", d.State)
+		}
+		if len(d.ID) > maxReportID {
+			bad("deployments[%d].id", i, "is %d bytes; at most %d", len(d.ID), maxReportID)
+		}
+		if len(d.Message) > maxReportMessage {
+			bad("deployments[%d].message", i, "is %d bytes; at most %d", len(d.Message), maxReportMessage)
+		}
+	}
+	clear(seen)
+	for i, key := range rep.Removed {
+		if msg := checkBundleKey(key); msg != "" {
+			bad("removed[%d]", i, "%s", msg)
+		} else if seen[key] {
+			bad("removed[%d]", i, "%q is listed twice", key)
+		}
+		if seen != nil {
+			seen[key] = true
+		}
+	}
+	if len(causes) > 0 {
+		msgs := make([]string, len(causes))
+		for i, c := range causes {
+			msgs[i] = c.Field + ": " + c.Message
+		}
+		return nil, reportStatus(http.StatusUnprocessableEntity, api.ReasonInvalid, "status report refused: "+strings.Join(msgs, "; "), causes)
+	}
+	return &rep, nil
+}
+
+// checkBundleKey says what is wrong with a bundle's "namespace/name", or "".
+func checkBundleKey(k string) string {
+	ns, name, ok := strings.Cut(k, "/")
+	switch {
+	case len(k) > maxBundleKey:
+		return fmt.Sprintf("bundle key is %d bytes; at most %d", len(k), maxBundleKey)
+	case !ok || ns == "" || name == "" || strings.Contains(name, "/"):
+		return fmt.Sprintf("%.80q is not a bundle's namespace/name", k)
+	}
+	return ""
+}
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.cluster(w, r)
 	if !ok {
 		return
 	}
-	var rep api.StatusReport
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReport))
-	if err == nil {
-		err = json.Unmarshal(body, &rep)
-	}
 	if err != nil {
-		fail(w, http.StatusBadRequest, api.ReasonBadRequest, "malformed status report: "+err.Error())
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			fail(w, http.StatusRequestEntityTooLarge, api.ReasonTooLarge, fmt.Sprintf("status report exceeds %d bytes", maxReport))
+			return
+		}
+		fail(w, http.StatusBadRequest, api.ReasonBadRequest, "reading status report: "+err.Error())
 		return
 	}
-	fresh, err := s.fleet.Report(r.Context(), id.Namespace, id.Name, id.UID, &rep, s.now())
+	rep, err := decodeReport(body)
+	if err != nil {
+		s.Metrics.AgentRequest("status", "refused")
+		apiserver.WriteError(w, err)
+		return
+	}
+	res, err := s.fleet.Report(r.Context(), id.Namespace, id.Name, id.UID, rep, s.now())
 	if err != nil {
 		if errors.Is(err, fleet.ErrUnknownCluster) {
 			fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster not loaded yet; try again shortly")
 			return
 		}
-		s.log.Error("storing status report", "cluster", id.Namespace+"/"+id.Name, "err", err)
+		if r.Context().Err() == nil {
+			s.log.Error("storing status report", "cluster", id.Namespace+"/"+id.Name, "err", err)
+		}
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "could not store the report; send it again")
 		return
 	}
-	if fresh {
+	if len(res.Refused) > 0 {
+		// The rest of the report is stored: an agent that drops a refused report (as it
+		// does on a 4xx) loses nothing the server would have kept.
+		s.Metrics.AgentRequest("status", "refused")
+		msgs := make([]string, 0, len(res.Refused))
+		for _, c := range res.Refused[:min(len(res.Refused), 10)] {
+			msgs = append(msgs, c.Field+": "+c.Message)
+		}
+		apiserver.WriteError(w, reportStatus(http.StatusUnprocessableEntity, api.ReasonInvalid,
+			fmt.Sprintf("%d of %d entries of status report %d were refused and not stored (the others were): %s",
+				len(res.Refused), len(rep.Deployments)+len(rep.Removed), rep.Seq, strings.Join(msgs, "; ")), res.Refused))
+		return
+	}
+	if res.Fresh {
 		s.Metrics.AgentRequest("status", "accepted")
 	} else {
 		s.Metrics.AgentRequest("status", "duplicate")

@@ -435,7 +435,17 @@ func (s *Server) update(req *request) error {
 		if dry {
 			return s.respond(req.w, http.StatusOK, next)
 		}
-		out, err := s.store.Update(ctx, next)
+		var out *api.Object
+		if su, ok := s.store.(interface {
+			UpdateSpec(ctx context.Context, obj *api.Object) (*api.Object, error)
+		}); ok && wantRV == "" {
+			// Unconditional: the store merges with the object as stored when it writes
+			// (status, UID, generation), so no write made since the read, the server's
+			// own status writes above all, can make this update fail.
+			out, err = su.UpdateSpec(ctx, next)
+		} else {
+			out, err = s.store.Update(ctx, next)
+		}
 		if errors.Is(err, store.ErrConflict) && wantRV == "" && attempt < 5 {
 			// The client asked for an unconditional update; someone wrote in between our
 			// read and write, so read again.

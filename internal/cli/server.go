@@ -55,6 +55,7 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTPS listen address")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (SQLite database, certificates)")
 	f.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (env FLOTILLA_DB); default the embedded SQLite")
+	f.StringVar(&cfg.SQLiteSynchronous, "sqlite-synchronous", "full", "SQLite durability: full syncs every commit to disk; normal is faster but a power loss or OS crash can lose the last acknowledged writes")
 	f.StringVar(&cfg.BootstrapToken, "bootstrap-token", "", "admin token to accept (env FLOTILLA_BOOTSTRAP_TOKEN); default: generate one on first start")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra host names or IPs for the serving certificate")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serving certificate (default: generated in the data directory)")

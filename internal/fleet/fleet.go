@@ -91,6 +91,8 @@ type Fleet struct {
 	clusters atomic.Int64
 
 	waiters map[*Cluster]chan struct{}
+	// reporting holds the clusters whose report is being stored, until it is.
+	reporting map[*Cluster]chan struct{}
 
 	dirtyBundles  map[*bundleEntry]struct{}
 	dirtyClusters map[*Cluster]struct{}
@@ -316,7 +318,7 @@ func New(st Store, cfg Config) *Fleet {
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
-	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{},
+	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{},
 		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{}}
 }
 
@@ -685,40 +687,144 @@ func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout 
 	return false
 }
 
-// Report applies an agent's status report. It returns false, without error, for a report
-// already seen (a resend after an outage). The report is persisted before it returns.
-func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.StatusReport, now time.Time) (bool, error) {
+// ReportResult is what became of a status report.
+type ReportResult struct {
+	// Fresh is false for a report already seen (a resend after an outage): nothing of it
+	// was taken.
+	Fresh bool
+	// Refused names the entries that were not stored: a cluster's status is kept only for
+	// the bundles that target it (or that it ran and has not yet reported removed).
+	Refused []api.StatusCause
+}
+
+// Report applies an agent's status report. The report is persisted before it returns, and
+// the model takes it (its sequence number above all) only once the store has it: a report
+// whose write failed is not seen, so its resend is stored, not ignored as a duplicate.
+//
+// Only entries about the cluster's own deployments are stored: a cluster credential must
+// not be able to add a row per name it can make up. The check is a look-up among the
+// cluster's pairs, which the report updates anyway.
+func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.StatusReport, now time.Time) (ReportResult, error) {
+	var res ReportResult
 	f.mu.Lock()
-	w := f.workspaces[ns]
-	c := w.cluster(name, uid)
-	if c == nil {
+	c, err := f.reportSlot(ctx, ns, name, uid, now)
+	if err != nil {
 		f.mu.Unlock()
-		return false, ErrUnknownCluster
+		return res, err
 	}
-	c.seen.Store(now.UnixNano())
 	if rep.Seq <= c.seq {
 		f.mu.Unlock()
-		return false, nil
+		return res, nil
 	}
-	c.seq = rep.Seq
-	if rep.Inventory != nil {
-		if inv, _ := json.Marshal(rep.Inventory); string(inv) != c.inventory {
-			c.inventory = internJSON(inv)
-			f.dirtyClusters[c] = struct{}{}
-		}
+	res.Fresh = true
+	// Field names are made only for refused entries: accepted ones cost no allocation
+	// under the lock.
+	refuse := func(field string, i int, format string, args ...any) {
+		res.Refused = append(res.Refused, api.StatusCause{Field: fmt.Sprintf(field, i), Message: fmt.Sprintf(format, args...)})
 	}
 	rows := make([]store.DeploymentStatus, 0, len(rep.Deployments))
-	var removed []string
-	for _, d := range rep.Deployments {
+	for i, d := range rep.Deployments {
 		bns, bname, ok := splitKey(d.Bundle)
-		if !ok || bns != ns {
-			continue
+		switch {
+		case !ok || bns != ns:
+			refuse("deployments[%d].bundle", i, "%.80q is not a bundle of namespace %s", d.Bundle, ns)
+		case !api.KnownState(d.State):
+			refuse("deployments[%d].state", i, "unknown state %.40q", d.State)
+		case c.deps.get(bname) == nil:
+			refuse("deployments[%d].bundle", i, "bundle %.80s does not target cluster %s/%s", d.Bundle, ns, name)
+		default:
+			rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: truncate(d.Message, 1024)})
 		}
-		if !api.KnownState(d.State) {
-			continue
+	}
+	var removed []string
+	for i, key := range rep.Removed {
+		bns, bname, ok := splitKey(key)
+		switch {
+		case !ok || bns != ns:
+			refuse("removed[%d]", i, "%.80q is not a bundle of namespace %s", key, ns)
+		case c.deps.get(bname) != nil:
+			// The removal of a bundle the cluster has no pair for has nothing to delete.
+			removed = append(removed, key)
 		}
-		msg := truncate(d.Message, 1024)
-		rows = append(rows, store.DeploymentStatus{Cluster: uid, Bundle: d.Bundle, ID: d.ID, State: d.State, Message: msg})
+	}
+	if len(rows) == 0 && len(removed) == 0 {
+		// A heartbeat: its inventory, if new, reaches the store with the Cluster's status.
+		// Its sequence number is neither stored nor kept: sequence numbers only keep a
+		// resent report from undoing a later one, and this one changes nothing a resend
+		// could undo. At 1M clusters this saves a database write per heartbeat (1,700/s at
+		// 10 minutes).
+		f.setInventory(c, rep.Inventory)
+		f.mu.Unlock()
+		return res, nil
+	}
+	// One report of a cluster at a time is between the store and the model, so that they
+	// take a cluster's reports in the same order.
+	done := make(chan struct{})
+	f.reporting[c] = done
+	f.mu.Unlock()
+	err = f.st.PutStatus(ctx, uid, rep.Seq, rows, removed)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.reporting, c)
+	close(done)
+	if err != nil {
+		// The write may not have committed: the model stays as it was, behind the store at
+		// worst, never ahead of it.
+		return ReportResult{}, err
+	}
+	f.applyReport(c, rep.Seq, rep.Inventory, rows, removed)
+	return res, nil
+}
+
+// reportSlot finds the reporting cluster and waits, with the model's lock released, while
+// another report of it is being stored. It is called and returns with the lock held.
+func (f *Fleet) reportSlot(ctx context.Context, ns, name, uid string, now time.Time) (*Cluster, error) {
+	for {
+		c := f.workspaces[ns].cluster(name, uid)
+		if c == nil {
+			return nil, ErrUnknownCluster
+		}
+		c.seen.Store(now.UnixNano())
+		busy := f.reporting[c]
+		if busy == nil {
+			return c, nil
+		}
+		f.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			f.mu.Lock()
+			return nil, ctx.Err()
+		}
+		f.mu.Lock()
+	}
+}
+
+func (f *Fleet) setInventory(c *Cluster, inv *api.ClusterInventory) {
+	if inv == nil {
+		return
+	}
+	if raw, _ := json.Marshal(inv); string(raw) != c.inventory {
+		c.inventory = internJSON(raw)
+		f.dirtyClusters[c] = struct{}{}
+	}
+}
+
+// applyReport takes a stored report into the model. The caller holds the lock.
+func (f *Fleet) applyReport(c *Cluster, seq int64, inv *api.ClusterInventory, rows []store.DeploymentStatus, removed []string) {
+	c.seq = max(c.seq, seq)
+	f.setInventory(c, inv)
+	// The cluster may have been deleted meanwhile; its detached entry takes the report
+	// harmlessly.
+	w := f.workspaces[c.Namespace]
+	bundleOf := func(name string) *bundleEntry {
+		if w == nil {
+			return nil
+		}
+		return w.bundles[name]
+	}
+	for _, d := range rows {
+		_, bname, _ := splitKey(d.Bundle)
 		p := c.deps.get(bname)
 		if p == nil {
 			p = c.addDep(bname, pair{target: -1})
@@ -730,24 +836,20 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		if id == p.desiredID {
 			id = p.desiredID
 		}
-		p.reportedID, p.state, p.message = id, canonicalState(d.State), msg
-		if b := w.bundles[bname]; b != nil {
+		p.reportedID, p.state, p.message = id, canonicalState(d.State), d.Message
+		if b := bundleOf(bname); b != nil {
 			f.recount(b, c, old, p.effective())
 		}
-		if (old == api.StateReady) != (p.effective() == api.StateReady) {
+		if w != nil && (old == api.StateReady) != (p.effective() == api.StateReady) {
 			f.dependents(w, c, bname)
 		}
 	}
-	for _, key := range rep.Removed {
-		bns, bname, ok := splitKey(key)
-		if !ok || bns != ns {
-			continue
-		}
-		removed = append(removed, key)
+	for _, key := range removed {
+		_, bname, _ := splitKey(key)
 		if p := c.deps.get(bname); p != nil {
 			old := p.effective()
 			p.reportedID, p.state, p.message = "", "", ""
-			if b := w.bundles[bname]; b != nil {
+			if b := bundleOf(bname); b != nil {
 				f.recount(b, c, old, p.effective())
 			}
 			if p.target < 0 {
@@ -755,20 +857,6 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 			}
 		}
 	}
-	seq := rep.Seq
-	f.mu.Unlock()
-	if len(rows) == 0 && len(removed) == 0 {
-		// A heartbeat: its inventory, if new, reaches the store with the Cluster's status.
-		// Its sequence number need not be kept: sequence numbers only keep a resent report
-		// from undoing a later one, and this one changes nothing a resend could undo. At
-		// 1M clusters this saves a database write per heartbeat (1,700/s at 10 minutes).
-		return true, nil
-	}
-	// Acknowledge only what is committed, so a server restart loses no accepted report.
-	if err := f.st.PutStatus(ctx, uid, seq, rows, removed); err != nil {
-		return false, err
-	}
-	return true, nil
 }
 
 // Seen records a poll.
@@ -818,9 +906,13 @@ func splitKey(k string) (string, string, bool) {
 	return "", "", false
 }
 
+// truncate cuts s to n bytes at a rune boundary, marking the cut.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
 	}
 	return s[:n] + "…"
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -43,16 +44,36 @@ func staged(b *bundleEntry) bool {
 	return rs.MaxUnavailable != nil && string(*rs.MaxUnavailable) != "100%"
 }
 
+// scaled resolves v (def if unset or malformed) against total: a count as is (at least 0), a
+// percentage (taken from 0 to 100%) of total rounded up. Clamping a percentage first keeps
+// a huge one from overflowing into a negative count.
 func scaled(v *api.IntOrString, def string, total int) int {
-	x := api.IntOrString(def)
+	x := def
 	if v != nil {
-		x = *v
+		x = string(*v)
 	}
-	n, err := x.Scaled(total, true)
-	if err != nil {
-		n, _ = api.IntOrString(def).Scaled(total, true)
+	n, ok := scale(x, total)
+	if !ok {
+		n, _ = scale(def, total)
 	}
 	return n
+}
+
+func scale(s string, total int) (int, bool) {
+	total = max(total, 0)
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return 0, false
+		}
+		n = min(max(n, 0), 100)
+		return (n*total + 99) / 100, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, false
+	}
+	return max(n, 0), true
 }
 
 type partition struct {

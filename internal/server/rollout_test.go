@@ -226,11 +226,13 @@ func TestLongPollComesEarly(t *testing.T) {
 func TestAgentMetrics(t *testing.T) {
 	ts := start(t, t.TempDir())
 	a := registerN(t, ts, []map[string]string{{"env": "prod"}})[0]
-	ds := waitDesired(t, a.c, func(*api.DesiredState) bool { return true })
+	// Status is accepted only for a bundle that targets the cluster.
+	putBundle(t, ts, "app", map[string]any{"resources": cm("x"), "targets": []map[string]any{{"clusterSelector": map[string]any{}}}})
+	ds := waitDesired(t, a.c, func(ds *api.DesiredState) bool { return len(ds.Deployments) == 1 })
 	for range 3 {
 		a.c.Desired(ctxT(t), ds.Revision)
 	}
-	a.report(t, "fleet-default/none", "x", api.StateReady, "")
+	a.report(t, "fleet-default/app", ds.Deployments[0].ID, api.StateReady, "")
 	wants := []string{
 		`flotilla_agent_requests_total{answer="not_modified",call="desired"} 3`,
 		`flotilla_agent_requests_total{answer="changed",call="desired"}`,

@@ -40,6 +40,8 @@ type Config struct {
 	DataDir string
 	// DB is a PostgreSQL URL; empty means the embedded SQLite in DataDir.
 	DB string
+	// SQLiteSynchronous is sqlite.SyncFull (default) or sqlite.SyncNormal.
+	SQLiteSynchronous string
 	// BootstrapToken, if set, is made an admin token; otherwise one is generated on first
 	// start and printed once.
 	BootstrapToken string
@@ -117,7 +119,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	scfg.Summaries = map[string]store.Summarizer{api.KindCluster: fleet.SummarizeCluster}
 	start := time.Now()
 	if cfg.DB == "" {
-		st, err := sqlite.Open(ctx, cfg.DataDir, scfg)
+		st, err := sqlite.OpenWith(ctx, cfg.DataDir, scfg, sqlite.Options{Synchronous: cfg.SQLiteSynchronous})
 		if err != nil {
 			return nil, err
 		}

@@ -96,10 +96,41 @@ type Store struct {
 	lock        *os.File
 }
 
-// Open opens (creating if needed) the store in dir. Only one process may hold a data
+// Synchronous modes (SQLite's PRAGMA synchronous).
+const (
+	// SyncFull syncs the write-ahead log to disk at every commit: a write acknowledged is
+	// on disk, and survives a power loss or a kernel crash. The default.
+	SyncFull = "FULL"
+	// SyncNormal syncs the log only at checkpoints: a process crash loses nothing, but a
+	// power loss or kernel crash can lose the last commits before a checkpoint, writes
+	// that were already acknowledged (including agent reports, which agents then no
+	// longer resend). The database stays consistent either way.
+	SyncNormal = "NORMAL"
+)
+
+// Options are the SQLite driver's own settings.
+type Options struct {
+	// Synchronous is SyncFull (default when empty) or SyncNormal.
+	Synchronous string
+}
+
+// Open opens (creating if needed) the store in dir with the default options.
+func Open(ctx context.Context, dir string, cfg sqlstore.Config) (*Store, error) {
+	return OpenWith(ctx, dir, cfg, Options{})
+}
+
+// OpenWith opens (creating if needed) the store in dir. Only one process may hold a data
 // directory at a time: SQLite's locking cannot order revisions across processes the way
 // the writer does within one.
-func Open(ctx context.Context, dir string, cfg sqlstore.Config) (*Store, error) {
+func OpenWith(ctx context.Context, dir string, cfg sqlstore.Config, opts Options) (*Store, error) {
+	mode := strings.ToUpper(opts.Synchronous)
+	switch mode {
+	case "":
+		mode = SyncFull
+	case SyncFull, SyncNormal:
+	default:
+		return nil, fmt.Errorf("sqlite synchronous mode %q: want %s or %s", opts.Synchronous, strings.ToLower(SyncFull), strings.ToLower(SyncNormal))
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
@@ -114,10 +145,12 @@ func Open(ctx context.Context, dir string, cfg sqlstore.Config) (*Store, error) 
 	path := filepath.Join(dir, FileName)
 	// Page caches are per connection and live outside the Go heap: 32 MiB for the writer,
 	// 8 MiB for each reader (the OS page cache holds the rest). No mmap, so that a full scan
-	// at start does not leave the whole file in the server's resident memory.
+	// at start does not leave the whole file in the server's resident memory. With FULL,
+	// each commit costs one fsync of the log; the writer batches writes into transactions,
+	// so a burst of writes pays one per batch, not one per write.
 	dsn := func(cacheKiB int) string {
 		pragmas := url.Values{}
-		for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", fmt.Sprintf("cache_size(-%d)", cacheKiB), "temp_store(MEMORY)", "mmap_size(0)"} {
+		for _, p := range []string{"journal_mode(WAL)", "synchronous(" + mode + ")", "busy_timeout(10000)", fmt.Sprintf("cache_size(-%d)", cacheKiB), "temp_store(MEMORY)", "mmap_size(0)"} {
 			pragmas.Add("_pragma", p)
 		}
 		return "file:" + path + "?" + pragmas.Encode()

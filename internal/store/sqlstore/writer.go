@@ -1,12 +1,14 @@
 package sqlstore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +36,9 @@ type op struct {
 	key  store.Key
 	rv   string
 	rev  int64 // compaction target
+	// keepStatus: an update that keeps what the server owns of the stored object (see
+	// UpdateSpec).
+	keepStatus bool
 	// Agent writes.
 	digest  string
 	data    []byte
@@ -86,6 +91,28 @@ func (s *Store) Create(ctx context.Context, obj *api.Object) (out *api.Object, e
 func (s *Store) Update(ctx context.Context, obj *api.Object) (out *api.Object, err error) {
 	defer s.observe("update", time.Now(), &err)
 	return s.submit(ctx, &op{kind: opUpdate, obj: obj, key: store.KeyOf(obj), rv: obj.Metadata.ResourceVersion})
+}
+
+// UpdateSpec replaces obj's spec, labels and annotations whatever the stored
+// resourceVersion, in one step of the writer: the stored status, UID and creation time are
+// kept as they are at that moment, and the generation grows if the spec changed. An
+// unconditional update therefore never loses to a status write, or to any write, made
+// after its caller read the object.
+func (s *Store) UpdateSpec(ctx context.Context, obj *api.Object) (out *api.Object, err error) {
+	defer s.observe("update", time.Now(), &err)
+	return s.submit(ctx, &op{kind: opUpdate, obj: obj, key: store.KeyOf(obj), keepStatus: true})
+}
+
+// sameJSON reports whether two JSON documents are equal as values.
+func sameJSON(a, b json.RawMessage) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
 }
 
 // Delete removes an object.
@@ -288,7 +315,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			r := &results[i]
 			switch o.kind {
 			case opUpdate:
-				r.obj, r.err = w.update(o.obj, o.rv, next)
+				r.obj, r.err = w.update(o.obj, o.rv, o.keepStatus, next)
 			case opDelete:
 				r.obj, r.err = w.delete(o.key, o.rv, next)
 			case opCompact:
@@ -491,7 +518,7 @@ func checkRV(key store.Key, want string, have int64) error {
 	return nil
 }
 
-func (w *txw) update(obj *api.Object, rv string, rev int64) (*api.Object, error) {
+func (w *txw) update(obj *api.Object, rv string, keepStatus bool, rev int64) (*api.Object, error) {
 	key := store.KeyOf(obj)
 	id, oldRev, oldData, err := w.current(key)
 	if err != nil {
@@ -501,6 +528,17 @@ func (w *txw) update(obj *api.Object, rv string, rev int64) (*api.Object, error)
 		return nil, err
 	}
 	out := *obj
+	if keepStatus {
+		stored, err := store.Decode(oldData)
+		if err != nil {
+			return nil, err
+		}
+		out.Metadata.UID, out.Metadata.CreationTimestamp, out.Status = stored.Metadata.UID, stored.Metadata.CreationTimestamp, stored.Status
+		out.Metadata.Generation = stored.Metadata.Generation
+		if !sameJSON(stored.Spec, out.Spec) {
+			out.Metadata.Generation++
+		}
+	}
 	out.Metadata.ResourceVersion = strconv.FormatInt(rev, 10)
 	data, err := json.Marshal(&out)
 	if err != nil {
