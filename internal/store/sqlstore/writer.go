@@ -161,7 +161,11 @@ func (s *Store) runBatch(batch []*op) {
 		return
 	}
 	o := live[0]
-	if s.d.Retryable != nil && s.d.Retryable(err) && !errors.Is(err, errCommit) {
+	retryable := s.d.Retryable != nil && s.d.Retryable(err)
+	if failpointsOn && failpointRetryable(err) {
+		retryable = true
+	}
+	if retryable && !errors.Is(err, errCommit) {
 		// The database went away before anything was committed: wait for it and retry, so a
 		// restart under the server costs latency, not accepted writes.
 		s.log.Warn("store write failed, retrying", "driver", s.d.Name, "err", err)
@@ -237,6 +241,11 @@ func (w *txw) stmt(query string) (*sql.Stmt, error) {
 // per-op results; a database error undoes the batch.
 func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	ctx := context.Background()
+	if failpointsOn {
+		if err := failpoint("begin"); err != nil {
+			return nil, 0, err
+		}
+	}
 	tx, err := s.writeDB.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, 0, err
@@ -266,6 +275,12 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			return nil, 0, err
 		}
 		next = end - int64(n) + 1
+	}
+	if failpointsOn {
+		if err := failpoint("mid"); err != nil {
+			tx.Rollback()
+			return nil, 0, err
+		}
 	}
 	results := make([]opResult, len(batch))
 	for i := 0; i < len(batch); {
@@ -325,8 +340,19 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			return nil, 0, err
 		}
 	}
+	if failpointsOn {
+		if err := failpoint("commit"); err != nil {
+			tx.Rollback()
+			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
+	}
+	if failpointsOn {
+		if err := failpoint("committed"); err != nil {
+			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
+		}
 	}
 	return results, last, nil
 }
