@@ -7,6 +7,6 @@ package sqlstore
 // in the writer is removed by the compiler and costs nothing.
 const failpointsOn = false
 
-func failpoint(string) error { return nil }
+func failpoint(string, []*op) error { return nil }
 
 func failpointRetryable(error) bool { return false }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,9 @@ import (
 // failed) and committed (after a successful COMMIT: the commit is reported failed although
 // it happened, as when a connection drops before the answer arrives).
 //
+// FLOTILLA_FAILPOINTS_NAMESPACE, if set, limits the faults to batches that write an object
+// of that namespace, so that the server's own start-up writes are spared.
+//
 // Actions: busy (an error the writer retries, like SQLITE_BUSY), error (an error it does
 // not), stall (a pause of up to 200 ms, long enough for a client to give up mid-write).
 const failpointsOn = true
@@ -30,7 +34,10 @@ type failpointRule struct {
 	p      float64
 }
 
-var failpoints = parseFailpoints(os.Getenv("FLOTILLA_FAILPOINTS"))
+var (
+	failpoints         = parseFailpoints(os.Getenv("FLOTILLA_FAILPOINTS"))
+	failpointNamespace = os.Getenv("FLOTILLA_FAILPOINTS_NAMESPACE")
+)
 
 func parseFailpoints(spec string) map[string]failpointRule {
 	rules := map[string]failpointRule{}
@@ -61,9 +68,12 @@ func parseFailpoints(spec string) map[string]failpointRule {
 
 var errFailpointBusy = errors.New("failpoint: database is locked")
 
-func failpoint(point string) error {
+func failpoint(point string, batch []*op) error {
 	r, ok := failpoints[point]
 	if !ok || rand.Float64() >= r.p {
+		return nil
+	}
+	if failpointNamespace != "" && !slices.ContainsFunc(batch, func(o *op) bool { return o.key.Namespace == failpointNamespace }) {
 		return nil
 	}
 	switch r.action {
