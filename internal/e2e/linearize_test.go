@@ -45,9 +45,9 @@ const (
 	linKeys      = 3
 )
 
-// linFailpoints makes about one write transaction in ten meet a fault;
+// linFailpoints makes about one write transaction in seven meet a fault;
 // FLOTILLA_LINEARIZE_FAILPOINTS replaces it (the syntax is in sqlstore's failpoint_on.go).
-const linFailpoints = "begin=busy:0.03,mid=stall:0.05,commit=error:0.01,committed=error:0.01"
+const linFailpoints = "begin=busy:0.03,mid=stall:0.05,commit=error:0.02,committed=error:0.05"
 
 var (
 	failpointBinOnce sync.Once
@@ -130,7 +130,7 @@ func runLinearize(t *testing.T, bin string, args []string, fault func(*testing.T
 	if v := os.Getenv("FLOTILLA_LINEARIZE_FAILPOINTS"); v != "" {
 		fp = v
 	}
-	opts := e2e.ServerOptions{Bin: bin, Args: args, Env: []string{"FLOTILLA_BOOTSTRAP_TOKEN=" + linToken, "FLOTILLA_FAILPOINTS=" + fp}}
+	opts := e2e.ServerOptions{Bin: bin, Args: args, Env: []string{"FLOTILLA_BOOTSTRAP_TOKEN=" + linToken, "FLOTILLA_FAILPOINTS=" + fp, "FLOTILLA_FAILPOINTS_NAMESPACE=" + linNamespace}}
 	srv := e2e.StartServer(t, opts)
 	opts.DataDir, opts.Addr = srv.DataDir, srv.Addr
 	ca, err := os.ReadFile(srv.CAFile)

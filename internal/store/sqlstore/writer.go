@@ -153,8 +153,10 @@ func (s *Store) runBatch(batch []*op) {
 		}
 		return
 	}
-	if len(live) > 1 {
-		// Isolate the failure: one bad write must not fail its neighbours.
+	if len(live) > 1 && !errors.Is(err, errCommit) {
+		// Isolate the failure: one bad write must not fail its neighbours. Not after a
+		// failed COMMIT, which may have committed all the same (a connection lost before
+		// the answer): running the batch again would refuse its own writes as conflicts.
 		for _, o := range live {
 			s.runBatch([]*op{o})
 		}
@@ -242,7 +244,7 @@ func (w *txw) stmt(query string) (*sql.Stmt, error) {
 func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	ctx := context.Background()
 	if failpointsOn {
-		if err := failpoint("begin"); err != nil {
+		if err := failpoint("begin", batch); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -277,7 +279,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 		next = end - int64(n) + 1
 	}
 	if failpointsOn {
-		if err := failpoint("mid"); err != nil {
+		if err := failpoint("mid", batch); err != nil {
 			tx.Rollback()
 			return nil, 0, err
 		}
@@ -341,7 +343,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 		}
 	}
 	if failpointsOn {
-		if err := failpoint("commit"); err != nil {
+		if err := failpoint("commit", batch); err != nil {
 			tx.Rollback()
 			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
 		}
@@ -350,7 +352,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 		return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
 	}
 	if failpointsOn {
-		if err := failpoint("committed"); err != nil {
+		if err := failpoint("committed", batch); err != nil {
 			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
 		}
 	}
