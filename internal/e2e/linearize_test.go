@@ -33,8 +33,8 @@ import (
 // request whose outcome is unknown (a timeout, a reset connection, a server error) counts as
 // possibly done.
 //
-// FLOTILLA_LINEARIZE_DURATION sets the load time per driver (default 3s); three faults
-// come at its quarters.
+// FLOTILLA_LINEARIZE_DURATION sets the load time per driver (default 3s); a fault comes
+// every quarter of it, or every 5s in a longer run.
 
 const (
 	linNamespace = "linearize"
@@ -191,23 +191,24 @@ func runLinearize(t *testing.T, bin string, args []string, fault func(*testing.T
 		}()
 	}
 
-	// Faults every quarter of the load (the time a fault takes is not counted): SIGKILL and
-	// a restart, then the driver's own fault, in turn. A second watch of each key joins
-	// after the first fault, from where the first watch has got to.
+	// A fault every quarter of the load, or every 5s in a longer run (the time a fault takes
+	// is not counted): SIGKILL and a restart, then the driver's own fault, in turn. A second
+	// watch of each key joins after the first fault, from where the first watch has got to.
+	period := min(dur/4, 5*time.Second)
 	faults := 0
-	for step := 1; ; step++ {
-		time.Sleep(dur / 4)
-		if step == 4 {
+	for loaded := period; ; loaded += period {
+		time.Sleep(period)
+		if loaded >= dur {
 			break
 		}
-		if step%2 == 1 {
+		if faults%2 == 0 {
 			srv.Kill()
 			srv = e2e.StartServer(t, opts)
 		} else {
 			fault(t, srv)
 		}
 		faults++
-		if step == 1 {
+		if faults == 1 {
 			for _, k := range keys {
 				startWatch("joined", k, first[k].last())
 			}
@@ -322,6 +323,7 @@ func linDo(ctx context.Context, t *testing.T, id int, c *client.Client, hist *li
 	}
 	out := linearize.Output{Outcome: linearize.OK}
 	var st *api.Status
+	var want string
 	switch {
 	case err == nil:
 		out.Value, out.RV = obj.Metadata.Annotations[linValue], obj.Metadata.ResourceVersion
@@ -331,15 +333,25 @@ func linDo(ctx context.Context, t *testing.T, id int, c *client.Client, hist *li
 		return linearize.Output{Outcome: linearize.Unknown}
 	case errors.As(err, &st) && st.Code == http.StatusNotFound:
 		out.Outcome = linearize.NotFound
-	case errors.As(err, &st) && st.Code == http.StatusConflict && st.Reason == api.ReasonAlreadyExists:
-		out.Outcome = linearize.AlreadyExists
 	case errors.As(err, &st) && st.Code == http.StatusConflict:
-		out.Outcome = linearize.Conflict
+		// A create's 409 says the object exists, an update's or a delete's that its
+		// resourceVersion is stale. The reason is in the body, which a request that times out
+		// just after the status line never reads.
+		out.Outcome, want = linearize.Conflict, api.ReasonConflict
+		if in.Kind == linearize.Create {
+			out.Outcome, want = linearize.AlreadyExists, api.ReasonAlreadyExists
+		}
+		if st.Reason != "" && st.Reason != want {
+			t.Errorf("%s: reason %q, want %q", linearize.Describe(in, out), st.Reason, want)
+		}
 	case errors.As(err, &st) && st.Code/100 == 4 && st.Code != http.StatusTooManyRequests:
 		t.Errorf("%s refused: %v", linearize.Describe(in, out), err)
 		return linearize.Output{Outcome: linearize.Unknown}
 	default:
 		out.Outcome = linearize.Unknown
+	}
+	if err != nil {
+		out.Err = err.Error()
 	}
 	hist.Add(id, in, call, out)
 	return out

@@ -62,6 +62,8 @@ type Output struct {
 	// Value is the value a get read, the value a delete removed or a write wrote.
 	Value string
 	RV    string
+	// Err is the error's text, for the report.
+	Err string
 }
 
 // precondition reports whether a write would succeed in state.
@@ -172,6 +174,9 @@ func Describe(in Input, out Output) string {
 	b.WriteString(out.Outcome.String())
 	if out.Outcome == OK && (out.Value != "" || out.RV != "") {
 		fmt.Fprintf(&b, " %s@%s", out.Value, out.RV)
+	}
+	if out.Err != "" && out.Outcome != NotFound && out.Outcome != AlreadyExists {
+		fmt.Fprintf(&b, " (%s)", out.Err)
 	}
 	return b.String()
 }
