@@ -24,6 +24,7 @@ vet: $(STATICCHECK)
 	$(GO) vet ./...
 	$(GO) vet -tags flotilla_failpoints ./internal/store/sqlstore
 	@$(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	@cd hack/tools && $(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "hack/tools/go.mod/go.sum are not tidy: run go mod tidy there"; exit 1; }
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags flotilla_failpoints ./internal/store/sqlstore
 
