@@ -109,6 +109,8 @@ type ServerOptions struct {
 	Addr    string
 	Args    []string
 	Env     []string
+	// Bin is the server binary; "" builds it from this checkout.
+	Bin string
 }
 
 var (
@@ -127,7 +129,10 @@ func StartServer(t testing.TB, o ServerOptions) *Server {
 	}
 	s := &Server{Addr: o.Addr, URL: "https://" + o.Addr, DataDir: o.DataDir, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	args := append([]string{"server", "--listen", o.Addr, "--data-dir", o.DataDir}, o.Args...)
-	s.cmd = exec.Command(Binary(t, "flotilla"), args...)
+	if o.Bin == "" {
+		o.Bin = Binary(t, "flotilla")
+	}
+	s.cmd = exec.Command(o.Bin, args...)
 	s.cmd.Env = append(os.Environ(), o.Env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
 	if err := s.cmd.Start(); err != nil {

@@ -175,7 +175,7 @@ func TestSimScale(t *testing.T) {
 	})
 	srv.Kill()
 	before := s.Progress().ChangeReported
-	srv = e2e.StartServer(t, opts)
+	e2e.StartServer(t, opts) // stopped by its cleanup
 	phase("server restarted")
 	t.Logf("server killed with %d of %d clusters' reports of the second rollout acknowledged, and restarted", before, ch.Expect.Reach)
 	r := <-done

@@ -30,8 +30,6 @@ type Keeper struct {
 	aead cipher.AEAD
 }
 
-var keyName = store.Key{Kind: "ServerKey", Namespace: auth.SystemNamespace, Name: "secret-encryption"}
-
 // sealedPrefix versions the sealed format: "v1:" + base64(nonce || ciphertext).
 const sealedPrefix = "v1:"
 

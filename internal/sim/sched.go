@@ -83,13 +83,6 @@ func (s *scheduler) pop(now int64) (wake, time.Duration, bool) {
 	return top, 0, true
 }
 
-// len returns how many clusters wait.
-func (s *scheduler) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.heap)
-}
-
 // run hands due clusters to out until ctx ends, then closes out. lag records how late each
 // was handed over: when workers cannot keep up, the simulator, not the server, is the limit.
 func (s *scheduler) run(ctx context.Context, out chan<- int32, lag *histogram) {

@@ -190,8 +190,6 @@ func New(cfg Config) (*Sim, error) {
 
 func (s *Sim) now() int64 { return int64(time.Since(s.epoch)) }
 
-func (s *Sim) at(t int64) time.Time { return s.epoch.Add(time.Duration(t)) }
-
 func (s *Sim) lock(i int) *sync.Mutex { return &s.locks[i%len(s.locks)] }
 
 func (s *Sim) conn(i int) *client.Client { return s.conns[i%len(s.conns)] }

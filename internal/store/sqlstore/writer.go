@@ -180,15 +180,21 @@ func (s *Store) runBatch(batch []*op) {
 		}
 		return
 	}
-	if len(live) > 1 {
-		// Isolate the failure: one bad write must not fail its neighbours.
+	if len(live) > 1 && !errors.Is(err, errCommit) {
+		// Isolate the failure: one bad write must not fail its neighbours. Not after a
+		// failed COMMIT, which may have committed all the same (a connection lost before
+		// the answer): running the batch again would refuse its own writes as conflicts.
 		for _, o := range live {
 			s.runBatch([]*op{o})
 		}
 		return
 	}
 	o := live[0]
-	if s.d.Retryable != nil && s.d.Retryable(err) && !errors.Is(err, errCommit) {
+	retryable := s.d.Retryable != nil && s.d.Retryable(err)
+	if failpointsOn && failpointRetryable(err) {
+		retryable = true
+	}
+	if retryable && !errors.Is(err, errCommit) {
 		// The database went away before anything was committed: wait for it and retry, so a
 		// restart under the server costs latency, not accepted writes.
 		s.log.Warn("store write failed, retrying", "driver", s.d.Name, "err", err)
@@ -264,6 +270,11 @@ func (w *txw) stmt(query string) (*sql.Stmt, error) {
 // per-op results; a database error undoes the batch.
 func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	ctx := context.Background()
+	if failpointsOn {
+		if err := failpoint("begin", batch); err != nil {
+			return nil, 0, err
+		}
+	}
 	tx, err := s.writeDB.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, 0, err
@@ -293,6 +304,12 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			return nil, 0, err
 		}
 		next = end - int64(n) + 1
+	}
+	if failpointsOn {
+		if err := failpoint("mid", batch); err != nil {
+			tx.Rollback()
+			return nil, 0, err
+		}
 	}
 	results := make([]opResult, len(batch))
 	for i := 0; i < len(batch); {
@@ -352,8 +369,19 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			return nil, 0, err
 		}
 	}
+	if failpointsOn {
+		if err := failpoint("commit", batch); err != nil {
+			tx.Rollback()
+			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
+	}
+	if failpointsOn {
+		if err := failpoint("committed", batch); err != nil {
+			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
+		}
 	}
 	return results, last, nil
 }

@@ -443,9 +443,14 @@ func testWatchSelector(t *testing.T, h Harness) {
 	}
 	a := mustCreate(t, s, Obj("ns", "a", map[string]string{"env": "dev"}))
 	a.Metadata.Labels["env"] = "prod"
-	a, _ = s.Update(ctx(t), a)
+	a, err = s.Update(ctx(t), a)
+	if err != nil {
+		t.Fatal(err)
+	}
 	a.Metadata.Labels["env"] = "dev"
-	a, _ = s.Update(ctx(t), a)
+	if _, err := s.Update(ctx(t), a); err != nil {
+		t.Fatal(err)
+	}
 	mustCreate(t, s, Obj("ns", "b", map[string]string{"env": "prod"}))
 	expect(t, next(t, ch), api.Added, "a")   // entered the selection
 	expect(t, next(t, ch), api.Deleted, "a") // left it
