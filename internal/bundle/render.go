@@ -121,10 +121,17 @@ func (p postRenderer) process(m *meter, objs []*unstructured.Unstructured) ([]*u
 //
 // Render runs within ctx's Budget (see WithBudget; DefaultBudget without one) and stops when
 // ctx is cancelled: an overrun is a *BudgetError, which wraps ErrBudgetExceeded.
-func Render(ctx context.Context, files Files, opts api.BundleDeploymentOptions, c Cluster, releaseName string) (*Rendered, error) {
+func Render(ctx context.Context, files Files, opts api.BundleDeploymentOptions, c Cluster, releaseName string) (r *Rendered, err error) {
 	m, ctx, stop := startMeter(ctx)
 	defer stop()
-	r, err := render(ctx, m, files, opts, c, releaseName)
+	// Content comes from repositories' authors: a renderer's panic on it must fail this render,
+	// not the server or agent that runs it.
+	defer func() {
+		if p := recover(); p != nil {
+			r, err = nil, fmt.Errorf("rendering bundle: internal error on this content: %v", p)
+		}
+	}()
+	r, err = render(ctx, m, files, opts, c, releaseName)
 	if err != nil {
 		return nil, m.result(err)
 	}

@@ -31,7 +31,13 @@ const maxValuesDepth = 50
 // helm.templateValues is rendered the same way and set as a top-level value. opts is not modified.
 // The templates run within DefaultBudget.
 func TemplateValues(opts api.BundleDeploymentOptions, c Cluster) (api.BundleDeploymentOptions, error) {
-	m, _, stop := startMeter(context.Background())
+	return TemplateValuesContext(context.Background(), opts, c)
+}
+
+// TemplateValuesContext is TemplateValues within ctx's render budget (see WithBudget), stopping
+// when ctx is cancelled.
+func TemplateValuesContext(ctx context.Context, opts api.BundleDeploymentOptions, c Cluster) (api.BundleDeploymentOptions, error) {
+	m, _, stop := startMeter(ctx)
 	defer stop()
 	out, err := templateValues(m, opts, c)
 	return out, m.result(err)

@@ -323,7 +323,9 @@ func checkRenders(ctx context.Context, b *api.Object, src bundle.Source) error {
 		}
 	}
 	for _, v := range variants {
-		if _, err := bundle.TemplateValues(v.opts, c); err != nil {
+		if _, err := bundle.TemplateValuesContext(ctx, v.opts, c); err != nil && (errors.Is(err, bundle.ErrBudgetExceeded) || ctx.Err() != nil) {
+			return fmt.Errorf("templating helm values: %w", err)
+		} else if err != nil {
 			continue
 		}
 		if _, err := bundle.Render(ctx, src.Files, v.opts, c, b.Metadata.Name); err != nil {
