@@ -90,7 +90,7 @@ func (c *Controller) sync(ctx context.Context, w *worker) {
 		})
 		return
 	}
-	names, err := c.deploy(sctx, log, m, obj, &spec, commit)
+	names, err := c.deploy(ctx, sctx, log, m, obj, &spec, commit)
 	if ctx.Err() != nil {
 		return
 	}
@@ -204,8 +204,10 @@ func (c *Controller) fetch(ctx context.Context, obj *api.Object, spec *api.GitRe
 }
 
 // deploy turns commit into the GitRepo's bundles. Everything is read, rendered and checked
-// before the first write, so a commit that cannot be deployed changes nothing.
-func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, obj *api.Object, spec *api.GitRepoSpec, commit string) ([]string, error) {
+// before the first write, so a commit that cannot be deployed changes nothing. Reading and
+// rendering run under sctx, the sync's budget; writes under ctx only, so that the budget
+// running out cannot leave a commit half written.
+func (c *Controller) deploy(ctx, sctx context.Context, log *slog.Logger, m *mirror, obj *api.Object, spec *api.GitRepoSpec, commit string) ([]string, error) {
 	work, err := os.MkdirTemp(filepath.Dir(m.dir), ".checkout-")
 	if err != nil {
 		return nil, err
@@ -223,7 +225,7 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 	if err != nil {
 		return nil, err
 	}
-	sources, err := bundle.Scan(ctx, tree, bundle.ScanOptions{Paths: spec.Paths, NamePrefix: obj.Metadata.Name,
+	sources, err := bundle.Scan(sctx, tree, bundle.ScanOptions{Paths: spec.Paths, NamePrefix: obj.Metadata.Name,
 		Limits: c.cfg.Limits, HTTPClient: hc, RegistryPlainHTTP: c.cfg.RegistryPlainHTTP})
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %s", short(commit), stripRoot(err.Error(), tree))
@@ -247,7 +249,7 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 			return nil, fmt.Errorf("commit %s: bundle %s (%s): %s", short(commit), src.Name, src.Path, stripRoot(err.Error(), tree))
 		}
 		b := bundleObject(obj, spec, src, gitTargets, digest, commit)
-		if err := checkRenders(ctx, b, src); errors.Is(err, bundle.ErrBudgetExceeded) {
+		if err := checkRenders(sctx, b, src); errors.Is(err, bundle.ErrBudgetExceeded) {
 			// Kept in the chain: the sync reports it as an overrun.
 			return nil, fmt.Errorf("commit %s: bundle %s (path %s): %w", short(commit), src.Name, src.Path, err)
 		} else if err != nil {
