@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"bytes"
 	"fmt"
 	"path"
 	"slices"
@@ -55,7 +56,12 @@ func kustomizationFile(files Files, dir string) string {
 // kustomize builds the kustomization in dir over an in-memory copy of files. When generated
 // objects (a chart's output) are given, they are written to fleet-manifests.yaml in dir and
 // added to the kustomization's resources first, so the kustomization can patch them.
-func kustomize(files Files, dir string, generated []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
+//
+// Kustomize takes no context and re-reads a base for every reference to it, so bases that
+// fan out cost twice as much per level. It reads through budgetFS, which counts every file and
+// document read against m's budget and fails the read once over it, or once m's render is
+// cancelled: Kustomize's work between two reads is that of one kustomization.
+func kustomize(m *meter, files Files, dir string, generated []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
 	if err := checkRemoteBases(files); err != nil {
 		return nil, err
 	}
@@ -97,15 +103,18 @@ func kustomize(files Files, dir string, generated []*unstructured.Unstructured) 
 		LoadRestrictions: types.LoadRestrictionsRootOnly,
 		PluginConfig:     types.DisabledPluginConfig(),
 	})
-	resMap, err := k.Run(fs, path.Join("/", dir))
+	resMap, err := k.Run(budgetFS{FileSystem: fs, m: m}, path.Join("/", dir))
 	if err != nil {
-		return nil, fmt.Errorf("kustomize %s: %w", kfile, err)
+		return nil, fmt.Errorf("kustomize %s: %w", kfile, m.result(err))
+	}
+	if err := m.checkObjects(resMap.Size(), "kustomize output"); err != nil {
+		return nil, err
 	}
 	out, err := resMap.AsYaml()
 	if err != nil {
 		return nil, fmt.Errorf("kustomize %s: %w", kfile, err)
 	}
-	return parseObjects("kustomize "+kfile, out, false)
+	return parseObjects(m, "kustomize "+kfile, out, false)
 }
 
 // checkRemoteBases refuses kustomizations that name remote resources: Kustomize would fetch them
@@ -142,4 +151,50 @@ func isRemote(r string) bool {
 		}
 	}
 	return false
+}
+
+// budgetFS is the filesystem Kustomize reads a bundle through: each read is a step of the
+// render, and counts its bytes and its documents (a kustomization counts as one) against the
+// render's budget, so that the resource graph Kustomize builds cannot outgrow it.
+type budgetFS struct {
+	filesys.FileSystem
+	m *meter
+}
+
+func (f budgetFS) ReadFile(name string) ([]byte, error) {
+	if err := f.m.Step(); err != nil {
+		return nil, err
+	}
+	data, err := f.FileSystem.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.m.Objects(1+bytes.Count(data, []byte("\n---")), "files and documents read by kustomize"); err != nil {
+		return nil, err
+	}
+	if err := f.m.Wrote(len(data), "files read by kustomize"); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+func (f budgetFS) Open(name string) (filesys.File, error) {
+	if err := f.m.Step(); err != nil {
+		return nil, err
+	}
+	return f.FileSystem.Open(name)
+}
+
+func (f budgetFS) ReadDir(name string) ([]string, error) {
+	if err := f.m.Step(); err != nil {
+		return nil, err
+	}
+	return f.FileSystem.ReadDir(name)
+}
+
+func (f budgetFS) Glob(pattern string) ([]string, error) {
+	if err := f.m.Step(); err != nil {
+		return nil, err
+	}
+	return f.FileSystem.Glob(pattern)
 }

@@ -22,13 +22,26 @@ import (
 // parseObjects reads every object of a multi-document YAML or JSON file. Empty documents are
 // skipped, List kinds are expanded, and documents without apiVersion or kind are skipped when
 // skipKindless is set (raw-YAML bundles hold values and other plain YAML files, which Fleet
-// ignores) and are errors otherwise.
-func parseObjects(source string, data []byte, skipKindless bool) ([]*unstructured.Unstructured, error) {
+// ignores) and are errors otherwise. The bytes read count against m's budget, and it stops as
+// soon as it holds more objects than the budget allows.
+func parseObjects(m *meter, source string, data []byte, skipKindless bool) ([]*unstructured.Unstructured, error) {
+	if err := m.Wrote(len(data), source); err != nil {
+		return nil, err
+	}
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var objs []*unstructured.Unstructured
 	for i := 0; ; i++ {
+		if err := m.checkObjects(len(objs), source); err != nil {
+			return nil, err
+		}
+		if err := m.Step(); err != nil {
+			return nil, err
+		}
 		doc, err := r.Read()
 		if errors.Is(err, io.EOF) {
+			if err := m.checkObjects(len(objs), source); err != nil {
+				return nil, err
+			}
 			return objs, nil
 		}
 		if err != nil {

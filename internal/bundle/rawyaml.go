@@ -27,12 +27,12 @@ const overlaysDir = "overlays/"
 // every .yaml, .yml and .json file is read, except fleet.yaml, overlays/ and directories holding
 // a nested bundle (a fleet.yaml) or a chart (a Chart.yaml). Files under a top-level templates/
 // directory are Helm templates, rendered with the bundle's values; other files are not templated.
-func rawObjects(ctx context.Context, files Files, opts api.BundleDeploymentOptions, releaseName string) ([]*unstructured.Unstructured, error) {
+func rawObjects(ctx context.Context, m *meter, files Files, opts api.BundleDeploymentOptions, releaseName string) ([]*unstructured.Unstructured, error) {
 	var overlays []string
 	if opts.YAML != nil {
 		overlays = opts.YAML.Overlays
 	}
-	work, err := applyOverlays(files, overlays)
+	work, err := applyOverlays(m, files, overlays)
 	if err != nil {
 		return nil, err
 	}
@@ -60,14 +60,14 @@ func rawObjects(ctx context.Context, files Files, opts api.BundleDeploymentOptio
 			templates = append(templates, &chart.File{Name: name, Data: work[name]})
 			continue
 		}
-		o, err := parseObjects(name, work[name], true)
+		o, err := parseObjects(m, name, work[name], true)
 		if err != nil {
 			return nil, err
 		}
 		objs = append(objs, o...)
 	}
 	if len(templates) > 0 {
-		o, err := renderTemplates(ctx, templates, opts, releaseName)
+		o, err := renderTemplates(ctx, m, templates, opts, releaseName)
 		if err != nil {
 			return nil, err
 		}
@@ -77,7 +77,7 @@ func rawObjects(ctx context.Context, files Files, opts api.BundleDeploymentOptio
 }
 
 // renderTemplates renders a raw bundle's templates/ directory as the chart Fleet would wrap it in.
-func renderTemplates(ctx context.Context, templates []*chart.File, opts api.BundleDeploymentOptions, releaseName string) ([]*unstructured.Unstructured, error) {
+func renderTemplates(ctx context.Context, m *meter, templates []*chart.File, opts api.BundleDeploymentOptions, releaseName string) ([]*unstructured.Unstructured, error) {
 	rel := &HelmRelease{
 		ReleaseName: releaseName,
 		Namespace:   releaseNamespace(opts),
@@ -90,18 +90,18 @@ func renderTemplates(ctx context.Context, templates []*chart.File, opts api.Bund
 		rel.Values = opts.Helm.Values
 		rel.DisableDNS = opts.Helm.DisableDNS
 	}
-	manifest, _, err := helmTemplate(ctx, rel, false)
+	manifest, _, err := helmTemplate(ctx, m, rel, false)
 	if err != nil {
 		return nil, fmt.Errorf("rendering templates/: %w", err)
 	}
-	return parseObjects("templates/", []byte(manifest), false)
+	return parseObjects(m, "templates/", []byte(manifest), false)
 }
 
 // applyOverlays returns a copy of files with the named overlays applied in order. A file
 // overlays/<name>/p replaces (or adds) p; a file overlays/<name>/dir/x_patch.yaml patches
 // dir/x.yaml with a JSON patch (a list of operations), a strategic merge patch (for Kubernetes'
 // own kinds) or a JSON merge patch (for any other kind).
-func applyOverlays(files Files, overlays []string) (map[string][]byte, error) {
+func applyOverlays(m *meter, files Files, overlays []string) (map[string][]byte, error) {
 	work := maps.Clone(map[string][]byte(files))
 	for _, overlay := range overlays {
 		prefix := overlaysDir + overlay + "/"
@@ -129,7 +129,7 @@ func applyOverlays(files Files, overlays []string) (map[string][]byte, error) {
 			if !ok {
 				return nil, fmt.Errorf("overlay %q: %s: no file %s to patch", overlay, name, target)
 			}
-			patched, err := patchFile(base, files[name])
+			patched, err := patchFile(m, base, files[name])
 			if err != nil {
 				return nil, fmt.Errorf("overlay %q: patching %s with %s: %w", overlay, target, name, err)
 			}
@@ -141,12 +141,12 @@ func applyOverlays(files Files, overlays []string) (map[string][]byte, error) {
 
 // patchFile applies patch to every document of base that it names (by apiVersion, kind and
 // metadata.name, where the patch has them), and returns the result as JSON documents in YAML.
-func patchFile(base, patch []byte) ([]byte, error) {
+func patchFile(m *meter, base, patch []byte) ([]byte, error) {
 	pj, err := yaml.YAMLToJSON(patch)
 	if err != nil {
 		return nil, fmt.Errorf("patch is not valid YAML: %w", err)
 	}
-	docs, err := parseObjects("base", base, true)
+	docs, err := parseObjects(m, "base", base, true)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +170,7 @@ func patchFile(base, patch []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		objs, err := parseObjects("patched", res, false)
+		objs, err := parseObjects(m, "patched", res, false)
 		if err != nil {
 			return nil, err
 		}

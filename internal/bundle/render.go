@@ -14,11 +14,11 @@ import (
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/releaseutil"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/bundle/helmtpl"
 )
 
 // Rendered is what one cluster receives from a bundle.
@@ -61,13 +61,21 @@ type HelmRelease struct {
 	post postRenderer
 }
 
-// Run post-renders Helm's output as Flotilla does (see HelmRelease).
+// Run post-renders Helm's output as Flotilla does (see HelmRelease), within DefaultBudget: Helm
+// calls it without a context.
 func (r *HelmRelease) Run(rendered *bytes.Buffer) (*bytes.Buffer, error) {
-	objs, err := parseObjects("helm output", rendered.Bytes(), false)
+	m, _, stop := startMeter(context.Background())
+	defer stop()
+	out, err := r.run(m, rendered)
+	return out, m.result(err)
+}
+
+func (r *HelmRelease) run(m *meter, rendered *bytes.Buffer) (*bytes.Buffer, error) {
+	objs, err := parseObjects(m, "helm output", rendered.Bytes(), false)
 	if err != nil {
 		return nil, err
 	}
-	objs, err = r.post.process(objs)
+	objs, err = r.post.process(m, objs)
 	if err != nil {
 		return nil, err
 	}
@@ -86,10 +94,10 @@ type postRenderer struct {
 	crds         []*unstructured.Unstructured // of the chart's crds/ directories
 }
 
-func (p postRenderer) process(objs []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
+func (p postRenderer) process(m *meter, objs []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
 	if p.kustomizeDir != "" {
 		var err error
-		objs, err = kustomize(p.files, p.kustomizeDir, objs)
+		objs, err = kustomize(m, p.files, p.kustomizeDir, objs)
 		if err != nil {
 			return nil, err
 		}
@@ -110,8 +118,28 @@ func (p postRenderer) process(objs []*unstructured.Unstructured) ([]*unstructure
 // without it, a Chart.yaml at the root) names one, else Kustomize if kustomize.dir (or the root)
 // holds a kustomization, else raw YAML with yaml.overlays applied. A kustomization also
 // post-processes a chart's output.
-func Render(ctx context.Context, files Files, opts api.BundleDeploymentOptions, c Cluster, releaseName string) (*Rendered, error) {
-	opts, err := TemplateValues(opts, c)
+//
+// Render runs within ctx's Budget (see WithBudget; DefaultBudget without one) and stops when
+// ctx is cancelled: an overrun is a *BudgetError, which wraps ErrBudgetExceeded.
+func Render(ctx context.Context, files Files, opts api.BundleDeploymentOptions, c Cluster, releaseName string) (r *Rendered, err error) {
+	m, ctx, stop := startMeter(ctx)
+	defer stop()
+	// Content comes from repositories' authors: a renderer's panic on it must fail this render,
+	// not the server or agent that runs it.
+	defer func() {
+		if p := recover(); p != nil {
+			r, err = nil, fmt.Errorf("rendering bundle: internal error on this content: %v", p)
+		}
+	}()
+	r, err = render(ctx, m, files, opts, c, releaseName)
+	if err != nil {
+		return nil, m.result(err)
+	}
+	return r, nil
+}
+
+func render(ctx context.Context, m *meter, files Files, opts api.BundleDeploymentOptions, c Cluster, releaseName string) (*Rendered, error) {
+	opts, err := templateValues(m, opts, c)
 	if err != nil {
 		return nil, err
 	}
@@ -128,20 +156,20 @@ func Render(ctx context.Context, files Files, opts api.BundleDeploymentOptions, 
 	post := postRenderer{files: files, kustomizeDir: kdir, opts: opts}
 
 	if dir, ok := chartDir(files, opts); ok {
-		return renderChart(ctx, files, dir, opts, releaseName, post)
+		return renderChart(ctx, m, files, dir, opts, releaseName, post)
 	}
 	if kdir != "" {
-		objs, err := post.process(nil)
+		objs, err := post.process(m, nil)
 		if err != nil {
 			return nil, err
 		}
 		return &Rendered{Objects: objs}, nil
 	}
-	objs, err := rawObjects(ctx, files, opts, releaseName)
+	objs, err := rawObjects(ctx, m, files, opts, releaseName)
 	if err != nil {
 		return nil, err
 	}
-	if objs, err = post.process(objs); err != nil {
+	if objs, err = post.process(m, objs); err != nil {
 		return nil, err
 	}
 	return &Rendered{Objects: objs}, nil
@@ -225,7 +253,7 @@ func filesUnder(files Files, dir string) []*loader.BufferedFile {
 	return out
 }
 
-func renderChart(ctx context.Context, files Files, dir string, opts api.BundleDeploymentOptions, releaseName string, post postRenderer) (*Rendered, error) {
+func renderChart(ctx context.Context, m *meter, files Files, dir string, opts api.BundleDeploymentOptions, releaseName string, post postRenderer) (*Rendered, error) {
 	where := dir
 	if where == "" {
 		where = "bundle root"
@@ -235,7 +263,7 @@ func renderChart(ctx context.Context, files Files, dir string, opts api.BundleDe
 		return nil, fmt.Errorf("loading chart %s: %w", where, err)
 	}
 	for _, crd := range ch.CRDObjects() {
-		objs, err := parseObjects(crd.Filename, crd.File.Data, true)
+		objs, err := parseObjects(m, crd.Filename, crd.File.Data, true)
 		if err != nil {
 			return nil, err
 		}
@@ -261,11 +289,11 @@ func renderChart(ctx context.Context, files Files, dir string, opts api.BundleDe
 		Timeout:              time.Duration(h.TimeoutSeconds) * time.Second,
 		post:                 post,
 	}
-	manifest, hooks, err := helmTemplate(ctx, rel, true)
+	manifest, hooks, err := helmTemplate(ctx, m, rel, true)
 	if err != nil {
 		return nil, fmt.Errorf("rendering chart %s (%s): %w", where, ch.Name(), err)
 	}
-	objs, err := parseObjects("chart "+ch.Name(), []byte(manifest), false)
+	objs, err := parseObjects(m, "chart "+ch.Name(), []byte(manifest), false)
 	if err != nil {
 		return nil, err
 	}
@@ -275,9 +303,10 @@ func renderChart(ctx context.Context, files Files, dir string, opts api.BundleDe
 }
 
 // helmTemplate renders rel's chart as `helm template --include-crds` does (no cluster),
-// post-rendered by rel when postRender is set. It uses Helm's engine rather than its action
-// package, which would link Helm's SQL release storage into the agent.
-func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (string, []*unstructured.Unstructured, error) {
+// post-rendered by rel when postRender is set. It uses a copy of Helm's engine that keeps to m's
+// budget (package helmtpl) rather than Helm's action package, which would also link Helm's SQL
+// release storage into the agent.
+func helmTemplate(ctx context.Context, m *meter, rel *HelmRelease, postRender bool) (string, []*unstructured.Unstructured, error) {
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
 	}
@@ -304,10 +333,10 @@ func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (strin
 	if err != nil {
 		return "", nil, err
 	}
-	e := engine.Engine{EnableDNS: !rel.DisableDNS}
+	e := helmtpl.Engine{EnableDNS: !rel.DisableDNS, Meter: m}
 	files, err := e.Render(ch, values)
 	if err != nil {
-		return "", nil, err
+		return "", nil, m.result(err)
 	}
 	for name := range files {
 		if strings.HasSuffix(name, "NOTES.txt") {
@@ -322,12 +351,12 @@ func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (strin
 	for _, crd := range ch.CRDObjects() {
 		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", crd.Filename, crd.File.Data)
 	}
-	for _, m := range manifests {
-		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, m.Content)
+	for _, mf := range manifests {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", mf.Name, mf.Content)
 	}
 	manifest := b.String()
 	if postRender {
-		out, err := rel.Run(&b)
+		out, err := rel.run(m, &b)
 		if err != nil {
 			return "", nil, fmt.Errorf("post-rendering: %w", err)
 		}
@@ -335,7 +364,7 @@ func helmTemplate(ctx context.Context, rel *HelmRelease, postRender bool) (strin
 	}
 	var hookObjs []*unstructured.Unstructured
 	for _, h := range hooks {
-		objs, err := parseObjects(h.Path, []byte(h.Manifest), false)
+		objs, err := parseObjects(m, h.Path, []byte(h.Manifest), false)
 		if err != nil {
 			return "", nil, err
 		}

@@ -1,7 +1,7 @@
 package bundle
 
 import (
-	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/bundle/helmtpl"
 )
 
 // clusterLabelPrefix marks a value to be replaced by a cluster label, Fleet's older form of
@@ -28,7 +29,21 @@ const maxValuesDepth = 50
 // env, expandenv, include and tpl, and missing keys as errors, seeing .ClusterName,
 // .ClusterNamespace, .ClusterLabels, .ClusterAnnotations and .ClusterValues; and each of
 // helm.templateValues is rendered the same way and set as a top-level value. opts is not modified.
+// The templates run within DefaultBudget.
 func TemplateValues(opts api.BundleDeploymentOptions, c Cluster) (api.BundleDeploymentOptions, error) {
+	return TemplateValuesContext(context.Background(), opts, c)
+}
+
+// TemplateValuesContext is TemplateValues within ctx's render budget (see WithBudget), stopping
+// when ctx is cancelled.
+func TemplateValuesContext(ctx context.Context, opts api.BundleDeploymentOptions, c Cluster) (api.BundleDeploymentOptions, error) {
+	m, _, stop := startMeter(ctx)
+	defer stop()
+	out, err := templateValues(m, opts, c)
+	return out, m.result(err)
+}
+
+func templateValues(m *meter, opts api.BundleDeploymentOptions, c Cluster) (api.BundleDeploymentOptions, error) {
 	if opts.Helm == nil || (len(opts.Helm.Values) == 0 && len(opts.Helm.TemplateValues) == 0) {
 		return opts, nil
 	}
@@ -58,7 +73,7 @@ func TemplateValues(opts api.BundleDeploymentOptions, c Cluster) (api.BundleDepl
 		if err != nil {
 			return opts, fmt.Errorf("helm values: %w", err)
 		}
-		out, err := execTemplate(string(data), ctx)
+		out, err := execTemplate(m, string(data), ctx)
 		if err != nil {
 			return opts, fmt.Errorf("helm values: %w", err)
 		}
@@ -72,7 +87,7 @@ func TemplateValues(opts api.BundleDeploymentOptions, c Cluster) (api.BundleDepl
 		}
 	}
 	for _, k := range sortedKeys(h.TemplateValues) {
-		out, err := execTemplate(h.TemplateValues[k], ctx)
+		out, err := execTemplate(m, h.TemplateValues[k], ctx)
 		if err != nil {
 			return opts, fmt.Errorf("helm templateValues %s: %w", k, err)
 		}
@@ -85,16 +100,17 @@ func TemplateValues(opts api.BundleDeploymentOptions, c Cluster) (api.BundleDepl
 	return opts, nil
 }
 
-func execTemplate(text string, data map[string]any) ([]byte, error) {
-	t, err := template.New("values").Funcs(templateFuncs()).Option("missingkey=error").Delims("${", "}").Parse(text)
+func execTemplate(m *meter, text string, data map[string]any) ([]byte, error) {
+	t, err := template.New("values").Funcs(helmtpl.Funcs(templateFuncs(), m)).Option("missingkey=error").Delims("${", "}").Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("parsing template: %w", err)
 	}
-	var b bytes.Buffer
-	if err := t.Execute(&b, data); err != nil {
-		return nil, fmt.Errorf("rendering template: %w", err)
+	helmtpl.Instrument(t, m)
+	var b strings.Builder
+	if err := t.Execute(helmtpl.Writer(&b, m, "helm values template"), data); err != nil {
+		return nil, fmt.Errorf("rendering template: %w", m.result(err))
 	}
-	return b.Bytes(), nil
+	return []byte(b.String()), nil
 }
 
 // templateFuncs are sprig's functions less those that would read the environment of whoever

@@ -3,8 +3,10 @@ package cli
 import (
 	"fmt"
 	"maps"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/internal/bundle"
@@ -15,6 +17,7 @@ func newRenderCmd(g *globals) *cobra.Command {
 		labelArgs   []string
 		clusterName string
 		groups      []string
+		budget      = bundle.DefaultBudget()
 	)
 	cmd := &cobra.Command{
 		Use:   "render DIR",
@@ -40,12 +43,36 @@ namespace for ${ .ClusterNamespace } templating.`,
 			for _, gr := range groups {
 				c.Groups[gr] = map[string]string{}
 			}
-			return bundle.RenderDir(cmd.Context(), args[0], c, g.out)
+			if err := checkRenderBudget(budget); err != nil {
+				return err
+			}
+			return bundle.RenderDir(bundle.WithBudget(cmd.Context(), budget), args[0], c, g.out)
 		},
 	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&labelArgs, "labels", "l", nil, "the cluster's labels, key=value[,key=value…] (repeatable)")
 	f.StringVar(&clusterName, "cluster-name", "", "the cluster's name")
 	f.StringArrayVar(&groups, "cluster-group", nil, "a ClusterGroup the cluster is in (repeatable)")
+	addRenderBudgetFlags(f, &budget)
 	return cmd
+}
+
+// addRenderBudgetFlags adds the flags of a render's budget, which the server and `flotilla
+// render` share so that a bundle that renders with one renders with the other.
+func addRenderBudgetFlags(f *pflag.FlagSet, b *bundle.Budget) {
+	f.DurationVar(&b.Time, strings.TrimPrefix(bundle.FlagRenderTimeout, "--"), b.Time, "time one render of a bundle (and one cluster's options) may take")
+	f.Int64Var(&b.MaxBytes, strings.TrimPrefix(bundle.FlagRenderMaxBytes, "--"), b.MaxBytes, "bytes one render may read and produce (YAML parsed, template output, files Kustomize reads)")
+	f.IntVar(&b.MaxObjects, strings.TrimPrefix(bundle.FlagRenderMaxObjects, "--"), b.MaxObjects, "objects one render may produce, and files and documents Kustomize may read")
+}
+
+func checkRenderBudget(b bundle.Budget) error {
+	switch {
+	case b.Time <= 0:
+		return fmt.Errorf("%s must be positive, not %v", bundle.FlagRenderTimeout, b.Time)
+	case b.MaxBytes <= 0:
+		return fmt.Errorf("%s must be positive, not %d", bundle.FlagRenderMaxBytes, b.MaxBytes)
+	case b.MaxObjects <= 0:
+		return fmt.Errorf("%s must be positive, not %d", bundle.FlagRenderMaxObjects, b.MaxObjects)
+	}
+	return nil
 }

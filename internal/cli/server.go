@@ -5,10 +5,13 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"flotilla.dev/internal/bundle"
+	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
 )
 
@@ -34,6 +37,12 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 			}
 			if cfg.Fleet.PollBudget <= 0 || math.IsNaN(cfg.Fleet.PollBudget) || math.IsInf(cfg.Fleet.PollBudget, 0) {
 				return fmt.Errorf("--agent-poll-budget must be a positive number of polls per second, not %v", cfg.Fleet.PollBudget)
+			}
+			if err := checkRenderBudget(cfg.RenderBudget); err != nil {
+				return err
+			}
+			if cfg.GitRepoSyncTimeout <= 0 {
+				return fmt.Errorf("%s must be positive, not %v", gitops.FlagSyncTimeout, cfg.GitRepoSyncTimeout)
 			}
 			opts := &slog.HandlerOptions{Level: lvl}
 			var h slog.Handler = slog.NewTextHandler(g.errOut, opts)
@@ -66,6 +75,9 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 	f.Float64Var(&cfg.Fleet.PollBudget, "agent-poll-budget", 2000, "polls per second the whole fleet may make; agents are told to come back later as the fleet grows")
 	f.IntVar(&cfg.Fleet.MaxWaiters, "max-held-polls", 5000, "agent polls held open at once, to tell those agents of a change at once (~20 KB each)")
 	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m; never less than 3 of the intervals a large fleet's poll budget stretches them to)")
+	cfg.RenderBudget = bundle.DefaultBudget()
+	addRenderBudgetFlags(f, &cfg.RenderBudget)
+	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,9 @@ const (
 	AnnotationPath  = "flotilla.dev/bundle-path"
 	conditionPoll   = "GitPolling"
 	conditionAccept = "Accepted"
+	// conditionStalled is True while the GitRepo backs off after overrunning a budget.
+	conditionStalled = "Stalled"
+	reasonBudget     = "RenderBudgetExceeded"
 )
 
 // Contents stores bundle content by digest.
@@ -53,11 +57,21 @@ type Config struct {
 	Limits bundle.Limits
 	// MaxRepoBytes bounds the files of one commit; zero means DefaultMaxRepoBytes.
 	MaxRepoBytes int64
-	// Workers bounds how many GitRepos fetch and scan at once.
+	// Workers bounds how many GitRepos fetch and scan at once. GitRepos wait for a worker in
+	// the order they asked for one.
 	Workers int
 	// RetryFailed is how long a commit that failed to become bundles waits before it is tried
-	// again without a change or a webhook.
+	// again without a change or a webhook. It is also the first backoff of a GitRepo that
+	// overran its budget, which doubles at each overrun in a row up to MaxBackoff.
 	RetryFailed time.Duration
+	// RenderBudget bounds each render of a bundle (see bundle.Budget); zero fields mean
+	// bundle.DefaultBudget's.
+	RenderBudget bundle.Budget
+	// SyncTimeout bounds one sync of one GitRepo, from fetch to the last bundle written, so
+	// that no repository holds a worker longer; zero means DefaultSyncTimeout.
+	SyncTimeout time.Duration
+	// MaxBackoff bounds the wait of a GitRepo that keeps overrunning; zero means an hour.
+	MaxBackoff time.Duration
 	// HTTPClient fetches charts for GitRepos without a Helm secret; nil means a default client.
 	HTTPClient *http.Client
 	// RegistryPlainHTTP talks to OCI registries over plain HTTP (tests).
@@ -67,11 +81,18 @@ type Config struct {
 // DefaultMaxRepoBytes bounds the checked-out files of one commit.
 const DefaultMaxRepoBytes = 512 << 20
 
+// DefaultSyncTimeout bounds one GitRepo's sync: ten renders at their whole time budget, or the
+// clone of a large repository.
+const DefaultSyncTimeout = 5 * time.Minute
+
+// FlagSyncTimeout is the server flag that sets Config.SyncTimeout; errors name it.
+const FlagSyncTimeout = "--gitrepo-sync-timeout"
+
 // Controller is the GitRepo controller.
 type Controller struct {
 	cfg Config
 	log *slog.Logger
-	sem chan struct{}
+	sem *fairSem
 
 	mu    sync.Mutex
 	repos map[store.Key]*worker
@@ -95,10 +116,16 @@ func New(cfg Config) *Controller {
 	if cfg.RetryFailed == 0 {
 		cfg.RetryFailed = 5 * time.Minute
 	}
+	if cfg.SyncTimeout <= 0 {
+		cfg.SyncTimeout = DefaultSyncTimeout
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Hour
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 2 * time.Minute}
 	}
-	return &Controller{cfg: cfg, log: cfg.Logger.With("controller", "gitops"), sem: make(chan struct{}, cfg.Workers), repos: map[store.Key]*worker{}}
+	return &Controller{cfg: cfg, log: cfg.Logger.With("controller", "gitops"), sem: newFairSem(cfg.Workers), repos: map[store.Key]*worker{}}
 }
 
 // worker polls one GitRepo.
@@ -110,6 +137,8 @@ type worker struct {
 
 	// force makes the next sync retry a commit that failed, as a webhook or spec change asks.
 	force atomic.Bool
+	// specChanged says the GitRepo's spec changed: it ends a backoff.
+	specChanged atomic.Bool
 
 	mu  sync.Mutex
 	obj *api.Object
@@ -119,6 +148,10 @@ type worker struct {
 	failed    attempt
 	failedAt  time.Time
 	failedErr string
+	// overruns counts syncs in a row that overran a budget; until then, only a spec change
+	// makes the GitRepo sync again.
+	overruns int
+	until    time.Time
 }
 
 type attempt struct {
@@ -265,6 +298,7 @@ func (c *Controller) upsert(ctx context.Context, obj *api.Object) {
 		w.obj = obj
 		w.mu.Unlock()
 		if changed {
+			w.specChanged.Store(true)
 			w.trigger()
 		}
 		return
@@ -307,29 +341,53 @@ func (c *Controller) remove(ctx context.Context, key store.Key) {
 	log.Info("GitRepo deleted; its bundles are removed")
 }
 
-// poll runs one GitRepo's loop: sync, then wait for the polling interval or a trigger.
+// poll runs one GitRepo's loop: sync, then wait for the polling interval or a trigger. A GitRepo
+// that overran its budget waits out its backoff first, whatever triggers it, unless its spec
+// changes.
 func (c *Controller) poll(ctx context.Context, w *worker) {
 	for {
 		c.sync(ctx, w)
-		var spec api.GitRepoSpec
-		json.Unmarshal(w.current().Spec, &spec)
-		d, err := time.ParseDuration(spec.PollingInterval)
-		if err != nil || d <= 0 {
-			d = 15 * time.Second
+		for !c.wait(ctx, w) {
 		}
-		t := time.NewTimer(d)
-		tick := t.C
-		if spec.DisablePolling {
-			tick = nil
-		}
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if ctx.Err() != nil {
 			return
-		case <-w.kick:
-		case <-tick:
 		}
-		t.Stop()
+	}
+}
+
+// wait waits for the next sync of w; false means wait again.
+func (c *Controller) wait(ctx context.Context, w *worker) bool {
+	var spec api.GitRepoSpec
+	json.Unmarshal(w.current().Spec, &spec)
+	d, err := time.ParseDuration(spec.PollingInterval)
+	if err != nil || d <= 0 {
+		d = 15 * time.Second
+	}
+	w.mu.Lock()
+	backoff := time.Until(w.until)
+	w.mu.Unlock()
+	t := time.NewTimer(max(d, backoff))
+	defer t.Stop()
+	tick := t.C
+	if spec.DisablePolling && backoff <= 0 {
+		tick = nil
+	}
+	select {
+	case <-ctx.Done():
+		return true
+	case <-w.kick:
+		if w.specChanged.Swap(false) {
+			w.mu.Lock()
+			w.overruns, w.until = 0, time.Time{}
+			w.mu.Unlock()
+			return true
+		}
+		w.mu.Lock()
+		inBackoff := time.Now().Before(w.until)
+		w.mu.Unlock()
+		return !inBackoff
+	case <-tick:
+		return true
 	}
 }
 
@@ -342,4 +400,57 @@ func (c *Controller) Trigger(namespace, name string) bool {
 		w.trigger()
 	}
 	return ok
+}
+
+// fairSem hands out n workers in the order they were asked for, so that a GitRepo that syncs
+// again goes behind those already waiting.
+type fairSem struct {
+	mu      sync.Mutex
+	free    int
+	waiters []chan struct{}
+}
+
+func newFairSem(n int) *fairSem { return &fairSem{free: n} }
+
+// acquire waits for a worker; false means ctx ended first.
+func (s *fairSem) acquire(ctx context.Context) bool {
+	s.mu.Lock()
+	if s.free > 0 && len(s.waiters) == 0 {
+		s.free--
+		s.mu.Unlock()
+		return true
+	}
+	ch := make(chan struct{})
+	s.waiters = append(s.waiters, ch)
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if i := slices.Index(s.waiters, ch); i >= 0 {
+			s.waiters = slices.Delete(s.waiters, i, i+1)
+			return false
+		}
+		// Handed a worker as ctx ended: pass it on.
+		s.releaseLocked()
+		return false
+	}
+}
+
+func (s *fairSem) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseLocked()
+}
+
+func (s *fairSem) releaseLocked() {
+	if len(s.waiters) > 0 {
+		ch := s.waiters[0]
+		s.waiters = s.waiters[1:]
+		close(ch)
+		return
+	}
+	s.free++
 }

@@ -35,18 +35,25 @@ func (c *Controller) sync(ctx context.Context, w *worker) {
 		return
 	}
 	log := c.log.With("gitrepo", obj.Metadata.Namespace+"/"+obj.Metadata.Name)
-	select {
-	case c.sem <- struct{}{}:
-	case <-ctx.Done():
+	if !c.sem.acquire(ctx) {
 		return
 	}
-	defer func() { <-c.sem }()
+	defer c.sem.release()
 	force := w.force.Swap(false)
 	start := time.Now()
 	now := start.UTC().Truncate(time.Second)
+	// The sync's own budget: whatever a repository holds, the worker is free again after it.
+	sctx, cancel := context.WithTimeoutCause(ctx, c.cfg.SyncTimeout, &bundle.BudgetError{
+		Budget: "sync time", Limit: c.cfg.SyncTimeout.String(), Flag: FlagSyncTimeout, What: "fetch, scan and render of one commit"})
+	defer cancel()
+	sctx = bundle.WithBudget(sctx, c.cfg.RenderBudget)
 
-	m, commit, err := c.fetch(ctx, obj, &spec)
+	m, commit, err := c.fetch(sctx, obj, &spec)
 	if ctx.Err() != nil {
+		return
+	}
+	if err != nil && c.overran(sctx, err) {
+		c.overrun(ctx, log, w, obj, attempt{generation: obj.Metadata.Generation}, context.Cause(sctx), now)
 		return
 	}
 	if err != nil {
@@ -83,8 +90,15 @@ func (c *Controller) sync(ctx context.Context, w *worker) {
 		})
 		return
 	}
-	names, err := c.deploy(ctx, log, m, obj, &spec, commit)
+	names, err := c.deploy(ctx, sctx, log, m, obj, &spec, commit)
 	if ctx.Err() != nil {
+		return
+	}
+	if err != nil && c.overran(sctx, err) {
+		if cause := context.Cause(sctx); sctx.Err() != nil && cause != nil {
+			err = fmt.Errorf("commit %s: %w", short(commit), cause)
+		}
+		c.overrun(ctx, log, w, obj, a, err, now)
 		return
 	}
 	if err != nil {
@@ -98,6 +112,9 @@ func (c *Controller) sync(ctx context.Context, w *worker) {
 		return
 	}
 	w.deployed, w.failed = a, attempt{}
+	w.mu.Lock()
+	w.overruns, w.until = 0, time.Time{}
+	w.mu.Unlock()
 	log.Info("deployed", "commit", short(commit), "bundles", len(names), "took", time.Since(start).Round(time.Millisecond))
 	c.setStatus(ctx, obj, func(st *api.GitRepoStatus) {
 		polled(st)
@@ -106,6 +123,40 @@ func (c *Controller) sync(ctx context.Context, w *worker) {
 		st.Bundles = names
 		st.Error = ""
 		setCondition(&st.Conditions, conditionAccept, true, "Deployed", "", now)
+		clearCondition(&st.Conditions, conditionStalled, now)
+	})
+}
+
+// overran reports whether a sync failed because it overran a budget: a render's, or the
+// sync's own time.
+func (c *Controller) overran(sctx context.Context, err error) bool {
+	if errors.Is(err, bundle.ErrBudgetExceeded) {
+		return true
+	}
+	var be *bundle.BudgetError
+	return sctx.Err() != nil && errors.As(context.Cause(sctx), &be)
+}
+
+// overrun records that the GitRepo's sync overran a budget: the GitRepo is Stalled, with the
+// budget and the flag that raises it, and backs off (doubling, up to MaxBackoff) so that it
+// cannot take workers from other GitRepos by retrying; a spec change ends the backoff.
+func (c *Controller) overrun(ctx context.Context, log *slog.Logger, w *worker, obj *api.Object, a attempt, err error, now time.Time) {
+	w.mu.Lock()
+	backoff := c.cfg.RetryFailed << min(w.overruns, 20)
+	if backoff <= 0 || backoff > c.cfg.MaxBackoff {
+		backoff = c.cfg.MaxBackoff
+	}
+	w.overruns++
+	w.until = time.Now().Add(backoff)
+	w.mu.Unlock()
+	w.failed, w.failedAt, w.failedErr = a, time.Now(), err.Error()
+	msg := fmt.Sprintf("%s; retrying in %s, or when the GitRepo's spec changes", err, backoff)
+	log.Warn("sync overran its budget", "err", err, "backoff", backoff)
+	c.setStatus(ctx, obj, func(st *api.GitRepoStatus) {
+		st.LastPollingTime = &now
+		st.Error = err.Error()
+		setCondition(&st.Conditions, conditionAccept, false, reasonBudget, err.Error(), now)
+		setCondition(&st.Conditions, conditionStalled, true, reasonBudget, msg, now)
 	})
 }
 
@@ -153,8 +204,10 @@ func (c *Controller) fetch(ctx context.Context, obj *api.Object, spec *api.GitRe
 }
 
 // deploy turns commit into the GitRepo's bundles. Everything is read, rendered and checked
-// before the first write, so a commit that cannot be deployed changes nothing.
-func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, obj *api.Object, spec *api.GitRepoSpec, commit string) ([]string, error) {
+// before the first write, so a commit that cannot be deployed changes nothing. Reading and
+// rendering run under sctx, the sync's budget; writes under ctx only, so that the budget
+// running out cannot leave a commit half written.
+func (c *Controller) deploy(ctx, sctx context.Context, log *slog.Logger, m *mirror, obj *api.Object, spec *api.GitRepoSpec, commit string) ([]string, error) {
 	work, err := os.MkdirTemp(filepath.Dir(m.dir), ".checkout-")
 	if err != nil {
 		return nil, err
@@ -172,7 +225,7 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 	if err != nil {
 		return nil, err
 	}
-	sources, err := bundle.Scan(ctx, tree, bundle.ScanOptions{Paths: spec.Paths, NamePrefix: obj.Metadata.Name,
+	sources, err := bundle.Scan(sctx, tree, bundle.ScanOptions{Paths: spec.Paths, NamePrefix: obj.Metadata.Name,
 		Limits: c.cfg.Limits, HTTPClient: hc, RegistryPlainHTTP: c.cfg.RegistryPlainHTTP})
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %s", short(commit), stripRoot(err.Error(), tree))
@@ -196,7 +249,10 @@ func (c *Controller) deploy(ctx context.Context, log *slog.Logger, m *mirror, ob
 			return nil, fmt.Errorf("commit %s: bundle %s (%s): %s", short(commit), src.Name, src.Path, stripRoot(err.Error(), tree))
 		}
 		b := bundleObject(obj, spec, src, gitTargets, digest, commit)
-		if err := checkRenders(ctx, b, src); err != nil {
+		if err := checkRenders(sctx, b, src); errors.Is(err, bundle.ErrBudgetExceeded) {
+			// Kept in the chain: the sync reports it as an overrun.
+			return nil, fmt.Errorf("commit %s: bundle %s (path %s): %w", short(commit), src.Name, src.Path, err)
+		} else if err != nil {
 			return nil, fmt.Errorf("commit %s: bundle %s (path %s): %s", short(commit), src.Name, src.Path, stripRoot(err.Error(), tree))
 		}
 		check := b.DeepCopy()
@@ -269,7 +325,9 @@ func checkRenders(ctx context.Context, b *api.Object, src bundle.Source) error {
 		}
 	}
 	for _, v := range variants {
-		if _, err := bundle.TemplateValues(v.opts, c); err != nil {
+		if _, err := bundle.TemplateValuesContext(ctx, v.opts, c); err != nil && (errors.Is(err, bundle.ErrBudgetExceeded) || ctx.Err() != nil) {
+			return fmt.Errorf("templating helm values: %w", err)
+		} else if err != nil {
 			continue
 		}
 		if _, err := bundle.Render(ctx, src.Files, v.opts, c, b.Metadata.Name); err != nil {
@@ -519,6 +577,13 @@ func (c *Controller) setStatus(ctx context.Context, obj *api.Object, fn func(*ap
 			c.log.Warn("writing GitRepo status", "gitrepo", key.Namespace+"/"+key.Name, "err", err)
 		}
 		return
+	}
+}
+
+// clearCondition sets a condition that is present to False, as it no longer holds.
+func clearCondition(conds *[]api.Condition, typ string, now time.Time) {
+	if slices.ContainsFunc(*conds, func(c api.Condition) bool { return c.Type == typ }) {
+		setCondition(conds, typ, false, "", "", now)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/metrics"
@@ -54,6 +55,11 @@ type Config struct {
 	// Fleet tunes the fleet model (agent poll interval, offline detection, status writes).
 	Fleet  fleet.Config
 	Logger *slog.Logger
+
+	// RenderBudget bounds each render of a GitRepo's bundle; GitRepoSyncTimeout bounds one
+	// GitRepo's whole sync. Zero values mean the defaults.
+	RenderBudget       bundle.Budget
+	GitRepoSyncTimeout time.Duration
 	// Out receives the lines meant for the operator (CA checksum, a generated token).
 	Out io.Writer
 }
@@ -164,7 +170,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
-		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger})
+		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
 	if err != nil {
 		s.store.Close()
