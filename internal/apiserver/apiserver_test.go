@@ -510,3 +510,44 @@ func allocated(fn func()) uint64 {
 	runtime.ReadMemStats(&after)
 	return after.TotalAlloc - before.TotalAlloc
 }
+
+// Values the validator refuses are answered 422 naming the field, on create and on update,
+// and nothing is stored.
+func TestRefusedValues(t *testing.T) {
+	e := newEnv(t)
+	valid := map[string]string{
+		"gitrepos":           `{"repo":"https://git.example/r"}`,
+		"bundles":            `{"resources":[{"name":"cm.yaml","content":"kind: ConfigMap"}]}`,
+		"registrationtokens": `{"ttl":"1h"}`,
+		"secrets":            `{"stringData":{"k":"v"}}`,
+	}
+	for plural, spec := range valid {
+		if code, body := e.do("POST", base+"/namespaces/ws/"+plural, "application/json", []byte(`{"metadata":{"name":"existing"},"spec":`+spec+`}`)); code != 201 {
+			t.Fatalf("creating a valid %s: %d %s", plural, code, body)
+		}
+	}
+	for _, tt := range []struct{ plural, spec, want string }{
+		{"gitrepos", `{"repo":"https://git.example/r","pollingInterval":"1ns"}`, `spec.pollingInterval: must be a duration of at least 1s such as 15s, not "1ns"`},
+		{"bundles", `{"rolloutStrategy":{"maxUnavailable":-5},"resources":[{"name":"a","content":"x"}]}`, "spec.rolloutStrategy.maxUnavailable: must be a count of at least 0, not -5"},
+		{"bundles", `{"rolloutStrategy":{"maxUnavailable":"-50%"},"resources":[{"name":"a","content":"x"}]}`, `spec.rolloutStrategy.maxUnavailable: must be a percentage from 0% to 100%, not "-50%"`},
+		{"bundles", `{"rolloutStrategy":{"autoPartitionSize":0},"resources":[{"name":"a","content":"x"}]}`, "spec.rolloutStrategy.autoPartitionSize: must be a count of at least 1, not 0"},
+		{"bundles", `{"rolloutStrategy":{"autoPartitionSize":"500%"},"resources":[{"name":"a","content":"x"}]}`, `spec.rolloutStrategy.autoPartitionSize: must be a percentage from 1% to 100%, not "500%"`},
+		{"bundles", `{"helm":{"timeoutSeconds":-1},"resources":[{"name":"a","content":"x"}]}`, "spec.helm.timeoutSeconds: must be from 0 to 86400 seconds, not -1"},
+		{"bundles", `{"helm":{"maxHistory":-1},"resources":[{"name":"a","content":"x"}]}`, "spec.helm.maxHistory: must not be negative, not -1"},
+		{"bundles", `{"forceSyncGeneration":-1,"resources":[{"name":"a","content":"x"}]}`, "spec.forceSyncGeneration: must not be negative, not -1"},
+		{"bundles", `{"resources":[{"name":"../../etc/passwd","content":"x"}]}`, "spec.resources[0].name"},
+		{"registrationtokens", `{"maxUses":9223372036854775808}`, "spec.maxUses"},
+		{"registrationtokens", `{"maxUses":9223372036854775807}`, "spec.maxUses: must be from 0 (unlimited) to 10000000"},
+		{"secrets", `{"stringData":{"k":"**redacted**"}}`, "spec.stringData.k: " + api.SecretRedactedRefused},
+	} {
+		snap := e.snapshot()
+		code, body := e.do("POST", base+"/namespaces/ws/"+tt.plural, "application/json", []byte(`{"metadata":{"name":"new"},"spec":`+tt.spec+`}`))
+		e.refused("create "+tt.spec, code, body, snap, 422, tt.want)
+		code, body = e.do("PUT", base+"/namespaces/ws/"+tt.plural+"/existing", "application/json", []byte(`{"metadata":{"name":"existing"},"spec":`+tt.spec+`}`))
+		e.refused("update "+tt.spec, code, body, snap, 422, tt.want)
+	}
+	// "**redacted**" in data, for a key with nothing stored, is refused with the same words.
+	snap := e.snapshot()
+	code, body := e.do("POST", base+"/namespaces/ws/secrets", "application/json", []byte(`{"metadata":{"name":"new"},"spec":{"data":{"k":"**redacted**"}}}`))
+	e.refused("data redacted", code, body, snap, 422, "spec.data.k: "+api.SecretRedactedRefused)
+}
