@@ -164,6 +164,7 @@ func Unpack(data []byte, l Limits) (Files, error) {
 	tr := tar.NewReader(zr)
 	files := Files{}
 	var size int64
+	dirs := 0
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -177,6 +178,11 @@ func Unpack(data []byte, l Limits) (Files, error) {
 		case tar.TypeDir:
 			if err := ValidPath(strings.TrimSuffix(name, "/")); err != nil {
 				return nil, fmt.Errorf("unpacking bundle: %w", err)
+			}
+			// Directories hold no bytes, but each costs a header's work: a small archive
+			// of millions of them would keep a reader busy.
+			if dirs++; l.MaxFiles > 0 && dirs > l.MaxFiles {
+				return nil, fmt.Errorf("unpacking bundle: %w: more than %d directories", ErrTooLarge, l.MaxFiles)
 			}
 			continue
 		case tar.TypeReg:

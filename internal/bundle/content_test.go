@@ -133,8 +133,8 @@ func TestUnpackAcceptsDirectories(t *testing.T) {
 	}
 }
 
-// gzipZeros returns a base64+gz resource of n zero bytes: about a thousandth of n on the wire.
-func gzipZeros(t testing.TB, name string, n int) api.BundleResource {
+// gzipZerosResource returns a base64+gz resource of n zero bytes: about a thousandth of n on the wire.
+func gzipZerosResource(t testing.TB, name string, n int) api.BundleResource {
 	t.Helper()
 	var buf bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
@@ -150,8 +150,8 @@ func gzipZeros(t testing.TB, name string, n int) api.BundleResource {
 	return api.BundleResource{Name: name, Encoding: "base64+gz", Content: base64.StdEncoding.EncodeToString(buf.Bytes())}
 }
 
-// allocated returns the bytes allocated while fn ran.
-func allocated(fn func()) uint64 {
+// allocatedBy returns the bytes allocated while fn ran.
+func allocatedBy(fn func()) uint64 {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -164,14 +164,14 @@ func allocated(fn func()) uint64 {
 // zeros (an 870 KB request) once cost 1 GB of memory before the limit was checked.
 func TestDecodeResourcesBoundsMemory(t *testing.T) {
 	var rs []api.BundleResource
-	zeros := gzipZeros(t, "", 64<<20)
+	zeros := gzipZerosResource(t, "", 64<<20)
 	for i := range 10 {
 		zeros.Name = fmt.Sprintf("zeros-%d.yaml", i)
 		rs = append(rs, zeros)
 	}
 	lim := DefaultLimits()
 	var err error
-	alloc := allocated(func() { _, err = DecodeResources(rs, lim) })
+	alloc := allocatedBy(func() { _, err = DecodeResources(rs, lim) })
 	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), fmt.Sprintf("file is over %d bytes", lim.MaxFileBytes)) {
 		t.Fatalf("err = %v, want %v naming the file limit", err, ErrTooLarge)
 	}
@@ -185,9 +185,9 @@ func TestDecodeResourcesBoundsMemory(t *testing.T) {
 	small := Limits{MaxFiles: 100, MaxFileBytes: 1 << 20, MaxBytes: 4 << 20}
 	rs = rs[:0]
 	for i := range 10 {
-		rs = append(rs, gzipZeros(t, fmt.Sprintf("z%d", i), 1<<20))
+		rs = append(rs, gzipZerosResource(t, fmt.Sprintf("z%d", i), 1<<20))
 	}
-	alloc = allocated(func() { _, err = DecodeResources(rs, small) })
+	alloc = allocatedBy(func() { _, err = DecodeResources(rs, small) })
 	want := fmt.Sprintf("spec.resources[4]: z4: bundle content too large: more than %d bytes in all (uncompressed)", small.MaxBytes)
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)
@@ -199,7 +199,7 @@ func TestDecodeResourcesBoundsMemory(t *testing.T) {
 
 func TestDecodeResources(t *testing.T) {
 	b64 := base64.StdEncoding.EncodeToString([]byte("b"))
-	gz := gzipZeros(t, "c", 3)
+	gz := gzipZerosResource(t, "c", 3)
 	got, err := DecodeResources([]api.BundleResource{{Name: "a", Content: "a"}, {Name: "d/b", Content: b64, Encoding: "base64"}, gz}, DefaultLimits())
 	if err != nil {
 		t.Fatal(err)
@@ -224,5 +224,25 @@ func TestDecodeResources(t *testing.T) {
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("DecodeResources(%q) = %v, want %q", tt.rs, err, tt.want)
 		}
+	}
+}
+
+func TestUnpackCountsDirectories(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for i := range 5 {
+		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/", i), Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	zw.Close()
+	_, err := Unpack(buf.Bytes(), Limits{MaxFiles: 4})
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "more than 4 directories") {
+		t.Errorf("Unpack of 5 directories with MaxFiles 4: %v, want %v naming the limit", err, ErrTooLarge)
+	}
+	if _, err := Unpack(buf.Bytes(), Limits{MaxFiles: 5}); err != nil {
+		t.Errorf("Unpack of 5 directories with MaxFiles 5: %v", err)
 	}
 }
