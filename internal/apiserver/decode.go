@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -85,14 +86,16 @@ func oneYAMLDocument(body []byte) ([]byte, error) {
 		if err != nil {
 			return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "malformed YAML: "+err.Error())
 		}
-		j, err := yaml.YAMLToJSON(doc)
+		// The split above knows only "---" lines; a YAML parser also ends a document at
+		// "..." and would silently keep only the first of "{…}\n{…}".
+		n, err := yamlDocuments(doc)
 		if err != nil {
 			return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "malformed YAML: "+err.Error())
 		}
-		if t := bytes.TrimSpace(j); len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		if n == 0 {
 			continue
 		}
-		if found != nil {
+		if found != nil || n > 1 {
 			return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, msgMultiDocYAML)
 		}
 		found = doc
@@ -101,4 +104,24 @@ func oneYAMLDocument(body []byte) ([]byte, error) {
 		return []byte("null"), nil
 	}
 	return found, nil
+}
+
+// yamlDocuments counts the non-empty documents of a YAML stream.
+func yamlDocuments(data []byte) (int, error) {
+	dec := yamlv3.NewDecoder(bytes.NewReader(data))
+	n := 0
+	for {
+		var doc yamlv3.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if len(doc.Content) == 0 || (doc.Content[0].Kind == yamlv3.ScalarNode && doc.Content[0].Tag == "!!null") {
+			continue
+		}
+		n++
+	}
 }
