@@ -55,12 +55,15 @@ func FuzzCreate(f *testing.F) {
 		created := decodeObject(t, resp)
 		name := created.Metadata.Name
 		t.Cleanup(func() { e.do("DELETE", p+"/"+url.PathEscape(name), "", nil) })
+		if k.Kind == api.KindRegistrationToken {
+			return // its create answer alone shows the token
+		}
 		code, got := e.do("GET", p+"/"+url.PathEscape(name), "", nil)
 		if code != http.StatusOK || string(got) != string(resp) {
 			t.Fatalf("read back %d:\n%s\nwant what create answered:\n%s", code, got, resp)
 		}
-		if k.Kind == api.KindSecret || k.Kind == api.KindRegistrationToken {
-			return // their answers hide or add values that an update cannot send back
+		if k.Kind == api.KindSecret {
+			return // its answers hide the values, which an update cannot send back
 		}
 		before := e.revision()
 		code, again := e.do("PUT", p+"/"+url.PathEscape(name), "application/json", resp)
