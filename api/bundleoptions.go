@@ -307,3 +307,68 @@ func (v IntOrString) Scaled(total int, roundUp bool) (int, error) {
 	}
 	return n, nil
 }
+
+// Bounds of the deployment options the API accepts. A Helm timeout longer than a day is
+// certainly a mistake, and one of 2^62 seconds overflows a time.Duration.
+const (
+	MaxHelmTimeoutSeconds = 24 * 60 * 60
+)
+
+// Validate reports the options no deployment can honour: negative counts and generations,
+// and timeouts out of range. Fields are named under prefix ("spec", "spec.targets[0]").
+func (o *BundleDeploymentOptions) Validate(prefix string) []StatusCause {
+	var causes []StatusCause
+	add := func(f, m string) { causes = append(causes, StatusCause{Field: prefix + "." + f, Message: m}) }
+	if o.ForceSyncGeneration < 0 {
+		add("forceSyncGeneration", fmt.Sprintf("must not be negative, not %d", o.ForceSyncGeneration))
+	}
+	if h := o.Helm; h != nil {
+		if h.TimeoutSeconds < 0 || h.TimeoutSeconds > MaxHelmTimeoutSeconds {
+			add("helm.timeoutSeconds", fmt.Sprintf("must be from 0 to %d seconds, not %d", MaxHelmTimeoutSeconds, h.TimeoutSeconds))
+		}
+		if h.MaxHistory < 0 {
+			add("helm.maxHistory", fmt.Sprintf("must not be negative, not %d", h.MaxHistory))
+		}
+	}
+	return causes
+}
+
+// Validate reports rollout limits that are not counts or percentages, or are out of range:
+// maxUnavailable and maxUnavailablePartitions are at least 0 (or 0%–100%), and
+// autoPartitionSize at least 1 (or 1%–100%), since a partition of no clusters never ends.
+func (r *RolloutStrategy) Validate(prefix string) []StatusCause {
+	var causes []StatusCause
+	check := func(f string, v *IntOrString, least int) {
+		if v == nil {
+			return
+		}
+		if err := v.Validate(least); err != nil {
+			causes = append(causes, StatusCause{Field: prefix + "." + f, Message: err.Error()})
+		}
+	}
+	check("maxUnavailable", r.MaxUnavailable, 0)
+	check("maxUnavailablePartitions", r.MaxUnavailablePartitions, 0)
+	check("autoPartitionSize", r.AutoPartitionSize, 1)
+	for i, p := range r.Partitions {
+		check(fmt.Sprintf("partitions[%d].maxUnavailable", i), p.MaxUnavailable, 0)
+	}
+	return causes
+}
+
+// Validate reports whether v is a count of at least least, or a percentage from least% to
+// 100%, written in plain digits (no sign, no spaces).
+func (v IntOrString) Validate(least int) error {
+	s := string(v)
+	digits, pct := strings.CutSuffix(s, "%")
+	n, err := strconv.Atoi(digits)
+	plain := digits != "" && strings.Trim(digits, "0123456789") == ""
+	switch {
+	case err == nil && pct && (n < least || n > 100):
+		return fmt.Errorf("must be a percentage from %d%% to 100%%, not %q", least, s)
+	case err == nil && !pct && n < least:
+		return fmt.Errorf("must be a count of at least %d, not %s", least, s)
+	case err != nil || !plain:
+		return fmt.Errorf("must be a count or a percentage such as 3 or 25%%, not %q", s)
+	}
+	return nil
+}

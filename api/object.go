@@ -154,8 +154,10 @@ const (
 	ReasonForbidden     = "Forbidden"
 	ReasonGone          = "Expired"
 	ReasonTooLarge      = "RequestEntityTooLarge"
-	ReasonUnavailable   = "ServiceUnavailable"
-	ReasonInternal      = "InternalError"
+	// ReasonUnsupportedMediaType refuses a body in an encoding the server does not read.
+	ReasonUnsupportedMediaType = "UnsupportedMediaType"
+	ReasonUnavailable          = "ServiceUnavailable"
+	ReasonInternal             = "InternalError"
 )
 
 func (s *Status) Error() string { return s.Message }

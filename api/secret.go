@@ -35,6 +35,11 @@ const (
 // which makes `get -o yaml`, edit, `apply` safe.
 const SecretRedacted = "**redacted**"
 
+// SecretRedactedRefused is the message refusing SecretRedacted where it cannot stand for a
+// stored value: in stringData (plain text, never shown, so never sent back), or in data for
+// a key with nothing stored.
+const SecretRedactedRefused = "is " + SecretRedacted + ", which stands for a value the API does not show and is never a value itself: give the value"
+
 // SecretSpec is a Secret's content. Data values are base64-encoded as in Kubernetes, and
 // StringData values plain text, merged over Data on write.
 type SecretSpec struct {

@@ -1,14 +1,10 @@
 package agentapi
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/bundle"
@@ -41,18 +37,15 @@ func (h *BundleHooks) prepare(ctx context.Context, obj *api.Object, dryRun bool)
 	}
 	switch {
 	case len(spec.Resources) > 0:
-		files := bundle.Files{}
-		for i, r := range spec.Resources {
-			data, err := decodeResource(r)
-			if err != nil {
-				return invalid(obj, fmt.Sprintf("spec.resources[%d].content", i), err.Error())
-			}
-			if _, dup := files[r.Name]; dup {
-				return invalid(obj, fmt.Sprintf("spec.resources[%d].name", i), fmt.Sprintf("%q appears twice", r.Name))
-			}
-			files[r.Name] = data
+		files, err := bundle.DecodeResources(spec.Resources, h.limits)
+		var re *bundle.ResourceError
+		if errors.As(err, &re) {
+			return invalid(obj, fmt.Sprintf("spec.resources[%d].%s", re.Index, re.Field), re.Err.Error())
 		}
-		if err := h.limits.Check(files); err != nil {
+		if err == nil {
+			err = h.limits.Check(files)
+		}
+		if err != nil {
 			if errors.Is(err, bundle.ErrTooLarge) {
 				return &api.Status{Status: "Failure", Code: 413, Reason: api.ReasonTooLarge, Message: fmt.Sprintf("Bundle %q: %v", obj.Metadata.Name, err)}
 			}
@@ -87,26 +80,6 @@ func (h *BundleHooks) prepare(ctx context.Context, obj *api.Object, dryRun bool)
 	}
 	obj.Spec = raw
 	return nil
-}
-
-func decodeResource(r api.BundleResource) ([]byte, error) {
-	switch r.Encoding {
-	case "":
-		return []byte(r.Content), nil
-	case "base64":
-		return base64.StdEncoding.DecodeString(r.Content)
-	case "base64+gz":
-		raw, err := base64.StdEncoding.DecodeString(r.Content)
-		if err != nil {
-			return nil, err
-		}
-		zr, err := gzip.NewReader(bytes.NewReader(raw))
-		if err != nil {
-			return nil, err
-		}
-		return io.ReadAll(io.LimitReader(zr, bundle.DefaultLimits().MaxBytes+1))
-	}
-	return nil, fmt.Errorf("unsupported encoding %q", r.Encoding)
 }
 
 // BeforeCreate packs inline resources.

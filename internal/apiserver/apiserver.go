@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
-	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
@@ -225,6 +224,19 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 		}
 	}
 	ctx := req.r.Context()
+	if from > 0 {
+		// A revision the store has not reached yet was never handed out by this server (the
+		// client saw another database, or one since restored from a backup): waiting would
+		// hang until the store caught up, if ever. Answer as for a too old one, so that a
+		// client lists again.
+		cur, err := s.store.Revision(ctx)
+		if err != nil {
+			return err
+		}
+		if from > cur {
+			return statusErr(http.StatusGone, api.ReasonGone, fmt.Sprintf(msgTooLargeRV, from, cur))
+		}
+	}
 	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Revision: from})
 	if err != nil {
 		return err
@@ -281,8 +293,14 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 	}
 }
 
-// readObject decodes a request body (JSON or YAML) into one object.
+// readObject decodes a request body (JSON or YAML) into one object. A body holding more than
+// one object (a second JSON value, a second YAML document) is refused: keeping only the first
+// would answer 201 for objects that were never stored.
 func readObject(req *request) (*api.Object, error) {
+	yamlBody, err := bodyIsYAML(req.r.Header.Get("Content-Type"))
+	if err != nil {
+		return nil, err
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(req.w, req.r.Body, resource.MaxObjectBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -291,16 +309,9 @@ func readObject(req *request) (*api.Object, error) {
 		}
 		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "reading request body: "+err.Error())
 	}
-	if ct := req.r.Header.Get("Content-Type"); strings.Contains(ct, "yaml") {
-		if body, err = yaml.YAMLToJSON(body); err != nil {
-			return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "malformed YAML: "+err.Error())
-		}
-	}
-	var obj api.Object
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&obj); err != nil {
-		return nil, statusErr(http.StatusBadRequest, api.ReasonBadRequest, "malformed object: "+strings.TrimPrefix(err.Error(), "json: "))
+	obj, err := decodeObject(body, yamlBody)
+	if err != nil {
+		return nil, err
 	}
 	if obj.Kind == "" {
 		obj.Kind = req.kind.Kind
@@ -323,7 +334,7 @@ func readObject(req *request) (*api.Object, error) {
 	if req.name != "" {
 		obj.Metadata.Name = req.name
 	}
-	return &obj, nil
+	return obj, nil
 }
 
 func dryRun(r *http.Request) bool { return r.URL.Query().Get("dryRun") != "" }

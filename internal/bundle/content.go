@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"flotilla.dev/api"
 )
 
 // Files is a bundle's content: slash-separated paths relative to the bundle's root, mapped to the
@@ -161,6 +164,7 @@ func Unpack(data []byte, l Limits) (Files, error) {
 	tr := tar.NewReader(zr)
 	files := Files{}
 	var size int64
+	dirs := 0
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -174,6 +178,11 @@ func Unpack(data []byte, l Limits) (Files, error) {
 		case tar.TypeDir:
 			if err := ValidPath(strings.TrimSuffix(name, "/")); err != nil {
 				return nil, fmt.Errorf("unpacking bundle: %w", err)
+			}
+			// Directories hold no bytes, but each costs a header's work: a small archive
+			// of millions of them would keep a reader busy.
+			if dirs++; l.MaxFiles > 0 && dirs > l.MaxFiles {
+				return nil, fmt.Errorf("unpacking bundle: %w: more than %d directories", ErrTooLarge, l.MaxFiles)
 			}
 			continue
 		case tar.TypeReg:
@@ -200,4 +209,91 @@ func Unpack(data []byte, l Limits) (Files, error) {
 		files[name] = b
 	}
 	return files, nil
+}
+
+// ResourceError is an inline resource of a Bundle that cannot be decoded. Field is the
+// resource's field at fault ("name", "content" or "encoding").
+type ResourceError struct {
+	Index int
+	Field string
+	Err   error
+}
+
+func (e *ResourceError) Error() string {
+	return fmt.Sprintf("spec.resources[%d].%s: %v", e.Index, e.Field, e.Err)
+}
+
+func (e *ResourceError) Unwrap() error { return e.Err }
+
+// DecodeResources decodes a Bundle's inline resources (Fleet's format: plain, base64 or
+// base64+gz) into Files. Limits apply while decompressing, never after: a resource is read
+// through a reader that stops one byte past what is left of the file and total budgets, so a
+// small request of highly compressible resources costs at most l.MaxBytes of memory, however
+// much it would expand to. An error over a limit wraps ErrTooLarge and names the limit.
+func DecodeResources(rs []api.BundleResource, l Limits) (Files, error) {
+	if l.MaxFiles > 0 && len(rs) > l.MaxFiles {
+		return nil, fmt.Errorf("spec.resources: %w: %d resources, more than %d files", ErrTooLarge, len(rs), l.MaxFiles)
+	}
+	files := make(Files, len(rs))
+	var total int64
+	for i, r := range rs {
+		if err := ValidPath(r.Name); err != nil {
+			return nil, &ResourceError{Index: i, Field: "name", Err: err}
+		}
+		if _, dup := files[r.Name]; dup {
+			return nil, &ResourceError{Index: i, Field: "name", Err: fmt.Errorf("%q appears twice", r.Name)}
+		}
+		switch r.Encoding {
+		case "", "base64", "base64+gz":
+		default:
+			return nil, &ResourceError{Index: i, Field: "encoding", Err: fmt.Errorf("unsupported value %q (use base64 or base64+gz, or none)", r.Encoding)}
+		}
+		budget := int64(-1) // no limit
+		if l.MaxFileBytes > 0 {
+			budget = l.MaxFileBytes
+		}
+		if l.MaxBytes > 0 && (budget < 0 || l.MaxBytes-total < budget) {
+			budget = l.MaxBytes - total
+		}
+		data, err := decodeResource(r, budget)
+		if err != nil {
+			return nil, &ResourceError{Index: i, Field: "content", Err: err}
+		}
+		total += int64(len(data))
+		if err := l.check(r.Name, int64(len(data)), i+1, total); err != nil {
+			return nil, fmt.Errorf("spec.resources[%d]: %w (uncompressed)", i, err)
+		}
+		files[r.Name] = data
+	}
+	return files, nil
+}
+
+// decodeResource decodes one resource, reading at most budget+1 bytes of decompressed
+// content (budget < 0: no bound), which is enough for the caller to see it is over.
+func decodeResource(r api.BundleResource, budget int64) ([]byte, error) {
+	switch r.Encoding {
+	case "":
+		return []byte(r.Content), nil
+	case "base64":
+		return base64.StdEncoding.DecodeString(r.Content)
+	case "base64+gz":
+		raw, err := base64.StdEncoding.DecodeString(r.Content)
+		if err != nil {
+			return nil, err
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("not gzip: %w", err)
+		}
+		var src io.Reader = zr
+		if budget >= 0 {
+			src = io.LimitReader(zr, budget+1)
+		}
+		b, err := io.ReadAll(src)
+		if err != nil {
+			return nil, fmt.Errorf("decompressing: %w", err)
+		}
+		return b, nil
+	}
+	return nil, fmt.Errorf("unsupported encoding %q (use base64 or base64+gz, or none)", r.Encoding)
 }

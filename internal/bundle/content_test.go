@@ -4,10 +4,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
+
+	"flotilla.dev/api"
 )
 
 func TestPackDeterministic(t *testing.T) {
@@ -125,5 +130,119 @@ func TestUnpackAcceptsDirectories(t *testing.T) {
 	}
 	if want := (Files{"dir/a": []byte("a")}); !reflect.DeepEqual(got, want) {
 		t.Errorf("Unpack() = %q, want %q", got, want)
+	}
+}
+
+// gzipZerosResource returns a base64+gz resource of n zero bytes: about a thousandth of n on the wire.
+func gzipZerosResource(t testing.TB, name string, n int) api.BundleResource {
+	t.Helper()
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zero := make([]byte, 1<<20)
+	for n > 0 {
+		k := min(n, len(zero))
+		zw.Write(zero[:k])
+		n -= k
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return api.BundleResource{Name: name, Encoding: "base64+gz", Content: base64.StdEncoding.EncodeToString(buf.Bytes())}
+}
+
+// allocatedBy returns the bytes allocated while fn ran.
+func allocatedBy(fn func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	fn()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// Compressed resources are limited while they are decompressed: ten resources of 64 MiB of
+// zeros (an 870 KB request) once cost 1 GB of memory before the limit was checked.
+func TestDecodeResourcesBoundsMemory(t *testing.T) {
+	var rs []api.BundleResource
+	zeros := gzipZerosResource(t, "", 64<<20)
+	for i := range 10 {
+		zeros.Name = fmt.Sprintf("zeros-%d.yaml", i)
+		rs = append(rs, zeros)
+	}
+	lim := DefaultLimits()
+	var err error
+	alloc := allocatedBy(func() { _, err = DecodeResources(rs, lim) })
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), fmt.Sprintf("file is over %d bytes", lim.MaxFileBytes)) {
+		t.Fatalf("err = %v, want %v naming the file limit", err, ErrTooLarge)
+	}
+	// One file's budget plus the growth of its buffer; the old decoder read all ten.
+	if ratio := float64(alloc) / float64(lim.MaxBytes); ratio > 1 {
+		t.Errorf("decoding allocated %d bytes, %.2f times the %d-byte limit; want at most 1", alloc, ratio, lim.MaxBytes)
+	}
+	t.Logf("allocated %d bytes (%.2f of MaxBytes, %.2f of MaxFileBytes)", alloc, float64(alloc)/float64(lim.MaxBytes), float64(alloc)/float64(lim.MaxFileBytes))
+
+	// The total: files each within the file limit stop at the one that crosses the total.
+	small := Limits{MaxFiles: 100, MaxFileBytes: 1 << 20, MaxBytes: 4 << 20}
+	rs = rs[:0]
+	for i := range 10 {
+		rs = append(rs, gzipZerosResource(t, fmt.Sprintf("z%d", i), 1<<20))
+	}
+	alloc = allocatedBy(func() { _, err = DecodeResources(rs, small) })
+	want := fmt.Sprintf("spec.resources[4]: z4: bundle content too large: more than %d bytes in all (uncompressed)", small.MaxBytes)
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	if ratio := float64(alloc) / float64(small.MaxBytes); ratio > 3 {
+		t.Errorf("decoding allocated %d bytes, %.2f times the %d-byte limit; want at most 3", alloc, ratio, small.MaxBytes)
+	}
+}
+
+func TestDecodeResources(t *testing.T) {
+	b64 := base64.StdEncoding.EncodeToString([]byte("b"))
+	gz := gzipZerosResource(t, "c", 3)
+	got, err := DecodeResources([]api.BundleResource{{Name: "a", Content: "a"}, {Name: "d/b", Content: b64, Encoding: "base64"}, gz}, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Files{"a": []byte("a"), "d/b": []byte("b"), "c": {0, 0, 0}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("DecodeResources = %q, want %q", got, want)
+	}
+	for _, tt := range []struct {
+		rs   []api.BundleResource
+		want string
+	}{
+		{[]api.BundleResource{{Name: "../x"}}, "spec.resources[0].name: ../x: path leaves the bundle"},
+		{[]api.BundleResource{{Name: "/etc/passwd"}}, "spec.resources[0].name: /etc/passwd: absolute path"},
+		{[]api.BundleResource{{Name: "a\x00b"}}, `spec.resources[0].name: "a\x00b": NUL in path`},
+		{[]api.BundleResource{{Name: "a"}, {Name: "a"}}, `spec.resources[1].name: "a" appears twice`},
+		{[]api.BundleResource{{Name: "a", Encoding: "zstd"}}, `spec.resources[0].encoding: unsupported value "zstd" (use base64 or base64+gz, or none)`},
+		{[]api.BundleResource{{Name: "a", Encoding: "base64", Content: "!"}}, "spec.resources[0].content: illegal base64 data at input byte 0"},
+		{[]api.BundleResource{{Name: "a", Encoding: "base64+gz", Content: b64}}, "spec.resources[0].content: not gzip: unexpected EOF"},
+		{make([]api.BundleResource, 3), "spec.resources: bundle content too large: 3 resources, more than 2 files"},
+	} {
+		_, err := DecodeResources(tt.rs, Limits{MaxFiles: 2, MaxFileBytes: 10, MaxBytes: 20})
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("DecodeResources(%q) = %v, want %q", tt.rs, err, tt.want)
+		}
+	}
+}
+
+func TestUnpackCountsDirectories(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for i := range 5 {
+		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/", i), Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	zw.Close()
+	_, err := Unpack(buf.Bytes(), Limits{MaxFiles: 4})
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "more than 4 directories") {
+		t.Errorf("Unpack of 5 directories with MaxFiles 4: %v, want %v naming the limit", err, ErrTooLarge)
+	}
+	if _, err := Unpack(buf.Bytes(), Limits{MaxFiles: 5}); err != nil {
+		t.Errorf("Unpack of 5 directories with MaxFiles 5: %v", err)
 	}
 }

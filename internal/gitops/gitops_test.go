@@ -307,7 +307,7 @@ func TestGitRepoLifecycle(t *testing.T) {
 	}
 
 	// Polling: a spec change is synced at once, and a push is found without a trigger.
-	e.gitRepo("fleet", api.GitRepoSpec{Repo: repo.HTTPURL(), Branch: "main", Paths: []string{"apps/*"}, ClientSecretName: "git-creds", PollingInterval: "200ms"})
+	e.gitRepo("fleet", api.GitRepoSpec{Repo: repo.HTTPURL(), Branch: "main", Paths: []string{"apps/*"}, ClientSecretName: "git-creds", PollingInterval: "1s"})
 	e.wait("fleet", "new generation observed", func(st api.GitRepoStatus) bool { return st.ObservedGeneration == 2 })
 	if bs = e.bundles("fleet"); len(bs["fleet-apps-db"].Spec) == 0 || strings.Contains(string(bs["fleet-apps-db"].Spec), "edge") {
 		t.Errorf("GitRepo targets removed, but the bundle still has them: %s", bs["fleet-apps-db"].Spec)

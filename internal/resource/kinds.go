@@ -11,6 +11,16 @@ import (
 	"flotilla.dev/api"
 )
 
+// Bounds of values the validator accepts.
+const (
+	// MaxTokenUses is ten times the largest fleet Flotilla is built for; a larger count is a
+	// typo or a probe of the counter's arithmetic.
+	MaxTokenUses = 10_000_000
+	// MinPollingInterval keeps a GitRepo from polling in a tight loop: one of 1ns took a core
+	// and wrote megabytes of log a minute.
+	MinPollingInterval = time.Second
+)
+
 func validateToken(s any) []api.StatusCause {
 	spec := s.(*api.RegistrationTokenSpec)
 	var causes []api.StatusCause
@@ -19,8 +29,8 @@ func validateToken(s any) []api.StatusCause {
 			causes = append(causes, api.StatusCause{Field: "spec.ttl", Message: fmt.Sprintf("must be a positive duration such as 24h, not %q", spec.TTL)})
 		}
 	}
-	if spec.MaxUses < 0 {
-		causes = append(causes, api.StatusCause{Field: "spec.maxUses", Message: "must not be negative"})
+	if spec.MaxUses < 0 || spec.MaxUses > MaxTokenUses {
+		causes = append(causes, api.StatusCause{Field: "spec.maxUses", Message: fmt.Sprintf("must be from 0 (unlimited) to %d, not %d", MaxTokenUses, spec.MaxUses)})
 	}
 	m := api.ObjectMeta{Name: "x", Namespace: "x", Labels: spec.Labels}
 	for _, c := range validateMeta(&m) {
@@ -59,8 +69,11 @@ func validateGitRepo(s any) []api.StatusCause {
 			add("spec.repo", fmt.Sprintf("unsupported scheme %q (use https, http, ssh, git or user@host:path)", u.Scheme))
 		}
 	}
-	if d, err := time.ParseDuration(spec.PollingInterval); err != nil || d <= 0 {
-		add("spec.pollingInterval", fmt.Sprintf("must be a positive duration such as 15s, not %q", spec.PollingInterval))
+	if d, err := time.ParseDuration(spec.PollingInterval); err != nil || d < MinPollingInterval {
+		add("spec.pollingInterval", fmt.Sprintf("must be a duration of at least %s such as 15s, not %q", MinPollingInterval, spec.PollingInterval))
+	}
+	if spec.ForceSyncGeneration < 0 {
+		add("spec.forceSyncGeneration", fmt.Sprintf("must not be negative, not %d", spec.ForceSyncGeneration))
 	}
 	for i, p := range spec.Paths {
 		if err := repoPath(p); err != nil {
@@ -140,18 +153,12 @@ func validateBundle(s any) []api.StatusCause {
 		}
 		causes = append(causes, optionalSelector(f+".selector", d.Selector)...)
 	}
+	causes = append(causes, spec.BundleDeploymentOptions.Validate("spec")...)
+	for i := range spec.Targets {
+		causes = append(causes, spec.Targets[i].BundleDeploymentOptions.Validate(fmt.Sprintf("spec.targets[%d]", i))...)
+	}
 	if rs := spec.RolloutStrategy; rs != nil {
-		for f, v := range map[string]*api.IntOrString{
-			"spec.rolloutStrategy.maxUnavailable":           rs.MaxUnavailable,
-			"spec.rolloutStrategy.maxUnavailablePartitions": rs.MaxUnavailablePartitions,
-			"spec.rolloutStrategy.autoPartitionSize":        rs.AutoPartitionSize,
-		} {
-			if v != nil {
-				if _, err := v.Scaled(100, false); err != nil {
-					add(f, err.Error())
-				}
-			}
-		}
+		causes = append(causes, rs.Validate("spec.rolloutStrategy")...)
 	}
 	return causes
 }

@@ -57,6 +57,9 @@ func validateSecret(s any) []api.StatusCause {
 		if !validSecretKey(k) {
 			add("spec.stringData", fmt.Sprintf("key %q: must be at most 253 characters of letters, digits, '-', '_' or '.'", k))
 		}
+		if spec.StringData[k] == api.SecretRedacted {
+			add("spec.stringData."+k, api.SecretRedactedRefused)
+		}
 		has[k] = true
 	}
 	switch spec.Type {

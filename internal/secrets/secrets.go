@@ -134,7 +134,7 @@ func (k *Keeper) sealObject(obj, old *api.Object) error {
 			prev, ok := oldData[key]
 			if !ok {
 				return resource.Invalid(obj.Kind, obj.Metadata.Name, []api.StatusCause{{Field: "spec.data." + key,
-					Message: "is " + api.SecretRedacted + " but no value is stored for this key: give the value"}})
+					Message: api.SecretRedactedRefused}})
 			}
 			data[key] = prev
 			continue
