@@ -290,6 +290,7 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (identity,
 	case errors.Is(err, errExpired):
 		msg := fmt.Sprintf("Unauthorized: the cluster credential expired at %s", info.expires.UTC().Format(time.RFC3339))
 		if s.keys.renewable(info) {
+			w.Header().Set(api.HeaderRenewCredential, "1")
 			msg += fmt.Sprintf("; renew it (POST %s) before %s", api.PathRenew, info.expires.Add(s.keys.grace).UTC().Format(time.RFC3339))
 		} else {
 			msg += "; it is too old to renew: register the cluster again with a registration token bound to it (flotilla token create --cluster NAME)"
