@@ -19,3 +19,13 @@ type APIToken struct {
 type APITokenList struct {
 	Items []APIToken `json:"items"`
 }
+
+// PathRotateKeys: POST (admins) makes new cluster-credential and Secret keys; the old ones stay
+// valid for the server's key grace period. Answers KeyRotation.
+const PathRotateKeys = "/v1/keys/rotate"
+
+// KeyRotation names the keys a rotation made.
+type KeyRotation struct {
+	CredentialKey string `json:"credentialKey"`
+	SecretKey     string `json:"secretKey"`
+}

@@ -35,3 +35,12 @@ func (c *Client) RenewCredential(ctx context.Context) (*api.RegisterResponse, er
 	}
 	return &out, nil
 }
+
+// RotateKeys makes the server rotate its cluster-credential and Secret keys (admins only).
+func (c *Client) RotateKeys(ctx context.Context) (*api.KeyRotation, error) {
+	var out api.KeyRotation
+	if _, err := c.Do(ctx, http.MethodPost, api.PathRotateKeys, struct{}{}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -89,6 +89,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			return server.Run(cmd.Context(), cfg)
 		},
 	}
+	cmd.AddCommand(newRotateKeysCmd(g))
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTPS listen address")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (SQLite database, certificates)")
@@ -112,4 +113,28 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
+}
+
+// newRotateKeysCmd rotates a running server's keys through its API.
+func newRotateKeysCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate-keys",
+		Short: "Make a running server rotate its cluster-credential and Secret keys (admins only)",
+		Long: `Make new cluster-credential and Secret keys. The old ones stay valid for the server's
+--key-grace; agents are asked to renew their credentials, and Secrets are encrypted again under
+the new key in the background. Other replicas on the same database follow within 30 seconds.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.RotateKeys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "rotated: credential key %s, secret key %s\n", r.CredentialKey, r.SecretKey)
+			return nil
+		},
+	}
 }

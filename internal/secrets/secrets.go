@@ -293,15 +293,16 @@ func (k *Keeper) FilterResponse(obj *api.Object) {
 
 // Rotate makes a new Secret key and wakes the re-encryption of every Secret under it. The
 // old key still opens Secrets until they are all sealed again (and for the grace period).
-func (k *Keeper) Rotate(ctx context.Context) error {
-	if _, err := k.ring.Rotate(ctx); err != nil {
-		return err
+func (k *Keeper) Rotate(ctx context.Context) (auth.Key, error) {
+	key, err := k.ring.Rotate(ctx)
+	if err != nil {
+		return auth.Key{}, err
 	}
 	select {
 	case k.rotated <- struct{}{}:
 	default:
 	}
-	return nil
+	return key, nil
 }
 
 // Reencrypt seals every Secret not sealed under the active key again under it, and returns

@@ -145,7 +145,7 @@ func TestRotationReencrypts(t *testing.T) {
 		}
 	}
 	old := k.ring.Active().ID
-	if err := k.Rotate(ctx); err != nil {
+	if _, err := k.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := k.Get(ctx, "ns", "b"); err != nil || string(got.Data["v"]) != "value-b" {

@@ -487,3 +487,30 @@ func TestAPITokenListAndRevoke(t *testing.T) {
 		t.Fatalf("a request with the revoked token: %v, want 401", err)
 	}
 }
+
+// TestRotateKeysThroughAPI: an admin rotates the keys of a running server; credentials of
+// the old key keep working and are asked to renew; no one else may rotate.
+func TestRotateKeysThroughAPI(t *testing.T) {
+	ts, _ := startWith(t, t.TempDir(), nil)
+	ctx := ctxT(t)
+	tok := createToken(t, ts, "edge", api.RegistrationTokenSpec{})
+	reg, err := ts.agent(t, "").Register(ctx, tok, api.RegisterRequest{ClientID: "uid-api-rot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.agent(t, reg.Credential).RotateKeys(ctx); client.Code(err) != http.StatusUnauthorized {
+		t.Errorf("a cluster rotating the keys: %v, want 401", err)
+	}
+	r, err := ts.admin.RotateKeys(ctx)
+	if err != nil || r.CredentialKey == "" || r.SecretKey == "" {
+		t.Fatalf("RotateKeys = %+v, %v", r, err)
+	}
+	hdr, err := ts.agent(t, reg.Credential).Do(ctx, http.MethodGet, api.PathDesired+"?since=0", nil, nil)
+	if err != nil || hdr.Get(api.HeaderRenewCredential) == "" {
+		t.Fatalf("poll with a credential of the old key: %v, renew header %q", err, hdr.Get(api.HeaderRenewCredential))
+	}
+	renewed, err := ts.agent(t, reg.Credential).RenewCredential(ctx)
+	if err != nil || !strings.Contains(renewed.Credential, ".") {
+		t.Fatalf("renewing after the rotation: %+v, %v", renewed, err)
+	}
+}

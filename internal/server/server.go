@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -277,9 +278,30 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
 	s.auth.RegisterHandlers(mux)
+	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
 	s.agents.Register(mux)
 	s.gitops.Register(mux)
 	return s.metrics.Instrument(mux)
+}
+
+// rotateKeys makes new credential and Secret keys while serving: agents are asked to renew,
+// Secrets are sealed again in the background, other replicas follow within 30 s.
+func (s *Server) rotateKeys(w http.ResponseWriter, r *http.Request) {
+	ck, err := s.credKeys.Rotate(r.Context())
+	if err != nil {
+		s.log.Error("rotating the credential key", "err", err)
+		apiserver.WriteError(w, fmt.Errorf("rotating the credential key failed"))
+		return
+	}
+	sk, err := s.secrets.Rotate(r.Context())
+	if err != nil {
+		s.log.Error("rotating the secret key", "err", err)
+		apiserver.WriteError(w, fmt.Errorf("rotating the secret key failed"))
+		return
+	}
+	s.log.Info("rotated the credential and secret keys", "credentialKey", ck.ID, "secretKey", sk.ID)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(api.KeyRotation{CredentialKey: ck.ID, SecretKey: sk.ID})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
