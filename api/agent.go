@@ -16,12 +16,18 @@ const (
 	PathContent = AgentPrefix + "/content/"
 	// PathStatus: POST StatusReport → 200 StatusAck.
 	PathStatus = AgentPrefix + "/status"
+	// PathRenew: POST with the cluster credential (valid, or expired less than the server's
+	// renewal grace ago) → RegisterResponse with a fresh credential.
+	PathRenew = AgentPrefix + "/renew"
 
 	// HeaderPollAfter tells the agent how many seconds to wait before its next poll, also
 	// on 304 answers, which carry no body.
 	HeaderPollAfter = "X-Flotilla-Poll-After"
 	// HeaderRevision carries the desired-state revision on 304 answers.
 	HeaderRevision = "X-Flotilla-Revision"
+	// HeaderRenewCredential, on any answer to a cluster, asks the agent to renew its
+	// credential soon: it is old, or signed by a key the server has since rotated.
+	HeaderRenewCredential = "X-Flotilla-Renew-Credential"
 )
 
 // Deployment states, as Fleet names them.
@@ -41,6 +47,12 @@ const (
 	ReasonClusterDeleted = "ClusterDeleted"
 	// ReasonTokenInvalid: the registration token is unknown, expired or used up.
 	ReasonTokenInvalid = "RegistrationTokenInvalid"
+	// ReasonCredentialExpired: the cluster credential expired; the agent renews it
+	// (PathRenew), which the server allows for a grace period after expiry.
+	ReasonCredentialExpired = "CredentialExpired"
+	// ReasonRegistrationRefused: the cluster already exists and the registration proved no
+	// right to it (its credential, or a registration token bound to it).
+	ReasonRegistrationRefused = "RegistrationRefused"
 )
 
 // RegisterRequest is sent once, with the registration token as bearer token.
@@ -50,6 +62,10 @@ type RegisterRequest struct {
 	ClientID  string            `json:"clientID"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Inventory *ClusterInventory `json:"inventory,omitempty"`
+	// Credential is the cluster's current credential, if it has one: registering again as
+	// an existing cluster needs it (valid, or expired within the renewal grace), unless the
+	// registration token is bound to that cluster.
+	Credential string `json:"credential,omitempty"`
 }
 
 // RegisterResponse hands the agent its identity and credential.
@@ -58,6 +74,8 @@ type RegisterResponse struct {
 	ClusterName string `json:"clusterName"`
 	// Credential is the per-cluster bearer token; the server keeps no copy of it.
 	Credential string `json:"credential"`
+	// Expires is when the credential stops working; the agent renews it before then.
+	Expires *time.Time `json:"expires,omitempty"`
 }
 
 // DesiredState is everything a cluster should run.

@@ -80,6 +80,9 @@ type RegistrationTokenSpec struct {
 	MaxUses int `json:"maxUses,omitempty"`
 	// Labels are given to every cluster registered with this token.
 	Labels map[string]string `json:"labels,omitempty"`
+	// ClusterName binds the token to one cluster of its namespace: it registers only that
+	// cluster, and may take it over when it exists (a cluster whose credential was lost).
+	ClusterName string `json:"clusterName,omitempty"`
 }
 
 // RegistrationTokenStatus says whether the token can still be used. The token's value is

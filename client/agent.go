@@ -17,7 +17,7 @@ import (
 // WithToken returns a client that shares c's connections but sends token.
 func (c *Client) WithToken(token string) *Client {
 	cp := *c
-	cp.token = token
+	cp.cred = newCredential(token)
 	return &cp
 }
 
@@ -47,12 +47,13 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Authorization", "Bearer "+c.bearer())
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	defer resp.Body.Close()
+	c.noteRenewal(resp.Header)
 	pollAfter = time.Duration(atoiOr(resp.Header.Get(api.HeaderPollAfter), 0)) * time.Second
 	switch resp.StatusCode {
 	case http.StatusNotModified:

@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"flotilla.dev/api"
@@ -42,9 +43,41 @@ type Config struct {
 
 // Client calls one server.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
+	base string
+	cred *credential
+	http *http.Client
+}
+
+// credential is the client's bearer token. An agent's is replaced when it renews it, while
+// its other calls go on: SetToken changes it for every call after.
+type credential struct {
+	token atomic.Pointer[string]
+	// renew: an answer asked for the credential to be renewed (api.HeaderRenewCredential).
+	renew atomic.Bool
+}
+
+func newCredential(token string) *credential {
+	c := &credential{}
+	c.token.Store(&token)
+	return c
+}
+
+func (c *Client) bearer() string { return *c.cred.token.Load() }
+
+// SetToken replaces the bearer token of c (and of nothing it was copied from).
+func (c *Client) SetToken(token string) {
+	c.cred.token.Store(&token)
+	c.cred.renew.Store(false)
+}
+
+// RenewRequested reports whether the server asked, since the token was last set, that the
+// cluster credential be renewed.
+func (c *Client) RenewRequested() bool { return c.cred.renew.Load() }
+
+func (c *Client) noteRenewal(h http.Header) {
+	if h.Get(api.HeaderRenewCredential) != "" {
+		c.cred.renew.Store(true)
+	}
 }
 
 // New returns a client for cfg.
@@ -65,7 +98,7 @@ func New(cfg Config) (*Client, error) {
 		tr.MaxIdleConnsPerHost = 16
 		rt = tr
 	}
-	return &Client{base: strings.TrimRight(cfg.Server, "/"), token: cfg.Token, http: &http.Client{Transport: rt, Timeout: cfg.Timeout}}, nil
+	return &Client{base: strings.TrimRight(cfg.Server, "/"), cred: newCredential(cfg.Token), http: &http.Client{Transport: rt, Timeout: cfg.Timeout}}, nil
 }
 
 // Server returns the server URL.
@@ -222,13 +255,14 @@ func (c *Client) sendType(ctx context.Context, method, path, contentType string,
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", UserAgent)
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+	if t := c.bearer(); t != "" {
+		req.Header.Set("Authorization", "Bearer "+t)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
+	c.noteRenewal(resp.Header)
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		return nil, statusFrom(resp)

@@ -133,6 +133,9 @@ type agent struct {
 	// to ask again.
 	contentErrs map[string]*contentFailure
 
+	// cur is the credentials in use; the renewal replaces them.
+	cur *credentials
+
 	// pollAfter is the server's last poll-after, in nanoseconds.
 	pollAfter atomic.Int64
 
@@ -166,6 +169,7 @@ func run(ctx context.Context, cfg Config, d deps) error {
 		}
 		return err
 	}
+	a.setCurrent(creds)
 	a.log = a.log.With("cluster", creds.Namespace+"/"+creds.ClusterName)
 	a.client, err = client.New(client.Config{Server: creds.Server, CAData: []byte(creds.CA), Token: creds.Credential})
 	if err != nil {
@@ -211,6 +215,7 @@ func run(ctx context.Context, cfg Config, d deps) error {
 	}
 	wg.Go(func() { stop(a.pollLoop(ctx)) })
 	wg.Go(func() { stop(a.reportLoop(ctx)) })
+	wg.Go(func() { stop(a.renewLoop(ctx)) })
 	wg.Go(func() { a.reconcileLoop(ctx) })
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.inventoryLoop(ctx) })
@@ -243,8 +248,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func fatal(err error) error {
 	switch client.Code(err) {
 	case http.StatusUnauthorized:
-		if client.Reason(err) == api.ReasonClusterDeleted {
+		switch client.Reason(err) {
+		case api.ReasonClusterDeleted:
 			return ErrClusterDeleted
+		case api.ReasonCredentialExpired:
+			// The renewal loop renews it (the answer asked for it); the call is retried.
+			return nil
 		}
 		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
 	case http.StatusForbidden:

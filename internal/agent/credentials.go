@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,6 +23,10 @@ type credentials struct {
 	ClientID    string `json:"clientID"`
 	ClusterName string `json:"clusterName"`
 	Namespace   string `json:"namespace"`
+	// Expires is when the credential stops working; RenewAfter when the agent renews it.
+	// Both are unset for a credential of a server that does not expire them.
+	Expires    *time.Time `json:"expires,omitempty"`
+	RenewAfter *time.Time `json:"renewAfter,omitempty"`
 }
 
 // credStore keeps the credentials: a file in the state directory, or a Secret in-cluster.
@@ -64,7 +69,24 @@ const (
 	secretKeyClientID    = "clientID"
 	secretKeyClusterName = "clusterName"
 	secretKeyNamespace   = "namespace"
+	secretKeyExpires     = "expires"
+	secretKeyRenewAfter  = "renewAfter"
 )
+
+func timeData(t *time.Time) []byte {
+	if t == nil {
+		return nil
+	}
+	return []byte(t.UTC().Format(time.RFC3339))
+}
+
+func parseTimeData(b []byte) *time.Time {
+	t, err := time.Parse(time.RFC3339, string(b))
+	if err != nil {
+		return nil
+	}
+	return &t
+}
 
 func (s secretCreds) load(ctx context.Context) (*credentials, error) {
 	sec, err := s.kube.CoreV1().Secrets(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
@@ -85,6 +107,8 @@ func (s secretCreds) load(ctx context.Context) (*credentials, error) {
 		ClientID:    string(d[secretKeyClientID]),
 		ClusterName: string(d[secretKeyClusterName]),
 		Namespace:   string(d[secretKeyNamespace]),
+		Expires:     parseTimeData(d[secretKeyExpires]),
+		RenewAfter:  parseTimeData(d[secretKeyRenewAfter]),
 	}, nil
 }
 
@@ -96,6 +120,8 @@ func (s secretCreds) save(ctx context.Context, c *credentials) error {
 		secretKeyClientID:    []byte(c.ClientID),
 		secretKeyClusterName: []byte(c.ClusterName),
 		secretKeyNamespace:   []byte(c.Namespace),
+		secretKeyExpires:     timeData(c.Expires),
+		secretKeyRenewAfter:  timeData(c.RenewAfter),
 	}
 	secrets := s.kube.CoreV1().Secrets(s.namespace)
 	sec, err := secrets.Get(ctx, s.name, metav1.GetOptions{})

@@ -50,6 +50,16 @@ type fakeServer struct {
 	// long polls it holds open now.
 	pollAfter time.Duration
 	held      int
+	// Credential renewal: credentials expire after expiresIn (0: never); the server asks
+	// for renewal on every answer while askRenew; expired is a credential answered with
+	// CredentialExpired; refuseRenew answers renewals with 401.
+	expiresIn   time.Duration
+	askRenew    bool
+	expired     string
+	refuseRenew bool
+	renewals    int
+	// previous is the credential before the last renewal: still valid, as on the server.
+	previous string
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -69,6 +79,7 @@ func newFakeServer(t *testing.T) *fakeServer {
 	mux.HandleFunc("GET "+api.PathDesired, f.authed(f.getDesired))
 	mux.HandleFunc("GET "+api.PathContent+"{digest}", f.authed(f.getContent))
 	mux.HandleFunc("POST "+api.PathStatus, f.authed(f.postStatus))
+	mux.HandleFunc("POST "+api.PathRenew, f.renew)
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		down := f.down
@@ -109,7 +120,32 @@ func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
 	var req api.RegisterRequest
 	json.NewDecoder(r.Body).Decode(&req)
 	f.registrations = append(f.registrations, req)
-	json.NewEncoder(w).Encode(api.RegisterResponse{Namespace: "fleet-default", ClusterName: "c-1", Credential: f.credential})
+	json.NewEncoder(w).Encode(api.RegisterResponse{Namespace: "fleet-default", ClusterName: "c-1", Credential: f.credential, Expires: f.expiry()})
+}
+
+func (f *fakeServer) expiry() *time.Time {
+	if f.expiresIn == 0 {
+		return nil
+	}
+	e := time.Now().Add(f.expiresIn)
+	return &e
+}
+
+func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if f.refuseRenew || (tok != f.credential && tok != f.expired) {
+		f.fail(w, http.StatusUnauthorized, api.ReasonCredentialExpired, "the cluster credential expired too long ago to renew")
+		return
+	}
+	f.renewals++
+	if tok == f.credential {
+		f.previous = tok
+	}
+	f.credential = "cred-" + strconv.Itoa(f.renewals+1)
+	f.askRenew = false
+	json.NewEncoder(w).Encode(api.RegisterResponse{Namespace: "fleet-default", ClusterName: "c-1", Credential: f.credential, Expires: f.expiry()})
 }
 
 func (f *fakeServer) authed(h http.HandlerFunc) http.HandlerFunc {
@@ -118,9 +154,15 @@ func (f *fakeServer) authed(h http.HandlerFunc) http.HandlerFunc {
 		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 		f.tokensSeen[tok] = true
 		deleted := f.deleted
-		ok := tok == f.credential
+		ok := tok == f.credential || (tok == f.previous && tok != "")
+		expired := tok == f.expired
+		if f.askRenew || expired {
+			w.Header().Set(api.HeaderRenewCredential, "1")
+		}
 		f.mu.Unlock()
 		switch {
+		case expired:
+			f.fail(w, http.StatusUnauthorized, api.ReasonCredentialExpired, "the cluster credential expired; renew it")
 		case deleted:
 			f.fail(w, http.StatusUnauthorized, api.ReasonClusterDeleted, "cluster fleet-default/c-1 was deleted from the server; its credential is revoked")
 		case !ok:

@@ -97,6 +97,7 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		ClusterName: resp.ClusterName,
 		Namespace:   resp.Namespace,
 	}
+	c.setExpiry(resp.Expires, a.now())
 	// The token may have been good for this one use: losing the credential now would leave
 	// the cluster unable to register again, so keep trying to store it.
 	if _, err := retry(ctx, a, "storing the credential", func(ctx context.Context) (struct{}, error) {

@@ -20,7 +20,6 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
-	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/store"
 )
@@ -54,12 +53,9 @@ type Server struct {
 	tokens  tokenCache
 }
 
-// New prepares the agent API; it creates the credential key on first use of a store.
-func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger) (*Server, error) {
-	k, err := loadKey(ctx, st)
-	if err != nil {
-		return nil, err
-	}
+// New prepares the agent API; creds says how cluster credentials are signed.
+func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger, creds CredentialConfig) (*Server, error) {
+	k := newKeyRing(creds)
 	return &Server{Metrics: nopObserver{}, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20),
 		tokens: tokenCache{entries: map[string]cachedToken{}, locks: map[string]*sync.Mutex{}, uses: map[store.Key]int{}}}, nil
 }
@@ -70,6 +66,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+api.PathDesired, s.desired)
 	mux.HandleFunc("GET "+api.PathContent+"{digest}", s.content)
 	mux.HandleFunc("POST "+api.PathStatus, s.status)
+	mux.HandleFunc("POST "+api.PathRenew, s.renew)
 }
 
 func fail(w http.ResponseWriter, code int, reason, msg string) {
@@ -80,9 +77,8 @@ func fail(w http.ResponseWriter, code int, reason, msg string) {
 
 // cluster authenticates a cluster credential. It writes the error answer itself.
 func (s *Server) cluster(w http.ResponseWriter, r *http.Request) (identity, bool) {
-	id, err := s.keys.verify(auth.BearerToken(r))
-	if err != nil {
-		fail(w, http.StatusUnauthorized, api.ReasonUnauthorized, "Unauthorized: invalid cluster credential")
+	id, ok := s.authenticate(w, r)
+	if !ok {
 		return id, false
 	}
 	if !s.fleet.Ready() {

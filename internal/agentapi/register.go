@@ -47,6 +47,8 @@ func ClusterName(clientID string) string {
 type TokenHooks struct {
 	st  store.Store
 	now func() time.Time
+	// forget drops a deleted token from the registration cache.
+	forget func(namespace, name string)
 
 	mu     sync.Mutex
 	minted map[string]string // object UID → token, between BeforeCreate and AfterCreate
@@ -54,7 +56,20 @@ type TokenHooks struct {
 
 // NewTokenHooks returns the hooks for RegistrationToken.
 func NewTokenHooks(st store.Store) *TokenHooks {
-	return &TokenHooks{st: st, now: time.Now, minted: map[string]string{}}
+	return &TokenHooks{st: st, now: time.Now, minted: map[string]string{}, forget: func(string, string) {}}
+}
+
+// TokenHooks returns the hooks for RegistrationToken that also drop a deleted token from
+// this server's registration cache at once, so a deleted token registers nothing more.
+func (s *Server) TokenHooks() *TokenHooks {
+	h := NewTokenHooks(s.st)
+	h.forget = s.tokens.forget
+	return h
+}
+
+// AfterDelete forgets the deleted token: it stops working at once.
+func (h *TokenHooks) AfterDelete(_ context.Context, obj *api.Object) {
+	h.forget(obj.Metadata.Namespace, obj.Metadata.Name)
 }
 
 // BeforeCreate sets the expiry and records the new token's hash.
@@ -141,6 +156,24 @@ func (c *tokenCache) put(hash string, obj *api.Object, now time.Time) {
 		clear(c.entries)
 	}
 	c.entries[hash] = cachedToken{obj: obj, at: now}
+}
+
+// forget drops the cached entries of the token namespace/name.
+func (c *tokenCache) forget(namespace, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for hash, e := range c.entries {
+		if e.obj.Metadata.Namespace == namespace && e.obj.Metadata.Name == name {
+			delete(c.entries, hash)
+		}
+	}
+}
+
+// forgetAll empties the cache: after a gap in the watch that reports deletions.
+func (c *tokenCache) forgetAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.entries)
 }
 
 func (c *tokenCache) lock(uid string) *sync.Mutex {
@@ -270,8 +303,10 @@ func (s *Server) flushUses(ctx context.Context) {
 	}
 }
 
-// Run writes counted token uses every few seconds until ctx ends.
+// Run writes counted token uses every few seconds, and follows deletions of registration
+// tokens (made through another replica, or straight in the store), until ctx ends.
 func (s *Server) Run(ctx context.Context) {
+	go s.followTokenDeletions(ctx)
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
@@ -284,6 +319,45 @@ func (s *Server) Run(ctx context.Context) {
 		}
 	}
 }
+
+// followTokenDeletions drops deleted tokens from the registration cache. Whenever the watch
+// must start again it empties the cache, since a deletion may have been missed meanwhile.
+func (s *Server) followTokenDeletions(ctx context.Context) {
+	for ctx.Err() == nil {
+		ch, err := s.st.Watch(ctx, store.WatchOptions{Kind: api.KindRegistrationToken})
+		s.tokens.forgetAll()
+		if err != nil {
+			if !sleepCtx(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		for ev := range ch {
+			if ev.Type != api.Deleted {
+				continue
+			}
+			if obj, err := store.Decode(ev.Object); err == nil {
+				s.tokens.forget(obj.Metadata.Namespace, obj.Metadata.Name)
+			}
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// refusedError answers a registration that may not take over an existing cluster.
+type refusedError struct{ msg string }
+
+func (e *refusedError) Error() string { return e.msg }
 
 func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
@@ -303,9 +377,12 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := s.registerCluster(ctx, auth.BearerToken(r), &req)
 	var te *tokenError
+	var re *refusedError
 	switch {
 	case errors.As(err, &te):
 		fail(w, http.StatusUnauthorized, api.ReasonTokenInvalid, te.msg)
+	case errors.As(err, &re):
+		fail(w, http.StatusForbidden, api.ReasonRegistrationRefused, re.msg)
 	case err != nil:
 		s.log.Error("registering a cluster", "err", err)
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "registration failed; try again")
@@ -324,6 +401,9 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 	json.Unmarshal(tok.Spec, &tspec)
 	ns := tok.Metadata.Namespace
 	name := ClusterName(req.ClientID)
+	if tspec.ClusterName != "" && tspec.ClusterName != name {
+		return nil, &tokenError{fmt.Sprintf("registration token %s is bound to cluster %s/%s, and this cluster is %s/%s", tok.Metadata.Name, ns, tspec.ClusterName, ns, name)}
+	}
 	key := store.Key{Kind: api.KindCluster, Namespace: ns, Name: name}
 	cur, err := s.st.Get(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
@@ -355,22 +435,36 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 		if spec.ClientID != req.ClientID {
 			return nil, fmt.Errorf("cluster name %s is taken by another client ID", name)
 		}
-		// The same cluster again: reuse it. Labels an operator set stay as they are; new ones
-		// from the agent or the token are added.
-		added := false
-		if cur.Metadata.Labels == nil {
-			cur.Metadata.Labels = map[string]string{}
+		// The client ID is no secret (the kube-system namespace UID): taking over an existing
+		// cluster needs its credential, or a token the operator bound to this cluster.
+		bound := tspec.ClusterName == name
+		if !bound && !s.holdsCredential(ctx, req.Credential, identity{Namespace: ns, Name: name, UID: cur.Metadata.UID}) {
+			return nil, &refusedError{fmt.Sprintf("cluster %s/%s is already registered: registering it again needs its current credential "+
+				"(the agent sends the one it keeps), or a registration token bound to it (flotilla token create --cluster %s -n %s); "+
+				"or delete the Cluster to register it anew", ns, name, name, ns)}
 		}
-		for k, v := range mergeLabels(req.Labels, tspec.Labels) {
-			if _, ok := cur.Metadata.Labels[k]; !ok {
-				cur.Metadata.Labels[k] = v
-				added = true
-			}
-		}
-		if added {
-			if cur, err = s.st.Update(ctx, cur); err != nil {
+		if bound {
+			if err := s.useToken(ctx, tok); err != nil {
 				return nil, err
 			}
+			// Only a token the operator bound to this cluster adds labels to it: any other
+			// token's labels would widen the cluster's targeting behind the operator's back.
+			added := false
+			if cur.Metadata.Labels == nil {
+				cur.Metadata.Labels = map[string]string{}
+			}
+			for k, v := range mergeLabels(req.Labels, tspec.Labels) {
+				if _, ok := cur.Metadata.Labels[k]; !ok {
+					cur.Metadata.Labels[k] = v
+					added = true
+				}
+			}
+			if added {
+				if cur, err = s.st.Update(ctx, cur); err != nil {
+					return nil, err
+				}
+			}
+			s.log.Info("cluster taken over with a token bound to it", "cluster", ns+"/"+name, "token", tok.Metadata.Name)
 		}
 	} else {
 		return nil, err
@@ -384,8 +478,21 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 			return nil, ctx.Err()
 		}
 	}
-	return &api.RegisterResponse{Namespace: ns, ClusterName: name,
-		Credential: s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})}, nil
+	cred, exp := s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})
+	return &api.RegisterResponse{Namespace: ns, ClusterName: name, Credential: cred, Expires: &exp}, nil
+}
+
+// holdsCredential reports whether cred is want's credential: valid, or expired less than
+// the renewal grace ago.
+func (s *Server) holdsCredential(ctx context.Context, cred string, want identity) bool {
+	if cred == "" {
+		return false
+	}
+	id, info, err := s.keys.verify(ctx, cred)
+	if errors.Is(err, errExpired) && s.keys.renewable(info) {
+		err = nil
+	}
+	return err == nil && id == want
 }
 
 // mergeLabels gives the token's labels precedence over the agent's: the operator who made

@@ -34,6 +34,11 @@ type Hooks interface {
 	BeforeUpdate(ctx context.Context, old, obj *api.Object, dryRun bool) error
 }
 
+// DeleteHook is told of an object the API deleted, once the store has removed it.
+type DeleteHook interface {
+	AfterDelete(ctx context.Context, obj *api.Object)
+}
+
 // ResponseFilter may be implemented by a kind's Hooks when objects of that kind hold values
 // the API must never return (a Secret's data): every object of the kind the server writes
 // out, whether from get, list, watch or a write, passes through FilterResponse first.
@@ -519,6 +524,9 @@ func (s *Server) delete(req *request) error {
 	obj, err := s.store.Delete(req.r.Context(), req.key(), rv)
 	if err != nil {
 		return err
+	}
+	if h, ok := s.hooks[req.kind.Kind].(DeleteHook); ok {
+		h.AfterDelete(req.r.Context(), obj)
 	}
 	return s.respond(req.w, http.StatusOK, obj)
 }

@@ -62,7 +62,9 @@ type Authenticator struct {
 }
 
 type cached struct {
-	id      *Identity
+	id *Identity
+	// expires is when the entry must be checked again: the cache TTL, or the token's own
+	// expiry if sooner.
 	expires time.Time
 }
 
@@ -197,7 +199,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	if len(a.cache) > 100000 {
 		a.cache = map[string]cached{}
 	}
-	a.cache[hash] = cached{id: id, expires: now.Add(a.ttl)}
+	until := now.Add(a.ttl)
+	if spec.Expires != nil && spec.Expires.Before(until) {
+		until = *spec.Expires
+	}
+	a.cache[hash] = cached{id: id, expires: until}
 	a.mu.Unlock()
 	return id, nil
 }
@@ -216,38 +222,4 @@ func userOf(id *Identity) string {
 		return "anonymous"
 	}
 	return id.User
-}
-
-// ServerKey returns the random 32-byte key stored under name in the system namespace,
-// creating it on first use. Keys live in the store so that every server replica on one
-// database shares them.
-func ServerKey(ctx context.Context, st store.Store, name string) ([]byte, error) {
-	key := store.Key{Kind: "ServerKey", Namespace: SystemNamespace, Name: name}
-	for attempt := 0; attempt < 3; attempt++ {
-		obj, err := st.Get(ctx, key)
-		if err == nil {
-			var spec struct {
-				Key []byte `json:"key"`
-			}
-			if err := json.Unmarshal(obj.Spec, &spec); err != nil || len(spec.Key) != 32 {
-				return nil, fmt.Errorf("server key %s is unreadable", name)
-			}
-			return spec.Key, nil
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("reading server key %s: %w", name, err)
-		}
-		k := make([]byte, 32)
-		if _, err := rand.Read(k); err != nil {
-			return nil, err
-		}
-		spec, _ := json.Marshal(map[string][]byte{"key": k})
-		_, err = st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: key.Kind},
-			Metadata: api.ObjectMeta{Namespace: key.Namespace, Name: key.Name}, Spec: spec})
-		// Another replica may have created it first: read it on the next round.
-		if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
-			return nil, fmt.Errorf("creating server key %s: %w", name, err)
-		}
-	}
-	return nil, fmt.Errorf("server key %s: gave up", name)
 }

@@ -163,7 +163,7 @@ func FuzzParseObjects(f *testing.F) {
 	f.Add([]byte("apiVersion: v1\nkind: List\nitems: 3\n"), false)
 	f.Add([]byte("a: &a [*a]\n"), true)
 	f.Fuzz(func(t *testing.T, data []byte, skipKindless bool) {
-		objs, err := parseObjects("f.yaml", data, skipKindless)
+		objs, err := parseObjects(nil, "f.yaml", data, skipKindless)
 		if err != nil {
 			return
 		}
@@ -180,7 +180,7 @@ func FuzzParseObjects(f *testing.F) {
 		if err != nil {
 			return // values YAML cannot hold (NaN, say) are the encoder's to refuse
 		}
-		back, err := parseObjects("again.yaml", enc, false)
+		back, err := parseObjects(nil, "again.yaml", enc, false)
 		if err != nil {
 			t.Fatalf("parsing encoded objects: %v\n%s", err, enc)
 		}

@@ -10,14 +10,40 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
 )
 
+// bootstrapToken takes the admin token from --bootstrap-token-file, the environment, or the
+// --bootstrap-token flag, which still works but shows the token to anyone who can list
+// processes.
+func bootstrapToken(cmd *cobra.Command, cfg *server.Config, file string, log *slog.Logger) error {
+	flag := cmd.Flags().Changed("bootstrap-token")
+	switch {
+	case file != "" && flag:
+		return fmt.Errorf("give the admin token with --bootstrap-token-file or --bootstrap-token, not both")
+	case file != "":
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("reading --bootstrap-token-file: %w", err)
+		}
+		cfg.BootstrapToken = strings.TrimSpace(string(raw))
+		if cfg.BootstrapToken == "" {
+			return fmt.Errorf("--bootstrap-token-file %s is empty", file)
+		}
+	case flag:
+		log.Warn("--bootstrap-token shows the admin token in the process list; use --bootstrap-token-file or FLOTILLA_BOOTSTRAP_TOKEN")
+	default:
+		cfg.BootstrapToken = os.Getenv("FLOTILLA_BOOTSTRAP_TOKEN")
+	}
+	return nil
+}
+
 func newServerCmd(g *globals) *cobra.Command {
 	cfg := server.DefaultConfig()
-	var logFormat, logLevel string
+	var logFormat, logLevel, bootstrapFile string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Flotilla server",
@@ -25,7 +51,12 @@ func newServerCmd(g *globals) *cobra.Command {
 
 By default state lives in an embedded SQLite database in --data-dir; --db selects a
 PostgreSQL database instead. On first start the server creates its CA and prints the CA's
-checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.`,
+checksum (agents pin it) and, unless an admin token is given (--bootstrap-token-file or
+FLOTILLA_BOOTSTRAP_TOKEN), makes one and prints it once.
+
+The server's credential-signing and Secret keys are stored in the database only wrapped by a
+key-encryption key kept outside it (--key-encryption-key-file, FLOTILLA_KEY_ENCRYPTION_KEY,
+or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot be read.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var lvl slog.Level
@@ -51,8 +82,14 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 			}
 			cfg.Logger = slog.New(h)
 			cfg.Out = g.out
-			if cfg.BootstrapToken == "" {
-				cfg.BootstrapToken = os.Getenv("FLOTILLA_BOOTSTRAP_TOKEN")
+			if err := bootstrapToken(cmd, &cfg, bootstrapFile, cfg.Logger); err != nil {
+				return err
+			}
+			if cfg.KEKFile == "" {
+				cfg.KEK = os.Getenv(auth.KEKEnv)
+			}
+			if cfg.CredentialTTL <= 0 || cfg.CredentialGrace < 0 || cfg.KeyGrace < 0 {
+				return fmt.Errorf("--cluster-credential-ttl must be positive and the grace periods not negative")
 			}
 			if cfg.DB == "" {
 				cfg.DB = os.Getenv("FLOTILLA_DB")
@@ -60,12 +97,19 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 			return server.Run(cmd.Context(), cfg)
 		},
 	}
+	cmd.AddCommand(newRotateKeysCmd(g))
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTPS listen address")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (SQLite database, certificates)")
 	f.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (env FLOTILLA_DB); default the embedded SQLite")
 	f.StringVar(&cfg.SQLiteSynchronous, "sqlite-synchronous", "full", "SQLite durability: full syncs every commit to disk; normal is faster but a power loss or OS crash can lose the last acknowledged writes")
-	f.StringVar(&cfg.BootstrapToken, "bootstrap-token", "", "admin token to accept (env FLOTILLA_BOOTSTRAP_TOKEN); default: generate one on first start")
+	f.StringVar(&cfg.BootstrapToken, "bootstrap-token", "", "admin token to accept; visible in the process list: prefer --bootstrap-token-file or env FLOTILLA_BOOTSTRAP_TOKEN")
+	f.StringVar(&bootstrapFile, "bootstrap-token-file", "", "file holding the admin token to accept (default: env FLOTILLA_BOOTSTRAP_TOKEN, else generate one on first start)")
+	f.StringVar(&cfg.KEKFile, "key-encryption-key-file", "", "file holding the key-encryption key (base64 of 32 bytes) that wraps the server's keys in the database (default: env "+auth.KEKEnv+", else DATA_DIR/keys/kek, made on first start); every replica needs the same one")
+	f.BoolVar(&cfg.RotateKeys, "rotate-keys", false, "make new cluster-credential and Secret keys at start; the old ones stay valid for --key-grace, agents renew, Secrets are re-encrypted in the background")
+	f.DurationVar(&cfg.KeyGrace, "key-grace", 0, "how long a rotated-out key still verifies credentials and opens Secrets (default: --cluster-credential-ttl + --cluster-credential-grace)")
+	f.DurationVar(&cfg.CredentialTTL, "cluster-credential-ttl", 30*24*time.Hour, "how long a cluster credential is valid; agents renew it after two thirds of that")
+	f.DurationVar(&cfg.CredentialGrace, "cluster-credential-grace", 30*24*time.Hour, "how long after expiry a cluster credential may still be renewed (an agent that was offline)")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra host names or IPs for the serving certificate")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serving certificate (default: generated in the data directory)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "serving key")
@@ -81,4 +125,28 @@ checksum (agents pin it) and, unless --bootstrap-token is given, an admin token.
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
+}
+
+// newRotateKeysCmd rotates a running server's keys through its API.
+func newRotateKeysCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate-keys",
+		Short: "Make a running server rotate its cluster-credential and Secret keys (admins only)",
+		Long: `Make new cluster-credential and Secret keys. The old ones stay valid for the server's
+--key-grace; agents are asked to renew their credentials, and Secrets are encrypted again under
+the new key in the background. Other replicas on the same database follow within 30 seconds.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.RotateKeys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "rotated: credential key %s, secret key %s\n", r.CredentialKey, r.SecretKey)
+			return nil
+		},
+	}
 }

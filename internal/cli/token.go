@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,10 +15,13 @@ import (
 )
 
 func newTokenCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "token", Short: "Manage registration tokens for agents"}
+	cmd := &cobra.Command{Use: "token", Short: "Create registration tokens for agents; list and revoke API tokens",
+		Long: `token create makes a registration token, which agents exchange for a cluster credential
+(list and delete those with "flotilla get tokens" and "flotilla delete token NAME").
+token list and token revoke manage the API tokens people and tools log in with.`}
 	var ttl time.Duration
 	var maxUses int
-	var labels string
+	var labels, cluster string
 	create := &cobra.Command{
 		Use:   "create [NAME]",
 		Short: "Create a registration token; its value is printed once",
@@ -34,7 +38,7 @@ clusters registered with it get its labels. The value is printed once and stored
 				rand.Read(b)
 				name = "token-" + hex.EncodeToString(b)
 			}
-			spec := api.RegistrationTokenSpec{MaxUses: maxUses}
+			spec := api.RegistrationTokenSpec{MaxUses: maxUses, ClusterName: cluster}
 			if ttl > 0 {
 				spec.TTL = ttl.String()
 			}
@@ -77,6 +81,59 @@ clusters registered with it get its labels. The value is printed once and stored
 	create.Flags().DurationVar(&ttl, "ttl", 0, "how long the token stays valid (e.g. 24h); default forever")
 	create.Flags().IntVar(&maxUses, "max-uses", 0, "how many clusters may register with it; 0 means unlimited")
 	create.Flags().StringVar(&labels, "labels", "", "labels given to clusters registered with it, k=v,…")
-	cmd.AddCommand(create)
+	create.Flags().StringVar(&cluster, "cluster", "", "bind the token to this cluster: it registers only that cluster, and may take it over when it exists (e.g. its credential was lost)")
+	cmd.AddCommand(create, newTokenListCmd(g), newTokenRevokeCmd(g))
 	return cmd
+}
+
+func newTokenListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the API tokens (admins only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			tokens, err := c.ListAPITokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "ID\tUSER\tADMIN\tCREATED\tEXPIRES")
+			for _, t := range tokens {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", t.ID, t.User, t.Admin, timeOrDash(t.Created), timeOrDash(t.Expires))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func newTokenRevokeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "revoke ID",
+		Short:   "Revoke an API token at once (admins only)",
+		Example: "  flotilla token list\n  flotilla token revoke 3f1c0a9b2e4d",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			t, err := c.RevokeAPIToken(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "API token %s of %s revoked\n", t.ID, t.User)
+			return nil
+		},
+	}
+}
+
+func timeOrDash(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
 }

@@ -70,7 +70,7 @@ func TestSimScale(t *testing.T) {
 	simCheckClusters(t, ctx, admin, s)
 	anon, _ := client.New(client.Config{Server: srv.URL, CAChecksum: srv.Checksum})
 	for _, i := range []int{0, n / 2, n - 1} {
-		resp, err := anon.Register(ctx, token, api.RegisterRequest{ClientID: s.ClientID(i), Labels: s.Labels(i)})
+		resp, err := anon.Register(ctx, token, api.RegisterRequest{ClientID: s.ClientID(i), Labels: s.Labels(i), Credential: s.Credential(i)})
 		if err != nil {
 			t.Fatalf("registering cluster %d again: %v", i, err)
 		}

@@ -37,6 +37,12 @@ func validateToken(s any) []api.StatusCause {
 		c.Field = strings.Replace(c.Field, "metadata.labels", "spec.labels", 1)
 		causes = append(causes, c)
 	}
+	if spec.ClusterName != "" {
+		for _, c := range validateMeta(&api.ObjectMeta{Name: spec.ClusterName, Namespace: "x"}) {
+			c.Field = strings.Replace(c.Field, "metadata.name", "spec.clusterName", 1)
+			causes = append(causes, c)
+		}
+	}
 	return causes
 }
 

@@ -160,7 +160,7 @@ func TestAgentProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := anon.Register(ctx, tok, api.RegisterRequest{ClientID: "uid-a"})
+	again, err := anon.Register(ctx, tok, api.RegisterRequest{ClientID: "uid-a", Credential: regA.Credential})
 	if err != nil || again.ClusterName != regA.ClusterName {
 		t.Fatalf("re-registration: %+v, %v; want cluster %s", again, err, regA.ClusterName)
 	}
@@ -222,10 +222,10 @@ func TestAgentProtocol(t *testing.T) {
 	if _, _, _, err := forged.Desired(ctx, 0); client.Code(err) != http.StatusUnauthorized {
 		t.Errorf("forged credential: %v, want 401", err)
 	}
-	payload := strings.Split(strings.TrimPrefix(regA.Credential, "fc."), ".")[0]
+	payload := strings.Split(strings.TrimPrefix(regA.Credential, "fc2."), ".")[0]
 	raw, _ := base64.RawURLEncoding.DecodeString(payload)
 	other := strings.Replace(string(raw), regA.ClusterName, regB.ClusterName, 1)
-	tampered := ts.agent(t, "fc."+base64.RawURLEncoding.EncodeToString([]byte(other))+"."+strings.Split(regA.Credential, ".")[2])
+	tampered := ts.agent(t, "fc2."+base64.RawURLEncoding.EncodeToString([]byte(other))+"."+strings.Split(regA.Credential, ".")[2])
 	if _, _, _, err := tampered.Desired(ctx, 0); client.Code(err) != http.StatusUnauthorized {
 		t.Errorf("A's signature on B's name: %v, want 401", err)
 	}

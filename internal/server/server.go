@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,19 @@ type Config struct {
 	// BootstrapToken, if set, is made an admin token; otherwise one is generated on first
 	// start and printed once.
 	BootstrapToken string
+	// KEKFile / KEK give the key-encryption key that wraps the server's keys in the database
+	// (a file, or the value from FLOTILLA_KEY_ENCRYPTION_KEY); by default DataDir/keys/kek,
+	// made on first start. Every replica on one PostgreSQL database needs the same one.
+	KEKFile, KEK string
+	// RotateKeys makes new credential-signing and Secret keys at start.
+	RotateKeys bool
+	// KeyGrace is how long a rotated-out key still verifies credentials and opens Secrets;
+	// 0 means CredentialTTL + CredentialGrace, so no credential that may still be renewed
+	// stops verifying.
+	KeyGrace time.Duration
+	// CredentialTTL is how long a cluster credential is valid; CredentialGrace how long after
+	// expiry it may still be renewed.
+	CredentialTTL, CredentialGrace time.Duration
 	// TLSSANs are extra host names and addresses for the serving certificate.
 	TLSSANs []string
 	// TLSCertFile/TLSKeyFile/TLSCAFile replace the generated certificates.
@@ -84,6 +98,9 @@ type Server struct {
 	ready   atomic.Bool
 	ln      net.Listener
 	http    *http.Server
+
+	// credKeys signs cluster credentials; it follows rotations by other replicas.
+	credKeys *auth.Ring
 }
 
 // storeAll is what both drivers provide.
@@ -160,15 +177,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		c, b, d, q := s.fleet.Stats()
 		return metrics.FleetStats{ClustersByState: c, BundlesByState: b, DeploymentsByState: d, QueueDepth: map[string]int{"fleet-status": q}}
 	})
-	if s.agents, err = agentapi.New(ctx, s.store, s.fleet, cfg.Logger); err != nil {
+	credCfg, secretKeys, err := s.openKeys(ctx)
+	if err != nil {
+		s.store.Close()
+		return nil, err
+	}
+	if s.agents, err = agentapi.New(ctx, s.store, s.fleet, cfg.Logger, credCfg); err != nil {
 		s.store.Close()
 		return nil, err
 	}
 	s.agents.Metrics = s.metrics
-	if s.secrets, err = secrets.Open(ctx, s.store); err != nil {
-		s.store.Close()
-		return nil, err
-	}
+	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
 		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
@@ -181,6 +200,45 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		fmt.Fprintf(cfg.Out, "Admin token (shown once, keep it safe): %s\n", generated)
 	}
 	return s, nil
+}
+
+// openKeys loads (or makes, or moves out of the database) the credential and Secret keys,
+// rotating them if asked.
+func (s *Server) openKeys(ctx context.Context) (agentapi.CredentialConfig, *auth.Ring, error) {
+	cfg := s.cfg
+	creds := agentapi.CredentialConfig{TTL: cfg.CredentialTTL, Grace: cfg.CredentialGrace}
+	if creds.TTL <= 0 {
+		creds.TTL = agentapi.DefaultCredentialTTL
+	}
+	if creds.Grace <= 0 {
+		creds.Grace = agentapi.DefaultCredentialGrace
+	}
+	grace := cfg.KeyGrace
+	if grace <= 0 {
+		grace = creds.TTL + creds.Grace
+	}
+	keys, err := auth.OpenKeys(ctx, auth.KeysConfig{Store: s.store, DataDir: cfg.DataDir, KEKFile: cfg.KEKFile, KEK: cfg.KEK, Grace: grace, Logger: s.log})
+	if err != nil {
+		return creds, nil, err
+	}
+	if creds.Keys, err = keys.Ring(ctx, "agent-credentials"); err != nil {
+		return creds, nil, err
+	}
+	secretKeys, err := keys.Ring(ctx, "secret-encryption")
+	if err != nil {
+		return creds, nil, err
+	}
+	if cfg.RotateKeys {
+		for _, r := range []*auth.Ring{creds.Keys, secretKeys} {
+			k, err := r.Rotate(ctx)
+			if err != nil {
+				return creds, nil, err
+			}
+			s.log.Info("rotated a key; the previous one stays valid for the grace period", "key", r.Name(), "id", k.ID, "grace", grace)
+		}
+	}
+	s.credKeys = creds.Keys
+	return creds, secretKeys, nil
 }
 
 func driverName(db string) string {
@@ -223,13 +281,35 @@ func (s *Server) handler() http.Handler {
 	mux.Handle("/debug/pprof/symbol", s.adminOnly(http.HandlerFunc(pprof.Symbol)))
 	mux.Handle("/debug/pprof/cmdline", s.adminOnly(http.HandlerFunc(pprof.Cmdline)))
 	resources := apiserver.New(s.store, s.auth, s.log)
-	resources.SetHooks(api.KindRegistrationToken, agentapi.NewTokenHooks(s.store))
+	resources.SetHooks(api.KindRegistrationToken, s.agents.TokenHooks())
 	resources.SetHooks(api.KindBundle, agentapi.NewBundleHooks(s.store))
 	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
+	s.auth.RegisterHandlers(mux)
+	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
 	s.agents.Register(mux)
 	s.gitops.Register(mux)
 	return s.metrics.Instrument(mux)
+}
+
+// rotateKeys makes new credential and Secret keys while serving: agents are asked to renew,
+// Secrets are sealed again in the background, other replicas follow within 30 s.
+func (s *Server) rotateKeys(w http.ResponseWriter, r *http.Request) {
+	ck, err := s.credKeys.Rotate(r.Context())
+	if err != nil {
+		s.log.Error("rotating the credential key", "err", err)
+		apiserver.WriteError(w, fmt.Errorf("rotating the credential key failed"))
+		return
+	}
+	sk, err := s.secrets.Rotate(r.Context())
+	if err != nil {
+		s.log.Error("rotating the secret key", "err", err)
+		apiserver.WriteError(w, fmt.Errorf("rotating the secret key failed"))
+		return
+	}
+	s.log.Info("rotated the credential and secret keys", "credentialKey", ck.ID, "secretKey", sk.ID)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(api.KeyRotation{CredentialKey: ck.ID, SecretKey: sk.ID})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -291,6 +371,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.fleet.Run(baseCtx)
 	go s.agents.Run(baseCtx)
 	go s.gitops.Run(baseCtx)
+	go s.secrets.Run(baseCtx, s.log)
+	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
+	go s.auth.FollowRevocations(baseCtx, s.log)
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
 	errc := make(chan error, 1)

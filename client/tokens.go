@@ -1,0 +1,46 @@
+package client
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+
+	"flotilla.dev/api"
+)
+
+// ListAPITokens lists the server's API tokens (admins only).
+func (c *Client) ListAPITokens(ctx context.Context) ([]api.APIToken, error) {
+	var out api.APITokenList
+	if _, err := c.Do(ctx, http.MethodGet, api.PathTokens, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Items, nil
+}
+
+// RevokeAPIToken revokes the API token with id; it stops working at once.
+func (c *Client) RevokeAPIToken(ctx context.Context, id string) (*api.APIToken, error) {
+	var out api.APIToken
+	if _, err := c.Do(ctx, http.MethodDelete, api.PathTokens+"/"+url.PathEscape(id), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RenewCredential exchanges the client's cluster credential (valid, or expired within the
+// server's grace) for a fresh one.
+func (c *Client) RenewCredential(ctx context.Context) (*api.RegisterResponse, error) {
+	var out api.RegisterResponse
+	if _, err := c.Do(ctx, http.MethodPost, api.PathRenew, struct{}{}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RotateKeys makes the server rotate its cluster-credential and Secret keys (admins only).
+func (c *Client) RotateKeys(ctx context.Context) (*api.KeyRotation, error) {
+	var out api.KeyRotation
+	if _, err := c.Do(ctx, http.MethodPost, api.PathRotateKeys, struct{}{}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
