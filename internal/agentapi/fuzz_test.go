@@ -107,7 +107,7 @@ func FuzzRegisterBody(f *testing.F) {
 	}
 	defer st.Close()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := New(ctx, st, fleet.New(st, fleet.Config{Logger: log}), log)
+	srv, err := New(ctx, st, fleet.New(st, fleet.Config{Logger: log}), log, testCredentials())
 	if err != nil {
 		f.Fatal(err)
 	}

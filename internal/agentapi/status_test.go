@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/sqlite"
@@ -64,7 +65,7 @@ func newAgentEnv(t *testing.T) *agentEnv {
 	for !f.Ready() {
 		time.Sleep(5 * time.Millisecond)
 	}
-	srv, err := New(ctx, st, f, log)
+	srv, err := New(ctx, st, f, log, testCredentials())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func newAgentEnv(t *testing.T) *agentEnv {
 	srv.Register(mux)
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
-	return &agentEnv{t: t, st: st, srv: srv, url: hs.URL, cred: srv.keys.mint(identity{Namespace: envNS, Name: "edge-1", UID: envUID})}
+	return &agentEnv{t: t, st: st, srv: srv, url: hs.URL, cred: mintFor(srv, identity{Namespace: envNS, Name: "edge-1", UID: envUID})}
 }
 
 // post sends a status report body; it returns the answer's code and Status (if a failure).
@@ -175,4 +176,14 @@ func TestStatusReportLimits(t *testing.T) {
 	if n := e.rows(); n != 1 {
 		t.Errorf("after 30 reports of made-up bundles: %d status rows, want 1", n)
 	}
+}
+
+// testCredentials is a credential configuration whose keys live only in memory.
+func testCredentials() CredentialConfig {
+	return CredentialConfig{Keys: auth.EphemeralRing("agent-credentials", time.Hour), TTL: time.Hour, Grace: time.Hour}
+}
+
+func mintFor(srv *Server, id identity) string {
+	cred, _ := srv.keys.mint(id)
+	return cred
 }

@@ -34,7 +34,7 @@ import (
 
 const token = "test-admin-token-0123456789"
 
-type env struct {
+type kubeEnv struct {
 	url   string
 	st    store.Store
 	rest  *rest.Config
@@ -43,7 +43,7 @@ type env struct {
 }
 
 // start serves the API over a real SQLite store, with Secrets sealed as the server does.
-func start(t *testing.T) *env {
+func start(t *testing.T) *kubeEnv {
 	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, t.TempDir(), sqlstore.DefaultConfig())
@@ -66,7 +66,7 @@ func start(t *testing.T) *env {
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	cfg := &rest.Config{Host: ts.URL, BearerToken: token}
-	e := &env{url: ts.URL, st: st, rest: cfg}
+	e := &kubeEnv{url: ts.URL, st: st, rest: cfg}
 	if e.dyn, err = dynamic.NewForConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func start(t *testing.T) *env {
 	return e
 }
 
-func (e *env) raw(t *testing.T, method, path, accept, ctype, body string) (int, http.Header, string) {
+func (e *kubeEnv) raw(t *testing.T, method, path, accept, ctype, body string) (int, http.Header, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, e.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
