@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -16,8 +15,6 @@ import (
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/go-git/go-git/v5/plumbing/filemode"
-	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
@@ -157,79 +154,6 @@ func redactURL(s string) string {
 		return s
 	}
 	return u.Redacted()
-}
-
-// checkout writes the tree of commit into dir (which must not exist), refusing a tree whose
-// files add up to more than maxBytes. Symlinks are written as symlinks, for bundle.Scan to
-// refuse those that leave the repository; submodules are left out.
-func (m *mirror) checkout(commitHash, dir string, maxBytes int64) error {
-	commit := plumbing.NewHash(commitHash)
-	c, err := m.repo.CommitObject(commit)
-	if err != nil {
-		return fmt.Errorf("reading commit %s: %w", commit, err)
-	}
-	tree, err := c.Tree()
-	if err != nil {
-		return fmt.Errorf("reading commit %s: %w", commit, err)
-	}
-	type entry struct {
-		name string
-		e    object.TreeEntry
-	}
-	var entries []entry
-	var total int64
-	w := object.NewTreeWalker(tree, true, nil)
-	defer w.Close()
-	for {
-		name, e, err := w.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading commit %s: %w", commit, err)
-		}
-		if e.Mode == filemode.Dir || e.Mode == filemode.Submodule {
-			continue
-		}
-		size, err := m.repo.Storer.EncodedObjectSize(e.Hash)
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", name, err)
-		}
-		total += size
-		if maxBytes > 0 && total > maxBytes {
-			return fmt.Errorf("%w: the files of commit %s add up to more than %d bytes (at %s)", ErrTooLarge, commit.String()[:12], maxBytes, name)
-		}
-		entries = append(entries, entry{name, e})
-	}
-	for _, en := range entries {
-		p := filepath.Join(dir, filepath.FromSlash(en.name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return err
-		}
-		blob, err := m.repo.BlobObject(en.e.Hash)
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", en.name, err)
-		}
-		r, err := blob.Reader()
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", en.name, err)
-		}
-		data, err := io.ReadAll(r)
-		r.Close()
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", en.name, err)
-		}
-		if en.e.Mode == filemode.Symlink {
-			if err := os.Symlink(string(data), p); err != nil {
-				return fmt.Errorf("writing %s: %w", en.name, err)
-			}
-			continue
-		}
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			return fmt.Errorf("writing %s: %w", en.name, err)
-		}
-	}
-	return nil
 }
 
 // authFor builds the credentials for repoURL from the GitRepo's client secret.
