@@ -12,12 +12,15 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+	"github.com/go-git/go-git/v5/storage/filesystem"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/secrets"
@@ -26,8 +29,9 @@ import (
 // mirror is the local clone of one GitRepo's repository: a bare repository kept between polls
 // so that each fetch transfers only new objects.
 type mirror struct {
-	dir  string // the bare repository
-	repo *git.Repository
+	dir   string // the bare repository
+	repo  *git.Repository
+	store *limitedStorage
 }
 
 // ErrTooLarge is wrapped by the error for a commit whose tree is over Config.MaxRepoBytes.
@@ -41,12 +45,13 @@ func mirrorDir(root string, ns, name, repoURL string) string {
 }
 
 func openMirror(dir, repoURL string) (*mirror, error) {
-	r, err := git.PlainOpen(dir)
+	_, err := git.PlainOpen(dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
-		if r, err = git.PlainInit(dir, true); err != nil {
+		r, err := git.PlainInit(dir, true)
+		if err != nil {
 			return nil, fmt.Errorf("creating local clone: %w", err)
 		}
 		if _, err := r.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{repoURL}}); err != nil {
@@ -55,7 +60,12 @@ func openMirror(dir, repoURL string) (*mirror, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("opening local clone: %w", err)
 	}
-	return &mirror{dir: dir, repo: r}, nil
+	st := &limitedStorage{Storage: filesystem.NewStorage(osfs.New(dir), cache.NewObjectLRUDefault()), dir: dir}
+	r, err := git.Open(st, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening local clone: %w", err)
+	}
+	return &mirror{dir: dir, repo: r, store: st}, nil
 }
 
 // fetchOptions are what a fetch needs besides refs: credentials and TLS settings.
@@ -65,6 +75,8 @@ type fetchOptions struct {
 	insecureSkipTLS bool
 	// secrets are values that must never appear in an error.
 	secrets []string
+	// maxBytes bounds the pack a fetch receives and each object in it (see limitedStorage).
+	maxBytes int64
 }
 
 var fullHash = regexp.MustCompile(`^[0-9a-f]{40}$`)
@@ -79,6 +91,7 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 			return plumbing.NewHash(rev), nil
 		}
 	}
+	m.store.maxBytes = o.maxBytes
 	var specs []config.RefSpec
 	if rev == "" {
 		specs = []config.RefSpec{config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", spec.Branch, spec.Branch))}

@@ -143,6 +143,7 @@ func (c *Controller) fetch(ctx context.Context, obj *api.Object, spec *api.GitRe
 	}
 	o.caBundle = []byte(spec.CABundle)
 	o.insecureSkipTLS = spec.InsecureSkipTLSVerify
+	o.maxBytes = c.cfg.MaxRepoBytes
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	h, err := m.fetch(fctx, spec, o)
