@@ -151,6 +151,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.mu.Unlock()
 		c.wg.Wait()
 	}()
+	c.removeLeftovers(ctx)
 	backoff := time.Second
 	for {
 		rev, err := c.resync(ctx)
