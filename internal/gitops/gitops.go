@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -298,7 +297,7 @@ func (c *Controller) remove(ctx context.Context, key store.Key) {
 		<-w.done
 	}
 	log := c.log.With("gitrepo", key.Namespace+"/"+key.Name)
-	matches, _ := filepath.Glob(filepath.Join(c.cfg.Dir, key.Namespace, key.Name+"-*"))
+	matches := clonesOf(c.cfg.Dir, key.Namespace, key.Name)
 	for _, m := range matches {
 		os.RemoveAll(m)
 	}

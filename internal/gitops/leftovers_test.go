@@ -117,3 +117,41 @@ func writeTree(t *testing.T, dir string, files ...string) {
 		}
 	}
 }
+
+// The clones of GitRepo "app" are not those of "app-web": fetching or deleting one leaves the
+// other's clone alone.
+func TestClonesOfSimilarNamesAreKept(t *testing.T) {
+	e := newEnv(t, nil)
+	gs := gitserver.Start(t)
+	repo := gs.NewRepo(t, "apps")
+	repo.Write("cm.yaml", configMap("x", "1"))
+	commit := repo.Commit("one")
+	e.secret("creds", api.SecretTypeBasicAuth, map[string]string{"username": gs.User, "password": gs.Password})
+	webClone := func() []string {
+		m, _ := filepath.Glob(filepath.Join(e.dir, ns, "app-web-*"))
+		return m
+	}
+	e.gitRepo("app-web", api.GitRepoSpec{Repo: repo.HTTPURL(), Branch: "main", ClientSecretName: "creds"})
+	e.waitCommit("app-web", commit)
+	before := webClone()
+	if len(before) != 1 {
+		t.Fatalf("clones of app-web: %v", before)
+	}
+	e.gitRepo("app", api.GitRepoSpec{Repo: repo.HTTPURL(), Branch: "main", ClientSecretName: "creds"})
+	e.waitCommit("app", commit)
+	if got := webClone(); len(got) != 1 || got[0] != before[0] {
+		t.Errorf("fetching app: clones of app-web %v, want %v", got, before)
+	}
+	key := store.Key{Kind: api.KindGitRepo, Namespace: ns, Name: "app"}
+	obj, err := e.st.Get(ctxT(t), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Delete(ctxT(t), key, obj.Metadata.ResourceVersion); err != nil {
+		t.Fatal(err)
+	}
+	e.wait("app-web", "app's bundles removed", func(api.GitRepoStatus) bool { return len(e.bundles("app")) == 0 })
+	if got := webClone(); len(got) != 1 || got[0] != before[0] {
+		t.Errorf("deleting app: clones of app-web %v, want %v", got, before)
+	}
+}

@@ -44,6 +44,19 @@ func mirrorDir(root string, ns, name, repoURL string) string {
 	return filepath.Join(root, ns, name+"-"+hex.EncodeToString(h[:6]))
 }
 
+// clonesOf lists the clones of the GitRepo ns/name, whatever their URL: a pattern like
+// name-* would also match the clones of a GitRepo named name-web.
+func clonesOf(root, ns, name string) []string {
+	entries, _ := os.ReadDir(filepath.Join(root, ns))
+	var out []string
+	for _, e := range entries {
+		if m := cloneName.FindStringSubmatch(e.Name()); m != nil && m[1] == name {
+			out = append(out, filepath.Join(root, ns, e.Name()))
+		}
+	}
+	return out
+}
+
 func openMirror(dir, repoURL string) (*mirror, error) {
 	_, err := git.PlainOpen(dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
