@@ -60,8 +60,8 @@ type Source struct {
 // directory with a fleet.yaml under the matched paths is a bundle, and a matched path without one
 // is a raw bundle if it (or a subdirectory that is not a bundle) holds YAML. Hidden files and
 // those named in .fleetignore files are left out. Charts named by helm.repo, oci:// references
-// or URLs are downloaded now, so that content is complete. Any path or symlink leaving root is an
-// error naming the file.
+// or URLs are downloaded now, so that content is complete. Any path or symlink leaving root, and
+// any pipe, socket or device, is an error naming the file: nothing outside root is opened.
 func Scan(ctx context.Context, root string, opts ScanOptions) ([]Source, error) {
 	if opts.Limits == (Limits{}) {
 		opts.Limits = DefaultLimits()
@@ -215,7 +215,7 @@ func (s *scanner) readFile(rel string, max int64) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, notRegular(rel, fi.Mode())
 	}
-	// O_NONBLOCK: should the file be swapped for a pipe since, opening it cannot block.
+	// O_NONBLOCK: were the file swapped for a pipe since the check, opening it cannot block.
 	f, err := s.r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", rel, rootErr(err))

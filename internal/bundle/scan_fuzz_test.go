@@ -61,16 +61,38 @@ func FuzzScan(f *testing.F) {
 			data = data[1:]
 			return int(c)
 		}
+		// The tree is built through an os.Root, after removing what a name held, so that the
+		// harness itself never writes through a link or into a pipe.
+		r, err := os.OpenRoot(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		realRoot, err := filepath.EvalSymlinks(root)
+		if err != nil {
+			t.Fatal(err)
+		}
 		for n := next() % 12; n >= 0 && len(data) > 0; n-- {
-			name := filepath.Join(root, filepath.FromSlash(names[next()%len(names)]))
-			os.MkdirAll(filepath.Dir(name), 0o755)
+			name := names[next()%len(names)]
+			if dir := filepath.Dir(name); dir != "." {
+				if fi, err := r.Lstat(dir); err == nil && !fi.IsDir() {
+					next()
+					continue
+				}
+				r.MkdirAll(dir, 0o755)
+			}
+			r.Remove(name)
 			switch next() % 4 {
 			case 0, 1:
-				os.WriteFile(name, []byte(contents[next()%len(contents)]), 0o644)
+				r.WriteFile(name, []byte(contents[next()%len(contents)]), 0o644)
 			case 2:
-				os.Symlink(targets[next()%len(targets)], name)
+				r.Symlink(targets[next()%len(targets)], name)
 			case 3:
-				syscall.Mkfifo(name, 0o600)
+				// Only where no link leads elsewhere.
+				parent := filepath.Join(realRoot, filepath.Dir(name))
+				if p, err := filepath.EvalSymlinks(parent); err == nil && p == parent {
+					syscall.Mkfifo(filepath.Join(parent, filepath.Base(name)), 0o600)
+				}
 			}
 		}
 		var paths []string
