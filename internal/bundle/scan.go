@@ -2,9 +2,11 @@ package bundle
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"net/http"
@@ -13,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"helm.sh/helm/v3/pkg/chart"
 	"sigs.k8s.io/yaml"
@@ -57,8 +60,8 @@ type Source struct {
 // directory with a fleet.yaml under the matched paths is a bundle, and a matched path without one
 // is a raw bundle if it (or a subdirectory that is not a bundle) holds YAML. Hidden files and
 // those named in .fleetignore files are left out. Charts named by helm.repo, oci:// references
-// or URLs are downloaded now, so that content is complete. Any path or symlink leaving root is an
-// error naming the file.
+// or URLs are downloaded now, so that content is complete. Any path or symlink leaving root, and
+// any pipe, socket or device, is an error naming the file: nothing outside root is opened.
 func Scan(ctx context.Context, root string, opts ScanOptions) ([]Source, error) {
 	if opts.Limits == (Limits{}) {
 		opts.Limits = DefaultLimits()
@@ -71,7 +74,14 @@ func Scan(ctx context.Context, root string, opts ScanOptions) ([]Source, error) 
 	if err != nil {
 		return nil, fmt.Errorf("scanning %s: %w", root, err)
 	}
-	s := &scanner{root: real, opts: opts, fetch: newChartFetcher(opts.HTTPClient, opts.RegistryPlainHTTP, opts.Limits.MaxBytes)}
+	// Every open, stat and directory listing goes through an os.Root: nothing outside the
+	// repository is ever opened, whatever a link says.
+	r, err := os.OpenRoot(real)
+	if err != nil {
+		return nil, fmt.Errorf("scanning %s: %w", root, err)
+	}
+	defer r.Close()
+	s := &scanner{root: real, r: r, fsys: r.FS(), opts: opts, fetch: newChartFetcher(opts.HTTPClient, opts.RegistryPlainHTTP, opts.Limits.MaxBytes)}
 
 	paths := opts.Paths
 	if len(paths) == 0 {
@@ -86,19 +96,18 @@ func Scan(ctx context.Context, root string, opts ScanOptions) ([]Source, error) 
 		if slices.Contains(strings.Split(p, "/"), "..") {
 			return nil, fmt.Errorf("path %q leaves the repository", p)
 		}
-		matches, err := filepath.Glob(filepath.Join(real, filepath.FromSlash(p)))
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("invalid path glob %q: %w", p, err)
+		}
+		matches, err := fs.Glob(s.fsys, path.Clean(p))
 		if err != nil {
 			return nil, fmt.Errorf("invalid path glob %q: %w", p, err)
 		}
 		slices.Sort(matches)
-		for _, m := range matches {
-			fi, err := os.Stat(m)
+		for _, rel := range matches {
+			fi, err := fs.Stat(s.fsys, rel)
 			if err != nil || !fi.IsDir() {
 				continue
-			}
-			rel, err := s.rel(m)
-			if err != nil {
-				return nil, err
 			}
 			found, err := s.bundleDirs(rel)
 			if err != nil {
@@ -134,6 +143,8 @@ func Scan(ctx context.Context, root string, opts ScanOptions) ([]Source, error) 
 
 type scanner struct {
 	root  string // real (symlink-free) absolute path
+	r     *os.Root
+	fsys  fs.FS // r's, confined to the root
 	opts  ScanOptions
 	fetch *chartFetcher
 }
@@ -173,42 +184,118 @@ func (s *scanner) resolve(rel string) (string, error) {
 	return real, nil
 }
 
-func hasFleetYAML(dir string) bool {
+// hasFleetYAML reports whether the directory rel holds a fleet.yaml.
+func (s *scanner) hasFleetYAML(rel string) bool {
 	for _, n := range []string{FleetYAMLName, fleetYAMLAltName} {
-		if fi, err := os.Stat(filepath.Join(dir, n)); err == nil && fi.Mode().IsRegular() {
+		if s.isRegular(path.Join(rel, n)) {
 			return true
 		}
 	}
 	return false
 }
 
+// isRegular reports whether rel is a regular file inside the root, links followed.
+func (s *scanner) isRegular(rel string) bool {
+	fi, err := fs.Stat(s.fsys, rel)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// readFile reads the regular file rel, refusing a path or link that leaves the root and
+// anything that is not a regular file (a pipe would block the scan for good, a device could
+// be endless) before reading a byte. max bounds what is read; zero is no bound.
+func (s *scanner) readFile(rel string, max int64) ([]byte, error) {
+	if _, err := s.resolve(rel); err != nil {
+		return nil, err
+	}
+	name := filepath.FromSlash(rel)
+	fi, err := s.r.Stat(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, rootErr(err))
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, notRegular(rel, fi.Mode())
+	}
+	// O_NONBLOCK: were the file swapped for a pipe since the check, opening it cannot block.
+	f, err := s.r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, rootErr(err))
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, notRegular(rel, fi.Mode())
+	}
+	if max > 0 && fi.Size() > max {
+		return nil, fmt.Errorf("%s: %w: file is over %d bytes", rel, ErrTooLarge, max)
+	}
+	var r io.Reader = f
+	if max > 0 {
+		r = io.LimitReader(f, max+1)
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	if max > 0 && int64(len(data)) > max {
+		return nil, fmt.Errorf("%s: %w: file is over %d bytes", rel, ErrTooLarge, max)
+	}
+	return data, nil
+}
+
+// notRegular is the error for a special file.
+func notRegular(rel string, m fs.FileMode) error {
+	kind := "special file"
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		kind = "named pipe"
+	case m&fs.ModeSocket != 0:
+		kind = "socket"
+	case m&fs.ModeDevice != 0:
+		kind = "device"
+	case m.IsDir():
+		kind = "directory"
+	}
+	return fmt.Errorf("%s: %w: a %s, not a regular file", rel, ErrSpecialFile, kind)
+}
+
+// ErrSpecialFile is wrapped by the error for a pipe, socket or device in a repository.
+var ErrSpecialFile = errors.New("special file")
+
+// rootErr says in words that a path left the root, which os.Root reports tersely.
+func rootErr(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return errors.New("no such file or directory")
+	}
+	if strings.Contains(err.Error(), "escapes") {
+		return errors.New("path is outside the repository")
+	}
+	return err
+}
+
 // bundleDirs finds the bundles under the matched path dir, as Fleet's CLI does.
 func (s *scanner) bundleDirs(dir string) ([]string, error) {
 	var dirs []string
-	abs := s.abs(dir)
-	if hasFleetYAML(abs) {
+	if s.hasFleetYAML(dir) {
 		dirs = append(dirs, dir)
-	} else if ok, err := hasLooseYAML(abs); err != nil {
+	} else if ok, err := s.hasLooseYAML(dir); err != nil {
 		return nil, err
 	} else if ok {
 		dirs = append(dirs, dir)
 	}
-	err := filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(s.fsys, dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() || p == abs {
+		if !d.IsDir() || p == dir {
 			return nil
 		}
 		if strings.HasPrefix(d.Name(), ".") {
-			return filepath.SkipDir
+			return fs.SkipDir
 		}
-		if hasFleetYAML(p) {
-			rel, err := s.rel(p)
-			if err != nil {
-				return err
-			}
-			dirs = append(dirs, rel)
+		if s.hasFleetYAML(p) {
+			dirs = append(dirs, p)
 		}
 		return nil
 	})
@@ -219,21 +306,21 @@ func (s *scanner) bundleDirs(dir string) ([]string, error) {
 }
 
 // hasLooseYAML reports whether dir, or a subdirectory not holding a fleet.yaml, has YAML files.
-func hasLooseYAML(dir string) (bool, error) {
-	entries, err := os.ReadDir(dir)
+func (s *scanner) hasLooseYAML(dir string) (bool, error) {
+	entries, err := fs.ReadDir(s.fsys, dir)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("%s: %w", dir, rootErr(err))
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		if e.IsDir() {
-			sub := filepath.Join(dir, e.Name())
-			if hasFleetYAML(sub) {
+			sub := path.Join(dir, e.Name())
+			if s.hasFleetYAML(sub) {
 				continue
 			}
-			if ok, err := hasLooseYAML(sub); err != nil || ok {
+			if ok, err := s.hasLooseYAML(sub); err != nil || ok {
 				return ok, err
 			}
 			continue
@@ -250,17 +337,13 @@ func (s *scanner) read(ctx context.Context, dir string) (Source, error) {
 	src := Source{Path: dir, Files: Files{}}
 	fyName := ""
 	for _, n := range []string{FleetYAMLName, fleetYAMLAltName} {
-		if hasFleetYAMLFile(s.abs(path.Join(dir, n))) {
+		if s.isRegular(path.Join(dir, n)) {
 			fyName = path.Join(dir, n)
 			break
 		}
 	}
 	if fyName != "" {
-		real, err := s.resolve(fyName)
-		if err != nil {
-			return Source{}, err
-		}
-		data, err := os.ReadFile(real)
+		data, err := s.readFile(fyName, s.opts.Limits.MaxFileBytes)
 		if err != nil {
 			return Source{}, err
 		}
@@ -298,11 +381,7 @@ func (s *scanner) read(ctx context.Context, dir string) (Source, error) {
 		}
 		for _, vf := range h.ValuesFiles {
 			rel := path.Join(dir, vf)
-			real, err := s.resolve(rel)
-			if err != nil {
-				return Source{}, fmt.Errorf("%s: valuesFiles: %w", fyName, err)
-			}
-			data, err := os.ReadFile(real)
+			data, err := s.readFile(rel, s.opts.Limits.MaxFileBytes)
 			if err != nil {
 				return Source{}, fmt.Errorf("%s: valuesFiles: %w", fyName, err)
 			}
@@ -395,11 +474,6 @@ func (s *scanner) addDependencies(ctx context.Context, c *collector, dir, chartD
 		}
 	}
 	return nil
-}
-
-func hasFleetYAMLFile(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular()
 }
 
 // applyDefaults names unnamed targets and copies the chart's location into targets that set
@@ -524,15 +598,15 @@ func (c *collector) walk(rel, prefix string, ignores []string, skip map[string]b
 	defer delete(c.visited, real)
 
 	ignores = slices.Clone(ignores)
-	more, err := readFleetIgnore(filepath.Join(real, ".fleetignore"))
+	more, err := c.s.readFleetIgnore(path.Join(rel, ".fleetignore"))
 	if err != nil {
-		return fmt.Errorf("%s/.fleetignore: %w", rel, err)
+		return err
 	}
 	ignores = append(ignores, more...)
 
-	entries, err := os.ReadDir(real)
+	entries, err := fs.ReadDir(c.s.fsys, rel)
 	if err != nil {
-		return fmt.Errorf("%s: %w", rel, err)
+		return fmt.Errorf("%s: %w", rel, rootErr(err))
 	}
 	for _, e := range entries {
 		name := e.Name()
@@ -540,27 +614,24 @@ func (c *collector) walk(rel, prefix string, ignores []string, skip map[string]b
 			continue
 		}
 		child := path.Join(rel, name)
-		target := real
-		fi, err := os.Lstat(filepath.Join(real, name))
+		fi, err := c.s.r.Lstat(filepath.FromSlash(child))
 		if err != nil {
-			return fmt.Errorf("%s: %w", child, err)
+			return fmt.Errorf("%s: %w", child, rootErr(err))
 		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
-			if target, err = c.s.resolve(child); err != nil {
+			if _, err = c.s.resolve(child); err != nil {
 				return err
 			}
-			if fi, err = os.Stat(target); err != nil {
-				return fmt.Errorf("%s: %w", child, err)
+			if fi, err = fs.Stat(c.s.fsys, child); err != nil {
+				return fmt.Errorf("%s: %w", child, rootErr(err))
 			}
-		} else {
-			target = filepath.Join(real, name)
 		}
 		if ignored(ignores, name, fi.IsDir()) {
 			continue
 		}
 		switch {
 		case fi.IsDir():
-			if hasFleetYAML(target) {
+			if c.s.hasFleetYAML(child) {
 				continue // a bundle of its own
 			}
 			if err := c.walk(child, prefix+name+"/", ignores, skip); err != nil {
@@ -573,31 +644,35 @@ func (c *collector) walk(rel, prefix string, ignores []string, skip map[string]b
 			if c.limits.MaxFileBytes > 0 && fi.Size() > c.limits.MaxFileBytes {
 				return fmt.Errorf("bundle %s: %s: %w: file is over %d bytes", c.bundle, child, ErrTooLarge, c.limits.MaxFileBytes)
 			}
-			data, err := os.ReadFile(target)
+			data, err := c.s.readFile(child, c.limits.MaxFileBytes)
 			if err != nil {
-				return fmt.Errorf("%s: %w", child, err)
+				return fmt.Errorf("bundle %s: %w", c.bundle, err)
 			}
 			if err := c.add(prefix+name, data); err != nil {
 				return err
 			}
+		default:
+			return fmt.Errorf("bundle %s: %w", c.bundle, notRegular(child, fi.Mode()))
 		}
 	}
 	return nil
 }
 
+// maxFleetIgnoreBytes bounds a .fleetignore.
+const maxFleetIgnoreBytes = 1 << 20
+
 // readFleetIgnore reads a .fleetignore: one glob per line, matched against file and directory
 // names; "dir/*" ignores a directory; # starts a comment.
-func readFleetIgnore(p string) ([]string, error) {
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
+func (s *scanner) readFleetIgnore(rel string) ([]string, error) {
+	if _, err := s.r.Lstat(filepath.FromSlash(rel)); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	data, err := s.readFile(rel, maxFleetIgnoreBytes)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), " \t")
 		if line == "" || strings.HasPrefix(line, "#") {

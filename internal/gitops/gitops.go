@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -184,6 +183,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.mu.Unlock()
 		c.wg.Wait()
 	}()
+	c.removeLeftovers(ctx)
 	backoff := time.Second
 	for {
 		rev, err := c.resync(ctx)
@@ -331,7 +331,7 @@ func (c *Controller) remove(ctx context.Context, key store.Key) {
 		<-w.done
 	}
 	log := c.log.With("gitrepo", key.Namespace+"/"+key.Name)
-	matches, _ := filepath.Glob(filepath.Join(c.cfg.Dir, key.Namespace, key.Name+"-*"))
+	matches := clonesOf(c.cfg.Dir, key.Namespace, key.Name)
 	for _, m := range matches {
 		os.RemoveAll(m)
 	}

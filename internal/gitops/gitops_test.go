@@ -432,8 +432,11 @@ func TestBadCommitsKeepBundles(t *testing.T) {
 			[]string{"apps/api/passwd.yaml"}},
 		{"oversize bundle", func(r *gitserver.Repo) { r.Write("apps/api/big.yaml", "# "+randomText(1200<<10)+"\n") },
 			[]string{"too large", "big.yaml"}},
-		{"oversize repository", func(r *gitserver.Repo) { r.Write("assets/huge.txt", randomText(4<<20)) },
-			[]string{"repository too large", "assets/huge.txt"}},
+		{"oversize repository", func(r *gitserver.Repo) {
+			// Two files, each within the limit a fetch puts on one object, over it together.
+			r.Write("assets/huge.txt", randomText(2<<20)).Write("assets/huge2.txt", randomText(2<<20))
+		},
+			[]string{"repository too large", "assets/huge2.txt"}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,21 +6,21 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
+	"github.com/go-git/go-billy/v5/osfs"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/go-git/go-git/v5/plumbing/filemode"
-	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+	"github.com/go-git/go-git/v5/storage/filesystem"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/secrets"
@@ -29,8 +29,9 @@ import (
 // mirror is the local clone of one GitRepo's repository: a bare repository kept between polls
 // so that each fetch transfers only new objects.
 type mirror struct {
-	dir  string // the bare repository
-	repo *git.Repository
+	dir   string // the bare repository
+	repo  *git.Repository
+	store *limitedStorage
 }
 
 // ErrTooLarge is wrapped by the error for a commit whose tree is over Config.MaxRepoBytes.
@@ -43,13 +44,27 @@ func mirrorDir(root string, ns, name, repoURL string) string {
 	return filepath.Join(root, ns, name+"-"+hex.EncodeToString(h[:6]))
 }
 
+// clonesOf lists the clones of the GitRepo ns/name, whatever their URL: a pattern like
+// name-* would also match the clones of a GitRepo named name-web.
+func clonesOf(root, ns, name string) []string {
+	entries, _ := os.ReadDir(filepath.Join(root, ns))
+	var out []string
+	for _, e := range entries {
+		if m := cloneName.FindStringSubmatch(e.Name()); m != nil && m[1] == name {
+			out = append(out, filepath.Join(root, ns, e.Name()))
+		}
+	}
+	return out
+}
+
 func openMirror(dir, repoURL string) (*mirror, error) {
-	r, err := git.PlainOpen(dir)
+	_, err := git.PlainOpen(dir)
 	if errors.Is(err, git.ErrRepositoryNotExists) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
-		if r, err = git.PlainInit(dir, true); err != nil {
+		r, err := git.PlainInit(dir, true)
+		if err != nil {
 			return nil, fmt.Errorf("creating local clone: %w", err)
 		}
 		if _, err := r.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{repoURL}}); err != nil {
@@ -58,7 +73,12 @@ func openMirror(dir, repoURL string) (*mirror, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("opening local clone: %w", err)
 	}
-	return &mirror{dir: dir, repo: r}, nil
+	st := &limitedStorage{Storage: filesystem.NewStorage(osfs.New(dir), cache.NewObjectLRUDefault()), dir: dir}
+	r, err := git.Open(st, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening local clone: %w", err)
+	}
+	return &mirror{dir: dir, repo: r, store: st}, nil
 }
 
 // fetchOptions are what a fetch needs besides refs: credentials and TLS settings.
@@ -68,6 +88,8 @@ type fetchOptions struct {
 	insecureSkipTLS bool
 	// secrets are values that must never appear in an error.
 	secrets []string
+	// maxBytes bounds the pack a fetch receives and each object in it (see limitedStorage).
+	maxBytes int64
 }
 
 var fullHash = regexp.MustCompile(`^[0-9a-f]{40}$`)
@@ -82,6 +104,7 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 			return plumbing.NewHash(rev), nil
 		}
 	}
+	m.store.maxBytes = o.maxBytes
 	var specs []config.RefSpec
 	if rev == "" {
 		specs = []config.RefSpec{config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", spec.Branch, spec.Branch))}
@@ -157,79 +180,6 @@ func redactURL(s string) string {
 		return s
 	}
 	return u.Redacted()
-}
-
-// checkout writes the tree of commit into dir (which must not exist), refusing a tree whose
-// files add up to more than maxBytes. Symlinks are written as symlinks, for bundle.Scan to
-// refuse those that leave the repository; submodules are left out.
-func (m *mirror) checkout(commitHash, dir string, maxBytes int64) error {
-	commit := plumbing.NewHash(commitHash)
-	c, err := m.repo.CommitObject(commit)
-	if err != nil {
-		return fmt.Errorf("reading commit %s: %w", commit, err)
-	}
-	tree, err := c.Tree()
-	if err != nil {
-		return fmt.Errorf("reading commit %s: %w", commit, err)
-	}
-	type entry struct {
-		name string
-		e    object.TreeEntry
-	}
-	var entries []entry
-	var total int64
-	w := object.NewTreeWalker(tree, true, nil)
-	defer w.Close()
-	for {
-		name, e, err := w.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading commit %s: %w", commit, err)
-		}
-		if e.Mode == filemode.Dir || e.Mode == filemode.Submodule {
-			continue
-		}
-		size, err := m.repo.Storer.EncodedObjectSize(e.Hash)
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", name, err)
-		}
-		total += size
-		if maxBytes > 0 && total > maxBytes {
-			return fmt.Errorf("%w: the files of commit %s add up to more than %d bytes (at %s)", ErrTooLarge, commit.String()[:12], maxBytes, name)
-		}
-		entries = append(entries, entry{name, e})
-	}
-	for _, en := range entries {
-		p := filepath.Join(dir, filepath.FromSlash(en.name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return err
-		}
-		blob, err := m.repo.BlobObject(en.e.Hash)
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", en.name, err)
-		}
-		r, err := blob.Reader()
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", en.name, err)
-		}
-		data, err := io.ReadAll(r)
-		r.Close()
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", en.name, err)
-		}
-		if en.e.Mode == filemode.Symlink {
-			if err := os.Symlink(string(data), p); err != nil {
-				return fmt.Errorf("writing %s: %w", en.name, err)
-			}
-			continue
-		}
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			return fmt.Errorf("writing %s: %w", en.name, err)
-		}
-	}
-	return nil
 }
 
 // authFor builds the credentials for repoURL from the GitRepo's client secret.

@@ -171,7 +171,7 @@ func short(commit string) string {
 func (c *Controller) fetch(ctx context.Context, obj *api.Object, spec *api.GitRepoSpec) (*mirror, string, error) {
 	dir := mirrorDir(c.cfg.Dir, obj.Metadata.Namespace, obj.Metadata.Name, spec.Repo)
 	// A clone of a former spec.repo is of no more use.
-	if old, _ := filepath.Glob(filepath.Join(c.cfg.Dir, obj.Metadata.Namespace, obj.Metadata.Name+"-*")); len(old) > 0 {
+	if old := clonesOf(c.cfg.Dir, obj.Metadata.Namespace, obj.Metadata.Name); len(old) > 0 {
 		for _, o := range old {
 			if o != dir {
 				os.RemoveAll(o)
@@ -194,6 +194,7 @@ func (c *Controller) fetch(ctx context.Context, obj *api.Object, spec *api.GitRe
 	}
 	o.caBundle = []byte(spec.CABundle)
 	o.insecureSkipTLS = spec.InsecureSkipTLSVerify
+	o.maxBytes = c.cfg.MaxRepoBytes
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	h, err := m.fetch(fctx, spec, o)
