@@ -229,18 +229,8 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 		}
 	}
 	ctx := req.r.Context()
-	if from > 0 {
-		// A revision the store has not reached yet was never handed out by this server (the
-		// client saw another database, or one since restored from a backup): waiting would
-		// hang until the store caught up, if ever. Answer as for a too old one, so that a
-		// client lists again.
-		cur, err := s.store.Revision(ctx)
-		if err != nil {
-			return err
-		}
-		if from > cur {
-			return statusErr(http.StatusGone, api.ReasonGone, fmt.Sprintf(msgTooLargeRV, from, cur))
-		}
+	if err := s.checkWatchFrom(ctx, from); err != nil {
+		return err
 	}
 	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Revision: from})
 	if err != nil {
@@ -529,4 +519,22 @@ func (s *Server) delete(req *request) error {
 		h.AfterDelete(req.r.Context(), obj)
 	}
 	return s.respond(req.w, http.StatusOK, obj)
+}
+
+// checkWatchFrom refuses a watch from a revision the store has not reached yet: it was never
+// handed out by this server (the client saw another database, or one since restored from a
+// backup), and waiting would hang until the store caught up, if ever. It is answered as a
+// too old one is, so that a client lists again.
+func (s *Server) checkWatchFrom(ctx context.Context, from int64) error {
+	if from <= 0 {
+		return nil
+	}
+	cur, err := s.store.Revision(ctx)
+	if err != nil {
+		return err
+	}
+	if from > cur {
+		return statusErr(http.StatusGone, api.ReasonGone, fmt.Sprintf(msgTooLargeRV, from, cur))
+	}
+	return nil
 }

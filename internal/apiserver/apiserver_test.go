@@ -410,6 +410,9 @@ func TestWatch(t *testing.T) {
 	for _, rv := range []int64{rev + 1, rev + 1000, 1 << 62} {
 		code, body := e.do("GET", fmt.Sprintf("%s/namespaces/a/clustergroups?watch=true&resourceVersion=%d", base, rv), "", nil)
 		e.refused(fmt.Sprintf("watch from %d", rv), code, body, snap, http.StatusGone, fmt.Sprintf("too large resource version: %d, current: %d", rv, rev))
+		// kubectl's watches (field selectors, tables) are served by another path: the same answer.
+		code, body = e.do("GET", fmt.Sprintf("%s/namespaces/a/clustergroups?watch=true&fieldSelector=metadata.name%%3Dprod&resourceVersion=%d", base, rv), "", nil)
+		e.refused(fmt.Sprintf("field-selected watch from %d", rv), code, body, snap, http.StatusGone, fmt.Sprintf("too large resource version: %d, current: %d", rv, rev))
 	}
 	// The current revision itself is fine.
 	resp, _ = e.watch(ctx, fmt.Sprintf("/namespaces/a/clustergroups?watch=true&resourceVersion=%d", rev))

@@ -282,6 +282,9 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 		if from, err = strconv.ParseInt(rv, 10, 64); err != nil || from < 0 {
 			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid resourceVersion %q", rv))
 		}
+		if err := s.checkWatchFrom(ctx, from); err != nil {
+			return err
+		}
 	}
 	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Revision: from})
 	if err != nil {
