@@ -419,6 +419,10 @@ func (s *Server) update(req *request) error {
 		if wantRV != "" && wantRV != cur.Metadata.ResourceVersion {
 			return fmt.Errorf("%s: %w", req.key(), store.ErrConflict)
 		}
+		base := patchBase(ctx)
+		if base != nil && !store.SameContent(cur, base) {
+			return fmt.Errorf("%s: changed since the patch was applied: %w", req.key(), store.ErrConflict)
+		}
 		next.Metadata.UID = cur.Metadata.UID
 		next.Metadata.CreationTimestamp = cur.Metadata.CreationTimestamp
 		next.Metadata.Generation = cur.Metadata.Generation
@@ -431,11 +435,10 @@ func (s *Server) update(req *request) error {
 				return err
 			}
 		}
-		if !jsonEqual(cur.Spec, next.Spec) {
+		if !store.SameJSON(cur.Spec, next.Spec) {
 			next.Metadata.Generation++
 		}
-		if jsonEqual(cur.Spec, next.Spec) && mapsEqual(cur.Metadata.Labels, next.Metadata.Labels) && mapsEqual(cur.Metadata.Annotations, next.Metadata.Annotations) &&
-			jsonEqual(cur.Metadata.ManagedFields, next.Metadata.ManagedFields) {
+		if store.SameContent(cur, next) {
 			req.w.Header().Set(ResultHeader, "unchanged")
 			return s.respond(req.w, http.StatusOK, cur)
 		}
@@ -445,15 +448,21 @@ func (s *Server) update(req *request) error {
 		var out *api.Object
 		if su, ok := s.store.(interface {
 			UpdateSpec(ctx context.Context, obj *api.Object) (*api.Object, error)
+			UpdateSpecFrom(ctx context.Context, obj, base *api.Object) (*api.Object, error)
 		}); ok && wantRV == "" {
 			// Unconditional: the store merges with the object as stored when it writes
 			// (status, UID, generation), so no write made since the read, the server's
-			// own status writes above all, can make this update fail.
-			out, err = su.UpdateSpec(ctx, next)
+			// own status writes above all, can make this update fail. A patch's update
+			// still fails if a user changed the object since the patch was applied.
+			if base != nil {
+				out, err = su.UpdateSpecFrom(ctx, next, base)
+			} else {
+				out, err = su.UpdateSpec(ctx, next)
+			}
 		} else {
 			out, err = s.store.Update(ctx, next)
 		}
-		if errors.Is(err, store.ErrConflict) && wantRV == "" && attempt < 5 {
+		if errors.Is(err, store.ErrConflict) && wantRV == "" && base == nil && attempt < 5 {
 			// The client asked for an unconditional update; someone wrote in between our
 			// read and write, so read again.
 			continue

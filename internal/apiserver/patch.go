@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,10 +79,20 @@ func (s *Server) patch(req *request) error {
 		if err != nil {
 			return err
 		}
-		r2 := req.r.Clone(ctx)
-		if ct == applyPatchType {
-			r2 = r2.WithContext(withFieldsDone(ctx))
+		pctx := ctx
+		if !pinned && cur != nil {
+			// The patch was applied to cur: written without a resourceVersion, with cur as
+			// its base, it fails only if another user's write changed the object, never
+			// because the server wrote its status in between.
+			if next, err = withoutResourceVersion(next); err != nil {
+				return err
+			}
+			pctx = withPatchBase(pctx, cur)
 		}
+		if ct == applyPatchType {
+			pctx = withFieldsDone(pctx)
+		}
+		r2 := req.r.Clone(pctx)
 		r2.Method = http.MethodPut
 		r2.Header.Set("Content-Type", "application/json")
 		r2.Body = io.NopCloser(bytes.NewReader(next))
@@ -206,4 +217,28 @@ func unshaped(data []byte, core bool) ([]byte, error) {
 		return nil, statusErr(http.StatusUnprocessableEntity, api.ReasonInvalid, err.Error())
 	}
 	return json.Marshal(obj)
+}
+
+type patchBaseKey struct{}
+
+// withPatchBase marks an update computed from base by a patch.
+func withPatchBase(ctx context.Context, base *api.Object) context.Context {
+	return context.WithValue(ctx, patchBaseKey{}, base)
+}
+
+func patchBase(ctx context.Context) *api.Object {
+	b, _ := ctx.Value(patchBaseKey{}).(*api.Object)
+	return b
+}
+
+// withoutResourceVersion drops metadata.resourceVersion from a patched object.
+func withoutResourceVersion(obj []byte) ([]byte, error) {
+	var m map[string]any
+	if err := json.Unmarshal(obj, &m); err != nil {
+		return nil, fmt.Errorf("patched object: %w", err)
+	}
+	if md, ok := m["metadata"].(map[string]any); ok {
+		delete(md, "resourceVersion")
+	}
+	return json.Marshal(m)
 }

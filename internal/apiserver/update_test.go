@@ -58,6 +58,21 @@ func TestUnconditionalUpdateUnderStatusWrites(t *testing.T) {
 		msg, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(msg)
 	}
+	// A merge patch (kubectl patch, kubectl apply of a change) is unconditional too.
+	patch := func(spec string) (int, string) {
+		body, _ := json.Marshal(map[string]any{"spec": json.RawMessage(spec)})
+		req, _ := http.NewRequest(http.MethodPatch, url, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/merge-patch+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0, ""
+		}
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(msg)
+	}
 	spec := func(i int) string { return fmt.Sprintf(`{"selector":{"matchLabels":{"n":"v%d"}}}`, i) }
 	if code, msg := put(spec(0)); code != http.StatusCreated {
 		t.Fatalf("creating: %d %s", code, msg)
@@ -99,7 +114,11 @@ func TestUnconditionalUpdateUnderStatusWrites(t *testing.T) {
 				for n := statusWrites.Load(); statusWrites.Load() == n; {
 					time.Sleep(time.Millisecond)
 				}
-				code, msg := put(spec(i + 1))
+				write := put
+				if u == 1 {
+					write = patch
+				}
+				code, msg := write(spec(i + 1))
 				if code == http.StatusConflict {
 					mu.Lock()
 					conflicts++
@@ -113,9 +132,9 @@ func TestUnconditionalUpdateUnderStatusWrites(t *testing.T) {
 	updaters.Wait()
 	cancel()
 	wg.Wait()
-	t.Logf("%d unconditional updates beside %d status writes", updates, statusWrites.Load())
+	t.Logf("%d unconditional updates and patches beside %d status writes", updates, statusWrites.Load())
 	if conflicts > 0 {
-		t.Errorf("%d of %d unconditional updates answered 409 Conflict", conflicts, updates)
+		t.Errorf("%d of %d unconditional updates and patches answered 409 Conflict", conflicts, updates)
 	}
 	obj, err := st.Get(context.Background(), key)
 	if err != nil {

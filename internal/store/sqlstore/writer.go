@@ -1,14 +1,12 @@
 package sqlstore
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
-	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +37,9 @@ type op struct {
 	// keepStatus: an update that keeps what the server owns of the stored object (see
 	// UpdateSpec).
 	keepStatus bool
+	// base, with keepStatus: the object as the caller read it; the update is refused as a
+	// conflict unless the stored spec, labels, annotations and managedFields are still its.
+	base *api.Object
 	// Agent writes.
 	digest  string
 	data    []byte
@@ -103,16 +104,12 @@ func (s *Store) UpdateSpec(ctx context.Context, obj *api.Object) (out *api.Objec
 	return s.submit(ctx, &op{kind: opUpdate, obj: obj, key: store.KeyOf(obj), keepStatus: true})
 }
 
-// sameJSON reports whether two JSON documents are equal as values.
-func sameJSON(a, b json.RawMessage) bool {
-	if bytes.Equal(a, b) {
-		return true
-	}
-	var x, y any
-	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
-		return false
-	}
-	return reflect.DeepEqual(x, y)
+// UpdateSpecFrom is UpdateSpec for a change computed from base (a patch): it is refused with
+// store.ErrConflict if what a user writes of the object (spec, labels, annotations,
+// managedFields) changed since base was read, and not for writes of its status.
+func (s *Store) UpdateSpecFrom(ctx context.Context, obj, base *api.Object) (out *api.Object, err error) {
+	defer s.observe("update", time.Now(), &err)
+	return s.submit(ctx, &op{kind: opUpdate, obj: obj, key: store.KeyOf(obj), keepStatus: true, base: base})
 }
 
 // Delete removes an object.
@@ -332,7 +329,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			r := &results[i]
 			switch o.kind {
 			case opUpdate:
-				r.obj, r.err = w.update(o.obj, o.rv, o.keepStatus, next)
+				r.obj, r.err = w.update(o.obj, o.rv, o.keepStatus, o.base, next)
 			case opDelete:
 				r.obj, r.err = w.delete(o.key, o.rv, next)
 			case opCompact:
@@ -546,7 +543,7 @@ func checkRV(key store.Key, want string, have int64) error {
 	return nil
 }
 
-func (w *txw) update(obj *api.Object, rv string, keepStatus bool, rev int64) (*api.Object, error) {
+func (w *txw) update(obj *api.Object, rv string, keepStatus bool, base *api.Object, rev int64) (*api.Object, error) {
 	key := store.KeyOf(obj)
 	id, oldRev, oldData, err := w.current(key)
 	if err != nil {
@@ -561,9 +558,12 @@ func (w *txw) update(obj *api.Object, rv string, keepStatus bool, rev int64) (*a
 		if err != nil {
 			return nil, err
 		}
+		if base != nil && !store.SameContent(stored, base) {
+			return nil, fmt.Errorf("%s: changed since it was read: %w", key, store.ErrConflict)
+		}
 		out.Metadata.UID, out.Metadata.CreationTimestamp, out.Status = stored.Metadata.UID, stored.Metadata.CreationTimestamp, stored.Status
 		out.Metadata.Generation = stored.Metadata.Generation
-		if !sameJSON(stored.Spec, out.Spec) {
+		if !store.SameJSON(stored.Spec, out.Spec) {
 			out.Metadata.Generation++
 		}
 	}
