@@ -68,7 +68,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) error {
 	return json.NewEncoder(w).Encode(v)
 }
 
-
 // NewUID returns a random UUID for a new object.
 func NewUID() string {
 	var b [16]byte
