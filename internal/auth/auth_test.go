@@ -43,7 +43,7 @@ func TestHashAndNewToken(t *testing.T) {
 	if a == b || !strings.HasPrefix(a, "flt_") || len(a) != len("flt_")+48 {
 		t.Errorf("NewToken: %q, %q; want distinct flt_ + 48 hex", a, b)
 	}
-	if Hash(a) == Hash(b) || Hash(a) != Hash(a) || len(Hash(a)) != 64 || strings.Contains(Hash(a), a) {
+	if ha := Hash(a); ha == Hash(b) || ha != Hash(a) || len(ha) != 64 || strings.Contains(Hash(a), a) {
 		t.Errorf("Hash(%q) = %q", a, Hash(a))
 	}
 }

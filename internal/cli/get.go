@@ -279,12 +279,3 @@ func (p *printer) jsonpath(tmpl string, objs []*api.Object, single bool) error {
 	}
 	return nil
 }
-
-// decodeInto decodes raw into a T, leaving it zero on error.
-func decodeInto[T any](raw json.RawMessage) T {
-	var v T
-	if len(raw) > 0 {
-		json.Unmarshal(raw, &v)
-	}
-	return v
-}
