@@ -139,7 +139,7 @@ func labelSafe(s string) string {
 // returned so the caller can print it once; otherwise it returns "".
 func (a *Authenticator) Bootstrap(ctx context.Context, given string) (generated string, err error) {
 	if given != "" {
-		return "", a.CreateToken(ctx, given, "admin", true, 0)
+		return "", a.bootstrapGiven(ctx, given)
 	}
 	res, err := a.store.List(ctx, store.ListOptions{Kind: kindToken, Namespace: SystemNamespace, Limit: 1})
 	if err != nil {
@@ -153,6 +153,44 @@ func (a *Authenticator) Bootstrap(ctx context.Context, given string) (generated 
 		return "", err
 	}
 	return t, nil
+}
+
+// kindBootstrapUse records that a given bootstrap token was accepted once, so that revoking
+// it lasts: the server is usually restarted with the same file or environment.
+const kindBootstrapUse = "BootstrapTokenUse"
+
+// ErrBootstrapRevoked: the bootstrap token given at start was accepted before and has since
+// been revoked; it is not accepted again.
+var ErrBootstrapRevoked = errors.New("the bootstrap token was revoked and is not accepted again: remove it from --bootstrap-token-file / FLOTILLA_BOOTSTRAP_TOKEN, or give a new one")
+
+func (a *Authenticator) bootstrapGiven(ctx context.Context, given string) error {
+	hash := Hash(given)
+	mark := store.Key{Kind: kindBootstrapUse, Namespace: SystemNamespace, Name: "b-" + hash[:40]}
+	_, err := a.store.Get(ctx, mark)
+	switch {
+	case err == nil:
+		if _, err := a.store.Get(ctx, tokenKey(hash)); errors.Is(err, store.ErrNotFound) {
+			return ErrBootstrapRevoked
+		} else if err != nil {
+			return fmt.Errorf("looking up the bootstrap token: %w", err)
+		}
+		return nil
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("looking up the bootstrap token: %w", err)
+	}
+	if err := a.CreateToken(ctx, given, "admin", true, 0); err != nil {
+		return err
+	}
+	now := a.now().UTC()
+	_, err = a.store.Create(ctx, &api.Object{
+		TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: kindBootstrapUse},
+		Metadata: api.ObjectMeta{Name: mark.Name, Namespace: mark.Namespace, CreationTimestamp: &now},
+		Spec:     json.RawMessage(`{}`),
+	})
+	if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
+		return fmt.Errorf("recording the bootstrap token: %w", err)
+	}
+	return nil
 }
 
 // BearerToken returns the request's bearer token, or "".

@@ -180,6 +180,35 @@ func TestBootstrap(t *testing.T) {
 	}
 }
 
+// A bootstrap token stays in the server's file or environment across restarts: once revoked,
+// it must not come back at the next start.
+func TestRevokedBootstrapTokenStaysRevoked(t *testing.T) {
+	ctx := context.Background()
+	a := NewAuthenticator(openStore(t))
+	const given = "flt_given-bootstrap-token-0123456789"
+	for range 2 { // a restart with the token still configured accepts it as before
+		if tok, err := a.Bootstrap(ctx, given); err != nil || tok != "" {
+			t.Fatalf("Bootstrap(given) = %q, %v", tok, err)
+		}
+		if id, err := a.Authenticate(ctx, given); err != nil || !id.Admin {
+			t.Fatalf("the given bootstrap token: %+v, %v", id, err)
+		}
+	}
+	list, err := a.ListTokens(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("ListTokens = %+v, %v", list, err)
+	}
+	if _, err := a.RevokeToken(ctx, list[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Bootstrap(ctx, given); !errors.Is(err, ErrBootstrapRevoked) {
+		t.Errorf("Bootstrap after revocation = %v, want ErrBootstrapRevoked", err)
+	}
+	if _, err := a.Authenticate(ctx, given); err == nil {
+		t.Error("the revoked bootstrap token authenticates again after a restart")
+	}
+}
+
 func openKeys(t testing.TB, st store.Store, dir string, c *clock) *Keys {
 	t.Helper()
 	k, err := OpenKeys(context.Background(), KeysConfig{Store: st, DataDir: dir, Grace: time.Hour, Logger: quiet, Now: c.now})

@@ -191,6 +191,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
 		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
+	if errors.Is(err, auth.ErrBootstrapRevoked) {
+		cfg.Logger.Warn("not accepting the bootstrap token", "reason", err)
+		err = nil
+	}
 	if err != nil {
 		s.store.Close()
 		return nil, err
