@@ -319,8 +319,16 @@ func TestLegacyKeyMovesOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k := ring.Active(); string(k.Secret) != string(secret) || k.Migrated == nil {
-		t.Errorf("migrated key: %+v; want the old secret, marked migrated", k)
+	// The clear-text key is in every backup made before: it must not stay the active key.
+	if k := ring.Active(); string(k.Secret) == string(secret) || k.Retired != nil {
+		t.Errorf("active key after the move: %+v; want a new key", k)
+	}
+	var kept bool
+	for _, k := range ring.Valid() {
+		kept = kept || string(k.Secret) == string(secret) && k.Migrated != nil && k.Retired != nil
+	}
+	if !kept {
+		t.Errorf("the old key is not kept, retired and marked migrated, for what it made: %+v", ring.Valid())
 	}
 	if _, err := st.Get(ctx, store.Key{Kind: kindLegacyKey, Namespace: SystemNamespace, Name: "agent-credentials"}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the clear-text row after the move: %v, want gone", err)

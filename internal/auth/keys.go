@@ -287,6 +287,8 @@ func (k *Keys) Ring(ctx context.Context, name string) (*Ring, error) {
 		}
 		now := k.cfg.Now()
 		key := newKey(now)
+		stored := []storedKey{k.wrap(name, key)}
+		var migrated *Key
 		old, err := k.cfg.Store.Get(ctx, legacyKey)
 		switch {
 		case err == nil:
@@ -296,20 +298,23 @@ func (k *Keys) Ring(ctx context.Context, name string) (*Ring, error) {
 			if err := json.Unmarshal(old.Spec, &spec); err != nil || len(spec.Key) != 32 {
 				return nil, fmt.Errorf("the clear-text key %s in the database is unreadable", name)
 			}
-			key.Secret = spec.Key
+			// The clear-text key is in every backup and copy of the database made so far:
+			// it is retired at once (it still verifies and opens what it made for the grace
+			// period) and a new key, never written in the clear, becomes the active one.
 			m := now.UTC().Truncate(time.Second)
-			key.Migrated = &m
+			migrated = &Key{ID: newKey(now).ID, Secret: spec.Key, Created: m, Retired: &m, Migrated: &m}
+			stored = append(stored, k.wrap(name, *migrated))
 		case !errors.Is(err, store.ErrNotFound):
 			return nil, fmt.Errorf("reading key %s: %w", name, err)
 		}
-		raw, _ := json.Marshal(ringSpec{KEK: k.kekID, Keys: []storedKey{k.wrap(name, key)}})
+		raw, _ := json.Marshal(ringSpec{KEK: k.kekID, Keys: stored})
 		_, err = k.cfg.Store.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: kindKeyRing},
 			Metadata: api.ObjectMeta{Namespace: SystemNamespace, Name: name}, Spec: raw})
 		if err != nil && !errors.Is(err, store.ErrAlreadyExists) {
 			return nil, fmt.Errorf("storing key ring %s: %w", name, err)
 		}
-		if err == nil && key.Migrated != nil {
-			k.cfg.Logger.Info("moved a key out of the database: it is now stored wrapped by the key-encryption key", "key", name)
+		if err == nil && migrated != nil {
+			k.cfg.Logger.Info("retired the key kept in the clear in the database and made a new one, stored wrapped by the key-encryption key", "key", name, "grace", k.cfg.Grace)
 		}
 		// Read it back (another replica may have made it first) and drop the old row.
 	}
