@@ -62,6 +62,9 @@ func newGetCmd(g *globals) *cobra.Command {
 			} else {
 				l, err := c.ListAll(ctx, kind.Kind, ns, selector)
 				if err != nil {
+					if watch && interrupted(ctx) {
+						return nil
+					}
 					return err
 				}
 				rv = l.Metadata.ResourceVersion
@@ -120,6 +123,9 @@ func printKinds(w io.Writer, noHeaders bool) error {
 func watchObjects(ctx context.Context, c *client.Client, p *printer, kind api.KindInfo, ns, selector, rv string) error {
 	ch, err := c.Watch(ctx, kind.Kind, ns, selector, rv)
 	if err != nil {
+		if interrupted(ctx) {
+			return nil
+		}
 		return err
 	}
 	p.noHeader = true
@@ -144,12 +150,14 @@ func watchObjects(ctx context.Context, c *client.Client, p *printer, kind api.Ki
 			return err
 		}
 	}
-	if errors.Is(ctx.Err(), context.Canceled) {
-		// Ctrl-C is how a watch ends.
+	if interrupted(ctx) {
 		return nil
 	}
 	return ctx.Err()
 }
+
+// interrupted reports a Ctrl-C: how a watch ends, at whatever stage it is.
+func interrupted(ctx context.Context) bool { return errors.Is(ctx.Err(), context.Canceled) }
 
 type printer struct {
 	out      io.Writer
