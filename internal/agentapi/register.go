@@ -131,6 +131,9 @@ type tokenCache struct {
 	entries map[string]cachedToken
 	locks   map[string]*sync.Mutex // per token UID, for tokens with maxUses
 	uses    map[store.Key]int      // registrations not yet added to unlimited tokens' status
+	// forgets counts deletions seen: a lookup that began before one is not cached, as the
+	// token it read may be the one deleted.
+	forgets uint64
 }
 
 type cachedToken struct {
@@ -149,9 +152,19 @@ func (c *tokenCache) get(hash string, now time.Time) *api.Object {
 	return nil
 }
 
-func (c *tokenCache) put(hash string, obj *api.Object, now time.Time) {
+// generation is taken before a store lookup and handed to put.
+func (c *tokenCache) generation() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.forgets
+}
+
+func (c *tokenCache) put(hash string, obj *api.Object, now time.Time, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.forgets {
+		return
+	}
 	if len(c.entries) > 10000 {
 		clear(c.entries)
 	}
@@ -162,6 +175,7 @@ func (c *tokenCache) put(hash string, obj *api.Object, now time.Time) {
 func (c *tokenCache) forget(namespace, name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgets++
 	for hash, e := range c.entries {
 		if e.obj.Metadata.Namespace == namespace && e.obj.Metadata.Name == name {
 			delete(c.entries, hash)
@@ -173,6 +187,7 @@ func (c *tokenCache) forget(namespace, name string) {
 func (c *tokenCache) forgetAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgets++
 	clear(c.entries)
 }
 
@@ -195,11 +210,12 @@ func (s *Server) resolveToken(ctx context.Context, token string) (*api.Object, e
 	hash := auth.Hash(token)
 	obj := s.tokens.get(hash, s.now())
 	if obj == nil {
+		gen := s.tokens.generation()
 		var err error
 		if obj, err = s.lookupToken(ctx, hash); err != nil {
 			return nil, err
 		}
-		s.tokens.put(hash, obj, s.now())
+		s.tokens.put(hash, obj, s.now(), gen)
 	}
 	var spec api.RegistrationTokenSpec
 	var st api.RegistrationTokenStatus
