@@ -224,9 +224,8 @@ func (s *Server) resolveToken(ctx context.Context, token string) (*api.Object, e
 	if st.Expires != nil && s.now().After(*st.Expires) {
 		return nil, &tokenError{fmt.Sprintf("registration token %s expired at %s", obj.Metadata.Name, st.Expires.Format(time.RFC3339))}
 	}
-	if spec.MaxUses > 0 && st.Uses >= spec.MaxUses {
-		return nil, &tokenError{fmt.Sprintf("registration token %s is used up (%d of %d registrations)", obj.Metadata.Name, st.Uses, spec.MaxUses)}
-	}
+	// A used-up token is refused where a registration would use it (useToken): an agent
+	// registering its own Cluster again, proving it with its credential, uses none.
 	return obj, nil
 }
 

@@ -230,14 +230,15 @@ func TestAgentFleet(t *testing.T) {
 		t.Log("no helm binary; checked the release with the Helm SDK only")
 	}
 
-	// The same cluster registering again (state wiped, new token) gets its Cluster back.
+	// The same cluster registering again (state wiped) with a token bound to its Cluster gets
+	// its Cluster back; an unbound token may not take an existing Cluster over.
 	if code := agentA.stop(t); code != 0 {
 		t.Errorf("agent A exited %d on SIGTERM, want 0", code)
 	}
 	if err := os.RemoveAll(dirA); err != nil {
 		t.Fatal(err)
 	}
-	agentA = startAgent(t, t.TempDir(), args(clusters[0], "env=prod,site=a", newToken(t, cl, "--max-uses", "1"))...)
+	agentA = startAgent(t, t.TempDir(), args(clusters[0], "env=prod,site=a", newToken(t, cl, "--max-uses", "1", "--cluster", nameA))...)
 	eventually(t, time.Minute, "agent A registered again and reporting", func() error {
 		logs := agentA.logs.String()
 		if !strings.Contains(logs, "msg=registered") {
