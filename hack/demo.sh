@@ -22,7 +22,8 @@ token=$(cat "$data/demo-admin-token")
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM # exiting runs cleanup
 
 bin/flotilla server --data-dir "$data" --listen "$listen" --bootstrap-token "$token" \
 	--agent-poll-interval 5s >"$data/server.out" 2>"$data/server.log" &
@@ -41,21 +42,38 @@ for _ in $(seq 1 100); do
 done
 bin/flotilla apply -f docs/examples/fleet.yaml
 
-cat <<MSG
+# The simulator's progress goes to a log file and one status line every 30 s, so that the
+# instructions stay on screen (and in CI logs); they are printed again every 5 minutes.
+instructions() {
+	cat <<MSG
 
 Flotilla is serving on https://$listen (log: $data/server.log).
-$clusters simulated clusters are registering; the bundle "hello" goes to the production ones.
-In another shell:
+$clusters simulated clusters are registering (log: $data/sim.log); the bundle "hello" goes to
+the production ones. Ctrl-C stops everything. In another shell:
 
   export FLOTILLA_CONFIG=$data/demo-cli.json
-  bin/flotilla get clusters -l env=prod
-  bin/flotilla get bundles -w
-  bin/flotilla render docs/examples/repo -l env=prod    # what a prod cluster gets from a repository
+  bin/flotilla get clusters -l env=prod -o wide
+  bin/flotilla get bundles -w                               # watch rollups change
+  bin/flotilla render docs/examples/repo -l env=prod        # what a prod cluster gets from a repository
 
 MSG
+}
 
 bin/flotilla sim --server "https://$listen" --ca-checksum "$checksum" --admin-token "$token" \
 	--clusters "$clusters" --labels 'env=prod:60,dev:40;region=eu,us,ap' --baseline 0 \
-	--duration 8760h &
-pids+=($!)
-wait "${pids[-1]}"
+	--duration 8760h >"$data/sim.log" 2>&1 &
+sim=$!
+pids+=($sim)
+instructions
+ticks=0
+while kill -0 "$sim" 2>/dev/null; do
+	sleep 30 &
+	wait $! || true
+	kill -0 "$sim" 2>/dev/null || break
+	ticks=$((ticks + 1))
+	if [ $((ticks % 10)) -eq 0 ]; then
+		instructions
+	fi
+	echo "$(date +%H:%M:%S) simulator: $(tail -n 1 "$data/sim.log" 2>/dev/null | cut -c1-160)"
+done
+wait "$sim" || { echo "the simulator stopped; see $data/sim.log" >&2; exit 1; }

@@ -154,7 +154,7 @@ func testResourceFlow(t *testing.T, s *e2e.Server) {
 	}
 	y := mustRun(t, c, "", "get", "gitrepo", "apps", "-o", "yaml")
 	// Fleet's group was accepted and normalised; defaults were applied by the server.
-	for _, want := range []string{"apiVersion: flotilla.dev/v1alpha1", "branch: master", "pollingInterval: 15s", "repo: https://git.example.com/apps.git"} {
+	for _, want := range []string{"apiVersion: flotilla.dev/v1alpha1", "pollingInterval: 15s", "repo: https://git.example.com/apps.git"} {
 		if !strings.Contains(y, want) {
 			t.Errorf("yaml output lacks %q:\n%s", want, y)
 		}

@@ -688,3 +688,21 @@ func TestHelmRepositoryCredentials(t *testing.T) {
 		})
 	}
 }
+
+// A GitRepo with neither branch nor revision follows the remote's default branch: a
+// repository with only main deploys, and so do later commits to main.
+func TestDefaultBranch(t *testing.T) {
+	e := newEnv(t, nil)
+	gs := gitserver.Start(t)
+	repo := gs.NewRepo(t, "mainonly")
+	repo.Write("web/cm.yaml", configMap("web", "1"))
+	c1 := repo.Commit("first")
+	e.secret("git-creds", api.SecretTypeBasicAuth, map[string]string{"username": gs.User, "password": gs.Password})
+	e.gitRepo("mainonly", api.GitRepoSpec{Repo: repo.HTTPURL(), ClientSecretName: "git-creds"})
+	e.waitCommit("mainonly", c1)
+
+	repo.Write("web/cm.yaml", configMap("web", "2"))
+	c2 := repo.Commit("second")
+	e.ctrl.Trigger(ns, "mainonly")
+	e.waitCommit("mainonly", c2)
+}

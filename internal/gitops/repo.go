@@ -94,9 +94,9 @@ type fetchOptions struct {
 
 var fullHash = regexp.MustCompile(`^[0-9a-f]{40}$`)
 
-// fetch brings the clone up to date and resolves the commit to deploy: the head of branch, or
-// revision (a tag, a branch or a commit hash) when set. A pinned commit already in the clone
-// needs no fetch at all.
+// fetch brings the clone up to date and resolves the commit to deploy: the head of branch (the
+// remote's default branch when none is set), or revision (a tag, a branch or a commit hash)
+// when set. A pinned commit already in the clone needs no fetch at all.
 func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOptions) (plumbing.Hash, error) {
 	rev := spec.Revision
 	if rev != "" && fullHash.MatchString(rev) {
@@ -105,9 +105,16 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 		}
 	}
 	m.store.maxBytes = o.maxBytes
+	branch := spec.Branch
+	if rev == "" && branch == "" {
+		var err error
+		if branch, err = m.defaultBranch(ctx, spec, o); err != nil {
+			return plumbing.ZeroHash, err
+		}
+	}
 	var specs []config.RefSpec
 	if rev == "" {
-		specs = []config.RefSpec{config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", spec.Branch, spec.Branch))}
+		specs = []config.RefSpec{config.RefSpec(fmt.Sprintf("+refs/heads/%s:refs/remotes/origin/%s", branch, branch))}
 	} else {
 		specs = []config.RefSpec{"+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"}
 	}
@@ -119,9 +126,9 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 		return plumbing.ZeroHash, fetchError(spec, err, o.auth != nil, o.secrets)
 	}
 	if rev == "" {
-		ref, err := m.repo.Reference(plumbing.NewRemoteReferenceName("origin", spec.Branch), true)
+		ref, err := m.repo.Reference(plumbing.NewRemoteReferenceName("origin", branch), true)
 		if err != nil {
-			return plumbing.ZeroHash, fmt.Errorf("branch %q not found in %s", spec.Branch, redactURL(spec.Repo))
+			return plumbing.ZeroHash, fmt.Errorf("branch %q not found in %s", branch, redactURL(spec.Repo))
 		}
 		return ref.Hash(), nil
 	}
@@ -145,6 +152,25 @@ func (m *mirror) fetch(ctx context.Context, spec *api.GitRepoSpec, o fetchOption
 		}
 	}
 	return plumbing.ZeroHash, fmt.Errorf("revision %q not found in %s", rev, redactURL(spec.Repo))
+}
+
+// defaultBranch is the branch the remote's HEAD points at, asked of the remote at each fetch so
+// that a change of default branch is followed.
+func (m *mirror) defaultBranch(ctx context.Context, spec *api.GitRepoSpec, o fetchOptions) (string, error) {
+	remote, err := m.repo.Remote("origin")
+	if err != nil {
+		return "", fmt.Errorf("opening local clone: %w", err)
+	}
+	refs, err := remote.ListContext(ctx, &git.ListOptions{Auth: o.auth, CABundle: o.caBundle, InsecureSkipTLS: o.insecureSkipTLS})
+	if err != nil {
+		return "", fetchError(spec, err, o.auth != nil, o.secrets)
+	}
+	for _, r := range refs {
+		if r.Name() == plumbing.HEAD && r.Type() == plumbing.SymbolicReference && r.Target().IsBranch() {
+			return r.Target().Short(), nil
+		}
+	}
+	return "", fmt.Errorf("%s does not say which branch is its default (no HEAD): set spec.branch", redactURL(spec.Repo))
 }
 
 // fetchError says what went wrong without credentials.

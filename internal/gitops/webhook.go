@@ -135,7 +135,9 @@ func (c *Controller) webhook(w http.ResponseWriter, r *http.Request) {
 		}
 		// A push to another branch does not concern a GitRepo following a branch; one
 		// pinned to a revision fetches anyway, as its tag may have moved.
-		if spec.Revision == "" && (!isBranch || branch != spec.Branch) {
+		// One following the remote's default branch fetches on any branch push, as which
+		// branch is the default is only known by asking the remote.
+		if spec.Revision == "" && (!isBranch || (spec.Branch != "" && branch != spec.Branch)) {
 			continue
 		}
 		candidates = append(candidates, wk)

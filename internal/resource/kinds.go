@@ -51,9 +51,7 @@ var scpLike = regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:.+$`)
 
 func defaultGitRepo(s any) {
 	spec := s.(*api.GitRepoSpec)
-	if spec.Branch == "" && spec.Revision == "" {
-		spec.Branch = "master" // Fleet's default
-	}
+	// No branch default: without branch or revision the remote's default branch is followed.
 	if spec.PollingInterval == "" {
 		spec.PollingInterval = "15s"
 	}

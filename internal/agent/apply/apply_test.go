@@ -2,6 +2,7 @@ package apply
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -84,6 +85,16 @@ func TestSummarize(t *testing.T) {
 			}},
 			wantState: Modified,
 			wantMsg:   "ConfigMap a/1: modified; ConfigMap a/2: modified; ConfigMap a/3: modified; and 2 more",
+		},
+		{
+			name: "drifted fields",
+			res: Result{Modified: []ObjectStatus{
+				{Kind: "Deployment", Namespace: "ns", Name: "web", Message: "modified", Fields: []string{"/spec/replicas", "/metadata/annotations/example.com~1owner"}},
+				{Kind: "ClusterRole", Name: "admin", Message: "modified", Fields: []string{"/rules/0/verbs", "/a", "/b", "…"}},
+			}},
+			wantState: Modified,
+			wantMsg: "Deployment ns/web: modified; ClusterRole admin: modified; drifted: Deployment/ns/web: spec.replicas, " +
+				"Deployment/ns/web: metadata.annotations[example.com/owner], ClusterRole/admin: rules.0.verbs, ClusterRole/admin: a, ClusterRole/admin: b and more",
 		},
 	}
 	for _, tt := range tests {
@@ -234,5 +245,25 @@ metadata:
 	}
 	if got := objs[0].GetLabels()["app"]; got != "demo" {
 		t.Errorf("existing label lost: got %q, want %q", got, "demo")
+	}
+}
+
+// The drifted fields in a message are bounded in count and bytes, whatever the objects.
+func TestDriftSummaryBounded(t *testing.T) {
+	var many []ObjectStatus
+	for i := range 40 {
+		many = append(many, ObjectStatus{Kind: "ConfigMap", Namespace: "ns", Name: fmt.Sprintf("cm-%d", i), Fields: []string{"/data/key"}})
+	}
+	got := driftSummary(many)
+	if n := strings.Count(got, "ConfigMap/"); n != maxMessagePaths || !strings.HasSuffix(got, " and 30 more") {
+		t.Errorf("40 drifted paths: %d listed, want %d and \"and 30 more\": %q", n, maxMessagePaths, got)
+	}
+	long := []ObjectStatus{{Kind: "ConfigMap", Namespace: "ns", Name: strings.Repeat("n", 250), Fields: []string{"/data/" + strings.Repeat("k", 300), "/data/a", "/data/b", "/data/c"}}}
+	got = driftSummary(long)
+	if len(got) > maxMessagePathBytes+len("drifted: ")+len(" and 4 more") {
+		t.Errorf("summary of long paths is %d bytes, over the bound: %q", len(got), got)
+	}
+	if !strings.Contains(got, " more") {
+		t.Errorf("summary of long paths does not say more were left out: %q", got)
 	}
 }

@@ -282,6 +282,10 @@ func (e *env) testDrift(t *testing.T) {
 	if len(res.Modified) != 1 || fmt.Sprint(res.Modified[0].Fields) != "[/data/key]" {
 		t.Errorf("modified %+v, want ConfigMap drift/cfg with field /data/key", res.Modified)
 	}
+	// The message the server gets says which field drifted.
+	if !strings.Contains(res.Message, "drifted: ConfigMap/drift/cfg: data.key") {
+		t.Errorf("message %q does not name the drifted field ConfigMap/drift/cfg: data.key", res.Message)
+	}
 	// A field someone else added is theirs, not drift.
 	e.edit(t, "drift", "other", "added", "by-someone")
 	if res := e.mustStatus(t, d, apply.Modified); len(res.Modified) != 1 {

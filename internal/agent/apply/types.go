@@ -188,5 +188,81 @@ func (r *Result) summarize() {
 		}
 		b.WriteString(o.String())
 	}
+	if d := driftSummary(r.Modified); d != "" {
+		b.WriteString("; ")
+		b.WriteString(d)
+	}
 	r.Message = b.String()
+}
+
+// The drifted fields a Result message lists: at most maxMessagePaths paths in at most
+// maxMessagePathBytes bytes, then "and N more", so that the message stays short.
+const (
+	maxMessagePaths     = 10
+	maxMessagePathBytes = 512
+)
+
+// driftSummary lists the drifted fields of the modified objects, e.g.
+// "drifted: Deployment/default/web: spec.replicas, ConfigMap/default/cfg: data.key".
+func driftSummary(modified []ObjectStatus) string {
+	var paths []string
+	more := false // an object had more drifted fields than it lists
+	for _, o := range modified {
+		for _, f := range o.Fields {
+			if f == "…" {
+				more = true
+				continue
+			}
+			paths = append(paths, o.slashRef()+": "+dottedPath(f))
+		}
+	}
+	if len(paths) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("drifted: ")
+	for i, p := range paths {
+		if i == maxMessagePaths || (i > 0 && b.Len()+len(p)+2 > maxMessagePathBytes) {
+			fmt.Fprintf(&b, " and %d more", len(paths)-i)
+			return b.String()
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if len(p) > maxMessagePathBytes/2 {
+			p = strings.ToValidUTF8(p[:maxMessagePathBytes/2], "") + "…"
+		}
+		b.WriteString(p)
+	}
+	if more {
+		b.WriteString(" and more")
+	}
+	return b.String()
+}
+
+// slashRef names the object as Kind/namespace/name (Kind/name when cluster-scoped).
+func (o ObjectStatus) slashRef() string {
+	if o.Namespace == "" {
+		return o.Kind + "/" + o.Name
+	}
+	return o.Kind + "/" + o.Namespace + "/" + o.Name
+}
+
+// dottedPath turns a JSON pointer into the dotted form people read in kubectl's docs:
+// /spec/replicas is spec.replicas; a key containing a dot or a slash is bracketed, as in
+// metadata.annotations[example.com/owner].
+func dottedPath(pointer string) string {
+	var b strings.Builder
+	for i, seg := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
+		seg = strings.ReplaceAll(strings.ReplaceAll(seg, "~1", "/"), "~0", "~")
+		switch {
+		case strings.ContainsAny(seg, "./"):
+			b.WriteString("[" + seg + "]")
+		case i > 0:
+			b.WriteString("." + seg)
+		default:
+			b.WriteString(seg)
+		}
+	}
+	return b.String()
 }
