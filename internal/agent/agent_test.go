@@ -3,9 +3,11 @@ package agent
 import (
 	"encoding/pem"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -470,10 +472,41 @@ func TestLongPollLearnsAtOnce(t *testing.T) {
 	if took := time.Since(changed); took > time.Second {
 		t.Errorf("the change took %s to reach the agent, want far less than the poll-after of 3s", took)
 	}
-	// The next poll waits for the poll-after: no burst of polls after a change.
+	// The next poll is held until the poll-after: no burst of polls after a change.
 	time.Sleep(time.Second)
-	if got := len(f.snapshot().polls) - polls; got != 0 {
-		t.Errorf("%d more polls in the second after a change, want none before the poll-after", got)
+	if got := len(f.snapshot().polls) - polls; got > 1 {
+		t.Errorf("%d more polls in the second after a change, want one, held until the poll-after", got)
+	}
+	if held() != 1 {
+		t.Errorf("%d polls held a second after a change, want 1", held())
+	}
+}
+
+// A change made at any moment reaches the agent at once: it holds a poll at all times, as
+// the server's poll-after (counted from its answer, and aimed at the cluster's phase in the
+// interval) varies from poll to poll.
+func TestLongPollHeldAtAllTimes(t *testing.T) {
+	const interval = 2 * time.Second
+	f := newFakeServer(t)
+	f.phaseInterval = interval
+	f.setDesired(nil)
+	startAgent(t, testConfig(t, f, t.TempDir()), nil)
+	waitFor(t, "the first poll", func() bool { return len(f.snapshot().polls) > 0 })
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 8 {
+		time.Sleep(time.Duration(rng.Int64N(int64(interval))))
+		var rev int64
+		f.setDesired(map[string]string{"change": strconv.Itoa(i)})
+		changed := time.Now()
+		f.set(func(f *fakeServer) { rev = f.desired.Revision })
+		var served time.Time
+		waitFor(t, "the change served", func() bool {
+			f.set(func(f *fakeServer) { served = f.served[rev] })
+			return !served.IsZero()
+		})
+		if delay := served.Sub(changed); delay > interval/5 {
+			t.Errorf("change %d reached the agent after %s, want under a fifth of the %s poll interval", i, delay.Round(time.Millisecond), interval)
+		}
 	}
 }
 
