@@ -122,6 +122,11 @@ func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.tokens[tok]--
+	if f.deleted {
+		// Registered anew after a deletion: a new Cluster, with a new credential.
+		f.deleted = false
+		f.credential = "cred-new"
+	}
 	var req api.RegisterRequest
 	json.NewDecoder(r.Body).Decode(&req)
 	f.registrations = append(f.registrations, req)
