@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -147,7 +148,18 @@ type agent struct {
 	deployments map[string]*deploymentState
 }
 
+// run runs the agent; when its Cluster was deleted and it was given a registration token
+// other than the one it registered with, it registers anew with that token.
 func run(ctx context.Context, cfg Config, d deps) error {
+	for {
+		again, err := runOnce(ctx, cfg, d)
+		if !again {
+			return err
+		}
+	}
+}
+
+func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 	if d.now == nil {
 		d.now = time.Now
 	}
@@ -165,18 +177,18 @@ func run(ctx context.Context, cfg Config, d deps) error {
 	creds, err := a.register(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	a.setCurrent(creds)
 	a.log = a.log.With("cluster", creds.Namespace+"/"+creds.ClusterName)
 	a.client, err = client.New(client.Config{Server: creds.Server, CAData: []byte(creds.CA), Token: creds.Credential})
 	if err != nil {
-		return err
+		return false, err
 	}
 	if a.queue, err = openQueue(d.dir, d.now); err != nil {
-		return err
+		return false, err
 	}
 	ds, err := d.dir.loadDesired()
 	if err != nil {
@@ -220,7 +232,58 @@ func run(ctx context.Context, cfg Config, d deps) error {
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.inventoryLoop(ctx) })
 	wg.Wait()
-	return stopErr
+	if errors.Is(stopErr, ErrClusterDeleted) {
+		return a.clusterDeleted(context.WithoutCancel(ctx))
+	}
+	return false, stopErr
+}
+
+// clusterDeleted handles the server's word that this cluster was deleted: it removes what
+// the agent deployed if told to, and registers again when given a registration token other
+// than the one the revoked credential was had for. Otherwise it says what to do.
+func (a *agent) clusterDeleted(ctx context.Context) (again bool, err error) {
+	if a.cfg.OnClusterDeleted == OnClusterDeletedPrune {
+		if err := a.pruneAll(ctx); err != nil {
+			return false, fmt.Errorf("%w; removing its deployments (--on-cluster-deleted=prune): %v", ErrClusterDeleted, err)
+		}
+	}
+	a.mu.Lock()
+	cur := a.cur
+	a.mu.Unlock()
+	if a.cfg.Token != "" && cur != nil && cur.TokenDigest != "" && tokenDigest(a.cfg.Token) != cur.TokenDigest {
+		a.log.Warn("this cluster was deleted from the Flotilla server; registering again with the registration token given")
+		if err := a.creds.forget(ctx); err != nil {
+			return false, err
+		}
+		if err := a.dir.forgetRegistration(); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	what := "run the agent with a new registration token (--token; the token it registered with is not used again)"
+	if cur == nil || cur.TokenDigest == "" {
+		what = "remove " + a.creds.where() + " and run the agent with a registration token (--token)"
+	}
+	kept := "what it deployed is kept (--on-cluster-deleted=keep)"
+	if a.cfg.OnClusterDeleted == OnClusterDeletedPrune {
+		kept = "what it deployed was removed (--on-cluster-deleted=prune)"
+	}
+	return false, fmt.Errorf("%w; %s. To register it again, %s", ErrClusterDeleted, kept, what)
+}
+
+// pruneAll removes every deployment the agent applied to the cluster.
+func (a *agent) pruneAll(ctx context.Context) error {
+	ids, err := a.applier.Deployments(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := a.applier.Remove(ctx, id); err != nil {
+			return fmt.Errorf("removing %s: %w", id, err)
+		}
+		a.log.Info("removed a deployment of the deleted cluster", "deployment", id)
+	}
+	return a.dir.forgetRegistration()
 }
 
 // kick wakes a loop without blocking; wakes coalesce.

@@ -3,9 +3,11 @@ package agent
 import (
 	"encoding/pem"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -292,8 +294,84 @@ func TestClusterDeletedStops(t *testing.T) {
 	if !errors.Is(err, ErrClusterDeleted) {
 		t.Fatalf("Run = %v, want ErrClusterDeleted", err)
 	}
-	if want := "this cluster was deleted from the Flotilla server; its credential is revoked"; err.Error() != want {
+	if want := "this cluster was deleted from the Flotilla server; its credential is revoked; what it deployed is kept (--on-cluster-deleted=keep). To register it again, run the agent with a new registration token (--token; the token it registered with is not used again)"; err.Error() != want {
 		t.Errorf("error = %q, want %q", err, want)
+	}
+}
+
+// A deleted cluster registers again when its agent is given a new registration token; the
+// token it registered with (still in its configuration) does not bring it back.
+func TestClusterDeletedRegistersWithNewToken(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["good-token"] = 5
+	f.setDesired(nil, configMapBundle("web", "1"))
+	registrations := func() (n int) {
+		f.set(func(f *fakeServer) { n = len(f.registrations) })
+		return n
+	}
+	cfg := testConfig(t, f, t.TempDir())
+	a := startAgent(t, cfg, nil)
+	waitFor(t, "web Ready", func() bool { return f.snapshot().latest["fleet-default/web"].State == api.StateReady })
+	f.set(func(f *fakeServer) { f.deleted = true })
+	if err := a.wait(5 * time.Second); !errors.Is(err, ErrClusterDeleted) {
+		t.Fatalf("Run = %v, want ErrClusterDeleted", err)
+	}
+	// The same token again: still stopped, though the token has uses left.
+	err := startAgent(t, cfg, nil).wait(5 * time.Second)
+	if !errors.Is(err, ErrClusterDeleted) || !strings.Contains(err.Error(), "new registration token (--token") {
+		t.Fatalf("Run with the same token = %v, want ErrClusterDeleted saying to pass a new token", err)
+	}
+	if n := registrations(); n != 1 {
+		t.Fatalf("%d registrations with the token the cluster registered with, want 1", n)
+	}
+	f.set(func(f *fakeServer) { f.tokens["new-token"] = 1 })
+	cfg.Token = "new-token"
+	b := startAgent(t, cfg, nil)
+	waitFor(t, "a poll with the new credential", func() (seen bool) {
+		f.set(func(f *fakeServer) { seen = f.tokensSeen["cred-new"] })
+		return seen
+	})
+	if n := registrations(); n != 2 {
+		t.Errorf("%d registrations, want 2", n)
+	}
+	if err := b.wait(200 * time.Millisecond); err == nil || errors.Is(err, ErrClusterDeleted) {
+		t.Errorf("the re-registered agent stopped: %v", err)
+	}
+	// A deletion noticed while running, with a new token configured, registers in place.
+	b.stop()
+	f.set(func(f *fakeServer) { f.tokens["newer-token"] = 1 })
+	cfg.Token = "newer-token"
+	c := startAgent(t, cfg, nil)
+	waitFor(t, "polls", func() bool { return len(f.snapshot().polls) > 0 })
+	f.set(func(f *fakeServer) {
+		f.deleted = true
+		f.credential = "cred-x"
+	})
+	waitFor(t, "the third registration", func() bool { return registrations() == 3 })
+	if err := c.wait(200 * time.Millisecond); err == nil || errors.Is(err, ErrClusterDeleted) {
+		t.Errorf("the agent stopped instead of registering again: %v", err)
+	}
+}
+
+// With --on-cluster-deleted=prune the agent removes what it deployed when its cluster is
+// deleted; by default it keeps it.
+func TestClusterDeletedPrune(t *testing.T) {
+	for _, policy := range []string{"", OnClusterDeletedPrune} {
+		f := newFakeServer(t)
+		f.setDesired(nil, configMapBundle("web", "1"))
+		cfg := testConfig(t, f, t.TempDir())
+		cfg.OnClusterDeleted = policy
+		a := startAgent(t, cfg, nil)
+		waitFor(t, "web Ready", func() bool { return f.snapshot().latest["fleet-default/web"].State == api.StateReady })
+		f.set(func(f *fakeServer) { f.deleted = true })
+		if err := a.wait(5 * time.Second); !errors.Is(err, ErrClusterDeleted) {
+			t.Fatalf("%q: Run = %v, want ErrClusterDeleted", policy, err)
+		}
+		var removed []string
+		a.applier.get(func(ap *fakeApplier) { removed = ap.removed })
+		if got, want := slices.Contains(removed, "fleet-default/web"), policy == OnClusterDeletedPrune; got != want {
+			t.Errorf("%q: web removed = %v, want %v", policy, got, want)
+		}
 	}
 }
 
@@ -470,10 +548,41 @@ func TestLongPollLearnsAtOnce(t *testing.T) {
 	if took := time.Since(changed); took > time.Second {
 		t.Errorf("the change took %s to reach the agent, want far less than the poll-after of 3s", took)
 	}
-	// The next poll waits for the poll-after: no burst of polls after a change.
+	// The next poll is held until the poll-after: no burst of polls after a change.
 	time.Sleep(time.Second)
-	if got := len(f.snapshot().polls) - polls; got != 0 {
-		t.Errorf("%d more polls in the second after a change, want none before the poll-after", got)
+	if got := len(f.snapshot().polls) - polls; got > 1 {
+		t.Errorf("%d more polls in the second after a change, want one, held until the poll-after", got)
+	}
+	if held() != 1 {
+		t.Errorf("%d polls held a second after a change, want 1", held())
+	}
+}
+
+// A change made at any moment reaches the agent at once: it holds a poll at all times, as
+// the server's poll-after (counted from its answer, and aimed at the cluster's phase in the
+// interval) varies from poll to poll.
+func TestLongPollHeldAtAllTimes(t *testing.T) {
+	const interval = 2 * time.Second
+	f := newFakeServer(t)
+	f.phaseInterval = interval
+	f.setDesired(nil)
+	startAgent(t, testConfig(t, f, t.TempDir()), nil)
+	waitFor(t, "the first poll", func() bool { return len(f.snapshot().polls) > 0 })
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 8 {
+		time.Sleep(time.Duration(rng.Int64N(int64(interval))))
+		var rev int64
+		f.setDesired(map[string]string{"change": strconv.Itoa(i)})
+		changed := time.Now()
+		f.set(func(f *fakeServer) { rev = f.desired.Revision })
+		var served time.Time
+		waitFor(t, "the change served", func() bool {
+			f.set(func(f *fakeServer) { served = f.served[rev] })
+			return !served.IsZero()
+		})
+		if delay := served.Sub(changed); delay > interval/5 {
+			t.Errorf("change %d reached the agent after %s, want under a fifth of the %s poll interval", i, delay.Round(time.Millisecond), interval)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"time"
@@ -65,6 +66,10 @@ type Config struct {
 	InventoryInterval time.Duration
 	// ReportDelay gathers status changes that come close together into one report; 500ms.
 	ReportDelay time.Duration
+	// OnClusterDeleted is what the agent does with what it deployed when it learns its
+	// Cluster was deleted on the server: "keep" (the default) leaves it running, "prune"
+	// removes every deployment first.
+	OnClusterDeleted string
 	// MinBackoff and MaxBackoff bound the delay between retries while the server (or the
 	// cluster) cannot be reached; 1s and 5m.
 	MinBackoff, MaxBackoff time.Duration
@@ -99,13 +104,27 @@ func (c Config) withDefaults() Config {
 	def(&c.ReportDelay, 500*time.Millisecond)
 	def(&c.MinBackoff, time.Second)
 	def(&c.MaxBackoff, 5*time.Minute)
+	if c.OnClusterDeleted == "" {
+		c.OnClusterDeleted = OnClusterDeletedKeep
+	}
 	if c.MaxBackoff < c.MinBackoff {
 		c.MaxBackoff = c.MinBackoff
 	}
 	return c
 }
 
+// What the agent does with its deployments when its Cluster was deleted.
+const (
+	OnClusterDeletedKeep  = "keep"
+	OnClusterDeletedPrune = "prune"
+)
+
 func (c Config) validate() error {
+	switch c.OnClusterDeleted {
+	case "", OnClusterDeletedKeep, OnClusterDeletedPrune:
+	default:
+		return fmt.Errorf("--on-cluster-deleted must be keep or prune, not %q", c.OnClusterDeleted)
+	}
 	if c.Server != "" {
 		u, err := url.Parse(c.Server)
 		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {

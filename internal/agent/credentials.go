@@ -2,7 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +32,16 @@ type credentials struct {
 	// Both are unset for a credential of a server that does not expire them.
 	Expires    *time.Time `json:"expires,omitempty"`
 	RenewAfter *time.Time `json:"renewAfter,omitempty"`
+	// TokenDigest is the sha256 of the registration token this credential was had for:
+	// after the Cluster is deleted, only a different token registers it again (a token
+	// left in the agent's configuration must not bring a deleted cluster back).
+	TokenDigest string `json:"tokenDigest,omitempty"`
+}
+
+// tokenDigest is what credentials keep of a registration token.
+func tokenDigest(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
 }
 
 // credStore keeps the credentials: a file in the state directory, or a Secret in-cluster.
@@ -34,6 +49,10 @@ type credStore interface {
 	// load returns nil, nil when nothing is stored.
 	load(ctx context.Context) (*credentials, error)
 	save(ctx context.Context, c *credentials) error
+	// forget removes the stored credentials.
+	forget(ctx context.Context) error
+	// where names the store for an operator: the file or the Secret.
+	where() string
 }
 
 const credentialsFile = "credentials.json"
@@ -54,6 +73,15 @@ func (f fileCreds) save(_ context.Context, c *credentials) error {
 	return f.dir.writeJSON(credentialsFile, c)
 }
 
+func (f fileCreds) forget(context.Context) error {
+	if err := os.Remove(f.dir.path(credentialsFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing the credential: %w", err)
+	}
+	return nil
+}
+
+func (f fileCreds) where() string { return "the file " + f.dir.path(credentialsFile) }
+
 // secretCreds keeps the credentials in a Secret of the managed cluster, for an agent that
 // runs in a pod whose file system does not outlive it.
 type secretCreds struct {
@@ -71,6 +99,7 @@ const (
 	secretKeyNamespace   = "namespace"
 	secretKeyExpires     = "expires"
 	secretKeyRenewAfter  = "renewAfter"
+	secretKeyTokenDigest = "tokenDigest"
 )
 
 func timeData(t *time.Time) []byte {
@@ -109,6 +138,7 @@ func (s secretCreds) load(ctx context.Context) (*credentials, error) {
 		Namespace:   string(d[secretKeyNamespace]),
 		Expires:     parseTimeData(d[secretKeyExpires]),
 		RenewAfter:  parseTimeData(d[secretKeyRenewAfter]),
+		TokenDigest: string(d[secretKeyTokenDigest]),
 	}, nil
 }
 
@@ -122,6 +152,7 @@ func (s secretCreds) save(ctx context.Context, c *credentials) error {
 		secretKeyNamespace:   []byte(c.Namespace),
 		secretKeyExpires:     timeData(c.Expires),
 		secretKeyRenewAfter:  timeData(c.RenewAfter),
+		secretKeyTokenDigest: []byte(c.TokenDigest),
 	}
 	secrets := s.kube.CoreV1().Secrets(s.namespace)
 	sec, err := secrets.Get(ctx, s.name, metav1.GetOptions{})
@@ -145,3 +176,13 @@ func (s secretCreds) save(ctx context.Context, c *credentials) error {
 	}
 	return nil
 }
+
+func (s secretCreds) forget(ctx context.Context) error {
+	err := s.kube.CoreV1().Secrets(s.namespace).Delete(ctx, s.name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting secret %s/%s: %w", s.namespace, s.name, err)
+	}
+	return nil
+}
+
+func (s secretCreds) where() string { return "the Secret " + s.namespace + "/" + s.name }

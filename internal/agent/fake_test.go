@@ -50,6 +50,11 @@ type fakeServer struct {
 	// long polls it holds open now.
 	pollAfter time.Duration
 	held      int
+	// phaseInterval, when set, makes the poll-after what the real server answers: the time
+	// from the answer to this cluster's next phase point in the interval, at least a tenth
+	// of it away, in whole seconds. served is when each revision was first answered.
+	phaseInterval time.Duration
+	served        map[int64]time.Time
 	// Credential renewal: credentials expire after expiresIn (0: never); the server asks
 	// for renewal on every answer while askRenew; expired is a credential answered with
 	// CredentialExpired; refuseRenew answers renewals with 401.
@@ -117,6 +122,11 @@ func (f *fakeServer) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.tokens[tok]--
+	if f.deleted {
+		// Registered anew after a deletion: a new Cluster, with a new credential.
+		f.deleted = false
+		f.credential = "cred-new"
+	}
 	var req api.RegisterRequest
 	json.NewDecoder(r.Body).Decode(&req)
 	f.registrations = append(f.registrations, req)
@@ -192,11 +202,25 @@ func (f *fakeServer) getDesired(w http.ResponseWriter, r *http.Request) {
 		}
 		f.held--
 	}
+	if d := f.phaseInterval; d > 0 {
+		phase := d / 3
+		next := (phase - time.Duration(time.Now().UnixNano()%int64(d)) + d) % d
+		if next < d/10 {
+			next += d
+		}
+		w.Header().Set(api.HeaderPollAfter, strconv.Itoa(max(1, int(next.Seconds()))))
+	}
 	if since > 0 && since >= f.desired.Revision {
 		f.notModified++
 		w.Header().Set(api.HeaderRevision, strconv.FormatInt(f.desired.Revision, 10))
 		w.WriteHeader(http.StatusNotModified)
 		return
+	}
+	if f.served == nil {
+		f.served = map[int64]time.Time{}
+	}
+	if _, ok := f.served[f.desired.Revision]; !ok {
+		f.served[f.desired.Revision] = time.Now()
 	}
 	json.NewEncoder(w).Encode(f.desired)
 }

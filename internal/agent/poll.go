@@ -23,9 +23,13 @@ const closeIdleAfter = time.Minute
 //
 // Polls are long polls: the server holds one open until the desired state changes, for up
 // to the time the agent would have waited before its next poll anyway (the server's
-// poll-after, at most PollWait), and the next poll starts poll-after after the previous
-// one. A change thus reaches the agent at once while the server's poll-after still sets
-// the rate of requests. The first poll, and the first after an outage, is not held, so
+// poll-after, counted from its answer, at most PollWait). The agent holds a poll at all
+// times: the next poll starts as soon as an answer arrives, and is held for the poll-after
+// that answer gave, so a change reaches the agent at once while the server's poll-after
+// still sets the rate of requests. The agent waits between polls only when told to come
+// back later than PollWait (it then waits the difference and holds the rest), or when the
+// server answered "unchanged" without holding the poll (it may be holding too many): then
+// it comes back when told. The first poll, and the first after an outage, is not held, so
 // that reaching the server again is noticed (and queued status sent) at once.
 func (a *agent) pollLoop(ctx context.Context) error {
 	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
@@ -37,8 +41,9 @@ func (a *agent) pollLoop(ctx context.Context) error {
 	var hold time.Duration
 	for {
 		start := time.Now()
-		after, err := a.poll(ctx, &since, hold)
-		wait := after - time.Since(start)
+		after, changed, err := a.poll(ctx, &since, hold)
+		elapsed := time.Since(start)
+		var wait time.Duration
 		if err != nil {
 			if f := fatal(err); f != nil {
 				return f
@@ -56,7 +61,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		} else {
 			bo.reset()
 			a.pollAfter.Store(int64(after))
-			hold = min(after, a.cfg.PollWait)
+			wait, hold = nextPoll(after, a.cfg.PollWait, hold, elapsed, changed)
 			if wait > closeIdleAfter {
 				// Told to come back in minutes (a large fleet): close the connection now
 				// rather than have the server keep it open meanwhile. A million agents
@@ -79,14 +84,30 @@ func (a *agent) pollLoop(ctx context.Context) error {
 	}
 }
 
+// nextPoll decides, from the answer to a poll held for up to asked that took elapsed, how
+// long to wait before the next poll and how long to let the server hold that one. The
+// server's poll-after counts from its answer: waiting it out after a held poll (as if it
+// counted from the poll's start) would leave the agent without a poll held for most of it.
+func nextPoll(after, pollWait, asked, elapsed time.Duration, changed bool) (wait, hold time.Duration) {
+	// The protocol holds for whole seconds.
+	hold = min(after, pollWait).Truncate(time.Second)
+	wait = after - hold
+	if !changed && asked >= time.Second && elapsed < asked/2 {
+		// Unchanged, yet not held: the server declined to hold it. Come back when told,
+		// or the agent would poll in a loop.
+		wait = after
+	}
+	return wait, hold
+}
+
 // poll makes one poll, held by the server for up to hold, and returns the server's
-// poll-after: how long after this poll's start to make the next.
-func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (time.Duration, error) {
+// poll-after (how long after its answer to poll again) and whether the state changed.
+func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (time.Duration, bool, error) {
 	pctx, cancel := context.WithTimeout(ctx, hold+time.Minute)
 	ds, rev, after, err := a.client.WaitDesired(pctx, *since, hold)
 	cancel()
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if after <= 0 {
 		after = a.cfg.PollInterval
@@ -98,7 +119,7 @@ func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (tim
 		if cur := a.currentDesired(); cur != nil {
 			fetched, err := a.fetchContent(ctx, cur)
 			if err != nil {
-				return 0, err
+				return 0, false, err
 			}
 			if fetched {
 				// Deployments waiting for it are rendered on a full pass.
@@ -108,10 +129,10 @@ func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (tim
 				kick(a.wakeReconcile)
 			}
 		}
-		return after, nil
+		return after, false, nil
 	}
 	if _, err := a.fetchContent(ctx, ds); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if err := a.dir.saveDesired(ds); err != nil {
 		// Still apply it; only a restart before the next change would miss it.
@@ -131,7 +152,7 @@ func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (tim
 	if err := a.dir.pruneContent(keep); err != nil {
 		a.log.Warn("pruning the content cache", "err", err)
 	}
-	return after, nil
+	return after, true, nil
 }
 
 // fetchContent puts the content of every deployment of ds in the cache. It returns an error

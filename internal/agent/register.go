@@ -96,6 +96,7 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		ClientID:    clientID,
 		ClusterName: resp.ClusterName,
 		Namespace:   resp.Namespace,
+		TokenDigest: tokenDigest(a.cfg.Token),
 	}
 	c.setExpiry(resp.Expires, a.now())
 	// The token may have been good for this one use: losing the credential now would leave

@@ -277,3 +277,26 @@ func TestMainVersionAndUsage(t *testing.T) {
 		t.Errorf("missing kubeconfig: code %d, stderr %q", code, errOut.String())
 	}
 }
+
+func TestNextPoll(t *testing.T) {
+	const s = time.Second
+	for _, tc := range []struct {
+		name                  string
+		after, asked, elapsed time.Duration
+		changed               bool
+		wantWait, wantHold    time.Duration
+	}{
+		{"first poll, not held", 7 * s, 0, 0, false, 0, 7 * s},
+		{"held to the end", 12 * s, 7 * s, 7 * s, false, 0, 12 * s},
+		{"a change ends the hold", 5 * s, 12 * s, 2 * s, true, 0, 5 * s},
+		{"the server declined to hold", 9 * s, 12 * s, 0, false, 9 * s, 9 * s},
+		{"come back in minutes", 5 * time.Minute, 30 * s, 30 * s, false, 4*time.Minute + 30*s, 30 * s},
+		{"whole seconds only", 1500 * time.Millisecond, 1 * s, 1 * s, false, 500 * time.Millisecond, 1 * s},
+		{"under a second: no hold", 20 * time.Millisecond, 0, 0, false, 20 * time.Millisecond, 0},
+	} {
+		wait, hold := nextPoll(tc.after, 30*s, tc.asked, tc.elapsed, tc.changed)
+		if wait != tc.wantWait || hold != tc.wantHold {
+			t.Errorf("%s: wait %v hold %v, want %v and %v", tc.name, wait, hold, tc.wantWait, tc.wantHold)
+		}
+	}
+}
