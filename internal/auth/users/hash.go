@@ -137,6 +137,10 @@ func encode(p Params, salt, key []byte) string {
 
 func decode(encoded string) (Params, []byte, []byte, error) {
 	var p Params
+	// Base64 decoding skips CR and LF even in strict mode: a stored hash has one spelling.
+	if strings.ContainsAny(encoded, "\r\n") {
+		return p, nil, nil, ErrMalformedHash
+	}
 	parts := strings.Split(encoded, "$")
 	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" {
 		return p, nil, nil, ErrMalformedHash
