@@ -237,54 +237,71 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 		return err
 	}
 	w := req.w
-	flusher, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "application/json;stream=watch")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	if flusher != nil {
-		flusher.Flush()
+	event := func(ev store.Event) (*api.WatchEvent, error) {
+		return &api.WatchEvent{Type: ev.Type, Object: s.filterRaw(req.kind.Kind, ev.Object)}, nil
 	}
-	enc := json.NewEncoder(w)
+	bookmark := func(last int64) *api.WatchEvent {
+		if rev, err := s.store.Revision(ctx); err != nil || rev <= last {
+			return nil
+		}
+		bm, _ := json.Marshal(api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: req.kind.Kind},
+			Metadata: api.ObjectMeta{ResourceVersion: strconv.FormatInt(last, 10)}})
+		return &api.WatchEvent{Type: api.Bookmark, Object: bm}
+	}
+	s.streamWatch(ctx, w, json.NewEncoder(w), ch, from, event, bookmark)
+	return nil
+}
+
+// streamWatch writes a watch's events to w until the watch ends, the client leaves or a write
+// fails; both watch routes share it. event turns a store event into the one to send (nil skips
+// it; an error ends the stream, and the client watches again); bookmark, asked every BookmarkInterval, makes a bookmark at last (nil sends none). A
+// bookmark may only promise what this stream has delivered: revisions after last may still be
+// on their way, so it carries last.
+func (s *Server) streamWatch(ctx context.Context, w http.ResponseWriter, enc *json.Encoder, ch <-chan store.Event, from int64,
+	event func(store.Event) (*api.WatchEvent, error), bookmark func(last int64) *api.WatchEvent) {
+	flusher, _ := w.(http.Flusher)
+	flush := func() {
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	flush()
 	tick := time.NewTicker(s.BookmarkInterval)
 	defer tick.Stop()
 	last := from
 	for {
+		var out *api.WatchEvent
 		select {
 		case ev, ok := <-ch:
 			if !ok {
-				return nil
+				return
 			}
 			if ev.Err != nil {
-				st := toStatus(ev.Err)
-				raw, _ := json.Marshal(st)
+				raw, _ := json.Marshal(toStatus(ev.Err))
 				enc.Encode(api.WatchEvent{Type: api.Error, Object: raw})
-				if flusher != nil {
-					flusher.Flush()
-				}
-				return nil
+				flush()
+				return
 			}
 			last = ev.Revision
-			if err := enc.Encode(api.WatchEvent{Type: ev.Type, Object: s.filterRaw(req.kind.Kind, ev.Object)}); err != nil {
-				return nil
+			var err error
+			if out, err = event(ev); err != nil {
+				return
 			}
 		case <-tick.C:
-			rev, err := s.store.Revision(ctx)
-			if err != nil || rev <= last {
-				continue
-			}
-			// A bookmark may only promise what this stream has delivered; revisions after
-			// `last` may still be on their way, so the bookmark carries `last`.
-			bm, _ := json.Marshal(api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: req.kind.Kind},
-				Metadata: api.ObjectMeta{ResourceVersion: strconv.FormatInt(last, 10)}})
-			if err := enc.Encode(api.WatchEvent{Type: api.Bookmark, Object: bm}); err != nil {
-				return nil
-			}
+			out = bookmark(last)
 		case <-ctx.Done():
-			return nil
+			return
 		}
-		if flusher != nil {
-			flusher.Flush()
+		if out == nil {
+			continue
 		}
+		if err := enc.Encode(out); err != nil {
+			return
+		}
+		flush()
 	}
 }
 

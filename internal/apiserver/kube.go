@@ -292,7 +292,6 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 	}
 	bookmarks := q.Get("allowWatchBookmarks") == "true"
 	w := req.w
-	flusher, _ := w.(http.Flusher)
 	if t != nil {
 		w.Header().Set("Content-Type", tableContentType+";stream=watch")
 	} else {
@@ -302,12 +301,12 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	first := true
-	send := func(typ string, o *api.Object) error {
+	build := func(typ string, o *api.Object) (*api.WatchEvent, error) {
 		var obj any = o
 		if t != nil {
 			tbl, err := s.table(req.kind, []*api.Object{o}, t, first)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			tbl.ResourceVersion = o.Metadata.ResourceVersion
 			obj = tbl
@@ -315,64 +314,41 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 		}
 		raw, err := json.Marshal(obj)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		return enc.Encode(api.WatchEvent{Type: typ, Object: raw})
+		return &api.WatchEvent{Type: typ, Object: raw}, nil
 	}
 	for _, o := range initial {
-		if err := send(api.Added, o); err != nil {
+		ev, err := build(api.Added, o)
+		if err != nil {
+			return nil
+		}
+		if err := enc.Encode(ev); err != nil {
 			return nil
 		}
 	}
-	if flusher != nil {
-		flusher.Flush()
+	event := func(ev store.Event) (*api.WatchEvent, error) {
+		o, err := store.Decode(ev.Object)
+		if err != nil || !ff.matches(o) {
+			return nil, nil
+		}
+		return build(ev.Type, s.view(o))
 	}
-	tick := time.NewTicker(s.BookmarkInterval)
-	defer tick.Stop()
-	last := from
-	for {
-		select {
-		case ev, ok := <-ch:
-			if !ok {
-				return nil
-			}
-			if ev.Err != nil {
-				raw, _ := json.Marshal(toStatus(ev.Err))
-				enc.Encode(api.WatchEvent{Type: api.Error, Object: raw})
-				if flusher != nil {
-					flusher.Flush()
-				}
-				return nil
-			}
-			last = ev.Revision
-			o, err := store.Decode(ev.Object)
-			if err != nil || !ff.matches(o) {
-				continue
-			}
-			if err := send(ev.Type, s.view(o)); err != nil {
-				return nil
-			}
-		case <-tick.C:
-			if !bookmarks {
-				continue
-			}
-			var bm any = api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: req.kind.Kind},
-				Metadata: api.ObjectMeta{ResourceVersion: strconv.FormatInt(last, 10)}}
-			if t != nil {
-				bm = metav1.Table{TypeMeta: metav1.TypeMeta{APIVersion: "meta.k8s.io/v1", Kind: "Table"},
-					ListMeta: metav1.ListMeta{ResourceVersion: strconv.FormatInt(last, 10)}}
-			}
-			raw, _ := json.Marshal(bm)
-			if err := enc.Encode(api.WatchEvent{Type: api.Bookmark, Object: raw}); err != nil {
-				return nil
-			}
-		case <-ctx.Done():
+	bookmark := func(last int64) *api.WatchEvent {
+		if !bookmarks {
 			return nil
 		}
-		if flusher != nil {
-			flusher.Flush()
+		var bm any = api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: req.kind.Kind},
+			Metadata: api.ObjectMeta{ResourceVersion: strconv.FormatInt(last, 10)}}
+		if t != nil {
+			bm = metav1.Table{TypeMeta: metav1.TypeMeta{APIVersion: "meta.k8s.io/v1", Kind: "Table"},
+				ListMeta: metav1.ListMeta{ResourceVersion: strconv.FormatInt(last, 10)}}
 		}
+		raw, _ := json.Marshal(bm)
+		return &api.WatchEvent{Type: api.Bookmark, Object: raw}
 	}
+	s.streamWatch(ctx, w, enc, ch, from, event, bookmark)
+	return nil
 }
 
 func jsonMarshal(v any) ([]byte, error) {
