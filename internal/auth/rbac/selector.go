@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"slices"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/resource"
 )
 
 // selector is a parsed label selector, interned by its canonical form so that thousands of
@@ -26,16 +26,7 @@ type selector struct {
 type eqKey struct{ k, v string }
 
 func parseSelector(s *api.LabelSelector) (labels.Selector, error) {
-	if s == nil {
-		return labels.Nothing(), nil
-	}
-	ls := &metav1.LabelSelector{MatchLabels: s.MatchLabels}
-	for _, e := range s.MatchExpressions {
-		ls.MatchExpressions = append(ls.MatchExpressions, metav1.LabelSelectorRequirement{
-			Key: e.Key, Operator: metav1.LabelSelectorOperator(e.Operator), Values: e.Values,
-		})
-	}
-	sel, err := metav1.LabelSelectorAsSelector(ls)
+	sel, err := resource.Selector(s)
 	if err != nil {
 		return nil, fmt.Errorf("invalid selector: %w", err)
 	}
