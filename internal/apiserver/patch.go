@@ -233,8 +233,11 @@ func patchBase(ctx context.Context) *api.Object {
 
 // withoutResourceVersion drops metadata.resourceVersion from a patched object.
 func withoutResourceVersion(obj []byte) ([]byte, error) {
+	// Numbers stay as written: through float64 a large integer would change.
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	dec.UseNumber()
 	var m map[string]any
-	if err := json.Unmarshal(obj, &m); err != nil {
+	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("patched object: %w", err)
 	}
 	if md, ok := m["metadata"].(map[string]any); ok {
