@@ -82,7 +82,19 @@ func parseObjects(m *meter, source string, data []byte, skipKindless bool) ([]*u
 				return nil, fmt.Errorf("%s: document %d: %w", source, i+1, err)
 			}
 			for k := range list.Items {
-				objs = append(objs, &list.Items[k])
+				item := &list.Items[k]
+				// An item is checked as a document is: a List's items come from
+				// the same untrusted file.
+				if item.GetAPIVersion() == "" || item.GetKind() == "" {
+					if skipKindless {
+						continue
+					}
+					return nil, fmt.Errorf("%s: document %d: item %d has no apiVersion or kind", source, i+1, k+1)
+				}
+				if item.IsList() {
+					return nil, fmt.Errorf("%s: document %d: item %d is a List inside a List", source, i+1, k+1)
+				}
+				objs = append(objs, item)
 			}
 			continue
 		}
