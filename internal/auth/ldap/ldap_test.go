@@ -344,7 +344,9 @@ func TestConfigValidation(t *testing.T) {
 		{func(c *Config) { c.GroupFilter = "(member={dn})" }, "needs --ldap-group-base-dn"},
 		{func(c *Config) { c.GroupFilter, c.GroupBaseDN = "(objectClass=group)", "dc=x" }, "neither {dn} nor {user}"},
 		{func(c *Config) { c.GroupFilter, c.GroupBaseDN = "(member={dn}", "dc=x" }, "not an LDAP filter"},
-		{func(c *Config) { c.GroupFilter, c.GroupBaseDN, c.MemberOfAttribute = "(member={dn})", "dc=x", "memberOf" }, "not both"},
+		{func(c *Config) {
+			c.GroupFilter, c.GroupBaseDN, c.MemberOfAttribute = "(member={dn})", "dc=x", "memberOf"
+		}, "not both"},
 		{func(c *Config) { c.Timeout = time.Hour }, "--ldap-timeout"},
 		{func(c *Config) { c.MaxConnections = -1 }, "--ldap-max-connections"},
 	} {
