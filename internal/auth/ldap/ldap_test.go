@@ -317,6 +317,12 @@ func TestConfigValidation(t *testing.T) {
 	if _, err := New(ok); err != nil {
 		t.Fatalf("valid config refused: %v", err)
 	}
+	ad := ok
+	ad.UserAttribute, ad.UserFilter = "sAMAccountName", "(&(objectCategory=person)(objectClass=user))"
+	ad.GroupBaseDN, ad.GroupFilter = "dc=example,dc=org", "(member:1.2.840.113556.1.4.1941:={dn})"
+	if _, err := New(ad); err != nil {
+		t.Fatalf("Active Directory's config refused: %v", err)
+	}
 	for _, tc := range []struct {
 		change func(*Config)
 		want   string
@@ -359,5 +365,47 @@ func TestConfigValidation(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "secret") {
 			t.Errorf("the error shows the bind password: %v", err)
 		}
+	}
+}
+
+// Logins beyond MaxConnections wait for a connection, within their own deadline.
+func TestConnectionBound(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 10)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	p := newProvider(t, Config{URL: "ldap://" + l.Addr().String(), AllowInsecure: true,
+		UserDNTemplate: "uid={user},dc=x", MaxConnections: 1, Timeout: time.Minute})
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := p.Authenticate(ctx1, "alice", alicePass); first <- err }()
+	c := <-accepted // the first login holds the only connection, waiting for an answer
+	defer c.Close()
+
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if _, err := p.Authenticate(ctx2, "bob", bobPass); err == nil || !strings.Contains(err.Error(), "waiting for one of 1 connections") {
+		t.Fatalf("second login: got %v, want it to wait for the connection", err)
+	}
+	select {
+	case c := <-accepted:
+		c.Close()
+		t.Fatal("a second connection was opened")
+	default:
+	}
+	cancel1()
+	if err := <-first; err == nil || errors.Is(err, auth.ErrUnauthenticated) {
+		t.Fatalf("first login, cancelled: got %v", err)
 	}
 }
