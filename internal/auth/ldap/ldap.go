@@ -95,7 +95,7 @@ func (p *Provider) login(conn *goldap.Conn, username, password string) (auth.Ide
 			return auth.Identity{}, fmt.Errorf("LDAP: binding as the service account %s: %w", p.s.BindDN, err)
 		}
 		var err error
-		if entry, err = p.findUser(conn, username); err != nil {
+		if entry, err = p.findUser(conn, username, password); err != nil {
 			return auth.Identity{}, err
 		}
 	} else {
@@ -143,7 +143,7 @@ func (p *Provider) login(conn *goldap.Conn, username, password string) (auth.Ide
 
 // findUser searches for the one entry of username. None, or more than one, is a refused
 // login; more than one is also logged, as the directory's configuration is at fault.
-func (p *Provider) findUser(conn *goldap.Conn, username string) (*goldap.Entry, error) {
+func (p *Provider) findUser(conn *goldap.Conn, username, password string) (*goldap.Entry, error) {
 	// EscapeFilter turns *, (, ), \ and NUL into escapes: a name is always matched as a
 	// literal value, never as a pattern or part of the filter.
 	filter := fmt.Sprintf("(%s=%s)", p.s.UserAttribute, goldap.EscapeFilter(username))
@@ -159,6 +159,9 @@ func (p *Provider) findUser(conn *goldap.Conn, username string) (*goldap.Entry, 
 		return nil, fmt.Errorf("LDAP: searching for the user under %s: %w", p.s.UserBaseDN, err)
 	}
 	if len(res.Entries) == 0 || res.Entries[0].DN == "" {
+		// A bind bound to fail, its answer ignored: an unknown name costs the exchanges a
+		// wrong password does, so that the time taken does not tell which names exist.
+		conn.Bind("cn=flotilla-no-such-user,"+p.s.UserBaseDN, password)
 		return nil, errInvalid
 	}
 	return res.Entries[0], nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -96,6 +97,20 @@ func refused(t *testing.T, p *Provider, user, pw string) {
 	}
 }
 
+var requestRE = regexp.MustCompile(` op=\d+ (BIND|SRCH|EXT) `)
+
+// requests is the kinds of request slapd logged during a refused login.
+func requests(t *testing.T, s *ldaptest.Server, p *Provider, user, pw string) []string {
+	t.Helper()
+	before := len(s.Log())
+	refused(t, p, user, pw)
+	var kinds []string
+	for _, m := range requestRE.FindAllStringSubmatch(s.Log()[before:], -1) {
+		kinds = append(kinds, m[1])
+	}
+	return kinds
+}
+
 func sameGroups(t *testing.T, id auth.Identity, want ...string) {
 	t.Helper()
 	got := slices.Sorted(slices.Values(id.Groups))
@@ -133,6 +148,13 @@ func TestLDAP(t *testing.T) {
 		refused(t, p, "alice", strings.Repeat("x", 2000))
 		// Two entries share the name: neither may log in.
 		refused(t, p, "twin", "twin-password-1")
+
+		// The directory sees the same exchanges for an unknown name as for a wrong password,
+		// so that their time does not tell one from the other.
+		wrong, unknown := requests(t, s, p, "alice", "wrong-password"), requests(t, s, p, "nobody", "wrong-password")
+		if !slices.Equal(wrong, unknown) || len(wrong) < 3 {
+			t.Fatalf("a wrong password makes the requests %q, an unknown name %q", wrong, unknown)
+		}
 	})
 
 	t.Run("filter injection", func(t *testing.T) {

@@ -164,8 +164,9 @@ access to * by users read by * none
 		return err
 	}
 	defer logf.Close()
-	// -d keeps slapd in the foreground, as our child; level 0 logs only errors.
-	s.cmd = exec.Command(bin, "-f", cf, "-h", s.URL+"/ "+s.LDAPSURL+"/", "-d", "0")
+	// -d keeps slapd in the foreground, as our child; level 256 (stats) logs every
+	// operation, which tests may count (Log).
+	s.cmd = exec.Command(bin, "-f", cf, "-h", s.URL+"/ "+s.LDAPSURL+"/", "-d", "256")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("starting slapd: %w", err)
@@ -314,7 +315,8 @@ func (s *Server) makeCerts() error {
 	return nil
 }
 
-// Log returns what slapd logged, for a failing test's message.
+// Log returns what slapd logged: errors, and a line per operation ("conn=1001 op=1 BIND
+// dn=... method=128", "SRCH base=...").
 func (s *Server) Log() string {
 	b, _ := os.ReadFile(filepath.Join(s.dir, "slapd.log"))
 	return strings.TrimSpace(string(b))
