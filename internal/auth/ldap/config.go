@@ -40,8 +40,9 @@ type Config struct {
 	// OpenLDAP, sAMAccountName (or userPrincipalName) for Active Directory. The value of
 	// UserAttribute in the directory, not the name as typed, is the Flotilla user name.
 	UserBaseDN, UserFilter, UserAttribute string
-	// UserDNTemplate is the user's DN with {user} for the (DN-escaped) user name, e.g.
-	// uid={user},ou=people,dc=example,dc=org: the user binds without a service account.
+	// UserDNTemplate is the user's DN with {user} for the (DN-escaped) user name as the value
+	// of UserAttribute, e.g. uid={user},ou=people,dc=example,dc=org: the user binds without a
+	// service account, then reads their own entry (and groups) as themselves.
 	UserDNTemplate string
 
 	// GroupBaseDN is where groups are searched with GroupFilter, in which {dn} is the user's
@@ -210,8 +211,10 @@ func validate(c Config) (*settings, error) {
 			filter("--ldap-user-filter", c.UserFilter)
 		}
 	case c.UserDNTemplate != "":
-		if strings.Count(c.UserDNTemplate, "{user}") != 1 {
-			bad("--ldap-user-dn-template %q must hold {user} once", c.UserDNTemplate)
+		// The name in the DN is the user attribute's value, which the entry then gives back
+		// as the directory spells it.
+		if strings.Count(c.UserDNTemplate, "{user}") != 1 || !strings.HasPrefix(strings.ToLower(c.UserDNTemplate), strings.ToLower(c.UserAttribute)+"={user},") {
+			bad("--ldap-user-dn-template %q must start with %s={user}, (the --ldap-user-attribute) and hold {user} once", c.UserDNTemplate, c.UserAttribute)
 		} else {
 			dn("--ldap-user-dn-template", strings.Replace(c.UserDNTemplate, "{user}", "x", 1))
 		}

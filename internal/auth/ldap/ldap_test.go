@@ -368,7 +368,13 @@ func TestConfigValidation(t *testing.T) {
 		{func(c *Config) { c.UserDNTemplate = "uid={user},dc=x" }, "not both"},
 		{func(c *Config) {
 			c.BindDN, c.BindPasswordFile, c.UserBaseDN, c.UserDNTemplate = "", "", "", "uid=x,dc=x"
-		}, "must hold {user} once"},
+		}, "must start with uid={user},"},
+		{func(c *Config) {
+			c.BindDN, c.BindPasswordFile, c.UserBaseDN, c.UserDNTemplate = "", "", "", "cn={user},dc=x"
+		}, "must start with uid={user},"},
+		{func(c *Config) {
+			c.BindDN, c.BindPasswordFile, c.UserBaseDN, c.UserDNTemplate = "", "", "", "uid={user},ou={user},dc=x"
+		}, "hold {user} once"},
 		{func(c *Config) { c.GroupFilter = "(member={dn})" }, "needs --ldap-group-base-dn"},
 		{func(c *Config) { c.GroupFilter, c.GroupBaseDN = "(objectClass=group)", "dc=x" }, "neither {dn} nor {user}"},
 		{func(c *Config) { c.GroupFilter, c.GroupBaseDN = "(member={dn}", "dc=x" }, "not an LDAP filter"},
