@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
@@ -122,6 +123,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	cfg.RenderBudget = bundle.DefaultBudget()
 	addRenderBudgetFlags(f, &cfg.RenderBudget)
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
+	ldap.AddFlags(f, &cfg.LDAP)
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

@@ -22,6 +22,7 @@ import (
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
@@ -76,6 +77,8 @@ type Config struct {
 	GitRepoSyncTimeout time.Duration
 	// Out receives the lines meant for the operator (CA checksum, a generated token).
 	Out io.Writer
+	// LDAP configures password logins of ldap users against a directory; no URL, none.
+	LDAP ldap.Config
 }
 
 // DefaultConfig returns the defaults.
@@ -101,6 +104,8 @@ type Server struct {
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
+	// ldap checks ldap users' passwords; nil without Config.LDAP.
+	ldap *ldap.Provider
 }
 
 // storeAll is what both drivers provide.
@@ -129,6 +134,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Out = io.Discard
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
+	if cfg.LDAP.Enabled() {
+		cfg.LDAP.Logger = cfg.Logger
+		var err error
+		if s.ldap, err = ldap.New(cfg.LDAP); err != nil {
+			return nil, err
+		}
+	}
 	scfg := sqlstore.DefaultConfig()
 	scfg.Logger = cfg.Logger
 	scfg.Observe = func(op string, d time.Duration, err error) {
