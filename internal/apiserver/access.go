@@ -110,8 +110,8 @@ func (h *roleHooks) BeforeDelete(_ context.Context, obj *api.Object) error {
 	if builtinRole(obj.Metadata.Name) {
 		return statusErr(http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("role %q is built in and cannot be deleted", obj.Metadata.Name))
 	}
-	if refs := h.a.BindingsOf(api.KindRole, obj.Metadata.Name); len(refs) > 0 {
-		return statusErr(http.StatusConflict, api.ReasonConflict, fmt.Sprintf("role %q is still used by %d role binding(s) or role(s), e.g. %q: remove them first", obj.Metadata.Name, len(refs), refs[0]))
+	if refs := h.a.RoleInUse(obj.Metadata.Name); refs != "" {
+		return statusErr(http.StatusConflict, api.ReasonConflict, fmt.Sprintf("role %q is still used by %s: delete or change those first", obj.Metadata.Name, refs))
 	}
 	return nil
 }
@@ -217,8 +217,8 @@ func (h *projectHooks) BeforeUpdate(_ context.Context, _, obj *api.Object, _ boo
 }
 
 func (h *projectHooks) BeforeDelete(_ context.Context, obj *api.Object) error {
-	if refs := h.a.BindingsOf(api.KindProject, obj.Metadata.Name); len(refs) > 0 {
-		return statusErr(http.StatusConflict, api.ReasonConflict, fmt.Sprintf("project %q is still used by %d role binding(s), e.g. %q: remove them first", obj.Metadata.Name, len(refs), refs[0]))
+	if refs := h.a.ProjectInUse(obj.Metadata.Name); refs != "" {
+		return statusErr(http.StatusConflict, api.ReasonConflict, fmt.Sprintf("project %q is still used by %s: delete or change those first", obj.Metadata.Name, refs))
 	}
 	return nil
 }

@@ -2,6 +2,9 @@ package rbac
 
 import (
 	"cmp"
+	"fmt"
+	"slices"
+	"strings"
 
 	"flotilla.dev/api"
 )
@@ -155,4 +158,35 @@ func covers(b *binding, w wantScope) bool {
 		return w.scope == scopeProject && w.target == b.target
 	}
 	return false
+}
+
+// RoleInUse names (a few of) the bindings and roles referring to role name, "" when none
+// do: such a role may not be deleted.
+func (a *Authorizer) RoleInUse(name string) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	r, ok := a.roles[name]
+	if !ok {
+		return ""
+	}
+	return a.roleReferrers(r)
+}
+
+// ProjectInUse names (a few of) the bindings scoped to project name, "" when none are.
+func (a *Authorizer) ProjectInUse(name string) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	p, ok := a.projects[name]
+	if !ok || len(p.bindings) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(p.bindings))
+	for _, b := range p.bindings {
+		names = append(names, "role binding "+b.name)
+	}
+	slices.Sort(names)
+	if len(names) > 5 {
+		return fmt.Sprintf("%s and %d more", strings.Join(names[:5], ", "), len(names)-5)
+	}
+	return strings.Join(names, ", ")
 }
