@@ -28,8 +28,18 @@ type UserSessions interface {
 	RevokeUser(ctx context.Context, user string) (int, error)
 }
 
-// AccessHooks returns the hooks of the access kinds, by kind, for SetHooks.
-func AccessHooks(a *rbac.Authorizer, sessions UserSessions, log *slog.Logger) map[string]Hooks {
+// EnableAccess makes every route decide with acc, installs the access kinds' hooks and
+// stores the built-in roles. sessions may be nil (no sessions to end).
+func (s *Server) EnableAccess(ctx context.Context, acc Access, sessions UserSessions) error {
+	s.SetAccess(acc)
+	for kind, h := range accessHooks(acc.Authorizer, sessions, s.log) {
+		s.SetHooks(kind, h)
+	}
+	return EnsureBuiltinRoles(ctx, s.store)
+}
+
+// accessHooks returns the hooks of the access kinds, by kind.
+func accessHooks(a *rbac.Authorizer, sessions UserSessions, log *slog.Logger) map[string]Hooks {
 	return map[string]Hooks{
 		api.KindRole:        &roleHooks{a: a},
 		api.KindRoleBinding: &bindingHooks{a: a},

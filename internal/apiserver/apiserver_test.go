@@ -63,11 +63,7 @@ func newEnv(t testing.TB) *env {
 	s.SetHooks(api.KindBundle, agentapi.NewBundleHooks(st))
 	s.SetHooks(api.KindSecret, keeper)
 	authz := rbac.New()
-	s.SetAccess(apiserver.Access{Authorizer: authz})
-	for kind, h := range apiserver.AccessHooks(authz, nil, slog.New(slog.DiscardHandler)) {
-		s.SetHooks(kind, h)
-	}
-	if err := apiserver.EnsureBuiltinRoles(ctx, st); err != nil {
+	if err := s.EnableAccess(ctx, apiserver.Access{Authorizer: authz}, nil); err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()

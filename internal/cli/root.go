@@ -34,6 +34,10 @@ type globals struct {
 func Execute(ctx context.Context) int {
 	cmd := NewRoot(os.Stdin, os.Stdout, os.Stderr)
 	if err := cmd.ExecuteContext(ctx); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
 	}
@@ -75,6 +79,8 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newEditCmd(g),
 		newKubeconfigCmd(g),
 		newTokenCmd(g),
+		newRoleBindingCmd(g),
+		newAuthCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
 	)
