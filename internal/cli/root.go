@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -75,6 +76,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newEditCmd(g),
 		newKubeconfigCmd(g),
 		newTokenCmd(g),
+		newUserCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
 	)
@@ -86,6 +88,10 @@ type clientConfig struct {
 	Server string `json:"server"`
 	Token  string `json:"token"`
 	CA     string `json:"ca,omitempty"`
+	// User, Provider and Expires describe a login's session; a token given to login has none.
+	User     string     `json:"user,omitempty"`
+	Provider string     `json:"provider,omitempty"`
+	Expires  *time.Time `json:"expires,omitempty"`
 }
 
 func (g *globals) configFile() string {
@@ -143,7 +149,13 @@ func (g *globals) connection() (connection, error) {
 	if c.server == "" {
 		return c, errors.New("no server: pass --server, set FLOTILLA_SERVER, or run `flotilla login`")
 	}
-	c.token = first(g.token, os.Getenv("FLOTILLA_TOKEN"), cfg.Token)
+	c.token = first(g.token, os.Getenv("FLOTILLA_TOKEN"))
+	if c.token == "" {
+		if cfg.Expires != nil && !time.Now().Before(*cfg.Expires) {
+			return c, fmt.Errorf("your session on %s expired at %s: log in again with `flotilla login --username %s`", cfg.Server, cfg.Expires.UTC().Format(time.RFC3339), first(cfg.User, "NAME"))
+		}
+		c.token = cfg.Token
+	}
 	caFile := first(g.caFile, os.Getenv("FLOTILLA_CA_FILE"))
 	if caFile != "" {
 		if c.ca, err = os.ReadFile(caFile); err != nil {
