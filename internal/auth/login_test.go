@@ -602,3 +602,42 @@ func TestSetUserDisabledBeatsTheCache(t *testing.T) {
 		t.Error("the admin token stopped working")
 	}
 }
+
+// BenchmarkLogin compares the work of a login's outcomes with the default hash parameters:
+// an unknown user, a wrong password and a disabled user should cost what a success does.
+func BenchmarkLogin(b *testing.B) {
+	ctx := context.Background()
+	st := openStore(b)
+	a := NewAuthenticator(st)
+	a.ConfigureLogin(LoginConfig{Logger: quiet, Limiter: users.NewLimiter(users.LimiterConfig{UserBurst: 1 << 30, UserEvery: time.Second, SourceBurst: 1 << 30, SourceEvery: time.Second, MaxKeys: 10})})
+	for _, u := range []struct {
+		name     string
+		disabled bool
+	}{{"alice", false}, {"dora", true}} {
+		raw, _ := json.Marshal(api.UserSpec{Disabled: u.disabled})
+		if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{Kind: api.KindUser}, Metadata: api.ObjectMeta{Name: u.name}, Spec: raw}); err != nil {
+			b.Fatal(err)
+		}
+		if err := a.SetPassword(ctx, u.name, alicePW); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range []struct{ name, user, pw string }{
+		{"success", "alice", alicePW}, {"wrong-password", "alice", "wrong password here"},
+		{"unknown-user", "nobody", alicePW}, {"disabled-user", "dora", alicePW},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				resp, err := a.Login(ctx, api.LoginRequest{Username: c.user, Password: c.pw}, "127.0.0.1")
+				if (err == nil) != (c.name == "success") {
+					b.Fatalf("login: %v", err)
+				}
+				if resp != nil {
+					b.StopTimer()
+					a.RevokeUser(ctx, "alice")
+					b.StartTimer()
+				}
+			}
+		})
+	}
+}

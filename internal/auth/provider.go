@@ -106,11 +106,13 @@ func (p *localProvider) Authenticate(ctx context.Context, username, password str
 	if err != nil {
 		return Identity{}, err
 	}
-	hash := ""
-	if found && u.provider() == api.ProviderLocal {
-		if hash, err = a.passwordHash(ctx, username); err != nil {
-			return Identity{}, err
-		}
+	// The password is read whether or not the user exists, so that both cost the same reads.
+	hash, err := a.passwordHash(ctx, username)
+	if err != nil {
+		return Identity{}, err
+	}
+	if !found || u.provider() != api.ProviderLocal {
+		hash = ""
 	}
 	if hash == "" {
 		h.VerifyNobody(ctx, password)
