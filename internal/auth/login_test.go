@@ -641,3 +641,52 @@ func BenchmarkLogin(b *testing.B) {
 		})
 	}
 }
+
+// A replica that cached a user's token refuses it once another disables or deletes the user
+// (its cache TTL here is longer than the test may wait).
+func TestUserChangesFromAnotherReplica(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := newLoginServer(t, LoginConfig{})
+	s.addUser("alice", api.UserSpec{})
+	s.addUser("bob", api.UserSpec{})
+	for _, u := range []string{"alice", "bob"} {
+		s.admin.SetPassword(ctx, u, api.SetPasswordRequest{Password: alicePW})
+	}
+	alice, bob := s.mustLogin("alice", alicePW), s.mustLogin("bob", alicePW)
+	two := NewAuthenticator(s.st)
+	two.now, two.ttl = s.clock.now, 24*time.Hour
+	go two.FollowRevocations(ctx, quiet)
+	for _, tok := range []string{alice, bob} {
+		if _, err := two.Authenticate(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait until the watch runs: a user created and deleted is then seen deleted.
+	for deadline := time.Now().Add(10 * time.Second); !two.userBlocked("probe"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the other replica does not follow users")
+		}
+		s.st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{Kind: api.KindUser}, Metadata: api.ObjectMeta{Name: "probe"}})
+		s.st.Delete(ctx, userKey("probe"), "")
+	}
+	// Straight in the store, so that no token is deleted: only the watch of users can tell.
+	obj, _ := s.st.Get(ctx, userKey("alice"))
+	obj.Spec = json.RawMessage(`{"disabled":true}`)
+	if _, err := s.st.Update(ctx, obj); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.st.Delete(ctx, userKey("bob"), ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{alice, bob} {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if _, err := two.Authenticate(ctx, tok); errors.Is(err, ErrUnauthenticated) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the other replica still accepts the token of a disabled or deleted user")
+			}
+		}
+	}
+}

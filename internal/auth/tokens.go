@@ -225,8 +225,10 @@ func (a *Authenticator) forget(prefix string) {
 
 // FollowRevocations drops tokens deleted by other replicas (or straight in the store) from
 // the cache until ctx ends. Whenever the watch starts again the whole cache is emptied, since a
-// deletion may have been missed meanwhile.
+// deletion may have been missed meanwhile. It also follows the User objects, so that a user
+// disabled or deleted through another replica is refused here at once too.
 func (a *Authenticator) FollowRevocations(ctx context.Context, log *slog.Logger) {
+	go a.followUsers(ctx, log)
 	for ctx.Err() == nil {
 		ch, err := a.store.Watch(ctx, store.WatchOptions{Kind: kindToken, Namespace: SystemNamespace})
 		a.mu.Lock()
@@ -262,4 +264,36 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
 	writeJSON(w, code, &api.Status{TypeMeta: api.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Code: code, Reason: reason, Message: msg})
+}
+
+// followUsers feeds SetUserDisabled and ForgetUser from the store's User objects until ctx
+// ends. Missed events are harmless: a token is checked against its User at least every cache
+// TTL, and was deleted when its user was disabled.
+func (a *Authenticator) followUsers(ctx context.Context, log *slog.Logger) {
+	for ctx.Err() == nil {
+		ch, err := a.store.Watch(ctx, store.WatchOptions{Kind: api.KindUser})
+		if err != nil {
+			log.Warn("watching users", "err", err)
+			t := time.NewTimer(time.Second)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		for ev := range ch {
+			obj, err := store.Decode(ev.Object)
+			if err != nil {
+				continue
+			}
+			switch ev.Type {
+			case api.Deleted:
+				a.ForgetUser(obj.Metadata.Name)
+			case api.Added, api.Modified:
+				a.SetUserDisabled(obj.Metadata.Name, userDisabled(obj))
+			}
+		}
+	}
 }
