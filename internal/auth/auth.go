@@ -253,6 +253,10 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 		if !found || u.spec.Disabled {
 			return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
 		}
+		if u.provider() != api.ProviderLocal {
+			// A provider's groups as last refreshed, not as they were when the token was made.
+			spec.Groups = u.spec.Groups
+		}
 	}
 	id := &Identity{User: spec.User, Groups: spec.Groups, Admin: spec.Admin}
 	a.mu.Lock()

@@ -91,9 +91,11 @@ func (s *loginServer) addUser(name string, spec api.UserSpec) {
 	if err := s.a.UserHooks().BeforeCreate(context.Background(), obj, false); err != nil {
 		s.t.Fatal(err)
 	}
-	if _, err := s.st.Create(context.Background(), obj); err != nil {
+	out, err := s.st.Create(context.Background(), obj)
+	if err != nil {
 		s.t.Fatal(err)
 	}
+	s.a.UserHooks().AfterCreate(context.Background(), out)
 }
 
 // setDisabled changes a User as the API would: hooks first, then the store.
@@ -535,6 +537,10 @@ func TestProviderLogin(t *testing.T) {
 	u, _, _ = s.a.getUser(ctx, "lee")
 	if !slices.Equal(u.spec.Groups, []string{"ops"}) || !u.status.LastLogin.Equal(s.clock.t) || !u.status.GroupsRefreshed.Equal(s.clock.t) {
 		t.Errorf("lee's User after the second login: %+v %+v", u.spec, u.status)
+	}
+	// The first session carries the groups as refreshed since.
+	if me, err := s.client(resp.Token).WhoAmI(ctx); err != nil || !slices.Equal(me.Groups, []string{"ops"}) {
+		t.Errorf("the first session's groups after a refresh: %+v, %v", me, err)
 	}
 	if _, err := login("alice"); client.Code(err) != http.StatusUnauthorized {
 		t.Errorf("ldap login as a local user's name: %v, want 401", err)

@@ -157,11 +157,11 @@ func (a *Authenticator) Login(ctx context.Context, req api.LoginRequest, source 
 	if err := a.RecordLogin(ctx, provider, id); err != nil {
 		return nil, err
 	}
-	token, err := a.IssueSession(ctx, id, a.login.sessionTTL)
+	token, expires, err := a.issueSession(ctx, id, a.login.sessionTTL)
 	if err != nil {
 		return nil, err
 	}
-	return &api.LoginResponse{Token: token, Expires: a.now().Add(a.login.sessionTTL).UTC(), User: id.User, Groups: id.Groups}, nil
+	return &api.LoginResponse{Token: token, Expires: expires, User: id.User, Groups: id.Groups}, nil
 }
 
 // ErrUnknownProvider: a login named no configured provider.
@@ -212,23 +212,29 @@ func (a *Authenticator) bound(ctx context.Context, user string) (bool, error) {
 // it, to be shown once to its holder. Its groups are kept with it, as the provider reported
 // them at login. Callers call RecordLogin first.
 func (a *Authenticator) IssueSession(ctx context.Context, id Identity, ttl time.Duration) (string, error) {
+	token, _, err := a.issueSession(ctx, id, ttl)
+	return token, err
+}
+
+// issueSession is IssueSession, returning the session's expiry too.
+func (a *Authenticator) issueSession(ctx context.Context, id Identity, ttl time.Duration) (string, time.Time, error) {
 	if id.User == "" {
-		return "", fmt.Errorf("issuing a session: no user")
+		return "", time.Time{}, fmt.Errorf("issuing a session: no user")
 	}
 	if ttl <= 0 {
 		ttl = DefaultSessionTTL
 	}
 	bound, err := a.bound(ctx, id.User)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	token := NewToken("fls_")
 	e := a.now().Add(ttl).UTC()
 	spec := tokenSpec{Hash: Hash(token), User: id.User, Groups: id.Groups, Admin: id.Admin, Expires: &e, Session: true, Bound: bound}
 	if err := a.storeToken(ctx, spec); err != nil {
-		return "", fmt.Errorf("storing a session for %s: %w", id.User, err)
+		return "", time.Time{}, fmt.Errorf("storing a session for %s: %w", id.User, err)
 	}
-	return token, nil
+	return token, e, nil
 }
 
 // storeToken stores a token's record under its hash.

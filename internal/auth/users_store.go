@@ -242,17 +242,23 @@ func userDisabled(obj *api.Object) bool {
 	return spec.Disabled
 }
 
-// BeforeCreate clears what a deleted user of the same name left (its tokens were revoked
-// then), unless the new user is created disabled.
+// BeforeCreate refuses at once the tokens of a user created disabled (a deleted user's
+// were revoked then).
 func (h *UserHooks) BeforeCreate(ctx context.Context, obj *api.Object, dryRun bool) error {
-	if !dryRun {
-		h.a.SetUserDisabled(obj.Metadata.Name, userDisabled(obj))
+	if !dryRun && userDisabled(obj) {
+		h.a.SetUserDisabled(obj.Metadata.Name, true)
 	}
 	return nil
 }
 
-// AfterCreate does nothing.
-func (h *UserHooks) AfterCreate(ctx context.Context, obj *api.Object) error { return nil }
+// AfterCreate lets in a new enabled user whose name a deleted one had; only once the object
+// is stored, so that a refused create of an existing disabled user lets no one in.
+func (h *UserHooks) AfterCreate(ctx context.Context, obj *api.Object) error {
+	if !userDisabled(obj) {
+		h.a.SetUserDisabled(obj.Metadata.Name, false)
+	}
+	return nil
+}
 
 // BeforeUpdate stops a user being disabled at once (before the write, so that no request gets
 // through meanwhile) and revokes all its tokens; it lets an enabled user in again.

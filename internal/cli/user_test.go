@@ -110,9 +110,11 @@ func (s *identityServer) createUser(name, password string) {
 	s.t.Logf("the API does not serve users: %s is created in the store", name)
 	obj := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindUser}, Metadata: api.ObjectMeta{Name: name}, Spec: json.RawMessage(`{}`)}
 	s.a.UserHooks().BeforeCreate(context.Background(), obj, false)
-	if _, err := s.st.Create(context.Background(), obj); err != nil {
+	out, err := s.st.Create(context.Background(), obj)
+	if err != nil {
 		s.t.Fatal(err)
 	}
+	s.a.UserHooks().AfterCreate(context.Background(), out)
 	s.fails(testToken, admin, "short\n", "at least 12 characters", "user", "passwd", name, "--password-stdin")
 	s.must(testToken, admin, password+"\n", "user", "passwd", name, "--password-stdin")
 }
