@@ -76,6 +76,8 @@ type Authenticator struct {
 
 type cached struct {
 	id *Identity
+	// bound: the token dies with its user (tokenSpec.Bound).
+	bound bool
 	// expires is when the entry must be checked again: the cache TTL, or the token's own
 	// expiry if sooner.
 	expires time.Time
@@ -215,7 +217,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	now := a.now()
 	a.mu.Lock()
 	c, ok := a.cache[hash]
-	if ok {
+	if ok && c.bound {
 		if _, blocked := a.blocked[c.id.User]; blocked {
 			a.mu.Unlock()
 			return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, c.id.User)
@@ -242,10 +244,10 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	if spec.Expires != nil && now.After(*spec.Expires) {
 		return nil, fmt.Errorf("%w: token expired", ErrUnauthenticated)
 	}
-	if a.userBlocked(spec.User) {
-		return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
-	}
 	if spec.Bound {
+		if a.userBlocked(spec.User) {
+			return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
+		}
 		u, found, err := a.getUser(ctx, spec.User)
 		if err != nil {
 			return nil, fmt.Errorf("checking token: %w", err)
@@ -260,7 +262,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	}
 	id := &Identity{User: spec.User, Groups: spec.Groups, Admin: spec.Admin}
 	a.mu.Lock()
-	if _, blocked := a.blocked[spec.User]; blocked {
+	if _, blocked := a.blocked[spec.User]; blocked && spec.Bound {
 		// Disabled while the token was being checked.
 		a.mu.Unlock()
 		return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
@@ -272,7 +274,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	if spec.Expires != nil && spec.Expires.Before(until) {
 		until = *spec.Expires
 	}
-	a.cache[hash] = cached{id: id, expires: until}
+	a.cache[hash] = cached{id: id, bound: spec.Bound, expires: until}
 	a.mu.Unlock()
 	return id, nil
 }

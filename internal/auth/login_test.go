@@ -696,3 +696,24 @@ func TestUserChangesFromAnotherReplica(t *testing.T) {
 		}
 	}
 }
+
+// The bootstrap admin token belongs to no User: a User named admin, disabled or deleted,
+// does not take it along.
+func TestBootstrapTokenOutlivesAUserNamedAdmin(t *testing.T) {
+	s := newLoginServer(t, LoginConfig{})
+	ctx := context.Background()
+	s.addUser("admin", api.UserSpec{})
+	s.admin.SetPassword(ctx, "admin", api.SetPasswordRequest{Password: alicePW})
+	session := s.mustLogin("admin", alicePW)
+	if me, err := s.client(session).WhoAmI(ctx); err != nil || me.Admin {
+		t.Errorf("a local user named admin: %+v, %v; want no admin rights from the name", me, err)
+	}
+	s.setDisabled("admin", true)
+	if s.works(session) || !s.works(adminTok) {
+		t.Error("disabling the User admin: want its session refused, the bootstrap token working")
+	}
+	s.deleteUser("admin")
+	if !s.works(adminTok) {
+		t.Error("deleting the User admin stopped the bootstrap token")
+	}
+}

@@ -184,7 +184,7 @@ func (a *Authenticator) RecordLogin(ctx context.Context, provider string, id Ide
 
 // SetUserDisabled tells the Authenticator that user was disabled (or enabled again, or
 // created): while disabled, Authenticate refuses every token of the user at once, cached or
-// not. Disabling also needs RevokeUser, so that the tokens are gone for every replica and
+// not (but for tokens made while it had no User object, such as the bootstrap admin token). Disabling also needs RevokeUser, so that the tokens are gone for every replica and
 // after a restart.
 func (a *Authenticator) SetUserDisabled(user string, disabled bool) {
 	a.mu.Lock()
@@ -202,7 +202,8 @@ func (a *Authenticator) SetUserDisabled(user string, disabled bool) {
 func (a *Authenticator) ForgetUser(user string) { a.SetUserDisabled(user, true) }
 
 // RevokeUser deletes every token user holds (sessions and API tokens) and drops them from the
-// cache, returning how many were deleted.
+// cache, returning how many were deleted. Tokens made while the user had no User object (the
+// bootstrap admin token) are not the User's and stay.
 func (a *Authenticator) RevokeUser(ctx context.Context, user string) (int, error) {
 	objs, err := a.userTokens(ctx, user)
 	if err != nil {
@@ -210,6 +211,10 @@ func (a *Authenticator) RevokeUser(ctx context.Context, user string) (int, error
 	}
 	n := 0
 	for _, obj := range objs {
+		var spec tokenSpec
+		if json.Unmarshal(obj.Spec, &spec) != nil || !spec.Bound {
+			continue
+		}
 		a.forget(obj.Metadata.Name)
 		if _, err := a.store.Delete(ctx, store.KeyOf(obj), ""); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return n, fmt.Errorf("revoking the tokens of %s: %w", user, err)
