@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -29,6 +30,8 @@ type globals struct {
 	allNamespaces                     bool
 	out, errOut                       io.Writer
 	in                                io.Reader
+	// session is the stored login whose token a command used, if it did.
+	session *clientConfig
 }
 
 // Execute runs the CLI with os.Args.
@@ -80,7 +83,25 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newSimCmd(g),
 		newRenderCmd(g),
 	)
+	explainRefusedSessions(root, g)
 	return root
+}
+
+// explainRefusedSessions makes every command say, when the server refuses a stored login
+// session (revoked, its user disabled), that logging in again is the way out.
+func explainRefusedSessions(cmd *cobra.Command, g *globals) {
+	if run := cmd.RunE; run != nil {
+		cmd.RunE = func(cmd *cobra.Command, args []string) error {
+			err := run(cmd, args)
+			if g.session != nil && client.Code(err) == http.StatusUnauthorized {
+				return fmt.Errorf("%w\nthe session stored by `flotilla login` was refused: log in again with `flotilla login --username %s`", err, first(g.session.User, "NAME"))
+			}
+			return err
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		explainRefusedSessions(sub, g)
+	}
 }
 
 // clientConfig is what `flotilla login` stores.
@@ -155,6 +176,9 @@ func (g *globals) connection() (connection, error) {
 			return c, fmt.Errorf("your session on %s expired at %s: log in again with `flotilla login --username %s`", cfg.Server, cfg.Expires.UTC().Format(time.RFC3339), first(cfg.User, "NAME"))
 		}
 		c.token = cfg.Token
+		if cfg.Expires != nil {
+			g.session = &cfg
+		}
 	}
 	caFile := first(g.caFile, os.Getenv("FLOTILLA_CA_FILE"))
 	if caFile != "" {

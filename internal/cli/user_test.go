@@ -208,7 +208,7 @@ func TestLoginTokensAndUsers(t *testing.T) {
 	// Disabled: bob's session stops at once and he cannot log in.
 	s.must("", bobCfg, "", "token", "list")
 	s.disableUser("bob")
-	s.fails("", bobCfg, "", "unauthenticated", "token", "list")
+	s.fails("", bobCfg, "", "was refused: log in again with `flotilla login --username bob`", "token", "list")
 	s.fails("", bobCfg, alicePassword+"\n", "invalid user name or password", "login", "--username", "bob", "--password-stdin")
 	s.must("", aliceCfg, "", "token", "list")
 
