@@ -44,3 +44,36 @@ func (c *Client) RotateKeys(ctx context.Context) (*api.KeyRotation, error) {
 	}
 	return &out, nil
 }
+
+// CreateAPIToken makes an API token for the caller; its value is in the answer, once.
+func (c *Client) CreateAPIToken(ctx context.Context, req api.CreateTokenRequest) (*api.CreatedToken, error) {
+	var out api.CreatedToken
+	if _, err := c.Do(ctx, http.MethodPost, api.PathTokens, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Login logs in with a user name and password; the answer holds a session token.
+func (c *Client) Login(ctx context.Context, req api.LoginRequest) (*api.LoginResponse, error) {
+	var out api.LoginResponse
+	if _, err := c.Do(ctx, http.MethodPost, api.PathLogin, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// WhoAmI returns who the server takes the client's token for.
+func (c *Client) WhoAmI(ctx context.Context) (*api.WhoAmI, error) {
+	var out api.WhoAmI
+	if _, err := c.Do(ctx, http.MethodGet, api.PathWhoAmI, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// SetPassword sets a local user's password.
+func (c *Client) SetPassword(ctx context.Context, user string, req api.SetPasswordRequest) error {
+	_, err := c.Do(ctx, http.MethodPut, api.PathUserPassword+"/"+url.PathEscape(user)+"/password", req, nil)
+	return err
+}

@@ -23,28 +23,24 @@ import (
 // stored, so that a file holding a role and its binding applies in one go; the index's
 // follower of the store applies the same changes again, which is harmless.
 
-// UserSessions ends every session and token of a user; the server supplies it.
-type UserSessions interface {
-	RevokeUser(ctx context.Context, user string) (int, error)
-}
-
 // EnableAccess makes every route decide with acc, installs the access kinds' hooks and
-// stores the built-in roles. sessions may be nil (no sessions to end).
-func (s *Server) EnableAccess(ctx context.Context, acc Access, sessions UserSessions) error {
+// stores the built-in roles. users, when not nil, are the authenticator's hooks of the User
+// kind (which end a disabled or deleted user's sessions); they run inside the access ones.
+func (s *Server) EnableAccess(ctx context.Context, acc Access, users Hooks) error {
 	s.SetAccess(acc)
-	for kind, h := range accessHooks(acc.Authorizer, sessions, s.log) {
+	for kind, h := range accessHooks(acc.Authorizer, users, s.store, s.log) {
 		s.SetHooks(kind, h)
 	}
 	return EnsureBuiltinRoles(ctx, s.store)
 }
 
 // accessHooks returns the hooks of the access kinds, by kind.
-func accessHooks(a *rbac.Authorizer, sessions UserSessions, log *slog.Logger) map[string]Hooks {
+func accessHooks(a *rbac.Authorizer, users Hooks, st store.Store, log *slog.Logger) map[string]Hooks {
 	return map[string]Hooks{
 		api.KindRole:        &roleHooks{a: a},
 		api.KindRoleBinding: &bindingHooks{a: a},
 		api.KindProject:     &projectHooks{a: a},
-		api.KindUser:        &userHooks{a: a, sessions: sessions, log: log},
+		api.KindUser:        &userHooks{a: a, inner: users, st: st, log: log},
 	}
 }
 
@@ -246,52 +242,66 @@ func (h *projectHooks) put(obj *api.Object) {
 }
 
 type userHooks struct {
-	noop
-	a        *rbac.Authorizer
-	sessions UserSessions
-	log      *slog.Logger
+	a     *rbac.Authorizer
+	inner Hooks // may be nil
+	st    store.Store
+	log   *slog.Logger
 }
 
-func (h *userHooks) BeforeCreate(context.Context, *api.Object, bool) error { return nil }
+func (h *userHooks) BeforeCreate(ctx context.Context, obj *api.Object, dry bool) error {
+	if h.inner != nil {
+		return h.inner.BeforeCreate(ctx, obj, dry)
+	}
+	return nil
+}
 
-func (h *userHooks) BeforeUpdate(_ context.Context, cur, obj *api.Object, _ bool) error {
+func (h *userHooks) BeforeUpdate(ctx context.Context, cur, obj *api.Object, dry bool) error {
 	old, _ := specOf[api.UserSpec](cur)
 	next, err := specOf[api.UserSpec](obj)
 	if err != nil {
 		return err
 	}
 	if cmp.Or(old.Provider, api.ProviderLocal) != cmp.Or(next.Provider, api.ProviderLocal) {
-		return statusErr(http.StatusUnprocessableEntity, api.ReasonInvalid, fmt.Sprintf("user %q belongs to provider %q: its provider cannot be changed", obj.Metadata.Name, old.Provider))
+		return statusErr(http.StatusUnprocessableEntity, api.ReasonInvalid, fmt.Sprintf("user %q belongs to provider %q: its provider cannot be changed", obj.Metadata.Name, cmp.Or(old.Provider, api.ProviderLocal)))
+	}
+	if next.Disabled {
+		// Decisions refuse the user before the write, as the authenticator does.
+		h.a.SetUserDisabled(obj.Metadata.Name, true)
+	}
+	if h.inner != nil {
+		return h.inner.BeforeUpdate(ctx, cur, obj, dry)
 	}
 	return nil
 }
 
-func (h *userHooks) AfterCreate(_ context.Context, obj *api.Object) error {
+func (h *userHooks) AfterCreate(ctx context.Context, obj *api.Object) error {
 	spec, _ := specOf[api.UserSpec](obj)
 	h.a.SetUserDisabled(obj.Metadata.Name, spec.Disabled)
+	if h.inner != nil {
+		return h.inner.AfterCreate(ctx, obj)
+	}
 	return nil
 }
 
-func (h *userHooks) AfterUpdate(ctx context.Context, obj *api.Object) {
+func (h *userHooks) AfterUpdate(_ context.Context, obj *api.Object) {
 	spec, _ := specOf[api.UserSpec](obj)
 	h.a.SetUserDisabled(obj.Metadata.Name, spec.Disabled)
-	if spec.Disabled {
-		h.revoke(ctx, obj.Metadata.Name)
-	}
 }
 
+// AfterDelete ends the user's sessions and deletes the role bindings naming it, as Rancher
+// does: a user made again later under that name starts with nothing, and every cluster
+// loses what the user was granted there.
 func (h *userHooks) AfterDelete(ctx context.Context, obj *api.Object) {
-	h.revoke(ctx, obj.Metadata.Name)
-}
-
-func (h *userHooks) revoke(ctx context.Context, user string) {
-	if h.sessions == nil {
-		return
+	if d, ok := h.inner.(DeleteHook); ok {
+		d.AfterDelete(ctx, obj)
 	}
-	if n, err := h.sessions.RevokeUser(context.WithoutCancel(ctx), user); err != nil {
-		h.log.Error("ending the sessions of a disabled or deleted user", "user", user, "err", err)
-	} else if n > 0 {
-		h.log.Info("ended the sessions and tokens of a disabled or deleted user", "user", user, "count", n)
+	ctx = context.WithoutCancel(ctx)
+	for _, b := range h.a.BindingsOf(api.SubjectUser, obj.Metadata.Name) {
+		if _, err := h.st.Delete(ctx, store.Key{Kind: api.KindRoleBinding, Name: b}, ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+			h.log.Error("deleting a role binding of a deleted user", "user", obj.Metadata.Name, "binding", b, "err", err)
+			continue
+		}
+		h.a.DeleteBinding(b)
 	}
 }
 

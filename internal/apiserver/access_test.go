@@ -156,6 +156,12 @@ func TestAccessDecisions(t *testing.T) {
 	// A disabled user is refused whatever it is bound to.
 	e.mustDo("POST", base+"/users", newObj(api.KindUser, "", "bob", nil, api.UserSpec{Disabled: true}), http.StatusCreated)
 	bob.mustDo("GET", clustersPath, nil, http.StatusForbidden)
+	// Deleting a user deletes the bindings naming it: made again, it starts with nothing.
+	e.mustDo("DELETE", base+"/users/bob", nil, http.StatusOK)
+	e.mustDo("GET", base+"/rolebindings/bob-dev", nil, http.StatusNotFound)
+	e.mustDo("POST", base+"/users", newObj(api.KindUser, "", "bob", nil, api.UserSpec{}), http.StatusCreated)
+	e.as("bob").mustDo("GET", clustersPath, nil, http.StatusForbidden)
+	e.mustDo("GET", base+"/rolebindings/alice-dev", nil, http.StatusOK)
 }
 
 func TestAccessWatchIsNarrowed(t *testing.T) {

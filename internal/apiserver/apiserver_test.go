@@ -63,7 +63,7 @@ func newEnv(t testing.TB) *env {
 	s.SetHooks(api.KindBundle, agentapi.NewBundleHooks(st))
 	s.SetHooks(api.KindSecret, keeper)
 	authz := rbac.New()
-	if err := s.EnableAccess(ctx, apiserver.Access{Authorizer: authz}, nil); err != nil {
+	if err := s.EnableAccess(ctx, apiserver.Access{Authorizer: authz}, a.UserHooks()); err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()

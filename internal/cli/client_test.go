@@ -50,7 +50,7 @@ func apiServer(t *testing.T) (string, store.Store) {
 	}
 	srv := apiserver.New(st, a, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv.SetHooks(api.KindSecret, keeper)
-	if err := srv.EnableAccess(ctx, apiserver.Access{Authorizer: rbac.New()}, nil); err != nil {
+	if err := srv.EnableAccess(ctx, apiserver.Access{Authorizer: rbac.New()}, a.UserHooks()); err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
