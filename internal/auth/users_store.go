@@ -6,9 +6,8 @@ import (
 	"errors"
 	"fmt"
 
-	"k8s.io/apimachinery/pkg/util/validation"
-
 	"flotilla.dev/api"
+	"flotilla.dev/internal/resource"
 	"flotilla.dev/internal/store"
 )
 
@@ -45,7 +44,7 @@ func passwordKey(name string) store.Key {
 // validUserName reports whether name can name a User object. Names come from requests and
 // identity providers, so they are checked before they reach the store.
 func validUserName(name string) bool {
-	return name != "" && len(validation.IsDNS1123Subdomain(name)) == 0
+	return resource.UserNameProblem(name) == ""
 }
 
 // getUser reads a User object; found is false when there is none.
