@@ -75,6 +75,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newEditCmd(g),
 		newKubeconfigCmd(g),
 		newTokenCmd(g),
+		newAuditCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
 	)
