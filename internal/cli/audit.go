@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,6 +55,8 @@ bodies, headers and credentials are never recorded.`,
 				}
 				q.Continue = page.Continue
 			}
+			// Records written together are stored in any order among themselves.
+			sort.SliceStable(items, func(i, j int) bool { return items[i].Time.Before(items[j].Time) })
 			if output == "json" {
 				enc := json.NewEncoder(g.out)
 				enc.SetIndent("", "  ")
