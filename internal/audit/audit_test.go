@@ -311,3 +311,41 @@ func TestWriterKeepsFlusher(t *testing.T) {
 		t.Error("no request ID in the response")
 	}
 }
+
+// Which calls are kept, and what they are called.
+func TestAuditedAndVerbs(t *testing.T) {
+	for _, c := range []struct {
+		method, path string
+		code         int
+		kept         bool
+		verb, kind   string
+	}{
+		{"POST", api.PathRegister, 200, true, "register", api.KindCluster},
+		{"POST", api.PathRenew, 200, true, "renew", api.KindCluster},
+		{"POST", api.PathStatus, 200, false, "report", api.KindCluster},
+		{"POST", api.PathStatus, 401, true, "report", api.KindCluster},
+		{"GET", api.PathDesired, 200, false, "poll", api.KindCluster},
+		{"GET", api.PathDesired, 401, true, "poll", api.KindCluster},
+		{"POST", "/v1/login", 200, true, "login", ""},
+		{"POST", "/v1/webhooks/git", 202, true, "webhook", ""},
+		{"DELETE", api.PathTokens + "/abc", 200, true, "revoke", "APIToken"},
+		{"POST", api.PathRotateKeys, 200, true, "rotate-keys", ""},
+		{"GET", "/apis/x/bundles?watch=true", 403, true, "watch", api.KindBundle},
+		{"GET", "/apis/x/bundles", 404, false, "list", api.KindBundle},
+		{"PATCH", "/apis/x/bundles/b", 200, true, "patch", api.KindBundle},
+	} {
+		r := httptest.NewRequest(c.method, c.path, nil)
+		name := ""
+		if strings.HasSuffix(c.path, "/b") {
+			name = "b"
+		}
+		kind := ""
+		if strings.Contains(c.path, "bundles") {
+			kind = api.KindBundle
+		}
+		verb, k := verbOf(r, kind, name)
+		if kept := audited(c.method, r.URL.Path, c.code); kept != c.kept || verb != c.verb || k != c.kind {
+			t.Errorf("%s %s %d: kept %v, %s %s; want %v, %s %s", c.method, c.path, c.code, kept, verb, k, c.kept, c.verb, c.kind)
+		}
+	}
+}

@@ -139,6 +139,8 @@ func verbOf(r *http.Request, kind, name string) (string, string) {
 		return "content", api.KindCluster
 	case p == api.PathRotateKeys:
 		return "rotate-keys", kind
+	case strings.HasPrefix(p, "/v1/webhooks/"):
+		return "webhook", kind
 	case p == api.PathAudit:
 		return "list", "AuditRecord"
 	case p == api.PathTokens || strings.HasPrefix(p, api.PathTokens+"/"):

@@ -76,7 +76,11 @@ bodies, headers and credentials are never recorded.`,
 				if r.Reason != "" {
 					result += " " + r.Reason
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.UTC().Format(time.RFC3339), dash(r.User), r.Verb,
+				verb := r.Verb
+				if r.DryRun {
+					verb += " (dry run)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.UTC().Format(time.RFC3339), dash(r.User), verb,
 					dash(r.Kind), dash(obj), result, dash(r.Source), r.RequestID)
 			}
 			if err := tw.Flush(); err != nil {
