@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -347,5 +348,49 @@ func TestAuditedAndVerbs(t *testing.T) {
 		if kept := audited(c.method, r.URL.Path, c.code); kept != c.kept || verb != c.verb || k != c.kind {
 			t.Errorf("%s %s %d: kept %v, %s %s; want %v, %s %s", c.method, c.path, c.code, kept, verb, k, c.kept, c.verb, c.kind)
 		}
+	}
+}
+
+// BenchmarkMiddleware: the cost the log adds to an audited call, up to the queue (the
+// store is stalled, so records are queued, then dropped).
+func BenchmarkMiddleware(b *testing.B) {
+	cfg := sqlstore.DefaultConfig()
+	cfg.Logger = quiet()
+	raw, err := sqlite.Open(context.Background(), b.TempDir(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer raw.Close()
+	st := &gated{Store: raw, open: make(chan struct{})}
+	l, err := New(Config{Store: st, QueueSize: b.N + 1, Logger: quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("DELETE /apis/flotilla.dev/{version}/namespaces/{ns}/{plural}/{name}", func(w http.ResponseWriter, r *http.Request) {
+		Annotate(r.Context(), "alice", []string{"dev"}, "", "", "")
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `{"kind":"Status","code":404,"reason":"NotFound","message":"bundles \"b\" not found"}`)
+	})
+	h := l.Middleware(mux)
+	r := httptest.NewRequest(http.MethodDelete, "/apis/flotilla.dev/v1alpha1/namespaces/default/bundles/b?dryRun=All", nil)
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	b.ResetTimer()
+	for range b.N {
+		h.ServeHTTP(w, r)
+	}
+	b.StopTimer()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(b.N), "heapB/queued")
+	start := time.Now()
+	close(st.open)
+	l.Close()
+	if n := l.Stats().Written; n > 0 {
+		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "stored/s")
 	}
 }
