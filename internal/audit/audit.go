@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/store"
 )
 
@@ -32,7 +33,7 @@ import (
 const Kind = "AuditRecord"
 
 // Namespace is where records are stored: the server's own namespace.
-const Namespace = "flotilla-system"
+const Namespace = auth.SystemNamespace
 
 // Defaults.
 const (
