@@ -240,6 +240,10 @@ func TestListFiltersAndPages(t *testing.T) {
 	if len(got) != 7 || !got[0].Time.Equal(t0.Add(time.Hour)) {
 		t.Fatalf("by time: %d", len(got))
 	}
+	// A range wider than the hour index serves is filtered page by page.
+	if got := all(Query{Limit: 4, Since: t0.Add(-100 * time.Hour), Until: t0.Add(time.Hour)}); len(got) != 7 {
+		t.Fatalf("wide range: %d, want 7", len(got))
+	}
 	if got := all(Query{Limit: 3, Verb: "delete"}); len(got) != 0 {
 		t.Fatalf("by verb delete: %d", len(got))
 	}
