@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/resource"
 	"flotilla.dev/internal/store"
@@ -134,6 +135,9 @@ func (s *Server) handle(fn func(*request) error) http.HandlerFunc {
 		defer done()
 		req := &request{r: r, w: w, ns: r.PathValue("ns"), name: r.PathValue("name")}
 		err := s.prepare(req)
+		if req.id != nil {
+			audit.Annotate(r.Context(), req.id.User, req.id.Groups, req.kind.Kind, req.ns, req.name)
+		}
 		if err == nil {
 			err = fn(req)
 		}
@@ -419,6 +423,7 @@ func (s *Server) createObject(req *request, obj *api.Object) error {
 	if err := resource.Prepare(obj); err != nil {
 		return err
 	}
+	audit.AnnotateName(ctx, obj.Metadata.Name)
 	now := time.Now().UTC().Truncate(time.Second)
 	obj.Metadata.UID = NewUID()
 	obj.Metadata.CreationTimestamp = &now

@@ -86,6 +86,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newRoleBindingCmd(g),
 		newAuthCmd(g),
 		newUserCmd(g),
+		newAuditCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
 	)

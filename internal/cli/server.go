@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/bundle"
@@ -92,6 +93,9 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			if cfg.CredentialTTL <= 0 || cfg.CredentialGrace < 0 || cfg.KeyGrace < 0 {
 				return fmt.Errorf("--cluster-credential-ttl must be positive and the grace periods not negative")
 			}
+			if cfg.AuditRetention <= 0 || cfg.AuditQueueSize <= 0 {
+				return fmt.Errorf("--audit-retention and --audit-queue-size must be positive")
+			}
 			if cfg.DB == "" {
 				cfg.DB = os.Getenv("FLOTILLA_DB")
 			}
@@ -124,6 +128,9 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	addRenderBudgetFlags(f, &cfg.RenderBudget)
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
+	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")
+	f.StringVar(&cfg.AuditLogFile, "audit-log-file", "", "also write every audit record to this file as a JSON line (- for standard output)")
+	f.IntVar(&cfg.AuditQueueSize, "audit-queue-size", audit.DefaultQueueSize, "audit records waiting to be written at most; more are dropped, counted and logged")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

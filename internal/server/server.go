@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/bundle"
@@ -79,6 +80,13 @@ type Config struct {
 	Out io.Writer
 	// LDAP configures password logins of ldap users against a directory; no URL, none.
 	LDAP ldap.Config
+
+	// AuditRetention is how long audit records are kept (0: audit.DefaultRetention);
+	// AuditLogFile also receives them as JSON lines ("-" for standard output);
+	// AuditQueueSize bounds the records waiting to be written (0: audit.DefaultQueueSize).
+	AuditRetention time.Duration
+	AuditLogFile   string
+	AuditQueueSize int
 }
 
 // DefaultConfig returns the defaults.
@@ -101,6 +109,7 @@ type Server struct {
 	ready   atomic.Bool
 	ln      net.Listener
 	http    *http.Server
+	audit   *audit.Log
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
@@ -303,9 +312,10 @@ func (s *Server) handler() http.Handler {
 	resources.Register(mux)
 	s.auth.RegisterHandlers(mux)
 	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
+	mux.Handle("GET "+api.PathAudit, s.adminOnly(s.audit.Handler()))
 	s.agents.Register(mux)
 	s.gitops.Register(mux)
-	return s.metrics.Instrument(mux)
+	return s.audit.Middleware(s.metrics.Instrument(mux))
 }
 
 // rotateKeys makes new credential and Secret keys while serving: agents are asked to renew,
@@ -342,6 +352,18 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ok\n")
 }
 
+// Audit returns the audit log once Serve has started.
+func (s *Server) Audit() *audit.Log { return s.audit }
+
+// identify names the caller of a call whose handler did not tell the audit log.
+func (s *Server) identify(r *http.Request) (string, []string) {
+	id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
+	if err != nil {
+		return "", nil
+	}
+	return id.User, id.Groups
+}
+
 func (s *Server) adminOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
@@ -365,6 +387,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
+	if s.audit, err = audit.New(audit.Config{Store: s.store, Retention: s.cfg.AuditRetention, File: s.cfg.AuditLogFile,
+		QueueSize: s.cfg.AuditQueueSize, Logger: s.log, Identify: s.identify}); err != nil {
+		ln.Close()
+		s.store.Close()
+		return err
+	}
+	s.metrics.Registry.MustRegister(s.audit.Collectors()...)
 	cert := s.tls.Cert
 	// Send the CA along with the leaf, so a client that pins the CA by checksum can verify
 	// the chain from the handshake alone.
@@ -390,12 +419,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.secrets.Run(baseCtx, s.log)
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
+	go s.audit.Run(baseCtx)
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
 	select {
 	case err := <-errc:
+		s.audit.Close()
 		s.store.Close()
 		return err
 	case <-ctx.Done():
@@ -407,6 +438,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = s.http.Shutdown(sctx)
+	// Handlers are done: every record is queued, and the queue is written before the store closes.
+	if cerr := s.audit.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
 	if cerr := s.store.Close(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
