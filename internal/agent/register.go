@@ -118,6 +118,11 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		return nil, err
 	}
 	a.log.Info("registered", "cluster", resp.Namespace+"/"+resp.ClusterName, "server", c.Server)
+	if a.cfg.ClusterName != "" && resp.ClusterName != a.cfg.ClusterName {
+		// A server from before --cluster-name ignores the name asked for.
+		a.log.Warn("the server registered the cluster under another name than --cluster-name: it does not support choosing the name",
+			"registeredAs", resp.Namespace+"/"+resp.ClusterName, "clusterName", a.cfg.ClusterName)
+	}
 	return c, nil
 }
 
