@@ -165,7 +165,9 @@ type GitRepoSpec struct {
 	// Targets select the clusters the bundles go to; none means every cluster in the GitRepo's
 	// namespace.
 	Targets []GitTarget `json:"targets,omitempty"`
-	// Fleet fields accepted so that existing manifests apply unchanged.
+	// Fleet fields accepted so that existing manifests apply unchanged: ImageScanInterval,
+	// ImageScanCommit and OCIRegistry. Flotilla neither scans images nor stores bundles in
+	// an OCI registry.
 	ImageScanInterval string          `json:"imageScanInterval,omitempty"`
 	ImageScanCommit   json.RawMessage `json:"imageScanCommit,omitempty"`
 	OCIRegistry       json.RawMessage `json:"ociRegistry,omitempty"`

@@ -26,8 +26,7 @@ const Generator = "go run flotilla.dev/hack/apidocs"
 //
 // A field without a comment of its own shares the comment above it in the same block (no
 // blank line between) when that comment names it ("NamespaceLabels and
-// NamespaceAnnotations are …") or heads the block rather than describing its first field
-// ("Fleet fields accepted so that …").
+// NamespaceAnnotations are …").
 func Docs(dir string) (map[string]string, error) {
 	fset := token.NewFileSet()
 	entries, err := os.ReadDir(dir)
@@ -71,16 +70,11 @@ func Docs(dir string) (map[string]string, error) {
 }
 
 func fieldDocs(fset *token.FileSet, typeName string, st *ast.StructType, out map[string]string) {
-	var shared string  // the comment the next undocumented fields may share
-	var sharedAll bool // it heads the block: every following field shares it
+	var shared string // the comment the next undocumented fields may share
 	prevEnd := -1
 	for _, f := range st.Fields.List {
 		if fset.Position(f.Pos()).Line > prevEnd+1 || f.Doc != nil {
-			shared, sharedAll = "", false
-		}
-		if f.Doc != nil {
 			shared = text(f.Doc)
-			sharedAll = len(f.Names) > 0 && !strings.HasPrefix(shared, f.Names[0].Name+" ") && !strings.HasPrefix(shared, f.Names[0].Name+",")
 		}
 		prevEnd = fset.Position(f.End()).Line
 		for _, n := range f.Names {
@@ -88,7 +82,7 @@ func fieldDocs(fset *token.FileSet, typeName string, st *ast.StructType, out map
 				continue
 			}
 			d := text(f.Doc)
-			if d == "" && shared != "" && (sharedAll || mentions(shared, n.Name)) {
+			if d == "" && shared != "" && mentions(shared, n.Name) {
 				d = shared
 			}
 			if d == "" {

@@ -20,7 +20,7 @@ type T struct {
 	A string
 	B string // B has a line comment.
 
-	// Heading fields shared by the block below.
+	// Heading fields are not shared by the block below.
 	C string
 	D string
 
@@ -61,8 +61,7 @@ func TestDocs(t *testing.T) {
 		"T":   "T is a test type, over two lines.\n\nWith a second paragraph.",
 		"T.A": "A is the first field.",
 		"T.B": "B has a line comment.",
-		"T.C": "Heading fields shared by the block below.",
-		"T.D": "Heading fields shared by the block below.",
+		"T.C": "Heading fields are not shared by the block below.",
 		"T.F": "F and G are described together.",
 		"T.G": "F and G are described together.",
 		"T.H": "H is its own.",
