@@ -14,7 +14,7 @@ import (
 
 func newLoginCmd(g *globals) *cobra.Command {
 	var checksum string
-	var insecure bool
+	var insecure, useOIDC bool
 	cmd := &cobra.Command{
 		Use:   "login",
 		Short: "Check and store the server URL, CA and token for later commands",
@@ -24,6 +24,9 @@ func newLoginCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			server := first(g.server, os.Getenv("FLOTILLA_SERVER"))
+			if useOIDC {
+				return g.loginOIDC(ctx, server, checksum, insecure)
+			}
 			token := first(g.token, os.Getenv("FLOTILLA_TOKEN"))
 			if server == "" || token == "" {
 				return fmt.Errorf("login needs --server and --token")
@@ -63,6 +66,7 @@ func newLoginCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&checksum, "ca-checksum", "", "sha256 checksum of the server CA, as printed by 'flotilla server'")
+	cmd.Flags().BoolVar(&useOIDC, "oidc", false, "log in in a browser through the server's OpenID Connect provider")
 	cmd.Flags().BoolVar(&insecure, "insecure-skip-tls-verify", false, "do not verify the server certificate (unsafe)")
 	return cmd
 }

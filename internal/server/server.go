@@ -22,6 +22,7 @@ import (
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
@@ -76,6 +77,8 @@ type Config struct {
 	GitRepoSyncTimeout time.Duration
 	// Out receives the lines meant for the operator (CA checksum, a generated token).
 	Out io.Writer
+	// OIDC configures logins through an OpenID Connect provider; no Issuer, none.
+	OIDC oidc.Config
 }
 
 // DefaultConfig returns the defaults.
@@ -101,6 +104,7 @@ type Server struct {
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
+	oidc     *oidc.Handler
 }
 
 // storeAll is what both drivers provide.
@@ -169,6 +173,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = auth.NewAuthenticator(s.store)
+	if cfg.OIDC.Logger == nil {
+		cfg.OIDC.Logger = cfg.Logger
+	}
+	if s.oidc, err = oidc.New(cfg.OIDC, s.auth); err != nil {
+		s.store.Close()
+		return nil, err
+	}
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
@@ -290,6 +301,7 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
 	s.auth.RegisterHandlers(mux)
+	s.oidc.Register(mux)
 	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
 	s.agents.Register(mux)
 	s.gitops.Register(mux)

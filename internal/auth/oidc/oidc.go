@@ -26,6 +26,7 @@ import (
 	"time"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	"github.com/spf13/pflag"
 	"golang.org/x/oauth2"
 
 	"flotilla.dev/api"
@@ -555,4 +556,22 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
 	writeJSON(w, code, &api.Status{TypeMeta: api.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Code: code, Reason: reason, Message: msg})
+}
+
+// AddFlags registers cfg's settings as `flotilla server` flags, with DefaultConfig's values as
+// defaults.
+func AddFlags(f *pflag.FlagSet, cfg *Config) {
+	d := DefaultConfig()
+	f.StringVar(&cfg.Issuer, "oidc-issuer", "", "OpenID Connect provider (issuer URL) for browser and 'flotilla login --oidc' logins; empty disables them")
+	f.StringVar(&cfg.ClientID, "oidc-client-id", "", "Flotilla's client ID at the OpenID Connect provider")
+	f.StringVar(&cfg.ClientSecretFile, "oidc-client-secret-file", "", "file holding the OIDC client secret (default: env "+SecretEnv+")")
+	f.StringVar(&cfg.RedirectURL, "oidc-redirect-url", "", "this server's callback as browsers reach it, registered at the provider: https://HOST[:PORT]"+PathCallback)
+	f.StringVar(&cfg.CAFile, "oidc-ca-file", "", "CA certificates to check the OIDC provider's TLS certificate with (default: the system's)")
+	f.StringSliceVar(&cfg.Scopes, "oidc-scopes", d.Scopes, "scopes asked for besides openid (add groups for providers that need it)")
+	f.StringVar(&cfg.UsernameClaim, "oidc-username-claim", d.UsernameClaim, "ID token claim giving the user name; sub when absent")
+	f.StringVar(&cfg.UsernamePrefix, "oidc-username-prefix", d.UsernamePrefix, "put before OIDC user names, so that none can be a local user's")
+	f.StringVar(&cfg.GroupsClaim, "oidc-groups-claim", d.GroupsClaim, "ID token claim listing the user's groups")
+	f.StringVar(&cfg.GroupsPrefix, "oidc-groups-prefix", d.GroupsPrefix, "put before OIDC group names")
+	f.StringSliceVar(&cfg.AllowedGroups, "oidc-allowed-groups", nil, "if set, only members of one of these provider groups (without prefix) may log in")
+	f.DurationVar(&cfg.SessionTTL, "oidc-session-ttl", d.SessionTTL, "how long an OIDC login's session lasts")
 }
