@@ -17,10 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,7 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/users"
 )
 
 // Paths served by Handler.
@@ -91,7 +94,11 @@ type Config struct {
 	// long a user has at the provider, CodeTTL how long a one-time code lives.
 	MaxPending        int
 	LoginTTL, CodeTTL time.Duration
-	Logger            *slog.Logger
+	// StartBurst logins may be started at once from one source address, then one per
+	// StartEvery, so that one source cannot fill the table of logins in progress.
+	StartBurst int
+	StartEvery time.Duration
+	Logger     *slog.Logger
 }
 
 // SecretEnv is the environment variable the client secret is read from when neither
@@ -115,6 +122,7 @@ func DefaultConfig() Config {
 		GroupsClaim: "groups", GroupsPrefix: "oidc:",
 		SessionTTL: auth.DefaultSessionTTL,
 		MaxPending: 10000, LoginTTL: 10 * time.Minute, CodeTTL: time.Minute,
+		StartBurst: 30, StartEvery: 2 * time.Second,
 	}
 }
 
@@ -134,6 +142,7 @@ type Handler struct {
 	client   *http.Client
 	now      func() time.Time
 	allowed  map[string]bool
+	limit    *users.Limiter
 
 	mu       sync.Mutex
 	oauth    *oauth2.Config
@@ -177,6 +186,12 @@ func New(cfg Config, sessions Sessions) (*Handler, error) {
 	}
 	if cfg.CodeTTL <= 0 {
 		cfg.CodeTTL = def.CodeTTL
+	}
+	if cfg.StartBurst <= 0 {
+		cfg.StartBurst = def.StartBurst
+	}
+	if cfg.StartEvery <= 0 {
+		cfg.StartEvery = def.StartEvery
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -222,6 +237,9 @@ func New(cfg Config, sessions Sessions) (*Handler, error) {
 			h.allowed[g] = true
 		}
 	}
+	// Only the per-source buckets count: a login start names no user.
+	h.limit = users.NewLimiter(users.LimiterConfig{UserBurst: math.MaxInt32, UserEvery: time.Nanosecond,
+		SourceBurst: cfg.StartBurst, SourceEvery: cfg.StartEvery, MaxKeys: 100_000, Now: func() time.Time { return h.now() }})
 	h.logins = newPending[login](cfg.MaxPending, cfg.LoginTTL, func() time.Time { return h.now() })
 	h.codes = newPending[grant](cfg.MaxPending, cfg.CodeTTL, func() time.Time { return h.now() })
 	return h, nil
@@ -291,6 +309,14 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, "code_challenge must be base64url(sha256(verifier)), 43 characters")
 		return
 	}
+	if err := h.limit.Allow("", sourceOf(r)); err != nil {
+		var rl *users.RateLimitError
+		if errors.As(err, &rl) {
+			w.Header().Set("Retry-After", strconv.Itoa(int(rl.RetryAfter.Seconds()+1)))
+		}
+		writeStatus(w, http.StatusTooManyRequests, reasonTooManyRequests, "too many logins started from this address; try again later")
+		return
+	}
 	oc, _, err := h.discover(r.Context())
 	if err != nil {
 		h.log.Warn("OIDC provider unavailable", "err", err)
@@ -305,6 +331,16 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, oc.AuthCodeURL(state, gooidc.Nonce(l.nonce), oauth2.S256ChallengeOption(l.verifier)), http.StatusFound)
+}
+
+// reasonTooManyRequests answers a 429.
+const reasonTooManyRequests = "TooManyRequests"
+
+func sourceOf(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
 }
 
 // checkReturnTo accepts a loopback http URL with a port (RFC 8252 §7.3: the CLI listening on

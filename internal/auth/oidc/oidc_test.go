@@ -27,7 +27,7 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-var users = map[string]oidctest.User{
+var people = map[string]oidctest.User{
 	"alice":    {Password: "alice-password", Subject: "u-1001", PreferredUsername: "alice", Groups: []string{"platform", "devs"}},
 	"bob":      {Password: "bob-password", Subject: "u-1002", PreferredUsername: "bob", Groups: []string{"sales"}},
 	"nameless": {Password: "nameless-password", Subject: "u-1003"},
@@ -56,7 +56,7 @@ func newRig(t *testing.T, edit func(*Config)) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	r := &rig{t: t, op: oidctest.Start(t, users), authn: auth.NewAuthenticator(st)}
+	r := &rig{t: t, op: oidctest.Start(t, people), authn: auth.NewAuthenticator(st)}
 	mux := http.NewServeMux()
 	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path == PathCallback {
@@ -98,7 +98,7 @@ func (r *rig) login(user string) (verifier string, back url.Values) {
 		"redirect_uri":   {loopback},
 		"code_challenge": {oauth2.S256ChallengeFromVerifier(verifier)},
 	}.Encode()
-	u, err := oidctest.Browse(r.browser(), start, user, users[user].Password, func(u *url.URL) bool {
+	u, err := oidctest.Browse(r.browser(), start, user, people[user].Password, func(u *url.URL) bool {
 		return u.Host == "127.0.0.1:9"
 	})
 	if err != nil {
@@ -291,6 +291,26 @@ func TestStartRefusesBadRequests(t *testing.T) {
 	}
 	if err := checkReturnTo("http://[::1]:4000/callback"); err != nil {
 		t.Errorf("IPv6 loopback: %v", err)
+	}
+}
+
+func TestStartsAreLimitedPerSource(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.StartBurst, c.StartEvery = 2, time.Hour })
+	q := url.Values{"redirect_uri": {loopback}, "code_challenge": {oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())}}
+	c := r.browser()
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for i, want := range []int{http.StatusFound, http.StatusFound, http.StatusTooManyRequests} {
+		resp, err := c.Get(r.srv.URL + PathLogin + "?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("start %d: %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+	if n := r.h.logins.len(); n != 2 {
+		t.Errorf("%d logins pending, want 2", n)
 	}
 }
 
