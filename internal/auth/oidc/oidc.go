@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -230,7 +231,7 @@ func New(cfg Config, sessions Sessions) (*Handler, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	h.client = &http.Client{Transport: tr, Timeout: 15 * time.Second}
+	h.client = &http.Client{Transport: limitedBodies{tr}, Timeout: 15 * time.Second}
 	if len(cfg.AllowedGroups) > 0 {
 		h.allowed = map[string]bool{}
 		for _, g := range cfg.AllowedGroups {
@@ -243,6 +244,37 @@ func New(cfg Config, sessions Sessions) (*Handler, error) {
 	h.logins = newPending[login](cfg.MaxPending, cfg.LoginTTL, func() time.Time { return h.now() })
 	h.codes = newPending[grant](cfg.MaxPending, cfg.CodeTTL, func() time.Time { return h.now() })
 	return h, nil
+}
+
+// maxProviderBody bounds every answer read from the provider (discovery, keys, tokens).
+const maxProviderBody = 1 << 20
+
+// limitedBodies fails the reading of a provider's answer past maxProviderBody.
+type limitedBodies struct{ next http.RoundTripper }
+
+func (l limitedBodies) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(r)
+	if err == nil {
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: maxProviderBody}
+	}
+	return resp, err
+}
+
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("the identity provider's answer is over %d bytes", maxProviderBody)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 func checkIssuer(issuer string) error {

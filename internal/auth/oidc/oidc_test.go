@@ -259,6 +259,8 @@ func TestStartRefusesBadRequests(t *testing.T) {
 		{"loopback without port", "http://127.0.0.1/cb", good, "", "redirect_uri must be"},
 		{"localhost name", "http://localhost:8000/cb", good, "", "redirect_uri must be"},
 		{"scheme-relative", "//evil.example/cb", good, "", "redirect_uri must be"},
+		{"control character", "/\t/evil.example/cb", good, "", "not a URL"},
+		{"backslash", "/\\evil.example/cb", good, "", "redirect_uri must be"},
 		{"user info", "http://x@127.0.0.1:80/cb", good, "", "no fragment or user"},
 		{"no challenge", loopback, "", "", "code_challenge must be"},
 		{"short challenge", loopback, "abc", "", "code_challenge must be"},
@@ -417,4 +419,18 @@ func sorted(s []string) []string {
 	s = slices.Clone(s)
 	slices.Sort(s)
 	return s
+}
+
+func TestProviderAnswersAreBounded(t *testing.T) {
+	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(bytes.Repeat([]byte(" "), 2<<20))
+	}))
+	t.Cleanup(big.Close)
+	h, err := New(Config{Issuer: big.URL, ClientID: "c", RedirectURL: "https://f.example.com" + PathCallback, Logger: quiet}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.discover(context.Background()); err == nil || !strings.Contains(err.Error(), "answer is over 1048576 bytes") {
+		t.Errorf("discovery of a 2 MiB document: %v", err)
+	}
 }
