@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -47,7 +48,8 @@ type rig struct {
 // loopback is where the fake CLI listens; nothing is requested there, the browser stops.
 const loopback = "http://127.0.0.1:9/callback"
 
-func newRig(t *testing.T, edit func(*Config)) *rig {
+// newRig starts one; wrap, if set, stands between the handler and the authenticator.
+func newRig(t *testing.T, edit func(*Config), wrap func(*auth.Authenticator) Sessions) *rig {
 	t.Helper()
 	cfg := sqlstore.DefaultConfig()
 	cfg.Logger = quiet
@@ -76,7 +78,11 @@ func newRig(t *testing.T, edit func(*Config)) *rig {
 		edit(&c)
 	}
 	r.op.AllowRedirect(c.RedirectURL)
-	if r.h, err = New(c, r.authn); err != nil {
+	var sessions Sessions = r.authn
+	if wrap != nil {
+		sessions = wrap(r.authn)
+	}
+	if r.h, err = New(c, sessions); err != nil {
 		t.Fatal(err)
 	}
 	r.h.Register(mux)
@@ -135,7 +141,7 @@ func (r *rig) sessions() int {
 }
 
 func TestLogin(t *testing.T) {
-	r := newRig(t, nil)
+	r := newRig(t, nil, nil)
 	verifier, back := r.login("alice")
 	code := back.Get("code")
 	if code == "" {
@@ -179,7 +185,7 @@ func TestLogin(t *testing.T) {
 }
 
 func TestUsernameFallsBackToSubject(t *testing.T) {
-	r := newRig(t, nil)
+	r := newRig(t, nil, nil)
 	verifier, back := r.login("nameless")
 	status, tr, raw := r.redeem(back.Get("code"), verifier)
 	if status != http.StatusOK || tr.User != "oidc:u-1003" || len(tr.Groups) != 0 {
@@ -203,7 +209,7 @@ func TestRefusedLogins(t *testing.T) {
 		{name: "not in an allowed group", edit: func(c *Config) { c.AllowedGroups = []string{"platform"} }, user: "bob", want: "oidc:bob is in none of the groups allowed"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRig(t, tt.edit)
+			r := newRig(t, tt.edit, nil)
 			r.op.SetTamper(tt.tamper)
 			user := tt.user
 			if user == "" {
@@ -219,7 +225,7 @@ func TestRefusedLogins(t *testing.T) {
 		})
 	}
 	t.Run("allowed group", func(t *testing.T) {
-		r := newRig(t, func(c *Config) { c.AllowedGroups = []string{"platform"} })
+		r := newRig(t, func(c *Config) { c.AllowedGroups = []string{"platform"} }, nil)
 		verifier, back := r.login("alice")
 		if status, _, raw := r.redeem(back.Get("code"), verifier); status != http.StatusOK {
 			t.Errorf("alice, in platform: %d %s", status, raw)
@@ -227,8 +233,34 @@ func TestRefusedLogins(t *testing.T) {
 	})
 }
 
+// refusing is an authenticator whose user store refuses every login, as for a disabled user.
+type refusing struct {
+	*auth.Authenticator
+	got []string
+}
+
+func (r *refusing) RecordLogin(_ context.Context, provider string, id auth.Identity) error {
+	r.got = append(r.got, provider+" "+id.User+" "+strings.Join(id.Groups, ","))
+	return fmt.Errorf("%w: user disabled", auth.ErrUnauthenticated)
+}
+
+func TestRecordLoginCanRefuse(t *testing.T) {
+	var rec *refusing
+	r := newRig(t, nil, func(a *auth.Authenticator) Sessions { rec = &refusing{Authenticator: a}; return rec })
+	_, back := r.login("alice")
+	if back.Get("code") != "" || back.Get("error_description") != "user oidc:alice may not log in" {
+		t.Errorf("browser sent back with %v", back)
+	}
+	if want := []string{"oidc oidc:alice oidc:platform,oidc:devs"}; !slices.Equal(rec.got, want) {
+		t.Errorf("RecordLogin was told %q, want %q", rec.got, want)
+	}
+	if n := r.sessions(); n != 0 {
+		t.Errorf("%d sessions issued", n)
+	}
+}
+
 func TestRedeemNeedsTheVerifier(t *testing.T) {
-	r := newRig(t, nil)
+	r := newRig(t, nil, nil)
 	for _, tt := range []struct{ name, verifier, want string }{
 		{"missing", "", "a code verifier is required"},
 		{"another", oauth2.GenerateVerifier(), "does not match"},
@@ -251,7 +283,7 @@ func TestRedeemNeedsTheVerifier(t *testing.T) {
 }
 
 func TestStartRefusesBadRequests(t *testing.T) {
-	r := newRig(t, nil)
+	r := newRig(t, nil, nil)
 	good := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
 	for _, tt := range []struct{ name, redirect, challenge, method, want string }{
 		{"no redirect", "", good, "", "redirect_uri is required"},
@@ -297,7 +329,7 @@ func TestStartRefusesBadRequests(t *testing.T) {
 }
 
 func TestStartsAreLimitedPerSource(t *testing.T) {
-	r := newRig(t, func(c *Config) { c.StartBurst, c.StartEvery = 2, time.Hour })
+	r := newRig(t, func(c *Config) { c.StartBurst, c.StartEvery = 2, time.Hour }, nil)
 	q := url.Values{"redirect_uri": {loopback}, "code_challenge": {oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())}}
 	c := r.browser()
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

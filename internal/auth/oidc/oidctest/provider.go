@@ -60,8 +60,8 @@ type Provider struct {
 	st  *storage
 }
 
-// Start runs a provider until the test ends. redirectURIs are the client's registered
-// redirect URIs; more may be added with AllowRedirect.
+// Start runs a provider with users (by login name) until the test ends. The client's redirect
+// URIs are added with AllowRedirect.
 func Start(t testing.TB, users map[string]User) *Provider {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -122,17 +122,16 @@ func random(n int) []byte {
 }
 
 type storage struct {
-	mu        sync.Mutex
-	users     map[string]User
-	key       *rsa.PrivateKey
-	other     *rsa.PrivateKey
-	keyID     string
-	client    *client
-	reqs      map[string]*authRequest
-	codes     map[string]string
-	tamper    Tamper
-	issuers   func() string
-	tokenPath string
+	mu      sync.Mutex
+	users   map[string]User
+	key     *rsa.PrivateKey
+	other   *rsa.PrivateKey
+	keyID   string
+	client  *client
+	reqs    map[string]*authRequest
+	codes   map[string]string
+	tamper  Tamper
+	issuers func() string
 }
 
 var _ op.Storage = (*storage)(nil)
@@ -268,7 +267,7 @@ func (s *storage) readdress(next http.Handler) http.Handler {
 			return
 		}
 		raw, _ := body["id_token"].(string)
-		jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+		jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256})
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
