@@ -95,19 +95,24 @@ func (g *globals) loginOIDC(ctx context.Context, server, checksum string, insecu
 			http.NotFound(w, r)
 			return
 		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		if res.err != "" {
+			fmt.Fprintf(w, "<!doctype html><p>Login failed: %s</p>", html.EscapeString(res.err))
+		} else {
+			fmt.Fprint(w, "<!doctype html><p>Logged in to Flotilla. You may close this window.</p>")
+		}
 		select {
 		case done <- res:
 		default: // only the first answer counts
 		}
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if res.err != "" {
-			fmt.Fprintf(w, "<!doctype html><p>Login failed: %s</p>", html.EscapeString(res.err))
-			return
-		}
-		fmt.Fprint(w, "<!doctype html><p>Logged in to Flotilla. You may close this window.</p>")
 	})}
 	go srv.Serve(ln)
-	defer srv.Close()
+	defer func() {
+		// Let the browser have its page before the listener goes.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
 
 	fmt.Fprintf(g.errOut, "Open this URL in a browser to log in:\n\n  %s\n\n", loginURL)
 	if err := openBrowser(loginURL); err != nil {

@@ -59,19 +59,21 @@ func TestLoginOIDC(t *testing.T) {
 	caFile := filepath.Join(t.TempDir(), "ca.crt")
 	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
 
-	browse := func(user, password string) {
+	// browse makes the next login's browser log in as user; its outcome comes on the channel.
+	browse := func(user, password string) <-chan error {
 		saved := openBrowser
 		t.Cleanup(func() { openBrowser = saved })
+		browsed := make(chan error, 1)
 		openBrowser = func(u string) error {
 			c := srv.Client()
 			c.Jar, _ = cookiejar.New(nil)
 			go func() {
-				if _, err := oidctest.Browse(c, u, user, password, nil); err != nil {
-					t.Errorf("browser: %v", err)
-				}
+				_, err := oidctest.Browse(c, u, user, password, nil)
+				browsed <- err
 			}()
 			return nil
 		}
+		return browsed
 	}
 	run := func(config string, args ...string) (string, error) {
 		var out, errOut bytes.Buffer
@@ -84,10 +86,13 @@ func TestLoginOIDC(t *testing.T) {
 	}
 
 	config := filepath.Join(t.TempDir(), "config.json")
-	browse("alice", "alice-password")
+	browsed := browse("alice", "alice-password")
 	out, err := run(config, "login", "--server", srv.URL, "--ca-file", caFile, "--oidc")
 	if err != nil {
 		t.Fatalf("login: %v\n%s", err, out)
+	}
+	if err := <-browsed; err != nil {
+		t.Errorf("browser: %v", err)
 	}
 	if !strings.Contains(out, "as oidc:alice until") {
 		t.Errorf("login said: %s", out)
@@ -111,10 +116,13 @@ func TestLoginOIDC(t *testing.T) {
 
 	// A refused login says why and stores nothing.
 	config2 := filepath.Join(t.TempDir(), "config.json")
-	browse("bob", "bob-password")
+	browsed = browse("bob", "bob-password")
 	out, err = run(config2, "login", "--server", srv.URL, "--ca-file", caFile, "--oidc")
 	if err == nil || !strings.Contains(err.Error(), "oidc:bob is in none of the groups allowed to log in") {
 		t.Errorf("bob's login: %v\n%s", err, out)
+	}
+	if err := <-browsed; err != nil {
+		t.Errorf("browser: %v", err)
 	}
 	if _, err := os.Stat(config2); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a refused login wrote its config: %v", err)
