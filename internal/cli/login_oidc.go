@@ -91,6 +91,7 @@ func (g *globals) loginOIDC(ctx context.Context, server, checksum string, insecu
 		if res.err == "" && p.Get("error") != "" {
 			res.err = p.Get("error")
 		}
+		res.err = printable(res.err)
 		if r.URL.Path != "/callback" || (res.code == "" && res.err == "") {
 			http.NotFound(w, r)
 			return
@@ -155,4 +156,19 @@ func (g *globals) loginOIDC(ctx context.Context, server, checksum string, insecu
 	}
 	fmt.Fprintf(g.out, "Logged in to %s as %s until %s; settings saved in %s\n", server, tok.User, tok.Expires.Local().Format(time.RFC3339), path)
 	return nil
+}
+
+// printable keeps text from the browser from moving the terminal: anything on the machine can
+// send the listener a request.
+func printable(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
 }

@@ -128,3 +128,9 @@ func TestLoginOIDC(t *testing.T) {
 		t.Errorf("a refused login wrote its config: %v", err)
 	}
 }
+
+func TestPrintable(t *testing.T) {
+	if got := printable("a\x1b[2Jb\u009bc\nd"); got != "a [2Jb c d" {
+		t.Errorf("got %q", got)
+	}
+}
