@@ -148,6 +148,10 @@ type Handler struct {
 	mu       sync.Mutex
 	oauth    *oauth2.Config
 	verifier *gooidc.IDTokenVerifier
+	// failed and failedAt keep the last failed discovery, answered again for a while so that
+	// logins do not queue behind a provider that is down.
+	failed   error
+	failedAt time.Time
 
 	logins *pending[login]
 	codes  *pending[grant]
@@ -303,19 +307,26 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+PathToken, h.token)
 }
 
+// rediscoverAfter is how long a failed discovery is answered from memory.
+const rediscoverAfter = 10 * time.Second
+
 // discover returns the OAuth2 configuration and ID token verifier, discovering the provider
-// on first use (and again after a failure).
+// on first use (and again, at most every rediscoverAfter, after a failure).
 func (h *Handler) discover(ctx context.Context) (*oauth2.Config, *gooidc.IDTokenVerifier, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.oauth != nil {
 		return h.oauth, h.verifier, nil
 	}
+	if h.failed != nil && h.now().Sub(h.failedAt) < rediscoverAfter {
+		return nil, nil, h.failed
+	}
 	dctx, cancel := context.WithTimeout(gooidc.ClientContext(ctx, h.client), 15*time.Second)
 	defer cancel()
 	p, err := gooidc.NewProvider(dctx, h.cfg.Issuer)
 	if err != nil {
-		return nil, nil, fmt.Errorf("discovering the OIDC provider %s: %w", h.cfg.Issuer, err)
+		h.failed, h.failedAt = fmt.Errorf("discovering the OIDC provider %s: %w", h.cfg.Issuer, err), h.now()
+		return nil, nil, h.failed
 	}
 	h.oauth = &oauth2.Config{
 		ClientID: h.cfg.ClientID, ClientSecret: h.cfg.ClientSecret, RedirectURL: h.cfg.RedirectURL,

@@ -466,3 +466,35 @@ func TestProviderAnswersAreBounded(t *testing.T) {
 		t.Errorf("discovery of a 2 MiB document: %v", err)
 	}
 }
+
+func TestFailedDiscoveryIsRetriedLater(t *testing.T) {
+	var mu sync.Mutex
+	hits := 0
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		mu.Unlock()
+		http.Error(w, "down", http.StatusBadGateway)
+	}))
+	t.Cleanup(down.Close)
+	h, err := New(Config{Issuer: down.URL, ClientID: "c", RedirectURL: "https://f.example.com" + PathCallback, Logger: quiet}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1e9, 0)
+	h.now = func() time.Time { return now }
+	count := func() int { mu.Lock(); defer mu.Unlock(); return hits }
+	for i, want := range []int{1, 1} {
+		if _, _, err := h.discover(context.Background()); err == nil || !strings.Contains(err.Error(), "502") {
+			t.Errorf("discovery %d: %v", i, err)
+		}
+		if got := count(); got != want {
+			t.Errorf("after discovery %d: %d requests to the provider, want %d", i, got, want)
+		}
+	}
+	now = now.Add(rediscoverAfter)
+	h.discover(context.Background())
+	if got := count(); got != 2 {
+		t.Errorf("after the pause: %d requests, want 2", got)
+	}
+}
