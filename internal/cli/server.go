@@ -13,6 +13,7 @@ import (
 	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap"
+	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
@@ -126,6 +127,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m; never less than 3 of the intervals a large fleet's poll budget stretches them to)")
 	cfg.RenderBudget = bundle.DefaultBudget()
 	addRenderBudgetFlags(f, &cfg.RenderBudget)
+	oidc.AddFlags(f, &cfg.OIDC)
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")

@@ -24,6 +24,7 @@ import (
 	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap"
+	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
@@ -87,6 +88,8 @@ type Config struct {
 	AuditRetention time.Duration
 	AuditLogFile   string
 	AuditQueueSize int
+	// OIDC configures logins through an OpenID Connect provider; no Issuer, none.
+	OIDC oidc.Config
 }
 
 // DefaultConfig returns the defaults.
@@ -115,6 +118,7 @@ type Server struct {
 	credKeys *auth.Ring
 	// ldap checks ldap users' passwords; nil without Config.LDAP.
 	ldap *ldap.Provider
+	oidc     *oidc.Handler
 }
 
 // storeAll is what both drivers provide.
@@ -190,6 +194,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = auth.NewAuthenticator(s.store)
+	if cfg.OIDC.Logger == nil {
+		cfg.OIDC.Logger = cfg.Logger
+	}
+	if s.oidc, err = oidc.New(cfg.OIDC, s.auth); err != nil {
+		s.store.Close()
+		return nil, err
+	}
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
@@ -311,6 +322,7 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
 	s.auth.RegisterHandlers(mux)
+	s.oidc.Register(mux)
 	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
 	mux.Handle("GET "+api.PathAudit, s.adminOnly(s.audit.Handler()))
 	s.agents.Register(mux)
