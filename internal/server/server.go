@@ -118,7 +118,7 @@ type Server struct {
 	credKeys *auth.Ring
 	// ldap checks ldap users' passwords; nil without Config.LDAP.
 	ldap *ldap.Provider
-	oidc     *oidc.Handler
+	oidc *oidc.Handler
 }
 
 // storeAll is what both drivers provide.
