@@ -117,6 +117,7 @@ func (s *Server) authorizeObject(req *request, verb string) (*api.Object, error)
 // nil error when everything in the request's scope may be seen; a filter when only some
 // objects may; 403 when none could.
 type listFilter struct {
+	// keep decides object by object; nil keeps everything the store answers.
 	keep func(ns, name string, lbls map[string]string) bool
 	// sel narrows the store query itself (ANDed with the client's), when the caller's whole
 	// view is one label selector: a member of env=dev clusters lists only those rows.
@@ -146,7 +147,8 @@ func (s *Server) listFilterFor(req *request, verb string) (*listFilter, error) {
 	}}
 	if es := cf.Entries(); len(es) == 1 && es[0].Names == nil && es[0].Set.Selector != nil {
 		if sel, err := resource.Selector(es[0].Set.Selector); err == nil {
-			f.sel, f.ns = sel, es[0].Set.Workspace
+			// The store answers exactly the caller's view: nothing is left to filter.
+			return &listFilter{sel: sel, ns: es[0].Set.Workspace}, nil
 		}
 	}
 	return f, nil
@@ -174,7 +176,7 @@ func (f *listFilter) narrow(reqNS string, sel labels.Selector) (ns string, out l
 
 // keepRaw decides on a stored object without decoding more than its metadata.
 func (f *listFilter) keepRaw(raw json.RawMessage) bool {
-	if f == nil {
+	if f == nil || f.keep == nil {
 		return true
 	}
 	var m struct {
@@ -191,7 +193,7 @@ func (f *listFilter) keepRaw(raw json.RawMessage) bool {
 }
 
 func (f *listFilter) keepObject(o *api.Object) bool {
-	return f == nil || f.keep(o.Metadata.Namespace, o.Metadata.Name, o.Metadata.Labels)
+	return f == nil || f.keep == nil || f.keep(o.Metadata.Namespace, o.Metadata.Name, o.Metadata.Labels)
 }
 
 // decideWrite decides a create, update or delete of obj (the new object, or the stored one
