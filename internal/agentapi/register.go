@@ -522,18 +522,33 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 			}
 			// Only a token the operator bound to this cluster adds labels to it: any other
 			// token's labels would widen the cluster's targeting behind the operator's back.
-			added := false
-			if cur.Metadata.Labels == nil {
-				cur.Metadata.Labels = map[string]string{}
-			}
-			for k, v := range mergeLabels(req.Labels, tspec.Labels) {
-				if _, ok := cur.Metadata.Labels[k]; !ok {
-					cur.Metadata.Labels[k] = v
-					added = true
+			// The server writes the cluster's status meanwhile: a conflict reads it again.
+			for attempt := 0; ; attempt++ {
+				added := false
+				if cur.Metadata.Labels == nil {
+					cur.Metadata.Labels = map[string]string{}
 				}
-			}
-			if added {
-				if cur, err = s.st.Update(ctx, cur); err != nil {
+				for k, v := range mergeLabels(req.Labels, tspec.Labels) {
+					if _, ok := cur.Metadata.Labels[k]; !ok {
+						cur.Metadata.Labels[k] = v
+						added = true
+					}
+				}
+				if !added {
+					break
+				}
+				next, err := s.st.Update(ctx, cur)
+				if err == nil {
+					cur = next
+					break
+				}
+				if !errors.Is(err, store.ErrConflict) || attempt >= 10 {
+					return nil, err
+				}
+				if cur, err = s.st.Get(ctx, key); err != nil {
+					return nil, err
+				}
+				if err := checkSameClient(cur, req.ClientID); err != nil {
 					return nil, err
 				}
 			}

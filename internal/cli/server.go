@@ -128,6 +128,8 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	cfg.RenderBudget = bundle.DefaultBudget()
 	addRenderBudgetFlags(f, &cfg.RenderBudget)
 	oidc.AddFlags(f, &cfg.OIDC)
+	f.DurationVar(&cfg.SessionTTL, "session-ttl", auth.DefaultSessionTTL, "how long a login (password or OIDC) lasts")
+	f.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", auth.DefaultMaxTokenTTL, "the longest TTL of an API token a user makes")
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")

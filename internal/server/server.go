@@ -25,6 +25,7 @@ import (
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/auth/oidc"
+	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
@@ -90,6 +91,9 @@ type Config struct {
 	AuditQueueSize int
 	// OIDC configures logins through an OpenID Connect provider; no Issuer, none.
 	OIDC oidc.Config
+	// SessionTTL is how long a login lasts (0: auth.DefaultSessionTTL); MaxTokenTTL caps the
+	// API tokens users make (0: auth.DefaultMaxTokenTTL).
+	SessionTTL, MaxTokenTTL time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -99,10 +103,12 @@ func DefaultConfig() Config {
 
 // Server is a running server.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	store   storeAll
-	auth    *auth.Authenticator
+	cfg   Config
+	log   *slog.Logger
+	store storeAll
+	auth  *auth.Authenticator
+	// authz is the index of roles, bindings and projects every decision reads.
+	authz   *rbac.Authorizer
 	fleet   *fleet.Fleet
 	agents  *agentapi.Server
 	secrets *secrets.Keeper
@@ -194,6 +200,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = auth.NewAuthenticator(s.store)
+	s.authz = rbac.New()
+	login := auth.LoginConfig{Logger: cfg.Logger, SessionTTL: cfg.SessionTTL, MaxTokenTTL: cfg.MaxTokenTTL,
+		IsAdmin: s.mayManageUsers}
+	if s.ldap != nil {
+		login.Providers = append(login.Providers, s.ldap)
+	}
+	s.auth.ConfigureLogin(login)
 	if cfg.OIDC.Logger == nil {
 		cfg.OIDC.Logger = cfg.Logger
 	}
@@ -320,6 +333,9 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindRegistrationToken, s.agents.TokenHooks())
 	resources.SetHooks(api.KindBundle, agentapi.NewBundleHooks(s.store))
 	resources.SetHooks(api.KindSecret, s.secrets)
+	if err := resources.EnableAccess(context.Background(), apiserver.Access{Authorizer: s.authz}, s.auth.UserHooks()); err != nil {
+		s.log.Error("storing the built-in roles", "err", err)
+	}
 	resources.Register(mux)
 	s.auth.RegisterHandlers(mux)
 	s.oidc.Register(mux)
@@ -328,6 +344,15 @@ func (s *Server) handler() http.Handler {
 	s.agents.Register(mux)
 	s.gitops.Register(mux)
 	return s.audit.Middleware(s.metrics.Instrument(mux))
+}
+
+// mayManageUsers: admin tokens, and users allowed to update users everywhere, manage other
+// users' passwords and tokens.
+func (s *Server) mayManageUsers(id *auth.Identity) bool {
+	if id.Admin {
+		return true
+	}
+	return s.authz.Decide(rbac.Subject{User: id.User, Groups: id.Groups}, rbac.Request{Verb: api.VerbUpdate, Kind: api.KindUser}).Allowed
 }
 
 // rotateKeys makes new credential and Secret keys while serving: agents are asked to renew,
