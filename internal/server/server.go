@@ -404,7 +404,7 @@ func (s *Server) identify(r *http.Request) (string, []string) {
 func (s *Server) adminOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
-		if err == nil && !id.Admin {
+		if err == nil && !id.Admin && !s.authz.IsAdmin(rbac.Subject{User: id.User, Groups: id.Groups}) {
 			err = fmt.Errorf("%w: %s is not an admin", auth.ErrForbidden, id.User)
 		}
 		if err != nil {

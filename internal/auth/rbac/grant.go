@@ -190,3 +190,24 @@ func (a *Authorizer) ProjectInUse(name string) string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// IsAdmin reports whether s is bound globally to a role granting every verb on every kind:
+// such a subject may also use what only administrators may (metrics, profiles, the audit
+// log, key rotation).
+func (a *Authorizer) IsAdmin(s Subject) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if _, off := a.disabled[s.User]; off {
+		return false
+	}
+	for _, k := range append([]subjectKey{{name: s.User}}, groupKeys(s.Groups)...) {
+		if e := a.subjects[k]; e != nil {
+			for _, b := range e.global {
+				if b.role.rules.star&verbAll == verbAll {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
