@@ -29,11 +29,13 @@ type accessReport struct {
 }
 
 // SetAccess makes a's compiled objects part of every cluster's desired state, each cluster
-// compiled at its agent's next poll. Changes are announced with AccessChanged.
-func (f *Fleet) SetAccess(a Access, opts rbac.CompileOptions) {
+// compiled at its agent's next poll. Changes are announced with AccessChanged. Until ready
+// reports true (nil: at once) desired states are not served: an agent given an empty set of
+// access objects would prune what its cluster holds.
+func (f *Fleet) SetAccess(a Access, opts rbac.CompileOptions, ready func() bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.access, f.accessOpts = a, opts
+	f.access, f.accessOpts, f.accessReady = a, opts, ready
 	f.allAccessChanged()
 }
 

@@ -26,7 +26,7 @@ func accessFleet(t *testing.T) (*Fleet, *rbac.Authorizer) {
 		f.byUID[c.UID] = c
 	}
 	az := rbac.New()
-	f.SetAccess(az, rbac.DefaultCompileOptions())
+	f.SetAccess(az, rbac.DefaultCompileOptions(), nil)
 	return f, az
 }
 
@@ -199,7 +199,7 @@ func TestProjectUsageRollup(t *testing.T) {
 	if _, err := az.PutProject("shop", spec); err != nil {
 		t.Fatal(err)
 	}
-	e.f.SetAccess(az, rbac.DefaultCompileOptions())
+	e.f.SetAccess(az, rbac.DefaultCompileOptions(), nil)
 	report := func(seq int64, usage map[string]map[string]map[string]string) {
 		t.Helper()
 		rep := &api.StatusReport{Seq: seq, Access: &api.AccessReport{Digest: "sha256:x", Usage: usage}}
@@ -235,5 +235,20 @@ func TestProjectUsageRollup(t *testing.T) {
 	obj, _ := e.st.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: reportNS, Name: reportName})
 	if !strings.Contains(string(obj.Status), ConditionAccessApplied) {
 		t.Fatalf("cluster status lacks %s: %s", ConditionAccessApplied, obj.Status)
+	}
+}
+
+// Until the access model is loaded no desired state is served: an empty set of access
+// objects would make the agent prune what its cluster holds.
+func TestAccessNotReady(t *testing.T) {
+	f, az := accessFleet(t)
+	loaded := false
+	f.SetAccess(az, rbac.DefaultCompileOptions(), func() bool { return loaded })
+	if _, _, err := f.Desired(api.DefaultNamespace, "a", "uid-a", 0); err != ErrNotReady {
+		t.Fatalf("desired state before the access model loaded: %v", err)
+	}
+	loaded = true
+	if ds, _, err := f.Desired(api.DefaultNamespace, "a", "uid-a", 0); err != nil || ds.Access == nil {
+		t.Fatalf("desired state after: %+v, %v", ds, err)
 	}
 }

@@ -100,8 +100,9 @@ type Fleet struct {
 	dirtyGroups   map[string]struct{} // namespaces whose groups need their counts written
 
 	// access, when set, adds each cluster's compiled access objects to its desired state.
-	access     Access
-	accessOpts rbac.CompileOptions
+	access      Access
+	accessOpts  rbac.CompileOptions
+	accessReady func() bool
 	// accessGen grows with every access change covering all clusters: a cluster versioned
 	// at an older one is stale, so such a change marks a million clusters in one step.
 	accessGen atomic.Int64
@@ -546,6 +547,9 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 	c := w.cluster(name, uid)
 	if c == nil {
 		return nil, 0, ErrUnknownCluster
+	}
+	if f.access != nil && f.accessReady != nil && !f.accessReady() {
+		return nil, 0, ErrNotReady
 	}
 	rev := f.currentRev(c)
 	if rev != 0 && since == rev {

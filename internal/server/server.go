@@ -22,6 +22,8 @@ import (
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/access"
+	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
@@ -90,6 +92,7 @@ type Server struct {
 	store   storeAll
 	auth    *auth.Authenticator
 	fleet   *fleet.Fleet
+	access  *access.Index
 	agents  *agentapi.Server
 	secrets *secrets.Keeper
 	gitops  *gitops.Controller
@@ -173,6 +176,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
 	s.fleet = fleet.New(s.store, fcfg)
+	s.access = access.New(s.store, cfg.Logger)
+	s.fleet.SetAccess(s.access.Authorizer(), rbac.DefaultCompileOptions(), s.access.Ready)
+	s.access.Subscribe(s.fleet.AccessChanged)
 	s.metrics.RegisterFleet(func() metrics.FleetStats {
 		c, b, d, q := s.fleet.Stats()
 		return metrics.FleetStats{ClustersByState: c, BundlesByState: b, DeploymentsByState: d, QueueDepth: map[string]int{"fleet-status": q}}
@@ -372,6 +378,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	go s.compactor(baseCtx)
+	go s.access.Run(baseCtx)
 	go s.fleet.Run(baseCtx)
 	go s.agents.Run(baseCtx)
 	go s.gitops.Run(baseCtx)
