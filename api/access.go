@@ -190,3 +190,36 @@ type ProjectStatus struct {
 	Used       map[string]string `json:"used,omitempty"`
 	Conditions []Condition       `json:"conditions,omitempty"`
 }
+
+// String names the scope as the CLI shows it: "global", "workspace/W", "cluster/W/C",
+// "clustergroup/W/G", "selector/env=dev", "project/P".
+func (s BindingScope) String() string {
+	ws := func(kind, name string) string {
+		if s.Workspace != "" {
+			return kind + "/" + s.Workspace + "/" + name
+		}
+		return kind + "/" + name
+	}
+	switch {
+	case s.Global:
+		return "global"
+	case s.Cluster != "":
+		return ws("cluster", s.Cluster)
+	case s.ClusterGroup != "":
+		return ws("clustergroup", s.ClusterGroup)
+	case s.ClusterSelector != nil:
+		sel := LabelString(s.ClusterSelector.MatchLabels)
+		if len(s.ClusterSelector.MatchExpressions) > 0 {
+			sel += "+expressions"
+		}
+		if s.Workspace != "" {
+			return "selector/" + s.Workspace + "/" + sel
+		}
+		return "selector/" + sel
+	case s.Project != "":
+		return "project/" + s.Project
+	case s.Workspace != "":
+		return "workspace/" + s.Workspace
+	}
+	return "<none>"
+}

@@ -139,8 +139,69 @@ func Columns(kind string) []Column {
 			}),
 			ageCol,
 		}
+	case KindUser:
+		spec := func(o *Object) UserSpec { return decodeInto[UserSpec](o.Spec) }
+		return []Column{
+			str("PROVIDER", false, func(o *Object) string { return orDefault(spec(o).Provider, ProviderLocal) }),
+			str("DISABLED", false, func(o *Object) string { return fmt.Sprint(spec(o).Disabled) }),
+			{Name: "LAST-LOGIN", Type: "string", Value: func(o *Object, now time.Time) string {
+				if t := decodeInto[UserStatus](o.Status).LastLogin; t != nil {
+					return ShortDuration(now.Sub(*t))
+				}
+				return "<never>"
+			}},
+			ageCol,
+			str("DISPLAY-NAME", true, func(o *Object) string { return spec(o).DisplayName }),
+			str("GROUPS", true, func(o *Object) string { return strings.Join(spec(o).Groups, ",") }),
+		}
+	case KindRole:
+		return []Column{
+			str("CONTEXT", false, func(o *Object) string { return decodeInto[RoleSpec](o.Spec).Context }),
+			str("BUILTIN", false, func(o *Object) string { return fmt.Sprint(decodeInto[RoleStatus](o.Status).Builtin) }),
+			ageCol,
+			str("INHERITS", true, func(o *Object) string { return strings.Join(decodeInto[RoleSpec](o.Spec).InheritFrom, ",") }),
+		}
+	case KindRoleBinding:
+		spec := func(o *Object) RoleBindingSpec { return decodeInto[RoleBindingSpec](o.Spec) }
+		return []Column{
+			str("ROLE", false, func(o *Object) string { return spec(o).RoleRef }),
+			str("SUBJECT", false, func(o *Object) string { s := spec(o).Subject; return s.Kind + "/" + s.Name }),
+			str("SCOPE", false, func(o *Object) string { return spec(o).Scope.String() }),
+			ageCol,
+		}
+	case KindProject:
+		spec := func(o *Object) ProjectSpec { return decodeInto[ProjectSpec](o.Spec) }
+		return []Column{
+			str("NAMESPACES", false, func(o *Object) string {
+				s := spec(o)
+				names := make([]string, 0, len(s.Namespaces))
+				for _, n := range s.Namespaces {
+					names = append(names, n.Name)
+				}
+				if s.NamespaceSelector != nil {
+					names = append(names, "<selector>")
+				}
+				return orNone(strings.Join(names, ","))
+			}),
+			str("OVER-QUOTA", false, func(o *Object) string {
+				for _, c := range decodeInto[ProjectStatus](o.Status).Conditions {
+					if c.Type == ConditionOverQuota {
+						return c.Status
+					}
+				}
+				return "False"
+			}),
+			ageCol,
+		}
 	}
 	return []Column{ageCol}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // notReady describes a summary's first non-ready deployment, e.g. "ErrApplied(2) [c1: boom]".

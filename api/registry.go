@@ -7,6 +7,8 @@ type KindInfo struct {
 	Kind       string
 	Plural     string
 	ShortNames []string
+	// Global kinds have no namespace: one object means the same thing in every workspace.
+	Global bool
 }
 
 // Kinds are the kinds the API serves, in the order a listing of everything shows them.
@@ -17,6 +19,10 @@ var Kinds = []KindInfo{
 	{Kind: KindGitRepo, Plural: "gitrepos", ShortNames: []string{"gr"}},
 	{Kind: KindBundle, Plural: "bundles"},
 	{Kind: KindSecret, Plural: "secrets"},
+	{Kind: KindUser, Plural: "users", Global: true},
+	{Kind: KindRole, Plural: "roles", Global: true},
+	{Kind: KindRoleBinding, Plural: "rolebindings", ShortNames: []string{"rb"}, Global: true},
+	{Kind: KindProject, Plural: "projects", Global: true},
 }
 
 // LookupKind finds a kind by its name, plural or short name, in any case.

@@ -186,9 +186,10 @@ func FetchCA(ctx context.Context, server, checksum string) ([]byte, error) {
 }
 
 // Path returns the URL path of a kind's collection (ns "" means all namespaces) or object.
+// A global kind has no namespace: ns is ignored.
 func Path(kind api.KindInfo, ns, name string) string {
 	p := "/apis/" + api.APIVersion
-	if ns != "" {
+	if ns != "" && !kind.Global {
 		p += "/namespaces/" + url.PathEscape(ns)
 	}
 	p += "/" + kind.Plural

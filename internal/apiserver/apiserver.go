@@ -106,6 +106,11 @@ func (s *Server) Register(mux *http.ServeMux) {
 		mux.HandleFunc("DELETE "+base+"/namespaces/{ns}/{plural}/{name}", s.handle(s.delete))
 		mux.HandleFunc("GET "+base+"/namespaces/{ns}/{plural}/{name}/status", s.handle(s.get))
 		mux.HandleFunc("PUT "+base+"/namespaces/{ns}/{plural}/{name}/status", s.handle(s.updateStatus))
+		// Global kinds (users, roles, role bindings, projects) have no namespace.
+		mux.HandleFunc("POST "+base+"/{plural}", s.handle(s.create))
+		mux.HandleFunc("GET "+base+"/{plural}/{name}", s.handle(s.kubeGet))
+		mux.HandleFunc("PUT "+base+"/{plural}/{name}", s.handle(s.update))
+		mux.HandleFunc("DELETE "+base+"/{plural}/{name}", s.handle(s.delete))
 	}
 	s.registerKube(mux)
 }
@@ -146,13 +151,29 @@ func (s *Server) prepare(req *request) error {
 	}
 	if p := req.r.PathValue("plural"); p != "" {
 		k, ok := api.LookupKind(p)
-		if !ok || k.Plural != p {
+		if !ok || k.Plural != p || (strings.HasPrefix(req.r.URL.Path, "/apis/"+api.FleetGroup+"/") && !api.KnownAPIVersion(api.FleetAPIVersion, k.Kind)) {
 			return statusErr(http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("the server doesn't have a resource type %q", p))
 		}
 		req.kind = k
+		if err := checkScope(req); err != nil {
+			return err
+		}
 	}
 	if req.ns == auth.SystemNamespace {
 		return statusErr(http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("namespace %s is reserved for Flotilla itself", auth.SystemNamespace))
+	}
+	return nil
+}
+
+// checkScope refuses a namespaced kind on a global path with a name (a global path without one
+// lists every namespace) and a global kind on a namespaced path.
+func checkScope(req *request) error {
+	k := req.kind
+	switch {
+	case k.Global && req.ns != "":
+		return statusErr(http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("%s are global: they have no namespace (use /apis/%s/%s)", k.Plural, api.APIVersion, k.Plural))
+	case !k.Global && req.ns == "" && (req.name != "" || req.r.Method == http.MethodPost):
+		return statusErr(http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("%s live in a namespace: use /apis/%s/namespaces/NAMESPACE/%s", k.Plural, api.APIVersion, k.Plural))
 	}
 	return nil
 }

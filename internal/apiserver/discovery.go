@@ -25,7 +25,7 @@ var resourceVerbs = []string{"create", "delete", "get", "list", "patch", "update
 func (g servedGroup) apiResources() []metav1.APIResource {
 	var out []metav1.APIResource
 	for _, k := range g.kinds {
-		r := metav1.APIResource{Name: k.Plural, SingularName: strings.ToLower(k.Kind), Namespaced: true,
+		r := metav1.APIResource{Name: k.Plural, SingularName: strings.ToLower(k.Kind), Namespaced: !k.Global,
 			Kind: k.Kind, Verbs: resourceVerbs}
 		if g.group == api.Group {
 			// Short names only in Flotilla's own group, so that kubectl never has two
@@ -34,7 +34,8 @@ func (g servedGroup) apiResources() []metav1.APIResource {
 			r.Categories = []string{category}
 		}
 		out = append(out, r)
-		if _, status := kindTypes[k.Kind]; status && kindTypes[k.Kind][1] != nil && g.group != "" {
+		// Global kinds' status is the server's alone: no status subresource for clients.
+		if _, status := kindTypes[k.Kind]; status && kindTypes[k.Kind][1] != nil && g.group != "" && !k.Global {
 			out = append(out, metav1.APIResource{Name: k.Plural + "/status", Namespaced: true, Kind: k.Kind, Verbs: []string{"get", "update"}})
 		}
 	}
@@ -53,8 +54,12 @@ func (g servedGroup) discovery() apidiscoveryv2.APIVersionDiscovery {
 			}
 			continue
 		}
+		scope := apidiscoveryv2.ScopeNamespace
+		if !r.Namespaced {
+			scope = apidiscoveryv2.ScopeCluster
+		}
 		v.Resources = append(v.Resources, apidiscoveryv2.APIResourceDiscovery{Resource: r.Name, ResponseKind: gvk,
-			Scope: apidiscoveryv2.ScopeNamespace, SingularResource: r.SingularName, Verbs: r.Verbs,
+			Scope: scope, SingularResource: r.SingularName, Verbs: r.Verbs,
 			ShortNames: r.ShortNames, Categories: r.Categories})
 	}
 	return v

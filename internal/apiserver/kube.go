@@ -38,6 +38,7 @@ func (s *Server) registerKube(mux interface {
 	mux.HandleFunc("GET /openapi/v3/", s.authenticated(s.openAPIGroup))
 	for _, g := range []string{api.Group, api.FleetGroup} {
 		mux.HandleFunc("PATCH /apis/"+g+"/{version}/namespaces/{ns}/{plural}/{name}", s.handle(s.patch))
+		mux.HandleFunc("PATCH /apis/"+g+"/{version}/{plural}/{name}", s.handle(s.patch))
 	}
 	s.registerCoreV1(mux)
 	s.wrapSecretHooks()

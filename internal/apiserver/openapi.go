@@ -29,6 +29,10 @@ var kindTypes = map[string][2]reflect.Type{
 	api.KindGitRepo:           {reflect.TypeFor[api.GitRepoSpec](), reflect.TypeFor[api.GitRepoStatus]()},
 	api.KindBundle:            {reflect.TypeFor[api.BundleSpec](), reflect.TypeFor[api.BundleStatus]()},
 	api.KindSecret:            {reflect.TypeFor[api.SecretSpec](), nil},
+	api.KindUser:              {reflect.TypeFor[api.UserSpec](), reflect.TypeFor[api.UserStatus]()},
+	api.KindRole:              {reflect.TypeFor[api.RoleSpec](), reflect.TypeFor[api.RoleStatus]()},
+	api.KindRoleBinding:       {reflect.TypeFor[api.RoleBindingSpec](), nil},
+	api.KindProject:           {reflect.TypeFor[api.ProjectSpec](), reflect.TypeFor[api.ProjectStatus]()},
 }
 
 var (

@@ -33,6 +33,11 @@ fleet.cattle.io/v1alpha1 GitRepo, ClusterGroup and Bundle manifests are accepted
 				return fmt.Errorf("no objects found in %s", strings.Join(files, ", "))
 			}
 			for _, m := range ms {
+				if k, ok := api.LookupKind(m.obj.Kind); ok && k.Global {
+					// Users, roles, bindings and projects have no namespace; the server
+					// says so if the file gives one.
+					continue
+				}
 				if g.namespace != "" && m.obj.Metadata.Namespace != "" && m.obj.Metadata.Namespace != g.namespace {
 					return fmt.Errorf("%s: namespace %q does not match -n %s", m.source, m.obj.Metadata.Namespace, g.namespace)
 				}

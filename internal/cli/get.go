@@ -76,7 +76,7 @@ func newGetCmd(g *globals) *cobra.Command {
 					objs = append(objs, &o)
 				}
 			}
-			p := &printer{out: g.out, kind: kind, output: output, showNS: g.allNamespaces, noHeader: noHeaders}
+			p := &printer{out: g.out, kind: kind, output: output, showNS: g.allNamespaces && !kind.Global, noHeader: noHeaders}
 			if err := p.print(objs, len(args) == 2); err != nil {
 				return err
 			}

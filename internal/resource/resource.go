@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -57,6 +58,24 @@ var schemas = map[string]schema{
 		status:   func() any { return &api.BundleStatus{} },
 		validate: validateBundle,
 	},
+	// The access kinds are checked against each other (known roles, no inheritance cycle)
+	// by internal/auth/rbac when the API writes them; here they are only decoded strictly.
+	api.KindUser: {
+		spec:   func() any { return &api.UserSpec{} },
+		status: func() any { return &api.UserStatus{} },
+	},
+	api.KindRole: {
+		spec:   func() any { return &api.RoleSpec{} },
+		status: func() any { return &api.RoleStatus{} },
+	},
+	api.KindRoleBinding: {
+		spec:   func() any { return &api.RoleBindingSpec{} },
+		status: func() any { return &struct{}{} },
+	},
+	api.KindProject: {
+		spec:   func() any { return &api.ProjectSpec{} },
+		status: func() any { return &api.ProjectStatus{} },
+	},
 }
 
 // Invalid builds the error for an invalid object.
@@ -89,7 +108,19 @@ func Prepare(obj *api.Object) error {
 		causes = append(causes, api.StatusCause{Field: "apiVersion", Message: fmt.Sprintf("unsupported value %q for kind %s (want %s)", obj.APIVersion, obj.Kind, api.APIVersion)})
 	}
 	obj.APIVersion = api.APIVersion
-	causes = append(causes, validateMeta(&obj.Metadata)...)
+	k, _ := api.LookupKind(obj.Kind)
+	switch {
+	case k.Global && obj.Metadata.Namespace != "":
+		causes = append(causes, api.StatusCause{Field: "metadata.namespace", Message: fmt.Sprintf("must be empty: %s is a global kind", obj.Kind)})
+		causes = append(causes, validateMeta(&api.ObjectMeta{Name: "x", Namespace: "x", Labels: obj.Metadata.Labels, Annotations: obj.Metadata.Annotations})...)
+	case k.Global:
+		causes = append(causes, validateMeta(&api.ObjectMeta{Name: "x", Namespace: "x", Labels: obj.Metadata.Labels, Annotations: obj.Metadata.Annotations})...)
+	default:
+		causes = append(causes, validateMeta(&obj.Metadata)...)
+	}
+	if k.Global {
+		causes = append(causes, globalNameCauses(obj.Kind, name)...)
+	}
 	sc := schemas[obj.Kind]
 	spec := sc.spec()
 	if len(obj.Spec) > 0 && !bytes.Equal(obj.Spec, []byte("null")) {
@@ -196,6 +227,50 @@ func validateMeta(m *api.ObjectMeta) []api.StatusCause {
 		}
 	}
 	return causes
+}
+
+// globalNameCauses checks the name of a global object. A User is named as its identity
+// provider names it (an e-mail address, "DOMAIN.user", "oidc:1234"): printable, bounded, and
+// free of what would change a URL path; the other access kinds have DNS names.
+func globalNameCauses(kind, name string) []api.StatusCause {
+	if kind != api.KindUser {
+		var causes []api.StatusCause
+		if name == "" {
+			return []api.StatusCause{{Field: "metadata.name", Message: "required"}}
+		}
+		for _, msg := range validation.IsDNS1123Subdomain(name) {
+			causes = append(causes, api.StatusCause{Field: "metadata.name", Message: msg})
+		}
+		return causes
+	}
+	if msg := UserNameProblem(name); msg != "" {
+		return []api.StatusCause{{Field: "metadata.name", Message: msg}}
+	}
+	return nil
+}
+
+// MaxUserNameBytes bounds a user name; it becomes part of Kubernetes user names and labels.
+const MaxUserNameBytes = 200
+
+// UserNameProblem says what is wrong with a user name, or "" if nothing is.
+func UserNameProblem(name string) string {
+	switch {
+	case name == "":
+		return "required"
+	case len(name) > MaxUserNameBytes:
+		return fmt.Sprintf("longer than %d bytes", MaxUserNameBytes)
+	case name == "." || name == "..":
+		return fmt.Sprintf("%q is not a name", name)
+	case strings.TrimSpace(name) != name:
+		return "must not begin or end with a space"
+	case strings.ContainsFunc(name, func(r rune) bool {
+		return r < 0x20 || r == 0x7f || r == '/' || r == '\\' || r == '%' || r == '?' || r == '#'
+	}):
+		return "must not contain control characters or any of / \\ % ? #"
+	case !utf8.ValidString(name):
+		return "must be valid UTF-8"
+	}
+	return ""
 }
 
 // Selector converts a label selector; nil selects nothing.

@@ -12,7 +12,6 @@ package rbac
 import (
 	"fmt"
 	"slices"
-	"strings"
 
 	"flotilla.dev/api"
 )
@@ -49,25 +48,10 @@ func verbBit(v string) uint8 {
 	return 0
 }
 
-// accessKinds are the kinds of this package's model; api.Kinds gains them when they are
-// registered, after which this table is redundant but harmless.
-var accessKinds = []api.KindInfo{
-	{Kind: api.KindUser, Plural: "users"},
-	{Kind: api.KindRole, Plural: "roles"},
-	{Kind: api.KindRoleBinding, Plural: "rolebindings"},
-	{Kind: api.KindProject, Plural: "projects"},
-}
-
 // lookupKind maps a rule's resource (plural, kind or short name) to its kind.
 func lookupKind(resource string) (string, bool) {
 	if k, ok := api.LookupKind(resource); ok {
 		return k.Kind, true
-	}
-	r := strings.ToLower(resource)
-	for _, k := range accessKinds {
-		if r == strings.ToLower(k.Kind) || r == k.Plural {
-			return k.Kind, true
-		}
 	}
 	return "", false
 }
