@@ -92,6 +92,11 @@ func (f *Fleet) sweep(now time.Time) {
 	res := f.seenResolution()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// A project's total may have changed since its usage did: its status is computed again
+	// (and written only if it differs).
+	for p := range f.usage {
+		f.dirtyProjects[p] = struct{}{}
+	}
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
 			if seen := c.lastSeen(); f.clusterState(c, now) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > res) {
