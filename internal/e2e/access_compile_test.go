@@ -156,6 +156,26 @@ func TestAccessCompiledIntoClusters(t *testing.T) {
 		t.Errorf("alice may create deployments outside her project: %q", got)
 	}
 
+	// The namespace selector: an existing namespace labelled team=shop joins the project on
+	// this cluster, as the agent expands it.
+	if _, err := k.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop-extra", Labels: map[string]string{"team": "shop"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	project.NamespaceSelector = &api.LabelSelector{MatchLabels: map[string]string{"team": "shop"}}
+	put(api.KindProject, "shop", project)
+	eventually(t, time.Minute, "the selected namespace joined the project", func() error {
+		ns, err := k.CoreV1().Namespaces().Get(ctx, "shop-extra", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if ns.Labels[rbac.ProjectLabel] != "shop" {
+			return fmt.Errorf("namespace labels %v", ns.Labels)
+		}
+		_, err = k.CoreV1().ResourceQuotas("shop-extra").Get(ctx, rbac.ProjectObjectName, metav1.GetOptions{})
+		return err
+	})
+	becomes("alice may create deployments in the selected namespace", "yes", "create", "deployments", "-n", "shop-extra")
+
 	// Usage: pods in the namespace count against its quota; the server rolls them up into
 	// the Project's status, OverQuota once over the total.
 	eventually(t, time.Minute, "the namespace's default service account", func() error {
