@@ -184,10 +184,22 @@ func (f *Fleet) takeAccess(c *Cluster, rep *api.AccessReport) {
 	if f.access == nil {
 		return
 	}
-	var allowed map[string]bool
-	if len(rep.Usage) > 0 {
+	// Heartbeats repeat the last usage: the cluster's objects are compiled (to check which
+	// projects it holds) only when something in it is new.
+	allowed := map[string]bool{}
+	fresh := false
+	for p, nss := range rep.Usage {
+		if old, ok := f.usage[p][c.UID]; ok && equalUsage(old, nss) {
+			allowed[p] = true
+		} else {
+			fresh = true
+		}
+	}
+	if fresh {
 		if w := f.workspaces[c.Namespace]; w != nil && w.clusters[c.Name] == c {
 			allowed = projectsOf(f.accessState(w, c))
+		} else {
+			allowed = nil
 		}
 	}
 	// Projects this cluster reported before and no longer does lose its usage.
