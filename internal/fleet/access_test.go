@@ -252,3 +252,34 @@ func TestAccessNotReady(t *testing.T) {
 		t.Fatalf("desired state after: %+v, %v", ds, err)
 	}
 }
+
+// A ClusterGroup's membership changing re-versions the clusters that joined or left it: the
+// bindings scoped to the group now reach them, or no longer do.
+func TestAccessFollowsClusterGroups(t *testing.T) {
+	f, az := accessFleet(t)
+	revs := pollAll(t, f)
+	cov, err := az.PutBinding("alice-g", api.RoleBindingSpec{Subject: api.Subject{Kind: api.SubjectUser, Name: "alice"}, RoleRef: rbac.RoleClusterMember, Scope: api.BindingScope{ClusterGroup: "dev"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.AccessChanged(cov) // the group does not exist yet: nothing to re-version
+	if got := changed(t, f, revs); len(got) != 0 {
+		t.Fatalf("a binding to a missing group changed %v", got)
+	}
+	group := func(typ string) store.Event {
+		raw, _ := json.Marshal(&api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindClusterGroup},
+			Metadata: api.ObjectMeta{Namespace: api.DefaultNamespace, Name: "dev"}, Spec: json.RawMessage(`{"selector":{"matchLabels":{"env":"dev"}}}`)})
+		return store.Event{Type: typ, Object: raw}
+	}
+	f.apply(api.KindClusterGroup, group(api.Added))
+	if got := marked(f); !same(got, map[string]bool{"b": true}) {
+		t.Errorf("group created: re-versioned %v, want b", got)
+	}
+	if got := changed(t, f, revs); !same(got, map[string]bool{"b": true}) {
+		t.Errorf("group created: new desired state for %v, want b", got)
+	}
+	f.apply(api.KindClusterGroup, group(api.Deleted))
+	if got := changed(t, f, revs); !same(got, map[string]bool{"b": true}) {
+		t.Errorf("group deleted: new desired state for %v, want b", got)
+	}
+}
