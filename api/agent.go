@@ -123,6 +123,10 @@ type AccessTemplate struct {
 	Objects  []json.RawMessage `json:"objects"`
 }
 
+// MaxAccessUsageEntries bounds the usage entries (resources over every project namespace)
+// of one access report; the server refuses a report with more.
+const MaxAccessUsageEntries = 5000
+
 // AccessReport is what an agent says about the access objects of its cluster.
 type AccessReport struct {
 	// Digest is the AccessState.Digest last applied (completely or not).

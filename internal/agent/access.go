@@ -222,11 +222,9 @@ func nsName(u *unstructured.Unstructured) string {
 	return u.GetName()
 }
 
-// maxUsageNamespaces bounds the namespaces whose usage one report carries.
-const maxUsageNamespaces = 1000
-
 // Usage reads status.used of the project ResourceQuotas the agent applied: project →
-// namespace → resource → quantity.
+// namespace → resource → quantity, up to the entries one report may carry (the server
+// refuses a report with more, and with it the deployments' status it holds).
 func (k *kubeAccess) Usage(ctx context.Context) (map[string]map[string]map[string]string, error) {
 	ak := accessKinds[schema.GroupVersionKind{Version: "v1", Kind: "ResourceQuota"}]
 	list, err := k.dyn.Resource(ak.gvr).List(ctx, metav1.ListOptions{LabelSelector: ownerSelector + "," + rbac.ProjectLabel})
@@ -241,7 +239,7 @@ func (k *kubeAccess) Usage(ctx context.Context) (map[string]map[string]map[strin
 		if p == "" || q.GetName() != rbac.ProjectObjectName || len(used) == 0 {
 			continue
 		}
-		if n++; n > maxUsageNamespaces {
+		if n += len(used); n > api.MaxAccessUsageEntries {
 			break
 		}
 		if out[p] == nil {

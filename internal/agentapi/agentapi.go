@@ -207,7 +207,7 @@ const (
 	maxAccessError = 4 << 10
 	// maxUsageEntries bounds the quota usage of one report: resources over every project
 	// namespace (a namespace's quota names a handful).
-	maxUsageEntries = 5000
+	maxUsageEntries = api.MaxAccessUsageEntries
 )
 
 func reportStatus(code int, reason, msg string, causes []api.StatusCause) *api.Status {
