@@ -1,7 +1,7 @@
 # The two everyday commands are `make run` and `make test`; see README.md.
 GO ?= go
 
-.PHONY: run test build vet fuzz k8s-binaries clean
+.PHONY: run test build vet fuzz generate k8s-binaries clean
 
 # staticcheck, pinned in hack/tools/go.mod, built once per version into a cache outside the
 # repository (fresh clones, CI's included, reuse it).
@@ -27,6 +27,11 @@ vet: $(STATICCHECK)
 	@cd hack/tools && $(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "hack/tools/go.mod/go.sum are not tidy: run go mod tidy there"; exit 1; }
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags flotilla_failpoints ./internal/store/sqlstore
+
+# Generated files: the OpenAPI descriptions from package api's doc comments (a test fails
+# while they are stale).
+generate:
+	$(GO) generate ./internal/apiserver
 
 $(STATICCHECK):
 	cd hack/tools && $(GO) build -o $@ honnef.co/go/tools/cmd/staticcheck

@@ -223,3 +223,19 @@ func (s BindingScope) String() string {
 	}
 	return "<none>"
 }
+
+// PathCanI: POST an AccessReview (verb, kind, namespace, name, as); the answer is the same
+// review with Allowed and Reason set.
+const PathCanI = "/v1/auth/can-i"
+
+// AccessReview asks whether the caller, or the user As, may do Verb on Kind.
+type AccessReview struct {
+	Verb      string `json:"verb"`
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+	// As names another user to ask for; it needs the right to list role bindings globally.
+	As      string `json:"as,omitempty"`
+	Allowed bool   `json:"allowed"`
+	Reason  string `json:"reason,omitempty"`
+}

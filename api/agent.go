@@ -65,6 +65,10 @@ type RegisterRequest struct {
 	ClientID  string            `json:"clientID"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Inventory *ClusterInventory `json:"inventory,omitempty"`
+	// ClusterName is the name the agent asks for (--cluster-name): a DNS label the server
+	// grants when the token allows it and no other cluster has it. Empty: the name is
+	// derived from ClientID.
+	ClusterName string `json:"clusterName,omitempty"`
 	// Credential is the cluster's current credential, if it has one: registering again as
 	// an existing cluster needs it (valid, or expired within the renewal grace), unless the
 	// registration token is bound to that cluster.

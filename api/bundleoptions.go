@@ -53,6 +53,7 @@ type BundleDeploymentOptions struct {
 
 // KustomizeOptions point at the directory holding the kustomization.yaml to build.
 type KustomizeOptions struct {
+	// Dir is the directory, relative to the bundle, holding the kustomization.yaml.
 	Dir string `json:"dir,omitempty"`
 }
 
@@ -67,8 +68,9 @@ type HelmOptions struct {
 	// ReleaseName overrides the release name derived from the bundle's name.
 	ReleaseName string `json:"releaseName,omitempty"`
 	// Version is a chart version or a semver constraint.
-	Version        string `json:"version,omitempty"`
-	TimeoutSeconds int    `json:"timeoutSeconds,omitempty"`
+	Version string `json:"version,omitempty"`
+	// TimeoutSeconds bounds how long an install or upgrade may take.
+	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
 	// Values are passed to the chart. Strings may use ${ } templates that see the cluster.
 	Values map[string]any `json:"values,omitempty"`
 	// TemplateValues are templates whose rendered, YAML-decoded results are set as top-level values.
@@ -78,98 +80,137 @@ type HelmOptions struct {
 	// ValuesFrom loads values from ConfigMaps and Secrets in the downstream cluster.
 	ValuesFrom []ValuesFrom `json:"valuesFrom,omitempty"`
 
-	Force                   bool `json:"force,omitempty"`
-	TakeOwnership           bool `json:"takeOwnership,omitempty"`
-	MaxHistory              int  `json:"maxHistory,omitempty"`
-	WaitForJobs             bool `json:"waitForJobs,omitempty"`
-	Atomic                  bool `json:"atomic,omitempty"`
-	DisablePreProcess       bool `json:"disablePreProcess,omitempty"`
-	DisableDNS              bool `json:"disableDNS,omitempty"`
-	SkipSchemaValidation    bool `json:"skipSchemaValidation,omitempty"`
+	// Force replaces objects that cannot be updated in place.
+	Force bool `json:"force,omitempty"`
+	// TakeOwnership adopts existing objects that belong to no release.
+	TakeOwnership bool `json:"takeOwnership,omitempty"`
+	// MaxHistory bounds the release revisions kept.
+	MaxHistory int `json:"maxHistory,omitempty"`
+	// WaitForJobs counts the chart's Jobs as ready only once they completed.
+	WaitForJobs bool `json:"waitForJobs,omitempty"`
+	// Atomic rolls a failed upgrade back.
+	Atomic bool `json:"atomic,omitempty"`
+	// DisablePreProcess passes ${ } in values through unrendered.
+	DisablePreProcess bool `json:"disablePreProcess,omitempty"`
+	// DisableDNS turns off DNS lookups in the chart's templates.
+	DisableDNS bool `json:"disableDNS,omitempty"`
+	// SkipSchemaValidation ignores the chart's values.schema.json.
+	SkipSchemaValidation bool `json:"skipSchemaValidation,omitempty"`
+	// DisableDependencyUpdate builds the chart with the dependencies it ships instead of
+	// downloading them.
 	DisableDependencyUpdate bool `json:"disableDependencyUpdate,omitempty"`
 }
 
 // ValuesFrom names a ConfigMap or Secret key holding Helm values.
 type ValuesFrom struct {
+	// ConfigMapKeyRef names a ConfigMap key holding values.
 	ConfigMapKeyRef *KeySelector `json:"configMapKeyRef,omitempty"`
-	SecretKeyRef    *KeySelector `json:"secretKeyRef,omitempty"`
+	// SecretKeyRef names a Secret key holding values.
+	SecretKeyRef *KeySelector `json:"secretKeyRef,omitempty"`
 }
 
 // KeySelector selects a key of a ConfigMap or Secret; Key defaults to values.yaml.
 type KeySelector struct {
-	Name      string `json:"name"`
+	// Name is the ConfigMap's or Secret's name.
+	Name string `json:"name"`
+	// Namespace is its namespace in the cluster.
 	Namespace string `json:"namespace,omitempty"`
-	Key       string `json:"key,omitempty"`
+	// Key is the key holding the values; default values.yaml.
+	Key string `json:"key,omitempty"`
 }
 
 // YAMLOptions name the overlays/<name>/ directories applied to a raw-YAML bundle, in order.
 type YAMLOptions struct {
+	// Overlays are the names of the overlays/<name>/ directories to apply, in order.
 	Overlays []string `json:"overlays,omitempty"`
 }
 
 // DiffOptions stop runtime-amended fields from counting as drift.
 type DiffOptions struct {
+	// ComparePatches select objects and the fields of them that drift detection ignores.
 	ComparePatches []ComparePatch `json:"comparePatches,omitempty"`
 }
 
 // ComparePatch selects objects and the fields of them to leave out of drift detection.
 type ComparePatch struct {
-	APIVersion   string      `json:"apiVersion,omitempty"`
-	Kind         string      `json:"kind,omitempty"`
-	Name         string      `json:"name,omitempty"`
-	Namespace    string      `json:"namespace,omitempty"`
-	Operations   []Operation `json:"operations,omitempty"`
-	JSONPointers []string    `json:"jsonPointers,omitempty"`
+	// APIVersion, Kind, Name and Namespace select the objects; empty matches any.
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+	Name       string `json:"name,omitempty"`
+	Namespace  string `json:"namespace,omitempty"`
+	// Operations are JSON patch operations naming the fields to ignore, usually remove.
+	Operations []Operation `json:"operations,omitempty"`
+	// JSONPointers are the fields to ignore, as JSON pointers such as /spec/replicas.
+	JSONPointers []string `json:"jsonPointers,omitempty"`
 }
 
 // Operation is a JSON patch operation, usually "remove".
 type Operation struct {
-	Op    string `json:"op,omitempty"`
-	Path  string `json:"path,omitempty"`
+	// Op is the JSON patch operation; remove ignores the field at Path.
+	Op string `json:"op,omitempty"`
+	// Path is the field's JSON pointer.
+	Path string `json:"path,omitempty"`
+	// Value is the operation's value, for operations that take one.
 	Value string `json:"value,omitempty"`
 }
 
 // CorrectDrift says whether the agent undoes changes made in the cluster.
 type CorrectDrift struct {
-	Enabled         bool `json:"enabled,omitempty"`
-	Force           bool `json:"force,omitempty"`
+	// Enabled makes the agent apply the objects again when they were changed in the cluster.
+	Enabled bool `json:"enabled,omitempty"`
+	// Force deletes and recreates objects that cannot be updated in place.
+	Force bool `json:"force,omitempty"`
+	// KeepFailHistory keeps the release history of failed corrections, as in Fleet.
 	KeepFailHistory bool `json:"keepFailHistory,omitempty"`
 }
 
 // IgnoreOptions list status conditions (each a map of condition fields to match) to ignore.
 type IgnoreOptions struct {
+	// Conditions are status conditions, each a map of condition fields to the values to match,
+	// that do not make an object unready.
 	Conditions []map[string]string `json:"conditions,omitempty"`
 }
 
 // DownstreamResource names a ConfigMap or Secret to copy to the cluster.
 type DownstreamResource struct {
+	// Kind is ConfigMap or Secret.
 	Kind string `json:"kind,omitempty"`
+	// Name is the object's name, in the bundle's namespace on the server.
 	Name string `json:"name,omitempty"`
 }
 
 // LabelSelector has the shape of Kubernetes' metav1.LabelSelector. A nil selector selects
 // nothing; an empty one selects everything.
 type LabelSelector struct {
-	MatchLabels      map[string]string          `json:"matchLabels,omitempty"`
+	// MatchLabels are labels that must all be set, to these values.
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	// MatchExpressions are further requirements, all of which must hold.
 	MatchExpressions []LabelSelectorRequirement `json:"matchExpressions,omitempty"`
 }
 
 // LabelSelectorRequirement is one expression of a LabelSelector: Operator is In, NotIn, Exists
 // or DoesNotExist.
 type LabelSelectorRequirement struct {
-	Key      string   `json:"key"`
-	Operator string   `json:"operator"`
-	Values   []string `json:"values,omitempty"`
+	// Key is the label key.
+	Key string `json:"key"`
+	// Operator is In, NotIn, Exists or DoesNotExist.
+	Operator string `json:"operator"`
+	// Values are the values for In and NotIn; empty for Exists and DoesNotExist.
+	Values []string `json:"values,omitempty"`
 }
 
 // BundleTarget selects clusters and carries the options merged for them. All of a target's
 // criteria must hold; a target without criteria matches no cluster.
 type BundleTarget struct {
 	// Name is for display; targets without one are named target000, target001, ….
-	Name                 string         `json:"name,omitempty"`
-	ClusterName          string         `json:"clusterName,omitempty"`
-	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
-	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	Name string `json:"name,omitempty"`
+	// ClusterName matches the cluster of this name.
+	ClusterName string `json:"clusterName,omitempty"`
+	// ClusterSelector matches clusters by their labels.
+	ClusterSelector *LabelSelector `json:"clusterSelector,omitempty"`
+	// ClusterGroup matches the clusters of the ClusterGroup of this name.
+	ClusterGroup string `json:"clusterGroup,omitempty"`
+	// ClusterGroupSelector matches the clusters of the ClusterGroups selected by their labels.
 	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
 	// DoNotDeploy keeps the bundle off the clusters this target matches.
 	DoNotDeploy bool `json:"doNotDeploy,omitempty"`
@@ -180,26 +221,39 @@ type BundleTarget struct {
 // BundleTargetRestriction is an allow list entry: when a bundle has restrictions (it came from a
 // GitRepo), only clusters matching one of them may receive it.
 type BundleTargetRestriction struct {
-	Name                 string         `json:"name,omitempty"`
-	ClusterName          string         `json:"clusterName,omitempty"`
-	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
-	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	// Name is for display.
+	Name string `json:"name,omitempty"`
+	// ClusterName matches the cluster of this name.
+	ClusterName string `json:"clusterName,omitempty"`
+	// ClusterSelector matches clusters by their labels.
+	ClusterSelector *LabelSelector `json:"clusterSelector,omitempty"`
+	// ClusterGroup matches the clusters of the ClusterGroup of this name.
+	ClusterGroup string `json:"clusterGroup,omitempty"`
+	// ClusterGroupSelector matches the clusters of the ClusterGroups selected by their labels.
 	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
 }
 
 // GitTarget is a GitRepo target, and an entry of a fleet.yaml's overrideTargets.
 type GitTarget struct {
-	Name                 string         `json:"name,omitempty"`
-	ClusterName          string         `json:"clusterName,omitempty"`
-	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
-	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	// Name is for display.
+	Name string `json:"name,omitempty"`
+	// ClusterName matches the cluster of this name.
+	ClusterName string `json:"clusterName,omitempty"`
+	// ClusterSelector matches clusters by their labels.
+	ClusterSelector *LabelSelector `json:"clusterSelector,omitempty"`
+	// ClusterGroup matches the clusters of the ClusterGroup of this name.
+	ClusterGroup string `json:"clusterGroup,omitempty"`
+	// ClusterGroupSelector matches the clusters of the ClusterGroups selected by their labels.
 	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
-	DoNotDeploy          bool           `json:"doNotDeploy,omitempty"`
+	// DoNotDeploy keeps the bundles off the clusters this target matches.
+	DoNotDeploy bool `json:"doNotDeploy,omitempty"`
 }
 
 // BundleRef names a bundle this one depends on, by name or by labels.
 type BundleRef struct {
-	Name     string         `json:"name,omitempty"`
+	// Name is the bundle depended on, in the same namespace.
+	Name string `json:"name,omitempty"`
+	// Selector selects the bundles depended on by their labels.
 	Selector *LabelSelector `json:"selector,omitempty"`
 	// AcceptedStates are the dependency's states that count as ready; default Ready.
 	AcceptedStates []string `json:"acceptedStates,omitempty"`
@@ -214,17 +268,24 @@ type RolloutStrategy struct {
 	MaxUnavailablePartitions *IntOrString `json:"maxUnavailablePartitions,omitempty"`
 	// AutoPartitionSize splits clusters no partition names into partitions; default 25%.
 	AutoPartitionSize *IntOrString `json:"autoPartitionSize,omitempty"`
-	Partitions        []Partition  `json:"partitions,omitempty"`
+	// Partitions are sets of clusters rolled out one after another; clusters no partition names
+	// are split by AutoPartitionSize.
+	Partitions []Partition `json:"partitions,omitempty"`
 }
 
 // Partition is a set of clusters rolled out together.
 type Partition struct {
+	// Name is for display.
 	Name string `json:"name,omitempty"`
 	// MaxUnavailable clusters of this partition; default 10%.
-	MaxUnavailable       *IntOrString   `json:"maxUnavailable,omitempty"`
-	ClusterName          string         `json:"clusterName,omitempty"`
-	ClusterSelector      *LabelSelector `json:"clusterSelector,omitempty"`
-	ClusterGroup         string         `json:"clusterGroup,omitempty"`
+	MaxUnavailable *IntOrString `json:"maxUnavailable,omitempty"`
+	// ClusterName matches the cluster of this name.
+	ClusterName string `json:"clusterName,omitempty"`
+	// ClusterSelector matches clusters by their labels.
+	ClusterSelector *LabelSelector `json:"clusterSelector,omitempty"`
+	// ClusterGroup matches the clusters of the ClusterGroup of this name.
+	ClusterGroup string `json:"clusterGroup,omitempty"`
+	// ClusterGroupSelector matches the clusters of the ClusterGroups selected by their labels.
 	ClusterGroupSelector *LabelSelector `json:"clusterGroupSelector,omitempty"`
 }
 

@@ -29,14 +29,23 @@ type TypeMeta struct {
 
 // ObjectMeta is the metadata every stored object carries.
 type ObjectMeta struct {
-	Name              string            `json:"name,omitempty"`
-	Namespace         string            `json:"namespace,omitempty"`
-	UID               string            `json:"uid,omitempty"`
-	ResourceVersion   string            `json:"resourceVersion,omitempty"`
-	Generation        int64             `json:"generation,omitempty"`
-	CreationTimestamp *time.Time        `json:"creationTimestamp,omitempty"`
-	Labels            map[string]string `json:"labels,omitempty"`
-	Annotations       map[string]string `json:"annotations,omitempty"`
+	// Name is the object's name, unique for its kind in its namespace.
+	Name string `json:"name,omitempty"`
+	// Namespace is the namespace the object lives in.
+	Namespace string `json:"namespace,omitempty"`
+	// UID identifies this object for its whole life; set by the server.
+	UID string `json:"uid,omitempty"`
+	// ResourceVersion changes on every write; an update that carries it succeeds only if the
+	// object was not written since.
+	ResourceVersion string `json:"resourceVersion,omitempty"`
+	// Generation counts changes to the spec; set by the server.
+	Generation int64 `json:"generation,omitempty"`
+	// CreationTimestamp is when the object was created; set by the server.
+	CreationTimestamp *time.Time `json:"creationTimestamp,omitempty"`
+	// Labels are key-value pairs that selectors match.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Annotations are key-value pairs for tools and people; selectors do not see them.
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// ManagedFields records which field manager set which fields, as Kubernetes' server-side
 	// apply keeps it; the API server maintains it for writes made through the API.
 	ManagedFields json.RawMessage `json:"managedFields,omitempty"`

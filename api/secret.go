@@ -43,8 +43,12 @@ const SecretRedactedRefused = "is " + SecretRedacted + ", which stands for a val
 // SecretSpec is a Secret's content. Data values are base64-encoded as in Kubernetes, and
 // StringData values plain text, merged over Data on write.
 type SecretSpec struct {
-	Type       string            `json:"type,omitempty"`
-	Data       map[string]string `json:"data,omitempty"`
+	// Type says which keys the Secret must have: kubernetes.io/basic-auth, kubernetes.io/ssh-auth,
+	// flotilla.dev/helm-repo, or Opaque (the default) for any.
+	Type string `json:"type,omitempty"`
+	// Data are the values, base64-encoded. They are never returned: reads show **redacted**.
+	Data map[string]string `json:"data,omitempty"`
+	// StringData are values in plain text, merged over Data on write and never returned.
 	StringData map[string]string `json:"stringData,omitempty"`
 	// Sealed is Data encrypted with the server's key. The server sets it and never returns it.
 	Sealed string `json:"sealed,omitempty"`

@@ -18,7 +18,8 @@ import (
 const (
 	// ExitRevoked: the cluster was deleted on the server or its credential refused.
 	ExitRevoked = 3
-	// ExitRegistration: registration is impossible (invalid token, no token).
+	// ExitRegistration: registration is impossible (invalid token, no token, the cluster name
+	// refused).
 	ExitRegistration = 4
 )
 
@@ -47,7 +48,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, ErrClusterDeleted), errors.Is(err, ErrUnauthorized):
 		cfg.Logger.Error(err.Error())
 		return ExitRevoked
-	case errors.Is(err, ErrTokenInvalid), errors.Is(err, ErrNotRegistered):
+	case errors.Is(err, ErrTokenInvalid), errors.Is(err, ErrNotRegistered), errors.Is(err, ErrClusterNameRefused):
 		cfg.Logger.Error(err.Error())
 		return ExitRegistration
 	}
@@ -71,6 +72,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 	fs.StringVar(&cfg.CAChecksum, "ca-checksum", env("FLOTILLA_CA_CHECKSUM", ""), "sha256 of the server's CA certificate (PEM), printed by 'flotilla server' (env FLOTILLA_CA_CHECKSUM)")
 	fs.StringVar(&cfg.Token, "token", env("FLOTILLA_TOKEN", ""), "registration token from 'flotilla token create', used once (env FLOTILLA_TOKEN)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", env("FLOTILLA_KUBECONFIG", env("KUBECONFIG", "")), "kubeconfig of the cluster to manage; in-cluster configuration when run in a pod (env FLOTILLA_KUBECONFIG, KUBECONFIG)")
+	fs.StringVar(&cfg.ClusterName, "cluster-name", env("FLOTILLA_CLUSTER_NAME", ""), "name to register the cluster under, a DNS label; default: derived from the cluster's identity (env FLOTILLA_CLUSTER_NAME)")
 	fs.StringVar(&labels, "labels", env("FLOTILLA_LABELS", ""), "the cluster's labels, k=v,k2=v2, sent when registering (env FLOTILLA_LABELS)")
 	fs.StringVar(&cfg.StateDir, "state-dir", env("FLOTILLA_STATE_DIR", DefaultStateDir), "directory for the agent's state (env FLOTILLA_STATE_DIR)")
 	fs.BoolVar(&cfg.InCluster, "in-cluster", inPod, "run as a pod of the managed cluster: in-cluster configuration, credential in a Secret (default: true in a pod)")

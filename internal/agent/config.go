@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
 )
 
@@ -26,6 +28,9 @@ type Config struct {
 	Token string
 	// Labels are the cluster's labels, sent when registering.
 	Labels map[string]string
+	// ClusterName is the name to register the cluster under, a DNS label. Empty: the server
+	// derives one from the cluster's identity (c-<16 hex digits>).
+	ClusterName string
 
 	// Kubeconfig is the kubeconfig of the cluster the agent manages. Empty means the
 	// in-cluster configuration when InCluster is set, else the usual kubeconfig rules
@@ -125,6 +130,11 @@ func (c Config) validate() error {
 	default:
 		return fmt.Errorf("--on-cluster-deleted must be keep or prune, not %q", c.OnClusterDeleted)
 	}
+	if c.ClusterName != "" {
+		if msgs := validation.IsDNS1123Label(c.ClusterName); len(msgs) > 0 {
+			return fmt.Errorf("--cluster-name %q is not a valid DNS label: %s", c.ClusterName, strings.Join(msgs, "; "))
+		}
+	}
 	if c.Server != "" {
 		u, err := url.Parse(c.Server)
 		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
@@ -143,6 +153,9 @@ var (
 	ErrUnauthorized = errors.New("the Flotilla server refused this cluster's credential")
 	// ErrTokenInvalid: the registration token is unknown, expired or used up.
 	ErrTokenInvalid = errors.New("the registration token is invalid, expired or used up")
+	// ErrClusterNameRefused: the server refused the name asked for with --cluster-name
+	// (another cluster has it, or it is not a name a cluster may ask for).
+	ErrClusterNameRefused = errors.New("the Flotilla server refused the cluster name")
 	// ErrNotRegistered: there is no credential yet and no registration token to get one.
 	ErrNotRegistered = errors.New("the agent has no credential yet: give it a registration token (--token) and the server (--server, --ca-checksum)")
 )

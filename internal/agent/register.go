@@ -37,6 +37,13 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 			why = "the stored credential is for the server " + c.Server
 		}
 		if why == "" {
+			if a.cfg.ClusterName != "" && c.ClusterName != "" && a.cfg.ClusterName != c.ClusterName {
+				// Registering again under the new name would leave the old Cluster behind
+				// with this cluster's deployments.
+				a.log.Warn("--cluster-name is ignored: this cluster is already registered under another name; "+
+					"to rename it, delete the Cluster on the server and register again with a new token",
+					"registeredAs", c.Namespace+"/"+c.ClusterName, "clusterName", a.cfg.ClusterName)
+			}
 			return a.refreshCA(ctx, c)
 		}
 		if a.cfg.Token == "" {
@@ -75,7 +82,7 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		a.log.Warn("reading the cluster's inventory", "err", err)
 		inv = nil
 	}
-	req := api.RegisterRequest{ClientID: clientID, Labels: a.cfg.Labels, Inventory: inv}
+	req := api.RegisterRequest{ClientID: clientID, ClusterName: a.cfg.ClusterName, Labels: a.cfg.Labels, Inventory: inv}
 	resp, err := retry(ctx, a, "registering", func(ctx context.Context) (*api.RegisterResponse, error) {
 		return cl.Register(ctx, a.cfg.Token, req)
 	}, transient)
@@ -83,6 +90,10 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		switch client.Code(err) {
 		case http.StatusUnauthorized, http.StatusForbidden:
 			return nil, fmt.Errorf("%w: %v", ErrTokenInvalid, err)
+		case http.StatusConflict, http.StatusBadRequest:
+			if a.cfg.ClusterName != "" {
+				return nil, fmt.Errorf("%w: %v", ErrClusterNameRefused, err)
+			}
 		}
 		return nil, fmt.Errorf("registering with %s: %w", a.cfg.Server, err)
 	}
@@ -107,6 +118,11 @@ func (a *agent) register(ctx context.Context) (*credentials, error) {
 		return nil, err
 	}
 	a.log.Info("registered", "cluster", resp.Namespace+"/"+resp.ClusterName, "server", c.Server)
+	if a.cfg.ClusterName != "" && resp.ClusterName != a.cfg.ClusterName {
+		// A server from before --cluster-name ignores the name asked for.
+		a.log.Warn("the server registered the cluster under another name than --cluster-name: it does not support choosing the name",
+			"registeredAs", resp.Namespace+"/"+resp.ClusterName, "clusterName", a.cfg.ClusterName)
+	}
 	return c, nil
 }
 

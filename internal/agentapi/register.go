@@ -10,8 +10,12 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
@@ -40,6 +44,22 @@ func secretKey(hash string) store.Key {
 func ClusterName(clientID string) string {
 	h := sha256.Sum256([]byte(clientID))
 	return "c-" + hex.EncodeToString(h[:])[:16]
+}
+
+// derivedName matches the names ClusterName makes.
+var derivedName = regexp.MustCompile(`^c-[0-9a-f]{16}$`)
+
+// checkChosenName says why name may not be asked for by the cluster with clientID, or "".
+// Derived names are reserved: asking for another cluster's would keep that cluster from
+// ever registering.
+func checkChosenName(name, clientID string) string {
+	if msgs := validation.IsDNS1123Label(name); len(msgs) > 0 {
+		return fmt.Sprintf("cluster name %q is not a valid DNS label: %s", name, strings.Join(msgs, "; "))
+	}
+	if derivedName.MatchString(name) && name != ClusterName(clientID) {
+		return fmt.Sprintf("cluster name %q has the form c-<16 hex digits>, which is reserved for names derived from a cluster's identity", name)
+	}
+	return ""
 }
 
 // TokenHooks mint registration tokens: the value is made when the RegistrationToken is
@@ -374,6 +394,24 @@ type refusedError struct{ msg string }
 
 func (e *refusedError) Error() string { return e.msg }
 
+// takenError answers a registration asking for a name another cluster has.
+type takenError struct{ msg string }
+
+func (e *takenError) Error() string { return e.msg }
+
+// checkSameClient refuses cur, the Cluster of the name asked for, when it is another
+// cluster's: no token, bound or not, hands one cluster's name and deployments to another.
+func checkSameClient(cur *api.Object, clientID string) error {
+	var spec api.ClusterSpec
+	json.Unmarshal(cur.Spec, &spec)
+	if spec.ClientID == clientID {
+		return nil
+	}
+	ns, name := cur.Metadata.Namespace, cur.Metadata.Name
+	return &takenError{fmt.Sprintf("cluster name %s/%s is taken by another cluster: choose another --cluster-name, "+
+		"or delete that Cluster first (flotilla delete cluster %s -n %s) if this cluster replaces it", ns, name, name, ns)}
+}
+
 func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var req api.RegisterRequest
@@ -390,14 +428,23 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusUnprocessableEntity, api.ReasonInvalid, "invalid cluster labels: "+err.Error())
 		return
 	}
+	if req.ClusterName != "" {
+		if msg := checkChosenName(req.ClusterName, req.ClientID); msg != "" {
+			fail(w, http.StatusBadRequest, api.ReasonBadRequest, msg)
+			return
+		}
+	}
 	resp, err := s.registerCluster(ctx, auth.BearerToken(r), &req)
 	var te *tokenError
 	var re *refusedError
+	var taken *takenError
 	switch {
 	case errors.As(err, &te):
 		fail(w, http.StatusUnauthorized, api.ReasonTokenInvalid, te.msg)
 	case errors.As(err, &re):
 		fail(w, http.StatusForbidden, api.ReasonRegistrationRefused, re.msg)
+	case errors.As(err, &taken):
+		fail(w, http.StatusConflict, api.ReasonAlreadyExists, taken.msg)
 	case err != nil:
 		s.log.Error("registering a cluster", "err", err)
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "registration failed; try again")
@@ -415,9 +462,19 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 	var tspec api.RegistrationTokenSpec
 	json.Unmarshal(tok.Spec, &tspec)
 	ns := tok.Metadata.Namespace
-	name := ClusterName(req.ClientID)
+	// The agent may ask for a name (checked by the handler); else it is derived from the
+	// client ID. Either way the Cluster of that name, if any, must be this client's.
+	name := req.ClusterName
+	if name == "" {
+		name = ClusterName(req.ClientID)
+	}
 	if tspec.ClusterName != "" && tspec.ClusterName != name {
-		return nil, &tokenError{fmt.Sprintf("registration token %s is bound to cluster %s/%s, and this cluster is %s/%s", tok.Metadata.Name, ns, tspec.ClusterName, ns, name)}
+		msg := fmt.Sprintf("registration token %s is bound to cluster %s/%s, and this cluster asks for %s/%s", tok.Metadata.Name, ns, tspec.ClusterName, ns, name)
+		if req.ClusterName == "" {
+			msg = fmt.Sprintf("registration token %s is bound to cluster %s/%s, and this cluster's derived name is %s/%s (start the agent with --cluster-name %s to register as %s)",
+				tok.Metadata.Name, ns, tspec.ClusterName, ns, name, tspec.ClusterName, tspec.ClusterName)
+		}
+		return nil, &tokenError{msg}
 	}
 	key := store.Key{Kind: api.KindCluster, Namespace: ns, Name: name}
 	cur, err := s.st.Get(ctx, key)
@@ -438,17 +495,18 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 		if err == nil {
 			s.log.Debug("cluster registered", "cluster", ns+"/"+name, "token", tok.Metadata.Name)
 		} else if errors.Is(err, store.ErrAlreadyExists) {
-			// The same cluster registering twice at once: the other request made it.
-			cur, err = s.st.Get(ctx, key)
+			// Registered at once by another request: this cluster's, or another cluster
+			// asking for the same name.
+			if cur, err = s.st.Get(ctx, key); err == nil {
+				err = checkSameClient(cur, req.ClientID)
+			}
 		}
 		if err != nil {
 			return nil, err
 		}
 	} else if err == nil {
-		var spec api.ClusterSpec
-		json.Unmarshal(cur.Spec, &spec)
-		if spec.ClientID != req.ClientID {
-			return nil, fmt.Errorf("cluster name %s is taken by another client ID", name)
+		if err := checkSameClient(cur, req.ClientID); err != nil {
+			return nil, err
 		}
 		// The client ID is no secret (the kube-system namespace UID): taking over an existing
 		// cluster needs its credential, or a token the operator bound to this cluster.

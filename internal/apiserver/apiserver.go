@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/resource"
 	"flotilla.dev/internal/store"
@@ -51,8 +52,10 @@ type ResponseFilter interface {
 type Server struct {
 	store store.Store
 	auth  *auth.Authenticator
-	log   *slog.Logger
-	hooks map[string]Hooks
+	// access makes authorisation decisions; see SetAccess.
+	access Access
+	log    *slog.Logger
+	hooks  map[string]Hooks
 	// BookmarkInterval is how often an idle watch stream gets a bookmark carrying the
 	// current revision, so a client can resume close to where it was.
 	BookmarkInterval time.Duration
@@ -113,6 +116,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 		mux.HandleFunc("DELETE "+base+"/{plural}/{name}", s.handle(s.delete))
 	}
 	s.registerKube(mux)
+	mux.HandleFunc("POST "+api.PathCanI, s.canI)
 }
 
 // request is one authenticated call on one kind.
@@ -131,6 +135,9 @@ func (s *Server) handle(fn func(*request) error) http.HandlerFunc {
 		defer done()
 		req := &request{r: r, w: w, ns: r.PathValue("ns"), name: r.PathValue("name")}
 		err := s.prepare(req)
+		if req.id != nil {
+			audit.Annotate(r.Context(), req.id.User, req.id.Groups, req.kind.Kind, req.ns, req.name)
+		}
 		if err == nil {
 			err = fn(req)
 		}
@@ -146,6 +153,7 @@ func (s *Server) prepare(req *request) error {
 		return err
 	}
 	req.id = id
+	req.r = req.r.WithContext(context.WithValue(req.r.Context(), identityKey{}, id))
 	if v := req.r.PathValue("version"); v != "" && v != api.Version {
 		return statusErr(http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("API version %q is not served (use %s)", v, api.Version))
 	}
@@ -183,27 +191,39 @@ func (req *request) key() store.Key {
 }
 
 func (s *Server) get(req *request) error {
-	if err := auth.Authorize(req.id, "get", req.kind.Kind, req.ns); err != nil {
-		return err
-	}
-	obj, err := s.store.Get(req.r.Context(), req.key())
+	obj, err := s.authorizeObject(req, api.VerbGet)
 	if err != nil {
 		return err
+	}
+	if obj == nil {
+		if obj, err = s.store.Get(req.r.Context(), req.key()); err != nil {
+			return err
+		}
 	}
 	return s.respond(req.w, http.StatusOK, obj)
 }
 
 func (s *Server) list(req *request) error {
-	if err := auth.Authorize(req.id, "list", req.kind.Kind, req.ns); err != nil {
+	q := req.r.URL.Query()
+	verb := api.VerbList
+	watch := q.Get("watch") == "true" || q.Get("watch") == "1"
+	if watch {
+		verb = api.VerbWatch
+	}
+	filter, err := s.listFilterFor(req, verb)
+	if err != nil {
 		return err
 	}
-	q := req.r.URL.Query()
 	sel, err := labels.Parse(q.Get("labelSelector"))
 	if err != nil {
 		return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid label selector %q: %v", q.Get("labelSelector"), err))
 	}
-	if w := q.Get("watch"); w == "true" || w == "1" {
-		return s.watch(req, sel)
+	ns, sel, overlap := filter.narrow(req.ns, sel)
+	if !overlap {
+		ns, sel = req.ns, labels.Nothing()
+	}
+	if watch {
+		return s.watch(req, ns, sel, filter)
 	}
 	limit := 0
 	if l := q.Get("limit"); l != "" {
@@ -211,7 +231,7 @@ func (s *Server) list(req *request) error {
 			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid limit %q", l))
 		}
 	}
-	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Limit: limit, Continue: q.Get("continue")})
+	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: ns, Selector: sel, Limit: limit, Continue: q.Get("continue")})
 	if err != nil {
 		if errors.Is(err, store.ErrCompacted) {
 			return statusErr(http.StatusGone, api.ReasonGone, "the continue token has expired: the list must be restarted without it")
@@ -230,10 +250,17 @@ func (s *Server) list(req *request) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{"apiVersion":%q,"kind":%q,"metadata":%s,"items":[`, api.APIVersion, req.kind.Kind+"List", meta)
 	io.WriteString(w, b.String())
-	for i, it := range res.Items {
-		if i > 0 {
+	n := 0
+	for _, it := range res.Items {
+		// A page may hold fewer than limit items when the caller sees only some: the
+		// continue token goes on from where the store stopped, as Kubernetes allows.
+		if !filter.keepRaw(it) {
+			continue
+		}
+		if n > 0 {
 			io.WriteString(w, ",")
 		}
+		n++
 		w.Write(s.filterRaw(req.kind.Kind, it))
 	}
 	// The answer has begun: a failed write can only end it, which the client sees.
@@ -241,7 +268,7 @@ func (s *Server) list(req *request) error {
 	return nil
 }
 
-func (s *Server) watch(req *request, sel labels.Selector) error {
+func (s *Server) watch(req *request, ns string, sel labels.Selector, filter *listFilter) error {
 	var from int64
 	if rv := req.r.URL.Query().Get("resourceVersion"); rv != "" {
 		var err error
@@ -253,7 +280,7 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 	if err := s.checkWatchFrom(ctx, from); err != nil {
 		return err
 	}
-	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Revision: from})
+	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: ns, Selector: sel, Revision: from})
 	if err != nil {
 		return err
 	}
@@ -262,6 +289,9 @@ func (s *Server) watch(req *request, sel labels.Selector) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	event := func(ev store.Event) (*api.WatchEvent, error) {
+		if !filter.keepRaw(ev.Object) {
+			return nil, nil
+		}
 		return &api.WatchEvent{Type: ev.Type, Object: s.filterRaw(req.kind.Kind, ev.Object)}, nil
 	}
 	bookmark := func(last int64) *api.WatchEvent {
@@ -373,11 +403,14 @@ func readObject(req *request) (*api.Object, error) {
 func dryRun(r *http.Request) bool { return r.URL.Query().Get("dryRun") != "" }
 
 func (s *Server) create(req *request) error {
-	if err := auth.Authorize(req.id, "create", req.kind.Kind, req.ns); err != nil {
+	if err := s.mayTry(req, api.VerbCreate); err != nil {
 		return err
 	}
 	obj, err := readObject(req)
 	if err != nil {
+		return err
+	}
+	if err := s.decideWrite(req, api.VerbCreate, nil, obj); err != nil {
 		return err
 	}
 	return s.createObject(req, obj)
@@ -390,6 +423,7 @@ func (s *Server) createObject(req *request, obj *api.Object) error {
 	if err := resource.Prepare(obj); err != nil {
 		return err
 	}
+	audit.AnnotateName(ctx, obj.Metadata.Name)
 	now := time.Now().UTC().Truncate(time.Second)
 	obj.Metadata.UID = NewUID()
 	obj.Metadata.CreationTimestamp = &now
@@ -426,7 +460,7 @@ const ResultHeader = "X-Flotilla-Result"
 // update replaces spec, labels and annotations; status and server-owned metadata are kept.
 // A PUT to a name that does not exist creates it, which makes `apply` one call per object.
 func (s *Server) update(req *request) error {
-	if err := auth.Authorize(req.id, "update", req.kind.Kind, req.ns); err != nil {
+	if err := s.mayTry(req, api.VerbUpdate); err != nil {
 		return err
 	}
 	obj, err := readObject(req)
@@ -441,7 +475,7 @@ func (s *Server) update(req *request) error {
 			if wantRV != "" {
 				return err
 			}
-			if err := auth.Authorize(req.id, "create", req.kind.Kind, req.ns); err != nil {
+			if err := s.decideWrite(req, api.VerbCreate, nil, obj); err != nil {
 				return err
 			}
 			return s.createObject(req, obj)
@@ -460,6 +494,9 @@ func (s *Server) update(req *request) error {
 		base := patchBase(ctx)
 		if base != nil && !store.SameContent(cur, base) {
 			return fmt.Errorf("%s: changed since the patch was applied: %w", req.key(), store.ErrConflict)
+		}
+		if err := s.decideWrite(req, api.VerbUpdate, cur, next); err != nil {
+			return err
 		}
 		next.Metadata.UID = cur.Metadata.UID
 		next.Metadata.CreationTimestamp = cur.Metadata.CreationTimestamp
@@ -508,13 +545,17 @@ func (s *Server) update(req *request) error {
 		if err != nil {
 			return err
 		}
+		if h, ok := s.hooks[req.kind.Kind].(UpdateHook); ok {
+			h.AfterUpdate(ctx, out)
+		}
 		req.w.Header().Set(ResultHeader, "configured")
 		return s.respond(req.w, http.StatusOK, out)
 	}
 }
 
 func (s *Server) updateStatus(req *request) error {
-	if err := auth.Authorize(req.id, "update-status", req.kind.Kind, req.ns); err != nil {
+	// Status is written by the server and agents: only admins may write it by hand.
+	if err := s.decide(req.id, "update-status", req.kind, req.ns, req.name, nil); err != nil {
 		return err
 	}
 	obj, err := readObject(req)
@@ -547,10 +588,23 @@ func (s *Server) updateStatus(req *request) error {
 }
 
 func (s *Server) delete(req *request) error {
-	if err := auth.Authorize(req.id, "delete", req.kind.Kind, req.ns); err != nil {
+	if _, err := s.authorizeObject(req, api.VerbDelete); err != nil {
 		return err
 	}
 	rv := req.r.URL.Query().Get("resourceVersion")
+	if g, ok := s.hooks[req.kind.Kind].(DeleteGuard); ok {
+		cur, err := s.store.Get(req.r.Context(), req.key())
+		if err != nil {
+			return err
+		}
+		if err := g.BeforeDelete(req.r.Context(), cur); err != nil {
+			return err
+		}
+		if rv == "" {
+			// What was checked is what is deleted.
+			rv = cur.Metadata.ResourceVersion
+		}
+	}
 	if dryRun(req.r) {
 		obj, err := s.store.Get(req.r.Context(), req.key())
 		if err != nil {

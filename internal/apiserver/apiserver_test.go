@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/secrets"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/sqlite"
@@ -33,6 +34,8 @@ type env struct {
 	st    *sqlite.Store
 	url   string
 	token string
+	auth  *auth.Authenticator
+	authz *rbac.Authorizer
 }
 
 func newEnv(t testing.TB) *env {
@@ -59,11 +62,15 @@ func newEnv(t testing.TB) *env {
 	s.SetHooks(api.KindRegistrationToken, agentapi.NewTokenHooks(st))
 	s.SetHooks(api.KindBundle, agentapi.NewBundleHooks(st))
 	s.SetHooks(api.KindSecret, keeper)
+	authz := rbac.New()
+	if err := s.EnableAccess(ctx, apiserver.Access{Authorizer: authz}, a.UserHooks()); err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	s.Register(mux)
 	hs := httptest.NewServer(mux)
 	t.Cleanup(hs.Close)
-	return &env{t: t, st: st, url: hs.URL, token: token}
+	return &env{t: t, st: st, url: hs.URL, token: token, auth: a, authz: authz}
 }
 
 const base = "/apis/flotilla.dev/v1alpha1"

@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"flotilla.dev/api"
-	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/store"
 )
 
@@ -134,12 +133,14 @@ func (s *Server) kubeGet(req *request) error {
 		}
 		return s.get(req)
 	}
-	if err := auth.Authorize(req.id, "get", req.kind.Kind, req.ns); err != nil {
-		return err
-	}
-	obj, err := s.store.Get(req.r.Context(), req.key())
+	obj, err := s.authorizeObject(req, api.VerbGet)
 	if err != nil {
 		return err
+	}
+	if obj == nil {
+		if obj, err = s.store.Get(req.r.Context(), req.key()); err != nil {
+			return err
+		}
 	}
 	tbl, err := s.table(req.kind, []*api.Object{s.view(obj)}, t, true)
 	if err != nil {
@@ -190,15 +191,25 @@ func (s *Server) kubeList(req *request) error {
 	if t == nil && ff == nil && !(watch && q.Get("resourceVersion") == "0") {
 		return s.list(req)
 	}
-	if err := auth.Authorize(req.id, "list", req.kind.Kind, req.ns); err != nil {
+	verb := api.VerbList
+	if watch {
+		verb = api.VerbWatch
+	}
+	filter, err := s.listFilterFor(req, verb)
+	if err != nil {
 		return err
 	}
 	sel, err := labels.Parse(q.Get("labelSelector"))
 	if err != nil {
 		return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid label selector %q: %v", q.Get("labelSelector"), err))
 	}
+	ns, sel, overlap := filter.narrow(req.ns, sel)
+	if !overlap {
+		ns, sel = req.ns, labels.Nothing()
+	}
+	scope := listScope{ns: ns, sel: sel, filter: filter}
 	if watch {
-		return s.kubeWatch(req, sel, ff, t)
+		return s.kubeWatch(req, scope, ff, t)
 	}
 	limit := 0
 	if l := q.Get("limit"); l != "" {
@@ -206,7 +217,7 @@ func (s *Server) kubeList(req *request) error {
 			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid limit %q", l))
 		}
 	}
-	objs, res, err := s.listObjects(req, sel, ff, limit, q.Get("continue"))
+	objs, res, err := s.listObjects(req, scope, ff, limit, q.Get("continue"))
 	if err != nil {
 		return err
 	}
@@ -238,8 +249,16 @@ func (s *Server) kubeList(req *request) error {
 }
 
 // listObjects reads one page, decoded, filtered for the response and by ff.
-func (s *Server) listObjects(req *request, sel labels.Selector, ff *fieldFilter, limit int, cont string) ([]*api.Object, *store.ListResult, error) {
-	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Limit: limit, Continue: cont})
+// listScope is what a list or watch reads: the namespace and selector asked for, narrowed
+// to what the caller may see, and the per-object filter that remains.
+type listScope struct {
+	ns     string
+	sel    labels.Selector
+	filter *listFilter
+}
+
+func (s *Server) listObjects(req *request, sc listScope, ff *fieldFilter, limit int, cont string) ([]*api.Object, *store.ListResult, error) {
+	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: sc.ns, Selector: sc.sel, Limit: limit, Continue: cont})
 	if err != nil {
 		if errors.Is(err, store.ErrCompacted) {
 			return nil, nil, statusErr(http.StatusGone, api.ReasonGone, "the continue token has expired: the list must be restarted without it")
@@ -255,7 +274,7 @@ func (s *Server) listObjects(req *request, sel labels.Selector, ff *fieldFilter,
 		if err != nil {
 			return nil, nil, err
 		}
-		if ff.matches(o) {
+		if ff.matches(o) && sc.filter.keepObject(o) {
 			objs = append(objs, s.view(o))
 		}
 	}
@@ -265,7 +284,7 @@ func (s *Server) listObjects(req *request, sel labels.Selector, ff *fieldFilter,
 // kubeWatch streams changes as Kubernetes does: from resourceVersion 0 it first sends the
 // current objects as ADDED; events pass the field selector; objects are Table rows when
 // asked for; bookmarks only when the client allows them.
-func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t *tableRequest) error {
+func (s *Server) kubeWatch(req *request, sc listScope, ff *fieldFilter, t *tableRequest) error {
 	q := req.r.URL.Query()
 	ctx := req.r.Context()
 	var from int64
@@ -273,7 +292,7 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 	switch rv := q.Get("resourceVersion"); rv {
 	case "":
 	case "0":
-		objs, res, err := s.listObjects(req, sel, ff, 0, "")
+		objs, res, err := s.listObjects(req, sc, ff, 0, "")
 		if err != nil {
 			return err
 		}
@@ -287,7 +306,7 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 			return err
 		}
 	}
-	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: req.ns, Selector: sel, Revision: from})
+	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: sc.ns, Selector: sc.sel, Revision: from})
 	if err != nil {
 		return err
 	}
@@ -330,7 +349,7 @@ func (s *Server) kubeWatch(req *request, sel labels.Selector, ff *fieldFilter, t
 	}
 	event := func(ev store.Event) (*api.WatchEvent, error) {
 		o, err := store.Decode(ev.Object)
-		if err != nil || !ff.matches(o) {
+		if err != nil || !ff.matches(o) || !sc.filter.keepObject(o) {
 			return nil, nil
 		}
 		return build(ev.Type, s.view(o))

@@ -16,6 +16,8 @@ import (
 	"flotilla.dev/api"
 )
 
+//go:generate go run flotilla.dev/hack/apidocs -src ../../api -out zz_generated_apidocs.go
+
 // This file describes Flotilla's kinds as OpenAPI schemas, derived from the Go types in
 // package api so that they cannot drift from what the server decodes. kubectl reads them
 // (OpenAPI v3) for `explain` and to learn that the server validates fields itself; the
@@ -75,6 +77,7 @@ func schemaFor(t reflect.Type) spec.Schema {
 	case reflect.Struct:
 		s := spec.Schema{}
 		s.Type = spec.StringOrArray{"object"}
+		s.Description = typeDoc(t)
 		s.Properties = map[string]spec.Schema{}
 		addFields(&s, t)
 		return s
@@ -101,9 +104,51 @@ func addFields(s *spec.Schema, t reflect.Type) {
 		if name == "" {
 			name = f.Name
 		}
-		s.Properties[name] = schemaFor(f.Type)
+		fs := schemaFor(f.Type)
+		if d := fieldDoc(t, f.Name); d != "" {
+			fs.Description = d
+		} else if fs.Description == "" {
+			// A list or map of a documented type: what one element is.
+			if et := elemType(f.Type); et != nil {
+				fs.Description = typeDoc(et)
+			}
+		}
+		s.Properties[name] = fs
 	}
 }
+
+// elemType is the element type of a list or map type, or nil.
+func elemType(t reflect.Type) reflect.Type {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Slice && t.Kind() != reflect.Map {
+		return nil
+	}
+	t = t.Elem()
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t
+}
+
+// typeDoc is the doc comment of a type of package api (apiDocs, generated from the source).
+func typeDoc(t reflect.Type) string {
+	if t.PkgPath() != apiPkgPath {
+		return ""
+	}
+	return apiDocs[t.Name()]
+}
+
+// fieldDoc is the doc comment of the field name of t, a struct type of package api.
+func fieldDoc(t reflect.Type, name string) string {
+	if t.PkgPath() != apiPkgPath {
+		return ""
+	}
+	return apiDocs[t.Name()+"."+name]
+}
+
+var apiPkgPath = reflect.TypeFor[api.ObjectMeta]().PkgPath()
 
 func preserveUnknown() spec.Schema {
 	s := spec.Schema{}
@@ -112,6 +157,14 @@ func preserveUnknown() spec.Schema {
 }
 
 func ptr(s spec.Schema) *spec.Schema { return &s }
+
+// or is a, or b when a is empty.
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
 
 func withDescription(s spec.Schema, d string) spec.Schema {
 	s.Description = d
@@ -122,7 +175,7 @@ func withDescription(s spec.Schema, d string) spec.Schema {
 // takes it off an object before typing it.
 func metadataSchema() spec.Schema {
 	s := schemaFor(reflect.TypeFor[api.ObjectMeta]())
-	s.Properties["managedFields"] = *spec.ArrayProperty(ptr(preserveUnknown()))
+	s.Properties["managedFields"] = withDescription(*spec.ArrayProperty(ptr(preserveUnknown())), fieldDoc(reflect.TypeFor[api.ObjectMeta](), "ManagedFields"))
 	s.Description = "Standard object metadata: name, namespace, labels, annotations and the fields the server sets."
 	return s
 }
@@ -173,9 +226,10 @@ func objectSchema(group, version, kind string) spec.Schema {
 		s.Properties["stringData"] = *spec.MapProperty(spec.StringProperty())
 		s.Properties["immutable"] = *spec.BoolProperty()
 	} else {
-		s.Properties["spec"] = withDescription(schemaFor(types[0]), "What the object should be.")
+		s.Properties["spec"] = withDescription(schemaFor(types[0]), or(typeDoc(types[0]), "What the object should be."))
 		if types[1] != nil {
-			s.Properties["status"] = withDescription(schemaFor(types[1]), "What the server observed; written by Flotilla, not by clients.")
+			s.Properties["status"] = withDescription(schemaFor(types[1]), or(typeDoc(types[1]), "What the server observed.")+
+				" Written by Flotilla, not by clients.")
 		}
 	}
 	s.AddExtension("x-kubernetes-group-version-kind", gvkExtension(group, version, kind))

@@ -17,7 +17,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"
-	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/resource"
 	"flotilla.dev/internal/store"
 )
@@ -44,7 +43,8 @@ func unsupportedPatch(ct string, core bool) error {
 }
 
 func (s *Server) patch(req *request) error {
-	if err := auth.Authorize(req.id, "update", req.kind.Kind, req.ns); err != nil {
+	// The decision proper is update's, on the object as stored and as patched.
+	if err := s.mayTry(req, api.VerbUpdate); err != nil {
 		return err
 	}
 	core := isCoreV1(req.r)

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -42,6 +43,12 @@ type tokenSpec struct {
 	Groups  []string   `json:"groups,omitempty"`
 	Admin   bool       `json:"admin,omitempty"`
 	Expires *time.Time `json:"expires,omitempty"`
+	// Session marks a login's token; Description is what its owner said a token is for.
+	Session     bool   `json:"session,omitempty"`
+	Description string `json:"description,omitempty"`
+	// Bound: the user had a User object when the token was made, and the token works only
+	// while that object exists and is enabled. Bootstrap admin tokens have no User object.
+	Bound bool `json:"bound,omitempty"`
 }
 
 // Errors for callers to map to HTTP statuses.
@@ -57,12 +64,20 @@ type Authenticator struct {
 	ttl   time.Duration
 	now   func() time.Time
 
+	log   *slog.Logger
+	login loginState
+
 	mu    sync.Mutex
 	cache map[string]cached
+	// blocked users are refused whatever their tokens: disabled or deleted users, as the API
+	// reports them (SetUserDisabled, ForgetUser), so that no cached entry outlives them.
+	blocked map[string]struct{}
 }
 
 type cached struct {
 	id *Identity
+	// bound: the token dies with its user (tokenSpec.Bound).
+	bound bool
 	// expires is when the entry must be checked again: the cache TTL, or the token's own
 	// expiry if sooner.
 	expires time.Time
@@ -70,7 +85,10 @@ type cached struct {
 
 // NewAuthenticator returns an Authenticator over st.
 func NewAuthenticator(st store.Store) *Authenticator {
-	return &Authenticator{store: st, ttl: 10 * time.Second, now: time.Now, cache: map[string]cached{}}
+	a := &Authenticator{store: st, ttl: 10 * time.Second, now: time.Now, log: slog.Default(),
+		cache: map[string]cached{}, blocked: map[string]struct{}{}}
+	a.ConfigureLogin(LoginConfig{})
+	return a
 }
 
 // Hash returns the stored form of a token.
@@ -94,24 +112,12 @@ func tokenKey(hash string) store.Key {
 
 // CreateToken stores a token for user. The token is the caller's to show once.
 func (a *Authenticator) CreateToken(ctx context.Context, token, user string, admin bool, ttl time.Duration) error {
-	hash := Hash(token)
-	spec := tokenSpec{Hash: hash, User: user, Admin: admin}
+	spec := tokenSpec{Hash: Hash(token), User: user, Admin: admin}
 	if ttl > 0 {
 		e := a.now().Add(ttl).UTC()
 		spec.Expires = &e
 	}
-	raw, err := json.Marshal(spec)
-	if err != nil {
-		return err
-	}
-	k := tokenKey(hash)
-	now := a.now().UTC()
-	_, err = a.store.Create(ctx, &api.Object{
-		TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: kindToken},
-		Metadata: api.ObjectMeta{Name: k.Name, Namespace: k.Namespace, CreationTimestamp: &now,
-			Labels: map[string]string{"flotilla.dev/user": labelSafe(user)}},
-		Spec: raw,
-	})
+	err := a.storeToken(ctx, spec)
 	if errors.Is(err, store.ErrAlreadyExists) {
 		return nil
 	}
@@ -211,6 +217,12 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	now := a.now()
 	a.mu.Lock()
 	c, ok := a.cache[hash]
+	if ok && c.bound {
+		if _, blocked := a.blocked[c.id.User]; blocked {
+			a.mu.Unlock()
+			return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, c.id.User)
+		}
+	}
 	a.mu.Unlock()
 	if ok && now.Before(c.expires) {
 		return c.id, nil
@@ -232,8 +244,29 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	if spec.Expires != nil && now.After(*spec.Expires) {
 		return nil, fmt.Errorf("%w: token expired", ErrUnauthenticated)
 	}
+	if spec.Bound {
+		if a.userBlocked(spec.User) {
+			return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
+		}
+		u, found, err := a.getUser(ctx, spec.User)
+		if err != nil {
+			return nil, fmt.Errorf("checking token: %w", err)
+		}
+		if !found || u.spec.Disabled {
+			return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
+		}
+		if u.provider() != api.ProviderLocal {
+			// A provider's groups as last refreshed, not as they were when the token was made.
+			spec.Groups = u.spec.Groups
+		}
+	}
 	id := &Identity{User: spec.User, Groups: spec.Groups, Admin: spec.Admin}
 	a.mu.Lock()
+	if _, blocked := a.blocked[spec.User]; blocked && spec.Bound {
+		// Disabled while the token was being checked.
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w: user %s is disabled or deleted", ErrUnauthenticated, spec.User)
+	}
 	if len(a.cache) > 100000 {
 		a.cache = map[string]cached{}
 	}
@@ -241,7 +274,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*Identi
 	if spec.Expires != nil && spec.Expires.Before(until) {
 		until = *spec.Expires
 	}
-	a.cache[hash] = cached{id: id, expires: until}
+	a.cache[hash] = cached{id: id, bound: spec.Bound, expires: until}
 	a.mu.Unlock()
 	return id, nil
 }

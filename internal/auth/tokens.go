@@ -11,6 +11,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/store"
@@ -31,14 +34,14 @@ func tokenInfo(obj *api.Object) (api.APIToken, error) {
 	if err := json.Unmarshal(obj.Spec, &spec); err != nil || len(spec.Hash) < tokenIDLen {
 		return api.APIToken{}, fmt.Errorf("API token %s is unreadable", obj.Metadata.Name)
 	}
-	return api.APIToken{ID: spec.Hash[:tokenIDLen], User: spec.User, Admin: spec.Admin,
-		Created: obj.Metadata.CreationTimestamp, Expires: spec.Expires}, nil
+	return api.APIToken{ID: spec.Hash[:tokenIDLen], User: spec.User, Admin: spec.Admin, Session: spec.Session,
+		Description: spec.Description, Created: obj.Metadata.CreationTimestamp, Expires: spec.Expires}, nil
 }
 
-// tokens returns every stored API token object.
-func (a *Authenticator) tokens(ctx context.Context) ([]*api.Object, error) {
+// tokens returns the stored API token objects matching sel (nil: all).
+func (a *Authenticator) tokens(ctx context.Context, sel labels.Selector) ([]*api.Object, error) {
 	var out []*api.Object
-	opts := store.ListOptions{Kind: kindToken, Namespace: SystemNamespace, Limit: 1000}
+	opts := store.ListOptions{Kind: kindToken, Namespace: SystemNamespace, Selector: sel, Limit: 1000}
 	for {
 		res, err := a.store.List(ctx, opts)
 		if err != nil {
@@ -58,12 +61,24 @@ func (a *Authenticator) tokens(ctx context.Context) ([]*api.Object, error) {
 	}
 }
 
-// ListTokens returns every API token, oldest first.
-func (a *Authenticator) ListTokens(ctx context.Context) ([]api.APIToken, error) {
-	objs, err := a.tokens(ctx)
+// userTokens returns the token objects of user. The label narrows the list; the stored user
+// decides, since labels cannot hold every name exactly.
+func (a *Authenticator) userTokens(ctx context.Context, user string) ([]*api.Object, error) {
+	objs, err := a.tokens(ctx, labels.SelectorFromSet(labels.Set{userLabel: labelSafe(user)}))
 	if err != nil {
 		return nil, err
 	}
+	out := objs[:0]
+	for _, obj := range objs {
+		var spec tokenSpec
+		if json.Unmarshal(obj.Spec, &spec) == nil && spec.User == user {
+			out = append(out, obj)
+		}
+	}
+	return out, nil
+}
+
+func sortedInfos(objs []*api.Object) ([]api.APIToken, error) {
 	out := make([]api.APIToken, 0, len(objs))
 	for _, obj := range objs {
 		t, err := tokenInfo(obj)
@@ -81,13 +96,43 @@ func (a *Authenticator) ListTokens(ctx context.Context) ([]api.APIToken, error) 
 	return out, nil
 }
 
+// ListTokens returns every API token, oldest first.
+func (a *Authenticator) ListTokens(ctx context.Context) ([]api.APIToken, error) {
+	objs, err := a.tokens(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return sortedInfos(objs)
+}
+
+// ListUserTokens returns user's API tokens, oldest first.
+func (a *Authenticator) ListUserTokens(ctx context.Context, user string) ([]api.APIToken, error) {
+	objs, err := a.userTokens(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	return sortedInfos(objs)
+}
+
 // RevokeToken deletes the API token with id. It stops working at once on this server, and on
 // other replicas as soon as they see the deletion (FollowRevocations).
 func (a *Authenticator) RevokeToken(ctx context.Context, id string) (api.APIToken, error) {
+	return a.revokeToken(ctx, id, nil)
+}
+
+// revokeToken revokes the token with id; owner, when set, must own it (another's token is
+// not found, so that IDs reveal nothing).
+func (a *Authenticator) revokeToken(ctx context.Context, id string, owner *string) (api.APIToken, error) {
 	if !tokenIDPattern.MatchString(id) {
 		return api.APIToken{}, fmt.Errorf("%w: %q is not a token ID (%d hex characters, as `flotilla token list` shows)", ErrTokenNotFound, id, tokenIDLen)
 	}
-	objs, err := a.tokens(ctx)
+	var objs []*api.Object
+	var err error
+	if owner != nil {
+		objs, err = a.userTokens(ctx, *owner)
+	} else {
+		objs, err = a.tokens(ctx, nil)
+	}
 	if err != nil {
 		return api.APIToken{}, err
 	}
@@ -107,6 +152,62 @@ func (a *Authenticator) RevokeToken(ctx context.Context, id string) (api.APIToke
 	return api.APIToken{}, fmt.Errorf("%w: %s", ErrTokenNotFound, id)
 }
 
+// CreateAPIToken makes an API token for the caller id, with a description and a TTL capped by
+// the server's maximum (0: the maximum). Only admins get admin tokens. The value is in the
+// answer, to be shown once.
+func (a *Authenticator) CreateAPIToken(ctx context.Context, id *Identity, req api.CreateTokenRequest) (*api.CreatedToken, error) {
+	maxTTL := a.login.maxTokenTTL
+	ttl := maxTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("%w: ttl %q is not a duration such as 720h", ErrBadTokenRequest, req.TTL)
+		case d <= 0:
+			return nil, fmt.Errorf("%w: ttl must be positive", ErrBadTokenRequest)
+		case d > maxTTL:
+			return nil, fmt.Errorf("%w: ttl %s exceeds the server's maximum of %s", ErrBadTokenRequest, d, maxTTL)
+		}
+		ttl = d
+	}
+	if err := checkDescription(req.Description); err != nil {
+		return nil, err
+	}
+	if req.Admin && !a.login.isAdmin(id) {
+		return nil, fmt.Errorf("%w: only admins may create admin tokens", ErrForbidden)
+	}
+	bound, err := a.bound(ctx, id.User)
+	if err != nil {
+		return nil, err
+	}
+	token := NewToken("flt_")
+	e := a.now().Add(ttl).UTC()
+	spec := tokenSpec{Hash: Hash(token), User: id.User, Groups: id.Groups, Admin: req.Admin, Expires: &e,
+		Description: req.Description, Bound: bound}
+	if err := a.storeToken(ctx, spec); err != nil {
+		return nil, fmt.Errorf("storing an API token for %s: %w", id.User, err)
+	}
+	now := a.now().UTC()
+	return &api.CreatedToken{Token: token, APIToken: api.APIToken{ID: spec.Hash[:tokenIDLen], User: id.User, Admin: req.Admin,
+		Description: req.Description, Created: &now, Expires: &e}}, nil
+}
+
+// ErrBadTokenRequest: a token request the server refuses as given.
+var ErrBadTokenRequest = errors.New("invalid token request")
+
+// maxDescription bounds a token's description.
+const maxDescription = 200
+
+func checkDescription(d string) error {
+	switch {
+	case len(d) > maxDescription:
+		return fmt.Errorf("%w: description longer than %d bytes", ErrBadTokenRequest, maxDescription)
+	case !utf8.ValidString(d) || strings.ContainsFunc(d, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return fmt.Errorf("%w: description must be printable text", ErrBadTokenRequest)
+	}
+	return nil
+}
+
 // forget drops cached tokens whose hash starts with prefix (or whose stored name does).
 func (a *Authenticator) forget(prefix string) {
 	p := strings.TrimPrefix(prefix, "t-")
@@ -124,8 +225,10 @@ func (a *Authenticator) forget(prefix string) {
 
 // FollowRevocations drops tokens deleted by other replicas (or straight in the store) from
 // the cache until ctx ends. Whenever the watch starts again the whole cache is emptied, since a
-// deletion may have been missed meanwhile.
+// deletion may have been missed meanwhile. It also follows the User objects, so that a user
+// disabled or deleted through another replica is refused here at once too.
 func (a *Authenticator) FollowRevocations(ctx context.Context, log *slog.Logger) {
+	go a.followUsers(ctx, log)
 	for ctx.Err() == nil {
 		ch, err := a.store.Watch(ctx, store.WatchOptions{Kind: kindToken, Namespace: SystemNamespace})
 		a.mu.Lock()
@@ -153,49 +256,6 @@ func (a *Authenticator) FollowRevocations(ctx context.Context, log *slog.Logger)
 	}
 }
 
-// RegisterHandlers adds the admin API for tokens to mux: GET api.PathTokens lists them,
-// DELETE api.PathTokens/ID revokes one.
-func (a *Authenticator) RegisterHandlers(mux *http.ServeMux) {
-	mux.HandleFunc("GET "+api.PathTokens, a.admin(func(w http.ResponseWriter, r *http.Request) {
-		tokens, err := a.ListTokens(r.Context())
-		if err != nil {
-			writeStatus(w, http.StatusInternalServerError, api.ReasonInternal, "listing API tokens failed")
-			return
-		}
-		writeJSON(w, http.StatusOK, api.APITokenList{Items: tokens})
-	}))
-	mux.HandleFunc("DELETE "+api.PathTokens+"/{id}", a.admin(func(w http.ResponseWriter, r *http.Request) {
-		t, err := a.RevokeToken(r.Context(), r.PathValue("id"))
-		switch {
-		case errors.Is(err, ErrTokenNotFound):
-			writeStatus(w, http.StatusNotFound, api.ReasonNotFound, err.Error())
-		case err != nil:
-			writeStatus(w, http.StatusInternalServerError, api.ReasonInternal, "revoking the API token failed")
-		default:
-			writeJSON(w, http.StatusOK, t)
-		}
-	}))
-}
-
-func (a *Authenticator) admin(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		id, err := a.Authenticate(r.Context(), BearerToken(r))
-		if err != nil {
-			if errors.Is(err, ErrUnauthenticated) {
-				writeStatus(w, http.StatusUnauthorized, api.ReasonUnauthorized, err.Error())
-			} else {
-				writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cannot check the token now; try again")
-			}
-			return
-		}
-		if !id.Admin {
-			writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s: %s is not an admin", ErrForbidden, id.User))
-			return
-		}
-		h(w, r)
-	}
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -204,4 +264,36 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
 	writeJSON(w, code, &api.Status{TypeMeta: api.TypeMeta{APIVersion: "v1", Kind: "Status"}, Status: "Failure", Code: code, Reason: reason, Message: msg})
+}
+
+// followUsers feeds SetUserDisabled and ForgetUser from the store's User objects until ctx
+// ends. Missed events are harmless: a token is checked against its User at least every cache
+// TTL, and was deleted when its user was disabled.
+func (a *Authenticator) followUsers(ctx context.Context, log *slog.Logger) {
+	for ctx.Err() == nil {
+		ch, err := a.store.Watch(ctx, store.WatchOptions{Kind: api.KindUser})
+		if err != nil {
+			log.Warn("watching users", "err", err)
+			t := time.NewTimer(time.Second)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		for ev := range ch {
+			obj, err := store.Decode(ev.Object)
+			if err != nil {
+				continue
+			}
+			switch ev.Type {
+			case api.Deleted:
+				a.ForgetUser(obj.Metadata.Name)
+			case api.Added, api.Modified:
+				a.SetUserDisabled(obj.Metadata.Name, userDisabled(obj))
+			}
+		}
+	}
 }

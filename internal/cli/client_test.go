@@ -20,6 +20,7 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/secrets"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/sqlite"
@@ -49,6 +50,9 @@ func apiServer(t *testing.T) (string, store.Store) {
 	}
 	srv := apiserver.New(st, a, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srv.SetHooks(api.KindSecret, keeper)
+	if err := srv.EnableAccess(ctx, apiserver.Access{Authorizer: rbac.New()}, a.UserHooks()); err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	srv.Register(mux)
 	ts := httptest.NewServer(mux)

@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -28,12 +30,18 @@ type globals struct {
 	allNamespaces                     bool
 	out, errOut                       io.Writer
 	in                                io.Reader
+	// session is the stored login whose token a command used, if it did.
+	session *clientConfig
 }
 
 // Execute runs the CLI with os.Args.
 func Execute(ctx context.Context) int {
 	cmd := NewRoot(os.Stdin, os.Stdout, os.Stderr)
 	if err := cmd.ExecuteContext(ctx); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
 	}
@@ -75,10 +83,32 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newEditCmd(g),
 		newKubeconfigCmd(g),
 		newTokenCmd(g),
+		newRoleBindingCmd(g),
+		newAuthCmd(g),
+		newUserCmd(g),
+		newAuditCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
 	)
+	explainRefusedSessions(root, g)
 	return root
+}
+
+// explainRefusedSessions makes every command say, when the server refuses a stored login
+// session (revoked, its user disabled), that logging in again is the way out.
+func explainRefusedSessions(cmd *cobra.Command, g *globals) {
+	if run := cmd.RunE; run != nil {
+		cmd.RunE = func(cmd *cobra.Command, args []string) error {
+			err := run(cmd, args)
+			if g.session != nil && client.Code(err) == http.StatusUnauthorized {
+				return fmt.Errorf("%w\nthe session stored by `flotilla login` was refused: log in again with `flotilla login --username %s`", err, first(g.session.User, "NAME"))
+			}
+			return err
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		explainRefusedSessions(sub, g)
+	}
 }
 
 // clientConfig is what `flotilla login` stores.
@@ -86,6 +116,10 @@ type clientConfig struct {
 	Server string `json:"server"`
 	Token  string `json:"token"`
 	CA     string `json:"ca,omitempty"`
+	// User, Provider and Expires describe a login's session; a token given to login has none.
+	User     string     `json:"user,omitempty"`
+	Provider string     `json:"provider,omitempty"`
+	Expires  *time.Time `json:"expires,omitempty"`
 }
 
 func (g *globals) configFile() string {
@@ -143,7 +177,16 @@ func (g *globals) connection() (connection, error) {
 	if c.server == "" {
 		return c, errors.New("no server: pass --server, set FLOTILLA_SERVER, or run `flotilla login`")
 	}
-	c.token = first(g.token, os.Getenv("FLOTILLA_TOKEN"), cfg.Token)
+	c.token = first(g.token, os.Getenv("FLOTILLA_TOKEN"))
+	if c.token == "" {
+		if cfg.Expires != nil && !time.Now().Before(*cfg.Expires) {
+			return c, fmt.Errorf("your session on %s expired at %s: log in again with `flotilla login --username %s`", cfg.Server, cfg.Expires.UTC().Format(time.RFC3339), first(cfg.User, "NAME"))
+		}
+		c.token = cfg.Token
+		if cfg.Expires != nil {
+			g.session = &cfg
+		}
+	}
 	caFile := first(g.caFile, os.Getenv("FLOTILLA_CA_FILE"))
 	if caFile != "" {
 		if c.ca, err = os.ReadFile(caFile); err != nil {

@@ -10,7 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/ldap"
+	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
@@ -91,6 +94,9 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			if cfg.CredentialTTL <= 0 || cfg.CredentialGrace < 0 || cfg.KeyGrace < 0 {
 				return fmt.Errorf("--cluster-credential-ttl must be positive and the grace periods not negative")
 			}
+			if cfg.AuditRetention <= 0 || cfg.AuditQueueSize <= 0 {
+				return fmt.Errorf("--audit-retention and --audit-queue-size must be positive")
+			}
 			if cfg.DB == "" {
 				cfg.DB = os.Getenv("FLOTILLA_DB")
 			}
@@ -121,7 +127,12 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m; never less than 3 of the intervals a large fleet's poll budget stretches them to)")
 	cfg.RenderBudget = bundle.DefaultBudget()
 	addRenderBudgetFlags(f, &cfg.RenderBudget)
+	oidc.AddFlags(f, &cfg.OIDC)
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
+	ldap.AddFlags(f, &cfg.LDAP)
+	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")
+	f.StringVar(&cfg.AuditLogFile, "audit-log-file", "", "also write every audit record to this file as a JSON line (- for standard output)")
+	f.IntVar(&cfg.AuditQueueSize, "audit-queue-size", audit.DefaultQueueSize, "audit records waiting to be written at most; more are dropped, counted and logged")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

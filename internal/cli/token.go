@@ -15,21 +15,39 @@ import (
 )
 
 func newTokenCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "token", Short: "Create registration tokens for agents; list and revoke API tokens",
+	cmd := &cobra.Command{Use: "token", Short: "Create registration tokens for agents; create, list and revoke API tokens",
 		Long: `token create makes a registration token, which agents exchange for a cluster credential
 (list and delete those with "flotilla get tokens" and "flotilla delete token NAME").
-token list and token revoke manage the API tokens people and tools log in with.`}
+token create --api makes an API token for yourself, for scripts and tools.
+token list and token revoke manage API tokens and login sessions: your own, or everyone's for
+admins.`}
 	var ttl time.Duration
 	var maxUses int
 	var labels, cluster string
+	var apiToken, admin bool
+	var description string
 	create := &cobra.Command{
 		Use:   "create [NAME]",
-		Short: "Create a registration token; its value is printed once",
+		Short: "Create a registration token (or, with --api, an API token); its value is printed once",
 		Long: `Create a RegistrationToken. Agents exchange it once for a per-cluster credential;
-clusters registered with it get its labels. The value is printed once and stored only as a hash.`,
-		Example: `  flotilla token create --ttl 24h --max-uses 100 --labels env=prod,site=berlin`,
-		Args:    cobra.MaximumNArgs(1),
+clusters registered with it get its labels. The value is printed once and stored only as a hash.
+
+With --api, create an API token for yourself instead, with a description and a TTL (at most
+the server's maximum, 90 days unless the server says otherwise, which is also the default).
+Admins may ask for an admin token with --admin.`,
+		Example: `  flotilla token create --ttl 24h --max-uses 100 --labels env=prod,site=berlin
+  flotilla token create --api --description "CI pipeline" --ttl 720h`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if apiToken {
+				if len(args) > 0 || maxUses != 0 || labels != "" || cluster != "" {
+					return fmt.Errorf("--api tokens take no NAME, --max-uses, --labels or --cluster")
+				}
+				return createAPIToken(cmd, g, description, ttl, admin)
+			}
+			if description != "" || admin {
+				return fmt.Errorf("--description and --admin are for API tokens: add --api")
+			}
 			name := ""
 			if len(args) == 1 {
 				name = args[0]
@@ -78,7 +96,10 @@ clusters registered with it get its labels. The value is printed once and stored
 			return nil
 		},
 	}
-	create.Flags().DurationVar(&ttl, "ttl", 0, "how long the token stays valid (e.g. 24h); default forever")
+	create.Flags().DurationVar(&ttl, "ttl", 0, "how long the token stays valid (e.g. 24h); default forever (--api: the server's maximum)")
+	create.Flags().BoolVar(&apiToken, "api", false, "create an API token for yourself rather than a registration token")
+	create.Flags().StringVar(&description, "description", "", "what the API token is for (--api)")
+	create.Flags().BoolVar(&admin, "admin", false, "make it an admin token (--api; admins only)")
 	create.Flags().IntVar(&maxUses, "max-uses", 0, "how many clusters may register with it; 0 means unlimited")
 	create.Flags().StringVar(&labels, "labels", "", "labels given to clusters registered with it, k=v,…")
 	create.Flags().StringVar(&cluster, "cluster", "", "bind the token to this cluster: it registers only that cluster, and may take it over when it exists (e.g. its credential was lost)")
@@ -89,7 +110,7 @@ clusters registered with it get its labels. The value is printed once and stored
 func newTokenListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
-		Short: "List the API tokens (admins only)",
+		Short: "List API tokens and login sessions: your own (admins: everyone's)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -101,9 +122,13 @@ func newTokenListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, "ID\tUSER\tADMIN\tCREATED\tEXPIRES")
+			fmt.Fprintln(tw, "ID\tUSER\tTYPE\tADMIN\tCREATED\tEXPIRES\tDESCRIPTION")
 			for _, t := range tokens {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", t.ID, t.User, t.Admin, timeOrDash(t.Created), timeOrDash(t.Expires))
+				typ := "api"
+				if t.Session {
+					typ = "session"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\n", t.ID, t.User, typ, t.Admin, timeOrDash(t.Created), timeOrDash(t.Expires), t.Description)
 			}
 			return tw.Flush()
 		},
@@ -113,7 +138,7 @@ func newTokenListCmd(g *globals) *cobra.Command {
 func newTokenRevokeCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "revoke ID",
-		Short:   "Revoke an API token at once (admins only)",
+		Short:   "Revoke an API token or session at once: your own (admins: anyone's)",
 		Example: "  flotilla token list\n  flotilla token revoke 3f1c0a9b2e4d",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -129,6 +154,24 @@ func newTokenRevokeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func createAPIToken(cmd *cobra.Command, g *globals, description string, ttl time.Duration, admin bool) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	req := api.CreateTokenRequest{Description: description, Admin: admin}
+	if ttl > 0 {
+		req.TTL = ttl.String()
+	}
+	t, err := c.CreateAPIToken(cmd.Context(), req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(g.out, t.Token)
+	fmt.Fprintf(g.errOut, "API token %s for %s created, valid until %s; the value above is shown only now\n", t.ID, t.User, timeOrDash(t.Expires))
+	return nil
 }
 
 func timeOrDash(t *time.Time) string {

@@ -21,8 +21,11 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/access"
+	"flotilla.dev/internal/auth/ldap"
+	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
@@ -78,6 +81,17 @@ type Config struct {
 	GitRepoSyncTimeout time.Duration
 	// Out receives the lines meant for the operator (CA checksum, a generated token).
 	Out io.Writer
+	// LDAP configures password logins of ldap users against a directory; no URL, none.
+	LDAP ldap.Config
+
+	// AuditRetention is how long audit records are kept (0: audit.DefaultRetention);
+	// AuditLogFile also receives them as JSON lines ("-" for standard output);
+	// AuditQueueSize bounds the records waiting to be written (0: audit.DefaultQueueSize).
+	AuditRetention time.Duration
+	AuditLogFile   string
+	AuditQueueSize int
+	// OIDC configures logins through an OpenID Connect provider; no Issuer, none.
+	OIDC oidc.Config
 }
 
 // DefaultConfig returns the defaults.
@@ -101,9 +115,13 @@ type Server struct {
 	ready   atomic.Bool
 	ln      net.Listener
 	http    *http.Server
+	audit   *audit.Log
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
+	// ldap checks ldap users' passwords; nil without Config.LDAP.
+	ldap *ldap.Provider
+	oidc *oidc.Handler
 }
 
 // storeAll is what both drivers provide.
@@ -132,6 +150,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Out = io.Discard
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
+	if cfg.LDAP.Enabled() {
+		cfg.LDAP.Logger = cfg.Logger
+		var err error
+		if s.ldap, err = ldap.New(cfg.LDAP); err != nil {
+			return nil, err
+		}
+	}
 	scfg := sqlstore.DefaultConfig()
 	scfg.Logger = cfg.Logger
 	scfg.Observe = func(op string, d time.Duration, err error) {
@@ -172,6 +197,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = auth.NewAuthenticator(s.store)
+	if cfg.OIDC.Logger == nil {
+		cfg.OIDC.Logger = cfg.Logger
+	}
+	if s.oidc, err = oidc.New(cfg.OIDC, s.auth); err != nil {
+		s.store.Close()
+		return nil, err
+	}
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
@@ -296,10 +328,12 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindSecret, s.secrets)
 	resources.Register(mux)
 	s.auth.RegisterHandlers(mux)
+	s.oidc.Register(mux)
 	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
+	mux.Handle("GET "+api.PathAudit, s.adminOnly(s.audit.Handler()))
 	s.agents.Register(mux)
 	s.gitops.Register(mux)
-	return s.metrics.Instrument(mux)
+	return s.audit.Middleware(s.metrics.Instrument(mux))
 }
 
 // rotateKeys makes new credential and Secret keys while serving: agents are asked to renew,
@@ -336,6 +370,18 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ok\n")
 }
 
+// Audit returns the audit log once Serve has started.
+func (s *Server) Audit() *audit.Log { return s.audit }
+
+// identify names the caller of a call whose handler did not tell the audit log.
+func (s *Server) identify(r *http.Request) (string, []string) {
+	id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
+	if err != nil {
+		return "", nil
+	}
+	return id.User, id.Groups
+}
+
 func (s *Server) adminOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
@@ -359,6 +405,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
+	if s.audit, err = audit.New(audit.Config{Store: s.store, Retention: s.cfg.AuditRetention, File: s.cfg.AuditLogFile,
+		QueueSize: s.cfg.AuditQueueSize, Logger: s.log, Identify: s.identify}); err != nil {
+		ln.Close()
+		s.store.Close()
+		return err
+	}
+	s.metrics.Registry.MustRegister(s.audit.Collectors()...)
 	cert := s.tls.Cert
 	// Send the CA along with the leaf, so a client that pins the CA by checksum can verify
 	// the chain from the handshake alone.
@@ -385,12 +438,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.secrets.Run(baseCtx, s.log)
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
+	go s.audit.Run(baseCtx)
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
 	select {
 	case err := <-errc:
+		s.audit.Close()
 		s.store.Close()
 		return err
 	case <-ctx.Done():
@@ -402,6 +457,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = s.http.Shutdown(sctx)
+	// Handlers are done: every record is queued, and the queue is written before the store closes.
+	if cerr := s.audit.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
 	if cerr := s.store.Close(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}

@@ -6,10 +6,12 @@ package access
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -286,6 +288,18 @@ func (x *Index) change(key store.Key, raw string) rbac.Coverage {
 		return rbac.Coverage{}
 	}
 	delete(x.pending, key)
+	return x.record(key, raw, cov)
+}
+
+// record notes key's new spec and returns cov with the clusters the old spec reached: the
+// API may have applied the change to the authorizer already (as it stores it), and then the
+// authorizer's own answer names only where the object is now, not where it was.
+func (x *Index) record(key store.Key, raw string, cov rbac.Coverage) rbac.Coverage {
+	if old, ok := x.specs[key.Kind][key.Name]; ok {
+		for _, s := range x.specCoverage(key.Kind, old).Sets {
+			cov = merge(cov, s)
+		}
+	}
 	if raw == "" {
 		delete(x.specs[key.Kind], key.Name)
 	} else {
@@ -293,6 +307,71 @@ func (x *Index) change(key store.Key, raw string) rbac.Coverage {
 	}
 	return cov
 }
+
+// specCoverage is the clusters a stored binding or project reaches, from its spec alone.
+// It may name more than the authorizer would (a binding whose role pushes nothing
+// downstream); re-versioning a cluster whose objects did not change costs one compile.
+func (x *Index) specCoverage(kind, raw string) rbac.Coverage {
+	var set rbac.ClusterSet
+	switch kind {
+	case api.KindRoleBinding:
+		var spec api.RoleBindingSpec
+		if json.Unmarshal([]byte(raw), &spec) != nil {
+			return rbac.Coverage{}
+		}
+		set = x.scopeSet(spec.Scope)
+	case api.KindProject:
+		var spec api.ProjectSpec
+		if json.Unmarshal([]byte(raw), &spec) != nil {
+			return rbac.Coverage{}
+		}
+		set = selectorSet("", spec.ClusterSelector)
+	}
+	if set == (rbac.ClusterSet{}) {
+		return rbac.Coverage{}
+	}
+	return rbac.Coverage{Sets: []rbac.ClusterSet{set}}
+}
+
+// scopeSet mirrors rbac's reading of a binding's scope.
+func (x *Index) scopeSet(sc api.BindingScope) rbac.ClusterSet {
+	switch {
+	case sc.Global:
+		return rbac.ClusterSet{All: true}
+	case sc.ClusterSelector != nil:
+		return selectorSet(sc.Workspace, sc.ClusterSelector)
+	case sc.ClusterGroup != "":
+		return rbac.ClusterSet{Workspace: cmp.Or(sc.Workspace, api.DefaultNamespace), ClusterGroup: sc.ClusterGroup}
+	case sc.Cluster != "":
+		return rbac.ClusterSet{Workspace: cmp.Or(sc.Workspace, api.DefaultNamespace), Cluster: sc.Cluster}
+	case sc.Project != "":
+		var p api.ProjectSpec
+		if raw, ok := x.specs[api.KindProject][sc.Project]; ok && json.Unmarshal([]byte(raw), &p) == nil {
+			return selectorSet("", p.ClusterSelector)
+		}
+		return rbac.ClusterSet{}
+	}
+	return rbac.ClusterSet{Workspace: sc.Workspace}
+}
+
+// selectorSet is the clusters of workspace (any, when "") a selector picks: none for nil,
+// every one for the empty selector.
+func selectorSet(workspace string, sel *api.LabelSelector) rbac.ClusterSet {
+	switch {
+	case sel == nil:
+		return rbac.ClusterSet{}
+	case len(sel.MatchLabels) == 0 && len(sel.MatchExpressions) == 0 && workspace == "":
+		return rbac.ClusterSet{All: true}
+	case len(sel.MatchLabels) == 0 && len(sel.MatchExpressions) == 0:
+		return rbac.ClusterSet{Workspace: workspace}
+	}
+	return rbac.ClusterSet{Workspace: workspace, Selector: sel}
+}
+
+// notFound reports whether the authorizer refused a deletion because it does not hold the
+// object: the API deletes from the authorizer as it deletes from the store, before the
+// watch event comes. (Its names are DNS names, so the suffix cannot come from one.)
+func notFound(err error) bool { return err != nil && strings.HasSuffix(err.Error(), " not found") }
 
 // retry applies pending changes until none succeeds. Callers hold x.mu.
 func (x *Index) retry() rbac.Coverage {
@@ -306,11 +385,7 @@ func (x *Index) retry() rbac.Coverage {
 			}
 			progress = true
 			delete(x.pending, key)
-			if raw == "" {
-				delete(x.specs[key.Kind], key.Name)
-			} else {
-				x.specs[key.Kind][key.Name] = raw
-			}
+			cov = x.record(key, raw, cov)
 			for _, s := range cov.Sets {
 				all = merge(all, s)
 			}
@@ -344,7 +419,10 @@ func (x *Index) put(key store.Key, raw string) (rbac.Coverage, error) {
 			if _, ok := x.specs[key.Kind][key.Name]; !ok {
 				return rbac.Coverage{}, nil
 			}
-			return rbac.Coverage{}, x.az.DeleteRole(key.Name)
+			if err := x.az.DeleteRole(key.Name); !notFound(err) {
+				return rbac.Coverage{}, err
+			}
+			return rbac.Coverage{}, nil
 		}
 		var spec api.RoleSpec
 		if err := json.Unmarshal([]byte(raw), &spec); err != nil {
@@ -356,7 +434,11 @@ func (x *Index) put(key store.Key, raw string) (rbac.Coverage, error) {
 			if _, ok := x.specs[key.Kind][key.Name]; !ok {
 				return rbac.Coverage{}, nil
 			}
-			return x.az.DeleteProject(key.Name)
+			cov, err := x.az.DeleteProject(key.Name)
+			if notFound(err) {
+				err = nil
+			}
+			return cov, err
 		}
 		var spec api.ProjectSpec
 		if err := json.Unmarshal([]byte(raw), &spec); err != nil {
@@ -368,7 +450,11 @@ func (x *Index) put(key store.Key, raw string) (rbac.Coverage, error) {
 			if _, ok := x.specs[key.Kind][key.Name]; !ok {
 				return rbac.Coverage{}, nil
 			}
-			return x.az.DeleteBinding(key.Name)
+			cov, err := x.az.DeleteBinding(key.Name)
+			if notFound(err) {
+				err = nil
+			}
+			return cov, err
 		}
 		var spec api.RoleBindingSpec
 		if err := json.Unmarshal([]byte(raw), &spec); err != nil {

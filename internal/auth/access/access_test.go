@@ -169,3 +169,49 @@ func TestIndexOutOfOrder(t *testing.T) {
 }
 
 func mustJSON(v any) json.RawMessage { raw, _ := json.Marshal(v); return raw }
+
+// The API applies a change to the authorizer as it stores it, before the watch event comes:
+// the index must still name the clusters the object reached before, and take a deletion the
+// authorizer already made as done.
+func TestIndexAfterTheAPI(t *testing.T) {
+	x := New(nil, slog.Default())
+	x.loaded = true
+	var log covLog
+	x.Subscribe(log.add)
+	ev := func(typ, kind, name string, spec any) store.Event {
+		raw, _ := json.Marshal(&api.Object{TypeMeta: api.TypeMeta{Kind: kind}, Metadata: api.ObjectMeta{Name: name}, Spec: mustJSON(spec)})
+		return store.Event{Type: typ, Object: raw}
+	}
+	on := func(cluster string) api.RoleBindingSpec {
+		return api.RoleBindingSpec{Subject: api.Subject{Kind: api.SubjectUser, Name: "alice"}, RoleRef: rbac.RoleClusterMember, Scope: api.BindingScope{Cluster: cluster}}
+	}
+	ctx := context.Background()
+	x.apply(ctx, api.KindRoleBinding, ev(api.Added, api.KindRoleBinding, "b", on("a")))
+
+	// Moved from cluster a to cluster c by the API, then seen on the watch.
+	if _, err := x.Authorizer().PutBinding("b", on("c")); err != nil {
+		t.Fatal(err)
+	}
+	n := log.n()
+	x.apply(ctx, api.KindRoleBinding, ev(api.Modified, api.KindRoleBinding, "b", on("c")))
+	if log.n() != n+1 {
+		t.Fatal("the move was not announced")
+	}
+	for _, c := range []string{"a", "c"} {
+		if !log.last().Matches(rbac.Cluster{Name: c, Workspace: api.DefaultNamespace}) {
+			t.Errorf("the move does not cover cluster %s: %+v", c, log.last().Sets)
+		}
+	}
+
+	// Deleted by the API, then seen on the watch.
+	if _, err := x.Authorizer().DeleteBinding("b"); err != nil {
+		t.Fatal(err)
+	}
+	x.apply(ctx, api.KindRoleBinding, ev(api.Deleted, api.KindRoleBinding, "b", on("c")))
+	if len(x.pending) != 0 {
+		t.Fatalf("a deletion the authorizer already made is pending: %v", x.pending)
+	}
+	if !log.last().Matches(rbac.Cluster{Name: "c", Workspace: api.DefaultNamespace}) {
+		t.Errorf("the deletion does not cover cluster c: %+v", log.last().Sets)
+	}
+}
