@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // The agent protocol. An agent registers once with a registration token and gets a
 // per-cluster credential; from then on it polls its desired state, fetches content by digest,
@@ -97,6 +100,45 @@ type DesiredState struct {
 	Deployments []DeploymentSpec `json:"deployments"`
 	// PollAfterSeconds is when to ask again.
 	PollAfterSeconds int `json:"pollAfterSeconds"`
+	// Access is the RBAC objects, project namespaces, quotas and limit ranges compiled from
+	// the roles bound on the cluster and the projects spanning it; nil when the server does
+	// not manage access (the agent then leaves what it applied before alone).
+	Access *AccessState `json:"access,omitempty"`
+}
+
+// AccessState is everything access-related a cluster must hold. The agent applies Objects
+// with server-side apply and prunes what it applied before (label flotilla.dev/owner=access)
+// that is no longer listed.
+type AccessState struct {
+	// Digest changes exactly when the content does.
+	Digest  string            `json:"digest"`
+	Objects []json.RawMessage `json:"objects,omitempty"`
+	// Templates are applied to every namespace of the cluster matching their selector.
+	Templates []AccessTemplate `json:"templates,omitempty"`
+	// Conflicts say which namespaces two projects claim on this cluster, and who keeps them.
+	Conflicts []string `json:"conflicts,omitempty"`
+}
+
+// AccessTemplate is a project's objects for the namespaces its namespaceSelector picks; the
+// agent fills in each namespace.
+type AccessTemplate struct {
+	Project  string            `json:"project"`
+	Selector *LabelSelector    `json:"selector"`
+	Objects  []json.RawMessage `json:"objects"`
+}
+
+// MaxAccessUsageEntries bounds the usage entries (resources over every project namespace)
+// of one access report; the server refuses a report with more.
+const MaxAccessUsageEntries = 5000
+
+// AccessReport is what an agent says about the access objects of its cluster.
+type AccessReport struct {
+	// Digest is the AccessState.Digest last applied (completely or not).
+	Digest string `json:"digest"`
+	// Error is why the last apply failed; empty when it succeeded.
+	Error string `json:"error,omitempty"`
+	// Usage is, per project and namespace, the status.used of the namespace's ResourceQuota.
+	Usage map[string]map[string]map[string]string `json:"usage,omitempty"`
 }
 
 // DeploymentSpec is one bundle as this cluster must run it.
@@ -124,6 +166,8 @@ type StatusReport struct {
 	Deployments []DeploymentStatus `json:"deployments,omitempty"`
 	// Removed lists bundles the agent has removed from the cluster.
 	Removed []string `json:"removed,omitempty"`
+	// Access, when set, is the state of the cluster's access objects and project usage.
+	Access *AccessReport `json:"access,omitempty"`
 }
 
 // DeploymentStatus is one deployment's observed state.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -63,6 +64,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
 	dir, err := openStateDir(cfg.StateDir)
 	if err != nil {
 		return err
@@ -76,6 +81,7 @@ func Run(ctx context.Context, cfg Config) error {
 		applier: ap,
 		creds:   creds,
 		dir:     dir,
+		access:  &kubeAccess{dyn: dyn},
 	})
 }
 
@@ -111,6 +117,8 @@ type deps struct {
 	creds   credStore
 	dir     *stateDir
 	now     func() time.Time
+	// access applies the access objects; nil leaves them alone.
+	access accessManager
 }
 
 // agent is one run of the agent. Its goroutines: the poller (desired state and content),

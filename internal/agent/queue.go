@@ -35,6 +35,10 @@ type queueState struct {
 	Reported map[string]api.DeploymentStatus `json:"reported,omitempty"`
 	// Inventory is a changed inventory not yet reported.
 	Inventory *api.ClusterInventory `json:"inventory,omitempty"`
+	// Access is a changed access report not yet sent; ReportedAccess the last one the
+	// server acknowledged, sent again with heartbeats (the server keeps usage in memory).
+	Access         *api.AccessReport `json:"access,omitempty"`
+	ReportedAccess *api.AccessReport `json:"reportedAccess,omitempty"`
 }
 
 // openQueue loads the queue from dir. A new queue starts its sequence at the current time
@@ -99,6 +103,17 @@ func (q *statusQueue) setInventory(inv *api.ClusterInventory) error {
 	return q.persist()
 }
 
+// setAccess records an access report and reports whether it is news to the server.
+func (q *statusQueue) setAccess(rep *api.AccessReport) (bool, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if sameAccess(q.q.Access, rep) || q.q.Access == nil && sameAccess(q.q.ReportedAccess, rep) {
+		return false, nil
+	}
+	q.q.Access = rep
+	return true, q.persist()
+}
+
 // known returns the bundles whose state the server was told or is about to be told.
 func (q *statusQueue) known() map[string]api.DeploymentStatus {
 	q.mu.Lock()
@@ -115,12 +130,16 @@ func (q *statusQueue) known() map[string]api.DeploymentStatus {
 func (q *statusQueue) next(heartbeat bool, inv *api.ClusterInventory) (api.StatusReport, bool, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.q.Pending) == 0 && len(q.q.Removed) == 0 && q.q.Inventory == nil && !heartbeat {
+	if len(q.q.Pending) == 0 && len(q.q.Removed) == 0 && q.q.Inventory == nil && q.q.Access == nil && !heartbeat {
 		return api.StatusReport{}, false, nil
 	}
 	rep := api.StatusReport{Seq: q.q.NextSeq, Time: q.now().UTC().Truncate(time.Second), Inventory: q.q.Inventory}
 	if heartbeat && rep.Inventory == nil {
 		rep.Inventory = inv
+	}
+	rep.Access = q.q.Access
+	if heartbeat && rep.Access == nil {
+		rep.Access = q.q.ReportedAccess
 	}
 	for _, b := range slices.Sorted(maps.Keys(q.q.Pending)) {
 		rep.Deployments = append(rep.Deployments, q.q.Pending[b])
@@ -152,6 +171,9 @@ func (q *statusQueue) ack(rep api.StatusReport) error {
 	if rep.Inventory != nil && q.q.Inventory == rep.Inventory {
 		q.q.Inventory = nil
 	}
+	if rep.Access != nil && q.q.Access == rep.Access {
+		q.q.ReportedAccess, q.q.Access = rep.Access, nil
+	}
 	return q.persist()
 }
 
@@ -159,5 +181,5 @@ func (q *statusQueue) ack(rep api.StatusReport) error {
 func (q *statusQueue) empty() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.q.Pending) == 0 && len(q.q.Removed) == 0 && q.q.Inventory == nil
+	return len(q.q.Pending) == 0 && len(q.q.Removed) == 0 && q.q.Inventory == nil && q.q.Access == nil
 }

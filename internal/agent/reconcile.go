@@ -78,6 +78,8 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 
 // reconcileAll removes deployments that are no longer desired and reconciles the others.
 func (a *agent) reconcileAll(ctx context.Context, ds *api.DesiredState) {
+	// Access first: a bundle may need a project namespace, and people their access.
+	a.reconcileAccess(ctx, ds)
 	want := map[string]bool{}
 	for _, spec := range ds.Deployments {
 		want[spec.Bundle] = true

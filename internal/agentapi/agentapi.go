@@ -18,6 +18,9 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/fleet"
@@ -200,6 +203,11 @@ const (
 	maxBundleKey = 63 + 1 + 253
 	// maxInventory bounds the inventory, as JSON; agents send about 250 bytes.
 	maxInventory = 2 << 10
+	// maxAccessError bounds the access apply error an agent reports.
+	maxAccessError = 4 << 10
+	// maxUsageEntries bounds the quota usage of one report: resources over every project
+	// namespace (a namespace's quota names a handful).
+	maxUsageEntries = api.MaxAccessUsageEntries
 )
 
 func reportStatus(code int, reason, msg string, causes []api.StatusCause) *api.Status {
@@ -241,6 +249,9 @@ func decodeReport(body []byte) (*api.StatusReport, error) {
 		if raw, _ := json.Marshal(rep.Inventory); len(raw) > maxInventory {
 			bad("inventory", 0, "is %d bytes as JSON; at most %d", len(raw), maxInventory)
 		}
+	}
+	if rep.Access != nil {
+		checkAccess(rep.Access, bad)
 	}
 	// Most reports carry one entry: no set for those.
 	var seen map[string]bool
@@ -285,6 +296,39 @@ func decodeReport(body []byte) (*api.StatusReport, error) {
 		return nil, reportStatus(http.StatusUnprocessableEntity, api.ReasonInvalid, "status report refused: "+strings.Join(msgs, "; "), causes)
 	}
 	return &rep, nil
+}
+
+// checkAccess checks an access report: bounded, with DNS-label names and quantities that
+// parse, so that the project rollup takes only well-formed usage.
+func checkAccess(a *api.AccessReport, bad func(field string, i int, format string, args ...any)) {
+	if len(a.Digest) > maxReportID {
+		bad("access.digest", 0, "is %d bytes; at most %d", len(a.Digest), maxReportID)
+	}
+	if len(a.Error) > maxAccessError {
+		bad("access.error", 0, "is %d bytes; at most %d", len(a.Error), maxAccessError)
+	}
+	n := 0
+	for p, nss := range a.Usage {
+		if errs := validation.IsDNS1123Subdomain(p); len(errs) > 0 {
+			bad("access.usage", 0, "project %.80q: %s", p, errs[0])
+		}
+		for ns, res := range nss {
+			if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+				bad("access.usage", 0, "namespace %.80q of project %.80q: %s", ns, p, errs[0])
+			}
+			for k, v := range res {
+				if n++; n == maxUsageEntries+1 {
+					bad("access.usage", 0, "has more than %d entries", maxUsageEntries)
+				}
+				if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+					bad("access.usage", 0, "resource %.80q: %s", k, errs[0])
+				}
+				if _, err := resource.ParseQuantity(v); err != nil || len(v) > 64 {
+					bad("access.usage", 0, "%s of namespace %s: %.64q is not a quantity", k, ns, v)
+				}
+			}
+		}
+	}
 }
 
 // checkBundleKey says what is wrong with a bundle's "namespace/name", or "".

@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/store"
 )
@@ -97,6 +98,18 @@ type Fleet struct {
 	dirtyBundles  map[*bundleEntry]struct{}
 	dirtyClusters map[*Cluster]struct{}
 	dirtyGroups   map[string]struct{} // namespaces whose groups need their counts written
+
+	// access, when set, adds each cluster's compiled access objects to its desired state.
+	access      Access
+	accessOpts  rbac.CompileOptions
+	accessReady func() bool
+	// accessGen grows with every access change covering all clusters: a cluster versioned
+	// at an older one is stale, so such a change marks a million clusters in one step.
+	accessGen atomic.Int64
+	// usage is what clusters reported of each project's quota usage: project → cluster
+	// UID → namespace → resource → used. Only in memory; agents report it again.
+	usage         map[string]map[string]map[string]map[string]string
+	dirtyProjects map[string]struct{}
 }
 
 type workspace struct {
@@ -119,7 +132,9 @@ type Cluster struct {
 	// 0 means not computed yet (after a load or a change); polls compute it under the read
 	// lock, so it is atomic.
 	desiredRev atomic.Int64
-	seq        int64
+	// accessGen is the Fleet's accessGen when desiredRev was computed.
+	accessGen atomic.Int64
+	seq       int64
 	// seen is when the agent last called, in unix nanoseconds; polls set it under the read
 	// lock, so it is atomic.
 	seen       atomic.Int64
@@ -130,6 +145,8 @@ type Cluster struct {
 	statusHash uint64      // of the stored status document (see statusHash)
 	deps       deps        // one pair per bundle that targets the cluster or that it reported
 	counts     stateCounts // effective state → n, over this cluster's deployments
+	access     *accessReport
+	projects   map[string]struct{} // projects whose usage the cluster reported
 }
 
 // stateIndex is the index of a known state in states, or -1.
@@ -319,7 +336,8 @@ func New(st Store, cfg Config) *Fleet {
 		cfg.Logger = def.Logger
 	}
 	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{},
-		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{}}
+		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{},
+		usage: map[string]map[string]map[string]map[string]string{}, dirtyProjects: map[string]struct{}{}}
 }
 
 // Ready reports whether the model has been loaded.
@@ -530,7 +548,10 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 	if c == nil {
 		return nil, 0, ErrUnknownCluster
 	}
-	rev := c.desiredRev.Load()
+	if f.access != nil && f.accessReady != nil && !f.accessReady() {
+		return nil, 0, ErrNotReady
+	}
+	rev := f.currentRev(c)
 	if rev != 0 && since == rev {
 		return nil, rev, nil
 	}
@@ -560,11 +581,20 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 		d.Paused = d.Paused || c.Paused
 		ds.Deployments = append(ds.Deployments, d)
 	}
+	if f.access != nil {
+		ds.Access = f.accessState(w, c)
+	}
 	if rev == 0 {
 		// Under the read lock no change can come between: concurrent polls of the same
-		// cluster compute the same version.
+		// cluster compute the same version. The access objects count by their digest.
+		full := ds.Access
+		if full != nil {
+			ds.Access = &api.AccessState{Digest: full.Digest}
+		}
 		rev = version(ds)
-		c.desiredRev.CompareAndSwap(0, rev)
+		ds.Access = full
+		c.desiredRev.Store(rev)
+		c.accessGen.Store(f.accessGen.Load())
 	}
 	if since == rev {
 		return nil, rev, nil
@@ -656,7 +686,7 @@ func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout 
 		f.mu.Unlock()
 		return false
 	}
-	if rev := c.desiredRev.Load(); rev == 0 || rev != since {
+	if rev := f.currentRev(c); rev == 0 || rev != since {
 		// Changed, or not versioned since a change or a load: Desired decides.
 		f.mu.Unlock()
 		return true
@@ -754,6 +784,7 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		// could undo. At 1M clusters this saves a database write per heartbeat (1,700/s at
 		// 10 minutes).
 		f.setInventory(c, rep.Inventory)
+		f.takeAccess(c, rep.Access)
 		f.mu.Unlock()
 		return res, nil
 	}
@@ -773,6 +804,7 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 		return ReportResult{}, err
 	}
 	f.applyReport(c, rep.Seq, rep.Inventory, rows, removed)
+	f.takeAccess(c, rep.Access)
 	return res, nil
 }
 

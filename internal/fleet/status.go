@@ -92,6 +92,11 @@ func (f *Fleet) sweep(now time.Time) {
 	res := f.seenResolution()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// A project's total may have changed since its usage did: its status is computed again
+	// (and written only if it differs).
+	for p := range f.usage {
+		f.dirtyProjects[p] = struct{}{}
+	}
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
 			if seen := c.lastSeen(); f.clusterState(c, now) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > res) {
@@ -140,6 +145,8 @@ type pendingWrite struct {
 	stored uint64
 	// onDone records what was written, under the model's lock.
 	onDone func()
+	// statusOf, if set, computes the status from the stored object (its spec).
+	statusOf func(obj *api.Object) (any, error)
 }
 
 // flush computes the changed rollups under the lock, then writes them without it.
@@ -246,6 +253,9 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			s.NonReadyResources = append(s.NonReadyResources, api.NonReadyResource{Name: n, State: p.effective(), Message: p.message})
 		}
 		st := api.ClusterStatus{State: state, Summary: s}
+		if cond := accessCondition(c); cond != nil {
+			st.Conditions = append(st.Conditions, *cond)
+		}
 		if len(c.inventory) > 0 {
 			st.Inventory = &api.ClusterInventory{}
 			json.Unmarshal([]byte(c.inventory), st.Inventory)
@@ -277,6 +287,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		}
 	}
 	clear(f.dirtyGroups)
+	writes = append(writes, f.projectWrites(now)...)
 	f.mu.Unlock()
 
 	// Several writers at once, so the store's batching writer groups them into few
@@ -317,7 +328,7 @@ func (f *Fleet) writeStatus(ctx context.Context, pw pendingWrite) error {
 	if err != nil {
 		return err
 	}
-	if field == "" && pw.stored != 0 && statusHash(value) == pw.stored {
+	if field == "" && pw.statusOf == nil && pw.stored != 0 && statusHash(value) == pw.stored {
 		return nil
 	}
 	for attempt := 0; attempt < 3; attempt++ {
@@ -326,6 +337,15 @@ func (f *Fleet) writeStatus(ctx context.Context, pw pendingWrite) error {
 			return err
 		}
 		raw := value
+		if pw.statusOf != nil {
+			st, err := pw.statusOf(obj)
+			if err != nil {
+				return err
+			}
+			if raw, err = json.Marshal(st); err != nil {
+				return err
+			}
+		}
 		if field != "" {
 			m := map[string]json.RawMessage{}
 			if len(obj.Status) > 0 {

@@ -311,6 +311,10 @@ func (f *Fleet) apply(kind string, ev store.Event) {
 	case api.KindCluster:
 		f.applyCluster(w, ev, obj)
 	case api.KindClusterGroup:
+		var before labels.Selector = labels.Nothing()
+		if g := w.groups[obj.Metadata.Name]; g != nil {
+			before = g.selector
+		}
 		if ev.Type == api.Deleted {
 			delete(w.groups, obj.Metadata.Name)
 		} else {
@@ -327,6 +331,10 @@ func (f *Fleet) apply(kind string, ev store.Event) {
 				if f.setPair(b, c, t, id, nil) {
 					changed = true
 				}
+			}
+			if g := w.groups[obj.Metadata.Name]; f.access != nil && (g != nil && g.selector.Matches(labels.Set(c.Labels))) != before.Matches(labels.Set(c.Labels)) {
+				// Bindings scoped to the group now reach the cluster, or no longer do.
+				changed = true
 			}
 			if changed {
 				f.bump(c)
@@ -352,6 +360,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		}
 		delete(w.clusters, name)
 		delete(f.byUID, c.UID)
+		f.forgetUsage(c)
 		f.clusters.Store(int64(len(f.byUID)))
 		delete(f.dirtyClusters, c)
 		f.dirtyGroups[w.name] = struct{}{}

@@ -23,6 +23,7 @@ import (
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/access"
 	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/auth/rbac"
@@ -110,6 +111,7 @@ type Server struct {
 	// authz is the index of roles, bindings and projects every decision reads.
 	authz   *rbac.Authorizer
 	fleet   *fleet.Fleet
+	access  *access.Index
 	agents  *agentapi.Server
 	secrets *secrets.Keeper
 	gitops  *gitops.Controller
@@ -200,7 +202,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.auth = auth.NewAuthenticator(s.store)
-	s.authz = rbac.New()
 	login := auth.LoginConfig{Logger: cfg.Logger, SessionTTL: cfg.SessionTTL, MaxTokenTTL: cfg.MaxTokenTTL,
 		IsAdmin: s.mayManageUsers}
 	if s.ldap != nil {
@@ -218,6 +219,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
 	s.fleet = fleet.New(s.store, fcfg)
+	s.access = access.New(s.store, cfg.Logger)
+	// One index for the API's decisions and every cluster's compiled objects.
+	s.authz = s.access.Authorizer()
+	s.fleet.SetAccess(s.access.Authorizer(), rbac.DefaultCompileOptions(), s.access.Ready)
+	s.access.Subscribe(s.fleet.AccessChanged)
 	s.metrics.RegisterFleet(func() metrics.FleetStats {
 		c, b, d, q := s.fleet.Stats()
 		return metrics.FleetStats{ClustersByState: c, BundlesByState: b, DeploymentsByState: d, QueueDepth: map[string]int{"fleet-status": q}}
@@ -333,7 +339,7 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindRegistrationToken, s.agents.TokenHooks())
 	resources.SetHooks(api.KindBundle, agentapi.NewBundleHooks(s.store))
 	resources.SetHooks(api.KindSecret, s.secrets)
-	if err := resources.EnableAccess(context.Background(), apiserver.Access{Authorizer: s.authz}, s.auth.UserHooks()); err != nil {
+	if err := resources.EnableAccess(context.Background(), apiserver.Access{Authorizer: s.authz, ClusterGroups: s.fleet.ClusterGroupsOf}, s.auth.UserHooks()); err != nil {
 		s.log.Error("storing the built-in roles", "err", err)
 	}
 	resources.Register(mux)
@@ -450,6 +456,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	go s.compactor(baseCtx)
+	go s.access.Run(baseCtx)
 	go s.fleet.Run(baseCtx)
 	go s.agents.Run(baseCtx)
 	go s.gitops.Run(baseCtx)
