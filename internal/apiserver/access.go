@@ -75,13 +75,7 @@ func specOf[T any](obj *api.Object) (T, error) {
 	return v, nil
 }
 
-// noop supplies the hooks an access kind does not need.
-type noop struct{}
-
-func (noop) AfterCreate(context.Context, *api.Object) error { return nil }
-
 type roleHooks struct {
-	noop
 	a *rbac.Authorizer
 }
 
@@ -135,7 +129,6 @@ func (h *roleHooks) put(obj *api.Object) {
 }
 
 type bindingHooks struct {
-	noop
 	a *rbac.Authorizer
 }
 
@@ -199,7 +192,6 @@ func (h *bindingHooks) put(obj *api.Object) {
 }
 
 type projectHooks struct {
-	noop
 	a *rbac.Authorizer
 }
 
