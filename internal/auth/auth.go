@@ -72,6 +72,8 @@ type Authenticator struct {
 	// blocked users are refused whatever their tokens: disabled or deleted users, as the API
 	// reports them (SetUserDisabled, ForgetUser), so that no cached entry outlives them.
 	blocked map[string]struct{}
+	// onSession is told of every session issued; see OnSession.
+	onSession func(ctx context.Context, id Identity)
 }
 
 type cached struct {

@@ -216,6 +216,11 @@ func (a *Authenticator) IssueSession(ctx context.Context, id Identity, ttl time.
 	return token, err
 }
 
+// OnSession sets a function told of every session issued (a login that succeeded), with the
+// request's context: the server names the user in the login's audit record with it. Set it
+// before serving.
+func (a *Authenticator) OnSession(f func(ctx context.Context, id Identity)) { a.onSession = f }
+
 // issueSession is IssueSession, returning the session's expiry too.
 func (a *Authenticator) issueSession(ctx context.Context, id Identity, ttl time.Duration) (string, time.Time, error) {
 	if id.User == "" {
@@ -233,6 +238,9 @@ func (a *Authenticator) issueSession(ctx context.Context, id Identity, ttl time.
 	spec := tokenSpec{Hash: Hash(token), User: id.User, Groups: id.Groups, Admin: id.Admin, Expires: &e, Session: true, Bound: bound}
 	if err := a.storeToken(ctx, spec); err != nil {
 		return "", time.Time{}, fmt.Errorf("storing a session for %s: %w", id.User, err)
+	}
+	if a.onSession != nil {
+		a.onSession(ctx, id)
 	}
 	return token, e, nil
 }

@@ -299,3 +299,44 @@ func TestAuditFloodIsBounded(t *testing.T) {
 		t.Errorf("%d stored + %d dropped (%d failed), want %d", stored, stats.Dropped, stats.Failed, requests)
 	}
 }
+
+// A login's record names who logged in (the caller had no token to name it by); a failed
+// one names nobody, since a password typed into the user name field would be kept.
+func TestAuditNamesLogins(t *testing.T) {
+	ts, _ := startWith(t, t.TempDir(), nil)
+	ctx := ctxT(t)
+	user := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindUser}, Metadata: api.ObjectMeta{Name: "alice"}, Spec: json.RawMessage(`{}`)}
+	if _, err := ts.admin.Create(ctx, user); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.admin.SetPassword(ctx, "alice", api.SetPasswordRequest{Password: "correct horse battery staple"}); err != nil {
+		t.Fatal(err)
+	}
+	anon, err := client.New(client.Config{Server: ts.url, CAChecksum: ts.checksum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := anon.Login(ctx, api.LoginRequest{Username: "alice", Password: "wrong password, typed"}); err == nil {
+		t.Fatal("a wrong password logged in")
+	}
+	if _, err := anon.Login(ctx, api.LoginRequest{Username: "alice", Password: "correct horse battery staple"}); err != nil {
+		t.Fatal(err)
+	}
+	var logins []api.AuditRecord
+	waitUntil(t, "both logins are recorded", func() bool {
+		logins = auditAll(t, ts.admin, client.AuditQuery{Since: "1h", Verb: "login"})
+		return len(logins) == 2
+	})
+	named := 0
+	for _, r := range logins {
+		if r.User == "alice" && r.Code == http.StatusOK {
+			named++
+		}
+		if r.Code != http.StatusOK && r.User != "" {
+			t.Errorf("a failed login names %q", r.User)
+		}
+	}
+	if named != 1 {
+		t.Fatalf("login records: %+v; want the successful one to name alice", logins)
+	}
+}

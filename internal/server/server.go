@@ -208,6 +208,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		login.Providers = append(login.Providers, s.ldap)
 	}
 	s.auth.ConfigureLogin(login)
+	// A login has no token to name its caller by: name it in its audit record once it worked.
+	s.auth.OnSession(func(ctx context.Context, id auth.Identity) { audit.Annotate(ctx, id.User, id.Groups, "", "", "") })
 	if cfg.OIDC.Logger == nil {
 		cfg.OIDC.Logger = cfg.Logger
 	}
