@@ -105,9 +105,16 @@ func (h *roleHooks) BeforeCreate(_ context.Context, obj *api.Object, _ bool) err
 	return h.check(obj)
 }
 
-func (h *roleHooks) BeforeUpdate(_ context.Context, _, obj *api.Object, _ bool) error {
+func (h *roleHooks) BeforeUpdate(ctx context.Context, _, obj *api.Object, _ bool) error {
 	if builtinRole(obj.Metadata.Name) {
 		return statusErr(http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("role %q is built in and cannot be changed: make a role that inherits from it", obj.Metadata.Name))
+	}
+	// Changing a role in use changes what every holder is granted, the author included:
+	// no binding author could grant that, so only an administrator may.
+	if refs := h.a.RoleInUse(obj.Metadata.Name); refs != "" {
+		if id := IdentityFrom(ctx); id == nil || !(id.Admin || h.a.IsAdmin(subjectOf(id))) {
+			return forbidden(fmt.Sprintf("%s may not change role %q: it is in use by %s, and only an administrator may change what a role in use grants", userOf(id), obj.Metadata.Name, refs))
+		}
 	}
 	return h.check(obj)
 }
