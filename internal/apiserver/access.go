@@ -271,8 +271,9 @@ func (h *userHooks) BeforeUpdate(ctx context.Context, cur, obj *api.Object, dry 
 	if cmp.Or(old.Provider, api.ProviderLocal) != cmp.Or(next.Provider, api.ProviderLocal) {
 		return statusErr(http.StatusUnprocessableEntity, api.ReasonInvalid, fmt.Sprintf("user %q belongs to provider %q: its provider cannot be changed", obj.Metadata.Name, cmp.Or(old.Provider, api.ProviderLocal)))
 	}
-	if next.Disabled {
-		// Decisions refuse the user before the write, as the authenticator does.
+	if next.Disabled && !dry {
+		// Decisions refuse the user before the write, as the authenticator does; a dry run
+		// changes nothing.
 		h.a.SetUserDisabled(obj.Metadata.Name, true)
 	}
 	if h.inner != nil {

@@ -39,3 +39,14 @@ func TestReviewRoleUpdateCannotEscalate(t *testing.T) {
 	e.mustDo("PUT", base+"/roles/role-editor", newObj(api.KindRole, "", "role-editor", nil, api.RoleSpec{Context: api.RoleContextGlobal,
 		Rules: []api.PolicyRule{{Resources: []string{"roles"}, Verbs: []string{"get"}}}}), http.StatusOK)
 }
+
+// A dry run (or a refused update) of a User that disables it must not disable it.
+func TestReviewDryRunDoesNotDisableUser(t *testing.T) {
+	e := newEnv(t)
+	e.mustDo("POST", base+"/users", newObj(api.KindUser, "", "bob", nil, api.UserSpec{}), http.StatusCreated)
+	e.mustDo("POST", base+"/rolebindings", binding("bob-ro", "read-only", api.Subject{Kind: api.SubjectUser, Name: "bob"}, api.BindingScope{Global: true}), http.StatusCreated)
+	bob := e.as("bob")
+	bob.mustDo("GET", base+"/gitrepos", nil, http.StatusOK)
+	e.mustDo("PUT", base+"/users/bob?dryRun=All", newObj(api.KindUser, "", "bob", nil, api.UserSpec{Disabled: true}), http.StatusOK)
+	bob.mustDo("GET", base+"/gitrepos", nil, http.StatusOK)
+}
