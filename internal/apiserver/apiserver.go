@@ -473,6 +473,11 @@ func (s *Server) update(req *request) error {
 		cur, err := s.store.Get(ctx, req.key())
 		if errors.Is(err, store.ErrNotFound) {
 			if wantRV != "" {
+				// Not found only to whoever may update the name: else the same 403 as an
+				// existing object's, so that names cannot be probed.
+				if _, aerr := s.authorizeObject(req, api.VerbUpdate); aerr != nil {
+					return aerr
+				}
 				return err
 			}
 			if err := s.decideWrite(req, api.VerbCreate, nil, obj); err != nil {
@@ -481,6 +486,11 @@ func (s *Server) update(req *request) error {
 			return s.createObject(req, obj)
 		}
 		if err != nil {
+			return err
+		}
+		// Decided on the object as stored before anything else is said about it (a
+		// conflict, an invalid change), which would tell that it exists.
+		if err := s.decideWrite(req, api.VerbUpdate, cur, nil); err != nil {
 			return err
 		}
 		next := obj.DeepCopy()

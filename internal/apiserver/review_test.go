@@ -50,3 +50,30 @@ func TestReviewDryRunDoesNotDisableUser(t *testing.T) {
 	e.mustDo("PUT", base+"/users/bob?dryRun=All", newObj(api.KindUser, "", "bob", nil, api.UserSpec{Disabled: true}), http.StatusOK)
 	bob.mustDo("GET", base+"/gitrepos", nil, http.StatusOK)
 }
+
+// A caller allowed to update some objects must get the same 403 for an object it may not
+// update whether or not it exists: a 404, 409 or 422 would let it probe names.
+func TestReviewWritesDoNotProbeNames(t *testing.T) {
+	e := newEnv(t)
+	e.fleetOfFour()
+	e.mustDo("POST", base+"/rolebindings", binding("alice-dev", "cluster-owner",
+		api.Subject{Kind: api.SubjectUser, Name: "alice"}, api.BindingScope{ClusterSelector: &api.LabelSelector{MatchLabels: map[string]string{"env": "dev"}}}), http.StatusCreated)
+	alice := e.as("alice")
+	stale := newObj(api.KindCluster, "fleet-default", "", map[string]string{"env": "dev"}, api.ClusterSpec{})
+	stale.Metadata.ResourceVersion = "1"
+	bad := newObj(api.KindCluster, "fleet-default", "", map[string]string{"env": "dev", "bad key!": "x"}, api.ClusterSpec{})
+	for _, name := range []string{"prod1", "nosuch"} {
+		before := e.snapshot()
+		code, body := alice.json("PUT", clustersPath+"/"+name, stale)
+		e.refused("a stale update of "+name, code, body, before, http.StatusForbidden, "may not")
+		code, body = alice.json("PUT", clustersPath+"/"+name, bad)
+		e.refused("an invalid update of "+name, code, body, before, http.StatusForbidden, "may not")
+		code, body = alice.do("PATCH", clustersPath+"/"+name, "application/merge-patch+json", []byte(`{"spec":{"paused":true}}`))
+		e.refused("a patch of "+name, code, body, before, http.StatusForbidden, "may not")
+	}
+	// Its own clusters still answer as before.
+	alice.mustDo("PUT", clustersPath+"/dev1", stale, http.StatusConflict)
+	if code, body := alice.do("PATCH", clustersPath+"/dev1", "application/merge-patch+json", []byte(`{"spec":{"paused":true}}`)); code != http.StatusOK {
+		t.Fatalf("patching an own cluster: %d %s", code, body)
+	}
+}
