@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"flotilla.dev/api"
@@ -154,7 +155,10 @@ func (a *Authenticator) Login(ctx context.Context, req api.LoginRequest, source 
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownProvider, provider)
 	}
-	if err := a.login.limiter.Allow(provider+"/"+req.Username, source); err != nil {
+	// Keyed on the name as a directory compares it (case and surrounding spaces ignored), so
+	// that each spelling of one user does not get its own guesses; distinct local users who
+	// differ only so share a bucket, which is merely stricter.
+	if err := a.login.limiter.Allow(provider+"/"+strings.ToLower(strings.TrimSpace(req.Username)), source); err != nil {
 		return nil, err
 	}
 	id, err := p.Authenticate(ctx, req.Username, req.Password)
