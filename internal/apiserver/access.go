@@ -296,6 +296,33 @@ func (h *userHooks) AfterUpdate(_ context.Context, obj *api.Object) {
 	h.a.SetUserDisabled(obj.Metadata.Name, spec.Disabled)
 }
 
+// BeforeDelete refuses a deletion that would delete a binding its author could not delete
+// (AfterDelete deletes the user's bindings): the right to delete users is no way around
+// the right to grant.
+func (h *userHooks) BeforeDelete(ctx context.Context, obj *api.Object) error {
+	id := IdentityFrom(ctx)
+	if id != nil && id.Admin {
+		return nil
+	}
+	for _, b := range h.a.BindingsOf(api.SubjectUser, obj.Metadata.Name) {
+		o, err := h.st.Get(ctx, store.Key{Kind: api.KindRoleBinding, Name: b})
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		spec, err := specOf[api.RoleBindingSpec](o)
+		if err != nil {
+			return err
+		}
+		if id == nil || !h.a.MayGrant(subjectOf(id), spec.RoleRef, spec.Scope) {
+			return forbidden(fmt.Sprintf("%s may not delete user %q: that deletes role binding %s, granting role %q, which only a holder of that role there, or an administrator, may", userOf(id), obj.Metadata.Name, b, spec.RoleRef))
+		}
+	}
+	return nil
+}
+
 // AfterDelete ends the user's sessions and deletes the role bindings naming it, as Rancher
 // does: a user made again later under that name starts with nothing, and every cluster
 // loses what the user was granted there.
