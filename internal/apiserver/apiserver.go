@@ -292,6 +292,14 @@ func (s *Server) watch(req *request, ns string, sel labels.Selector, filter *lis
 		if !filter.keepRaw(ev.Object) {
 			return nil, nil
 		}
+		if ev.Type == api.Deleted && filter.outOfView(ev.Object) {
+			o, err := store.Decode(ev.Object)
+			if err != nil {
+				return nil, nil
+			}
+			raw, err := json.Marshal(tombstone(o))
+			return &api.WatchEvent{Type: ev.Type, Object: raw}, err
+		}
 		return &api.WatchEvent{Type: ev.Type, Object: s.filterRaw(req.kind.Kind, ev.Object)}, nil
 	}
 	bookmark := func(last int64) *api.WatchEvent {

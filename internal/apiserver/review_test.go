@@ -1,8 +1,13 @@
 package apiserver_test
 
 import (
+	"bufio"
+	"context"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"flotilla.dev/api"
 )
@@ -119,4 +124,43 @@ func TestReviewUserDeletionCannotDropOthersBindings(t *testing.T) {
 	e.mustDo("POST", base+"/rolebindings", binding("temp-um", "user-manager", api.Subject{Kind: api.SubjectUser, Name: "temp"}, api.BindingScope{Global: true}), http.StatusCreated)
 	mgr.mustDo("DELETE", base+"/users/temp", nil, http.StatusOK)
 	e.mustDo("GET", base+"/rolebindings/temp-um", nil, http.StatusNotFound)
+}
+
+// When an object leaves a caller's view during a watch, the caller is told it is gone, but
+// not what it became: its new labels and spec are not the caller's to see.
+func TestReviewWatchDoesNotShowObjectsLeavingView(t *testing.T) {
+	e := newEnv(t)
+	e.mustDo("POST", base+"/rolebindings", binding("alice-dev", "cluster-member",
+		api.Subject{Kind: api.SubjectUser, Name: "alice"}, api.BindingScope{ClusterSelector: &api.LabelSelector{MatchLabels: map[string]string{"env": "dev"}}}), http.StatusCreated)
+	alice := e.as("alice")
+	e.mustDo("POST", clustersPath, newObj(api.KindCluster, "fleet-default", "dev1", map[string]string{"env": "dev"}, api.ClusterSpec{}), http.StatusCreated)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	qs := []string{"/namespaces/fleet-default/clusters?watch=true&resourceVersion=1", "/clusters?watch=true&resourceVersion=1&fieldSelector=metadata.namespace%3Dfleet-default"}
+	var scs []*bufio.Scanner
+	for _, q := range qs {
+		resp, sc := alice.watch(ctx, q)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("watch %s: %d", q, resp.StatusCode)
+		}
+		scs = append(scs, sc)
+	}
+	e.mustDo("PUT", clustersPath+"/dev1", newObj(api.KindCluster, "fleet-default", "dev1", map[string]string{"env": "prod", "team": "secret-team"},
+		api.ClusterSpec{DisplayName: "moved out of view"}), http.StatusOK)
+	for i, sc := range scs {
+		q := qs[i]
+		var last api.WatchEvent
+		for sc.Scan() {
+			json.Unmarshal(sc.Bytes(), &last)
+			if last.Type == api.Deleted {
+				break
+			}
+		}
+		if last.Type != api.Deleted {
+			t.Fatalf("watch %s: no DELETED event for dev1 leaving the view", q)
+		}
+		if s := string(last.Object); strings.Contains(s, "secret-team") || strings.Contains(s, "moved out of view") || !strings.Contains(s, `"dev1"`) {
+			t.Errorf("watch %s: the DELETED event shows %s", q, s)
+		}
+	}
 }
