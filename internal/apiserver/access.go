@@ -99,9 +99,16 @@ func (h *roleHooks) BeforeCreate(_ context.Context, obj *api.Object, _ bool) err
 	return h.check(obj)
 }
 
-func (h *roleHooks) BeforeUpdate(_ context.Context, _, obj *api.Object, _ bool) error {
+func (h *roleHooks) BeforeUpdate(ctx context.Context, _, obj *api.Object, _ bool) error {
 	if builtinRole(obj.Metadata.Name) {
 		return statusErr(http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("role %q is built in and cannot be changed: make a role that inherits from it", obj.Metadata.Name))
+	}
+	// Changing a role in use changes what every holder is granted, the author included:
+	// no binding author could grant that, so only an administrator may.
+	if refs := h.a.RoleInUse(obj.Metadata.Name); refs != "" {
+		if id := IdentityFrom(ctx); id == nil || !(id.Admin || h.a.IsAdmin(subjectOf(id))) {
+			return forbidden(fmt.Sprintf("%s may not change role %q: it is in use by %s, and only an administrator may change what a role in use grants", userOf(id), obj.Metadata.Name, refs))
+		}
 	}
 	return h.check(obj)
 }
@@ -256,8 +263,9 @@ func (h *userHooks) BeforeUpdate(ctx context.Context, cur, obj *api.Object, dry 
 	if cmp.Or(old.Provider, api.ProviderLocal) != cmp.Or(next.Provider, api.ProviderLocal) {
 		return statusErr(http.StatusUnprocessableEntity, api.ReasonInvalid, fmt.Sprintf("user %q belongs to provider %q: its provider cannot be changed", obj.Metadata.Name, cmp.Or(old.Provider, api.ProviderLocal)))
 	}
-	if next.Disabled {
-		// Decisions refuse the user before the write, as the authenticator does.
+	if next.Disabled && !dry {
+		// Decisions refuse the user before the write, as the authenticator does; a dry run
+		// changes nothing.
 		h.a.SetUserDisabled(obj.Metadata.Name, true)
 	}
 	if h.inner != nil {
@@ -278,6 +286,33 @@ func (h *userHooks) AfterCreate(ctx context.Context, obj *api.Object) error {
 func (h *userHooks) AfterUpdate(_ context.Context, obj *api.Object) {
 	spec, _ := specOf[api.UserSpec](obj)
 	h.a.SetUserDisabled(obj.Metadata.Name, spec.Disabled)
+}
+
+// BeforeDelete refuses a deletion that would delete a binding its author could not delete
+// (AfterDelete deletes the user's bindings): the right to delete users is no way around
+// the right to grant.
+func (h *userHooks) BeforeDelete(ctx context.Context, obj *api.Object) error {
+	id := IdentityFrom(ctx)
+	if id != nil && id.Admin {
+		return nil
+	}
+	for _, b := range h.a.BindingsOf(api.SubjectUser, obj.Metadata.Name) {
+		o, err := h.st.Get(ctx, store.Key{Kind: api.KindRoleBinding, Name: b})
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		spec, err := specOf[api.RoleBindingSpec](o)
+		if err != nil {
+			return err
+		}
+		if id == nil || !h.a.MayGrant(subjectOf(id), spec.RoleRef, spec.Scope) {
+			return forbidden(fmt.Sprintf("%s may not delete user %q: that deletes role binding %s, granting role %q, which only a holder of that role there, or an administrator, may", userOf(id), obj.Metadata.Name, b, spec.RoleRef))
+		}
+	}
+	return nil
 }
 
 // AfterDelete ends the user's sessions and deletes the role bindings naming it, as Rancher

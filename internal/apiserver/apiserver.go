@@ -292,6 +292,14 @@ func (s *Server) watch(req *request, ns string, sel labels.Selector, filter *lis
 		if !filter.keepRaw(ev.Object) {
 			return nil, nil
 		}
+		if ev.Type == api.Deleted && filter.outOfView(ev.Object) {
+			o, err := store.Decode(ev.Object)
+			if err != nil {
+				return nil, nil
+			}
+			raw, err := json.Marshal(tombstone(o))
+			return &api.WatchEvent{Type: ev.Type, Object: raw}, err
+		}
 		return &api.WatchEvent{Type: ev.Type, Object: s.filterRaw(req.kind.Kind, ev.Object)}, nil
 	}
 	bookmark := func(last int64) *api.WatchEvent {
@@ -473,6 +481,11 @@ func (s *Server) update(req *request) error {
 		cur, err := s.store.Get(ctx, req.key())
 		if errors.Is(err, store.ErrNotFound) {
 			if wantRV != "" {
+				// Not found only to whoever may update the name: else the same 403 as an
+				// existing object's, so that names cannot be probed.
+				if _, aerr := s.authorizeObject(req, api.VerbUpdate); aerr != nil {
+					return aerr
+				}
 				return err
 			}
 			if err := s.decideWrite(req, api.VerbCreate, nil, obj); err != nil {
@@ -481,6 +494,11 @@ func (s *Server) update(req *request) error {
 			return s.createObject(req, obj)
 		}
 		if err != nil {
+			return err
+		}
+		// Decided on the object as stored before anything else is said about it (a
+		// conflict, an invalid change), which would tell that it exists.
+		if err := s.decideWrite(req, api.VerbUpdate, cur, nil); err != nil {
 			return err
 		}
 		next := obj.DeepCopy()

@@ -192,6 +192,27 @@ func (f *listFilter) keepRaw(raw json.RawMessage) bool {
 	return f.keep(m.Metadata.Namespace, m.Metadata.Name, m.Metadata.Labels)
 }
 
+// outOfView reports whether an object a store watch narrowed by f's selector reports as
+// deleted has in fact left the caller's view (it was relabelled): the event then carries what
+// the object became, which is not the caller's to see.
+func (f *listFilter) outOfView(raw json.RawMessage) bool {
+	if f == nil || f.sel == nil {
+		return false
+	}
+	var m struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	return json.Unmarshal(raw, &m) != nil || !f.sel.Matches(labels.Set(m.Metadata.Labels))
+}
+
+// tombstone is what a caller is told of an object that left its view: which one, no more.
+func tombstone(o *api.Object) *api.Object {
+	return &api.Object{TypeMeta: o.TypeMeta, Metadata: api.ObjectMeta{Name: o.Metadata.Name, Namespace: o.Metadata.Namespace,
+		UID: o.Metadata.UID, ResourceVersion: o.Metadata.ResourceVersion}}
+}
+
 func (f *listFilter) keepObject(o *api.Object) bool {
 	return f == nil || f.keep == nil || f.keep(o.Metadata.Namespace, o.Metadata.Name, o.Metadata.Labels)
 }

@@ -352,6 +352,9 @@ func (s *Server) kubeWatch(req *request, sc listScope, ff *fieldFilter, t *table
 		if err != nil || !ff.matches(o) || !sc.filter.keepObject(o) {
 			return nil, nil
 		}
+		if ev.Type == api.Deleted && sc.filter.outOfView(ev.Object) {
+			return build(ev.Type, tombstone(o))
+		}
 		return build(ev.Type, s.view(o))
 	}
 	bookmark := func(last int64) *api.WatchEvent {

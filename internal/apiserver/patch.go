@@ -68,7 +68,18 @@ func (s *Server) patch(req *request) error {
 	for attempt := 0; ; attempt++ {
 		cur, err := s.store.Get(ctx, req.key())
 		if err != nil && !(errors.Is(err, store.ErrNotFound) && ct == applyPatchType) {
+			if errors.Is(err, store.ErrNotFound) {
+				// As for an existing object the caller may not update: 403, not 404.
+				if _, aerr := s.authorizeObject(req, api.VerbUpdate); aerr != nil {
+					return aerr
+				}
+			}
 			return err
+		}
+		if cur != nil {
+			if err := s.decideWrite(req, api.VerbUpdate, cur, nil); err != nil {
+				return err
+			}
 		}
 		var next []byte
 		if ct == applyPatchType {

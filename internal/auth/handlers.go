@@ -140,9 +140,9 @@ func (a *Authenticator) handleSetPassword(w http.ResponseWriter, r *http.Request
 	if !decodeBody(w, r, &req) {
 		return
 	}
-	if !a.login.isAdmin(id) {
+	if !a.login.isAdministrator(id) {
 		if id.User != name {
-			writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may set only their own password", id.User))
+			writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may set only their own password: setting another's takes over its account, which only an administrator may", id.User))
 			return
 		}
 		// The current password is checked as a login is, rate limits included, so that a

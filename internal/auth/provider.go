@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"flotilla.dev/api"
@@ -46,24 +47,28 @@ type LoginConfig struct {
 	// IsAdmin decides who may manage other users' tokens and passwords; nil means the
 	// identity's Admin flag (bootstrap tokens and admin tokens).
 	IsAdmin func(*Identity) bool
-	Logger  *slog.Logger
+	// IsAdministrator decides who may mint admin tokens and set other users' passwords (which
+	// takes over their accounts and all they are granted); nil means the identity's Admin flag.
+	IsAdministrator func(*Identity) bool
+	Logger          *slog.Logger
 }
 
 // loginState is a LoginConfig with its defaults filled in.
 type loginState struct {
-	providers   map[string]PasswordProvider
-	sessionTTL  time.Duration
-	maxTokenTTL time.Duration
-	limiter     *users.Limiter
-	hasher      *users.Hasher
-	isAdmin     func(*Identity) bool
+	providers       map[string]PasswordProvider
+	sessionTTL      time.Duration
+	maxTokenTTL     time.Duration
+	limiter         *users.Limiter
+	hasher          *users.Hasher
+	isAdmin         func(*Identity) bool
+	isAdministrator func(*Identity) bool
 }
 
 // ConfigureLogin sets how logins work; call it before serving. NewAuthenticator configures
 // the local provider with the defaults.
 func (a *Authenticator) ConfigureLogin(cfg LoginConfig) {
 	s := loginState{providers: map[string]PasswordProvider{}, sessionTTL: cfg.SessionTTL, maxTokenTTL: cfg.MaxTokenTTL,
-		limiter: cfg.Limiter, hasher: cfg.Hasher, isAdmin: cfg.IsAdmin}
+		limiter: cfg.Limiter, hasher: cfg.Hasher, isAdmin: cfg.IsAdmin, isAdministrator: cfg.IsAdministrator}
 	if s.sessionTTL <= 0 {
 		s.sessionTTL = DefaultSessionTTL
 	}
@@ -78,6 +83,9 @@ func (a *Authenticator) ConfigureLogin(cfg LoginConfig) {
 	}
 	if s.isAdmin == nil {
 		s.isAdmin = func(id *Identity) bool { return id.Admin }
+	}
+	if s.isAdministrator == nil {
+		s.isAdministrator = func(id *Identity) bool { return id.Admin }
 	}
 	if cfg.Logger != nil {
 		a.log = cfg.Logger
@@ -147,7 +155,10 @@ func (a *Authenticator) Login(ctx context.Context, req api.LoginRequest, source 
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownProvider, provider)
 	}
-	if err := a.login.limiter.Allow(provider+"/"+req.Username, source); err != nil {
+	// Keyed on the name as a directory compares it (case and surrounding spaces ignored), so
+	// that each spelling of one user does not get its own guesses; distinct local users who
+	// differ only so share a bucket, which is merely stricter.
+	if err := a.login.limiter.Allow(provider+"/"+strings.ToLower(strings.TrimSpace(req.Username)), source); err != nil {
 		return nil, err
 	}
 	id, err := p.Authenticate(ctx, req.Username, req.Password)

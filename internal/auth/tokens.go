@@ -173,7 +173,7 @@ func (a *Authenticator) CreateAPIToken(ctx context.Context, id *Identity, req ap
 	if err := checkDescription(req.Description); err != nil {
 		return nil, err
 	}
-	if req.Admin && !a.login.isAdmin(id) {
+	if req.Admin && !a.login.isAdministrator(id) {
 		return nil, fmt.Errorf("%w: only admins may create admin tokens", ErrForbidden)
 	}
 	bound, err := a.bound(ctx, id.User)

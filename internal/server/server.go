@@ -203,7 +203,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 
 	s.auth = auth.NewAuthenticator(s.store)
 	login := auth.LoginConfig{Logger: cfg.Logger, SessionTTL: cfg.SessionTTL, MaxTokenTTL: cfg.MaxTokenTTL,
-		IsAdmin: s.mayManageUsers}
+		IsAdmin: s.mayManageUsers, IsAdministrator: s.isAdministrator}
 	if s.ldap != nil {
 		login.Providers = append(login.Providers, s.ldap)
 	}
@@ -409,10 +409,15 @@ func (s *Server) identify(r *http.Request) (string, []string) {
 	return id.User, id.Groups
 }
 
+// isAdministrator: admin tokens, and subjects bound globally to a role granting everything.
+func (s *Server) isAdministrator(id *auth.Identity) bool {
+	return id.Admin || s.authz.IsAdmin(rbac.Subject{User: id.User, Groups: id.Groups})
+}
+
 func (s *Server) adminOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := s.auth.Authenticate(r.Context(), auth.BearerToken(r))
-		if err == nil && !id.Admin && !s.authz.IsAdmin(rbac.Subject{User: id.User, Groups: id.Groups}) {
+		if err == nil && !s.isAdministrator(id) {
 			err = fmt.Errorf("%w: %s is not an admin", auth.ErrForbidden, id.User)
 		}
 		if err != nil {

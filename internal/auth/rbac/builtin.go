@@ -16,6 +16,7 @@ var (
 	readVerbs = []string{api.VerbGet, api.VerbList, api.VerbWatch}
 	kubeRead  = []string{"get", "list", "watch"}
 	kubeAll   = []string{"*"}
+	kubeWrite = []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 )
 
 // Builtin returns the built-in roles, modelled on Rancher's global role "admin", its
@@ -81,7 +82,9 @@ func Builtin() map[string]api.RoleSpec {
 				{Resources: []string{"projects", "clusters"}, Verbs: readVerbs},
 			},
 			KubernetesRules: []api.KubernetesPolicyRule{
-				{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"roles", "rolebindings"}, Verbs: kubeAll},
+				// Not "*": that includes bind and escalate, with which Kubernetes lets a Role or
+				// RoleBinding grant more than its author holds (the quotas above all).
+				{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"roles", "rolebindings"}, Verbs: kubeWrite},
 			},
 			InheritFrom: []string{RoleProjectMember},
 		},
