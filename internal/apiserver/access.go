@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/store"
 )
@@ -37,10 +39,11 @@ func (s *Server) EnableAccess(ctx context.Context, acc Access, users Hooks) erro
 // accessHooks returns the hooks of the access kinds, by kind.
 func accessHooks(a *rbac.Authorizer, users Hooks, st store.Store, log *slog.Logger) map[string]Hooks {
 	return map[string]Hooks{
-		api.KindRole:        &roleHooks{a: a},
-		api.KindRoleBinding: &bindingHooks{a: a},
-		api.KindProject:     &projectHooks{a: a},
-		api.KindUser:        &userHooks{a: a, inner: users, st: st, log: log},
+		api.KindRole:         &roleHooks{a: a},
+		api.KindRoleBinding:  &bindingHooks{a: a},
+		api.KindProject:      &projectHooks{a: a},
+		api.KindClusterGroup: &clusterGroupHooks{a: a},
+		api.KindUser:         &userHooks{a: a, inner: users, st: st, log: log},
 	}
 }
 
@@ -106,7 +109,7 @@ func (h *roleHooks) BeforeUpdate(ctx context.Context, _, obj *api.Object, _ bool
 	// Changing a role in use changes what every holder is granted, the author included:
 	// no binding author could grant that, so only an administrator may.
 	if refs := h.a.RoleInUse(obj.Metadata.Name); refs != "" {
-		if id := IdentityFrom(ctx); id == nil || !(id.Admin || h.a.IsAdmin(subjectOf(id))) {
+		if id := IdentityFrom(ctx); !isAdministrator(h.a, id) {
 			return forbidden(fmt.Sprintf("%s may not change role %q: it is in use by %s, and only an administrator may change what a role in use grants", userOf(id), obj.Metadata.Name, refs))
 		}
 	}
@@ -198,6 +201,33 @@ func (h *bindingHooks) put(obj *api.Object) {
 	}
 }
 
+// isAdministrator: an admin token, or a subject bound globally to a role granting everything.
+func isAdministrator(a *rbac.Authorizer, id *auth.Identity) bool {
+	return id != nil && (id.Admin || a.IsAdmin(subjectOf(id)))
+}
+
+// clusterGroupHooks keep a ClusterGroup that bindings are scoped to from being widened (or
+// narrowed) by anyone but an administrator: its selector is what those bindings grant.
+type clusterGroupHooks struct {
+	a *rbac.Authorizer
+}
+
+func (h *clusterGroupHooks) BeforeCreate(context.Context, *api.Object, bool) error { return nil }
+func (h *clusterGroupHooks) AfterCreate(context.Context, *api.Object) error        { return nil }
+
+func (h *clusterGroupHooks) BeforeUpdate(ctx context.Context, cur, obj *api.Object, _ bool) error {
+	if store.SameJSON(cur.Spec, obj.Spec) {
+		return nil
+	}
+	if refs := h.a.ClusterGroupInUse(obj.Metadata.Namespace, obj.Metadata.Name); refs != "" && !isAdministrator(h.a, IdentityFrom(ctx)) {
+		return forbidden(fmt.Sprintf("%s may not change ClusterGroup %s/%s: it is in use by %s, and only an administrator may change which clusters it holds", userOf(IdentityFrom(ctx)), obj.Metadata.Namespace, obj.Metadata.Name, refs))
+	}
+	return nil
+}
+
+// BeforeDelete: a deleted group no longer holds any cluster, which only narrows what its
+// bindings grant; it is allowed.
+
 type projectHooks struct {
 	a *rbac.Authorizer
 }
@@ -217,8 +247,22 @@ func (h *projectHooks) BeforeCreate(_ context.Context, obj *api.Object, _ bool) 
 	return h.check(obj)
 }
 
-func (h *projectHooks) BeforeUpdate(_ context.Context, _, obj *api.Object, _ bool) error {
-	return h.check(obj)
+func (h *projectHooks) BeforeUpdate(ctx context.Context, cur, obj *api.Object, _ bool) error {
+	if err := h.check(obj); err != nil {
+		return err
+	}
+	// What a project holds (its clusters, namespaces, quotas) is what every binding scoped to
+	// it grants: while it has any, only an administrator may change more than its name.
+	old, _ := specOf[api.ProjectSpec](cur)
+	next, _ := specOf[api.ProjectSpec](obj)
+	old.DisplayName, next.DisplayName = "", ""
+	if reflect.DeepEqual(old, next) {
+		return nil
+	}
+	if refs := h.a.ProjectInUse(obj.Metadata.Name); refs != "" && !isAdministrator(h.a, IdentityFrom(ctx)) {
+		return forbidden(fmt.Sprintf("%s may not change project %q: it is in use by %s, and only an administrator may change what a project in use holds", userOf(IdentityFrom(ctx)), obj.Metadata.Name, refs))
+	}
+	return nil
 }
 
 func (h *projectHooks) BeforeDelete(_ context.Context, obj *api.Object) error {

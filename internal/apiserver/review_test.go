@@ -87,9 +87,6 @@ func TestReviewWritesDoNotProbeNames(t *testing.T) {
 // the project grants, its own included, by changing the project's cluster selector. The same
 // holds for a ClusterGroup that bindings are scoped to (its selector) and a workspace editor.
 func TestReviewProjectScopeCannotBeWidened(t *testing.T) {
-	t.Skip("design decision needed: changing a Project (or ClusterGroup) that bindings are scoped to changes what those " +
-		"bindings grant; it should need the right to make those bindings (MayGrant for each binding scoped to it) or an " +
-		"administrator, as changing a binding does. The index has ProjectInUse but no bindings-by-ClusterGroup lookup yet.")
 	e := newEnv(t)
 	e.fleetOfFour()
 	e.mustDo("POST", base+"/projects", newObj(api.KindProject, "", "web", nil, api.ProjectSpec{
@@ -103,6 +100,32 @@ func TestReviewProjectScopeCannotBeWidened(t *testing.T) {
 	code, body := alice.json("PUT", base+"/projects/web", newObj(api.KindProject, "", "web", nil, api.ProjectSpec{ClusterSelector: &api.LabelSelector{}}))
 	e.refused("widening one's own project", code, body, before, http.StatusForbidden, "may not")
 	alice.mustDo("GET", clustersPath+"/prod1", nil, http.StatusForbidden)
+	// Its display name is the holder's to change; an administrator may change the rest.
+	alice.mustDo("PUT", base+"/projects/web", newObj(api.KindProject, "", "web", nil, api.ProjectSpec{DisplayName: "Web",
+		ClusterSelector: &api.LabelSelector{MatchLabels: map[string]string{"env": "dev"}}}), http.StatusOK)
+	e.mustDo("PUT", base+"/projects/web", newObj(api.KindProject, "", "web", nil, api.ProjectSpec{ClusterSelector: &api.LabelSelector{}}), http.StatusOK)
+}
+
+// A ClusterGroup that bindings are scoped to is what they grant: only an administrator may
+// change which clusters it holds; a group no binding names is anyone's (with the verbs) to edit.
+func TestClusterGroupInUseIsAdministrators(t *testing.T) {
+	e := newEnv(t)
+	group := func(name string, sel map[string]string) *api.Object {
+		return newObj(api.KindClusterGroup, "fleet-default", name, nil, api.ClusterGroupSpec{Selector: &api.LabelSelector{MatchLabels: sel}})
+	}
+	cgs := base + "/namespaces/fleet-default/clustergroups"
+	e.mustDo("POST", cgs, group("edge", map[string]string{"tier": "edge"}), http.StatusCreated)
+	e.mustDo("POST", cgs, group("spare", map[string]string{"tier": "spare"}), http.StatusCreated)
+	e.mustDo("POST", base+"/rolebindings", binding("bob-edge", "cluster-owner", api.Subject{Kind: api.SubjectUser, Name: "bob"}, api.BindingScope{ClusterGroup: "edge"}), http.StatusCreated)
+	e.mustDo("POST", base+"/roles", newObj(api.KindRole, "", "cg-editor", nil, api.RoleSpec{Context: api.RoleContextGlobal,
+		Rules: []api.PolicyRule{{Resources: []string{"clustergroups"}, Verbs: []string{"get", "update"}}}}), http.StatusCreated)
+	e.mustDo("POST", base+"/rolebindings", binding("alice-cg", "cg-editor", api.Subject{Kind: api.SubjectUser, Name: "alice"}, api.BindingScope{Workspace: "fleet-default"}), http.StatusCreated)
+	alice := e.as("alice")
+	before := e.snapshot()
+	code, body := alice.json("PUT", cgs+"/edge", group("edge", map[string]string{}))
+	e.refused("widening a group bindings are scoped to", code, body, before, http.StatusForbidden, "bob-edge")
+	alice.mustDo("PUT", cgs+"/spare", group("spare", map[string]string{"tier": "spare", "x": "y"}), http.StatusOK)
+	e.mustDo("PUT", cgs+"/edge", group("edge", map[string]string{"tier": "edge", "site": "a"}), http.StatusOK)
 }
 
 // Deleting a User deletes the bindings naming it: a user who may delete users but could not

@@ -211,3 +211,24 @@ func (a *Authorizer) IsAdmin(s Subject) bool {
 	}
 	return false
 }
+
+// ClusterGroupInUse names (a few of) the bindings scoped to ClusterGroup name of workspace
+// ws, "" when none are: changing such a group's selector changes what they grant.
+func (a *Authorizer) ClusterGroupInUse(ws, name string) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	var names []string
+	for _, b := range a.byScope[scopeTarget{scopeGroup, name}] {
+		if b.workspace == ws {
+			names = append(names, "role binding "+b.name)
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	slices.Sort(names)
+	if len(names) > 5 {
+		return fmt.Sprintf("%s and %d more", strings.Join(names[:5], ", "), len(names)-5)
+	}
+	return strings.Join(names, ", ")
+}
