@@ -24,6 +24,11 @@ type realServer struct {
 
 func startRealServer(t *testing.T) *realServer {
 	t.Helper()
+	return startRealServerWith(t, fleet.Config{PollInterval: time.Second, StatusInterval: 100 * time.Millisecond})
+}
+
+func startRealServerWith(t *testing.T, fcfg fleet.Config) *realServer {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +38,7 @@ func startRealServer(t *testing.T) *realServer {
 	const admin = "test-admin-token-0123456789"
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: admin,
-		Logger: slog.New(slog.DiscardHandler), Fleet: fleet.Config{PollInterval: time.Second, StatusInterval: 100 * time.Millisecond}})
+		Logger: slog.New(slog.DiscardHandler), Fleet: fcfg})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
