@@ -56,6 +56,14 @@ the production ones. Ctrl-C stops everything. In another shell:
   bin/flotilla get bundles -w                               # watch rollups change
   bin/flotilla render docs/examples/repo -l env=prod        # what a prod cluster gets from a repository
 
+A user who may see the production clusters only (docs/access.md):
+
+  echo 'a long demo passphrase' | bin/flotilla user create alice --password-stdin
+  bin/flotilla rolebinding create alice-prod --role cluster-member --user alice --cluster-selector env=prod
+  echo 'a long demo passphrase' | bin/flotilla login --config alice.json --server https://$listen \
+      --ca-file $data/tls/ca.crt --username alice --password-stdin
+  bin/flotilla get clusters --config alice.json
+
 MSG
 }
 

@@ -275,6 +275,9 @@ func TestCanI(t *testing.T) {
 	ask(alice, api.AccessReview{Verb: "get", Kind: "clusters", Name: "dev1"}, true)
 	ask(alice, api.AccessReview{Verb: "get", Kind: "clusters", Name: "prod1"}, false)
 	ask(alice, api.AccessReview{Verb: "delete", Kind: "gitrepos"}, false)
+	// Lists are answered as the API answers them: in part, with what the bindings cover.
+	ask(alice, api.AccessReview{Verb: "list", Kind: "clusters"}, true)
+	ask(alice, api.AccessReview{Verb: "list", Kind: "gitrepos"}, false)
 	ask(e, api.AccessReview{Verb: "get", Kind: "clusters", Name: "dev2", As: "alice"}, true)
 	ask(e, api.AccessReview{Verb: "update", Kind: "clusters", Name: "dev2", As: "alice"}, false)
 	// Asking for someone else needs the right to list bindings everywhere.

@@ -41,6 +41,17 @@ func TestQuickStart(t *testing.T) {
 		t.Error("token create printed nothing")
 	}
 
+	// A user who may see the production clusters only, as the README shows.
+	const pass = "a long demo passphrase\n"
+	mustRun(t, c, pass, "user", "create", "alice", "--password-stdin")
+	mustRun(t, c, "", "rolebinding", "create", "alice-prod", "--role", "cluster-member", "--user", "alice", "--cluster-selector", "env=prod")
+	if out := mustRun(t, c, "", "auth", "can-i", "list", "clusters", "--as", "alice"); strings.TrimSpace(out) != "yes" {
+		t.Errorf("can-i list clusters --as alice: %q", out)
+	}
+	aliceCfg := filepath.Join(t.TempDir(), "alice.json")
+	mustRun(t, c, pass, "login", "--config", aliceCfg, "--server", s.URL, "--ca-checksum", s.Checksum, "--username", "alice", "--password-stdin")
+	mustRun(t, c, "", "get", "clusters", "--config", aliceCfg)
+
 	out = mustRun(t, c, "", "render", filepath.Join(root, "docs", "examples", "repo"), "-l", "env=prod")
 	for _, want := range []string{"kind: Deployment", "name: web", "namespace: web", "app: web", "kind: ConfigMap"} {
 		if !strings.Contains(out, want) {

@@ -133,6 +133,9 @@ func (x *Index) load(ctx context.Context) (int64, error) {
 				if err != nil {
 					return 0, fmt.Errorf("decoding a %s: %w", kind, err)
 				}
+				if kind == api.KindRole && builtin(obj.Metadata.Name) {
+					continue // the index has them from the code, as shipped
+				}
 				got[kind][obj.Metadata.Name] = specOf(obj)
 			}
 			if res.Continue == "" {
@@ -274,6 +277,10 @@ func (x *Index) retryLocked() rbac.Coverage {
 // change makes the authorizer hold raw as the spec of key ("" to delete it) and returns the
 // clusters it covers. Callers hold x.mu.
 func (x *Index) change(key store.Key, raw string) rbac.Coverage {
+	if key.Kind == api.KindRole && builtin(key.Name) {
+		// Stored by the server as shipped, for listing; the index has them from the code.
+		return rbac.Coverage{}
+	}
 	old, known := x.specs[key.Kind][key.Name]
 	if raw != "" && known && old == raw {
 		delete(x.pending, key)
@@ -472,4 +479,9 @@ func (x *Index) setUser(name, raw string) error {
 	}
 	x.az.SetUserDisabled(name, spec.Disabled)
 	return nil
+}
+
+func builtin(role string) bool {
+	_, ok := rbac.Builtin()[role]
+	return ok
 }
