@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/audit"
@@ -205,25 +204,13 @@ func (s *Server) get(req *request) error {
 
 func (s *Server) list(req *request) error {
 	q := req.r.URL.Query()
-	verb := api.VerbList
 	watch := q.Get("watch") == "true" || q.Get("watch") == "1"
-	if watch {
-		verb = api.VerbWatch
-	}
-	filter, err := s.listFilterFor(req, verb)
+	sc, err := s.listScopeOf(req, watch)
 	if err != nil {
 		return err
 	}
-	sel, err := labels.Parse(q.Get("labelSelector"))
-	if err != nil {
-		return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid label selector %q: %v", q.Get("labelSelector"), err))
-	}
-	ns, sel, overlap := filter.narrow(req.ns, sel)
-	if !overlap {
-		ns, sel = req.ns, labels.Nothing()
-	}
 	if watch {
-		return s.watch(req, ns, sel, filter)
+		return s.watch(req, sc)
 	}
 	limit := 0
 	if l := q.Get("limit"); l != "" {
@@ -231,7 +218,7 @@ func (s *Server) list(req *request) error {
 			return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid limit %q", l))
 		}
 	}
-	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: ns, Selector: sel, Limit: limit, Continue: q.Get("continue")})
+	res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: sc.ns, Selector: sc.sel, Limit: limit, Continue: q.Get("continue")})
 	if err != nil {
 		if errors.Is(err, store.ErrCompacted) {
 			return statusErr(http.StatusGone, api.ReasonGone, "the continue token has expired: the list must be restarted without it")
@@ -254,7 +241,7 @@ func (s *Server) list(req *request) error {
 	for _, it := range res.Items {
 		// A page may hold fewer than limit items when the caller sees only some: the
 		// continue token goes on from where the store stopped, as Kubernetes allows.
-		if !filter.keepRaw(it) {
+		if !sc.filter.keepRaw(it) {
 			continue
 		}
 		if n > 0 {
@@ -268,7 +255,7 @@ func (s *Server) list(req *request) error {
 	return nil
 }
 
-func (s *Server) watch(req *request, ns string, sel labels.Selector, filter *listFilter) error {
+func (s *Server) watch(req *request, sc listScope) error {
 	var from int64
 	if rv := req.r.URL.Query().Get("resourceVersion"); rv != "" {
 		var err error
@@ -280,7 +267,7 @@ func (s *Server) watch(req *request, ns string, sel labels.Selector, filter *lis
 	if err := s.checkWatchFrom(ctx, from); err != nil {
 		return err
 	}
-	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: ns, Selector: sel, Revision: from})
+	ch, err := s.store.Watch(ctx, store.WatchOptions{Kind: req.kind.Kind, Namespace: sc.ns, Selector: sc.sel, Revision: from})
 	if err != nil {
 		return err
 	}
@@ -289,10 +276,10 @@ func (s *Server) watch(req *request, ns string, sel labels.Selector, filter *lis
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	event := func(ev store.Event) (*api.WatchEvent, error) {
-		if !filter.keepRaw(ev.Object) {
+		if !sc.filter.keepRaw(ev.Object) {
 			return nil, nil
 		}
-		if ev.Type == api.Deleted && filter.outOfView(ev.Object) {
+		if ev.Type == api.Deleted && sc.filter.outOfView(ev.Object) {
 			o, err := store.Decode(ev.Object)
 			if err != nil {
 				return nil, nil

@@ -191,23 +191,10 @@ func (s *Server) kubeList(req *request) error {
 	if t == nil && ff == nil && !(watch && q.Get("resourceVersion") == "0") {
 		return s.list(req)
 	}
-	verb := api.VerbList
-	if watch {
-		verb = api.VerbWatch
-	}
-	filter, err := s.listFilterFor(req, verb)
+	scope, err := s.listScopeOf(req, watch)
 	if err != nil {
 		return err
 	}
-	sel, err := labels.Parse(q.Get("labelSelector"))
-	if err != nil {
-		return statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid label selector %q: %v", q.Get("labelSelector"), err))
-	}
-	ns, sel, overlap := filter.narrow(req.ns, sel)
-	if !overlap {
-		ns, sel = req.ns, labels.Nothing()
-	}
-	scope := listScope{ns: ns, sel: sel, filter: filter}
 	if watch {
 		return s.kubeWatch(req, scope, ff, t)
 	}
@@ -255,6 +242,29 @@ type listScope struct {
 	ns     string
 	sel    labels.Selector
 	filter *listFilter
+}
+
+// listScopeOf decides a list or watch and reads its label selector: what the store is asked
+// for, narrowed to what the caller may see, and the filter left to apply.
+func (s *Server) listScopeOf(req *request, watch bool) (listScope, error) {
+	verb := api.VerbList
+	if watch {
+		verb = api.VerbWatch
+	}
+	filter, err := s.listFilterFor(req, verb)
+	if err != nil {
+		return listScope{}, err
+	}
+	q := req.r.URL.Query()
+	sel, err := labels.Parse(q.Get("labelSelector"))
+	if err != nil {
+		return listScope{}, statusErr(http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("invalid label selector %q: %v", q.Get("labelSelector"), err))
+	}
+	ns, sel, overlap := filter.narrow(req.ns, sel)
+	if !overlap {
+		ns, sel = req.ns, labels.Nothing()
+	}
+	return listScope{ns: ns, sel: sel, filter: filter}, nil
 }
 
 func (s *Server) listObjects(req *request, sc listScope, ff *fieldFilter, limit int, cont string) ([]*api.Object, *store.ListResult, error) {
