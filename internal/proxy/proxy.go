@@ -1,0 +1,250 @@
+// Package proxy owns the Kubernetes API endpoint of every cluster on the server,
+// https://SERVER/k8s/clusters/NAME/…: it authenticates the caller, lets through only a
+// caller Flotilla's RBAC lets reach the cluster, and forwards the call through the cluster's
+// tunnel impersonating the caller's Flotilla identity, so that the cluster's own RBAC (as
+// compiled from Flotilla's bindings) decides the rest.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/audit"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/rbac"
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/tunnel"
+)
+
+// Authenticator names the caller of a request.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (*auth.Identity, error)
+}
+
+// Authorizer decides with Flotilla's RBAC.
+type Authorizer interface {
+	Decide(s rbac.Subject, r rbac.Request) rbac.Decision
+	Impersonation(s rbac.Subject, c rbac.Cluster) (user string, groups []string, ok bool)
+}
+
+// Tunnels reaches clusters' agents.
+type Tunnels interface {
+	Await(ctx context.Context, cluster string, timeout time.Duration) error
+	Dial(ctx context.Context, cluster string) (net.Conn, error)
+}
+
+// Getter reads Cluster objects.
+type Getter interface {
+	Get(ctx context.Context, key store.Key) (*api.Object, error)
+}
+
+// Config is what the proxy works with.
+type Config struct {
+	Auth    Authenticator
+	Authz   Authorizer
+	Tunnels Tunnels
+	Store   Getter
+	// ClusterGroups names the ClusterGroups holding a cluster of a workspace with labels.
+	ClusterGroups func(ns string, labels map[string]string) []string
+	// Wait is how long a call waits for a cluster without a tunnel to open one (0: 30s).
+	Wait time.Duration
+	// PollInterval is the agents' poll interval, for the message when a cluster does not
+	// come; nil leaves it out.
+	PollInterval func() time.Duration
+	Logger       *slog.Logger
+}
+
+// maxBody bounds a proxied request's body; the API server refuses larger ones anyway.
+const maxBody = 16 << 20
+
+// Proxy serves PathK8sClusters.
+type Proxy struct {
+	cfg Config
+	rp  *httputil.ReverseProxy
+}
+
+type ctxKey struct{}
+
+// target is where a request goes, carried from the handler to the transport's dial.
+type target struct {
+	cluster      string // namespace/name
+	user         string
+	groups       []string
+	flotillaUser string
+	auditID      string
+}
+
+// New makes the proxy.
+func New(cfg Config) *Proxy {
+	if cfg.Wait <= 0 {
+		cfg.Wait = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Proxy{cfg: cfg}
+	tr := &http.Transport{
+		// One stream per request: a tunnel with no request in flight has no stream open, so
+		// the agent can tell it is idle.
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			t, _ := ctx.Value(ctxKey{}).(*target)
+			if t == nil {
+				return nil, errors.New("no cluster for this request")
+			}
+			return cfg.Tunnels.Dial(ctx, t.cluster)
+		},
+		ResponseHeaderTimeout: 2 * time.Minute,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:       p.rewrite,
+		Transport:     tr,
+		FlushInterval: -1, // watches stream
+		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			t := r.Context().Value(ctxKey{}).(*target)
+			cfg.Logger.Info("proxied call failed", "cluster", t.cluster, "err", err)
+			writeStatus(w, http.StatusBadGateway, api.ReasonUnavailable, fmt.Sprintf("cluster %s could not be reached through its tunnel", t.cluster))
+		},
+	}
+	return p
+}
+
+// Register adds the endpoint to mux.
+func (p *Proxy) Register(mux *http.ServeMux) {
+	mux.Handle(api.PathK8sClusters, p)
+}
+
+func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
+	apiserver.WriteError(w, &api.Status{Code: code, Reason: reason, Message: msg})
+}
+
+// stripped are request headers no client may send through: the proxy sets who the caller
+// is, and the cluster must not see the caller's Flotilla credentials.
+func stripped(name string) bool {
+	switch {
+	case strings.HasPrefix(name, "Impersonate-"), strings.HasPrefix(name, "X-Remote-"):
+		return true
+	}
+	switch name {
+	case "Authorization", "Cookie", "Audit-Id", "Proxy-Authorization":
+		return true
+	}
+	return false
+}
+
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(ctxKey{}).(*target)
+	rest := strings.TrimPrefix(pr.In.URL.Path, api.PathK8sClusters)
+	_, rest, _ = strings.Cut(rest, "/")
+	pr.Out.URL = &url.URL{Scheme: "http", Host: "cluster", Path: "/" + rest, RawQuery: pr.In.URL.RawQuery}
+	pr.Out.Host = "cluster"
+	for name := range pr.Out.Header {
+		if stripped(http.CanonicalHeaderKey(name)) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	pr.Out.Header.Set("Impersonate-User", t.user)
+	for _, g := range t.groups {
+		pr.Out.Header.Add("Impersonate-Group", g)
+	}
+	pr.Out.Header.Set("Impersonate-Extra-"+rbac.ExtraUserKey, t.flotillaUser)
+	pr.Out.Header.Set("Audit-Id", t.auditID)
+}
+
+// ServeHTTP decides and forwards one call.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rest := strings.TrimPrefix(r.URL.Path, api.PathK8sClusters)
+	name, sub, _ := strings.Cut(rest, "/")
+	if name == "" || len(name) > 63 {
+		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, "no cluster named in the path: want "+api.PathK8sClusters+"NAME/…")
+		return
+	}
+	// The mux cleans paths, but the forwarded path must be exactly what was decided on.
+	if sub != "" && path.Clean("/"+sub) != "/"+strings.TrimSuffix(sub, "/") {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, "the path must not contain . or .. segments")
+		return
+	}
+	id, err := p.cfg.Auth.Authenticate(r.Context(), auth.BearerToken(r))
+	if err != nil {
+		apiserver.WriteError(w, err)
+		return
+	}
+	ns := api.DefaultNamespace
+	audit.Annotate(r.Context(), id.User, id.Groups, api.KindCluster, ns, name)
+	subj := rbac.Subject{User: id.User, Groups: id.Groups}
+	obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		apiserver.WriteError(w, err)
+		return
+	}
+	c := rbac.Cluster{Name: name, Workspace: ns}
+	if obj != nil {
+		c.Labels = obj.Metadata.Labels
+		if p.cfg.ClusterGroups != nil {
+			c.Groups = p.cfg.ClusterGroups(ns, c.Labels)
+		}
+	}
+	d := p.cfg.Authz.Decide(subj, rbac.Request{Verb: api.VerbGet, Kind: api.KindCluster, Namespace: ns, Name: name, Cluster: &c})
+	if !d.Allowed {
+		// The same answer whether the cluster exists or not: no probing for names.
+		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may not reach cluster %s/%s: %s", id.User, ns, name, d.Reason()))
+		return
+	}
+	if obj == nil {
+		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("cluster %s/%s not found", ns, name))
+		return
+	}
+	user, groups, ok := p.cfg.Authz.Impersonation(subj, c)
+	if !ok {
+		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s has no role binding granting anything on cluster %s/%s", id.User, ns, name))
+		return
+	}
+	key := ns + "/" + name
+	if err := p.cfg.Tunnels.Await(r.Context(), key, p.cfg.Wait); err != nil {
+		if errors.Is(err, tunnel.ErrNoTunnel) {
+			w.Header().Set("Retry-After", "10")
+			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, p.absent(obj, key))
+			return
+		}
+		apiserver.WriteError(w, err)
+		return
+	}
+	auditID := audit.RequestID(r.Context())
+	if auditID == "" {
+		auditID = apiserver.NewUID()
+	}
+	w.Header().Set("Audit-Id", auditID)
+	if r.Body != nil && r.Header.Get("Upgrade") == "" {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	}
+	t := &target{cluster: key, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
+}
+
+// absent says why a cluster's tunnel did not come, and when its agent was last heard of.
+func (p *Proxy) absent(obj *api.Object, key string) string {
+	msg := fmt.Sprintf("cluster %s did not open its tunnel within %s", key, p.cfg.Wait)
+	var st api.ClusterStatus
+	if len(obj.Status) > 0 && json.Unmarshal(obj.Status, &st) == nil && st.LastSeen != nil {
+		msg += fmt.Sprintf("; its agent was last seen at %s", st.LastSeen.UTC().Format(time.RFC3339))
+		if p.cfg.PollInterval != nil {
+			msg += fmt.Sprintf(" and is expected by %s, when it next polls", st.LastSeen.Add(p.cfg.PollInterval()).UTC().Format(time.RFC3339))
+		}
+	} else {
+		msg += "; its agent has never been seen"
+	}
+	return msg + "; the request for a tunnel stays open for a while: try again"
+}
