@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/rbac"
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/tunnel"
+)
+
+// Fakes for the decisions (unit logic); the tunnel is the real one, with a real agent end.
+type fakeAuth struct{}
+
+func (fakeAuth) Authenticate(_ context.Context, token string) (*auth.Identity, error) {
+	switch token {
+	case "bob", "carol", "dave":
+		return &auth.Identity{User: token, Groups: []string{"ops", "other"}}, nil
+	}
+	return nil, fmt.Errorf("%w: unknown token", auth.ErrUnauthenticated)
+}
+
+type fakeAuthz struct{}
+
+func (fakeAuthz) Decide(s rbac.Subject, r rbac.Request) rbac.Decision {
+	return rbac.Decision{Allowed: s.User != "dave" && r.Verb == api.VerbGet && r.Kind == api.KindCluster}
+}
+
+func (fakeAuthz) Impersonation(s rbac.Subject, c rbac.Cluster) (string, []string, bool) {
+	if s.User != "bob" {
+		return "", nil, false
+	}
+	return rbac.UserPrefix + s.User, []string{rbac.GroupPrefix + "ops"}, true
+}
+
+type clusters map[string]*api.Object
+
+func (c clusters) Get(_ context.Context, k store.Key) (*api.Object, error) {
+	if o := c[k.Namespace+"/"+k.Name]; o != nil && k.Kind == api.KindCluster {
+		return o, nil
+	}
+	return nil, store.ErrNotFound
+}
+
+var lastSeen = time.Date(2026, 11, 30, 22, 0, 0, 0, time.UTC)
+
+func cluster(name string) *api.Object {
+	st, _ := json.Marshal(api.ClusterStatus{LastSeen: &lastSeen})
+	return &api.Object{Metadata: api.ObjectMeta{Namespace: api.DefaultNamespace, Name: name}, Status: st}
+}
+
+type seen struct {
+	mu  sync.Mutex
+	req *http.Request
+}
+
+// setup runs the proxy with cluster "edge", whose agent dials when asked and answers
+// every request itself, and cluster "gone", whose agent never comes.
+func setup(t *testing.T) (*httptest.Server, *tunnel.Server, *seen) {
+	log := slog.New(slog.DiscardHandler)
+	reg := tunnel.NewServer(tunnel.Config{Logger: log})
+	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reg.Serve(w, r, api.DefaultNamespace+"/edge")
+	}))
+	t.Cleanup(agentSrv.Close)
+	got := &seen{}
+	target := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.mu.Lock()
+		got.req = r.Clone(context.Background())
+		got.mu.Unlock()
+		io.WriteString(w, "from the cluster")
+	})
+	ag := tunnel.NewAgent(tunnel.AgentConfig{Server: agentSrv.URL, HTTPClient: agentSrv.Client(), Credential: func() string { return "cred" },
+		Target: target, Logger: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() { ag.Run(ctx) })
+	// The agent's polls: every token wanted for edge reaches it.
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			tok, wake, release := reg.Wanted(api.DefaultNamespace + "/edge")
+			if tok != "" {
+				ag.Want(tok)
+				wake = nil
+			}
+			select {
+			case <-ctx.Done():
+			case <-wake:
+			case <-time.After(10 * time.Millisecond):
+			}
+			release()
+		}
+	})
+	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond,
+		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone")}})
+	mux := http.NewServeMux()
+	p.Register(mux)
+	ps := httptest.NewServer(mux)
+	t.Cleanup(ps.Close)
+	return ps, reg, got
+}
+
+func call(t *testing.T, ps *httptest.Server, token, path string, h http.Header) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, ps.URL+path, nil)
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := ps.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), resp.Header
+}
+
+func TestProxyImpersonatesTheCallerOnly(t *testing.T) {
+	ps, reg, got := setup(t)
+	h := http.Header{
+		"Impersonate-User":      {"system:admin"},
+		"Impersonate-Group":     {"system:masters"},
+		"Impersonate-Uid":       {"0"},
+		"Impersonate-Extra-Foo": {"bar"},
+		"Audit-Id":              {"forged"},
+		"Cookie":                {"session=secret"},
+		"Connection":            {"X-Hop"},
+		"X-Hop":                 {"1"},
+		"Accept":                {"application/json"},
+	}
+	code, body, rh := call(t, ps, "bob", "/k8s/clusters/edge/api/v1/namespaces/a/pods?labelSelector=app%3Dweb", h)
+	if code != http.StatusOK || body != "from the cluster" {
+		t.Fatalf("bob: %d %s", code, body)
+	}
+	got.mu.Lock()
+	r := got.req
+	got.mu.Unlock()
+	if r.URL.Path != "/api/v1/namespaces/a/pods" || r.URL.Query().Get("labelSelector") != "app=web" {
+		t.Errorf("forwarded %s", r.URL)
+	}
+	want := http.Header{
+		"Impersonate-User":                {rbac.UserPrefix + "bob"},
+		"Impersonate-Group":               {rbac.GroupPrefix + "ops"},
+		"Impersonate-Extra-Flotilla-User": {"bob"},
+		"Accept":                          {"application/json"},
+	}
+	for k, v := range want {
+		if fmt.Sprint(r.Header[k]) != fmt.Sprint(v) {
+			t.Errorf("header %s: %q, want %q", k, r.Header[k], v)
+		}
+	}
+	for _, k := range []string{"Authorization", "Impersonate-Uid", "Impersonate-Extra-Foo", "Cookie", "X-Hop"} {
+		if v, ok := r.Header[k]; ok {
+			t.Errorf("header %s reached the cluster: %q", k, v)
+		}
+	}
+	if id := r.Header.Get("Audit-Id"); id == "forged" || id == "" || id != rh.Get("Audit-Id") {
+		t.Errorf("Audit-Id: %q to the cluster, %q to the caller", id, rh.Get("Audit-Id"))
+	}
+	if reg.Open() != 1 {
+		t.Errorf("%d tunnels open", reg.Open())
+	}
+}
+
+func TestProxyRefusesBeforeForwarding(t *testing.T) {
+	ps, reg, got := setup(t)
+	for _, c := range []struct {
+		token, path string
+		code        int
+		msg         string
+	}{
+		{"", "/k8s/clusters/edge/api", http.StatusUnauthorized, "Unauthorized"},
+		{"nobody", "/k8s/clusters/edge/api", http.StatusUnauthorized, "Unauthorized"},
+		{"dave", "/k8s/clusters/edge/api", http.StatusForbidden, "dave may not reach cluster fleet-default/edge"},
+		// The same answer for a cluster that does not exist: no probing for names.
+		{"dave", "/k8s/clusters/nope/api", http.StatusForbidden, "dave may not reach cluster fleet-default/nope"},
+		{"carol", "/k8s/clusters/edge/api", http.StatusForbidden, "carol has no role binding granting anything on cluster"},
+		{"bob", "/k8s/clusters/nope/api", http.StatusNotFound, "cluster fleet-default/nope not found"},
+		{"bob", "/k8s/clusters/edge/api/v1/%2e%2e/%2e%2e/secrets", http.StatusBadRequest, "must not contain"},
+	} {
+		code, body, _ := call(t, ps, c.token, c.path, nil)
+		if code != c.code || !strings.Contains(body, c.msg) {
+			t.Errorf("%s %s: %d %s, want %d %q", c.token, c.path, code, body, c.code, c.msg)
+		}
+	}
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	if got.req != nil || reg.Open() != 0 {
+		t.Errorf("a refused call reached the cluster (%v) or opened a tunnel (%d)", got.req, reg.Open())
+	}
+	if tok, _, release := reg.Wanted(api.DefaultNamespace + "/edge"); tok != "" {
+		t.Error("a refused call asked for a tunnel")
+	} else {
+		release()
+	}
+}
+
+func TestProxySaysWhenAnAbsentClusterWasLastSeen(t *testing.T) {
+	ps, _, _ := setup(t)
+	code, body, h := call(t, ps, "bob", "/k8s/clusters/gone/api", nil)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "did not open its tunnel within 200ms") ||
+		!strings.Contains(body, "last seen at 2026-11-30T22:00:00Z") || h.Get("Retry-After") == "" {
+		t.Fatalf("%d %s", code, body)
+	}
+}
