@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
@@ -68,6 +71,11 @@ type seen struct {
 // setup runs the proxy with cluster "edge", whose agent dials when asked and answers
 // every request itself, and cluster "gone", whose agent never comes.
 func setup(t *testing.T) (*httptest.Server, *tunnel.Server, *seen) {
+	return setupWith(t, nil)
+}
+
+// setupWith is setup with the agent forwarding to target, when not nil.
+func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Server, *seen) {
 	log := slog.New(slog.DiscardHandler)
 	reg := tunnel.NewServer(tunnel.Config{Logger: log})
 	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -75,12 +83,15 @@ func setup(t *testing.T) (*httptest.Server, *tunnel.Server, *seen) {
 	}))
 	t.Cleanup(agentSrv.Close)
 	got := &seen{}
-	target := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	record := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.mu.Lock()
 		got.req = r.Clone(context.Background())
 		got.mu.Unlock()
 		io.WriteString(w, "from the cluster")
 	})
+	if target == nil {
+		target = record
+	}
 	ag := tunnel.NewAgent(tunnel.AgentConfig{Server: agentSrv.URL, HTTPClient: agentSrv.Client(), Credential: func() string { return "cred" },
 		Target: target, Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -216,5 +227,68 @@ func TestProxySaysWhenAnAbsentClusterWasLastSeen(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "did not open its tunnel within 200ms") ||
 		!strings.Contains(body, "last seen at 2026-11-30T22:00:00Z") || h.Get("Retry-After") == "" {
 		t.Fatalf("%d %s", code, body)
+	}
+}
+
+// An upgraded connection (as exec and port-forward make) passes through the proxy, the
+// tunnel and the agent's forwarding to its API server, here a WebSocket echo server.
+func TestUpgradesPassThrough(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Impersonate-User") != rbac.UserPrefix+"bob" {
+			http.Error(w, "not impersonated", http.StatusForbidden)
+			return
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			c.Write(r.Context(), typ, append([]byte("echo: "), msg...))
+		}
+	}))
+	t.Cleanup(backend.Close)
+	u, _ := url.Parse(backend.URL)
+	ps, _, _ := setupWith(t, tunnel.NewTarget(u, http.DefaultTransport))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, strings.Replace(ps.URL, "http", "ws", 1)+"/k8s/clusters/edge/api/v1/namespaces/a/pods/p/exec",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer bob"}}})
+	if err != nil {
+		t.Fatalf("upgrade through the proxy: %v (%v)", err, resp)
+	}
+	defer c.CloseNow()
+	for _, m := range []string{"one", "two"} {
+		if err := c.Write(ctx, websocket.MessageBinary, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil || string(got) != "echo: "+m {
+			t.Fatalf("read %q, %v", got, err)
+		}
+	}
+}
+
+// The agent forwards only calls impersonating a Flotilla subject: its service account never
+// acts as itself for a caller.
+func TestTargetRefusesCallsNotImpersonating(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reached") }))
+	t.Cleanup(backend.Close)
+	u, _ := url.Parse(backend.URL)
+	h := tunnel.NewTarget(u, http.DefaultTransport)
+	for imp, want := range map[string]int{"": http.StatusForbidden, "system:admin": http.StatusForbidden, rbac.UserPrefix + "bob": http.StatusOK} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/api/v1/secrets", nil)
+		if imp != "" {
+			req.Header.Set("Impersonate-User", imp)
+		}
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("Impersonate-User %q: %d, want %d", imp, rec.Code, want)
+		}
 	}
 }
