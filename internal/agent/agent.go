@@ -174,6 +174,9 @@ type agent struct {
 	wakeReport    chan struct{}
 	online        chan struct{} // the server answered after failures
 
+	// tun is the agent's end of the tunnel; nil without one.
+	tun *tunnel.Agent
+
 	// Reconciler state, owned by its goroutine.
 	deployments map[string]*deploymentState
 }
@@ -241,6 +244,16 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 		kick(a.wakeReport)
 	}
 
+	if d.tunnel != nil {
+		if a.tun, err = a.newTunnel(creds); err != nil {
+			return false, err
+		}
+		a.client.OnTunnelWanted(a.tun.Want)
+		if ds := a.currentDesired(); ds != nil {
+			a.tun.SetAlways(ds.ClusterLabels[api.LabelTunnel] == api.TunnelAlways)
+		}
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -261,15 +274,8 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 	wg.Go(func() { a.reconcileLoop(ctx) })
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.inventoryLoop(ctx) })
-	if d.tunnel != nil {
-		t, err := a.newTunnel(creds)
-		if err != nil {
-			cancel()
-			wg.Wait()
-			return false, err
-		}
-		a.client.OnTunnelWanted(t.Want)
-		wg.Go(func() { t.Run(ctx) })
+	if a.tun != nil {
+		wg.Go(func() { a.tun.Run(ctx) })
 	}
 	wg.Wait()
 	if errors.Is(stopErr, ErrClusterDeleted) {

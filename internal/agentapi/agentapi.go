@@ -50,6 +50,8 @@ type Tunnels interface {
 	Wanted(cluster string) (token string, wake <-chan struct{}, release func())
 	// Serve takes the tunnel the authenticated cluster dials.
 	Serve(w http.ResponseWriter, r *http.Request, cluster string)
+	// Keep asks for the tunnel of a cluster labelled to keep one, and keeps it open.
+	Keep(cluster string)
 }
 
 // Server handles /v1/agent/….
@@ -105,6 +107,10 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
 func (s *Server) tunnelWanted(w http.ResponseWriter, key string) (<-chan struct{}, func()) {
 	if s.Tunnels == nil {
 		return nil, func() {}
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	if s.fleet.Label(ns, name, api.LabelTunnel) == api.TunnelAlways {
+		s.Tunnels.Keep(key)
 	}
 	tok, wake, release := s.Tunnels.Wanted(key)
 	if tok != "" {

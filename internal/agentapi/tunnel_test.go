@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/tunnel"
 )
 
@@ -99,5 +100,32 @@ func TestWantedTunnelWakesTheHeldPoll(t *testing.T) {
 	}
 	if resp, _ := e.poll(ds.Revision, 0); resp.Header.Get(api.HeaderTunnelToken) != "" {
 		t.Fatal("a poll still carries the used token")
+	}
+}
+
+// A cluster labelled to keep its tunnel is asked for it at every poll, with nobody calling.
+func TestKeptTunnelIsAskedForAtThePoll(t *testing.T) {
+	e := newAgentEnv(t)
+	reg := tunnel.NewServer(tunnel.Config{Logger: slog.New(slog.DiscardHandler)})
+	e.srv.Tunnels = reg
+	if resp, _ := e.poll(0, 0); resp.Header.Get(api.HeaderTunnelToken) != "" {
+		t.Fatal("a token for a cluster that does not keep its tunnel")
+	}
+	ctx := context.Background()
+	obj, err := e.st.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: envNS, Name: "edge-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Metadata.Labels = map[string]string{api.LabelTunnel: api.TunnelAlways}
+	if _, err := e.st.Update(ctx, obj); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); e.srv.fleet.Label(envNS, "edge-1", api.LabelTunnel) != api.TunnelAlways; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the fleet model did not take the label")
+		}
+	}
+	if resp, _ := e.poll(0, 0); len(resp.Header.Get(api.HeaderTunnelToken)) != 64 {
+		t.Fatalf("no token for a cluster keeping its tunnel: %q", resp.Header.Get(api.HeaderTunnelToken))
 	}
 }

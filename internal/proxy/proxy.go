@@ -60,6 +60,9 @@ type Config struct {
 	ClusterGroups func(ns string, labels map[string]string) []string
 	// Wait is how long a call waits for a cluster without a tunnel to open one (0: 30s).
 	Wait time.Duration
+	// LastSeen is when a cluster's agent last called (zero: unknown); nil, or zero, uses the
+	// Cluster's stored status.lastSeen.
+	LastSeen func(ns, name string) time.Time
 	// PollInterval is the agents' poll interval, for the message when a cluster does not
 	// come; nil leaves it out.
 	PollInterval func() time.Duration
@@ -216,7 +219,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := p.cfg.Tunnels.Await(r.Context(), key, p.cfg.Wait); err != nil {
 		if errors.Is(err, tunnel.ErrNoTunnel) {
 			w.Header().Set("Retry-After", "10")
-			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, p.absent(obj, key))
+			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, p.absent(obj, ns, name))
 			return
 		}
 		apiserver.WriteError(w, err)
@@ -235,13 +238,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // absent says why a cluster's tunnel did not come, and when its agent was last heard of.
-func (p *Proxy) absent(obj *api.Object, key string) string {
-	msg := fmt.Sprintf("cluster %s did not open its tunnel within %s", key, p.cfg.Wait)
+func (p *Proxy) absent(obj *api.Object, ns, name string) string {
+	msg := fmt.Sprintf("cluster %s/%s did not open its tunnel within %s", ns, name, p.cfg.Wait)
+	var seen time.Time
+	if p.cfg.LastSeen != nil {
+		seen = p.cfg.LastSeen(ns, name)
+	}
 	var st api.ClusterStatus
-	if len(obj.Status) > 0 && json.Unmarshal(obj.Status, &st) == nil && st.LastSeen != nil {
-		msg += fmt.Sprintf("; its agent was last seen at %s", st.LastSeen.UTC().Format(time.RFC3339))
+	if seen.IsZero() && len(obj.Status) > 0 && json.Unmarshal(obj.Status, &st) == nil && st.LastSeen != nil {
+		seen = *st.LastSeen
+	}
+	if !seen.IsZero() {
+		msg += fmt.Sprintf("; its agent was last seen at %s", seen.UTC().Format(time.RFC3339))
 		if p.cfg.PollInterval != nil {
-			msg += fmt.Sprintf(" and is expected by %s, when it next polls", st.LastSeen.Add(p.cfg.PollInterval()).UTC().Format(time.RFC3339))
+			msg += fmt.Sprintf(" and is expected by %s, when it next polls", seen.Add(p.cfg.PollInterval()).UTC().Format(time.RFC3339))
 		}
 	} else {
 		msg += "; its agent has never been seen"

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -47,7 +48,12 @@ type Agent struct {
 	mu   sync.Mutex
 	tok  string
 	kick chan struct{}
+	// always keeps the tunnel from its idle close: the cluster is labelled to keep it.
+	always atomic.Bool
 }
+
+// SetAlways says whether the cluster keeps its tunnel open when idle.
+func (a *Agent) SetAlways(on bool) { a.always.Store(on) }
 
 // NewAgent prepares the agent's end; Run serves it.
 func NewAgent(cfg AgentConfig) *Agent {
@@ -197,7 +203,7 @@ loop:
 		case <-sess.CloseChan():
 			break loop
 		case <-tick:
-			if l.act.idleFor() >= a.cfg.Idle {
+			if !a.always.Load() && l.act.idleFor() >= a.cfg.Idle {
 				reason = "idle"
 				break loop
 			}

@@ -77,6 +77,8 @@ type Server struct {
 type tunnel struct {
 	sess *yamux.Session
 	act  activity
+	// always: the cluster keeps its tunnel (Keep); it is not closed when idle.
+	always atomic.Bool
 }
 
 type want struct {
@@ -177,6 +179,18 @@ func (s *Server) wantLocked(cluster string) *want {
 		delete(s.waiters, cluster)
 	}
 	return w
+}
+
+// Keep asks for cluster's tunnel if none is open, and keeps an open one from its idle
+// close: the poll of a cluster labelled to keep its tunnel calls it.
+func (s *Server) Keep(cluster string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.open[cluster]; t != nil {
+		t.always.Store(true)
+		return
+	}
+	s.wantLocked(cluster)
 }
 
 // Await returns once cluster has a tunnel open, asking for one if needed; after timeout it
@@ -289,7 +303,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-idle.C:
-			if t.act.idleFor() >= s.cfg.Idle {
+			if !t.always.Load() && t.act.idleFor() >= s.cfg.Idle {
 				break loop
 			}
 		}

@@ -200,3 +200,21 @@ func TestMaxTunnelsAndAwaitTimeout(t *testing.T) {
 		t.Fatalf("Await without an agent: %v", err)
 	}
 }
+
+// A cluster that keeps its tunnel: Keep asks for it without a caller, and neither end closes
+// it when idle until the cluster no longer keeps it.
+func TestKeptTunnelStaysOpenWhenIdle(t *testing.T) {
+	e := newEnv(t, Config{Idle: 40 * time.Millisecond})
+	a := e.agent(t, "a", 40*time.Millisecond, http.NotFoundHandler())
+	a.SetAlways(true)
+	e.reg.Keep("ns/a")
+	a.Want(e.tokenFor(t, "ns/a"))
+	eventually(t, "the kept tunnel opened", func() bool { return e.reg.IsOpen("ns/a") })
+	e.reg.Keep("ns/a")
+	time.Sleep(400 * time.Millisecond) // ten idle periods of either end
+	if !e.reg.IsOpen("ns/a") {
+		t.Fatal("a kept tunnel closed when idle")
+	}
+	a.SetAlways(false)
+	eventually(t, "the tunnel no longer kept closed", func() bool { return e.reg.Open() == 0 })
+}
