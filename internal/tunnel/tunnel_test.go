@@ -23,7 +23,7 @@ type env struct {
 	srv *httptest.Server
 }
 
-func newEnv(t *testing.T, cfg Config) *env {
+func newEnv(t testing.TB, cfg Config) *env {
 	e := &env{reg: NewServer(cfg)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathTunnel, func(w http.ResponseWriter, r *http.Request) {
