@@ -12,3 +12,9 @@ const (
 	LabelTunnel  = "flotilla.dev/tunnel"
 	TunnelAlways = "always"
 )
+
+// PathKubeconfig: POST PathKubeconfig + NAME [?ttl=8h] answers a kubeconfig (YAML) for cluster
+// NAME through PathK8sClusters, with the server's CA and a new API token of the caller valid
+// for ttl (default the server's maximum). Refused, like the proxy, to a caller who may not
+// reach the cluster.
+const PathKubeconfig = "/v1/kubeconfig/"

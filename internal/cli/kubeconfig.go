@@ -31,7 +31,7 @@ With CLUSTER (a cluster of ` + api.DefaultNamespace + `), write a kubeconfig for
 Kubernetes API through Flotilla (` + api.PathK8sClusters + `CLUSTER): the server forwards
 kubectl's calls through the cluster's agent as you, and the cluster's own RBAC, compiled
 from your Flotilla role bindings, decides. The kubeconfig carries a new API token of yours
-valid for --ttl; revoke it with 'flotilla token revoke'.
+valid for --ttl (listed by 'flotilla token list'; revoke it with 'flotilla token revoke').
 
 The file holds a token: it is written readable only by you.`,
 		Example: `  flotilla kubeconfig -o ~/.kube/flotilla.yaml
@@ -50,11 +50,8 @@ The file holds a token: it is written readable only by you.`,
 			if conn.token == "" {
 				return fmt.Errorf("kubeconfig needs a token: pass --token, set FLOTILLA_TOKEN, or run 'flotilla login' first")
 			}
-			name := "flotilla"
-			if u, err := url.Parse(conn.server); err == nil && u.Host != "" {
-				name = "flotilla-" + u.Hostname()
-			}
-			server, token, ns := conn.server, conn.token, g.ns()
+			server := conn.server
+			var cfg *clientcmdapi.Config
 			if len(args) == 1 {
 				cluster := args[0]
 				if errs := validation.IsDNS1123Label(cluster); len(errs) > 0 {
@@ -64,28 +61,31 @@ The file holds a token: it is written readable only by you.`,
 				if err != nil {
 					return err
 				}
-				// The cluster must exist and be visible to the caller: a kubeconfig that can
-				// only fail is worse than an error now.
-				if _, err := c.Get(cmd.Context(), api.KindCluster, api.DefaultNamespace, cluster); err != nil {
-					return fmt.Errorf("cluster %s: %w", cluster, err)
-				}
-				req := api.CreateTokenRequest{Description: "kubeconfig for cluster " + cluster}
-				if ttl > 0 {
-					req.TTL = ttl.String()
-				}
-				t, err := c.CreateAPIToken(cmd.Context(), req)
+				data, err := c.Kubeconfig(cmd.Context(), cluster, ttl)
 				if err != nil {
-					return fmt.Errorf("making the kubeconfig's token: %w", err)
+					return fmt.Errorf("kubeconfig for cluster %s: %w", cluster, err)
 				}
-				fmt.Fprintf(g.errOut, "API token %s for %s created, valid until %s\n", t.ID, t.User, timeOrDash(t.Expires))
+				if cfg, err = clientcmd.Load(data); err != nil {
+					return fmt.Errorf("the server's kubeconfig: %w", err)
+				}
+				// The server names itself by the Host it was asked at; this CLI's server URL
+				// and the CA it trusts are what it knows to work.
 				server = strings.TrimRight(conn.server, "/") + api.PathK8sClusters + cluster
-				token, name, ns = t.Token, name+"-"+cluster, ""
+				for _, cl := range cfg.Clusters {
+					cl.Server = server
+					cl.CertificateAuthorityData = conn.ca
+				}
+			} else {
+				name := "flotilla"
+				if u, err := url.Parse(conn.server); err == nil && u.Host != "" {
+					name = "flotilla-" + u.Hostname()
+				}
+				cfg = clientcmdapi.NewConfig()
+				cfg.Clusters[name] = &clientcmdapi.Cluster{Server: conn.server, CertificateAuthorityData: conn.ca}
+				cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: conn.token}
+				cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name, Namespace: g.ns()}
+				cfg.CurrentContext = name
 			}
-			cfg := clientcmdapi.NewConfig()
-			cfg.Clusters[name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: conn.ca}
-			cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: token}
-			cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name, Namespace: ns}
-			cfg.CurrentContext = name
 			data, err := clientcmd.Write(*cfg)
 			if err != nil {
 				return err

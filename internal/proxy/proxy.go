@@ -19,6 +19,10 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
 	"flotilla.dev/internal/audit"
@@ -50,6 +54,11 @@ type Getter interface {
 	Get(ctx context.Context, key store.Key) (*api.Object, error)
 }
 
+// Tokens makes the API tokens kubeconfigs carry.
+type Tokens interface {
+	CreateAPIToken(ctx context.Context, id *auth.Identity, req api.CreateTokenRequest) (*api.CreatedToken, error)
+}
+
 // Config is what the proxy works with.
 type Config struct {
 	Auth    Authenticator
@@ -67,6 +76,9 @@ type Config struct {
 	// come; nil leaves it out.
 	PollInterval func() time.Duration
 	Logger       *slog.Logger
+	// Tokens and CAPEM serve PathKubeconfig; without Tokens it is not served.
+	Tokens Tokens
+	CAPEM  []byte
 }
 
 // maxBody bounds a proxied request's body; the API server refuses larger ones anyway.
@@ -128,6 +140,45 @@ func New(cfg Config) *Proxy {
 // Register adds the endpoint to mux.
 func (p *Proxy) Register(mux *http.ServeMux) {
 	mux.Handle(api.PathK8sClusters, p)
+	if p.cfg.Tokens != nil {
+		mux.HandleFunc("POST "+api.PathKubeconfig+"{cluster}", p.kubeconfig)
+	}
+}
+
+// kubeconfig writes a kubeconfig for a cluster the caller may reach, with a new API token.
+func (p *Proxy) kubeconfig(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("cluster")
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("cluster name %.80q: %s", name, errs[0]))
+		return
+	}
+	rc, ok := p.reach(w, r, name)
+	if !ok {
+		return
+	}
+	t, err := p.cfg.Tokens.CreateAPIToken(r.Context(), rc.id, api.CreateTokenRequest{Description: "kubeconfig for cluster " + name, TTL: r.URL.Query().Get("ttl")})
+	if err != nil {
+		if errors.Is(err, auth.ErrBadTokenRequest) {
+			writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+			return
+		}
+		apiserver.WriteError(w, err)
+		return
+	}
+	ctxName := "flotilla-" + name
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[ctxName] = &clientcmdapi.Cluster{Server: "https://" + r.Host + api.PathK8sClusters + name, CertificateAuthorityData: p.cfg.CAPEM}
+	cfg.AuthInfos[ctxName] = &clientcmdapi.AuthInfo{Token: t.Token}
+	cfg.Contexts[ctxName] = &clientcmdapi.Context{Cluster: ctxName, AuthInfo: ctxName}
+	cfg.CurrentContext = ctxName
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		apiserver.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(data)
 }
 
 func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
@@ -180,41 +231,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, "the path must not contain . or .. segments")
 		return
 	}
-	id, err := p.cfg.Auth.Authenticate(r.Context(), auth.BearerToken(r))
-	if err != nil {
-		apiserver.WriteError(w, err)
-		return
-	}
-	ns := api.DefaultNamespace
-	audit.Annotate(r.Context(), id.User, id.Groups, api.KindCluster, ns, name)
-	subj := rbac.Subject{User: id.User, Groups: id.Groups}
-	obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		apiserver.WriteError(w, err)
-		return
-	}
-	c := rbac.Cluster{Name: name, Workspace: ns}
-	if obj != nil {
-		c.Labels = obj.Metadata.Labels
-		if p.cfg.ClusterGroups != nil {
-			c.Groups = p.cfg.ClusterGroups(ns, c.Labels)
-		}
-	}
-	d := p.cfg.Authz.Decide(subj, rbac.Request{Verb: api.VerbGet, Kind: api.KindCluster, Namespace: ns, Name: name, Cluster: &c})
-	if !d.Allowed {
-		// The same answer whether the cluster exists or not: no probing for names.
-		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may not reach cluster %s/%s: %s", id.User, ns, name, d.Reason()))
-		return
-	}
-	if obj == nil {
-		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("cluster %s/%s not found", ns, name))
-		return
-	}
-	user, groups, ok := p.cfg.Authz.Impersonation(subj, c)
+	rc, ok := p.reach(w, r, name)
 	if !ok {
-		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s has no role binding granting anything on cluster %s/%s", id.User, ns, name))
 		return
 	}
+	id, ns, obj, user, groups := rc.id, rc.ns, rc.obj, rc.user, rc.groups
 	key := ns + "/" + name
 	if err := p.cfg.Tunnels.Await(r.Context(), key, p.cfg.Wait); err != nil {
 		if errors.Is(err, tunnel.ErrNoTunnel) {
@@ -235,6 +256,56 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	t := &target{cluster: key, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
+}
+
+// reached is a caller allowed to reach a cluster, and as whom.
+type reached struct {
+	id     *auth.Identity
+	ns     string
+	obj    *api.Object
+	user   string
+	groups []string
+}
+
+// reach authenticates the caller and decides whether they may reach cluster name at all;
+// otherwise it writes the answer.
+func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, name string) (*reached, bool) {
+	id, err := p.cfg.Auth.Authenticate(r.Context(), auth.BearerToken(r))
+	if err != nil {
+		apiserver.WriteError(w, err)
+		return nil, false
+	}
+	ns := api.DefaultNamespace
+	audit.Annotate(r.Context(), id.User, id.Groups, api.KindCluster, ns, name)
+	subj := rbac.Subject{User: id.User, Groups: id.Groups}
+	obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		apiserver.WriteError(w, err)
+		return nil, false
+	}
+	c := rbac.Cluster{Name: name, Workspace: ns}
+	if obj != nil {
+		c.Labels = obj.Metadata.Labels
+		if p.cfg.ClusterGroups != nil {
+			c.Groups = p.cfg.ClusterGroups(ns, c.Labels)
+		}
+	}
+	d := p.cfg.Authz.Decide(subj, rbac.Request{Verb: api.VerbGet, Kind: api.KindCluster, Namespace: ns, Name: name, Cluster: &c})
+	if !d.Allowed {
+		// The same answer whether the cluster exists or not: no probing for names.
+		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may not reach cluster %s/%s: %s", id.User, ns, name, d.Reason()))
+		return nil, false
+	}
+	if obj == nil {
+		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("cluster %s/%s not found", ns, name))
+		return nil, false
+	}
+	user, groups, ok := p.cfg.Authz.Impersonation(subj, c)
+	if !ok {
+		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s has no role binding granting anything on cluster %s/%s", id.User, ns, name))
+		return nil, false
+	}
+	return &reached{id: id, ns: ns, obj: obj, user: user, groups: groups}, true
 }
 
 // absent says why a cluster's tunnel did not come, and when its agent was last heard of.

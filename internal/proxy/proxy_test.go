@@ -76,6 +76,7 @@ func setup(t *testing.T) (*httptest.Server, *tunnel.Server, *seen) {
 
 // setupWith is setup with the agent forwarding to target, when not nil.
 func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Server, *seen) {
+	tokens = &fakeTokens{}
 	log := slog.New(slog.DiscardHandler)
 	reg := tunnel.NewServer(tunnel.Config{Logger: log})
 	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -114,7 +115,7 @@ func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Ser
 			release()
 		}
 	})
-	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond,
+	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond, Tokens: tokens, CAPEM: []byte("CA PEM"),
 		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone")}})
 	mux := http.NewServeMux()
 	p.Register(mux)
@@ -290,5 +291,66 @@ func TestTargetRefusesCallsNotImpersonating(t *testing.T) {
 		if rec.Code != want {
 			t.Errorf("Impersonate-User %q: %d, want %d", imp, rec.Code, want)
 		}
+	}
+}
+
+type fakeTokens struct {
+	mu   sync.Mutex
+	made []api.CreateTokenRequest
+}
+
+var tokens *fakeTokens
+
+func (f *fakeTokens) CreateAPIToken(_ context.Context, id *auth.Identity, req api.CreateTokenRequest) (*api.CreatedToken, error) {
+	if req.TTL != "" {
+		if _, err := time.ParseDuration(req.TTL); err != nil {
+			return nil, fmt.Errorf("%w: ttl %q", auth.ErrBadTokenRequest, req.TTL)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.made = append(f.made, req)
+	return &api.CreatedToken{APIToken: api.APIToken{User: id.User}, Token: "token-of-" + id.User}, nil
+}
+
+func TestKubeconfigEndpoint(t *testing.T) {
+	ps, _, _ := setupWith(t, nil)
+	post := func(token, path string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, ps.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := ps.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	code, body := post("bob", api.PathKubeconfig+"edge?ttl=8h")
+	host := strings.TrimPrefix(ps.URL, "http://")
+	for _, want := range []string{"server: https://" + host + "/k8s/clusters/edge", "token: token-of-bob", "certificate-authority-data: " + "Q0EgUEVN"} {
+		if code != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("kubeconfig: %d, lacks %q:\n%s", code, want, body)
+		}
+	}
+	for _, c := range []struct {
+		token, path string
+		code        int
+	}{
+		{"dave", api.PathKubeconfig + "edge", http.StatusForbidden},
+		{"carol", api.PathKubeconfig + "edge", http.StatusForbidden},
+		{"bob", api.PathKubeconfig + "nope", http.StatusNotFound},
+		{"bob", api.PathKubeconfig + "Not_A_Name", http.StatusBadRequest},
+		{"bob", api.PathKubeconfig + "edge?ttl=forever", http.StatusBadRequest},
+		{"", api.PathKubeconfig + "edge", http.StatusUnauthorized},
+	} {
+		if code, body := post(c.token, c.path); code != c.code {
+			t.Errorf("%s %s: %d %s, want %d", c.token, c.path, code, body, c.code)
+		}
+	}
+	tokens.mu.Lock()
+	defer tokens.mu.Unlock()
+	if len(tokens.made) != 1 || tokens.made[0].TTL != "8h0m0s" && tokens.made[0].TTL != "8h" {
+		t.Errorf("tokens made: %+v", tokens.made)
 	}
 }
