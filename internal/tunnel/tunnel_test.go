@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +98,7 @@ func TestOnDemandTunnelServesAndClosesWhenIdle(t *testing.T) {
 		fmt.Fprintf(w, "cluster a: %s", r.URL.Path)
 	})
 	a := e.agent(t, "a", 50*time.Millisecond, target)
+	baseline := runtime.NumGoroutine()
 
 	if tok, _, rel := e.reg.Wanted("ns/a"); tok != "" {
 		t.Fatalf("a tunnel is wanted before anyone asked: %q", tok)
@@ -111,6 +113,9 @@ func TestOnDemandTunnelServesAndClosesWhenIdle(t *testing.T) {
 	}
 	if n := e.reg.Open(); n != 1 {
 		t.Fatalf("%d tunnels open, want 1", n)
+	}
+	if n := runtime.NumGoroutine(); n <= baseline {
+		t.Fatalf("%d goroutines with a tunnel open, %d before", n, baseline)
 	}
 	cl := e.client()
 	resp, err := cl.Get("http://a/api/v1/pods")
@@ -142,6 +147,8 @@ func TestOnDemandTunnelServesAndClosesWhenIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the idle tunnel closed", func() bool { return e.reg.Open() == 0 })
+	// Nothing of the tunnel is left running on either end.
+	eventually(t, "the tunnel's goroutines ended", func() bool { return runtime.NumGoroutine() <= baseline })
 	if _, err := e.reg.Dial(context.Background(), "ns/a"); err == nil {
 		t.Fatal("dialled a closed tunnel")
 	}
