@@ -137,7 +137,7 @@ func TestOnDemandTunnelServesAndClosesWhenIdle(t *testing.T) {
 		}
 		held <- err
 	}()
-	eventually(t, "the held request reached the agent", func() bool { return e.reg.open["ns/a"].act.active.Load() == 1 })
+	eventually(t, "the held request reached the agent", func() bool { return e.reg.activeStreams("ns/a") == 1 })
 	time.Sleep(200 * time.Millisecond) // four idle periods of the agent
 	if !e.reg.IsOpen("ns/a") {
 		t.Fatal("the tunnel closed under a request in flight")
@@ -224,4 +224,14 @@ func TestKeptTunnelStaysOpenWhenIdle(t *testing.T) {
 	}
 	a.SetAlways(false)
 	eventually(t, "the tunnel no longer kept closed", func() bool { return e.reg.Open() == 0 })
+}
+
+// activeStreams is the number of streams open on cluster's tunnel; -1 without one.
+func (s *Server) activeStreams(cluster string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.open[cluster]; t != nil {
+		return t.act.active.Load()
+	}
+	return -1
 }
