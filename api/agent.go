@@ -192,3 +192,16 @@ func KnownState(s string) bool {
 	}
 	return false
 }
+
+// The tunnel. A cluster's agent opens a tunnel to the server only when the server asks for
+// one, so that the server can reach the cluster's API server for the Kubernetes proxy.
+const (
+	// PathTunnel: GET, a WebSocket upgrade with the cluster credential as bearer token and
+	// the one-time tunnel token in HeaderTunnelToken. The server then opens streams to the
+	// agent, each carrying one HTTP request for the cluster's own API server.
+	PathTunnel = AgentPrefix + "/tunnel"
+	// HeaderTunnelToken, on any answer to a poll (200 or 304), says the server wants the
+	// cluster's tunnel; its value is a one-time token, bound to the cluster, that the
+	// agent sends back on PathTunnel.
+	HeaderTunnelToken = "X-Flotilla-Tunnel-Token"
+)

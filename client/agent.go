@@ -54,6 +54,9 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 	}
 	defer resp.Body.Close()
 	c.noteRenewal(resp.Header)
+	if tok := resp.Header.Get(api.HeaderTunnelToken); tok != "" && c.tunnel != nil {
+		c.tunnel(tok)
+	}
 	pollAfter = time.Duration(atoiOr(resp.Header.Get(api.HeaderPollAfter), 0)) * time.Second
 	switch resp.StatusCode {
 	case http.StatusNotModified:

@@ -46,7 +46,16 @@ type Client struct {
 	base string
 	cred *credential
 	http *http.Client
+	// tunnel is told the token of every poll answer saying a tunnel is wanted.
+	tunnel func(token string)
 }
+
+// OnTunnelWanted makes every poll answer that asks for the cluster's tunnel call f with its
+// one-time token (api.HeaderTunnelToken).
+func (c *Client) OnTunnelWanted(f func(token string)) { c.tunnel = f }
+
+// Credential returns the bearer token in use.
+func (c *Client) Credential() string { return c.bearer() }
 
 // credential is the client's bearer token. An agent's is replaced when it renews it, while
 // its other calls go on: SetToken changes it for every call after.

@@ -19,6 +19,7 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/client"
 	"flotilla.dev/internal/agent/apply"
+	"flotilla.dev/internal/tunnel"
 )
 
 // applier is the apply engine: *apply.Applier, or a fake in tests.
@@ -68,6 +69,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	target, err := tunnelTarget(rc)
+	if err != nil {
+		return err
+	}
 	dir, err := openStateDir(cfg.StateDir)
 	if err != nil {
 		return err
@@ -82,7 +87,22 @@ func Run(ctx context.Context, cfg Config) error {
 		creds:   creds,
 		dir:     dir,
 		access:  &kubeAccess{dyn: dyn},
+		tunnel:  target,
 	})
+}
+
+// tunnelTarget is what the tunnel forwards to: the cluster's own API server, as the agent's
+// configuration names it, with the agent's credentials.
+func tunnelTarget(rc *rest.Config) (http.Handler, error) {
+	u, _, err := rest.DefaultServerUrlFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's API server: %w", err)
+	}
+	rt, err := rest.TransportFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("transport to the cluster's API server: %w", err)
+	}
+	return tunnel.NewTarget(u, rt), nil
 }
 
 // restConfig finds the managed cluster's configuration.
@@ -119,6 +139,8 @@ type deps struct {
 	now     func() time.Time
 	// access applies the access objects; nil leaves them alone.
 	access accessManager
+	// tunnel serves the requests coming through the tunnel; nil opens none.
+	tunnel http.Handler
 }
 
 // agent is one run of the agent. Its goroutines: the poller (desired state and content),
@@ -151,6 +173,9 @@ type agent struct {
 	wakeReconcile chan struct{}
 	wakeReport    chan struct{}
 	online        chan struct{} // the server answered after failures
+
+	// tun is the agent's end of the tunnel; nil without one.
+	tun *tunnel.Agent
 
 	// Reconciler state, owned by its goroutine.
 	deployments map[string]*deploymentState
@@ -219,6 +244,16 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 		kick(a.wakeReport)
 	}
 
+	if d.tunnel != nil {
+		if a.tun, err = a.newTunnel(creds); err != nil {
+			return false, err
+		}
+		a.client.OnTunnelWanted(a.tun.Want)
+		if ds := a.currentDesired(); ds != nil {
+			a.tun.SetAlways(ds.ClusterLabels[api.LabelTunnel] == api.TunnelAlways)
+		}
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -239,11 +274,31 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 	wg.Go(func() { a.reconcileLoop(ctx) })
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.inventoryLoop(ctx) })
+	if a.tun != nil {
+		wg.Go(func() { a.tun.Run(ctx) })
+	}
 	wg.Wait()
 	if errors.Is(stopErr, ErrClusterDeleted) {
 		return a.clusterDeleted(context.WithoutCancel(ctx))
 	}
 	return false, stopErr
+}
+
+// newTunnel prepares the agent's end of the tunnel: it dials the server it polls, with the
+// credential in use, when a poll says a tunnel is wanted.
+func (a *agent) newTunnel(creds *credentials) (*tunnel.Agent, error) {
+	tc, err := client.TLSConfig([]byte(creds.CA), "", false)
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	idle := a.cfg.TunnelIdle
+	if a.cfg.TunnelAlways {
+		idle = -1
+	}
+	return tunnel.NewAgent(tunnel.AgentConfig{Server: creds.Server, HTTPClient: &http.Client{Transport: tr}, Credential: a.client.Credential,
+		Target: a.deps.tunnel, Idle: idle, MinBackoff: a.cfg.MinBackoff, MaxBackoff: a.cfg.MaxBackoff, Logger: a.log.With("component", "tunnel")}), nil
 }
 
 // clusterDeleted handles the server's word that this cluster was deleted: it removes what

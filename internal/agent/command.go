@@ -79,6 +79,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 	fs.StringVar(&logLevel, "log-level", env("FLOTILLA_LOG_LEVEL", "info"), "debug, info, warn or error (env FLOTILLA_LOG_LEVEL)")
 	fs.StringVar(&heartbeat, "heartbeat", env("FLOTILLA_HEARTBEAT", ""), "interval of heartbeat reports (default 10m) (env FLOTILLA_HEARTBEAT)")
 	fs.DurationVar(&cfg.StatusInterval, "status-interval", 0, "how often every deployment is checked again (default 20s)")
+	fs.DurationVar(&cfg.TunnelIdle, "tunnel-idle", 0, "close the tunnel to the server after this long without a request (default 5m)")
+	fs.BoolVar(&cfg.TunnelAlways, "tunnel-always", false, "keep the tunnel open once the server asked for it, instead of closing it when idle")
 	fs.StringVar(&cfg.OnClusterDeleted, "on-cluster-deleted", env("FLOTILLA_ON_CLUSTER_DELETED", OnClusterDeletedKeep), "when the cluster is deleted on the server: keep what the agent deployed, or prune it (env FLOTILLA_ON_CLUSTER_DELETED)")
 	fs.BoolVar(&version, "version", false, "print the version and exit")
 	if err = fs.Parse(args); err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"flotilla.dev/internal/tunnel"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -78,6 +79,11 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the delay between retries while the server (or the
 	// cluster) cannot be reached; 1s and 5m.
 	MinBackoff, MaxBackoff time.Duration
+	// TunnelIdle closes the tunnel to the server after that long without a request; 5m.
+	// TunnelAlways keeps it open instead, once the server asked for it (data-centre
+	// clusters).
+	TunnelIdle   time.Duration
+	TunnelAlways bool
 }
 
 func (c Config) withDefaults() Config {
@@ -109,6 +115,7 @@ func (c Config) withDefaults() Config {
 	def(&c.ReportDelay, 500*time.Millisecond)
 	def(&c.MinBackoff, time.Second)
 	def(&c.MaxBackoff, 5*time.Minute)
+	def(&c.TunnelIdle, tunnel.DefaultIdle)
 	if c.OnClusterDeleted == "" {
 		c.OnClusterDeleted = OnClusterDeletedKeep
 	}

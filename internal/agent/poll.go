@@ -142,6 +142,9 @@ func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (tim
 	a.desired = ds
 	a.desiredGen++
 	a.mu.Unlock()
+	if a.tun != nil {
+		a.tun.SetAlways(ds.ClusterLabels[api.LabelTunnel] == api.TunnelAlways)
+	}
 	kick(a.wakeReconcile)
 	a.log.Info("received desired state", "revision", rev, "deployments", len(ds.Deployments))
 	*since = rev

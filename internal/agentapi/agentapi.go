@@ -43,10 +43,23 @@ type nopObserver struct{}
 
 func (nopObserver) AgentRequest(string, string) {}
 
+// Tunnels is the registry of agent tunnels (internal/tunnel.Server).
+type Tunnels interface {
+	// Wanted returns the one-time token of the tunnel wanted for cluster, or a channel
+	// closed when one becomes wanted, for a held poll, which calls release when it ends.
+	Wanted(cluster string) (token string, wake <-chan struct{}, release func())
+	// Serve takes the tunnel the authenticated cluster dials.
+	Serve(w http.ResponseWriter, r *http.Request, cluster string)
+	// Keep asks for the tunnel of a cluster labelled to keep one, and keeps it open.
+	Keep(cluster string)
+}
+
 // Server handles /v1/agent/….
 type Server struct {
 	// Metrics is told about every request; set it before serving.
 	Metrics Observer
+	// Tunnels, when set, serves PathTunnel and tells polls when a tunnel is wanted.
+	Tunnels Tunnels
 	st      Store
 	fleet   *fleet.Fleet
 	keys    *keyRing
@@ -70,6 +83,40 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+api.PathContent+"{digest}", s.content)
 	mux.HandleFunc("POST "+api.PathStatus, s.status)
 	mux.HandleFunc("POST "+api.PathRenew, s.renew)
+	mux.HandleFunc("GET "+api.PathTunnel, s.tunnel)
+}
+
+// tunnel hands a cluster's tunnel dial, authenticated by its credential, to the registry,
+// which checks the one-time token against that same cluster.
+func (s *Server) tunnel(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.cluster(w, r)
+	if !ok {
+		return
+	}
+	if s.Tunnels == nil {
+		fail(w, http.StatusNotFound, api.ReasonNotFound, "this server opens no tunnels")
+		return
+	}
+	s.Metrics.AgentRequest("tunnel", "dial")
+	s.Tunnels.Serve(w, r, id.Namespace+"/"+id.Name)
+}
+
+// tunnelWanted sets the tunnel token on a poll's answer when the server wants the
+// cluster's tunnel; otherwise it returns a channel closed when it comes to (nil without
+// tunnels) and its release.
+func (s *Server) tunnelWanted(w http.ResponseWriter, key string) (<-chan struct{}, func()) {
+	if s.Tunnels == nil {
+		return nil, func() {}
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	if s.fleet.Label(ns, name, api.LabelTunnel) == api.TunnelAlways {
+		s.Tunnels.Keep(key)
+	}
+	tok, wake, release := s.Tunnels.Wanted(key)
+	if tok != "" {
+		w.Header().Set(api.HeaderTunnelToken, tok)
+	}
+	return wake, release
 }
 
 func fail(w http.ResponseWriter, code int, reason, msg string) {
@@ -129,13 +176,33 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	s.fleet.Seen(id.Namespace, id.Name, s.now())
 	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
+	key := id.Namespace + "/" + id.Name
+	wake, release := s.tunnelWanted(w, key)
+	defer release()
 	// A long poll: an agent that holds the request open is told the moment its state
-	// changes, instead of at its next poll. (Desired first: it versions the state, which a
-	// load or a change left unversioned, so that Wait compares with a version.)
-	if v := queryValue(r.URL.RawQuery, "wait"); err == nil && ds == nil && v != "" {
+	// changes, or a tunnel is wanted, instead of at its next poll. (Desired first: it
+	// versions the state, which a load or a change left unversioned, so that Wait compares
+	// with a version.)
+	if v := queryValue(r.URL.RawQuery, "wait"); err == nil && ds == nil && v != "" && w.Header().Get(api.HeaderTunnelToken) == "" {
 		if wait, _ := strconv.Atoi(v); wait > 0 {
-			s.fleet.Wait(r.Context(), id.Namespace, id.Name, since, time.Duration(min(wait, 60))*time.Second)
+			wctx := r.Context()
+			if wake != nil {
+				var cancel context.CancelFunc
+				wctx, cancel = context.WithCancel(wctx)
+				defer cancel()
+				go func() {
+					select {
+					case <-wake:
+						cancel()
+					case <-wctx.Done():
+					}
+				}()
+			}
+			s.fleet.Wait(wctx, id.Namespace, id.Name, since, time.Duration(min(wait, 60))*time.Second)
 			ds, rev, err = s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
+			if wake != nil {
+				s.tunnelWanted(w, key)
+			}
 		}
 	}
 	if err != nil {

@@ -109,11 +109,12 @@ func (l *Log) Middleware(next http.Handler) http.Handler {
 	})
 }
 
-// audited says whether a call is kept: every mutating call and every denial. An agent's status
+// audited says whether a call is kept: every mutating call, every denial, and every call to a
+// cluster through the Kubernetes proxy (its reads too: they read a cluster). An agent's status
 // report is a POST but no person's act, and comes from every cluster every few seconds: it
 // is kept only when denied, like polls.
 func audited(method, path string, code int) bool {
-	if code == http.StatusUnauthorized || code == http.StatusForbidden {
+	if code == http.StatusUnauthorized || code == http.StatusForbidden || strings.HasPrefix(path, api.PathK8sClusters) {
 		return true
 	}
 	switch method {

@@ -17,6 +17,7 @@ import (
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
+	"flotilla.dev/internal/tunnel"
 )
 
 // bootstrapToken takes the admin token from --bootstrap-token-file, the environment, or the
@@ -130,6 +131,9 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	oidc.AddFlags(f, &cfg.OIDC)
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", auth.DefaultSessionTTL, "how long a login (password or OIDC) lasts")
 	f.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", auth.DefaultMaxTokenTTL, "the longest TTL of an API token a user makes")
+	f.IntVar(&cfg.MaxTunnels, "max-tunnels", tunnel.DefaultMax, "the most agent tunnels open at once (kubectl through Flotilla)")
+	f.DurationVar(&cfg.TunnelIdle, "tunnel-idle", tunnel.DefaultIdle, "close an agent tunnel no request used for this long")
+	f.DurationVar(&cfg.TunnelWait, "tunnel-wait", 30*time.Second, "how long a call to a cluster waits for its agent to open its tunnel")
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")

@@ -902,6 +902,30 @@ func (f *Fleet) Seen(ns, name string, now time.Time) {
 	f.mu.RUnlock()
 }
 
+// LastSeen is when the cluster's agent last called this server (zero: not since it started).
+func (f *Fleet) LastSeen(ns, name string) time.Time {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if w := f.workspaces[ns]; w != nil {
+		if c := w.clusters[name]; c != nil {
+			return c.lastSeen()
+		}
+	}
+	return time.Time{}
+}
+
+// Label returns the value of the cluster's label key.
+func (f *Fleet) Label(ns, name, key string) string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if w := f.workspaces[ns]; w != nil {
+		if c := w.clusters[name]; c != nil {
+			return c.Labels[key]
+		}
+	}
+	return ""
+}
+
 // lastSeen is when c's agent last called.
 func (c *Cluster) lastSeen() time.Time {
 	if n := c.seen.Load(); n != 0 {

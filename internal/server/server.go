@@ -32,11 +32,13 @@ import (
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/metrics"
 	"flotilla.dev/internal/pki"
+	"flotilla.dev/internal/proxy"
 	"flotilla.dev/internal/secrets"
 	"flotilla.dev/internal/store"
 	"flotilla.dev/internal/store/postgres"
 	"flotilla.dev/internal/store/sqlite"
 	"flotilla.dev/internal/store/sqlstore"
+	"flotilla.dev/internal/tunnel"
 )
 
 // Config is what `flotilla server` is started with.
@@ -95,6 +97,11 @@ type Config struct {
 	// SessionTTL is how long a login lasts (0: auth.DefaultSessionTTL); MaxTokenTTL caps the
 	// API tokens users make (0: auth.DefaultMaxTokenTTL).
 	SessionTTL, MaxTokenTTL time.Duration
+	// MaxTunnels bounds the agent tunnels open at once (0: tunnel.DefaultMax); TunnelIdle
+	// closes one no request used for that long (0: tunnel.DefaultIdle); TunnelWait is how
+	// long a call to a cluster waits for its agent to open its tunnel (0: 30s).
+	MaxTunnels             int
+	TunnelIdle, TunnelWait time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -109,10 +116,13 @@ type Server struct {
 	store storeAll
 	auth  *auth.Authenticator
 	// authz is the index of roles, bindings and projects every decision reads.
-	authz   *rbac.Authorizer
-	fleet   *fleet.Fleet
-	access  *access.Index
-	agents  *agentapi.Server
+	authz  *rbac.Authorizer
+	fleet  *fleet.Fleet
+	access *access.Index
+	agents *agentapi.Server
+	// tunnels are the agents' open tunnels; proxy forwards /k8s/clusters/… through them.
+	tunnels *tunnel.Server
+	proxy   *proxy.Proxy
 	secrets *secrets.Keeper
 	gitops  *gitops.Controller
 	metrics *metrics.Metrics
@@ -240,6 +250,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.agents.Metrics = s.metrics
+	s.tunnels = tunnel.NewServer(tunnel.Config{Max: cfg.MaxTunnels, Idle: cfg.TunnelIdle, Logger: cfg.Logger})
+	s.agents.Tunnels = s.tunnels
+	s.metrics.Registry.MustRegister(s.tunnels.Collectors()...)
+	s.proxy = proxy.New(proxy.Config{Auth: s.auth, Authz: s.authz, Tunnels: s.tunnels, Store: s.store,
+		ClusterGroups: s.fleet.ClusterGroupsOf, Wait: cfg.TunnelWait, LastSeen: s.fleet.LastSeen, PollInterval: s.fleet.Interval, Logger: cfg.Logger,
+		Tokens: s.auth, CAPEM: s.tls.CAPEM})
 	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
 		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
@@ -350,6 +366,7 @@ func (s *Server) handler() http.Handler {
 	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
 	mux.Handle("GET "+api.PathAudit, s.adminOnly(s.audit.Handler()))
 	s.agents.Register(mux)
+	s.proxy.Register(mux)
 	s.gitops.Register(mux)
 	return s.audit.Middleware(s.metrics.Instrument(mux))
 }

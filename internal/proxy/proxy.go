@@ -1,0 +1,331 @@
+// Package proxy owns the Kubernetes API endpoint of every cluster on the server,
+// https://SERVER/k8s/clusters/NAME/…: it authenticates the caller, lets through only a
+// caller Flotilla's RBAC lets reach the cluster, and forwards the call through the cluster's
+// tunnel impersonating the caller's Flotilla identity, so that the cluster's own RBAC (as
+// compiled from Flotilla's bindings) decides the rest.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/audit"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/auth/rbac"
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/tunnel"
+)
+
+// Authenticator names the caller of a request.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (*auth.Identity, error)
+}
+
+// Authorizer decides with Flotilla's RBAC.
+type Authorizer interface {
+	Decide(s rbac.Subject, r rbac.Request) rbac.Decision
+	Impersonation(s rbac.Subject, c rbac.Cluster) (user string, groups []string, ok bool)
+}
+
+// Tunnels reaches clusters' agents.
+type Tunnels interface {
+	Await(ctx context.Context, cluster string, timeout time.Duration) error
+	Dial(ctx context.Context, cluster string) (net.Conn, error)
+}
+
+// Getter reads Cluster objects.
+type Getter interface {
+	Get(ctx context.Context, key store.Key) (*api.Object, error)
+}
+
+// Tokens makes the API tokens kubeconfigs carry.
+type Tokens interface {
+	CreateAPIToken(ctx context.Context, id *auth.Identity, req api.CreateTokenRequest) (*api.CreatedToken, error)
+}
+
+// Config is what the proxy works with.
+type Config struct {
+	Auth    Authenticator
+	Authz   Authorizer
+	Tunnels Tunnels
+	Store   Getter
+	// ClusterGroups names the ClusterGroups holding a cluster of a workspace with labels.
+	ClusterGroups func(ns string, labels map[string]string) []string
+	// Wait is how long a call waits for a cluster without a tunnel to open one (0: 30s).
+	Wait time.Duration
+	// LastSeen is when a cluster's agent last called (zero: unknown); nil, or zero, uses the
+	// Cluster's stored status.lastSeen.
+	LastSeen func(ns, name string) time.Time
+	// PollInterval is the agents' poll interval, for the message when a cluster does not
+	// come; nil leaves it out.
+	PollInterval func() time.Duration
+	Logger       *slog.Logger
+	// Tokens and CAPEM serve PathKubeconfig; without Tokens it is not served.
+	Tokens Tokens
+	CAPEM  []byte
+}
+
+// maxBody bounds a proxied request's body; the API server refuses larger ones anyway.
+const maxBody = 16 << 20
+
+// Proxy serves PathK8sClusters.
+type Proxy struct {
+	cfg Config
+	rp  *httputil.ReverseProxy
+}
+
+type ctxKey struct{}
+
+// target is where a request goes, carried from the handler to the transport's dial.
+type target struct {
+	cluster      string // namespace/name
+	user         string
+	groups       []string
+	flotillaUser string
+	auditID      string
+}
+
+// New makes the proxy.
+func New(cfg Config) *Proxy {
+	if cfg.Wait <= 0 {
+		cfg.Wait = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Proxy{cfg: cfg}
+	tr := &http.Transport{
+		// One stream per request: a tunnel with no request in flight has no stream open, so
+		// the agent can tell it is idle.
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			t, _ := ctx.Value(ctxKey{}).(*target)
+			if t == nil {
+				return nil, errors.New("no cluster for this request")
+			}
+			return cfg.Tunnels.Dial(ctx, t.cluster)
+		},
+		ResponseHeaderTimeout: 2 * time.Minute,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:       p.rewrite,
+		Transport:     tr,
+		FlushInterval: -1, // watches stream
+		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			t := r.Context().Value(ctxKey{}).(*target)
+			cfg.Logger.Info("proxied call failed", "cluster", t.cluster, "err", err)
+			writeStatus(w, http.StatusBadGateway, api.ReasonUnavailable, fmt.Sprintf("cluster %s could not be reached through its tunnel", t.cluster))
+		},
+	}
+	return p
+}
+
+// Register adds the endpoint to mux.
+func (p *Proxy) Register(mux *http.ServeMux) {
+	mux.Handle(api.PathK8sClusters, p)
+	if p.cfg.Tokens != nil {
+		mux.HandleFunc("POST "+api.PathKubeconfig+"{cluster}", p.kubeconfig)
+	}
+}
+
+// kubeconfig writes a kubeconfig for a cluster the caller may reach, with a new API token.
+func (p *Proxy) kubeconfig(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("cluster")
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("cluster name %.80q: %s", name, errs[0]))
+		return
+	}
+	rc, ok := p.reach(w, r, name)
+	if !ok {
+		return
+	}
+	t, err := p.cfg.Tokens.CreateAPIToken(r.Context(), rc.id, api.CreateTokenRequest{Description: "kubeconfig for cluster " + name, TTL: r.URL.Query().Get("ttl")})
+	if err != nil {
+		if errors.Is(err, auth.ErrBadTokenRequest) {
+			writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+			return
+		}
+		apiserver.WriteError(w, err)
+		return
+	}
+	ctxName := "flotilla-" + name
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[ctxName] = &clientcmdapi.Cluster{Server: "https://" + r.Host + api.PathK8sClusters + name, CertificateAuthorityData: p.cfg.CAPEM}
+	cfg.AuthInfos[ctxName] = &clientcmdapi.AuthInfo{Token: t.Token}
+	cfg.Contexts[ctxName] = &clientcmdapi.Context{Cluster: ctxName, AuthInfo: ctxName}
+	cfg.CurrentContext = ctxName
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		apiserver.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(data)
+}
+
+func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
+	apiserver.WriteError(w, &api.Status{Code: code, Reason: reason, Message: msg})
+}
+
+// stripped are request headers no client may send through: the proxy sets who the caller
+// is, and the cluster must not see the caller's Flotilla credentials.
+func stripped(name string) bool {
+	switch {
+	case strings.HasPrefix(name, "Impersonate-"), strings.HasPrefix(name, "X-Remote-"):
+		return true
+	}
+	switch name {
+	case "Authorization", "Cookie", "Audit-Id", "Proxy-Authorization":
+		return true
+	}
+	return false
+}
+
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(ctxKey{}).(*target)
+	rest := strings.TrimPrefix(pr.In.URL.Path, api.PathK8sClusters)
+	_, rest, _ = strings.Cut(rest, "/")
+	pr.Out.URL = &url.URL{Scheme: "http", Host: "cluster", Path: "/" + rest, RawQuery: pr.In.URL.RawQuery}
+	pr.Out.Host = "cluster"
+	for name := range pr.Out.Header {
+		if stripped(http.CanonicalHeaderKey(name)) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	pr.Out.Header.Set("Impersonate-User", t.user)
+	for _, g := range t.groups {
+		pr.Out.Header.Add("Impersonate-Group", g)
+	}
+	pr.Out.Header.Set("Impersonate-Extra-"+rbac.ExtraUserKey, t.flotillaUser)
+	pr.Out.Header.Set("Audit-Id", t.auditID)
+}
+
+// ServeHTTP decides and forwards one call.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rest := strings.TrimPrefix(r.URL.Path, api.PathK8sClusters)
+	name, sub, _ := strings.Cut(rest, "/")
+	if name == "" || len(name) > 63 {
+		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, "no cluster named in the path: want "+api.PathK8sClusters+"NAME/…")
+		return
+	}
+	// The mux cleans paths, but the forwarded path must be exactly what was decided on.
+	if sub != "" && path.Clean("/"+sub) != "/"+strings.TrimSuffix(sub, "/") {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, "the path must not contain . or .. segments")
+		return
+	}
+	rc, ok := p.reach(w, r, name)
+	if !ok {
+		return
+	}
+	id, ns, obj, user, groups := rc.id, rc.ns, rc.obj, rc.user, rc.groups
+	key := ns + "/" + name
+	if err := p.cfg.Tunnels.Await(r.Context(), key, p.cfg.Wait); err != nil {
+		if errors.Is(err, tunnel.ErrNoTunnel) {
+			w.Header().Set("Retry-After", "10")
+			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, p.absent(obj, ns, name))
+			return
+		}
+		apiserver.WriteError(w, err)
+		return
+	}
+	auditID := audit.RequestID(r.Context())
+	if auditID == "" {
+		auditID = apiserver.NewUID()
+	}
+	w.Header().Set("Audit-Id", auditID)
+	if r.Body != nil && r.Header.Get("Upgrade") == "" {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	}
+	t := &target{cluster: key, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
+}
+
+// reached is a caller allowed to reach a cluster, and as whom.
+type reached struct {
+	id     *auth.Identity
+	ns     string
+	obj    *api.Object
+	user   string
+	groups []string
+}
+
+// reach authenticates the caller and decides whether they may reach cluster name at all;
+// otherwise it writes the answer.
+func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, name string) (*reached, bool) {
+	id, err := p.cfg.Auth.Authenticate(r.Context(), auth.BearerToken(r))
+	if err != nil {
+		apiserver.WriteError(w, err)
+		return nil, false
+	}
+	ns := api.DefaultNamespace
+	audit.Annotate(r.Context(), id.User, id.Groups, api.KindCluster, ns, name)
+	subj := rbac.Subject{User: id.User, Groups: id.Groups}
+	obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		apiserver.WriteError(w, err)
+		return nil, false
+	}
+	c := rbac.Cluster{Name: name, Workspace: ns}
+	if obj != nil {
+		c.Labels = obj.Metadata.Labels
+		if p.cfg.ClusterGroups != nil {
+			c.Groups = p.cfg.ClusterGroups(ns, c.Labels)
+		}
+	}
+	d := p.cfg.Authz.Decide(subj, rbac.Request{Verb: api.VerbGet, Kind: api.KindCluster, Namespace: ns, Name: name, Cluster: &c})
+	if !d.Allowed {
+		// The same answer whether the cluster exists or not: no probing for names.
+		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may not reach cluster %s/%s: %s", id.User, ns, name, d.Reason()))
+		return nil, false
+	}
+	if obj == nil {
+		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("cluster %s/%s not found", ns, name))
+		return nil, false
+	}
+	user, groups, ok := p.cfg.Authz.Impersonation(subj, c)
+	if !ok {
+		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s has no role binding granting anything on cluster %s/%s", id.User, ns, name))
+		return nil, false
+	}
+	return &reached{id: id, ns: ns, obj: obj, user: user, groups: groups}, true
+}
+
+// absent says why a cluster's tunnel did not come, and when its agent was last heard of.
+func (p *Proxy) absent(obj *api.Object, ns, name string) string {
+	msg := fmt.Sprintf("cluster %s/%s did not open its tunnel within %s", ns, name, p.cfg.Wait)
+	var seen time.Time
+	if p.cfg.LastSeen != nil {
+		seen = p.cfg.LastSeen(ns, name)
+	}
+	var st api.ClusterStatus
+	if seen.IsZero() && len(obj.Status) > 0 && json.Unmarshal(obj.Status, &st) == nil && st.LastSeen != nil {
+		seen = *st.LastSeen
+	}
+	if !seen.IsZero() {
+		msg += fmt.Sprintf("; its agent was last seen at %s", seen.UTC().Format(time.RFC3339))
+		if p.cfg.PollInterval != nil {
+			msg += fmt.Sprintf(" and is expected by %s, when it next polls", seen.Add(p.cfg.PollInterval()).UTC().Format(time.RFC3339))
+		}
+	} else {
+		msg += "; its agent has never been seen"
+	}
+	return msg + "; the request for a tunnel stays open for a while: try again"
+}
