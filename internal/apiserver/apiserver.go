@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-
 	"flotilla.dev/api"
 	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
