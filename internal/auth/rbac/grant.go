@@ -2,9 +2,6 @@ package rbac
 
 import (
 	"cmp"
-	"fmt"
-	"slices"
-	"strings"
 
 	"flotilla.dev/api"
 )
@@ -184,11 +181,7 @@ func (a *Authorizer) ProjectInUse(name string) string {
 	for _, b := range p.bindings {
 		names = append(names, "role binding "+b.name)
 	}
-	slices.Sort(names)
-	if len(names) > 5 {
-		return fmt.Sprintf("%s and %d more", strings.Join(names[:5], ", "), len(names)-5)
-	}
-	return strings.Join(names, ", ")
+	return fewNames(names)
 }
 
 // IsAdmin reports whether s is bound globally to a role granting every verb on every kind:
@@ -223,12 +216,5 @@ func (a *Authorizer) ClusterGroupInUse(ws, name string) string {
 			names = append(names, "role binding "+b.name)
 		}
 	}
-	if len(names) == 0 {
-		return ""
-	}
-	slices.Sort(names)
-	if len(names) > 5 {
-		return fmt.Sprintf("%s and %d more", strings.Join(names[:5], ", "), len(names)-5)
-	}
-	return strings.Join(names, ", ")
+	return fewNames(names)
 }

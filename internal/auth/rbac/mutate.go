@@ -94,6 +94,11 @@ func (a *Authorizer) roleReferrers(r *role) string {
 			names = append(names, "role "+o.name)
 		}
 	}
+	return fewNames(names)
+}
+
+// fewNames lists a few of names, sorted, for an error message; "" when there are none.
+func fewNames(names []string) string {
 	if len(names) == 0 {
 		return ""
 	}
