@@ -49,6 +49,7 @@ func Columns(kind string) []Column {
 			ageCol,
 			str("ARCH", true, func(o *Object) string { return orNone(inv(o).Architecture) }),
 			str("AGENT", true, func(o *Object) string { return orNone(inv(o).AgentVersion) }),
+			str("TUNNEL", true, func(o *Object) string { return orNone(st(o).Tunnel) }),
 			labelsCol,
 		}
 	case KindClusterGroup:

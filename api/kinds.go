@@ -54,6 +54,10 @@ type ClusterStatus struct {
 	Summary *Summary `json:"summary,omitempty"`
 	// Conditions are the cluster's status conditions.
 	Conditions []Condition `json:"conditions,omitempty"`
+	// Tunnel is the state of the cluster's tunnel to the server that answered: open, kept
+	// (open, and kept open while idle), requested (waiting for the agent to dial in), or
+	// empty when there is none. It is added when the cluster is read, never stored.
+	Tunnel string `json:"tunnel,omitempty"`
 }
 
 // ClusterInventory is what the agent reports about its cluster.

@@ -46,6 +46,17 @@ type ResponseFilter interface {
 	FilterResponse(obj *api.Object)
 }
 
+// LiveStatus adds to a kind's objects what only the serving process knows, when they are
+// read (a cluster's tunnel). It is never stored, and costs nothing while nothing is live.
+type LiveStatus interface {
+	// Live reports whether any object could be changed now.
+	Live() bool
+	// Has reports whether something is live for the object namespace/name.
+	Has(namespace, name string) bool
+	// Add adds it to obj, a copy.
+	Add(obj *api.Object)
+}
+
 // Server handles /apis/….
 type Server struct {
 	store store.Store
@@ -54,6 +65,7 @@ type Server struct {
 	access Access
 	log    *slog.Logger
 	hooks  map[string]Hooks
+	live   map[string]LiveStatus
 	// BookmarkInterval is how often an idle watch stream gets a bookmark carrying the
 	// current revision, so a client can resume close to where it was.
 	BookmarkInterval time.Duration
@@ -61,38 +73,64 @@ type Server struct {
 
 // New returns a Server over st.
 func New(st store.Store, a *auth.Authenticator, log *slog.Logger) *Server {
-	return &Server{store: st, auth: a, log: log, hooks: map[string]Hooks{}, BookmarkInterval: 30 * time.Second}
+	return &Server{store: st, auth: a, log: log, hooks: map[string]Hooks{}, live: map[string]LiveStatus{}, BookmarkInterval: 30 * time.Second}
 }
 
 // SetHooks installs hooks for one kind.
 func (s *Server) SetHooks(kind string, h Hooks) { s.hooks[kind] = h }
 
-// respond writes obj through its kind's ResponseFilter, if any.
+// SetLiveStatus installs what adds live status to one kind's objects when they are read.
+func (s *Server) SetLiveStatus(kind string, l LiveStatus) { s.live[kind] = l }
+
+// respond writes obj through its kind's ResponseFilter, if any, with its live status.
 func (s *Server) respond(w http.ResponseWriter, code int, obj *api.Object) error {
-	if f, ok := s.hooks[obj.Kind].(ResponseFilter); ok {
-		obj = obj.DeepCopy()
-		f.FilterResponse(obj)
-	}
-	return writeJSON(w, code, obj)
+	return writeJSON(w, code, s.shown(obj))
 }
 
-// filterRaw is respond for stored JSON (list items, watch events): bytes of a filtered kind
-// are decoded and filtered, never written as stored.
+// shown is obj as clients see it: filtered, with its live status. obj is not changed.
+func (s *Server) shown(obj *api.Object) *api.Object {
+	obj = s.view(obj)
+	if l := s.live[obj.Kind]; l != nil && l.Live() && l.Has(obj.Metadata.Namespace, obj.Metadata.Name) {
+		if _, filtered := s.hooks[obj.Kind].(ResponseFilter); !filtered {
+			obj = obj.DeepCopy()
+		}
+		l.Add(obj)
+	}
+	return obj
+}
+
+// filterRaw is respond for stored JSON (list items, watch events): bytes of a filtered kind,
+// or of an object with live status, are decoded and changed, never written as stored.
 func (s *Server) filterRaw(kind string, raw json.RawMessage) json.RawMessage {
-	f, ok := s.hooks[kind].(ResponseFilter)
-	if !ok {
+	_, filtered := s.hooks[kind].(ResponseFilter)
+	if !filtered && !s.hasLive(kind, raw) {
 		return raw
 	}
 	obj, err := store.Decode(raw)
 	if err != nil {
 		return json.RawMessage("{}")
 	}
-	f.FilterResponse(obj)
-	out, err := json.Marshal(obj)
+	out, err := json.Marshal(s.shown(obj))
 	if err != nil {
 		return json.RawMessage("{}")
 	}
 	return out
+}
+
+// hasLive reports whether the stored object raw has live status. Only its name is decoded:
+// list pages stay stored bytes for every object without.
+func (s *Server) hasLive(kind string, raw json.RawMessage) bool {
+	l := s.live[kind]
+	if l == nil || !l.Live() {
+		return false
+	}
+	var m struct {
+		Metadata struct {
+			Name      string `json:"name"`
+			Namespace string `json:"namespace"`
+		} `json:"metadata"`
+	}
+	return json.Unmarshal(raw, &m) == nil && l.Has(m.Metadata.Namespace, m.Metadata.Name)
 }
 
 // Register adds the resource routes to mux.

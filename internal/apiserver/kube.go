@@ -142,7 +142,7 @@ func (s *Server) kubeGet(req *request) error {
 			return err
 		}
 	}
-	tbl, err := s.table(req.kind, []*api.Object{s.view(obj)}, t, true)
+	tbl, err := s.table(req.kind, []*api.Object{s.shown(obj)}, t, true)
 	if err != nil {
 		return err
 	}
@@ -285,7 +285,7 @@ func (s *Server) listObjects(req *request, sc listScope, ff *fieldFilter, limit 
 			return nil, nil, err
 		}
 		if ff.matches(o) && sc.filter.keepObject(o) {
-			objs = append(objs, s.view(o))
+			objs = append(objs, s.shown(o))
 		}
 	}
 	return objs, res, nil
@@ -365,7 +365,7 @@ func (s *Server) kubeWatch(req *request, sc listScope, ff *fieldFilter, t *table
 		if ev.Type == api.Deleted && sc.filter.outOfView(ev.Object) {
 			return build(ev.Type, tombstone(o))
 		}
-		return build(ev.Type, s.view(o))
+		return build(ev.Type, s.shown(o))
 	}
 	bookmark := func(last int64) *api.WatchEvent {
 		if !bookmarks {

@@ -43,7 +43,7 @@ type kubeEnv struct {
 }
 
 // start serves the API over a real SQLite store, with Secrets sealed as the server does.
-func start(t *testing.T) *kubeEnv {
+func start(t *testing.T, opts ...func(*apiserver.Server)) *kubeEnv {
 	t.Helper()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, t.TempDir(), sqlstore.DefaultConfig())
@@ -61,6 +61,9 @@ func start(t *testing.T) *kubeEnv {
 	}
 	s := apiserver.New(st, a, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	s.SetHooks(api.KindSecret, keeper)
+	for _, o := range opts {
+		o(s)
+	}
 	mux := http.NewServeMux()
 	s.Register(mux)
 	ts := httptest.NewServer(mux)

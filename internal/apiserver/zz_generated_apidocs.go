@@ -103,6 +103,7 @@ var apiDocs = map[string]string{
 	"ClusterStatus.LastSeen":                       "LastSeen is when the cluster's agent last reached the server.",
 	"ClusterStatus.State":                          "State is Ready, NotReady, Offline or Pending (registered, never seen working).",
 	"ClusterStatus.Summary":                        "Summary counts the cluster's deployments by state.",
+	"ClusterStatus.Tunnel":                         "Tunnel is the state of the cluster's tunnel to the server that answered: open, kept (open, and kept open while idle), requested (waiting for the agent to dial in), or empty when there is none. It is added when the cluster is read, never stored.",
 	"Column":                                       "Column is one column of a kind's table. The CLI prints these columns and the API serves them as a Kubernetes Table, so `flotilla get` and `kubectl get` show the same thing.",
 	"Column.Type":                                  "Format is a Kubernetes column format hint (\"name\", \"date\", \"\"); Type is its type.",
 	"Column.Wide":                                  "Wide columns are shown only with -o wide (priority 1 in a Kubernetes Table).",

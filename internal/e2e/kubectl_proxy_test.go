@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -192,6 +193,9 @@ func TestKubectlThroughFlotilla(t *testing.T) {
 		}
 		return nil
 	})
+	if out := cli(t, adminCLI, "", "get", "clusters", cluster, "-o", "wide"); regexp.MustCompile(`\sopen\s`).MatchString(out) {
+		t.Errorf("get clusters -o wide with no tunnel:\n%s", out)
+	}
 	openedBefore := metric("flotilla_tunnels_opened_total")
 	out, err := kubectl(kubeconfigOf["bob"], "--token", carolToken, "get", "pods", "-n", "shop-web")
 	if err == nil || !strings.Contains(out, "carol may not reach cluster") {
@@ -239,6 +243,10 @@ func TestKubectlThroughFlotilla(t *testing.T) {
 	await("configmap/first")
 	if n := metric("flotilla_tunnels_opened_total"); n <= openedBefore {
 		t.Errorf("the tunnel was not opened again: opened %d", n)
+	}
+	// While the watch holds it, the cluster shows its tunnel.
+	if out := cli(t, adminCLI, "", "get", "clusters", cluster, "-o", "wide"); !strings.Contains(out, "TUNNEL") || !regexp.MustCompile(`\sopen\s`).MatchString(out) {
+		t.Errorf("get clusters -o wide with the tunnel open:\n%s", out)
 	}
 	if _, err := k.CoreV1().ConfigMaps("shop-web").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "second"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

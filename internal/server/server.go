@@ -357,6 +357,7 @@ func (s *Server) handler() http.Handler {
 	resources.SetHooks(api.KindRegistrationToken, s.agents.TokenHooks())
 	resources.SetHooks(api.KindBundle, agentapi.NewBundleHooks(s.store))
 	resources.SetHooks(api.KindSecret, s.secrets)
+	resources.SetLiveStatus(api.KindCluster, clusterTunnels{s.tunnels})
 	if err := resources.EnableAccess(context.Background(), apiserver.Access{Authorizer: s.authz, ClusterGroups: s.fleet.ClusterGroupsOf}, s.auth.UserHooks()); err != nil {
 		s.log.Error("storing the built-in roles", "err", err)
 	}
