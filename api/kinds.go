@@ -104,6 +104,11 @@ type RegistrationTokenSpec struct {
 	// ClusterName binds the token to one cluster of its namespace: it registers only that
 	// cluster, and may take it over when it exists (a cluster whose credential was lost).
 	ClusterName string `json:"clusterName,omitempty"`
+	// Replace lets the token re-adopt the cluster it is bound to when that cluster was rebuilt
+	// (a new kube-system UID, its agent's state lost): a cluster registering with it takes
+	// over the Cluster — name, labels, template values, bindings, bundles — under its own
+	// identity, and the old cluster's credential stops working. Needs clusterName.
+	Replace bool `json:"replace,omitempty"`
 }
 
 // RegistrationTokenStatus says whether the token can still be used. The token's value is

@@ -146,7 +146,9 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) (identity, bool
 	case err == nil && obj.Metadata.UID == id.UID:
 		w.Header().Set("Retry-After", "1")
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cluster registered a moment ago; try again shortly")
-	case err == nil || errors.Is(err, store.ErrNotFound):
+	case err == nil:
+		fail(w, http.StatusUnauthorized, api.ReasonClusterDeleted, fmt.Sprintf("cluster %s/%s was deleted from the server, or replaced by a rebuilt cluster registering with a token bound to it; this credential is revoked", id.Namespace, id.Name))
+	case errors.Is(err, store.ErrNotFound):
 		fail(w, http.StatusUnauthorized, api.ReasonClusterDeleted, fmt.Sprintf("cluster %s/%s was deleted from the server; its credential is revoked", id.Namespace, id.Name))
 	default:
 		fail(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "store unavailable")

@@ -49,13 +49,10 @@ func ClusterName(clientID string) string {
 // derivedName matches the names ClusterName makes.
 var derivedName = regexp.MustCompile(`^c-[0-9a-f]{16}$`)
 
-// checkChosenName says why name may not be asked for by the cluster with clientID, or "".
+// checkReservedName says why name may not be asked for by the cluster with clientID, or "".
 // Derived names are reserved: asking for another cluster's would keep that cluster from
-// ever registering.
-func checkChosenName(name, clientID string) string {
-	if msgs := validation.IsDNS1123Label(name); len(msgs) > 0 {
-		return fmt.Sprintf("cluster name %q is not a valid DNS label: %s", name, strings.Join(msgs, "; "))
-	}
+// ever registering (a token replacing the cluster of that name may, see registerCluster).
+func checkReservedName(name, clientID string) string {
 	if derivedName.MatchString(name) && name != ClusterName(clientID) {
 		return fmt.Sprintf("cluster name %q has the form c-<16 hex digits>, which is reserved for names derived from a cluster's identity", name)
 	}
@@ -394,6 +391,11 @@ type refusedError struct{ msg string }
 
 func (e *refusedError) Error() string { return e.msg }
 
+// badNameError answers a registration asking for a name it may not have.
+type badNameError struct{ msg string }
+
+func (e *badNameError) Error() string { return e.msg }
+
 // takenError answers a registration asking for a name another cluster has.
 type takenError struct{ msg string }
 
@@ -429,16 +431,19 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.ClusterName != "" {
-		if msg := checkChosenName(req.ClusterName, req.ClientID); msg != "" {
-			fail(w, http.StatusBadRequest, api.ReasonBadRequest, msg)
+		if msgs := validation.IsDNS1123Label(req.ClusterName); len(msgs) > 0 {
+			fail(w, http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("cluster name %q is not a valid DNS label: %s", req.ClusterName, strings.Join(msgs, "; ")))
 			return
 		}
 	}
 	resp, err := s.registerCluster(ctx, auth.BearerToken(r), &req)
+	var bad *badNameError
 	var te *tokenError
 	var re *refusedError
 	var taken *takenError
 	switch {
+	case errors.As(err, &bad):
+		fail(w, http.StatusBadRequest, api.ReasonBadRequest, bad.msg)
 	case errors.As(err, &te):
 		fail(w, http.StatusUnauthorized, api.ReasonTokenInvalid, te.msg)
 	case errors.As(err, &re):
@@ -462,11 +467,22 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 	var tspec api.RegistrationTokenSpec
 	json.Unmarshal(tok.Spec, &tspec)
 	ns := tok.Metadata.Namespace
-	// The agent may ask for a name (checked by the handler); else it is derived from the
-	// client ID. Either way the Cluster of that name, if any, must be this client's.
+	// The agent may ask for a name; a token replacing a cluster names it; else it is derived
+	// from the client ID. Either way the Cluster of that name, if any, must be this client's,
+	// unless the token replaces it.
+	replaces := tspec.Replace && tspec.ClusterName != ""
 	name := req.ClusterName
+	if name == "" && replaces {
+		name = tspec.ClusterName
+	}
 	if name == "" {
 		name = ClusterName(req.ClientID)
+	}
+	replaces = replaces && tspec.ClusterName == name
+	if req.ClusterName != "" && !replaces {
+		if msg := checkReservedName(req.ClusterName, req.ClientID); msg != "" {
+			return nil, &badNameError{msg}
+		}
 	}
 	if tspec.ClusterName != "" && tspec.ClusterName != name {
 		msg := fmt.Sprintf("registration token %s is bound to cluster %s/%s, and this cluster asks for %s/%s", tok.Metadata.Name, ns, tspec.ClusterName, ns, name)
@@ -502,6 +518,10 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 			}
 		}
 		if err != nil {
+			return nil, err
+		}
+	} else if err == nil && replaces && checkSameClient(cur, req.ClientID) != nil {
+		if cur, err = s.replaceCluster(ctx, tok, tspec, cur, req); err != nil {
 			return nil, err
 		}
 	} else if err == nil {
@@ -568,6 +588,59 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 	}
 	cred, exp := s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})
 	return &api.RegisterResponse{Namespace: ns, ClusterName: name, Credential: cred, Expires: &exp}, nil
+}
+
+// replaceCluster gives cur, the Cluster of a cluster that was rebuilt, to the cluster
+// registering with a token bound to it for that. Name, labels, annotations and spec stay; the
+// client ID becomes the new cluster's, the status starts afresh, and the UID is new: the old
+// cluster's credential names the old UID, so it stops working at once on every server, and
+// what the old cluster reported is forgotten as for a deleted one.
+func (s *Server) replaceCluster(ctx context.Context, tok *api.Object, tspec api.RegistrationTokenSpec, cur *api.Object, req *api.RegisterRequest) (*api.Object, error) {
+	if err := s.useToken(ctx, tok); err != nil {
+		return nil, err
+	}
+	key := store.KeyOf(cur)
+	for attempt := 0; ; attempt++ {
+		var spec map[string]any
+		if err := json.Unmarshal(cur.Spec, &spec); err != nil || spec == nil {
+			spec = map[string]any{}
+		}
+		spec["clientID"] = req.ClientID
+		next := cur.DeepCopy()
+		oldUID := cur.Metadata.UID
+		next.Metadata.UID = apiserver.NewUID()
+		next.Spec, _ = json.Marshal(spec)
+		next.Status, _ = json.Marshal(api.ClusterStatus{Inventory: req.Inventory, State: "Pending"})
+		if next.Metadata.Labels == nil {
+			next.Metadata.Labels = map[string]string{}
+		}
+		for k, v := range mergeLabels(req.Labels, tspec.Labels) {
+			if _, ok := next.Metadata.Labels[k]; !ok {
+				next.Metadata.Labels[k] = v
+			}
+		}
+		if next.Metadata.Annotations == nil {
+			next.Metadata.Annotations = map[string]string{}
+		}
+		next.Metadata.Annotations["flotilla.dev/registered-with"] = tok.Metadata.Name
+		// The update is at cur's resourceVersion: a write since, or a concurrent replacement,
+		// is a conflict, and the Cluster is read again.
+		out, err := s.st.Update(ctx, next)
+		if err == nil {
+			s.log.Info("rebuilt cluster re-adopted with a token bound to it; the old cluster's credential is revoked",
+				"cluster", key.Namespace+"/"+key.Name, "token", tok.Metadata.Name, "oldUID", oldUID, "uid", out.Metadata.UID)
+			return out, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= 10 {
+			return nil, err
+		}
+		if cur, err = s.st.Get(ctx, key); err != nil {
+			return nil, err
+		}
+		if checkSameClient(cur, req.ClientID) == nil {
+			return cur, nil // replaced already, by this cluster's other request
+		}
+	}
 }
 
 // holdsCredential reports whether cred is want's credential: valid, or expired less than

@@ -297,6 +297,7 @@ var apiDocs = map[string]string{
 	"RegistrationTokenSpec.ClusterName":            "ClusterName binds the token to one cluster of its namespace: it registers only that cluster, and may take it over when it exists (a cluster whose credential was lost).",
 	"RegistrationTokenSpec.Labels":                 "Labels are given to every cluster registered with this token.",
 	"RegistrationTokenSpec.MaxUses":                "MaxUses bounds how many clusters may register with it; 0 means unlimited.",
+	"RegistrationTokenSpec.Replace":                "Replace lets the token re-adopt the cluster it is bound to when that cluster was rebuilt (a new kube-system UID, its agent's state lost): a cluster registering with it takes over the Cluster — name, labels, template values, bindings, bundles — under its own identity, and the old cluster's credential stops working. Needs clusterName.",
 	"RegistrationTokenSpec.TTL":                    "TTL is how long the token stays valid after creation, as a Go duration (\"24h\").",
 	"RegistrationTokenStatus":                      "RegistrationTokenStatus says whether the token can still be used. The token's value is shown once, when it is created, and stored only as a hash.",
 	"RegistrationTokenStatus.Expires":              "Expires is when the token stops working, set from spec.ttl when it is created; none means never.",

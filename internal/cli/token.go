@@ -24,7 +24,7 @@ admins.`}
 	var ttl time.Duration
 	var maxUses int
 	var labels, cluster string
-	var apiToken, admin bool
+	var apiToken, admin, replace bool
 	var description string
 	create := &cobra.Command{
 		Use:   "create [NAME]",
@@ -36,12 +36,13 @@ With --api, create an API token for yourself instead, with a description and a T
 the server's maximum, 90 days unless the server says otherwise, which is also the default).
 Admins may ask for an admin token with --admin.`,
 		Example: `  flotilla token create --ttl 24h --max-uses 100 --labels env=prod,site=berlin
+  flotilla token create --cluster edge-17 --replace --max-uses 1 --ttl 1h   # edge-17 was rebuilt
   flotilla token create --api --description "CI pipeline" --ttl 720h`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if apiToken {
-				if len(args) > 0 || maxUses != 0 || labels != "" || cluster != "" {
-					return fmt.Errorf("--api tokens take no NAME, --max-uses, --labels or --cluster")
+				if len(args) > 0 || maxUses != 0 || labels != "" || cluster != "" || replace {
+					return fmt.Errorf("--api tokens take no NAME, --max-uses, --labels, --cluster or --replace")
 				}
 				return createAPIToken(cmd, g, description, ttl, admin)
 			}
@@ -56,7 +57,10 @@ Admins may ask for an admin token with --admin.`,
 				rand.Read(b)
 				name = "token-" + hex.EncodeToString(b)
 			}
-			spec := api.RegistrationTokenSpec{MaxUses: maxUses, ClusterName: cluster}
+			if replace && cluster == "" {
+				return fmt.Errorf("--replace needs --cluster NAME: the cluster a rebuilt one replaces")
+			}
+			spec := api.RegistrationTokenSpec{MaxUses: maxUses, ClusterName: cluster, Replace: replace}
 			if ttl > 0 {
 				spec.TTL = ttl.String()
 			}
@@ -103,6 +107,7 @@ Admins may ask for an admin token with --admin.`,
 	create.Flags().IntVar(&maxUses, "max-uses", 0, "how many clusters may register with it; 0 means unlimited")
 	create.Flags().StringVar(&labels, "labels", "", "labels given to clusters registered with it, k=v,…")
 	create.Flags().StringVar(&cluster, "cluster", "", "bind the token to this cluster: it registers only that cluster, and may take it over when it exists (e.g. its credential was lost)")
+	create.Flags().BoolVar(&replace, "replace", false, "with --cluster: a rebuilt cluster (new identity, agent state lost) registering with the token re-adopts that Cluster, and the old cluster's credential stops working")
 	cmd.AddCommand(create, newTokenListCmd(g), newTokenRevokeCmd(g))
 	return cmd
 }

@@ -353,25 +353,14 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		if c == nil || c.UID != obj.Metadata.UID {
 			return
 		}
-		for _, p := range c.deps {
-			if b := w.bundles[p.bundle]; b != nil {
-				f.recount(b, c, p.effective(), "")
-			}
-		}
-		delete(w.clusters, name)
-		delete(f.byUID, c.UID)
-		f.forgetUsage(c)
-		f.clusters.Store(int64(len(f.byUID)))
-		delete(f.dirtyClusters, c)
-		f.dirtyGroups[w.name] = struct{}{}
-		go func(uid string) {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := f.st.DeleteClusterStatus(ctx, uid); err != nil {
-				f.log.Warn("deleting status of a deleted cluster", "uid", uid, "err", err)
-			}
-		}(c.UID)
+		f.forgetCluster(w, c)
 		return
+	}
+	if c != nil && c.UID != obj.Metadata.UID {
+		// The Cluster was given to a rebuilt cluster (a new UID): the old one is gone, with
+		// what it reported, as if deleted, and the new one starts afresh below.
+		f.forgetCluster(w, c)
+		c = nil
 	}
 	var spec api.ClusterSpec
 	json.Unmarshal(obj.Spec, &spec)
@@ -404,6 +393,29 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	c.tmplHash = ""
 	f.retarget(w, c, true)
 	f.dirtyGroups[w.name] = struct{}{}
+}
+
+// forgetCluster removes c from the model, its deployments from its bundles' counts, and its
+// stored status rows.
+func (f *Fleet) forgetCluster(w *workspace, c *Cluster) {
+	for _, p := range c.deps {
+		if b := w.bundles[p.bundle]; b != nil {
+			f.recount(b, c, p.effective(), "")
+		}
+	}
+	delete(w.clusters, c.Name)
+	delete(f.byUID, c.UID)
+	f.forgetUsage(c)
+	f.clusters.Store(int64(len(f.byUID)))
+	delete(f.dirtyClusters, c)
+	f.dirtyGroups[w.name] = struct{}{}
+	go func(uid string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := f.st.DeleteClusterStatus(ctx, uid); err != nil {
+			f.log.Warn("deleting status of a deleted cluster", "uid", uid, "err", err)
+		}
+	}(c.UID)
 }
 
 // setClientID changes a cluster's client ID (a re-registration), keeping its IDs in one

@@ -37,6 +37,9 @@ func validateToken(s any) []api.StatusCause {
 		c.Field = strings.Replace(c.Field, "metadata.labels", "spec.labels", 1)
 		causes = append(causes, c)
 	}
+	if spec.Replace && spec.ClusterName == "" {
+		causes = append(causes, api.StatusCause{Field: "spec.replace", Message: "needs spec.clusterName: only a token bound to one cluster may replace it"})
+	}
 	if spec.ClusterName != "" {
 		for _, c := range validateMeta(&api.ObjectMeta{Name: spec.ClusterName, Namespace: "x"}) {
 			c.Field = strings.Replace(c.Field, "metadata.name", "spec.clusterName", 1)
