@@ -129,6 +129,18 @@ func (s *Server) Open() int {
 	return len(s.open)
 }
 
+// Streams is the number of streams open through all tunnels: requests in flight, watches,
+// and upgraded connections (exec, attach, port-forward).
+func (s *Server) Streams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, t := range s.open {
+		n += int(t.act.active.Load())
+	}
+	return n
+}
+
 // IsOpen reports whether cluster has a tunnel open.
 func (s *Server) IsOpen(cluster string) bool {
 	s.mu.Lock()
