@@ -21,8 +21,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -200,6 +202,7 @@ func startKubeEnv(t *testing.T) *kubeEnv {
 	if _, err := cs.CoreV1().Pods("default").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	serveWeb(t, cs, egress)
 
 	log := slog.New(slog.DiscardHandler)
 	// Idle tunnels are never closed here: the counts compared are of streams and calls.
@@ -394,5 +397,91 @@ func TestKubectlStreamsThroughTheTunnel(t *testing.T) {
 			pf.Wait()
 			released(t, e.reg, "port-forward")
 		})
+	}
+}
+
+// serveWeb makes Service web (ports http 80 and https 443) with its endpoint, pod p, at
+// 10.1.0.50, which the egress proxy maps to echo servers on loopback: kube-apiserver does
+// not proxy to loopback endpoints.
+func serveWeb(t *testing.T, cs kubernetes.Interface, egress *kube.Egress) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		tls := ""
+		if r.TLS != nil {
+			tls = " tls"
+		}
+		fmt.Fprintf(w, "%s %s%s body=%s", r.Method, r.URL.RequestURI(), tls, body)
+	})
+	plain := httptest.NewServer(echo)
+	t.Cleanup(plain.Close)
+	secure := httptest.NewTLSServer(echo)
+	t.Cleanup(secure.Close)
+	egress.Route("10.1.0.50:8080", plain.Listener.Addr().String())
+	egress.Route("10.1.0.50:8443", secure.Listener.Addr().String())
+
+	ctx := t.Context()
+	if _, err := cs.CoreV1().Services("default").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)},
+			{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443)},
+		}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready := true
+	port := func(name string, p int32) discoveryv1.EndpointPort {
+		return discoveryv1.EndpointPort{Name: &name, Port: &p}
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.50"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "p"}}},
+		Ports: []discoveryv1.EndpointPort{port("http", 8080), port("https", 8443)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServiceProxyThroughTheTunnel reaches an in-cluster service with Kubernetes' own
+// service proxy: the cluster's kube-apiserver proxies, the agent only ever reaches its API
+// server.
+func TestServiceProxyThroughTheTunnel(t *testing.T) {
+	e := startKubeEnv(t)
+	ctx := t.Context()
+	const svc = "/api/v1/namespaces/default/services/"
+	for path, want := range map[string]string{
+		svc + "web:http/proxy/hello/world?x=1&y=two%20words": "GET /hello/world?x=1&y=two+words body=", // the API server re-encodes the query
+		svc + "web:80/proxy/":                                "GET / body=",
+		svc + "https:web:https/proxy/secure?z=1":             "GET /secure?z=1 tls body=",
+	} {
+		out, err := e.cmd(ctx, false, "get", "--raw", path).CombinedOutput()
+		if err != nil || string(out) != want {
+			t.Errorf("kubectl get --raw %s: %v\n%s\nwant %q", path, err, out, want)
+		}
+		released(t, e.reg, "get --raw "+path)
+	}
+
+	post := func(path, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+api.PathK8sClusters+"edge"+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer bob")
+		resp, err := e.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		released(t, e.reg, "POST "+path)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post(svc+"web:http/proxy/submit?a=b&a=c", "form=1"); code != http.StatusOK || body != "POST /submit?a=b&a=c body=form=1" {
+		t.Errorf("POST through the service proxy: %d %s", code, body)
+	}
+	// Kubernetes' own answers pass through: a service that does not exist, a port it lacks.
+	if code, body := post(svc+"nope:http/proxy/", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, `no endpoints available for service \"nope\"`) {
+		t.Errorf("a missing service: %d %s", code, body)
+	}
+	if code, body := post(svc+"web:81/proxy/", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "no service port 81") {
+		t.Errorf("a missing port: %d %s", code, body)
 	}
 }
