@@ -76,11 +76,26 @@ func setup(t *testing.T) (*httptest.Server, *tunnel.Server, *seen) {
 
 // setupWith is setup with the agent forwarding to target, when not nil.
 func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Server, *seen) {
+	return setupOpt(t, setupOpts{target: target})
+}
+
+type setupOpts struct {
+	target http.Handler
+	// cluster is the agent's cluster (namespace/name); default fleet-default/edge.
+	cluster string
+	// idle is both ends' idle period (0: the default); bodyTimeout the proxy's.
+	idle, bodyTimeout time.Duration
+}
+
+func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *seen) {
+	if o.cluster == "" {
+		o.cluster = api.DefaultNamespace + "/edge"
+	}
 	tokens = &fakeTokens{}
 	log := slog.New(slog.DiscardHandler)
-	reg := tunnel.NewServer(tunnel.Config{Logger: log})
+	reg := tunnel.NewServer(tunnel.Config{Logger: log, Idle: o.idle})
 	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reg.Serve(w, r, api.DefaultNamespace+"/edge")
+		reg.Serve(w, r, o.cluster)
 	}))
 	t.Cleanup(agentSrv.Close)
 	got := &seen{}
@@ -90,19 +105,20 @@ func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Ser
 		got.mu.Unlock()
 		io.WriteString(w, "from the cluster")
 	})
+	target := o.target
 	if target == nil {
 		target = record
 	}
 	ag := tunnel.NewAgent(tunnel.AgentConfig{Server: agentSrv.URL, HTTPClient: agentSrv.Client(), Credential: func() string { return "cred" },
-		Target: target, Logger: log})
+		Target: target, Logger: log, Idle: o.idle})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	wg.Go(func() { ag.Run(ctx) })
-	// The agent's polls: every token wanted for edge reaches it.
+	// The agent's polls: every token wanted for its cluster reaches it.
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			tok, wake, release := reg.Wanted(api.DefaultNamespace + "/edge")
+			tok, wake, release := reg.Wanted(o.cluster)
 			if tok != "" {
 				ag.Want(tok)
 				wake = nil
@@ -115,8 +131,11 @@ func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Ser
 			release()
 		}
 	})
+	ops := cluster("edge")
+	ops.Metadata.Namespace = "ops"
 	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond, Tokens: tokens, CAPEM: []byte("CA PEM"),
-		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone")}})
+		BodyTimeout: o.bodyTimeout,
+		Store:       clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone"), "ops/edge": ops}})
 	mux := http.NewServeMux()
 	p.Register(mux)
 	ps := httptest.NewServer(mux)

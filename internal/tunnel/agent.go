@@ -271,8 +271,12 @@ func NewTarget(apiServer *url.URL, rt http.RoundTripper) http.Handler {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = apiServer.Scheme
 			pr.Out.URL.Host = apiServer.Host
+			// The path as the server decided on it, escapes and all.
 			pr.Out.URL.Path = strings.TrimRight(apiServer.Path, "/") + pr.In.URL.Path
 			pr.Out.URL.RawPath = ""
+			if pr.In.URL.RawPath != "" {
+				pr.Out.URL.RawPath = strings.TrimRight(apiServer.EscapedPath(), "/") + pr.In.URL.RawPath
+			}
 			pr.Out.Host = apiServer.Host
 			pr.Out.Header.Del("Authorization")
 		},
