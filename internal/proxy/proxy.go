@@ -331,37 +331,30 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := &target{cluster: key, path: fwd, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
 	if r.Body != nil && r.Body != http.NoBody && !upgrade {
 		// The body has a budget; the call's answer has none, as a watch streams.
-		rc := http.NewResponseController(w)
-		if err := rc.SetReadDeadline(time.Now().Add(p.cfg.BodyTimeout)); err != nil {
+		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(p.cfg.BodyTimeout)); err != nil {
 			p.cfg.Logger.Debug("no read deadline for a proxied call's body", "err", err)
 		}
-		t.body = &body{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody), rc: rc}
+		t.body = &body{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody)}
 		r.Body = t.body
 	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
 }
 
-// body is a proxied call's request body: it lifts the read deadline once the body is read
-// (the server's read that watches for the client going away must not time out), and keeps
-// the error that ended it, which the transport reports in its own words.
+// body is a proxied call's request body. It keeps the error that ended it, which the
+// transport reports in its own words. (The read deadline needs no lifting once the body is
+// read: net/http lifts it when it starts watching the connection for the client leaving.)
 type body struct {
 	io.ReadCloser
-	rc   *http.ResponseController
-	mu   sync.Mutex
-	err  error
-	done bool
+	mu  sync.Mutex
+	err error
 }
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil {
+	if err != nil && err != io.EOF {
 		b.mu.Lock()
-		if !b.done {
-			b.done = true
-			if err != io.EOF {
-				b.err = err
-			}
-			b.rc.SetReadDeadline(time.Time{})
+		if b.err == nil {
+			b.err = err
 		}
 		b.mu.Unlock()
 	}

@@ -85,6 +85,8 @@ type setupOpts struct {
 	cluster string
 	// idle is both ends' idle period (0: the default); bodyTimeout the proxy's.
 	idle, bodyTimeout time.Duration
+	// h2 serves the proxy on TLS with HTTP/2, as the server does.
+	h2 bool
 }
 
 func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *seen) {
@@ -138,7 +140,13 @@ func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *see
 		Store:       clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone"), "ops/edge": ops}})
 	mux := http.NewServeMux()
 	p.Register(mux)
-	ps := httptest.NewServer(mux)
+	ps := httptest.NewUnstartedServer(mux)
+	if o.h2 {
+		ps.EnableHTTP2 = true
+		ps.StartTLS()
+	} else {
+		ps.Start()
+	}
 	t.Cleanup(ps.Close)
 	return ps, reg, got
 }
