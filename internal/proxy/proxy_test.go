@@ -231,12 +231,14 @@ func TestProxyRefusesBeforeForwarding(t *testing.T) {
 		{"carol", "/k8s/clusters/edge/api", http.StatusForbidden, "carol has no role binding granting anything on cluster"},
 		{"bob", "/k8s/clusters/nope/api", http.StatusNotFound, "cluster fleet-default/nope not found"},
 		{"bob", "/k8s/clusters/edge/api/v1/%2e%2e/%2e%2e/secrets", http.StatusBadRequest, "must not contain"},
+		{"bob", "/k8s/clusters/Not_A_Name/api", http.StatusBadRequest, "cluster name"},
 	} {
 		code, body, _ := call(t, ps, c.token, c.path, nil)
 		if code != c.code || !strings.Contains(body, c.msg) {
 			t.Errorf("%s %s: %d %s, want %d %q", c.token, c.path, code, body, c.code, c.msg)
 		}
 	}
+	released(t, reg, "refused calls")
 	got.mu.Lock()
 	defer got.mu.Unlock()
 	if got.req != nil || reg.Open() != 0 {
@@ -250,12 +252,13 @@ func TestProxyRefusesBeforeForwarding(t *testing.T) {
 }
 
 func TestProxySaysWhenAnAbsentClusterWasLastSeen(t *testing.T) {
-	ps, _, _ := setup(t)
+	ps, reg, _ := setup(t)
 	code, body, h := call(t, ps, "bob", "/k8s/clusters/gone/api", nil)
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "did not open its tunnel within 200ms") ||
 		!strings.Contains(body, "last seen at 2026-11-30T22:00:00Z") || h.Get("Retry-After") == "" {
 		t.Fatalf("%d %s", code, body)
 	}
+	released(t, reg, "a call to an absent cluster")
 }
 
 // An upgraded connection (as exec and port-forward make) passes through the proxy, the
