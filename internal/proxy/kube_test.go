@@ -28,103 +28,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	utilexec "k8s.io/utils/exec"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/testenv/kube"
 	"flotilla.dev/internal/tunnel"
 )
-
-// container is what runs in the test kubelet's pods: cat, echo, exit N; attach echoes
-// stdin; port 8080 is a loopback server answering each line in upper case; the log is
-// "line 1" and then, when followed, whatever the test sends on logs.
-type container struct {
-	port string
-	logs chan string
-}
-
-func (c *container) Exec(_ context.Context, cmd []string, in io.Reader, out, errOut io.Writer) error {
-	switch cmd[0] {
-	case "cat":
-		_, err := io.Copy(out, in)
-		return err
-	case "echo":
-		fmt.Fprintln(out, strings.Join(cmd[1:], " "))
-		fmt.Fprintln(errOut, "to stderr")
-		return nil
-	case "exit":
-		n, _ := strconv.Atoi(cmd[1])
-		return utilexec.CodeExitError{Err: fmt.Errorf("exit %d", n), Code: n}
-	}
-	return utilexec.CodeExitError{Err: fmt.Errorf("%s: not found", cmd[0]), Code: 127}
-}
-
-func (c *container) Attach(_ context.Context, in io.Reader, out, _ io.Writer) error {
-	fmt.Fprintln(out, "attached")
-	_, err := io.Copy(out, in)
-	return err
-}
-
-func (c *container) PortForward(ctx context.Context, port int32, stream io.ReadWriteCloser) error {
-	if port != 8080 {
-		return fmt.Errorf("nothing listens on port %d", port)
-	}
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.port)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	go func() {
-		io.Copy(conn, stream)
-		conn.(*net.TCPConn).CloseWrite()
-	}()
-	_, err = io.Copy(stream, conn)
-	return err
-}
-
-func (c *container) Logs(ctx context.Context, w io.Writer, follow bool) error {
-	io.WriteString(w, "line 1\n")
-	for follow {
-		select {
-		case <-ctx.Done():
-			return nil
-		case l := <-c.logs:
-			io.WriteString(w, l+"\n")
-		}
-	}
-	return nil
-}
-
-// upperServer answers each line in upper case: the pod's port 8080.
-func upperServer(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					io.WriteString(c, strings.ToUpper(l))
-				}
-			})
-		}
-	})
-	return ln.Addr().String()
-}
 
 // live counts what a proxied call holds while it runs: streams open through the tunnels,
 // and goroutines in the proxy's code, its reverse proxies' copying and the tunnel's
@@ -167,14 +76,14 @@ type kubeEnv struct {
 	kubectl    string
 	kubeconfig string
 	cs         kubernetes.Interface
-	c          *container
+	c          *kube.EchoContainer
 	egress     *kube.Egress
 }
 
 func startKubeEnv(t *testing.T) *kubeEnv {
 	etcd := kube.StartEtcd(t)
 	egress := kube.StartEgress(t)
-	c := &container{port: upperServer(t), logs: make(chan string)}
+	c := kube.NewEchoContainer(t)
 	kubelet := kube.StartKubelet(t, c)
 	args := append(egress.APIServerArgs(), kube.KubeletAPIServerArgs...)
 	kc := kube.StartCluster(t, etcd, kube.Options{Name: "streams", APIServerArgs: args})
@@ -359,7 +268,7 @@ func TestKubectlStreamsThroughTheTunnel(t *testing.T) {
 				t.Errorf("logs -f: %q", l)
 			}
 			for _, l := range []string{"line 2", "line 3"} {
-				e.c.logs <- l
+				e.c.Log <- l
 				if got := next(t, ch, stderr); got != l {
 					t.Errorf("logs -f: %q, want %q", got, l)
 				}

@@ -115,6 +115,8 @@ func (s *Server) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_tunnels_open", Help: "Agent tunnels open now."},
 			func() float64 { return float64(s.Open()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_tunnel_streams_open", Help: "Streams open through the tunnels: calls in flight, watches, exec, port-forward."},
+			func() float64 { return float64(s.Streams()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flotilla_tunnels_opened_total", Help: "Agent tunnels opened."},
 			func() float64 { return float64(s.opened.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flotilla_tunnels_refused_total", Help: "Tunnel dials refused (token, limit)."},
