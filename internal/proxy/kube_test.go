@@ -20,11 +20,8 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -99,19 +96,10 @@ func startKubeEnv(t *testing.T) *kubeEnv {
 	if err := kubelet.RegisterNode(ctx, cs, "node-1"); err != nil {
 		t.Fatal(err)
 	}
-	pod, err := cs.CoreV1().Pods("default").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: map[string]string{"app": "web"}},
-		Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "main", Image: "test"}}}}, metav1.CreateOptions{})
-	if err != nil {
+	if err := kubelet.RunPod(ctx, cs, "default", "p", "10.1.0.50", map[string]string{"app": "web"}); err != nil {
 		t.Fatal(err)
 	}
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.1.0.50", PodIPs: []corev1.PodIP{{IP: "10.1.0.50"}},
-		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
-		ContainerStatuses: []corev1.ContainerStatus{{Name: "main", Ready: true, Image: "test", ImageID: "test",
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}}}
-	if _, err := cs.CoreV1().Pods("default").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	serveWeb(t, cs, egress)
+	kube.ServeEcho(t, cs, egress, "default", "web", "p", "10.1.0.50")
 
 	log := slog.New(slog.DiscardHandler)
 	// Idle tunnels are never closed here: the counts compared are of streams and calls.
@@ -306,48 +294,6 @@ func TestKubectlStreamsThroughTheTunnel(t *testing.T) {
 			pf.Wait()
 			released(t, e.reg, "port-forward")
 		})
-	}
-}
-
-// serveWeb makes Service web (ports http 80 and https 443) with its endpoint, pod p, at
-// 10.1.0.50, which the egress proxy maps to echo servers on loopback: kube-apiserver does
-// not proxy to loopback endpoints.
-func serveWeb(t *testing.T, cs kubernetes.Interface, egress *kube.Egress) {
-	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		tls := ""
-		if r.TLS != nil {
-			tls = " tls"
-		}
-		fmt.Fprintf(w, "%s %s%s body=%s", r.Method, r.URL.RequestURI(), tls, body)
-	})
-	plain := httptest.NewServer(echo)
-	t.Cleanup(plain.Close)
-	secure := httptest.NewTLSServer(echo)
-	t.Cleanup(secure.Close)
-	egress.Route("10.1.0.50:8080", plain.Listener.Addr().String())
-	egress.Route("10.1.0.50:8443", secure.Listener.Addr().String())
-
-	ctx := t.Context()
-	if _, err := cs.CoreV1().Services("default").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{
-			{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)},
-			{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443)},
-		}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ready := true
-	port := func(name string, p int32) discoveryv1.EndpointPort {
-		return discoveryv1.EndpointPort{Name: &name, Port: &p}
-	}
-	if _, err := cs.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.50"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "p"}}},
-		Ports: []discoveryv1.EndpointPort{port("http", 8080), port("https", 8443)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -41,8 +41,9 @@ type Container interface {
 // run here. RegisterNode makes a Node whose status points the API server at it; give the
 // API server KubeletAPIServerArgs.
 type Kubelet struct {
-	srv *httptest.Server
-	c   Container
+	srv  *httptest.Server
+	c    Container
+	node string
 }
 
 // KubeletAPIServerArgs are the kube-apiserver flags for reaching a Kubelet: by the node's
@@ -87,6 +88,25 @@ func (k *Kubelet) RegisterNode(ctx context.Context, cs kubernetes.Interface, nam
 	}
 	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("setting the status of node %s: %w", name, err)
+	}
+	k.node = name
+	return nil
+}
+
+// RunPod creates Pod ns/name, with one container "main", on the kubelet's node (after
+// RegisterNode), and sets its status to running at ip, as a kubelet would.
+func (k *Kubelet) RunPod(ctx context.Context, cs kubernetes.Interface, ns, name, ip string, labels map[string]string) error {
+	pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		Spec: corev1.PodSpec{NodeName: k.node, Containers: []corev1.Container{{Name: "main", Image: "test"}}}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("creating pod %s/%s: %w", ns, name, err)
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+		ContainerStatuses: []corev1.ContainerStatus{{Name: "main", Ready: true, Image: "test", ImageID: "test",
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}}}
+	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("setting the status of pod %s/%s: %w", ns, name, err)
 	}
 	return nil
 }
