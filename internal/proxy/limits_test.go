@@ -196,39 +196,43 @@ func TestProxyGivesRequestBodiesABudget(t *testing.T) {
 		pw.Close()
 	}
 
-	// Answers after many budgets: a call with a body, and one without.
+	// Answers after many budgets, over HTTP/1.1 and HTTP/2: a call with a body, and one
+	// without.
 	type answer struct {
 		code int
 		body string
 	}
-	answers := make(chan answer, 2)
-	// The body is chunked, so that the proxy reads it to its end: then the server watches
-	// the connection for the client going away, which must not time out.
-	for _, body := range []io.Reader{io.MultiReader(strings.NewReader("{}")), nil} {
-		go func() {
-			req, _ := http.NewRequest(http.MethodPost, ps.URL+"/k8s/clusters/edge/slow", body)
-			req.Header.Set("Authorization", "Bearer bob")
-			resp, err := ps.Client().Do(req)
-			if err != nil {
-				answers <- answer{0, err.Error()}
-				return
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(resp.Body)
-			answers <- answer{resp.StatusCode, string(b)}
-		}()
+	answers := make(chan answer, 4)
+	for _, srv := range []*httptest.Server{ps, h2} {
+		// The body is chunked, so that the proxy reads it to its end: then the server
+		// watches the connection for the client going away, which must not time out.
+		for _, body := range []io.Reader{io.MultiReader(strings.NewReader("{}")), nil} {
+			go func() {
+				req, _ := http.NewRequest(http.MethodPost, srv.URL+"/k8s/clusters/edge/slow", body)
+				req.Header.Set("Authorization", "Bearer bob")
+				resp, err := srv.Client().Do(req)
+				if err != nil {
+					answers <- answer{0, err.Error()}
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				answers <- answer{resp.StatusCode, resp.Proto + " " + string(b)}
+			}()
+		}
 	}
-	for reg.Streams() < 2 {
+	for reg.Streams() < 2 || h2reg.Streams() < 2 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(5 * budget)
 	close(release)
-	for range 2 {
-		if a := <-answers; a.code != http.StatusOK || !strings.HasPrefix(a.body, "read ") {
+	for range 4 {
+		if a := <-answers; a.code != http.StatusOK || !strings.Contains(a.body, " read ") {
 			t.Errorf("a slow answer: %d %s", a.code, a.body)
 		}
 	}
 	released(t, reg, "slow answers")
+	released(t, h2reg, "slow answers over HTTP/2")
 }
 
 // An upgraded connection lives past the body budget and many idle periods of both ends of

@@ -329,7 +329,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Audit-Id", auditID)
 	t := &target{cluster: key, path: fwd, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
-	if r.Body != nil && r.Body != http.NoBody && !upgrade {
+	if r.Body != nil && r.ContentLength != 0 && !upgrade { // -1: chunked, or HTTP/2 without a length
 		// The body has a budget; the call's answer has none, as a watch streams.
 		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(p.cfg.BodyTimeout)); err != nil {
 			p.cfg.Logger.Debug("no read deadline for a proxied call's body", "err", err)
