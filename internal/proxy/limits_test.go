@@ -324,3 +324,52 @@ func TestProxyReachesClustersOfOtherWorkspaces(t *testing.T) {
 	}
 	released(t, reg, "calls to ops.edge")
 }
+
+// A long call ends when its tunnel goes away: the client's connection is closed for
+// writing (as httputil.ReverseProxy ends an upgraded connection), and once the client closes
+// it nothing is left.
+func TestLongCallsEndWithTheirTunnel(t *testing.T) {
+	// An upgrade to a protocol that echoes bytes.
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		io.Copy(c, brw)
+	}))
+	t.Cleanup(backend.Close)
+	u, _ := url.Parse(backend.URL)
+	var breakTunnels func()
+	ps, reg, _ := setupOpt(t, setupOpts{target: tunnel.NewTarget(u, http.DefaultTransport), breaker: func(f func()) { breakTunnels = f }})
+	c, err := net.Dial("tcp", ps.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	fmt.Fprintf(c, "GET /k8s/clusters/edge/api/v1/namespaces/a/pods/p/exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bob\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	io.WriteString(c, "hi\n")
+	if l, err := br.ReadString('\n'); err != nil || l != "hi\n" {
+		t.Fatalf("echo: %q %v", l, err)
+	}
+	if n := reg.Streams(); n != 1 {
+		t.Fatalf("%d streams open for an upgraded call", n)
+	}
+	breakTunnels()
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the call outlived its tunnel: read %d, %v", n, err)
+	}
+	c.Close()
+	released(t, reg, "a call whose tunnel went away")
+	for reg.Open() != 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -87,6 +88,8 @@ type setupOpts struct {
 	idle, bodyTimeout time.Duration
 	// h2 serves the proxy on TLS with HTTP/2, as the server does.
 	h2 bool
+	// breaker, if set, is given a func that breaks the connections of the tunnels.
+	breaker func(breakTunnels func())
 }
 
 func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *seen) {
@@ -96,10 +99,16 @@ func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *see
 	tokens = &fakeTokens{}
 	log := slog.New(slog.DiscardHandler)
 	reg := tunnel.NewServer(tunnel.Config{Logger: log, Idle: o.idle})
-	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	agentSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reg.Serve(w, r, o.cluster)
 	}))
+	conns := &connsListener{Listener: agentSrv.Listener}
+	agentSrv.Listener = conns
+	agentSrv.Start()
 	t.Cleanup(agentSrv.Close)
+	if o.breaker != nil {
+		o.breaker(conns.closeAll)
+	}
 	got := &seen{}
 	record := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.mu.Lock()
@@ -382,5 +391,31 @@ func TestKubeconfigEndpoint(t *testing.T) {
 	defer tokens.mu.Unlock()
 	if len(tokens.made) != 1 || tokens.made[0].TTL != "8h0m0s" && tokens.made[0].TTL != "8h" {
 		t.Errorf("tokens made: %+v", tokens.made)
+	}
+}
+
+// connsListener keeps the connections it accepts, to break them: httptest's
+// CloseClientConnections leaves alone the hijacked ones a tunnel runs on.
+type connsListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *connsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *connsListener) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
 	}
 }
