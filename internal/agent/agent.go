@@ -94,15 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 // tunnelTarget is what the tunnel forwards to: the cluster's own API server, as the agent's
 // configuration names it, with the agent's credentials.
 func tunnelTarget(rc *rest.Config) (http.Handler, error) {
-	u, _, err := rest.DefaultServerUrlFor(rc)
-	if err != nil {
-		return nil, fmt.Errorf("the cluster's API server: %w", err)
-	}
-	rt, err := rest.TransportFor(rc)
-	if err != nil {
-		return nil, fmt.Errorf("transport to the cluster's API server: %w", err)
-	}
-	return tunnel.NewTarget(u, rt), nil
+	return tunnel.TargetFor(rc)
 }
 
 // restConfig finds the managed cluster's configuration.

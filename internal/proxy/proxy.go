@@ -10,15 +10,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -76,6 +80,11 @@ type Config struct {
 	// come; nil leaves it out.
 	PollInterval func() time.Duration
 	Logger       *slog.Logger
+	// BodyTimeout is how long a proxied call may take to send its request body (0: 2m): a
+	// client sending it slowly must not hold a tunnel stream for ever. Calls without a body
+	// (watches, logs) and upgraded ones (exec, attach, port-forward) last as long as their
+	// client and the tunnel do.
+	BodyTimeout time.Duration
 	// Tokens and CAPEM serve PathKubeconfig; without Tokens it is not served.
 	Tokens Tokens
 	CAPEM  []byte
@@ -95,6 +104,8 @@ type ctxKey struct{}
 // target is where a request goes, carried from the handler to the transport's dial.
 type target struct {
 	cluster      string // namespace/name
+	path         string // the path forwarded, escaped, as decided on
+	body         *body
 	user         string
 	groups       []string
 	flotillaUser string
@@ -105,6 +116,9 @@ type target struct {
 func New(cfg Config) *Proxy {
 	if cfg.Wait <= 0 {
 		cfg.Wait = 30 * time.Second
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 2 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -130,6 +144,19 @@ func New(cfg Config) *Proxy {
 		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			t := r.Context().Value(ctxKey{}).(*target)
+			// The transport reports a failed read of the request body in its own words: the
+			// body says what it met.
+			var tooLarge *http.MaxBytesError
+			switch berr := t.body.failed(); {
+			case errors.As(berr, &tooLarge):
+				writeStatus(w, http.StatusRequestEntityTooLarge, api.ReasonTooLarge,
+					fmt.Sprintf("the request body is larger than %d bytes", tooLarge.Limit))
+				return
+			case errors.Is(berr, os.ErrDeadlineExceeded):
+				writeStatus(w, http.StatusRequestTimeout, string(metav1.StatusReasonTimeout),
+					fmt.Sprintf("the request body did not arrive within %s", cfg.BodyTimeout))
+				return
+			}
 			cfg.Logger.Info("proxied call failed", "cluster", t.cluster, "err", err)
 			writeStatus(w, http.StatusBadGateway, api.ReasonUnavailable, fmt.Sprintf("cluster %s could not be reached through its tunnel", t.cluster))
 		},
@@ -147,16 +174,17 @@ func (p *Proxy) Register(mux *http.ServeMux) {
 
 // kubeconfig writes a kubeconfig for a cluster the caller may reach, with a new API token.
 func (p *Proxy) kubeconfig(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("cluster")
-	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
-		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, fmt.Sprintf("cluster name %.80q: %s", name, errs[0]))
+	ref := r.PathValue("cluster")
+	ns, name, err := ParseCluster(ref)
+	if err != nil {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
 		return
 	}
-	rc, ok := p.reach(w, r, name)
+	rc, ok := p.reach(w, r, ns, name)
 	if !ok {
 		return
 	}
-	t, err := p.cfg.Tokens.CreateAPIToken(r.Context(), rc.id, api.CreateTokenRequest{Description: "kubeconfig for cluster " + name, TTL: r.URL.Query().Get("ttl")})
+	t, err := p.cfg.Tokens.CreateAPIToken(r.Context(), rc.id, api.CreateTokenRequest{Description: "kubeconfig for cluster " + ns + "/" + name, TTL: r.URL.Query().Get("ttl")})
 	if err != nil {
 		if errors.Is(err, auth.ErrBadTokenRequest) {
 			writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
@@ -165,9 +193,9 @@ func (p *Proxy) kubeconfig(w http.ResponseWriter, r *http.Request) {
 		apiserver.WriteError(w, err)
 		return
 	}
-	ctxName := "flotilla-" + name
+	ctxName := "flotilla-" + ref
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[ctxName] = &clientcmdapi.Cluster{Server: "https://" + r.Host + api.PathK8sClusters + name, CertificateAuthorityData: p.cfg.CAPEM}
+	cfg.Clusters[ctxName] = &clientcmdapi.Cluster{Server: "https://" + r.Host + api.PathK8sClusters + ref, CertificateAuthorityData: p.cfg.CAPEM}
 	cfg.AuthInfos[ctxName] = &clientcmdapi.AuthInfo{Token: t.Token}
 	cfg.Contexts[ctxName] = &clientcmdapi.Context{Cluster: ctxName, AuthInfo: ctxName}
 	cfg.CurrentContext = ctxName
@@ -189,11 +217,13 @@ func writeStatus(w http.ResponseWriter, code int, reason, msg string) {
 // is, and the cluster must not see the caller's Flotilla credentials.
 func stripped(name string) bool {
 	switch {
-	case strings.HasPrefix(name, "Impersonate-"), strings.HasPrefix(name, "X-Remote-"):
+	case strings.HasPrefix(name, "Impersonate-"), strings.HasPrefix(name, "X-Remote-"), strings.HasPrefix(name, "Proxy-"):
 		return true
 	}
+	// httputil.ReverseProxy drops the other hop-by-hop headers, and those Connection names,
+	// but keeps "Te: trailers", which no Kubernetes call needs.
 	switch name {
-	case "Authorization", "Cookie", "Audit-Id", "Proxy-Authorization":
+	case "Authorization", "Cookie", "Audit-Id", "Te":
 		return true
 	}
 	return false
@@ -201,9 +231,11 @@ func stripped(name string) bool {
 
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	t := pr.In.Context().Value(ctxKey{}).(*target)
-	rest := strings.TrimPrefix(pr.In.URL.Path, api.PathK8sClusters)
-	_, rest, _ = strings.Cut(rest, "/")
-	pr.Out.URL = &url.URL{Scheme: "http", Host: "cluster", Path: "/" + rest, RawQuery: pr.In.URL.RawQuery}
+	out, _ := url.Parse("http://cluster")
+	out.Path, _ = url.PathUnescape(t.path)
+	out.RawPath = t.path
+	out.RawQuery = pr.In.URL.RawQuery
+	pr.Out.URL = out
 	pr.Out.Host = "cluster"
 	for name := range pr.Out.Header {
 		if stripped(http.CanonicalHeaderKey(name)) {
@@ -218,24 +250,69 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Set("Audit-Id", t.auditID)
 }
 
+// ParseCluster reads a cluster's reference in a path: NAME in the default workspace, or
+// WORKSPACE.NAME (both are DNS labels, so the dot is unambiguous).
+func ParseCluster(ref string) (ns, name string, err error) {
+	ns, name = api.DefaultNamespace, ref
+	if w, n, ok := strings.Cut(ref, "."); ok {
+		ns, name = w, n
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return "", "", fmt.Errorf("workspace %.80q: %s", ns, errs[0])
+		}
+	}
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+		return "", "", fmt.Errorf("cluster name %.80q: %s; want NAME or WORKSPACE.NAME", name, errs[0])
+	}
+	return ns, name, nil
+}
+
+// forwardedPath is the escaped path a call is forwarded to, from the escaped path after the
+// cluster's reference. Kubernetes reads its paths segment by segment, so the path must be
+// the one decided on here: no . or .. segment, no empty one, no slash in a segment.
+func forwardedPath(sub string) (string, error) {
+	if sub == "" {
+		return "/", nil
+	}
+	dec, err := url.PathUnescape(sub)
+	if err != nil {
+		return "", fmt.Errorf("the path is not properly escaped: %v", err)
+	}
+	if strings.Count(dec, "/") != strings.Count(sub, "/") {
+		return "", errors.New("the path must not contain an escaped slash (%2F)")
+	}
+	if path.Clean("/"+dec) != "/"+strings.TrimSuffix(dec, "/") {
+		return "", errors.New("the path must not contain ., .. or empty segments")
+	}
+	return "/" + sub, nil
+}
+
 // ServeHTTP decides and forwards one call.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rest := strings.TrimPrefix(r.URL.Path, api.PathK8sClusters)
-	name, sub, _ := strings.Cut(rest, "/")
-	if name == "" || len(name) > 63 {
-		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, "no cluster named in the path: want "+api.PathK8sClusters+"NAME/…")
+	ref, sub, _ := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), api.PathK8sClusters), "/")
+	if ref == "" {
+		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, "no cluster named in the path: want "+api.PathK8sClusters+"[WORKSPACE.]NAME/…")
 		return
 	}
-	// The mux cleans paths, but the forwarded path must be exactly what was decided on.
-	if sub != "" && path.Clean("/"+sub) != "/"+strings.TrimSuffix(sub, "/") {
-		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, "the path must not contain . or .. segments")
+	ns, name, err := ParseCluster(ref)
+	if err != nil {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
 		return
 	}
-	rc, ok := p.reach(w, r, name)
+	fwd, err := forwardedPath(sub)
+	if err != nil {
+		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
+		return
+	}
+	upgrade := r.Header.Get("Upgrade") != ""
+	if !upgrade && r.ContentLength > maxBody {
+		writeStatus(w, http.StatusRequestEntityTooLarge, api.ReasonTooLarge, fmt.Sprintf("the request body is larger than %d bytes", maxBody))
+		return
+	}
+	rc, ok := p.reach(w, r, ns, name)
 	if !ok {
 		return
 	}
-	id, ns, obj, user, groups := rc.id, rc.ns, rc.obj, rc.user, rc.groups
+	id, obj, user, groups := rc.id, rc.obj, rc.user, rc.groups
 	key := ns + "/" + name
 	if err := p.cfg.Tunnels.Await(r.Context(), key, p.cfg.Wait); err != nil {
 		if errors.Is(err, tunnel.ErrNoTunnel) {
@@ -251,11 +328,47 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auditID = apiserver.NewUID()
 	}
 	w.Header().Set("Audit-Id", auditID)
-	if r.Body != nil && r.Header.Get("Upgrade") == "" {
-		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	t := &target{cluster: key, path: fwd, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
+	if r.Body != nil && r.ContentLength != 0 && !upgrade { // -1: chunked, or HTTP/2 without a length
+		// The body has a budget; the call's answer has none, as a watch streams.
+		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(p.cfg.BodyTimeout)); err != nil {
+			p.cfg.Logger.Debug("no read deadline for a proxied call's body", "err", err)
+		}
+		t.body = &body{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody)}
+		r.Body = t.body
 	}
-	t := &target{cluster: key, user: user, groups: groups, flotillaUser: id.User, auditID: auditID}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
+}
+
+// body is a proxied call's request body. It keeps the error that ended it, which the
+// transport reports in its own words. (The read deadline needs no lifting once the body is
+// read: net/http lifts it when it starts watching the connection for the client leaving.)
+type body struct {
+	io.ReadCloser
+	mu  sync.Mutex
+	err error
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+// failed is the error that ended the body early, if any; nil for no body.
+func (b *body) failed() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 // reached is a caller allowed to reach a cluster, and as whom.
@@ -267,15 +380,14 @@ type reached struct {
 	groups []string
 }
 
-// reach authenticates the caller and decides whether they may reach cluster name at all;
+// reach authenticates the caller and decides whether they may reach cluster ns/name at all;
 // otherwise it writes the answer.
-func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, name string) (*reached, bool) {
+func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, ns, name string) (*reached, bool) {
 	id, err := p.cfg.Auth.Authenticate(r.Context(), auth.BearerToken(r))
 	if err != nil {
 		apiserver.WriteError(w, err)
 		return nil, false
 	}
-	ns := api.DefaultNamespace
 	audit.Annotate(r.Context(), id.User, id.Groups, api.KindCluster, ns, name)
 	subj := rbac.Subject{User: id.User, Groups: id.Groups}
 	obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -76,13 +77,38 @@ func setup(t *testing.T) (*httptest.Server, *tunnel.Server, *seen) {
 
 // setupWith is setup with the agent forwarding to target, when not nil.
 func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Server, *seen) {
+	return setupOpt(t, setupOpts{target: target})
+}
+
+type setupOpts struct {
+	target http.Handler
+	// cluster is the agent's cluster (namespace/name); default fleet-default/edge.
+	cluster string
+	// idle is both ends' idle period (0: the default); bodyTimeout the proxy's.
+	idle, bodyTimeout time.Duration
+	// h2 serves the proxy on TLS with HTTP/2, as the server does.
+	h2 bool
+	// breaker, if set, is given a func that breaks the connections of the tunnels.
+	breaker func(breakTunnels func())
+}
+
+func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *seen) {
+	if o.cluster == "" {
+		o.cluster = api.DefaultNamespace + "/edge"
+	}
 	tokens = &fakeTokens{}
 	log := slog.New(slog.DiscardHandler)
-	reg := tunnel.NewServer(tunnel.Config{Logger: log})
-	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reg.Serve(w, r, api.DefaultNamespace+"/edge")
+	reg := tunnel.NewServer(tunnel.Config{Logger: log, Idle: o.idle})
+	agentSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reg.Serve(w, r, o.cluster)
 	}))
+	conns := &connsListener{Listener: agentSrv.Listener}
+	agentSrv.Listener = conns
+	agentSrv.Start()
 	t.Cleanup(agentSrv.Close)
+	if o.breaker != nil {
+		o.breaker(conns.closeAll)
+	}
 	got := &seen{}
 	record := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.mu.Lock()
@@ -90,19 +116,20 @@ func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Ser
 		got.mu.Unlock()
 		io.WriteString(w, "from the cluster")
 	})
+	target := o.target
 	if target == nil {
 		target = record
 	}
 	ag := tunnel.NewAgent(tunnel.AgentConfig{Server: agentSrv.URL, HTTPClient: agentSrv.Client(), Credential: func() string { return "cred" },
-		Target: target, Logger: log})
+		Target: target, Logger: log, Idle: o.idle})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	wg.Go(func() { ag.Run(ctx) })
-	// The agent's polls: every token wanted for edge reaches it.
+	// The agent's polls: every token wanted for its cluster reaches it.
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			tok, wake, release := reg.Wanted(api.DefaultNamespace + "/edge")
+			tok, wake, release := reg.Wanted(o.cluster)
 			if tok != "" {
 				ag.Want(tok)
 				wake = nil
@@ -115,11 +142,20 @@ func setupWith(t *testing.T, target http.Handler) (*httptest.Server, *tunnel.Ser
 			release()
 		}
 	})
+	ops := cluster("edge")
+	ops.Metadata.Namespace = "ops"
 	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond, Tokens: tokens, CAPEM: []byte("CA PEM"),
-		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone")}})
+		BodyTimeout: o.bodyTimeout,
+		Store:       clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone"), "ops/edge": ops}})
 	mux := http.NewServeMux()
 	p.Register(mux)
-	ps := httptest.NewServer(mux)
+	ps := httptest.NewUnstartedServer(mux)
+	if o.h2 {
+		ps.EnableHTTP2 = true
+		ps.StartTLS()
+	} else {
+		ps.Start()
+	}
 	t.Cleanup(ps.Close)
 	return ps, reg, got
 }
@@ -204,12 +240,14 @@ func TestProxyRefusesBeforeForwarding(t *testing.T) {
 		{"carol", "/k8s/clusters/edge/api", http.StatusForbidden, "carol has no role binding granting anything on cluster"},
 		{"bob", "/k8s/clusters/nope/api", http.StatusNotFound, "cluster fleet-default/nope not found"},
 		{"bob", "/k8s/clusters/edge/api/v1/%2e%2e/%2e%2e/secrets", http.StatusBadRequest, "must not contain"},
+		{"bob", "/k8s/clusters/Not_A_Name/api", http.StatusBadRequest, "cluster name"},
 	} {
 		code, body, _ := call(t, ps, c.token, c.path, nil)
 		if code != c.code || !strings.Contains(body, c.msg) {
 			t.Errorf("%s %s: %d %s, want %d %q", c.token, c.path, code, body, c.code, c.msg)
 		}
 	}
+	released(t, reg, "refused calls")
 	got.mu.Lock()
 	defer got.mu.Unlock()
 	if got.req != nil || reg.Open() != 0 {
@@ -223,12 +261,13 @@ func TestProxyRefusesBeforeForwarding(t *testing.T) {
 }
 
 func TestProxySaysWhenAnAbsentClusterWasLastSeen(t *testing.T) {
-	ps, _, _ := setup(t)
+	ps, reg, _ := setup(t)
 	code, body, h := call(t, ps, "bob", "/k8s/clusters/gone/api", nil)
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "did not open its tunnel within 200ms") ||
 		!strings.Contains(body, "last seen at 2026-11-30T22:00:00Z") || h.Get("Retry-After") == "" {
 		t.Fatalf("%d %s", code, body)
 	}
+	released(t, reg, "a call to an absent cluster")
 }
 
 // An upgraded connection (as exec and port-forward make) passes through the proxy, the
@@ -352,5 +391,31 @@ func TestKubeconfigEndpoint(t *testing.T) {
 	defer tokens.mu.Unlock()
 	if len(tokens.made) != 1 || tokens.made[0].TTL != "8h0m0s" && tokens.made[0].TTL != "8h" {
 		t.Errorf("tokens made: %+v", tokens.made)
+	}
+}
+
+// connsListener keeps the connections it accepts, to break them: httptest's
+// CloseClientConnections leaves alone the hijacked ones a tunnel runs on.
+type connsListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *connsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *connsListener) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
 	}
 }

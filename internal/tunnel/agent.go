@@ -18,6 +18,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hashicorp/yamux"
+	"k8s.io/client-go/rest"
 
 	"flotilla.dev/api"
 )
@@ -231,6 +232,36 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	return &trackedConn{Conn: c, act: &l.act}, nil
 }
 
+// TargetFor is NewTarget for the API server rc names, with rc's credentials. Upgraded
+// calls (exec, attach, port-forward) go over HTTP/1.1: Go's transport would send a SPDY
+// upgrade over an HTTP/2 connection, where no upgrade exists.
+func TargetFor(rc *rest.Config) (http.Handler, error) {
+	u, _, err := rest.DefaultServerUrlFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's API server: %w", err)
+	}
+	rt, err := rest.TransportFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("transport to the cluster's API server: %w", err)
+	}
+	h1 := rest.CopyConfig(rc)
+	h1.NextProtos = []string{"http/1.1"}
+	upgrades, err := rest.TransportFor(h1)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP/1.1 transport to the cluster's API server: %w", err)
+	}
+	return NewTarget(u, roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Header.Get("Upgrade") != "" {
+			return upgrades.RoundTrip(r)
+		}
+		return rt.RoundTrip(r)
+	})), nil
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
 // NewTarget is the handler serving the tunnel's requests: a reverse proxy to apiServer (the
 // cluster's own API server, from the agent's configuration, never from the request) through
 // rt, which adds the agent's credentials. It serves only requests that impersonate a
@@ -240,8 +271,12 @@ func NewTarget(apiServer *url.URL, rt http.RoundTripper) http.Handler {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = apiServer.Scheme
 			pr.Out.URL.Host = apiServer.Host
+			// The path as the server decided on it, escapes and all.
 			pr.Out.URL.Path = strings.TrimRight(apiServer.Path, "/") + pr.In.URL.Path
 			pr.Out.URL.RawPath = ""
+			if pr.In.URL.RawPath != "" {
+				pr.Out.URL.RawPath = strings.TrimRight(apiServer.EscapedPath(), "/") + pr.In.URL.RawPath
+			}
 			pr.Out.Host = apiServer.Host
 			pr.Out.Header.Del("Authorization")
 		},

@@ -115,6 +115,8 @@ func (s *Server) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_tunnels_open", Help: "Agent tunnels open now."},
 			func() float64 { return float64(s.Open()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_tunnel_streams_open", Help: "Streams open through the tunnels: calls in flight, watches, exec, port-forward."},
+			func() float64 { return float64(s.Streams()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flotilla_tunnels_opened_total", Help: "Agent tunnels opened."},
 			func() float64 { return float64(s.opened.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flotilla_tunnels_refused_total", Help: "Tunnel dials refused (token, limit)."},
@@ -127,6 +129,18 @@ func (s *Server) Open() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.open)
+}
+
+// Streams is the number of streams open through all tunnels: requests in flight, watches,
+// and upgraded connections (exec, attach, port-forward).
+func (s *Server) Streams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, t := range s.open {
+		n += int(t.act.active.Load())
+	}
+	return n
 }
 
 // IsOpen reports whether cluster has a tunnel open.

@@ -240,3 +240,23 @@ func (s *Server) activeStreams(cluster string) int64 {
 	}
 	return -1
 }
+
+// An expired token is refused like a wrong one, and refused dials leave nothing open.
+func TestExpiredTunnelTokenIsRefused(t *testing.T) {
+	e := newEnv(t, Config{TokenTTL: 50 * time.Millisecond})
+	go e.reg.Await(context.Background(), "ns/a", 50*time.Millisecond)
+	tok := e.tokenFor(t, "ns/a")
+	time.Sleep(100 * time.Millisecond) // two token lifetimes
+	if code := dial(t, e, "cred-a", tok); code != http.StatusForbidden {
+		t.Fatalf("an expired token: %d", code)
+	}
+	if code := dial(t, e, "cred-b", tok); code != http.StatusForbidden {
+		t.Fatalf("an expired token of another cluster: %d", code)
+	}
+	e.reg.mu.Lock()
+	open, reserved := len(e.reg.open), e.reg.reserved
+	e.reg.mu.Unlock()
+	if open != 0 || reserved != 0 || e.reg.refused.Load() != 2 {
+		t.Errorf("after refused dials: %d open, %d reserved, %d refused", open, reserved, e.reg.refused.Load())
+	}
+}

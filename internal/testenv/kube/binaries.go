@@ -4,6 +4,12 @@
 // ends. Several API servers can share one etcd, each under its own key
 // prefix, so a test can have a fleet of clusters for about 300 MB each.
 //
+// Behind an API server a test can put a Kubelet (a test endpoint serving the kubelet's
+// exec, attach, port-forward and log endpoints with the kubelet's own streaming code, for
+// Go functions standing in for containers) and an Egress proxy (the API server's route to
+// the cluster network, mapping made-up pod addresses to servers on loopback), so that
+// kubectl exec, port-forward, logs and the service proxy run against a real API server.
+//
 // The binaries are not downloaded: hack/k8s-binaries.sh builds them from the
 // Go module proxy into a cache outside the repository. Tests that need them
 // skip when they are missing, except in CI (CI=true), where they fail.
