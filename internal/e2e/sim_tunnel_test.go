@@ -110,7 +110,9 @@ func TestSimTunnels(t *testing.T) {
 	}
 	var list struct {
 		Kind  string
-		Items []struct{ Metadata struct{ Name, Namespace string } }
+		Items []struct {
+			Metadata struct{ Name, Namespace string }
+		}
 	}
 	if err := json.Unmarshal(body, &list); err != nil || list.Kind != "PodList" || len(list.Items) != sim.SimPods || list.Items[0].Metadata.Namespace != "shop" {
 		t.Errorf("pods list through the proxy: %v %s", err, body)
