@@ -3,10 +3,12 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -204,6 +206,24 @@ func simTunnelOverhead(t *testing.T) {
 		}
 		per := func(r hammerResult, cpu time.Duration) time.Duration { return cpu / time.Duration(max(r.n, 1)) }
 		dCPU, pCPU := per(dr, dr.selfCPU+dr.serverCPU), per(pr, pr.selfCPU+pr.serverCPU)
+		if dir := os.Getenv("FLOTILLA_TUNNEL_PROFILE_DIR"); dir != "" && c == 8 {
+			// The server's CPU profile while proxied calls go as fast as they are answered.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				simHammer(t, ctx, s, c, 12*time.Second, getProxied)
+			}()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/debug/pprof/profile?seconds=10", nil)
+			req.Header.Set("Authorization", "Bearer "+simAdminToken)
+			if resp, err := hc.Do(req); err != nil {
+				t.Error(err)
+			} else {
+				data, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				os.WriteFile(filepath.Join(dir, "proxy-server.pprof"), data, 0o644)
+			}
+			<-done
+		}
 		figure("concurrency %d: direct %.0f req/s p50 %v p99 %v, CPU %v per request (this process %v, idle server %v); "+
 			"proxied %.0f req/s p50 %v p99 %v, CPU %v per request (server %v, client+agent+handler %v); ratio p50 %.1f×, p99 %.1f×, CPU %.1f×",
 			c, dr.requestsPerSec, dr.p50, dr.p99, dCPU, per(dr, dr.selfCPU), per(dr, dr.serverCPU),
