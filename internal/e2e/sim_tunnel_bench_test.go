@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -41,12 +42,17 @@ import (
 //   - open: FLOTILLA_TUNNEL_COUNT tunnels (default 10,000) kept open at once (the clusters
 //     labelled flotilla.dev/tunnel=always): memory and goroutines per tunnel on both sides,
 //     and the CPU of the fleet idling without and with them (FLOTILLA_TUNNEL_IDLE, default
-//     1m); then the server restarted (SIGTERM, start again): time until it is ready, until
+//     1m; the fleet polls every FLOTILLA_TUNNEL_POLL_INTERVAL, default 15s, short polls only);
+//     then the server restarted (SIGTERM, start again): time until it is ready, until
 //     the first proxied call succeeds, until every tunnel is back, and nothing left over.
 //   - cold: FLOTILLA_TUNNEL_COLD_CLUSTERS (default 2,000) clusters told to poll every
 //     FLOTILLA_TUNNEL_COLD_INTERVAL (default 8m20s, a 1M fleet's interval at the default poll
 //     budget), half of them holding their polls (30 s, as the agent): time to first byte of
 //     a call to FLOTILLA_TUNNEL_COLD (default 50) clusters with no tunnel open, in each half.
+//
+// FLOTILLA_TUNNEL_OVERHEAD_WINDOW (default 5s) is how long each overhead measurement runs;
+// FLOTILLA_TUNNEL_PROFILE_DIR, when set, receives the server's CPU profile during proxied
+// calls and both sides' heap profiles with the tunnels open, for `go tool pprof`.
 func TestSimTunnelBenchmark(t *testing.T) {
 	if os.Getenv("FLOTILLA_TUNNEL_SCALE") == "" {
 		t.Skip("set FLOTILLA_TUNNEL_SCALE=1 to run the tunnel benchmark")
@@ -80,6 +86,9 @@ func simTunnelFleet(t *testing.T, ctx context.Context, opts e2e.ServerOptions, n
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Bound before the clusters register: a binding made later changes every cluster's
+	// desired state, and its next poll would be answered at once instead of held.
+	alice := simTunnelUser(t, ctx, srv, admin, "alice", &api.LabelSelector{MatchLabels: map[string]string{sim.RunLabel: "tun"}})
 	tok, err := s.CreateRegistrationToken(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +103,6 @@ func simTunnelFleet(t *testing.T, ctx context.Context, opts e2e.ServerOptions, n
 	if _, err := s.WaitPolled(ctx); err != nil {
 		t.Fatal(err)
 	}
-	alice := simTunnelUser(t, ctx, srv, admin, "alice", &api.LabelSelector{MatchLabels: map[string]string{sim.RunLabel: "tun"}})
 	return srv, s, alice
 }
 
@@ -245,8 +253,9 @@ func simTunnelOpen(t *testing.T) {
 	idle := simEnvDuration(t, "FLOTILLA_TUNNEL_IDLE", time.Minute)
 	ctx := testCtx(t, 40*time.Minute)
 	figure := func(format string, a ...any) { t.Logf("FIGURE open %d tunnels: %s", n, fmt.Sprintf(format, a...)) }
+	poll := simEnvDuration(t, "FLOTILLA_TUNNEL_POLL_INTERVAL", 15*time.Second)
 	opts := e2e.ServerOptions{DataDir: t.TempDir(), Addr: e2e.FreePort(t),
-		Args: []string{"--log-level", "warn", "--max-tunnels", fmt.Sprint(n + 100)}}
+		Args: []string{"--log-level", "warn", "--max-tunnels", fmt.Sprint(n + 100), "--agent-poll-interval", poll.String()}}
 	// Short polls: a held poll costs both sides some 20 KB, which would blur the tunnels'
 	// own cost; the server asks for a tunnel at the cluster's next poll instead.
 	srv, s, alice := simTunnelFleet(t, ctx, opts, n, func(c *sim.Config) { c.LongPoll = 0 })
@@ -264,8 +273,27 @@ func simTunnelOpen(t *testing.T) {
 		res.Server.IdleWindow, 100*res.ServerBefore.IdleCPU, 100*res.Server.IdleCPU, (res.Server.IdleCPU-res.ServerBefore.IdleCPU)*1e6/float64(n),
 		100*res.SimulatorBefore.IdleCPU, 100*res.Simulator.IdleCPU)
 
-	// A server restart with every tunnel open.
 	hc := simK8sClient(t, srv)
+	if dir := os.Getenv("FLOTILLA_TUNNEL_PROFILE_DIR"); dir != "" {
+		// Where the server's memory per tunnel goes.
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/debug/pprof/heap?gc=1", nil)
+		req.Header.Set("Authorization", "Bearer "+simAdminToken)
+		if resp, err := hc.Do(req); err != nil {
+			t.Error(err)
+		} else {
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			os.WriteFile(filepath.Join(dir, "tunnels-server-heap.pprof"), data, 0o644)
+		}
+		f, err := os.Create(filepath.Join(dir, "tunnels-simulator-heap.pprof"))
+		if err == nil {
+			runtime.GC()
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
+
+	// A server restart with every tunnel open.
 	probe := srv.URL + api.PathK8sClusters + s.ClusterName(rand.N(n)) + "/version"
 	if _, _, err := simK8sGet(ctx, hc, probe, alice, nil); err != nil {
 		t.Fatalf("before the restart: %v", err)
