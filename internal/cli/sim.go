@@ -34,7 +34,12 @@ handler on loopback with the same connection settings, which every rate is compa
 with), registration and first poll of every cluster, a bundle change (--change-bundle:
 applied to every simulated cluster, or --change-selector, then timed until every one has
 it and reported), an idle fleet (--duration) and a storm of unchanged polls
-(--poll-storm). The server's memory is read from its /metrics, which needs the admin
+(--poll-storm). With --tunnels N, N clusters are labelled to keep their agent tunnel
+open (flotilla.dev/tunnel=always) once the fleet polls, and the open tunnels' memory,
+goroutines and idle CPU are measured on both sides. Every simulated cluster the server
+asks for its tunnel (a kubectl call through /k8s/clusters/NAME/…) opens it with the real
+agent code and serves a small Kubernetes-like API: /version, and the pods of any
+namespace, listed or watched. The server's memory is read from its /metrics, which needs the admin
 token (--admin-token or FLOTILLA_TOKEN); so does the bundle change, and creating a
 registration token when --token is not given.
 
@@ -122,6 +127,9 @@ Every simulated cluster also carries ` + sim.RunLabel + `=PREFIX.`,
 	f.IntVar(&cfg.ChangeSize, "change-size", cfg.ChangeSize, "bytes of payload in the changed bundle")
 	f.DurationVar(&cfg.Duration, "duration", 0, "how long to keep the fleet running idle after the change, measuring its cost")
 	f.DurationVar(&cfg.PollStorm, "poll-storm", 0, "how long to send unchanged polls as fast as they are answered; 0 to skip")
+	f.IntVar(&cfg.MaxTunnels, "max-tunnels", cfg.MaxTunnels, "the most clusters that open their agent tunnel when the server asks (a small Kubernetes-like API behind each); 0: none")
+	f.DurationVar(&cfg.TunnelIdle, "tunnel-idle", 0, "close a simulated agent's tunnel no request used for this long (default: the agent's)")
+	f.IntVar(&cfg.Tunnels, "tunnels", 0, "label this many clusters to keep their tunnel open once the fleet polls, and measure what the open tunnels cost")
 	f.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "longest wait for each phase")
 	f.DurationVar(&cfg.ProgressInterval, "progress", cfg.ProgressInterval, "progress line interval")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress lines")

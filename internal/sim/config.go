@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/url"
 	"time"
+
+	"flotilla.dev/internal/tunnel"
 )
 
 // Config says what to simulate and how to measure it.
@@ -64,6 +66,17 @@ type Config struct {
 	// RequestTimeout bounds one call.
 	RequestTimeout time.Duration
 
+	// MaxTunnels bounds the clusters that open their agent tunnel when the server asks
+	// (the real agent end, serving NewKubeAPI); 0 opens none. Each open tunnel costs a
+	// connection and a few goroutines here. TunnelIdle closes a tunnel no request used for
+	// that long (0: the agent's default), except those of clusters kept by KeepTunnels.
+	MaxTunnels int
+	TunnelIdle time.Duration
+	// Tunnels, when set, makes Run label that many clusters to keep their tunnel once the
+	// fleet polls, and measure the tunnels' cost (OpenTunnels; its CPU over Duration, at
+	// most a minute).
+	Tunnels int
+
 	// Run's phases. Baseline is how long the bare-HTTPS reference is measured (0: not).
 	Baseline time.Duration
 	// ChangeBundle, when set, is the name of a bundle Run applies once every cluster has
@@ -106,6 +119,7 @@ func DefaultConfig() Config {
 		MaxBackoff:       time.Minute,
 		RequestTimeout:   time.Minute,
 		ChangeSize:       1024,
+		MaxTunnels:       tunnel.DefaultMax,
 		Timeout:          30 * time.Minute,
 		ProgressInterval: 2 * time.Second,
 	}
@@ -127,6 +141,12 @@ func (c *Config) complete() error {
 	}
 	if c.FailFraction < 0 || c.FailFraction > 1 || c.OfflineFraction < 0 || c.OfflineFraction > 1 || c.LongPollFraction < 0 || c.LongPollFraction > 1 {
 		return errors.New("fractions must be between 0 and 1")
+	}
+	if c.MaxTunnels < 0 || c.Tunnels < 0 {
+		return errors.New("tunnel counts must not be negative")
+	}
+	if c.Tunnels > c.MaxTunnels {
+		return fmt.Errorf("%d tunnels to keep open, but at most %d tunnels (MaxTunnels)", c.Tunnels, c.MaxTunnels)
 	}
 	if c.Prefix == "" {
 		c.Prefix = def.Prefix

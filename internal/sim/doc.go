@@ -8,6 +8,10 @@
 // next-wake times) hands due clusters to a fixed pool of workers, so a million of them fit in
 // a few hundred megabytes and the simulator's own cost stays well below the server's.
 //
+// A simulated cluster the server asks for its tunnel opens it with the agent's own code
+// (tunnel.Agent) and serves a small Kubernetes-like API behind it (NewKubeAPI), so that the
+// server's Kubernetes proxy and its tunnels can be measured at scale (OpenTunnels).
+//
 // The package also measures what the figures are compared with: a bare HTTPS request to a
 // trivial handler on the same machine, with the same connection settings (Baseline).
 //

@@ -52,6 +52,7 @@ type Report struct {
 	// Held is from the start until nine in ten long-polling clusters had made a long poll.
 	Held      Seconds       `json:"held,omitempty"`
 	Change    *ChangeResult `json:"change,omitempty"`
+	Tunnels   *TunnelResult `json:"tunnels,omitempty"`
 	Idle      *IdleResult   `json:"idle,omitempty"`
 	PollStorm *StormResult  `json:"pollStorm,omitempty"`
 	// ReconnectStorm is the same with a new connection (a resumed TLS session) per poll.
@@ -153,6 +154,15 @@ func (r *Report) WriteTable(w io.Writer) {
 			fmt.Fprintf(tw, "  TIMED OUT\t\t\n")
 		}
 	}
+	if t := r.Tunnels; t != nil {
+		fmt.Fprintf(tw, "tunnels	%d in %v	kept open at once; %d tokens received, %d dropped, %d dials\n", t.Tunnels, t.OpenedIn, t.Counts.Tokens, t.Counts.Dropped, t.Counts.Dials)
+		fmt.Fprintf(tw, "  server	%.0f B RSS, %.0f B heap	per tunnel; %.1f goroutines per tunnel; RSS %s → %s\n", t.ServerRSSPerTunnel, t.ServerHeapPerTunnel, t.ServerGoroutinesPerTunnel, mb(t.ServerBefore.RSS), mb(t.Server.RSS))
+		fmt.Fprintf(tw, "  simulator	%.0f B heap	per tunnel; %.1f goroutines per tunnel\n", t.SimHeapPerTunnel, t.SimGoroutinesPerTunnel)
+		if t.Server.IdleWindow > 0 {
+			fmt.Fprintf(tw, "  idle CPU	%v	server %.1f%% of one core before, %.1f%% with the tunnels; simulator %.1f%%, %.1f%%\n", t.Server.IdleWindow,
+				100*t.ServerBefore.IdleCPU, 100*t.Server.IdleCPU, 100*t.SimulatorBefore.IdleCPU, 100*t.Simulator.IdleCPU)
+		}
+	}
 	if i := r.Idle; i != nil {
 		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
 		fmt.Fprintf(tw, "  server heap		%s\n", i.ServerGC)
@@ -246,6 +256,9 @@ func (s *Sim) progressLoop(ctx context.Context) {
 		}
 		if s.cfg.LongPoll > 0 {
 			fmt.Fprintf(&b, " · long polls held %d", s.st.longPolls.Load())
+		}
+		if tc := s.TunnelCounts(); tc.Tokens > 0 {
+			fmt.Fprintf(&b, " · tunnels open %d", tc.Open)
 		}
 		fmt.Fprintf(&b, " · errors %d · in flight %d · lag p99 %v\n", p.Errors, p.InFlight, s.st.lag.summary().P99)
 		io.WriteString(s.cfg.Progress, b.String())

@@ -61,6 +61,11 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 	if rep.Held, err = s.WaitHeld(ctx); err != nil {
 		return s.finish(rep), err
 	}
+	if s.cfg.Tunnels > 0 {
+		if rep.Tunnels, err = s.OpenTunnels(ctx, s.cfg.Tunnels, min(s.cfg.Duration, time.Minute)); err != nil {
+			return s.finish(rep), err
+		}
+	}
 	if s.cfg.ChangeBundle != "" {
 		if rep.Change, err = s.Change(ctx, s.cfg.ChangeBundle, s.cfg.ChangeSelector); err != nil {
 			return s.finish(rep), err

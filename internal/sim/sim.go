@@ -45,6 +45,10 @@ type Sim struct {
 	namespace atomic.Pointer[string]
 	inv       api.ClusterInventory
 
+	// tun is the clusters' tunnel agents; nil when MaxTunnels is 0.
+	tun      *tunnels
+	fleetCtx context.Context
+
 	wg      sync.WaitGroup
 	started atomic.Bool
 }
@@ -179,6 +183,9 @@ func New(cfg Config) (*Sim, error) {
 		}
 		s.trs = append(s.trs, lps...)
 	}
+	if s.tun, err = newTunnels(&s.cfg); err != nil {
+		return nil, err
+	}
 	s.hc = &http.Client{Transport: s.trs[0], Timeout: cfg.RequestTimeout}
 	if cfg.AdminToken != "" {
 		s.admin, _ = client.New(client.Config{Server: cfg.Server, Token: cfg.AdminToken, Transport: s.trs[0], Timeout: cfg.RequestTimeout})
@@ -286,6 +293,7 @@ func (s *Sim) Start(ctx context.Context) {
 	if !s.started.CompareAndSwap(false, true) {
 		return
 	}
+	s.fleetCtx = ctx
 	s.st.regStart.Store(s.now())
 	// Wake-ups in increasing order are already a heap.
 	now := s.now()
@@ -326,6 +334,9 @@ func (s *Sim) Start(ctx context.Context) {
 func (s *Sim) Wait() {
 	s.wg.Wait()
 	closeTransports(s.trs)
+	if s.tun != nil {
+		s.tun.base.CloseIdleConnections()
+	}
 }
 
 // step does what cluster i has due, then schedules its next wake-up.
@@ -509,6 +520,10 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 		if first {
 			s.st.everHeld.Add(1)
 		}
+	}
+	if s.tun != nil {
+		// As the agent: a poll's answer, held or not, may ask for the cluster's tunnel.
+		cl.OnTunnelWanted(func(token string) { s.wantTunnel(i, token) })
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout+wait)
 	defer cancel()
