@@ -74,6 +74,11 @@ var Dialect = sqlstore.Dialect{
 	ReadTx:            &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
 	Retryable:         retryable,
 	IsUniqueViolation: func(err error) bool { return pgCode(err) == "23505" },
+	TablesQuery:       `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'`,
+	ColumnsQuery:      `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position`,
+	SetObjectSequence: func(last int64) []string {
+		return []string{fmt.Sprintf(`SELECT setval(pg_get_serial_sequence('objects', 'id'), %d)`, last)}
+	},
 }
 
 func pgCode(err error) string {

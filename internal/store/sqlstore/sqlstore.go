@@ -43,6 +43,13 @@ type Dialect struct {
 	// BulkRead and BulkReadDone, if set, are run on the connection of a scan that reads most
 	// of the database (the fleet model's load) before and after it.
 	BulkRead, BulkReadDone string
+	// TablesQuery lists the names of the store's tables; ColumnsQuery lists one table's
+	// columns (name, declared type) in order, its parameter the table's name. Snapshots and
+	// restores read them.
+	TablesQuery, ColumnsQuery string
+	// SetObjectSequence returns the statements that make the next object id follow last
+	// (after a restore wrote ids explicitly).
+	SetObjectSequence func(last int64) []string
 }
 
 // Config tunes the engine.
