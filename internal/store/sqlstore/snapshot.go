@@ -219,7 +219,13 @@ const restoreBatch = 256
 // their defaults. Open the store for nothing else meanwhile, and reopen it afterwards: the
 // watch machinery started at revision 0.
 func (s *Store) Restore(ctx context.Context, src SourceFunc) error {
-	tx, err := s.writeDB.BeginTx(ctx, nil)
+	// One connection: a bulk load runs on it inside the transaction.
+	conn, err := s.writeDB.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("starting the restore: %w", err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("starting the restore: %w", err)
 	}
@@ -260,7 +266,25 @@ func (s *Store) Restore(ctx context.Context, src SourceFunc) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM `+quote(name)); err != nil {
 			return fmt.Errorf("restoring %s: %w", name, err)
 		}
-		return s.insertRows(ctx, tx, name, cols, binary, next)
+		if s.d.CopyRows == nil {
+			return s.insertRows(ctx, tx, name, cols, binary, next)
+		}
+		rows := func() ([]any, error) {
+			row, err := next()
+			if errors.Is(err, io.EOF) {
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			return convertRow(name, row, binary)
+		}
+		return conn.Raw(func(dc any) error {
+			if err := s.d.CopyRows(ctx, dc, name, cols, rows); err != nil {
+				return fmt.Errorf("restoring %s: %w", name, err)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return err
@@ -314,23 +338,10 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table string, cols [
 		if err != nil {
 			return err
 		}
-		if len(row) != len(cols) {
-			return fmt.Errorf("restoring %s: a row of %d values for %d columns", table, len(row), len(cols))
+		if row, err = convertRow(table, row, binary); err != nil {
+			return err
 		}
-		for i, v := range row {
-			// A value read as text from one database may be bytes in the other's column.
-			switch x := v.(type) {
-			case string:
-				if binary[i] {
-					v = []byte(x)
-				}
-			case []byte:
-				if !binary[i] {
-					v = string(x)
-				}
-			}
-			args = append(args, v)
-		}
+		args = append(args, row...)
 		if len(args) == restoreBatch*len(cols) {
 			if err := flush(); err != nil {
 				return err
@@ -338,6 +349,27 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table string, cols [
 		}
 	}
 	return flush()
+}
+
+// convertRow checks a row's width and gives each value the type its column takes.
+func convertRow(table string, row []any, binary []bool) ([]any, error) {
+	if len(row) != len(binary) {
+		return nil, fmt.Errorf("restoring %s: a row of %d values for %d columns", table, len(row), len(binary))
+	}
+	for i, v := range row {
+		// A value read as text from one database may be bytes in the other's column.
+		switch x := v.(type) {
+		case string:
+			if binary[i] {
+				row[i] = []byte(x)
+			}
+		case []byte:
+			if !binary[i] {
+				row[i] = string(x)
+			}
+		}
+	}
+	return row, nil
 }
 
 // restoreSequence makes new objects' ids follow every id the restored history names (an

@@ -50,6 +50,10 @@ type Dialect struct {
 	// SetObjectSequence returns the statements that make the next object id follow last
 	// (after a restore wrote ids explicitly).
 	SetObjectSequence func(last int64) []string
+	// CopyRows, if set, bulk-loads rows (nil after the last) into table on driverConn (what
+	// sql.Conn.Raw hands over), inside the transaction open on it: a restore uses it instead
+	// of INSERTs.
+	CopyRows func(ctx context.Context, driverConn any, table string, columns []string, next func() ([]any, error)) error
 }
 
 // Config tunes the engine.
