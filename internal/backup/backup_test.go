@@ -352,6 +352,37 @@ func TestRoundTripSQLite(t *testing.T) {
 	checkRestored(t, src, srcDir, restored, dst)
 	t.Logf("backup of %d bytes", info.Size())
 
+	// A restore of an older state moves the revision on and marks older history compacted.
+	bumped := filepath.Join(t.TempDir(), "bumped")
+	if _, err := backup.Restore(ctx(t), path, backup.Target{DataDir: bumped, BumpRevision: backup.DefaultBump}); err != nil {
+		t.Fatal(err)
+	}
+	b := openSQLite(t, bumped)
+	defer b.Close()
+	rev, _ := src.Revision(ctx(t))
+	if got, err := b.Revision(ctx(t)); err != nil || got != rev+backup.DefaultBump {
+		t.Fatalf("bumped revision %d (%v), want %d", got, err, rev+backup.DefaultBump)
+	}
+	if _, err := b.Watch(ctx(t), store.WatchOptions{Kind: api.KindCluster, Revision: rev + 5}); !errors.Is(err, store.ErrCompacted) {
+		t.Errorf("a watch from a revision of the lost history: %v, want ErrCompacted", err)
+	}
+	w, err := b.Watch(ctx(t), store.WatchOptions{Kind: api.KindCluster, Revision: rev + backup.DefaultBump})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := b.Create(ctx(t), cluster("after", nil))
+	if err != nil || o.Metadata.ResourceVersion != fmt.Sprint(rev+backup.DefaultBump+1) {
+		t.Fatalf("first write after a bumped restore: %v %v", o, err)
+	}
+	select {
+	case ev := <-w:
+		if ev.Revision != rev+backup.DefaultBump+1 {
+			t.Errorf("watch saw revision %d", ev.Revision)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the watch from the bumped revision saw nothing")
+	}
+
 	// A second restore into the same directory is refused: it has a database now.
 	_, err = backup.Restore(ctx(t), path, backup.Target{DataDir: dst})
 	if err == nil || !strings.Contains(err.Error(), "fresh data directory") {

@@ -20,14 +20,23 @@ type Target struct {
 	// with DB, and then the backup's files are not written.
 	DataDir string
 	// DB is a PostgreSQL URL; empty means SQLite in DataDir.
-	DB     string
-	Logger *slog.Logger
+	DB string
+	// BumpRevision moves the restored store's revision this far ahead of the backup's and
+	// marks the history before it compacted (see sqlstore.Store.Restore). A restore of an
+	// older state wants DefaultBump; a migration, which loses nothing, none.
+	BumpRevision int64
+	Logger       *slog.Logger
 }
+
+// DefaultBump is more revisions than a server writes in months (at 50,000 writes a second,
+// 231 days), and leaves room for thousands of restores below 2^53, where JavaScript
+// clients still read a revision exactly.
+const DefaultBump int64 = 1_000_000_000_000
 
 // restorable is a freshly opened store of either driver.
 type restorable interface {
 	Empty(ctx context.Context) (bool, error)
-	Restore(ctx context.Context, src sqlstore.SourceFunc) error
+	Restore(ctx context.Context, src sqlstore.SourceFunc, bumpRevision int64) error
 	Close() error
 }
 
@@ -93,7 +102,7 @@ func Restore(ctx context.Context, path string, t Target) (*File, error) {
 		}
 		st = s
 	}
-	err = st.Restore(ctx, func(table sqlstore.TableFunc) error { return bf.walk(table, nil) })
+	err = st.Restore(ctx, func(table sqlstore.TableFunc) error { return bf.walk(table, nil) }, t.BumpRevision)
 	if cerr := st.Close(); err == nil && cerr != nil {
 		err = cerr
 	}

@@ -88,7 +88,12 @@ The file is checked whole first (checksum, format version): a damaged, truncated
 is refused and nothing is written. The target must be fresh: a data directory without a database
 or TLS files, and, with --db, a database without a Flotilla store in it. The database is written
 in one transaction. The data directory receives tls/ and keys/ (and, without --db, the SQLite
-database).`,
+database).
+
+The restored store's revision is moved --bump-revision ahead of the backup's, and older history
+is marked compacted: agents and watchers that saw revisions written after the backup (and lost
+with the old server) then start again from the restored state instead of taking a new write
+for one they already saw.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if t.DataDir == "" {
@@ -103,8 +108,8 @@ database).`,
 			if t.DB != "" {
 				where = "the PostgreSQL database"
 			}
-			fmt.Fprintf(g.out, "restored revision %d (%d tables, %d rows) into %s and %d files into %s in %s\n",
-				bf.Header.Revision, bf.Tables, bf.Rows, where, len(bf.Files), t.DataDir, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(g.out, "restored revision %d as revision %d (%d tables, %d rows) into %s and %d files into %s in %s\n",
+				bf.Header.Revision, bf.Header.Revision+t.BumpRevision, bf.Tables, bf.Rows, where, len(bf.Files), t.DataDir, time.Since(start).Round(time.Millisecond))
 			if !bf.Header.KEKIncluded {
 				fmt.Fprintln(g.out, "the key-encryption key was not in the backup: start the server with the original's --kek-file or FLOTILLA_KEY_ENCRYPTION_KEY")
 			}
@@ -114,6 +119,7 @@ database).`,
 	f := cmd.Flags()
 	f.StringVar(&t.DataDir, "data-dir", "", "the new server's data directory (must not hold a database or TLS files)")
 	f.StringVar(&t.DB, "db", "", "PostgreSQL URL of an empty database to restore into (default: SQLite in --data-dir)")
+	f.Int64Var(&t.BumpRevision, "bump-revision", backup.DefaultBump, "move the revision this far past the backup's (more than the old server can have written since)")
 	return cmd
 }
 

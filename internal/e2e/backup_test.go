@@ -60,7 +60,11 @@ func TestBackupRestoreMigrate(t *testing.T) {
 		t.Errorf("the temporary file was left: %v", err)
 	}
 
-	// The server is lost. A new one starts from the backup, on the same address.
+	// A change after the backup reaches the cluster, then the server is lost with it. A new
+	// one starts from the backup, on the same address: the cluster goes back to the backup's
+	// state, then follows new changes.
+	apply(cl, "lost")
+	eventually(t, time.Minute, "app-config lost", func() error { return configMapIs(ctx, k, "app", "app-config", "lost") })
 	srv.Stop(t)
 	restored := t.TempDir()
 	out = cli(t, cl, "", "restore", file, "--data-dir", restored)
@@ -75,6 +79,7 @@ func TestBackupRestoreMigrate(t *testing.T) {
 	}
 	srv2.Token = srv.Token // the admin token is printed on the first start only; it is restored
 	cl2, admin2 := srv2.CLI(t), adminClient(t, srv2)
+	eventually(t, 2*time.Minute, "app-config back to the backup's 1", func() error { return configMapIs(ctx, k, "app", "app-config", "1") })
 	apply(cl2, "2")
 	eventually(t, 2*time.Minute, "app-config 2 from the restored server", func() error { return configMapIs(ctx, k, "app", "app-config", "2") })
 	waitSummary(t, ctx, admin2, "app", 1, 1, nil)

@@ -218,7 +218,15 @@ const restoreBatch = 256
 // snapshot must exist here; tables or columns only this store has (a newer schema) keep
 // their defaults. Open the store for nothing else meanwhile, and reopen it afterwards: the
 // watch machinery started at revision 0.
-func (s *Store) Restore(ctx context.Context, src SourceFunc) error {
+//
+// bumpRevision > 0 moves the revision that far ahead and marks all history before it
+// compacted (as etcd's snapshot restore --bump-revision --mark-compacted does): a backup is
+// older than what its clients saw, and revisions they hold from after it must never be
+// taken by new writes, nor a watch resumed from one be answered from the wrong history.
+func (s *Store) Restore(ctx context.Context, src SourceFunc, bumpRevision int64) error {
+	if bumpRevision < 0 {
+		return fmt.Errorf("restore: a negative revision bump %d", bumpRevision)
+	}
 	// One connection: a bulk load runs on it inside the transaction.
 	conn, err := s.writeDB.Conn(ctx)
 	if err != nil {
@@ -291,6 +299,14 @@ func (s *Store) Restore(ctx context.Context, src SourceFunc) error {
 	}
 	if err := s.restoreSequence(ctx, tx); err != nil {
 		return err
+	}
+	if bumpRevision > 0 {
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE meta SET value = value + ? WHERE name = 'revision'`), bumpRevision); err != nil {
+			return fmt.Errorf("restore: moving the revision: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE meta SET value = (SELECT value FROM meta WHERE name = 'revision') WHERE name = 'compacted'`); err != nil {
+			return fmt.Errorf("restore: marking history compacted: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("committing the restore: %w", err)
