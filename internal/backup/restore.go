@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"flotilla.dev/internal/store/postgres"
 	"flotilla.dev/internal/store/sqlite"
@@ -65,7 +66,7 @@ func Restore(ctx context.Context, path string, t Target) (*File, error) {
 	}
 	var write []string
 	if t.DataDir != "" {
-		write = bf.Files
+		write = slices.Clone(bf.Files)
 		if t.DB == "" {
 			write = append(write, sqlite.FileName)
 		}

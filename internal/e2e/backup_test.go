@@ -104,6 +104,13 @@ func TestBackupRestoreMigrate(t *testing.T) {
 	if got := onlyCluster(t, admin3); got != clusterName {
 		t.Errorf("cluster %s after the migration, want %s", got, clusterName)
 	}
+	// The PostgreSQL server's backup restores into SQLite.
+	pgFile := filepath.Join(t.TempDir(), "pg.backup")
+	cli(t, cl3, "", "backup", pgFile)
+	out = cli(t, cl3, "", "restore", pgFile, "--data-dir", t.TempDir())
+	if !strings.Contains(out, "restored revision") {
+		t.Errorf("restore of the PostgreSQL backup said %q", out)
+	}
 	select {
 	case <-ag.done:
 		t.Fatalf("the agent exited: %v", ag.err)
