@@ -89,6 +89,9 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newAuditCmd(g),
 		newSimCmd(g),
 		newRenderCmd(g),
+		newBackupCmd(g),
+		newRestoreCmd(g),
+		newMigrateCmd(g),
 	)
 	explainRefusedSessions(root, g)
 	return root

@@ -366,6 +366,7 @@ func (s *Server) handler() http.Handler {
 	s.oidc.Register(mux)
 	mux.Handle("POST "+api.PathRotateKeys, s.adminOnly(http.HandlerFunc(s.rotateKeys)))
 	mux.Handle("GET "+api.PathAudit, s.adminOnly(s.audit.Handler()))
+	mux.Handle("GET "+api.PathBackup, s.adminOnly(http.HandlerFunc(s.backup)))
 	s.agents.Register(mux)
 	s.proxy.Register(mux)
 	s.gitops.Register(mux)

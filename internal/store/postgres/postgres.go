@@ -13,8 +13,9 @@ import (
 	"net"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	"github.com/jackc/pgx/v5/stdlib" // also registers the "pgx" database/sql driver
 
 	"flotilla.dev/internal/store/sqlstore"
 )
@@ -74,6 +75,22 @@ var Dialect = sqlstore.Dialect{
 	ReadTx:            &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true},
 	Retryable:         retryable,
 	IsUniqueViolation: func(err error) bool { return pgCode(err) == "23505" },
+	TablesQuery:       `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'`,
+	ColumnsQuery:      `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position`,
+	SetObjectSequence: func(last int64) []string {
+		return []string{fmt.Sprintf(`SELECT setval(pg_get_serial_sequence('objects', 'id'), %d)`, last)}
+	},
+	CopyRows: copyRows,
+}
+
+// copyRows loads rows with COPY, many times faster than INSERTs for a restore.
+func copyRows(ctx context.Context, driverConn any, table string, columns []string, next func() ([]any, error)) error {
+	c, ok := driverConn.(*stdlib.Conn)
+	if !ok {
+		return fmt.Errorf("COPY needs a pgx connection, not %T", driverConn)
+	}
+	_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{table}, columns, pgx.CopyFromFunc(next))
+	return err
 }
 
 func pgCode(err error) string {

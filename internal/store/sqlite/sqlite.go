@@ -87,6 +87,12 @@ var Dialect = sqlstore.Dialect{
 	// does not stay in the server's resident memory.
 	BulkRead:     "PRAGMA mmap_size = 68719476736",
 	BulkReadDone: "PRAGMA mmap_size = 0",
+	TablesQuery:  `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`,
+	ColumnsQuery: `SELECT name, type FROM pragma_table_info(?) ORDER BY cid`,
+	SetObjectSequence: func(last int64) []string {
+		return []string{`DELETE FROM sqlite_sequence WHERE name = 'objects'`,
+			fmt.Sprintf(`INSERT INTO sqlite_sequence (name, seq) VALUES ('objects', %d)`, last)}
+	},
 }
 
 // Store is the SQLite store; Close also releases the data directory.

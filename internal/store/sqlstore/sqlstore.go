@@ -43,6 +43,17 @@ type Dialect struct {
 	// BulkRead and BulkReadDone, if set, are run on the connection of a scan that reads most
 	// of the database (the fleet model's load) before and after it.
 	BulkRead, BulkReadDone string
+	// TablesQuery lists the names of the store's tables; ColumnsQuery lists one table's
+	// columns (name, declared type) in order, its parameter the table's name. Snapshots and
+	// restores read them.
+	TablesQuery, ColumnsQuery string
+	// SetObjectSequence returns the statements that make the next object id follow last
+	// (after a restore wrote ids explicitly).
+	SetObjectSequence func(last int64) []string
+	// CopyRows, if set, bulk-loads rows (nil after the last) into table on driverConn (what
+	// sql.Conn.Raw hands over), inside the transaction open on it: a restore uses it instead
+	// of INSERTs.
+	CopyRows func(ctx context.Context, driverConn any, table string, columns []string, next func() ([]any, error)) error
 }
 
 // Config tunes the engine.
