@@ -8,11 +8,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/proxy"
 )
 
 func newKubeconfigCmd(g *globals) *cobra.Command {
@@ -27,7 +27,8 @@ objects (GitRepo, ClusterGroup, Bundle, Cluster, Secret, ...) and Fleet's fleet.
 manifests, and 'kubectl explain' describes their fields. The context's namespace is -n, or
 ` + api.DefaultNamespace + `.
 
-With CLUSTER (a cluster of ` + api.DefaultNamespace + `), write a kubeconfig for that cluster's
+With CLUSTER (a cluster of ` + api.DefaultNamespace + `; of another workspace, WORKSPACE.CLUSTER or
+-n WORKSPACE CLUSTER), write a kubeconfig for that cluster's
 Kubernetes API through Flotilla (` + api.PathK8sClusters + `CLUSTER): the server forwards
 kubectl's calls through the cluster's agent as you, and the cluster's own RBAC, compiled
 from your Flotilla role bindings, decides. The kubeconfig carries a new API token of yours
@@ -37,6 +38,7 @@ The file holds a token: it is written readable only by you.`,
 		Example: `  flotilla kubeconfig -o ~/.kube/flotilla.yaml
   KUBECONFIG=~/.kube/flotilla.yaml kubectl get gitrepos
   flotilla kubeconfig edge-17 --ttl 8h -o ~/.kube/edge-17.yaml
+  flotilla kubeconfig ops.db-1 -o ~/.kube/db-1.yaml     # cluster db-1 of workspace ops
   KUBECONFIG=~/.kube/edge-17.yaml kubectl get pods -A`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -53,9 +55,13 @@ The file holds a token: it is written readable only by you.`,
 			server := conn.server
 			var cfg *clientcmdapi.Config
 			if len(args) == 1 {
+				// A cluster of another workspace is WORKSPACE.NAME, or NAME with -n.
 				cluster := args[0]
-				if errs := validation.IsDNS1123Label(cluster); len(errs) > 0 {
-					return fmt.Errorf("cluster name %q: %s", cluster, errs[0])
+				if !strings.Contains(cluster, ".") && g.namespace != "" && g.namespace != api.DefaultNamespace {
+					cluster = g.namespace + "." + cluster
+				}
+				if _, _, err := proxy.ParseCluster(cluster); err != nil {
+					return err
 				}
 				c, err := g.client()
 				if err != nil {

@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"flotilla.dev/api"
-	"flotilla.dev/client"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/e2e"
 	"flotilla.dev/internal/testenv/kube"
@@ -83,21 +82,15 @@ func TestKubectlStreamsThroughTheServer(t *testing.T) {
 	dir := t.TempDir()
 	bobCLI := &e2e.CLI{Bin: adminCLI.Bin, Env: []string{"FLOTILLA_SERVER=" + srv.URL, "FLOTILLA_CA_FILE=" + srv.CAFile, "FLOTILLA_CONFIG=" + filepath.Join(dir, "bob.json")}}
 	cli(t, bobCLI, password+"\n", "login", "--username", "bob", "--password-stdin")
-	ca, _ := os.ReadFile(srv.CAFile)
-	bob, err := client.New(client.Config{Server: srv.URL, Token: strings.TrimSpace(cli(t, bobCLI, "", "token", "create", "--api", "--ttl", "1h")), CAData: ca})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := bob.Kubeconfig(ctx, "ops."+cluster, time.Hour)
+	// The CLI names a cluster of another workspace with -n (or as WORKSPACE.NAME).
+	kubeconfig := filepath.Join(dir, "bob.kubeconfig")
+	cli(t, bobCLI, "", "kubeconfig", "-n", "ops", cluster, "--ttl", "1h", "-o", kubeconfig)
+	cfg, err := os.ReadFile(kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(cfg), api.PathK8sClusters+"ops."+cluster+"\n") {
 		t.Fatalf("bob's kubeconfig for ops.%s:\n%s", cluster, cfg)
-	}
-	kubeconfig := filepath.Join(dir, "bob.kubeconfig")
-	if err := os.WriteFile(kubeconfig, cfg, 0o600); err != nil {
-		t.Fatal(err)
 	}
 	eventually(t, time.Minute, "bob's rules on the cluster", func() error {
 		out, _ := exec.CommandContext(ctx, kubectlBin, "--kubeconfig", kc.KubeconfigPath(), "auth", "can-i", "create", "pods/exec", "-n", "default", "--as", rbac.UserPrefix+"bob").Output()
@@ -110,6 +103,7 @@ func TestKubectlStreamsThroughTheServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	ca, _ := os.ReadFile(srv.CAFile)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -33,5 +34,22 @@ func TestState(t *testing.T) {
 	}
 	if s := e.reg.State("ns/b"); s != "" {
 		t.Fatalf("another cluster: state %q", s)
+	}
+}
+
+// Tunnels asked for and never opened are forgotten once their tokens expire: the registry
+// does not keep one for every cluster anyone ever asked for.
+func TestExpiredWantsAreSwept(t *testing.T) {
+	e := newEnv(t, Config{TokenTTL: time.Millisecond})
+	for i := range 3 * minSweep {
+		e.reg.Await(context.Background(), fmt.Sprintf("ns/c-%d", i), time.Nanosecond)
+	}
+	time.Sleep(5 * time.Millisecond)
+	e.reg.Await(context.Background(), "ns/last", time.Nanosecond)
+	e.reg.mu.Lock()
+	n := len(e.reg.wanted)
+	e.reg.mu.Unlock()
+	if n >= minSweep {
+		t.Errorf("%d wanted tunnels kept after %d expired", n, 3*minSweep)
 	}
 }

@@ -68,6 +68,7 @@ type Server struct {
 	open     map[string]*tunnel
 	reserved int // accepted, handshake in progress
 	wanted   map[string]*want
+	sweepAt  int // len(wanted) at which expired wants are next swept
 	// waiters are held polls of clusters no tunnel is wanted for yet; closed when one is.
 	waiters map[string]*waiter
 
@@ -107,7 +108,7 @@ func NewServer(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{cfg: cfg, open: map[string]*tunnel{}, wanted: map[string]*want{}, waiters: map[string]*waiter{}}
+	return &Server{cfg: cfg, open: map[string]*tunnel{}, wanted: map[string]*want{}, sweepAt: minSweep, waiters: map[string]*waiter{}}
 }
 
 // Collectors are the registry's metrics.
@@ -179,6 +180,9 @@ func (s *Server) wantLocked(cluster string) *want {
 	if w := s.wanted[cluster]; w != nil && time.Now().Before(w.expires) {
 		return w
 	}
+	if len(s.wanted) >= s.sweepAt {
+		s.sweepLocked()
+	}
 	var b [32]byte
 	rand.Read(b[:])
 	old := s.wanted[cluster]
@@ -194,6 +198,24 @@ func (s *Server) wantLocked(cluster string) *want {
 	}
 	return w
 }
+
+// sweepLocked forgets the wanted tunnels whose token expired unused (calls for clusters
+// whose agents never came), which would otherwise stay for every cluster ever asked for. It
+// runs when the map has doubled since the last sweep, so its cost is spread over the calls
+// that grew it. Whoever still waits on a forgotten want is woken, and asks again.
+func (s *Server) sweepLocked() {
+	now := time.Now()
+	for c, w := range s.wanted {
+		if !now.Before(w.expires) {
+			delete(s.wanted, c)
+			close(w.ready)
+		}
+	}
+	s.sweepAt = max(2*len(s.wanted), minSweep)
+}
+
+// minSweep is the size of the wanted map below which expired tokens are not swept.
+const minSweep = 1024
 
 // Keep asks for cluster's tunnel if none is open, and keeps an open one from its idle
 // close: the poll of a cluster labelled to keep its tunnel calls it.
