@@ -31,6 +31,9 @@ const (
 type ClusterQuery struct {
 	// View, when set, keeps only the clusters it matches (the caller's Flotilla RBAC).
 	View func(rbac.Cluster) bool
+	// ViewByLabels says View's answer depends only on a cluster's workspace and labels (no
+	// binding names single clusters): it is then asked once per distinct label set.
+	ViewByLabels bool
 	// Namespace is one workspace.
 	Namespace string
 	// Selector matches labels.
@@ -74,13 +77,21 @@ type Overview struct {
 
 // inventories parses each distinct inventory document once per pass: the model interns
 // them, so most clusters share a few strings and the pointer is a cheap key.
-type inventories map[*byte]api.ClusterInventory
+type inventories map[strID]api.ClusterInventory
+
+// strID identifies a string by where its bytes are: interned strings share them.
+type strID struct {
+	p *byte
+	n int
+}
+
+func idOf(s string) strID { return strID{unsafe.StringData(s), len(s)} }
 
 func (m inventories) get(s string) api.ClusterInventory {
 	if s == "" {
 		return api.ClusterInventory{}
 	}
-	p := unsafe.StringData(s)
+	p := idOf(s)
 	if inv, ok := m[p]; ok {
 		return inv
 	}
@@ -118,10 +129,61 @@ func (f *Fleet) reasons(out []string, c *Cluster, state string) []string {
 	return out
 }
 
+// mapID identifies a label map: the model shares one map between clusters with the same
+// labels (see sharedMap), so answers that depend only on labels are computed once per pass
+// and map, not once per cluster.
+func mapID(m map[string]string) unsafe.Pointer {
+	return *(*unsafe.Pointer)(unsafe.Pointer(&m))
+}
+
+// pass is one walk over the model's clusters, with what it learns of shared label sets and
+// inventories.
+type pass struct {
+	q    ClusterQuery
+	now  time.Time
+	invs inventories
+	// sel and view cache the selector's and the view's answers per label map.
+	sel  map[unsafe.Pointer]bool
+	view map[[2]unsafe.Pointer]bool
+}
+
+func (p *pass) selected(c *Cluster) bool {
+	if p.q.Selector == nil || p.q.Selector.Empty() {
+		return true
+	}
+	id := mapID(c.Labels)
+	if ok, known := p.sel[id]; known && id != nil {
+		return ok
+	}
+	ok := p.q.Selector.Matches(labels.Set(c.Labels))
+	if len(p.sel) < 1<<16 {
+		p.sel[id] = ok
+	}
+	return ok
+}
+
+func (p *pass) visible(f *Fleet, w *workspace, c *Cluster) bool {
+	if p.q.View == nil {
+		return true
+	}
+	if !p.q.ViewByLabels {
+		return p.q.View(f.rbacCluster(w, c))
+	}
+	k := [2]unsafe.Pointer{unsafe.Pointer(w), mapID(c.Labels)}
+	if ok, known := p.view[k]; known {
+		return ok
+	}
+	ok := p.q.View(f.rbacCluster(w, c))
+	if len(p.view) < 1<<16 {
+		p.view[k] = ok
+	}
+	return ok
+}
+
 // each calls fn for every cluster q selects, under the read lock.
-func (f *Fleet) each(q ClusterQuery, fn func(w *workspace, c *Cluster, state string, inv api.ClusterInventory)) {
-	now := time.Now()
-	invs := inventories{}
+func (f *Fleet) each(q ClusterQuery, fn func(w *workspace, c *Cluster, state string)) {
+	p := &pass{q: q, now: time.Now(), invs: inventories{}, sel: map[unsafe.Pointer]bool{}, view: map[[2]unsafe.Pointer]bool{}}
+	byInv := q.KubernetesVersion != "" || q.Architecture != "" || q.AgentVersion != ""
 	var rs []string
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -133,18 +195,20 @@ func (f *Fleet) each(q ClusterQuery, fn func(w *workspace, c *Cluster, state str
 			if q.NamePrefix != "" && !strings.HasPrefix(c.Name, q.NamePrefix) {
 				continue
 			}
-			if q.Selector != nil && !q.Selector.Empty() && !q.Selector.Matches(labels.Set(c.Labels)) {
+			if !p.selected(c) {
 				continue
 			}
-			state := f.clusterState(c, now)
+			state := f.clusterState(c, p.now)
 			if q.State != "" && state != q.State {
 				continue
 			}
-			inv := invs.get(c.inventory)
-			if (q.KubernetesVersion != "" && orNone(inv.KubernetesVersion) != q.KubernetesVersion) ||
-				(q.Architecture != "" && orNone(inv.Architecture) != q.Architecture) ||
-				(q.AgentVersion != "" && orNone(inv.AgentVersion) != q.AgentVersion) {
-				continue
+			if byInv {
+				inv := p.invs.get(c.inventory)
+				if (q.KubernetesVersion != "" && orNone(inv.KubernetesVersion) != q.KubernetesVersion) ||
+					(q.Architecture != "" && orNone(inv.Architecture) != q.Architecture) ||
+					(q.AgentVersion != "" && orNone(inv.AgentVersion) != q.AgentVersion) {
+					continue
+				}
 			}
 			if q.Reason != "" {
 				rs = f.reasons(rs[:0], c, state)
@@ -156,10 +220,10 @@ func (f *Fleet) each(q ClusterQuery, fn func(w *workspace, c *Cluster, state str
 					continue
 				}
 			}
-			if q.View != nil && !q.View(f.rbacCluster(w, c)) {
+			if !p.visible(f, w, c) {
 				continue
 			}
-			fn(w, c, state, inv)
+			fn(w, c, state)
 		}
 	}
 }
@@ -170,23 +234,67 @@ func (f *Fleet) Overview(q ClusterQuery) Overview {
 	start := time.Now()
 	o := Overview{ByState: map[string]int{}, ByVersion: map[string]int{}, ByArch: map[string]int{}, ByAgent: map[string]int{},
 		Attention: map[string]int{}, DeploymentsByState: map[string]int{}}
-	var rs []string
-	f.each(q, func(_ *workspace, c *Cluster, state string, inv api.ClusterInventory) {
+	// Counted per shared inventory document and in arrays while passing; spread into the
+	// maps at the end (a string-keyed map update per cluster and figure cost more than the
+	// rest of the pass).
+	byInv := map[strID]int{}
+	invOf := map[strID]string{}
+	var byState [4]int
+	var offline, never, paused int
+	var depClusters, deps [len(states)]int
+	f.each(q, func(_ *workspace, c *Cluster, state string) {
 		o.Total++
-		o.ByState[state]++
-		o.ByVersion[orNone(inv.KubernetesVersion)]++
-		o.ByArch[orNone(inv.Architecture)]++
-		o.ByAgent[orNone(inv.AgentVersion)]++
-		rs = f.reasons(rs[:0], c, state)
-		for _, r := range rs {
-			o.Attention[r]++
+		switch state {
+		case api.StateReady:
+			byState[0]++
+		case api.StateNotReady:
+			byState[1]++
+		case "Offline":
+			byState[2]++
+			offline++
+		case "Pending":
+			byState[3]++
+			never++
+		}
+		if c.Paused {
+			paused++
+		}
+		id := idOf(c.inventory)
+		if byInv[id]++; byInv[id] == 1 {
+			invOf[id] = c.inventory
 		}
 		for i, n := range c.counts {
 			if n > 0 {
-				o.DeploymentsByState[states[i]] += int(n)
+				deps[i] += int(n)
+				depClusters[i]++
 			}
 		}
 	})
+	for i, s := range []string{api.StateReady, api.StateNotReady, "Offline", "Pending"} {
+		if byState[i] > 0 {
+			o.ByState[s] = byState[i]
+		}
+	}
+	invs := inventories{}
+	for id, n := range byInv {
+		inv := invs.get(invOf[id])
+		o.ByVersion[orNone(inv.KubernetesVersion)] += n
+		o.ByArch[orNone(inv.Architecture)] += n
+		o.ByAgent[orNone(inv.AgentVersion)] += n
+	}
+	for r, n := range map[string]int{ReasonOffline: offline, ReasonNeverConnected: never, ReasonPaused: paused} {
+		if n > 0 {
+			o.Attention[r] = n
+		}
+	}
+	for i, s := range states {
+		if deps[i] > 0 {
+			o.DeploymentsByState[s] = deps[i]
+		}
+		if i > 0 && depClusters[i] > 0 {
+			o.Attention[ReasonDeployments+s] = depClusters[i]
+		}
+	}
 	o.Took = time.Since(start)
 	return o
 }
@@ -224,7 +332,11 @@ func keyLess(a, b *Cluster) bool {
 	return a.Name < b.Name
 }
 
-func keyOf(c *Cluster) string { return c.Namespace + "/" + c.Name }
+// boundOf makes a cluster of a key NAMESPACE/NAME, to compare others with.
+func boundOf(key string) *Cluster {
+	ns, name, _ := strings.Cut(key, "/")
+	return &Cluster{Namespace: ns, Name: name}
+}
 
 // ListClusters answers the page of at most limit clusters q selects that follow the key after
 // (or, with before set, precede the key before) in (namespace, name) order. It keeps only
@@ -238,14 +350,21 @@ func (f *Fleet) ListClusters(q ClusterQuery, after, before string, limit int) Cl
 	var p ClusterPage
 	var rows []ClusterRow
 	matched := 0
-	f.each(q, func(_ *workspace, c *Cluster, _ string, _ api.ClusterInventory) {
+	// The bounds as clusters, compared without making a key per cluster.
+	var lo, hi *Cluster
+	if after != "" {
+		lo = boundOf(after)
+	}
+	if before != "" {
+		hi = boundOf(before)
+	}
+	f.each(q, func(_ *workspace, c *Cluster, _ string) {
 		p.Total++
-		k := keyOf(c)
 		switch {
-		case before != "" && k >= before:
+		case hi != nil && !keyLess(c, hi):
 			p.More = true
 			return
-		case before == "" && after != "" && k <= after:
+		case hi == nil && lo != nil && !keyLess(lo, c):
 			p.Earlier = true
 			return
 		}

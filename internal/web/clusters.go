@@ -123,12 +123,10 @@ func (h *Handler) clusters(w http.ResponseWriter, r *http.Request, u *user) {
 		h.render(w, r, http.StatusBadRequest, "clusters", page{Title: "Clusters", User: u, Nav: "clusters", Error: err.Error(), Data: d})
 		return
 	}
-	match, _, err := h.view(u)
-	if err != nil {
+	if _, err := h.view(u, &fq); err != nil {
 		h.refused(w, r, u, err)
 		return
 	}
-	fq.View = match
 	start := time.Now()
 	p := h.cfg.Fleet.ListClusters(fq, after, before, f.Limit)
 	d.Took = time.Since(start)

@@ -1,11 +1,13 @@
 package web_test
 
 import (
+	"bufio"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestDashboardOverHTTP drives the dashboard as a browser without script would, against a
@@ -116,6 +118,27 @@ func TestDashboardOverHTTP(t *testing.T) {
 		}
 	})
 
+	t.Run("bundles with their rollout", func(t *testing.T) {
+		code, _, body := get(t, ops, r.url+"/bundles")
+		if code != http.StatusOK || !strings.Contains(body, `<tr data-name="web">`) {
+			t.Fatalf("bundles: %d\n%s", code, body)
+		}
+		if !strings.Contains(body, `class="seg-Ready"`) || !strings.Contains(body, `class="seg-ErrApplied"`) {
+			t.Errorf("the bundle's bar is not split into Ready and ErrApplied")
+		}
+		link := regexp.MustCompile(`<a href="(/bundles/[^"]+/web)"`).FindStringSubmatch(body)
+		if link == nil {
+			t.Fatal("no link to the bundle")
+		}
+		code, _, body = get(t, ops, r.url+link[1])
+		if code != http.StatusOK || !strings.Contains(body, "ErrApplied") {
+			t.Errorf("bundle page: %d, failures not shown\n%s", code, body)
+		}
+		if code, _, _ := get(t, ops, r.url+"/gitrepos"); code != http.StatusOK {
+			t.Errorf("gitrepos: %d", code)
+		}
+	})
+
 	t.Run("pause needs the form's token and the right", func(t *testing.T) {
 		path := r.url + name
 		_, _, page := get(t, ops, path)
@@ -153,6 +176,42 @@ func TestDashboardOverHTTP(t *testing.T) {
 			"labels": {"env=dev\nBad Key!=x"}}, nil)
 		if code != http.StatusConflict && code != http.StatusUnprocessableEntity && code != http.StatusBadRequest {
 			t.Errorf("labels with a bad key: %d\n%s", code, body)
+		}
+	})
+
+	t.Run("the overview's live stream tells of a change", func(t *testing.T) {
+		res, err := ops.Get(r.url + "/events/overview")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if ct := res.Header.Get("Content-Type"); res.StatusCode != http.StatusOK || ct != "text/event-stream" {
+			t.Fatalf("events: %d %s", res.StatusCode, ct)
+		}
+		events := make(chan string, 16)
+		go func() {
+			sc := bufio.NewScanner(res.Body)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "event: ") {
+					events <- strings.TrimPrefix(sc.Text(), "event: ")
+				}
+			}
+			close(events)
+		}()
+		// Change a count: a second paused cluster.
+		_, _, body := get(t, ops, r.url+"/clusters?selector=env%3Dprod&limit=1")
+		other := regexp.MustCompile(`<td><a href="(/clusters/[^"]+)"`).FindStringSubmatch(body)[1]
+		_, _, page := get(t, ops, r.url+other)
+		if code, _, _ := post(t, ops, r.url+other+"/pause", url.Values{"csrf": {formValue(page, "csrf")}}, nil); code != http.StatusSeeOther {
+			t.Fatalf("pause: %d", code)
+		}
+		select {
+		case ev := <-events:
+			if ev != "overview" {
+				t.Errorf("event %q, want overview", ev)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no event after a cluster was paused")
 		}
 	})
 

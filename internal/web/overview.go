@@ -110,6 +110,14 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
+	// The first reading is taken before the stream answers: a change made once the client
+	// has the answer is told.
+	o, err := h.overviewOf(u)
+	if err != nil {
+		h.refused(w, r, u, err)
+		return
+	}
+	last := overviewSignature(o)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
@@ -117,7 +125,6 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 	fl.Flush()
 	t := time.NewTicker(h.cfg.LiveInterval)
 	defer t.Stop()
-	last := ""
 	for {
 		select {
 		case <-r.Context().Done():
@@ -135,10 +142,6 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 			return
 		}
 		sig := overviewSignature(o)
-		if last == "" {
-			last = sig
-			continue
-		}
 		if sig == last {
 			continue
 		}

@@ -38,9 +38,8 @@ type rig struct {
 	sim   *sim.Sim
 }
 
-// startFleet starts a server and registers n simulated clusters (labels env=prod or dev,
-// region=eu or us); a tenth of the production ones fail their deployment of bundle "web".
-func startFleet(t testing.TB, n int) *rig {
+// startServer starts a server on dir (made with t.TempDir when empty).
+func startServer(t testing.TB, dir string) (*rig, string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -48,7 +47,9 @@ func startFleet(t testing.TB, n int) *rig {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	dir := t.TempDir()
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: dir, BootstrapToken: adminToken,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -65,19 +66,28 @@ func startFleet(t testing.TB, n int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := r.admin.Do(ctx, "GET", "/readyz", nil, nil); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("server not ready: %v", err)
 		}
 	}
+	return r, s.CAChecksum()
+}
+
+// startFleet starts a server and registers n simulated clusters (labels env=prod or dev,
+// region=eu or us); a tenth of the production ones fail their deployment of bundle "web".
+func startFleet(t testing.TB, n int) *rig {
+	t.Helper()
+	r, checksum := startServer(t, "")
+	var err error
 	ls, err := sim.ParseLabelSpec("env=prod:60,dev:40;region=eu,us")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := sim.DefaultConfig()
-	cfg.Server, cfg.CAChecksum, cfg.AdminToken = r.url, s.CAChecksum(), adminToken
+	cfg.Server, cfg.CAChecksum, cfg.AdminToken = r.url, checksum, adminToken
 	cfg.Clusters, cfg.Labels = n, ls
 	cfg.Connections, cfg.Workers = 2, 32
 	cfg.FailFraction = 0.1
@@ -107,7 +117,7 @@ func startFleet(t testing.TB, n int) *rig {
 	return r
 }
 
-// addUser makes a local user with password, bound globally to role.
+// addUser makes a local user with password, bound globally to role (none when empty).
 func (r *rig) addUser(t testing.TB, name, role string) {
 	t.Helper()
 	ctx := context.Background()
@@ -118,6 +128,9 @@ func (r *rig) addUser(t testing.TB, name, role string) {
 	}
 	if err := r.admin.SetPassword(ctx, name, api.SetPasswordRequest{Password: password}); err != nil {
 		t.Fatal(err)
+	}
+	if role == "" {
+		return
 	}
 	spec, _ = json.Marshal(api.RoleBindingSpec{Subject: api.Subject{Kind: api.SubjectUser, Name: name}, RoleRef: role,
 		Scope: api.BindingScope{Global: true}})

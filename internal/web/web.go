@@ -100,7 +100,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive)}
-	for _, p := range []string{"login", "overview", "clusters", "cluster", "error"} {
+	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -124,6 +124,13 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("GET /clusters", secure(h.session(h.clusters)))
 	mux.Handle("GET /clusters/{ns}/{name}", secure(h.session(h.cluster)))
 	mux.Handle("POST /clusters/{ns}/{name}/{action}", secure(h.session(h.clusterAction)))
+	for plural := range rolloutPlurals {
+		mux.Handle("GET /"+plural, secure(h.session(func(w http.ResponseWriter, r *http.Request, u *user) {
+			r.SetPathValue("plural", plural)
+			h.rollouts(w, r, u)
+		})))
+	}
+	mux.Handle("GET /bundles/{ns}/{name}", secure(h.session(h.bundle)))
 }
 
 // contentSecurityPolicy allows scripts and styles from the server's own files only: no
@@ -277,21 +284,29 @@ func (h *Handler) errorPage(w http.ResponseWriter, r *http.Request, u *user, cod
 	h.render(w, r, code, "error", page{Title: http.StatusText(code), User: u, Error: msg})
 }
 
-// view is the user's view of the fleet: every cluster, or those the filter matches.
-func (h *Handler) view(u *user) (func(rbac.Cluster) bool, string, error) {
+// view narrows a query to the user's view of the fleet: every cluster, or those the
+// filter matches. It answers the view's key for the overview cache.
+func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 	all, f, err := h.cfg.ClusterView(u.Identity)
 	if err != nil {
-		return nil, "", err
+		return "", err
 	}
 	if all {
-		return nil, "*", nil
+		return "*", nil
 	}
-	return f.Matches, "u\x00" + u.User + "\x00" + strings.Join(u.Groups, "\x00"), nil
+	q.View, q.ViewByLabels = f.Matches, true
+	for _, e := range f.Entries() {
+		if e.Names != nil || e.Set.Cluster != "" {
+			q.ViewByLabels = false
+		}
+	}
+	return "u\x00" + u.User + "\x00" + strings.Join(u.Groups, "\x00"), nil
 }
 
 // overviewOf answers the overview of the user's view, computed at most once a second per view.
 func (h *Handler) overviewOf(u *user) (fleet.Overview, error) {
-	match, key, err := h.view(u)
+	var q fleet.ClusterQuery
+	key, err := h.view(u, &q)
 	if err != nil {
 		return fleet.Overview{}, err
 	}
@@ -302,7 +317,7 @@ func (h *Handler) overviewOf(u *user) (fleet.Overview, error) {
 	if ok && now.Sub(c.at) < time.Second {
 		return c.o, nil
 	}
-	o := h.cfg.Fleet.Overview(fleet.ClusterQuery{View: match})
+	o := h.cfg.Fleet.Overview(q)
 	h.mu.Lock()
 	if len(h.overviews) >= 1024 {
 		for k, v := range h.overviews {
