@@ -2,9 +2,12 @@ package web_test
 
 import (
 	"context"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -265,6 +268,30 @@ func TestBrowser(t *testing.T) {
 	if got := viewer.texts(`[data-testid="paused"]`); len(got) != 1 || got[0] != "no" {
 		t.Errorf("after a refused pause, paused is %v", got)
 	}
+	viewer.checkClean()
+
+	// The overview follows the fleet live: a cluster paused elsewhere shows without a reload.
+	ops.run("open the overview",
+		chromedp.Navigate(r.url+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`a[href="/clusters?reason=Paused"]`)),
+		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := chromedp.Evaluate[bool](`window.flotillaMark = true`)(ctx, t)
+			return err
+		}))
+	c := r.browser(t)
+	r.login(t, c, "ops")
+	_, _, list := get(t, c, r.url+"/clusters?selector=env%3Dprod&limit=1")
+	path := regexp.MustCompile(`<td><a href="(/clusters/[^"]+)"`).FindStringSubmatch(list)[1]
+	_, _, page := get(t, c, r.url+path)
+	if code, _, _ := post(t, c, r.url+path+"/pause", url.Values{"csrf": {formValue(page, "csrf")}}, nil); code != http.StatusSeeOther {
+		t.Fatalf("pause: %d", code)
+	}
+	ops.run("see the paused count change",
+		poll(`Array.from(document.querySelectorAll('.attention li')).some(li => li.textContent.includes('Paused') && li.querySelector('b').textContent === '2')`))
+	if mark, err := chromedp.Run(ops.ctx, chromedp.Evaluate[bool](`window.flotillaMark === true`)); err != nil || !mark {
+		t.Errorf("the overview was reloaded instead of updated in place: %v", err)
+	}
+	ops.checkClean()
 }
 
 // shoot saves the tab's page as a PNG into FLOTILLA_SCREENSHOTS (docs/ screenshots), when set.
