@@ -47,6 +47,8 @@ type ClusterQuery struct {
 	NamePrefix string
 	// Reason is an attention reason (see Reason*).
 	Reason string
+	// CountLabel, for Overview, also counts the clusters by the value of this label key.
+	CountLabel string
 }
 
 // ClusterRow is one cluster as the dashboard lists it.
@@ -69,10 +71,12 @@ type Overview struct {
 	Total                      int
 	ByState, ByVersion, ByArch map[string]int
 	ByAgent                    map[string]int
-	Attention                  map[string]int
-	DeploymentsByState         map[string]int
-	Took                       time.Duration
-	Revision                   int64
+	// ByLabel counts by the value of the query's CountLabel ("-": not set).
+	ByLabel            map[string]int
+	Attention          map[string]int
+	DeploymentsByState map[string]int
+	// Took is how long the pass took.
+	Took time.Duration
 }
 
 // inventories parses each distinct inventory document once per pass: the model interns
@@ -239,6 +243,8 @@ func (f *Fleet) Overview(q ClusterQuery) Overview {
 	// rest of the pass).
 	byInv := map[strID]int{}
 	invOf := map[strID]string{}
+	byLabels := map[unsafe.Pointer]int{}
+	labelsOf := map[unsafe.Pointer]map[string]string{}
 	var byState [4]int
 	var offline, never, paused int
 	var depClusters, deps [len(states)]int
@@ -263,6 +269,12 @@ func (f *Fleet) Overview(q ClusterQuery) Overview {
 		if byInv[id]++; byInv[id] == 1 {
 			invOf[id] = c.inventory
 		}
+		if q.CountLabel != "" {
+			lid := mapID(c.Labels)
+			if byLabels[lid]++; byLabels[lid] == 1 {
+				labelsOf[lid] = c.Labels
+			}
+		}
 		for i, n := range c.counts {
 			if n > 0 {
 				deps[i] += int(n)
@@ -281,6 +293,16 @@ func (f *Fleet) Overview(q ClusterQuery) Overview {
 		o.ByVersion[orNone(inv.KubernetesVersion)] += n
 		o.ByArch[orNone(inv.Architecture)] += n
 		o.ByAgent[orNone(inv.AgentVersion)] += n
+	}
+	if q.CountLabel != "" {
+		o.ByLabel = map[string]int{}
+		for id, n := range byLabels {
+			v, ok := labelsOf[id][q.CountLabel]
+			if !ok {
+				v = "-"
+			}
+			o.ByLabel[v] += n
+		}
 	}
 	for r, n := range map[string]int{ReasonOffline: offline, ReasonNeverConnected: never, ReasonPaused: paused} {
 		if n > 0 {

@@ -29,6 +29,7 @@ func TestListClustersPages(t *testing.T) {
 	}{
 		{"all", ClusterQuery{}, n},
 		{"prod", ClusterQuery{Selector: prod}, n / 2},
+		{"dev", ClusterQuery{Selector: labels.SelectorFromSet(labels.Set{"env": "dev"})}, n / 2},
 		{"prod seen by an eu viewer", ClusterQuery{Selector: prod, View: euOnly, ViewByLabels: true}, 50},
 		{"prefix", ClusterQuery{NamePrefix: "c-00000000000000"}, 1}, // c-0000000000000000 only
 		{"state", ClusterQuery{State: "Offline"}, n},
@@ -67,9 +68,11 @@ func TestListClustersPages(t *testing.T) {
 				t.Fatalf("%s, pages of %d: backwards %d keys, forwards %d", tc.name, limit, len(back), len(keys))
 			}
 		}
-		o := f.Overview(tc.q)
-		if o.Total != tc.want || o.ByState["Offline"] != tc.want || o.ByArch["arm64"] != tc.want {
-			t.Errorf("%s: overview %+v, want %d clusters, all offline arm64", tc.name, o, tc.want)
+		q := tc.q
+		q.CountLabel = "env"
+		o := f.Overview(q)
+		if o.Total != tc.want || o.ByState["Offline"] != tc.want || o.ByArch["arm64"] != tc.want || o.ByLabel["prod"]+o.ByLabel["dev"] != tc.want {
+			t.Errorf("%s: overview %+v, want %d clusters, all offline arm64, each prod or dev", tc.name, o, tc.want)
 		}
 	}
 }

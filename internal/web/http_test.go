@@ -76,6 +76,13 @@ func TestDashboardOverHTTP(t *testing.T) {
 		if !strings.Contains(body, `href="/clusters?reason=DeploymentsErrApplied"`) {
 			t.Errorf("overview does not group the failing deployments under needs attention")
 		}
+		code, _, body = get(t, ops, r.url+"/?label=region")
+		if code != http.StatusOK || !strings.Contains(body, `href="/clusters?selector=region%3Deu"`) || !strings.Contains(body, "Label region") {
+			t.Errorf("overview by label region: %d, no bar linking to region=eu", code)
+		}
+		if code, _, _ = get(t, ops, r.url+"/?label=not+a+key!"); code != http.StatusBadRequest {
+			t.Errorf("overview by a bad label key: %d, want 400", code)
+		}
 		code, _, body = get(t, ops, r.url+"/clusters?selector=env%3Ddev&limit=10")
 		if code != http.StatusOK {
 			t.Fatalf("list: %d\n%s", code, body)

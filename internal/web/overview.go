@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
@@ -27,6 +30,22 @@ type overviewData struct {
 	Version, Arch, Agent barChart
 	Attention            []attention
 	Deployments          barChart
+	// Label is the label key counted by, and its chart.
+	Label      string
+	LabelChart barChart
+	Live       string
+}
+
+// labelParam is the overview's label key to count by, checked as a Kubernetes label key.
+func labelParam(r *http.Request) (string, error) {
+	k := strings.TrimSpace(r.URL.Query().Get("label"))
+	if k == "" {
+		return "", nil
+	}
+	if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+		return "", fmt.Errorf("%q is not a label key: %s", k, strings.Join(errs, "; "))
+	}
+	return k, nil
 }
 
 // reasonLabel says an attention reason in words.
@@ -45,8 +64,8 @@ func reasonLabel(r string) string {
 	return r
 }
 
-func (h *Handler) overviewData(u *user) (overviewData, error) {
-	o, err := h.overviewOf(u)
+func (h *Handler) overviewData(u *user, label string) (overviewData, error) {
+	o, err := h.overviewOf(u, label)
 	if err != nil {
 		return overviewData{}, err
 	}
@@ -56,6 +75,16 @@ func (h *Handler) overviewData(u *user) (overviewData, error) {
 		Arch:        newBarChart("Architecture", o.ByArch, func(v string) string { return listHref("arch", v) }),
 		Agent:       newBarChart("Agent version", o.ByAgent, func(v string) string { return listHref("agent", v) }),
 		Deployments: newBarChart("Deployments by state", o.DeploymentsByState, func(v string) string { return listHref("reason", fleet.ReasonDeployments+v) }),
+	}
+	d.Label, d.Live = label, "/events/overview"
+	if label != "" {
+		d.Live += "?" + url.Values{"label": {label}}.Encode()
+		d.LabelChart = newBarChart("Label "+label, o.ByLabel, func(v string) string {
+			if v == "-" {
+				return listHref("selector", "!"+label)
+			}
+			return listHref("selector", label+"="+v)
+		})
 	}
 	// A Ready deployment needs no attention: its bar links to the whole list.
 	for i, b := range d.Deployments.Bars {
@@ -76,7 +105,12 @@ func (h *Handler) overviewData(u *user) (overviewData, error) {
 }
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request, u *user) {
-	d, err := h.overviewData(u)
+	label, err := labelParam(r)
+	if err != nil {
+		h.errorPage(w, r, u, http.StatusBadRequest, err.Error())
+		return
+	}
+	d, err := h.overviewData(u, label)
 	if err != nil {
 		h.refused(w, r, u, err)
 		return
@@ -98,6 +132,11 @@ func (h *Handler) refused(w http.ResponseWriter, r *http.Request, u *user, err e
 // LiveInterval: the page then fetches the new counts. Only aggregates travel, never one
 // event per cluster.
 func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user) {
+	label, err := labelParam(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	select {
 	case h.live <- struct{}{}:
 		defer func() { <-h.live }()
@@ -112,7 +151,7 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 	}
 	// The first reading is taken before the stream answers: a change made once the client
 	// has the answer is told.
-	o, err := h.overviewOf(u)
+	o, err := h.overviewOf(u, label)
 	if err != nil {
 		h.refused(w, r, u, err)
 		return
@@ -137,7 +176,7 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 			fl.Flush()
 			return
 		}
-		o, err := h.overviewOf(u)
+		o, err := h.overviewOf(u, label)
 		if err != nil {
 			return
 		}
@@ -157,7 +196,7 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 func overviewSignature(o fleet.Overview) string {
 	var b strings.Builder
 	fmt.Fprint(&b, o.Total)
-	for _, m := range []map[string]int{o.ByState, o.ByVersion, o.ByArch, o.ByAgent, o.Attention, o.DeploymentsByState} {
+	for _, m := range []map[string]int{o.ByState, o.ByVersion, o.ByArch, o.ByAgent, o.ByLabel, o.Attention, o.DeploymentsByState} {
 		keys := make([]string, 0, len(m))
 		for k := range m {
 			keys = append(keys, k)

@@ -303,13 +303,15 @@ func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 	return "u\x00" + u.User + "\x00" + strings.Join(u.Groups, "\x00"), nil
 }
 
-// overviewOf answers the overview of the user's view, computed at most once a second per view.
-func (h *Handler) overviewOf(u *user) (fleet.Overview, error) {
-	var q fleet.ClusterQuery
+// overviewOf answers the overview of the user's view (counted by label key too, when
+// set), computed at most once a second per view and key.
+func (h *Handler) overviewOf(u *user, label string) (fleet.Overview, error) {
+	q := fleet.ClusterQuery{CountLabel: label}
 	key, err := h.view(u, &q)
 	if err != nil {
 		return fleet.Overview{}, err
 	}
+	key += "\x01" + label
 	now := time.Now()
 	h.mu.Lock()
 	c, ok := h.overviews[key]
