@@ -127,9 +127,13 @@ func (h *Handler) clusters(w http.ResponseWriter, r *http.Request, u *user) {
 		h.refused(w, r, u, err)
 		return
 	}
+	if err := h.pass(r.Context()); err != nil {
+		return // the user went away
+	}
 	start := time.Now()
 	p := h.cfg.Fleet.ListClusters(fq, after, before, f.Limit)
 	d.Took = time.Since(start)
+	<-h.passes
 	d.Rows, d.Total = p.Rows, p.Total
 	base := f.values()
 	d.First = "/clusters?" + base.Encode()

@@ -64,8 +64,8 @@ func reasonLabel(r string) string {
 	return r
 }
 
-func (h *Handler) overviewData(u *user, label string) (overviewData, error) {
-	o, err := h.overviewOf(u, label)
+func (h *Handler) overviewData(r *http.Request, u *user, label string) (overviewData, error) {
+	o, err := h.overviewOf(r.Context(), u, label)
 	if err != nil {
 		return overviewData{}, err
 	}
@@ -110,7 +110,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, u *user) {
 		h.errorPage(w, r, u, http.StatusBadRequest, err.Error())
 		return
 	}
-	d, err := h.overviewData(u, label)
+	d, err := h.overviewData(r, u, label)
 	if err != nil {
 		h.refused(w, r, u, err)
 		return
@@ -151,7 +151,7 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 	}
 	// The first reading is taken before the stream answers: a change made once the client
 	// has the answer is told.
-	o, err := h.overviewOf(u, label)
+	o, err := h.overviewOf(r.Context(), u, label)
 	if err != nil {
 		h.refused(w, r, u, err)
 		return
@@ -176,7 +176,7 @@ func (h *Handler) overviewEvents(w http.ResponseWriter, r *http.Request, u *user
 			fl.Flush()
 			return
 		}
-		o, err := h.overviewOf(u, label)
+		o, err := h.overviewOf(r.Context(), u, label)
 		if err != nil {
 			return
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/oidc"
 )
@@ -132,6 +133,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		h.showLogin(w, r, http.StatusInternalServerError, username, "The login failed on the server; try again.")
 		return
 	}
+	audit.Annotate(r.Context(), lr.User, lr.Groups, "", "", "")
 	clearCookie(w, loginCookie)
 	setCookie(w, sessionCookie, lr.Token, lr.Expires)
 	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)

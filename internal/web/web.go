@@ -67,6 +67,9 @@ type Config struct {
 	LiveInterval time.Duration
 	// MaxLive bounds the live streams open at once (default 512).
 	MaxLive int
+	// MaxPasses bounds the passes over the fleet model made at once for pages (default 2):
+	// however many users load pages, the dashboard takes at most that many cores.
+	MaxPasses int
 	Logger  *slog.Logger
 }
 
@@ -80,6 +83,7 @@ type Handler struct {
 	mu        sync.Mutex
 	overviews map[string]cachedOverview
 	live      chan struct{}
+	passes    chan struct{}
 }
 
 type cachedOverview struct {
@@ -98,8 +102,11 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxLive <= 0 {
 		cfg.MaxLive = 512
 	}
+	if cfg.MaxPasses <= 0 {
+		cfg.MaxPasses = 2
+	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
-		live: make(chan struct{}, cfg.MaxLive)}
+		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
 	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
@@ -305,7 +312,7 @@ func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 
 // overviewOf answers the overview of the user's view (counted by label key too, when
 // set), computed at most once a second per view and key.
-func (h *Handler) overviewOf(u *user, label string) (fleet.Overview, error) {
+func (h *Handler) overviewOf(ctx context.Context, u *user, label string) (fleet.Overview, error) {
 	q := fleet.ClusterQuery{CountLabel: label}
 	key, err := h.view(u, &q)
 	if err != nil {
@@ -319,7 +326,11 @@ func (h *Handler) overviewOf(u *user, label string) (fleet.Overview, error) {
 	if ok && now.Sub(c.at) < time.Second {
 		return c.o, nil
 	}
+	if err := h.pass(ctx); err != nil {
+		return fleet.Overview{}, err
+	}
 	o := h.cfg.Fleet.Overview(q)
+	<-h.passes
 	h.mu.Lock()
 	if len(h.overviews) >= 1024 {
 		for k, v := range h.overviews {
@@ -333,4 +344,14 @@ func (h *Handler) overviewOf(u *user, label string) (fleet.Overview, error) {
 	}
 	h.mu.Unlock()
 	return o, nil
+}
+
+// pass waits for a turn to pass over the model; the caller gives it back to h.passes.
+func (h *Handler) pass(ctx context.Context) error {
+	select {
+	case h.passes <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
