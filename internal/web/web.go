@@ -70,7 +70,7 @@ type Config struct {
 	// MaxPasses bounds the passes over the fleet model made at once for pages (default 2):
 	// however many users load pages, the dashboard takes at most that many cores.
 	MaxPasses int
-	Logger  *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Handler is the dashboard.
