@@ -270,6 +270,23 @@ func TestBrowser(t *testing.T) {
 	}
 	viewer.checkClean()
 
+	// On a phone-sized screen the pages fit the width: wide tables scroll in their own box.
+	for _, p := range []string{"/", "/clusters?selector=env%3Ddev"} {
+		var fits bool
+		viewer.run("narrow "+p,
+			chromedp.EmulateViewport(375, 800, chromedp.EmulateMobile),
+			chromedp.Navigate(r.url+p),
+			chromedp.WaitVisible(chromedp.CSS("main")),
+			chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+				var err error
+				fits, err = chromedp.Evaluate[bool](`document.documentElement.scrollWidth <= window.innerWidth + 1`)(ctx, t)
+				return err
+			}))
+		if !fits {
+			t.Errorf("%s is wider than a 375-pixel screen", p)
+		}
+	}
+
 	// The overview follows the fleet live: a cluster paused elsewhere shows without a reload.
 	ops.run("open the overview",
 		chromedp.Navigate(r.url+"/"),
