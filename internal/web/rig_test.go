@@ -38,8 +38,9 @@ type rig struct {
 	sim   *sim.Sim
 }
 
-// startServer starts a server on dir (made with t.TempDir when empty).
-func startServer(t testing.TB, dir string) (*rig, string) {
+// startServer starts a server on dir (made with t.TempDir when empty), its configuration
+// changed by mutate.
+func startServer(t testing.TB, dir string, mutate ...func(*server.Config)) (*rig, string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -51,9 +52,13 @@ func startServer(t testing.TB, dir string) (*rig, string) {
 		dir = t.TempDir()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: dir, BootstrapToken: adminToken,
+	cfg := server.Config{Listen: addr, DataDir: dir, BootstrapToken: adminToken,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Fleet:  fleet.Config{PollInterval: 2 * time.Second, StatusInterval: 100 * time.Millisecond}})
+		Fleet:  fleet.Config{PollInterval: 2 * time.Second, StatusInterval: 100 * time.Millisecond}}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	s, err := server.New(ctx, cfg)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
