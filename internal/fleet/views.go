@@ -15,7 +15,7 @@ import (
 
 // The dashboard's views of the model: aggregates and bounded pages computed from memory, so
 // that no page reads the store's whole collection. Each is one pass over the clusters under
-// the read lock (a few tens of nanoseconds per cluster; see docs/benchmarks.md).
+// the read lock (under a microsecond per cluster as measured in docs/benchmarks.md).
 
 // Attention reasons: why a cluster needs a look. A cluster may have several.
 const (
