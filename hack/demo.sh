@@ -42,12 +42,25 @@ for _ in $(seq 1 100); do
 done
 bin/flotilla apply -f docs/examples/fleet.yaml
 
+# The dashboard's login: a local user "admin" bound to the admin role, whose password is kept
+# in the data directory like the token (made on the first run).
+if [ ! -s "$data/demo-admin-password" ]; then
+	(umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$data/demo-admin-password")
+fi
+password=$(cat "$data/demo-admin-password")
+if ! bin/flotilla get users admin >/dev/null 2>&1; then
+	echo "$password" | bin/flotilla user create admin --password-stdin >/dev/null
+	bin/flotilla rolebinding create demo-admin --role admin --user admin --global >/dev/null
+fi
+
 # The simulator's progress goes to a log file and one status line every 30 s, so that the
 # instructions stay on screen (and in CI logs); they are printed again every 5 minutes.
 instructions() {
 	cat <<MSG
 
 Flotilla is serving on https://$listen (log: $data/server.log).
+Dashboard: https://$listen/ — log in as admin with password $password
+(kept in $data/demo-admin-password; the certificate is the server's own CA, $data/tls/ca.crt).
 $clusters simulated clusters are registering (log: $data/sim.log); the bundle "hello" goes to
 the production ones. Ctrl-C stops everything. In another shell:
 

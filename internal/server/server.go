@@ -39,6 +39,7 @@ import (
 	"flotilla.dev/internal/store/sqlite"
 	"flotilla.dev/internal/store/sqlstore"
 	"flotilla.dev/internal/tunnel"
+	"flotilla.dev/internal/web"
 )
 
 // Config is what `flotilla server` is started with.
@@ -370,7 +371,16 @@ func (s *Server) handler() http.Handler {
 	s.agents.Register(mux)
 	s.proxy.Register(mux)
 	s.gitops.Register(mux)
-	return s.audit.Middleware(s.metrics.Instrument(mux))
+	full := s.audit.Middleware(s.metrics.Instrument(mux))
+	// The dashboard makes its logins, reads and changes through full, as its user.
+	dash, err := web.New(web.Config{API: full, Auth: s.auth, Fleet: s.fleet, ClusterView: resources.ClusterView,
+		TunnelOpen: s.tunnels.IsOpen, OIDC: s.cfg.OIDC.Issuer != "", Logger: s.log})
+	if err != nil {
+		s.log.Error("the dashboard's templates", "err", err)
+	} else {
+		dash.Register(mux)
+	}
+	return full
 }
 
 // mayManageUsers: admin tokens, and users allowed to update users everywhere, manage other
