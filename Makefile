@@ -1,7 +1,7 @@
 # The two everyday commands are `make run` and `make test`; see README.md.
 GO ?= go
 
-.PHONY: run test build vet fuzz generate k8s-binaries clean
+.PHONY: run test build vet fuzz generate k8s-binaries images clean
 
 # staticcheck, pinned in hack/tools/go.mod, built once per version into a cache outside the
 # repository (fresh clones, CI's included, reuse it).
@@ -53,5 +53,10 @@ test: vet k8s-binaries
 	FLOTILLA_K8S_BIN=$$(hack/k8s-binaries.sh) $(GO) test -p 1 -timeout 45m ./...
 	hack/fuzz.sh
 
+# Container images of the server and the agent for linux/amd64 and linux/arm64, without a
+# container engine, as OCI layouts in dist/oci; VERSION=v1.2.3, PUSH=registry/prefix to push.
+images:
+	$(GO) run ./hack/images --version $(or $(VERSION),dev) --out dist/oci $(if $(PUSH),--push $(PUSH))
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

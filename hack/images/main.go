@@ -48,7 +48,7 @@ func run(ctx context.Context, version, out, push, platforms string) error {
 			return err
 		}
 		dir := filepath.Join(out, spec.Name)
-		if err := image.WriteLayout(dir, idx); err != nil {
+		if err := image.WriteLayout(dir, version, idx); err != nil {
 			return err
 		}
 		d, err := idx.Digest()

@@ -175,6 +175,31 @@ func TestKubectlThroughFlotilla(t *testing.T) {
 	if _, err := k.CoreV1().ConfigMaps("shop-web").Get(ctx, "made-by-bob", metav1.GetOptions{}); err != nil {
 		t.Errorf("bob's configmap on the cluster: %v", err)
 	}
+	// Client-side and server-side apply, a label selector, delete and discovery.
+	manifest := func(name, v string) string {
+		f := filepath.Join(dir, name+".yaml")
+		os.WriteFile(f, fmt.Appendf(nil, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s, namespace: shop-web, labels: {app: applied}}\ndata: {v: %q}\n", name, v), 0o600)
+		return f
+	}
+	mustKubectl(kubeconfigOf["bob"], "apply", "-f", manifest("applied-cs", "1"))
+	mustKubectl(kubeconfigOf["bob"], "apply", "-f", manifest("applied-cs", "2"))
+	mustKubectl(kubeconfigOf["bob"], "apply", "--server-side", "-f", manifest("applied-ss", "1"))
+	mustKubectl(kubeconfigOf["bob"], "apply", "--server-side", "-f", manifest("applied-ss", "2"))
+	for _, name := range []string{"applied-cs", "applied-ss"} {
+		if cm, err := k.CoreV1().ConfigMaps("shop-web").Get(ctx, name, metav1.GetOptions{}); err != nil || cm.Data["v"] != "2" {
+			t.Errorf("%s on the cluster: %v, %v", name, cm, err)
+		}
+	}
+	if out := mustKubectl(kubeconfigOf["bob"], "get", "configmaps", "-n", "shop-web", "-l", "app=applied", "-o", "name"); out != "configmap/applied-cs\nconfigmap/applied-ss\n" {
+		t.Errorf("bob's configmaps labelled app=applied: %q", out)
+	}
+	mustKubectl(kubeconfigOf["bob"], "delete", "configmap", "applied-cs", "-n", "shop-web")
+	if _, err := k.CoreV1().ConfigMaps("shop-web").Get(ctx, "applied-cs", metav1.GetOptions{}); err == nil {
+		t.Error("bob's deleted configmap is still on the cluster")
+	}
+	if out := mustKubectl(kubeconfigOf["bob"], "api-resources", "--api-group", ""); !strings.Contains(out, "configmaps") {
+		t.Errorf("api-resources through Flotilla:\n%s", out)
+	}
 
 	// alice, cluster-member: reads nodes and namespaces, may not delete them.
 	mustKubectl(kubeconfigOf["alice"], "get", "namespaces", "-l", "kubernetes.io/metadata.name=shop-web")

@@ -60,7 +60,7 @@ var Server = Spec{
 	Cmd:        []string{"server", "--data-dir", "/var/lib/flotilla", "--listen", "0.0.0.0:8443"},
 	DataDir:    "/var/lib/flotilla",
 	Ports:      []string{"8443/tcp"},
-	VersionVar: "flotilla.dev/internal/agent.version",
+	VersionVar: "flotilla.dev/internal/cli.Version",
 }
 
 // Agent is flotilla-agent's image, run as a pod of the cluster it manages.
@@ -295,13 +295,17 @@ func rootfs(spec Spec, binary, certs []byte, mtime time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// WriteLayout writes idx as an OCI image layout in dir (made if needed; replaced if it holds
-// one already).
-func WriteLayout(dir string, idx v1.ImageIndex) error {
+// WriteLayout writes idx as an OCI image layout in dir (replaced if it exists): its
+// index.json names idx by tag, as registries and tools that copy layouts expect.
+func WriteLayout(dir, tag string, idx v1.ImageIndex) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	if _, err := layout.Write(dir, idx); err != nil {
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return fmt.Errorf("writing the OCI layout %s: %w", dir, err)
+	}
+	if err := p.AppendIndex(idx, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag})); err != nil {
 		return fmt.Errorf("writing the OCI layout %s: %w", dir, err)
 	}
 	return nil

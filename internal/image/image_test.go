@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -44,7 +45,7 @@ func TestImagesBuildPushAndRun(t *testing.T) {
 	if os.Getenv("FLOTILLA_IMAGE_ALL_PLATFORMS") != "" {
 		serverPlatforms = image.DefaultPlatforms
 	}
-	reg := httptest.NewServer(registry.New(registry.Logger(nil)))
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	regHost := strings.TrimPrefix(reg.URL, "http://")
 
@@ -67,7 +68,7 @@ func TestImagesBuildPushAndRun(t *testing.T) {
 			}
 			// The OCI layout holds the same index.
 			dir := filepath.Join(t.TempDir(), c.spec.Name)
-			if err := image.WriteLayout(dir, idx); err != nil {
+			if err := image.WriteLayout(dir, "test", idx); err != nil {
 				t.Fatal(err)
 			}
 			lidx, err := layout.ImageIndexFromPath(dir)
@@ -76,7 +77,7 @@ func TestImagesBuildPushAndRun(t *testing.T) {
 			}
 			if lm, err := lidx.IndexManifest(); err != nil || len(lm.Manifests) != 1 {
 				t.Fatalf("layout index: %v, %v", lm, err)
-			} else if lm.Manifests[0].Digest != digest {
+			} else if lm.Manifests[0].Digest != digest || lm.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != "test" {
 				t.Errorf("the layout holds %s, built %s", lm.Manifests[0].Digest, digest)
 			}
 
