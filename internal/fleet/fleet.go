@@ -926,6 +926,19 @@ func (f *Fleet) Label(ns, name, key string) string {
 	return ""
 }
 
+// Labels returns the cluster's labels, if the model knows the cluster. The map is shared:
+// callers must not change it.
+func (f *Fleet) Labels(ns, name string) (map[string]string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if w := f.workspaces[ns]; w != nil {
+		if c := w.clusters[name]; c != nil {
+			return c.Labels, true
+		}
+	}
+	return nil, false
+}
+
 // lastSeen is when c's agent last called.
 func (c *Cluster) lastSeen() time.Time {
 	if n := c.seen.Load(); n != 0 {

@@ -69,6 +69,9 @@ type Config struct {
 	Authz   Authorizer
 	Tunnels Tunnels
 	Store   Getter
+	// Labels are a cluster's labels from the in-memory fleet model, if it knows the cluster;
+	// nil, or a cluster it does not know, reads the Cluster from the store.
+	Labels func(ns, name string) (map[string]string, bool)
 	// ClusterGroups names the ClusterGroups holding a cluster of a workspace with labels.
 	ClusterGroups func(ns string, labels map[string]string) []string
 	// Wait is how long a call waits for a cluster without a tunnel to open one (0: 30s).
@@ -312,12 +315,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	id, obj, user, groups := rc.id, rc.obj, rc.user, rc.groups
+	id, user, groups := rc.id, rc.user, rc.groups
 	key := ns + "/" + name
 	if err := p.cfg.Tunnels.Await(r.Context(), key, p.cfg.Wait); err != nil {
 		if errors.Is(err, tunnel.ErrNoTunnel) {
 			w.Header().Set("Retry-After", "10")
-			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, p.absent(obj, ns, name))
+			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, p.absent(r.Context(), ns, name))
 			return
 		}
 		apiserver.WriteError(w, err)
@@ -375,7 +378,6 @@ func (b *body) failed() error {
 type reached struct {
 	id     *auth.Identity
 	ns     string
-	obj    *api.Object
 	user   string
 	groups []string
 }
@@ -390,17 +392,25 @@ func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, ns, name string) (
 	}
 	audit.Annotate(r.Context(), id.User, id.Groups, api.KindCluster, ns, name)
 	subj := rbac.Subject{User: id.User, Groups: id.Groups}
-	obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		apiserver.WriteError(w, err)
-		return nil, false
-	}
 	c := rbac.Cluster{Name: name, Workspace: ns}
-	if obj != nil {
-		c.Labels = obj.Metadata.Labels
-		if p.cfg.ClusterGroups != nil {
-			c.Groups = p.cfg.ClusterGroups(ns, c.Labels)
+	var found bool
+	if p.cfg.Labels != nil {
+		c.Labels, found = p.cfg.Labels(ns, name)
+	}
+	if !found {
+		// Not in the model (or no model): the store decides, which also finds a cluster
+		// registered a moment ago that the model has not seen yet.
+		obj, err := p.cfg.Store.Get(r.Context(), store.Key{Kind: api.KindCluster, Namespace: ns, Name: name})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			apiserver.WriteError(w, err)
+			return nil, false
 		}
+		if obj != nil {
+			c.Labels, found = obj.Metadata.Labels, true
+		}
+	}
+	if found && p.cfg.ClusterGroups != nil {
+		c.Groups = p.cfg.ClusterGroups(ns, c.Labels)
 	}
 	d := p.cfg.Authz.Decide(subj, rbac.Request{Verb: api.VerbGet, Kind: api.KindCluster, Namespace: ns, Name: name, Cluster: &c})
 	if !d.Allowed {
@@ -408,7 +418,7 @@ func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, ns, name string) (
 		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s may not reach cluster %s/%s: %s", id.User, ns, name, d.Reason()))
 		return nil, false
 	}
-	if obj == nil {
+	if !found {
 		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("cluster %s/%s not found", ns, name))
 		return nil, false
 	}
@@ -417,19 +427,23 @@ func (p *Proxy) reach(w http.ResponseWriter, r *http.Request, ns, name string) (
 		writeStatus(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("%s has no role binding granting anything on cluster %s/%s", id.User, ns, name))
 		return nil, false
 	}
-	return &reached{id: id, ns: ns, obj: obj, user: user, groups: groups}, true
+	return &reached{id: id, ns: ns, user: user, groups: groups}, true
 }
 
 // absent says why a cluster's tunnel did not come, and when its agent was last heard of.
-func (p *Proxy) absent(obj *api.Object, ns, name string) string {
+func (p *Proxy) absent(ctx context.Context, ns, name string) string {
 	msg := fmt.Sprintf("cluster %s/%s did not open its tunnel within %s", ns, name, p.cfg.Wait)
 	var seen time.Time
 	if p.cfg.LastSeen != nil {
 		seen = p.cfg.LastSeen(ns, name)
 	}
-	var st api.ClusterStatus
-	if seen.IsZero() && len(obj.Status) > 0 && json.Unmarshal(obj.Status, &st) == nil && st.LastSeen != nil {
-		seen = *st.LastSeen
+	if seen.IsZero() {
+		// Not seen by this server since it started: the stored record says.
+		var st api.ClusterStatus
+		if obj, err := p.cfg.Store.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: ns, Name: name}); err == nil &&
+			json.Unmarshal(obj.Status, &st) == nil && st.LastSeen != nil {
+			seen = *st.LastSeen
+		}
 	}
 	if !seen.IsZero() {
 		msg += fmt.Sprintf("; its agent was last seen at %s", seen.UTC().Format(time.RFC3339))
