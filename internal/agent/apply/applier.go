@@ -61,8 +61,6 @@ type Applier struct {
 	known   map[string][]objectRef
 	// knownChanged is closed and replaced whenever known changes.
 	knownChanged chan struct{}
-
-	releaseCache releaseCache
 }
 
 // New returns an Applier for the cluster cfg.RESTConfig reaches. It does not

@@ -7,16 +7,14 @@
 // deployment, in the flotilla-system namespace) so that objects dropped from a
 // deployment are pruned exactly, and deletes everything on Remove.
 //
-// Helm bundles are real Helm releases, so that `helm list`, `helm history`,
-// `helm upgrade` and `helm uninstall` work on them, but the engine installs
-// them itself rather than with the Helm SDK's action package: it renders the
-// chart with Helm's engine (real capabilities, lookup, hooks split out), runs
-// the bundle's post-renderer, applies the objects like any others (same drift
-// detection, inventory and pruning), runs the chart's hooks around them, and
-// writes each revision in Helm's Secret layout (helmstore.go). The SDK's
-// action and storage packages would link Helm's SQL release driver, and with
-// it lib/pq, sqlx, gorp and sql-migrate, into an edge binary that never uses
-// a database.
+// Helm bundles are installed, upgraded, rolled back (atomic) and uninstalled with
+// Helm v4's SDK (pkg/action, releases in Helm's Secret storage, server-side apply with
+// the agent's field manager), so they are ordinary Helm releases that `helm list`,
+// `helm history`, `helm upgrade` and `helm uninstall` work on, with Helm's own hooks,
+// CRDs, waits and history limits. The bundle's post-renderer (its Kustomize and
+// namespace rules) runs as Helm's post-renderer, followed by the stamps of the
+// deployment's label. Afterwards the release's objects go into the inventory like any
+// others, so drift detection, comparePatches, readiness and pruning treat them alike.
 //
 // Status reads the live objects back: readiness comes from kstatus, and drift
 // ("modified") from a dry-run server-side apply of the desired object compared
@@ -25,7 +23,7 @@
 // of applied objects into notifications within a second, so the agent need
 // not poll to notice an edit.
 //
-// Only the agent imports this package. It must not import SQL drivers, git,
-// Helm's action or storage packages, or any server package: the agent is a
-// small edge binary (deps_test.go checks).
+// Only the agent imports this package. It must not import the server's store or
+// SQL drivers, git, or any server package: the agent is an edge binary
+// (deps_test.go checks).
 package apply

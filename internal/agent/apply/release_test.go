@@ -25,8 +25,8 @@ import (
 	"flotilla.dev/internal/agent/apply"
 )
 
-// The agent writes Helm's release storage itself (the SDK's storage links SQL drivers);
-// these tests hold it to what Helm itself reads and writes.
+// The agent installs releases with Helm v4's SDK; these tests hold them to what Helm 3's
+// SDK reads and writes, as the helm CLI of either version must work on them.
 
 // helmConfig is Helm's own action configuration over the test cluster, with Helm's Secret
 // driver: what the helm CLI uses.
@@ -412,7 +412,7 @@ func (e *env) testHelmHooksAndCRDs(t *testing.T) {
 	res, err := e.applier.Apply(t.Context(), d)
 	cancel()
 	<-seen
-	if err == nil || res.State != apply.ErrApplied || !strings.Contains(res.Message, "post-upgrade hook") || !strings.Contains(res.Message, "post.yaml") {
+	if err == nil || res.State != apply.ErrApplied || !strings.Contains(res.Message, "post-upgrade hook") || !strings.Contains(res.Message, "hooks-post") {
 		t.Errorf("Apply with a failing hook: %s %q, %v; want ErrApplied naming the post-upgrade hook", res.State, res.Message, err)
 	}
 	e.wantRevisions(t, ns, name, map[int]release.Status{1: release.StatusSuperseded, 2: release.StatusDeployed, 3: release.StatusFailed})
@@ -450,7 +450,7 @@ spec:
 `)})
 	d := apply.Deployment{ID: "fleet-default/helm-atomic", Hash: "1", DefaultNamespace: ns, Helm: &apply.HelmRelease{ReleaseName: name, Chart: ch, Atomic: true, TimeoutSeconds: 2}}
 	res, err := e.applier.Apply(t.Context(), d)
-	if err == nil || !strings.Contains(res.Message, "uninstalled due to atomic") {
+	if err == nil || !strings.Contains(res.Message, "uninstalled due to rollback-on-failure") {
 		t.Errorf("atomic install that cannot become ready: %s %q, %v", res.State, res.Message, err)
 	}
 	if secs := e.releaseSecrets(t, ns, name); len(secs) != 0 {
@@ -465,10 +465,11 @@ spec:
 	e.mustApply(t, d, apply.Ready)
 	d.Hash, d.Helm.Chart, d.Helm.Atomic = "2", ch, true
 	res, err = e.applier.Apply(t.Context(), d)
-	if err == nil || !strings.Contains(res.Message, "rolled back to revision 1") {
+	if err == nil || !strings.Contains(res.Message, "rolled back due to rollback-on-failure") {
 		t.Errorf("atomic upgrade that cannot become ready: %s %q, %v", res.State, res.Message, err)
 	}
-	e.wantRevisions(t, ns, name, map[int]release.Status{1: release.StatusSuperseded, 2: release.StatusSuperseded, 3: release.StatusDeployed})
+	// As `helm upgrade --rollback-on-failure` leaves them: the failed revision stays failed.
+	e.wantRevisions(t, ns, name, map[int]release.Status{1: release.StatusSuperseded, 2: release.StatusFailed, 3: release.StatusDeployed})
 	if rel := e.revisions(t, ns, name)[3]; rel == nil || rel.Info.Description != "Rollback to 1" || rel.Chart.Metadata.Name != "demo" || strings.Contains(rel.Manifest, "atomic-web") {
 		t.Errorf("revision 3 is not the rollback to 1: %+v", rel)
 	}
