@@ -1,7 +1,7 @@
 # The two everyday commands are `make run` and `make test`; see README.md.
 GO ?= go
 
-.PHONY: run test build vet fuzz generate k8s-binaries images clean
+.PHONY: run test build vet fuzz generate k8s-binaries helm-binary images clean
 
 # staticcheck, pinned in hack/tools/go.mod, built once per version into a cache outside the
 # repository (fresh clones, CI's included, reuse it).
@@ -44,13 +44,17 @@ fuzz:
 k8s-binaries:
 	hack/k8s-binaries.sh >/dev/null
 
+# The real helm CLI the Helm tests compare the agent's releases with, cached likewise.
+helm-binary:
+	hack/helm-binary.sh >/dev/null
+
 # The whole test suite: formatting and vet, the agent's cross-build, and every test
 # (real SQLite, PostgreSQL, Kubernetes API servers, git servers), then every fuzz target for
 # a few seconds. One package at a time: several start servers and simulated fleets, and two
 # cores shared by them make timing flaky.
-test: vet k8s-binaries
+test: vet k8s-binaries helm-binary
 	@if ls cmd/flotilla-agent/*.go >/dev/null 2>&1; then GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/flotilla-agent && echo "flotilla-agent builds for linux/arm64"; fi
-	FLOTILLA_K8S_BIN=$$(hack/k8s-binaries.sh) $(GO) test -p 1 -timeout 45m ./...
+	FLOTILLA_K8S_BIN=$$(hack/k8s-binaries.sh) FLOTILLA_HELM_BIN=$$(hack/helm-binary.sh) $(GO) test -p 1 -timeout 45m ./...
 	hack/fuzz.sh
 
 # Container images of the server and the agent for linux/amd64 and linux/arm64, without a
