@@ -320,7 +320,7 @@ func simTunnelOpen(t *testing.T) {
 	srv.Stop(t)
 	stopped.Store(true)
 	down := time.Since(stopAt)
-	srv = e2e.StartServer(t, opts)
+	e2e.StartServer(t, opts) // on the same address and data: the simulator finds it there
 	ready := time.Since(stopAt)
 	var back, simBack time.Duration
 	deadline := time.Now().Add(10 * time.Minute)
