@@ -107,7 +107,8 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
-	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error"} {
+	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error",
+		"users", "roles", "role", "rolebindings", "projects"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -138,6 +139,15 @@ func (h *Handler) Register(mux *http.ServeMux) {
 		})))
 	}
 	mux.Handle("GET /bundles/{ns}/{name}", secure(h.session(h.bundle)))
+	mux.Handle("GET /users", secure(h.session(h.users)))
+	mux.Handle("POST /users", secure(h.session(h.createUser)))
+	mux.Handle("POST /users/{name}/{action}", secure(h.session(h.userAction)))
+	mux.Handle("GET /roles", secure(h.session(h.roles)))
+	mux.Handle("GET /roles/{name}", secure(h.session(h.role)))
+	mux.Handle("GET /rolebindings", secure(h.session(h.bindings)))
+	mux.Handle("POST /rolebindings", secure(h.session(h.createBinding)))
+	mux.Handle("POST /rolebindings/{name}/delete", secure(h.session(h.deleteBinding)))
+	mux.Handle("GET /projects", secure(h.session(h.projects)))
 }
 
 // contentSecurityPolicy allows scripts and styles from the server's own files only: no

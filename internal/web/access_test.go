@@ -1,0 +1,159 @@
+package web_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"flotilla.dev/api"
+)
+
+// TestAccessPages drives the users, roles, role bindings and projects pages against a real
+// server: an admin lists and changes them, a read-only user sees them without controls and
+// is refused with the API's reason when forging a change.
+func TestAccessPages(t *testing.T) {
+	r, _ := startServer(t, "")
+	r.addUser(t, "ops", "admin")
+	r.addUser(t, "viewer", "read-only")
+	spec, _ := json.Marshal(api.ProjectSpec{Namespaces: []api.ProjectNamespace{{Name: "shop-web"}, {Name: "shop-db"}},
+		Quota: &api.ResourceQuotaSpec{Hard: map[string]string{"pods": "40"}}})
+	if _, err := r.admin.Create(context.Background(), &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindProject},
+		Metadata: api.ObjectMeta{Name: "shop"}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	ops, viewer := r.browser(t), r.browser(t)
+	r.login(t, ops, "ops")
+	r.login(t, viewer, "viewer")
+
+	t.Run("pages", func(t *testing.T) {
+		for p, want := range map[string]string{
+			"/users":        `data-user="viewer"`,
+			"/roles":        `<a href="/roles/cluster-owner">`,
+			"/roles/admin":  "Kubernetes rules",
+			"/rolebindings": `<code>global</code>`,
+			"/projects":     `<span class="tag">shop-db</span>`,
+		} {
+			code, _, body := get(t, ops, r.url+p)
+			if code != http.StatusOK || !strings.Contains(body, want) {
+				t.Errorf("GET %s: %d, want %q in\n%s", p, code, want, body)
+			}
+			if len(body) > 300<<10 {
+				t.Errorf("GET %s: %d bytes", p, len(body))
+			}
+		}
+		_, _, body := get(t, ops, r.url+"/projects")
+		if !strings.Contains(body, "<code>pods</code> 0 / 40") {
+			t.Errorf("the project's quota is not shown:\n%s", body)
+		}
+		code, _, body := get(t, ops, r.url+"/roles/no-such-role")
+		if code != http.StatusNotFound {
+			t.Errorf("missing role: %d\n%s", code, body)
+		}
+	})
+
+	t.Run("users are created, disabled and enabled", func(t *testing.T) {
+		_, _, page := get(t, ops, r.url+"/users")
+		csrf := formValue(page, "csrf")
+		if !strings.Contains(page, `id="create-user"`) || !strings.Contains(page, `action="/users/viewer/disable"`) {
+			t.Fatalf("an admin sees no user controls:\n%s", page)
+		}
+		code, _, body := post(t, ops, r.url+"/users", url.Values{"csrf": {csrf}, "name": {"carol"}, "password": {"short"}, "password2": {"short"}}, nil)
+		if code < 400 || !strings.Contains(body, "password was refused") {
+			t.Errorf("a weak password: %d\n%s", code, body)
+		}
+		if _, err := r.admin.Get(context.Background(), api.KindUser, "", "carol"); err == nil {
+			t.Errorf("a user whose password was refused was kept")
+		}
+		code, loc, body := post(t, ops, r.url+"/users", url.Values{"csrf": {csrf}, "name": {"carol"}, "password": {password}, "password2": {password}}, nil)
+		if code != http.StatusSeeOther || loc != "/users?done=user-created" {
+			t.Fatalf("create user: %d %q\n%s", code, loc, body)
+		}
+		r.login(t, r.browser(t), "carol")
+		code, loc, _ = post(t, ops, r.url+"/users/carol/disable", url.Values{"csrf": {csrf}}, nil)
+		if code != http.StatusSeeOther || loc != "/users?done=user-disabled" {
+			t.Fatalf("disable: %d %q", code, loc)
+		}
+		_, _, page = get(t, ops, r.url+"/users")
+		if !strings.Contains(page, `action="/users/carol/enable"`) {
+			t.Errorf("a disabled user has no enable button")
+		}
+		c := r.browser(t)
+		_, _, lp := get(t, c, r.url+"/login")
+		if code, _, _ := post(t, c, r.url+"/login", url.Values{"csrf": {formValue(lp, "csrf")}, "username": {"carol"}, "password": {password}}, nil); code != http.StatusUnauthorized {
+			t.Errorf("a disabled user logged in: %d", code)
+		}
+		if code, _, _ = post(t, ops, r.url+"/users/carol/enable", url.Values{"csrf": {csrf}}, nil); code != http.StatusSeeOther {
+			t.Errorf("enable: %d", code)
+		}
+		r.login(t, r.browser(t), "carol")
+		if code, _, _ = post(t, ops, r.url+"/users/carol/delete", url.Values{"csrf": {csrf}}, nil); code != http.StatusNotFound {
+			t.Errorf("an unknown action: %d", code)
+		}
+	})
+
+	t.Run("role bindings are created and deleted", func(t *testing.T) {
+		_, _, page := get(t, ops, r.url+"/rolebindings")
+		csrf := formValue(page, "csrf")
+		form := url.Values{"csrf": {csrf}, "subjectKind": {"User"}, "subject": {"carol"}, "role": {"cluster-member"}, "scopeKind": {"selector"}, "scope": {"env=dev"}}
+		code, loc, body := post(t, ops, r.url+"/rolebindings", form, nil)
+		if code != http.StatusSeeOther || loc != "/rolebindings?done=binding-created" {
+			t.Fatalf("create binding: %d %q\n%s", code, loc, body)
+		}
+		_, _, page = get(t, ops, r.url+"/rolebindings")
+		if !strings.Contains(page, `data-binding="carol-cluster-member"`) || !strings.Contains(page, "<code>selector/env=dev</code>") {
+			t.Fatalf("the new binding is not listed:\n%s", page)
+		}
+		// The API validates: a global role cannot be bound to clusters.
+		form.Set("role", "read-only")
+		code, _, body = post(t, ops, r.url+"/rolebindings", form, nil)
+		if code < 400 || !strings.Contains(body, `data-testid="error"`) || !strings.Contains(body, `value="read-only"`) {
+			t.Errorf("a binding the API refuses: %d\n%s", code, body)
+		}
+		form.Set("scopeKind", "cluster")
+		form.Set("scope", "")
+		if code, _, _ = post(t, ops, r.url+"/rolebindings", form, nil); code != http.StatusBadRequest {
+			t.Errorf("a cluster scope without a cluster: %d", code)
+		}
+		code, loc, _ = post(t, ops, r.url+"/rolebindings/carol-cluster-member/delete", url.Values{"csrf": {csrf}}, nil)
+		if code != http.StatusSeeOther || loc != "/rolebindings?done=binding-deleted" {
+			t.Fatalf("delete binding: %d %q", code, loc)
+		}
+		if _, err := r.admin.Get(context.Background(), api.KindRoleBinding, "", "carol-cluster-member"); err == nil {
+			t.Errorf("the deleted binding is still there")
+		}
+	})
+
+	t.Run("a read-only user sees no controls and is refused with the API's reason", func(t *testing.T) {
+		_, _, page := get(t, viewer, r.url+"/users")
+		if strings.Contains(page, `id="create-user"`) || strings.Contains(page, "/disable\"") {
+			t.Errorf("a read-only user is shown user controls")
+		}
+		_, _, bpage := get(t, viewer, r.url+"/rolebindings")
+		if strings.Contains(bpage, `id="create-binding"`) || strings.Contains(bpage, "/delete\"") {
+			t.Errorf("a read-only user is shown binding controls")
+		}
+		csrf := formValue(page, "csrf")
+		for p, form := range map[string]url.Values{
+			"/users":                         {"csrf": {csrf}, "name": {"mallory"}, "password": {password}, "password2": {password}},
+			"/users/ops/disable":             {"csrf": {csrf}},
+			"/rolebindings":                  {"csrf": {csrf}, "subjectKind": {"User"}, "subject": {"viewer"}, "role": {"admin"}, "scopeKind": {"global"}},
+			"/rolebindings/ops-admin/delete": {"csrf": {csrf}},
+		} {
+			code, _, body := post(t, viewer, r.url+p, form, nil)
+			if code != http.StatusForbidden || !strings.Contains(body, "Refused: ") || !strings.Contains(body, `viewer`) {
+				t.Errorf("POST %s as read-only: %d\n%s", p, code, regexp.MustCompile(`(?s)<main.*</main>`).FindString(body))
+			}
+		}
+		if _, err := r.admin.Get(context.Background(), api.KindRoleBinding, "", "ops-admin"); err != nil {
+			t.Errorf("a refused delete removed the binding: %v", err)
+		}
+		// Without the session's CSRF token, nothing is even asked of the API.
+		if code, _, _ := post(t, ops, r.url+"/users/viewer/disable", url.Values{"csrf": {"forged"}}, nil); code != http.StatusForbidden {
+			t.Errorf("a forged form: %d", code)
+		}
+	})
+}
