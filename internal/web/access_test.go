@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"flotilla.dev/api"
 )
@@ -156,4 +157,64 @@ func TestAccessPages(t *testing.T) {
 			t.Errorf("a forged form: %d", code)
 		}
 	})
+}
+
+// TestAuditPage: admins page through the audit log filtered in the URL; others are refused
+// with the API's reason.
+func TestAuditPage(t *testing.T) {
+	r, _ := startServer(t, "")
+	r.addUser(t, "ops", "admin")
+	r.addUser(t, "viewer", "read-only")
+	ops, viewer := r.browser(t), r.browser(t)
+	r.login(t, ops, "ops")
+	r.login(t, viewer, "viewer")
+	_, _, page := get(t, ops, r.url+"/users")
+	csrf := formValue(page, "csrf")
+	for i := 0; i < 3; i++ {
+		post(t, ops, r.url+"/users/viewer/disable", url.Values{"csrf": {csrf}}, nil)
+		post(t, ops, r.url+"/users/viewer/enable", url.Values{"csrf": {csrf}}, nil)
+	}
+	r.login(t, viewer, "viewer")
+
+	// The log is written asynchronously: wait for the records to land.
+	var code, rows int
+	var body string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		code, _, body = get(t, ops, r.url+"/audit?user=ops&kind=User&verb=patch&since=1h")
+		if rows = strings.Count(body, `class="audit-row"`); rows >= 6 || code != http.StatusOK || time.Now().After(deadline) {
+			break
+		}
+	}
+	if code != http.StatusOK || rows != 6 {
+		t.Fatalf("audit filtered to ops patching users: %d, %d rows (want 6)\n%s", code, rows, body)
+	}
+	if strings.Contains(body, "<td>viewer</td>") || !strings.Contains(body, `value="1h"`) {
+		t.Errorf("the filter was not applied or not shown")
+	}
+	// Pages follow the API's continue tokens and keep the filters.
+	seen := 0
+	next := "/audit?user=ops"
+	for pages := 0; next != "" && pages < 50; pages++ {
+		code, _, body = get(t, ops, r.url+next)
+		if code != http.StatusOK {
+			t.Fatalf("GET %s: %d", next, code)
+		}
+		seen += strings.Count(body, `class="audit-row"`)
+		next = ""
+		if m := regexp.MustCompile(`<a href="([^"]+)" rel="next"`).FindStringSubmatch(body); m != nil {
+			next = strings.ReplaceAll(m[1], "&amp;", "&")
+			if !strings.Contains(next, "user=ops") {
+				t.Fatalf("the next page lost the filter: %s", next)
+			}
+		}
+	}
+	if seen < 6 {
+		t.Errorf("pages of ops's records hold %d, want at least 6", seen)
+	}
+	if code, _, body = get(t, ops, r.url+"/audit?since=yesterday"); code != http.StatusBadRequest || !strings.Contains(body, `data-testid="error"`) {
+		t.Errorf("a bad since: %d", code)
+	}
+	if code, _, body = get(t, viewer, r.url+"/audit"); code != http.StatusForbidden || !strings.Contains(body, "not an admin") {
+		t.Errorf("the audit log as read-only: %d\n%s", code, body)
+	}
 }

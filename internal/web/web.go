@@ -108,7 +108,7 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
 	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error",
-		"users", "roles", "role", "rolebindings", "projects"} {
+		"users", "roles", "role", "rolebindings", "projects", "audit"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -148,6 +148,7 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("POST /rolebindings", secure(h.session(h.createBinding)))
 	mux.Handle("POST /rolebindings/{name}/delete", secure(h.session(h.deleteBinding)))
 	mux.Handle("GET /projects", secure(h.session(h.projects)))
+	mux.Handle("GET /audit", secure(h.session(h.auditLog)))
 }
 
 // contentSecurityPolicy allows scripts and styles from the server's own files only: no
