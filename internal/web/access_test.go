@@ -218,3 +218,60 @@ func TestAuditPage(t *testing.T) {
 		t.Errorf("the audit log as read-only: %d\n%s", code, body)
 	}
 }
+
+// TestRegistrationPage: a registration token made on the page is shown once, in the agent's
+// command with the server's CA checksum; a read-only user may not make one.
+func TestRegistrationPage(t *testing.T) {
+	r, checksum := startServer(t, "")
+	r.addUser(t, "ops", "admin")
+	r.addUser(t, "viewer", "read-only")
+	ops, viewer := r.browser(t), r.browser(t)
+	r.login(t, ops, "ops")
+	r.login(t, viewer, "viewer")
+
+	_, _, page := get(t, ops, r.url+"/registration")
+	if !strings.Contains(page, `id="create-token"`) {
+		t.Fatalf("an admin has no token form:\n%s", page)
+	}
+	csrf := formValue(page, "csrf")
+	form := url.Values{"csrf": {csrf}, "labels": {"env=lab, site=berlin"}, "ttl": {"1h"}, "maxUses": {"2"}, "clusterName": {"lab-1"}, "name": {"lab"}}
+	code, _, body := post(t, ops, r.url+"/registration", form, nil)
+	m := regexp.MustCompile(`<pre class="command" id="agent-command" data-testid="agent-command">flotilla-agent --server (\S+) --ca-checksum (\S+) --token (\S+) --cluster-name lab-1</pre>`).FindStringSubmatch(body)
+	if code != http.StatusCreated || m == nil {
+		t.Fatalf("create token: %d\n%s", code, body)
+	}
+	if m[1] != r.url || m[2] != checksum || !strings.HasPrefix(m[3], "frt_") {
+		t.Errorf("the command names server %s, checksum %s, token %s; want %s, %s, frt_…", m[1], m[2], m[3], r.url, checksum)
+	}
+	_, _, page = get(t, ops, r.url+"/registration")
+	if strings.Contains(page, m[3]) || !strings.Contains(page, `data-token="lab"`) || !strings.Contains(page, "<td>0 of 2</td>") {
+		t.Errorf("the token list shows the token's value, or not the token:\n%s", page)
+	}
+	obj, err := r.admin.Get(context.Background(), api.KindRegistrationToken, api.DefaultNamespace, "lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec api.RegistrationTokenSpec
+	json.Unmarshal(obj.Spec, &spec)
+	if spec.Labels["site"] != "berlin" || spec.MaxUses != 2 || spec.ClusterName != "lab-1" {
+		t.Errorf("token spec %+v", spec)
+	}
+	form.Set("maxUses", "many")
+	if code, _, _ = post(t, ops, r.url+"/registration", form, nil); code != http.StatusBadRequest {
+		t.Errorf("max uses not a number: %d", code)
+	}
+	form.Set("maxUses", "")
+	form.Set("ttl", "a while")
+	if code, _, body = post(t, ops, r.url+"/registration", form, nil); code != http.StatusBadRequest && code != http.StatusUnprocessableEntity {
+		t.Errorf("a bad TTL: %d\n%s", code, body)
+	}
+
+	_, _, vpage := get(t, viewer, r.url+"/registration")
+	if strings.Contains(vpage, `id="create-token"`) {
+		t.Errorf("a read-only user is shown the token form")
+	}
+	form = url.Values{"csrf": {formValue(vpage, "csrf")}, "name": {"mine"}}
+	if code, _, body = post(t, viewer, r.url+"/registration", form, nil); code != http.StatusForbidden || !strings.Contains(body, "Refused: ") || strings.Contains(body, "agent-command") {
+		t.Errorf("a read-only user making a token: %d\n%s", code, body)
+	}
+}

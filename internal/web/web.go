@@ -61,6 +61,14 @@ type Config struct {
 	// TunnelOpen reports whether the cluster NAMESPACE/NAME has its agent tunnel open; nil
 	// when tunnels are not served.
 	TunnelOpen func(key string) bool
+	// CAChecksum is the sha256 of the server's CA as agents pin it (--ca-checksum), shown in
+	// the agent's command on the registration page.
+	CAChecksum string
+	// ServerURL is the server's address for agents (--server); empty means https:// and the
+	// address the browser reached the dashboard at.
+	ServerURL string
+	// LDAP offers the choice of provider (local or ldap) on the login form.
+	LDAP bool
 	// OIDC shows the single sign-on button (the server's OIDC login is configured).
 	OIDC bool
 	// LiveInterval is how often the overview's live stream may send (default 1 s, the most).
@@ -108,7 +116,7 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
 	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error",
-		"users", "roles", "role", "rolebindings", "projects", "audit"} {
+		"users", "roles", "role", "rolebindings", "projects", "audit", "registration"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -149,6 +157,8 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("POST /rolebindings/{name}/delete", secure(h.session(h.deleteBinding)))
 	mux.Handle("GET /projects", secure(h.session(h.projects)))
 	mux.Handle("GET /audit", secure(h.session(h.auditLog)))
+	mux.Handle("GET /registration", secure(h.session(h.registration)))
+	mux.Handle("POST /registration", secure(h.session(h.createToken)))
 }
 
 // contentSecurityPolicy allows scripts and styles from the server's own files only: no
