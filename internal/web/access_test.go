@@ -275,3 +275,59 @@ func TestRegistrationPage(t *testing.T) {
 		t.Errorf("a read-only user making a token: %d\n%s", code, body)
 	}
 }
+
+// TestGitRepoSync: "Sync now" increments the GitRepo's forceSyncGeneration through the API
+// (a spec change: the server fetches at once and redeploys); a read-only user has no button
+// and is refused.
+func TestGitRepoSync(t *testing.T) {
+	r, _ := startServer(t, "")
+	r.addUser(t, "ops", "admin")
+	r.addUser(t, "viewer", "read-only")
+	ctx := context.Background()
+	spec, _ := json.Marshal(api.GitRepoSpec{Repo: "https://127.0.0.1:1/none.git", ForceSyncGeneration: 4})
+	if _, err := r.admin.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindGitRepo},
+		Metadata: api.ObjectMeta{Name: "apps", Namespace: api.DefaultNamespace}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := r.admin.Get(ctx, api.KindGitRepo, api.DefaultNamespace, "apps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, viewer := r.browser(t), r.browser(t)
+	r.login(t, ops, "ops")
+	r.login(t, viewer, "viewer")
+
+	_, _, page := get(t, ops, r.url+"/gitrepos")
+	if !strings.Contains(page, `action="/gitrepos/fleet-default/apps/sync"`) {
+		t.Fatalf("an admin has no sync button:\n%s", page)
+	}
+	code, loc, _ := post(t, ops, r.url+"/gitrepos/fleet-default/apps/sync", url.Values{"csrf": {formValue(page, "csrf")}}, nil)
+	if code != http.StatusSeeOther || loc != "/gitrepos?done=synced" {
+		t.Fatalf("sync: %d %q", code, loc)
+	}
+	after, err := r.admin.Get(ctx, api.KindGitRepo, api.DefaultNamespace, "apps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got api.GitRepoSpec
+	json.Unmarshal(after.Spec, &got)
+	if got.ForceSyncGeneration != 5 || after.Metadata.Generation <= before.Metadata.Generation || got.Repo != "https://127.0.0.1:1/none.git" {
+		t.Errorf("after sync: forceSyncGeneration %d (want 5), generation %d (was %d), repo %q", got.ForceSyncGeneration,
+			after.Metadata.Generation, before.Metadata.Generation, got.Repo)
+	}
+	if _, _, page = get(t, ops, r.url+"/gitrepos?done=synced"); !strings.Contains(page, "Sync requested") {
+		t.Errorf("no word that the sync was requested")
+	}
+
+	_, _, vpage := get(t, viewer, r.url+"/gitrepos")
+	if strings.Contains(vpage, "/sync\"") {
+		t.Errorf("a read-only user is shown the sync button")
+	}
+	code, _, body := post(t, viewer, r.url+"/gitrepos/fleet-default/apps/sync", url.Values{"csrf": {formValue(vpage, "csrf")}}, nil)
+	if code != http.StatusForbidden || !strings.Contains(body, "Refused: ") {
+		t.Errorf("sync as read-only: %d\n%s", code, body)
+	}
+	if code, _, _ = post(t, ops, r.url+"/gitrepos/fleet-default/nope/sync", url.Values{"csrf": {formValue(page, "csrf")}}, nil); code != http.StatusNotFound {
+		t.Errorf("sync of a missing GitRepo: %d", code)
+	}
+}

@@ -259,6 +259,7 @@ var flashes = map[string]string{
 	"user-enabled":    "User enabled.",
 	"binding-created": "Role binding created.",
 	"binding-deleted": "Role binding deleted.",
+	"synced":          "Sync requested: the GitRepo is fetched now and its bundles redeployed.",
 }
 
 // clusterAction changes a cluster through the API as the user: the API validates, decides

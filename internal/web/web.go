@@ -147,6 +147,7 @@ func (h *Handler) Register(mux *http.ServeMux) {
 		})))
 	}
 	mux.Handle("GET /bundles/{ns}/{name}", secure(h.session(h.bundle)))
+	mux.Handle("POST /gitrepos/{ns}/{name}/sync", secure(h.session(h.syncGitRepo)))
 	mux.Handle("GET /users", secure(h.session(h.users)))
 	mux.Handle("POST /users", secure(h.session(h.createUser)))
 	mux.Handle("POST /users/{name}/{action}", secure(h.session(h.userAction)))
