@@ -297,6 +297,7 @@ func TestBrowser(t *testing.T) {
 	if got := ops.texts(`[data-testid="agent-command"]`); len(got) != 1 || !strings.Contains(got[0], "--token frt_") {
 		t.Errorf("the agent's command is %v", got)
 	}
+	shoot(t, ops, "dashboard-registration.png")
 
 	// The overview follows the fleet live: a cluster paused elsewhere shows without a reload.
 	ops.run("open the overview",
