@@ -332,6 +332,8 @@ func TestAuditedAndVerbs(t *testing.T) {
 		{"GET", api.PathDesired, 200, false, "poll", api.KindCluster},
 		{"GET", api.PathDesired, 401, true, "poll", api.KindCluster},
 		{"POST", "/v1/login", 200, true, "login", ""},
+		{"POST", api.PathCanI, 200, false, "can-i", ""},
+		{"POST", api.PathCanI, 401, true, "can-i", ""},
 		{"POST", "/v1/webhooks/git", 202, true, "webhook", ""},
 		{"DELETE", api.PathTokens + "/abc", 200, true, "revoke", "APIToken"},
 		{"POST", api.PathRotateKeys, 200, true, "rotate-keys", ""},

@@ -119,7 +119,10 @@ func audited(method, path string, code int) bool {
 	}
 	switch method {
 	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
-		return path != api.PathStatus
+		// A status report is a read's worth of news; a can-i question changes nothing (the
+		// dashboard asks one per page to choose which controls to show). Refusals of either
+		// are kept above.
+		return path != api.PathStatus && path != api.PathCanI
 	}
 	return false
 }

@@ -374,7 +374,7 @@ func (s *Server) handler() http.Handler {
 	full := s.audit.Middleware(s.metrics.Instrument(mux))
 	// The dashboard makes its logins, reads and changes through full, as its user.
 	dash, err := web.New(web.Config{API: full, Auth: s.auth, Fleet: s.fleet, ClusterView: resources.ClusterView,
-		TunnelOpen: s.tunnels.IsOpen, OIDC: s.cfg.OIDC.Issuer != "", Logger: s.log})
+		TunnelOpen: s.tunnels.IsOpen, OIDC: s.cfg.OIDC.Issuer != "", LDAP: s.ldap != nil, CAChecksum: s.tls.Checksum, Logger: s.log})
 	if err != nil {
 		s.log.Error("the dashboard's templates", "err", err)
 	} else {

@@ -271,7 +271,7 @@ func TestBrowser(t *testing.T) {
 	viewer.checkClean()
 
 	// On a phone-sized screen the pages fit the width: wide tables scroll in their own box.
-	for _, p := range []string{"/", "/clusters?selector=env%3Ddev"} {
+	for _, p := range []string{"/", "/clusters?selector=env%3Ddev", "/rolebindings", "/registration"} {
 		var fits bool
 		viewer.run("narrow "+p,
 			chromedp.EmulateViewport(375, 800, chromedp.EmulateMobile),
@@ -286,6 +286,18 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("%s is wider than a 375-pixel screen", p)
 		}
 	}
+
+	// A registration token made in the page shows the agent's command once.
+	ops.run("make a registration token",
+		chromedp.Navigate(r.url+"/registration"),
+		chromedp.WaitVisible(chromedp.CSS("#t-labels")),
+		chromedp.SendKeys(chromedp.CSS("#t-labels"), "site=lab"),
+		chromedp.Click(chromedp.CSS("#create-token")),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid="agent-command"]`)))
+	if got := ops.texts(`[data-testid="agent-command"]`); len(got) != 1 || !strings.Contains(got[0], "--token frt_") {
+		t.Errorf("the agent's command is %v", got)
+	}
+	shoot(t, ops, "dashboard-registration.png")
 
 	// The overview follows the fleet live: a cluster paused elsewhere shows without a reload.
 	ops.run("open the overview",

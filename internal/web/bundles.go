@@ -65,6 +65,8 @@ type rolloutRow struct {
 	Stack                 stack
 	Partitions            int
 	Commit, Error         string
+	// Sync: the user may force this GitRepo to sync.
+	Sync bool
 }
 
 type rolloutsData struct {
@@ -106,6 +108,8 @@ func (h *Handler) rollouts(w http.ResponseWriter, r *http.Request, u *user) {
 		return
 	}
 	d := rolloutsData{Plural: plural, First: "/" + plural}
+	// may answers can-i once per workspace on the page.
+	may := map[string]bool{}
 	for _, o := range list.Items {
 		row := rolloutRow{Kind: kind, Namespace: o.Metadata.Namespace, Name: o.Metadata.Name}
 		if kind == api.KindBundle {
@@ -116,6 +120,12 @@ func (h *Handler) rollouts(w http.ResponseWriter, r *http.Request, u *user) {
 			var st api.GitRepoStatus
 			json.Unmarshal(o.Status, &st)
 			row.Stack, row.Commit, row.Error = newStack(st.Summary), shortCommit(st.Commit), st.Error
+			ok, asked := may[row.Namespace]
+			if !asked {
+				ok = h.canI(r, u, api.VerbUpdate, api.KindGitRepo, row.Namespace)
+				may[row.Namespace] = ok
+			}
+			row.Sync = ok
 		}
 		d.Rows = append(d.Rows, row)
 	}
@@ -123,7 +133,7 @@ func (h *Handler) rollouts(w http.ResponseWriter, r *http.Request, u *user) {
 		d.Next = "/" + plural + "?" + url.Values{"continue": {list.Metadata.Continue}}.Encode()
 	}
 	title := map[string]string{"bundles": "Bundles", "gitrepos": "GitRepos"}[plural]
-	h.render(w, r, http.StatusOK, "rollouts", page{Title: title, User: u, Nav: plural, Data: d})
+	h.render(w, r, http.StatusOK, "rollouts", page{Title: title, User: u, Nav: plural, Flash: flashes[r.URL.Query().Get("done")], Data: d})
 }
 
 func shortCommit(c string) string {

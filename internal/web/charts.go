@@ -162,4 +162,8 @@ var funcs = template.FuncMap{
 		return s
 	},
 	"reason": reasonLabel,
+	"join":   strings.Join,
+	"scopeKinds": func() []string {
+		return []string{"global", "workspace", "cluster", "clustergroup", "selector", "project"}
+	},
 }

@@ -251,9 +251,15 @@ func (h *Handler) cluster(w http.ResponseWriter, r *http.Request, u *user) {
 // Flash messages a redirect after an action may carry (only these, so that a link cannot
 // put words on the page).
 var flashes = map[string]string{
-	"paused":  "Paused: no new deployments reach this cluster.",
-	"resumed": "Resumed.",
-	"labels":  "Labels saved.",
+	"paused":          "Paused: no new deployments reach this cluster.",
+	"resumed":         "Resumed.",
+	"labels":          "Labels saved.",
+	"user-created":    "User created.",
+	"user-disabled":   "User disabled: their sessions stop working at once.",
+	"user-enabled":    "User enabled.",
+	"binding-created": "Role binding created.",
+	"binding-deleted": "Role binding deleted.",
+	"synced":          "Sync requested: the GitRepo is fetched now and its bundles redeployed.",
 }
 
 // clusterAction changes a cluster through the API as the user: the API validates, decides

@@ -91,6 +91,9 @@ type loginData struct {
 	Next     string
 	CSRF     string
 	OIDC     bool
+	// LDAP offers the provider choice; Provider is the one chosen.
+	LDAP     bool
+	Provider string
 }
 
 func (h *Handler) loginPage(w http.ResponseWriter, r *http.Request) {
@@ -98,13 +101,18 @@ func (h *Handler) loginPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) showLogin(w http.ResponseWriter, r *http.Request, code int, username, msg string) {
+	provider := r.PostFormValue("provider")
+	if provider != api.ProviderLDAP {
+		provider = api.ProviderLocal
+	}
 	tok := randomToken()
 	setCookie(w, loginCookie, tok, time.Time{})
 	if msg == "" && r.URL.Query().Get("error") != "" {
 		msg = "Single sign-on failed: " + truncate(r.URL.Query().Get("error_description"), 200)
 	}
 	h.render(w, r, code, "login", page{Title: "Log in", Error: msg,
-		Data: loginData{Username: username, Next: safeNext(r.FormValue("next")), CSRF: tok, OIDC: h.cfg.OIDC}})
+		Data: loginData{Username: username, Next: safeNext(r.FormValue("next")), CSRF: tok, OIDC: h.cfg.OIDC,
+			LDAP: h.cfg.LDAP, Provider: provider}})
 }
 
 // login logs in with a local user's name and password through the API's login, which
@@ -117,7 +125,17 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	username := strings.TrimSpace(r.PostFormValue("username"))
-	body, _ := json.Marshal(api.LoginRequest{Username: username, Password: r.PostFormValue("password")})
+	// The provider is local or, when the server has a directory, ldap; the API checks it too.
+	provider := r.PostFormValue("provider")
+	switch {
+	case provider == "" || provider == api.ProviderLocal:
+		provider = ""
+	case provider == api.ProviderLDAP && h.cfg.LDAP:
+	default:
+		h.showLogin(w, r, http.StatusBadRequest, username, "Choose a local account or the directory (LDAP).")
+		return
+	}
+	body, _ := json.Marshal(api.LoginRequest{Provider: provider, Username: username, Password: r.PostFormValue("password")})
 	res := h.call(r, "", http.MethodPost, api.PathLogin, "application/json", body)
 	switch res.code {
 	case http.StatusOK:

@@ -61,6 +61,14 @@ type Config struct {
 	// TunnelOpen reports whether the cluster NAMESPACE/NAME has its agent tunnel open; nil
 	// when tunnels are not served.
 	TunnelOpen func(key string) bool
+	// CAChecksum is the sha256 of the server's CA as agents pin it (--ca-checksum), shown in
+	// the agent's command on the registration page.
+	CAChecksum string
+	// ServerURL is the server's address for agents (--server); empty means https:// and the
+	// address the browser reached the dashboard at.
+	ServerURL string
+	// LDAP offers the choice of provider (local or ldap) on the login form.
+	LDAP bool
 	// OIDC shows the single sign-on button (the server's OIDC login is configured).
 	OIDC bool
 	// LiveInterval is how often the overview's live stream may send (default 1 s, the most).
@@ -107,7 +115,8 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
-	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error"} {
+	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error",
+		"users", "roles", "role", "rolebindings", "projects", "audit", "registration"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -138,6 +147,19 @@ func (h *Handler) Register(mux *http.ServeMux) {
 		})))
 	}
 	mux.Handle("GET /bundles/{ns}/{name}", secure(h.session(h.bundle)))
+	mux.Handle("POST /gitrepos/{ns}/{name}/sync", secure(h.session(h.syncGitRepo)))
+	mux.Handle("GET /users", secure(h.session(h.users)))
+	mux.Handle("POST /users", secure(h.session(h.createUser)))
+	mux.Handle("POST /users/{name}/{action}", secure(h.session(h.userAction)))
+	mux.Handle("GET /roles", secure(h.session(h.roles)))
+	mux.Handle("GET /roles/{name}", secure(h.session(h.role)))
+	mux.Handle("GET /rolebindings", secure(h.session(h.bindings)))
+	mux.Handle("POST /rolebindings", secure(h.session(h.createBinding)))
+	mux.Handle("POST /rolebindings/{name}/delete", secure(h.session(h.deleteBinding)))
+	mux.Handle("GET /projects", secure(h.session(h.projects)))
+	mux.Handle("GET /audit", secure(h.session(h.auditLog)))
+	mux.Handle("GET /registration", secure(h.session(h.registration)))
+	mux.Handle("POST /registration", secure(h.session(h.createToken)))
 }
 
 // contentSecurityPolicy allows scripts and styles from the server's own files only: no
