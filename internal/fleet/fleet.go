@@ -59,6 +59,9 @@ type Config struct {
 	// time, and a cluster going offline is written at once).
 	LastSeenWriteBudget float64
 	Logger              *slog.Logger
+	// Gone, if set, is told of a cluster that left the model: deleted, or its Cluster given
+	// to a rebuilt cluster (a new UID). It is called with the model locked: it must not block.
+	Gone func(ns, name string)
 	// Observe, if set, is told how long each status pass took.
 	Observe func(controller string, d time.Duration, err error)
 }

@@ -409,6 +409,9 @@ func (f *Fleet) forgetCluster(w *workspace, c *Cluster) {
 	f.clusters.Store(int64(len(f.byUID)))
 	delete(f.dirtyClusters, c)
 	f.dirtyGroups[w.name] = struct{}{}
+	if f.cfg.Gone != nil {
+		f.cfg.Gone(w.name, c.Name)
+	}
 	go func(uid string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

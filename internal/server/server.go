@@ -231,6 +231,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
+	// A deleted or replaced cluster's tunnel is closed at once (the registry is made below,
+	// before the model runs).
+	fcfg.Gone = func(ns, name string) { s.tunnels.Close(ns + "/" + name) }
 	s.fleet = fleet.New(s.store, fcfg)
 	s.access = access.New(s.store, cfg.Logger)
 	// One index for the API's decisions and every cluster's compiled objects.

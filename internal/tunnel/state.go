@@ -33,3 +33,22 @@ func (s *Server) State(cluster string) string {
 	}
 	return ""
 }
+
+// Close closes cluster's tunnel, if one is open, and forgets a token made for it: the
+// cluster was deleted, or its Cluster given to a rebuilt cluster, and no call may reach it
+// through a tunnel its old agent opened. Whoever waits for the tunnel is woken, and asks
+// again.
+func (s *Server) Close(cluster string) {
+	s.mu.Lock()
+	t := s.open[cluster]
+	delete(s.open, cluster)
+	if w := s.wanted[cluster]; w != nil {
+		delete(s.wanted, cluster)
+		close(w.ready)
+	}
+	s.mu.Unlock()
+	if t != nil {
+		// Closing waits for the WebSocket's closing handshake: not under the caller's locks.
+		go t.sess.Close()
+	}
+}

@@ -53,3 +53,27 @@ func TestExpiredWantsAreSwept(t *testing.T) {
 		t.Errorf("%d wanted tunnels kept after %d expired", n, 3*minSweep)
 	}
 }
+
+// Closing a cluster's tunnel (its Cluster was deleted or replaced) ends it at once, and the
+// cluster's old agent sees it end.
+func TestCloseEndsTheTunnel(t *testing.T) {
+	e := newEnv(t, Config{Idle: time.Hour})
+	a := e.agent(t, "a", time.Hour, http.NotFoundHandler())
+	awaited := make(chan error, 1)
+	go func() { awaited <- e.reg.Await(context.Background(), "ns/a", time.Minute) }()
+	a.Want(e.tokenFor(t, "ns/a"))
+	if err := <-awaited; err != nil {
+		t.Fatal(err)
+	}
+	e.reg.mu.Lock()
+	tun := e.reg.open["ns/a"]
+	e.reg.mu.Unlock()
+	e.reg.Close("ns/a")
+	if s := e.reg.State("ns/a"); s != "" || e.reg.Open() != 0 {
+		t.Fatalf("after Close: state %q, %d open", s, e.reg.Open())
+	}
+	if _, err := e.reg.Dial(context.Background(), "ns/a"); err == nil {
+		t.Fatal("a closed tunnel was dialled")
+	}
+	eventually(t, "the tunnel's session closed", tun.sess.IsClosed)
+}
