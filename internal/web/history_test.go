@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"regexp"
 	"strings"
@@ -121,5 +122,38 @@ func TestConnectedHistory(t *testing.T) {
 	// The history is the whole fleet's: a user who sees part of it is not shown it.
 	if body := render("prod"); strings.Contains(body, `id="connected"`) {
 		t.Errorf("a user with a narrowed view sees the whole fleet's history")
+	}
+}
+
+// Users bound to the same cluster sets share one overview a second; a user with other
+// bindings has a view, and a pass, of their own.
+func TestSameBindingsShareOverview(t *testing.T) {
+	authz := rbac.New()
+	if err := authz.Load(nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range []struct{ user, env string }{{"a", "prod"}, {"b", "prod"}, {"c", "dev"}} {
+		if _, err := authz.PutBinding(fmt.Sprint("b", i), api.RoleBindingSpec{Subject: api.Subject{Kind: api.SubjectUser, Name: b.user},
+			RoleRef: rbac.RoleClusterMember, Scope: api.BindingScope{ClusterSelector: &api.LabelSelector{MatchLabels: map[string]string{"env": b.env}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	f := &countsFleet{}
+	h, err := New(Config{Fleet: f, Now: func() time.Time { return now },
+		ClusterView: func(id *auth.Identity) (bool, rbac.ClusterFilter, error) {
+			fl := authz.ClusterFilter(rbac.Subject{User: id.User}, api.VerbList)
+			return fl.All(), fl, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range []string{"a", "b", "a", "c"} {
+		if _, err := h.overviewOf(context.Background(), &user{Identity: &auth.Identity{User: who}}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.passes != 2 {
+		t.Errorf("%d passes for two users bound alike and one other, want 2", f.passes)
 	}
 }

@@ -321,7 +321,7 @@ func (h *Handler) errorPage(w http.ResponseWriter, r *http.Request, u *user, cod
 }
 
 // view narrows a query to the user's view of the fleet: every cluster, or those the
-// filter matches. It answers the view's key for the overview cache.
+// filter matches. It answers the view's key for the overview cache: "*" for every cluster.
 func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 	all, f, err := h.cfg.ClusterView(u.Identity)
 	if err != nil {
@@ -335,6 +335,11 @@ func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 		if e.Names != nil || e.Set.Cluster != "" {
 			q.ViewByLabels = false
 		}
+	}
+	// Users whose bindings give the same cluster sets see the same clusters: keyed by the
+	// sets, their pages and live streams share one overview a second.
+	if b, err := json.Marshal(f.Entries()); err == nil {
+		return "f\x00" + string(b), nil
 	}
 	return "u\x00" + u.User + "\x00" + strings.Join(u.Groups, "\x00"), nil
 }
