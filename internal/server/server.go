@@ -112,7 +112,9 @@ func DefaultConfig() Config {
 
 // Server is a running server.
 type Server struct {
-	cfg   Config
+	cfg Config
+	// dash is the dashboard, nil when its templates failed.
+	dash  *web.Handler
 	log   *slog.Logger
 	store storeAll
 	auth  *auth.Authenticator
@@ -382,6 +384,7 @@ func (s *Server) handler() http.Handler {
 		s.log.Error("the dashboard's templates", "err", err)
 	} else {
 		dash.Register(mux)
+		s.dash = dash
 	}
 	return full
 }
@@ -503,6 +506,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
 	go s.audit.Run(baseCtx)
+	if s.dash != nil {
+		go s.dash.Run(baseCtx)
+	}
 	s.ready.Store(true)
 	s.log.Info("serving", "address", "https://"+ln.Addr().String())
 	errc := make(chan error, 1)

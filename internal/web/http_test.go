@@ -73,6 +73,10 @@ func TestDashboardOverHTTP(t *testing.T) {
 		if !strings.Contains(body, `href="/clusters?state=Ready"`) || !strings.Contains(body, "<svg") {
 			t.Errorf("overview has no chart linking to the Ready clusters")
 		}
+		// The server sampled the fleet when it started: the chart has a point.
+		if !strings.Contains(body, `id="connected"`) || !strings.Contains(body, "minutes sampled since") {
+			t.Errorf("overview has no connected-clusters chart with a sample")
+		}
 		if !strings.Contains(body, `href="/clusters?reason=DeploymentsErrApplied"`) {
 			t.Errorf("overview does not group the failing deployments under needs attention")
 		}

@@ -34,6 +34,8 @@ type overviewData struct {
 	Label      string
 	LabelChart barChart
 	Live       string
+	// Connected is the connected-clusters chart, for users who see the whole fleet.
+	Connected *connectedChart
 }
 
 // labelParam is the overview's label key to count by, checked as a Kubernetes label key.
@@ -65,7 +67,7 @@ func reasonLabel(r string) string {
 }
 
 func (h *Handler) overviewData(r *http.Request, u *user, label string) (overviewData, error) {
-	o, err := h.overviewOf(r.Context(), u, label)
+	o, all, err := h.overviewAndView(r.Context(), u, label)
 	if err != nil {
 		return overviewData{}, err
 	}
@@ -77,6 +79,12 @@ func (h *Handler) overviewData(r *http.Request, u *user, label string) (overview
 		Deployments: newBarChart("Deployments by state", o.DeploymentsByState, func(v string) string { return listHref("reason", fleet.ReasonDeployments+v) }),
 	}
 	d.Label, d.Live = label, "/events/overview"
+	if all {
+		// The history is of the whole fleet: a user who sees part of it is not shown it.
+		now := h.cfg.Now()
+		c := newConnectedChart(now, h.history.samples(now))
+		d.Connected = &c
+	}
 	if label != "" {
 		d.Live += "?" + url.Values{"label": {label}}.Encode()
 		d.LabelChart = newBarChart("Label "+label, o.ByLabel, func(v string) string {

@@ -78,7 +78,10 @@ type Config struct {
 	// MaxPasses bounds the passes over the fleet model made at once for pages (default 2):
 	// however many users load pages, the dashboard takes at most that many cores.
 	MaxPasses int
-	Logger    *slog.Logger
+	// Now is the clock of the overview's cache and the connected-clusters chart (default
+	// time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Handler is the dashboard.
@@ -92,6 +95,7 @@ type Handler struct {
 	overviews map[string]cachedOverview
 	live      chan struct{}
 	passes    chan struct{}
+	history   history
 }
 
 type cachedOverview struct {
@@ -112,6 +116,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.MaxPasses <= 0 {
 		cfg.MaxPasses = 2
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
@@ -314,7 +321,7 @@ func (h *Handler) errorPage(w http.ResponseWriter, r *http.Request, u *user, cod
 }
 
 // view narrows a query to the user's view of the fleet: every cluster, or those the
-// filter matches. It answers the view's key for the overview cache.
+// filter matches. It answers the view's key for the overview cache: "*" for every cluster.
 func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 	all, f, err := h.cfg.ClusterView(u.Identity)
 	if err != nil {
@@ -329,19 +336,36 @@ func (h *Handler) view(u *user, q *fleet.ClusterQuery) (string, error) {
 			q.ViewByLabels = false
 		}
 	}
+	// Users whose bindings give the same cluster sets see the same clusters: keyed by the
+	// sets, their pages and live streams share one overview a second.
+	if b, err := json.Marshal(f.Entries()); err == nil {
+		return "f\x00" + string(b), nil
+	}
 	return "u\x00" + u.User + "\x00" + strings.Join(u.Groups, "\x00"), nil
 }
 
 // overviewOf answers the overview of the user's view (counted by label key too, when
 // set), computed at most once a second per view and key.
 func (h *Handler) overviewOf(ctx context.Context, u *user, label string) (fleet.Overview, error) {
+	o, _, err := h.overviewAndView(ctx, u, label)
+	return o, err
+}
+
+// overviewAndView is overviewOf, and whether the user's view is the whole fleet.
+func (h *Handler) overviewAndView(ctx context.Context, u *user, label string) (fleet.Overview, bool, error) {
 	q := fleet.ClusterQuery{CountLabel: label}
 	key, err := h.view(u, &q)
 	if err != nil {
-		return fleet.Overview{}, err
+		return fleet.Overview{}, false, err
 	}
-	key += "\x01" + label
-	now := time.Now()
+	o, err := h.cachedOverview(ctx, key+"\x01"+label, q)
+	return o, key == "*", err
+}
+
+// cachedOverview answers the overview of q, whose view and label key is key, from the
+// cache when it is under a second old.
+func (h *Handler) cachedOverview(ctx context.Context, key string, q fleet.ClusterQuery) (fleet.Overview, error) {
+	now := h.cfg.Now()
 	h.mu.Lock()
 	c, ok := h.overviews[key]
 	h.mu.Unlock()
