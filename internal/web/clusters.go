@@ -170,9 +170,8 @@ type clusterData struct {
 	Status          api.ClusterStatus
 	Deployments     []fleet.DeploymentRow
 	// More is how many deployments were left off the page.
-	More       int
-	Tunnel     string
-	Kubeconfig bool
+	More   int
+	Tunnel string
 }
 
 type labelPair struct{ Key, Value string }
@@ -230,7 +229,6 @@ func (h *Handler) clusterPage(w http.ResponseWriter, r *http.Request, u *user, c
 			d.Tunnel = "open"
 		}
 	}
-	d.Kubeconfig = ns == api.DefaultNamespace
 	h.render(w, r, code, "cluster", page{Title: name, User: u, Nav: "clusters", Error: errMsg, Flash: flash, Data: d})
 }
 
@@ -355,11 +353,12 @@ func (h *Handler) labelPatch(r *http.Request, u *user, ns, name string) ([]byte,
 // kubeconfig answers the user's kubeconfig for the cluster, made by the API (with a new API
 // token of the user's), as a download.
 func (h *Handler) kubeconfig(w http.ResponseWriter, r *http.Request, u *user, ns, name string) {
+	// The API names a cluster of another workspace WORKSPACE.NAME.
+	ref := name
 	if ns != api.DefaultNamespace {
-		h.clusterPage(w, r, u, http.StatusBadRequest, "Kubeconfigs are made for clusters of the "+api.DefaultNamespace+" workspace only.", "")
-		return
+		ref = ns + "." + name
 	}
-	res := h.call(r, u.token, http.MethodPost, api.PathKubeconfig+url.PathEscape(name), "", nil)
+	res := h.call(r, u.token, http.MethodPost, api.PathKubeconfig+url.PathEscape(ref), "", nil)
 	if res.code != http.StatusOK {
 		h.clusterPage(w, r, u, res.code, apiRefusal(res), "")
 		return

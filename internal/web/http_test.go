@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"flotilla.dev/api"
 )
 
 // TestDashboardOverHTTP drives the dashboard as a browser without script would, against a
@@ -187,6 +189,22 @@ func TestDashboardOverHTTP(t *testing.T) {
 			"labels": {"env=dev\nBad Key!=x"}}, nil)
 		if code != http.StatusConflict && code != http.StatusUnprocessableEntity && code != http.StatusBadRequest {
 			t.Errorf("labels with a bad key: %d\n%s", code, body)
+		}
+	})
+
+	t.Run("a kubeconfig for the cluster is downloaded", func(t *testing.T) {
+		_, _, page := get(t, ops, r.url+name)
+		code, _, body := post(t, ops, r.url+name+"/kubeconfig", url.Values{"csrf": {formValue(page, "csrf")}}, nil)
+		ns, cluster, _ := strings.Cut(strings.TrimPrefix(name, "/clusters/"), "/")
+		ref := cluster
+		if ns != api.DefaultNamespace {
+			ref = ns + "." + cluster
+		}
+		if code != http.StatusOK || !strings.Contains(body, api.PathK8sClusters+ref+"\n") || !strings.Contains(body, "token: ") {
+			t.Errorf("kubeconfig: %d\n%s", code, body)
+		}
+		if code, _, _ := post(t, ops, r.url+name+"/kubeconfig", url.Values{}, nil); code != http.StatusForbidden {
+			t.Errorf("kubeconfig without the form's token: %d, want 403", code)
 		}
 	})
 
