@@ -65,30 +65,7 @@ func TestKubectlThroughFlotilla(t *testing.T) {
 		return err
 	})
 
-	// metric reads a gauge or counter of the server's /metrics.
-	ca, _ := os.ReadFile(srv.CAFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	metric := func(name string) int {
-		t.Helper()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/metrics", nil)
-		req.Header.Set("Authorization", "Bearer "+srv.Token)
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				return int(f)
-			}
-		}
-		t.Fatalf("no metric %s", name)
-		return 0
-	}
+	metric := func(name string) int { return serverMetric(t, ctx, srv, name) }
 
 	// Users: bob a member of project shop (namespace shop-web), alice a cluster-member of
 	// the prod clusters, carol bound nowhere.
@@ -288,4 +265,33 @@ func TestKubectlThroughFlotilla(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// serverHTTP is an HTTP client trusting the server's CA.
+func serverHTTP(srv *e2e.Server) *http.Client {
+	ca, _ := os.ReadFile(srv.CAFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// serverMetric reads a gauge or counter of the server's /metrics.
+func serverMetric(t *testing.T, ctx context.Context, srv *e2e.Server, name string) int {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+srv.Token)
+	resp, err := serverHTTP(srv).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return int(f)
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

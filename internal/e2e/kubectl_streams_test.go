@@ -3,8 +3,6 @@ package e2e_test
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -103,29 +101,8 @@ func TestKubectlStreamsThroughTheServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ca, _ := os.ReadFile(srv.CAFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	streams := func() int {
-		t.Helper()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/metrics", nil)
-		req.Header.Set("Authorization", "Bearer "+srv.Token)
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "flotilla_tunnel_streams_open "); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				return int(f)
-			}
-		}
-		t.Fatal("no metric flotilla_tunnel_streams_open")
-		return 0
-	}
+	hc := serverHTTP(srv)
+	streams := func() int { return serverMetric(t, ctx, srv, "flotilla_tunnel_streams_open") }
 	released := func(what string) {
 		t.Helper()
 		eventually(t, time.Minute, "no stream open after "+what, func() error {
