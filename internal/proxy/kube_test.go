@@ -118,21 +118,7 @@ func startKubeEnv(t *testing.T) *kubeEnv {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	wg.Go(func() { ag.Run(actx) })
-	wg.Go(func() {
-		for actx.Err() == nil {
-			tok, wake, release := reg.Wanted(api.DefaultNamespace + "/edge")
-			if tok != "" {
-				ag.Want(tok)
-				wake = nil
-			}
-			select {
-			case <-actx.Done():
-			case <-wake:
-			case <-time.After(10 * time.Millisecond):
-			}
-			release()
-		}
-	})
+	wg.Go(func() { relayTokens(actx, reg, api.DefaultNamespace+"/edge", ag) })
 	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 30 * time.Second,
 		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge")}})
 	mux := http.NewServeMux()

@@ -126,22 +126,7 @@ func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *see
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	wg.Go(func() { ag.Run(ctx) })
-	// The agent's polls: every token wanted for its cluster reaches it.
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			tok, wake, release := reg.Wanted(o.cluster)
-			if tok != "" {
-				ag.Want(tok)
-				wake = nil
-			}
-			select {
-			case <-ctx.Done():
-			case <-wake:
-			case <-time.After(10 * time.Millisecond):
-			}
-			release()
-		}
-	})
+	wg.Go(func() { relayTokens(ctx, reg, o.cluster, ag) })
 	ops := cluster("edge")
 	ops.Metadata.Namespace = "ops"
 	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond, Tokens: tokens, CAPEM: []byte("CA PEM"),
@@ -417,5 +402,23 @@ func (l *connsListener) closeAll() {
 	defer l.mu.Unlock()
 	for _, c := range l.conns {
 		c.Close()
+	}
+}
+
+// relayTokens stands in for the agent's polls until ctx ends: every tunnel token wanted for
+// cluster reaches ag.
+func relayTokens(ctx context.Context, reg *tunnel.Server, cluster string, ag *tunnel.Agent) {
+	for ctx.Err() == nil {
+		tok, wake, release := reg.Wanted(cluster)
+		if tok != "" {
+			ag.Want(tok)
+			wake = nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-time.After(10 * time.Millisecond):
+		}
+		release()
 	}
 }
