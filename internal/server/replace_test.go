@@ -47,7 +47,7 @@ func TestRebuiltClusterIsReadopted(t *testing.T) {
 	first := o.Metadata.UID
 	applyBundle(t, ts, "web", map[string]string{"env": "prod"}, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web, namespace: default}\n")
 	oldAgent := &simAgent{name: name, cred: old.Credential, c: ts.agent(t, old.Credential)}
-	d := oldAgent.desired(t)[api.DefaultNamespace+"/web"]
+	d := oldAgent.deployment(t, api.DefaultNamespace+"/web")
 	oldAgent.report(t, api.DefaultNamespace+"/web", d.ID, "Ready", "")
 	waitBundle(t, ts, "web", func(s *api.Summary) bool { return s.DesiredReady == 1 && s.Ready == 1 })
 
@@ -95,9 +95,7 @@ func TestRebuiltClusterIsReadopted(t *testing.T) {
 		t.Errorf("the old cluster's credential: %v; want %s saying it was replaced", err, api.ReasonClusterDeleted)
 	}
 	newAgent := &simAgent{name: name, cred: reg.Credential, c: ts.agent(t, reg.Credential)}
-	if _, ok := newAgent.desired(t)[api.DefaultNamespace+"/web"]; !ok {
-		t.Fatal("the re-adopted cluster does not get its bundle")
-	}
+	newAgent.deployment(t, api.DefaultNamespace+"/web")
 	waitBundle(t, ts, "web", func(s *api.Summary) bool { return s.DesiredReady == 1 && s.Ready == 0 })
 	newAgent.report(t, api.DefaultNamespace+"/web", d.ID, "Ready", "")
 	waitBundle(t, ts, "web", func(s *api.Summary) bool { return s.DesiredReady == 1 && s.Ready == 1 })

@@ -31,6 +31,26 @@ func (a *simAgent) desired(t *testing.T) map[string]api.DeploymentSpec {
 	return out
 }
 
+// deployment waits until the cluster's desired state holds bundle (the server computes it
+// after the Bundle is written, not with it) and returns its deployment.
+func (a *simAgent) deployment(t *testing.T, bundle string) api.DeploymentSpec {
+	t.Helper()
+	ds := waitDesired(t, a.c, func(ds *api.DesiredState) bool {
+		for _, d := range ds.Deployments {
+			if d.Bundle == bundle {
+				return true
+			}
+		}
+		return false
+	})
+	for _, d := range ds.Deployments {
+		if d.Bundle == bundle {
+			return d
+		}
+	}
+	return api.DeploymentSpec{}
+}
+
 func (a *simAgent) report(t *testing.T, bundle, id, state, msg string) {
 	t.Helper()
 	a.seq++
