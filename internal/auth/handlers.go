@@ -168,7 +168,19 @@ func (a *Authenticator) handleSetPassword(w http.ResponseWriter, r *http.Request
 	var pe *PolicyError
 	switch {
 	case err == nil:
-		a.log.Info("password set", "user", name, "by", id.User)
+		// Every other session of the user ends; the caller's own survives when they changed
+		// their own password, so that changing it does not log them out.
+		keep := ""
+		if id.User == name {
+			keep = Hash(BearerToken(r))
+		}
+		ended, err := a.EndSessions(r.Context(), name, keep)
+		if err != nil {
+			a.log.Error("ending sessions after a password change", "user", name, "err", err)
+			writeStatus(w, http.StatusInternalServerError, api.ReasonInternal, "the password was set, but ending the user's other sessions failed; set it again")
+			return
+		}
+		a.log.Info("password set", "user", name, "by", id.User, "sessionsEnded", ended)
 		w.WriteHeader(http.StatusNoContent)
 	case errors.Is(err, ErrUserNotFound):
 		writeStatus(w, http.StatusNotFound, api.ReasonNotFound, err.Error())

@@ -493,14 +493,37 @@ func TestSetPassword(t *testing.T) {
 	if _, err := s.login("alice", alicePW); err != nil {
 		t.Errorf("refused changes changed the password: %v", err)
 	}
+	// A password change ends every other session of the user (whoever knew the old password
+	// is shut out) but not the caller's own, and not the user's API tokens.
+	stolen := s.mustLogin("alice", alicePW)
+	at, err := alice.CreateAPIToken(ctx, api.CreateTokenRequest{Description: "ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := alice.SetPassword(ctx, "alice", api.SetPasswordRequest{OldPassword: alicePW, Password: newPW}); err != nil {
 		t.Fatal(err)
+	}
+	if s.works(stolen) {
+		t.Error("another session of alice outlived her password change")
+	}
+	if _, err := alice.WhoAmI(ctx); err != nil {
+		t.Errorf("the session that changed the password ended: %v", err)
+	}
+	if !s.works(at.Token) {
+		t.Error("alice's API token ended with her password change")
 	}
 	if _, err := s.login("alice", alicePW); client.Code(err) != http.StatusUnauthorized {
 		t.Errorf("the old password: %v", err)
 	}
+	bob := s.mustLogin("bob", alicePW)
 	if err := s.admin.SetPassword(ctx, "bob", api.SetPasswordRequest{Password: newPW}); err != nil {
 		t.Errorf("the admin sets bob's: %v", err)
+	}
+	if s.works(bob) {
+		t.Error("bob's session outlived the admin resetting his password")
+	}
+	if !s.works(adminTok) {
+		t.Error("the admin's own token ended with bob's reset")
 	}
 	s.mustLogin("bob", newPW)
 	s.mustLogin("alice", newPW)

@@ -224,6 +224,31 @@ func (a *Authenticator) RevokeUser(ctx context.Context, user string) (int, error
 	return n, nil
 }
 
+// EndSessions deletes user's login sessions except the one whose hash is keep (empty: none
+// kept) and drops them from the cache, returning how many ended. A new password must shut out
+// whoever learned the old one and logged in with it; the user's API tokens stay, since they
+// were made deliberately and are revoked one by one.
+func (a *Authenticator) EndSessions(ctx context.Context, user, keep string) (int, error) {
+	objs, err := a.userTokens(ctx, user)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, obj := range objs {
+		var spec tokenSpec
+		if json.Unmarshal(obj.Spec, &spec) != nil || !spec.Session || (keep != "" && spec.Hash == keep) {
+			continue
+		}
+		a.forget(obj.Metadata.Name)
+		if _, err := a.store.Delete(ctx, store.KeyOf(obj), ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return n, fmt.Errorf("ending the sessions of %s: %w", user, err)
+		}
+		a.forget(obj.Metadata.Name)
+		n++
+	}
+	return n, nil
+}
+
 // userBlocked is Authenticate's check of a token's user beyond the token itself.
 func (a *Authenticator) userBlocked(user string) bool {
 	a.mu.Lock()
