@@ -195,6 +195,19 @@ func TestLocalLogin(t *testing.T) {
 	if !s.works(adminTok) {
 		t.Error("the admin token stopped working")
 	}
+	// The expired session is deleted by the sweep, the live tokens are kept.
+	live := s.mustLogin("alice", alicePW)
+	before, _ := s.a.ListTokens(ctx)
+	if n, err := s.a.sweepExpired(ctx); err != nil || n != 1 {
+		t.Errorf("sweep deleted %d, %v; want the 1 expired session", n, err)
+	}
+	after, _ := s.a.ListTokens(ctx)
+	if len(after) != len(before)-1 || !s.works(live) || !s.works(adminTok) {
+		t.Errorf("tokens %d → %d after the sweep; the live session works: %v", len(before), len(after), s.works(live))
+	}
+	if _, err := s.st.Get(ctx, tokenKey(Hash(resp.Token))); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the expired session is still stored: %v", err)
+	}
 }
 
 // Wrong password, unknown user, disabled user, a user without a password, a provider's user:

@@ -227,8 +227,12 @@ func (a *Authenticator) forget(prefix string) {
 // the cache until ctx ends. Whenever the watch starts again the whole cache is emptied, since a
 // deletion may have been missed meanwhile. It also follows the User objects, so that a user
 // disabled or deleted through another replica is refused here at once too.
+//
+// It also deletes expired tokens every sweepEvery: each login stores a session, and Authenticate
+// refusing an expired one does not remove it. Every replica sweeps; deletions are idempotent.
 func (a *Authenticator) FollowRevocations(ctx context.Context, log *slog.Logger) {
 	go a.followUsers(ctx, log)
+	go a.sweepLoop(ctx, log)
 	for ctx.Err() == nil {
 		ch, err := a.store.Watch(ctx, store.WatchOptions{Kind: kindToken, Namespace: SystemNamespace})
 		a.mu.Lock()
@@ -295,5 +299,61 @@ func (a *Authenticator) followUsers(ctx context.Context, log *slog.Logger) {
 				a.SetUserDisabled(obj.Metadata.Name, userDisabled(obj))
 			}
 		}
+	}
+}
+
+// sweepEvery is how often expired tokens are deleted.
+const sweepEvery = 10 * time.Minute
+
+func (a *Authenticator) sweepLoop(ctx context.Context, log *slog.Logger) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		if n, err := a.sweepExpired(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("deleting expired API tokens", "deleted", n, "err", err)
+		} else if n > 0 {
+			log.Info("deleted expired API tokens", "deleted", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweepExpired deletes the tokens whose expiry has passed, a page at a time so that memory
+// stays bounded however many there are, and returns how many it deleted.
+func (a *Authenticator) sweepExpired(ctx context.Context) (int, error) {
+	now := a.now()
+	n := 0
+	opts := store.ListOptions{Kind: kindToken, Namespace: SystemNamespace, Limit: 1000}
+	for {
+		res, err := a.store.List(ctx, opts)
+		if err != nil {
+			return n, fmt.Errorf("listing API tokens: %w", err)
+		}
+		for _, raw := range res.Items {
+			obj, err := store.Decode(raw)
+			if err != nil {
+				return n, err
+			}
+			var spec tokenSpec
+			if json.Unmarshal(obj.Spec, &spec) != nil || spec.Expires == nil || now.Before(*spec.Expires) {
+				continue
+			}
+			// Only the version read is deleted: a token rewritten meanwhile is left for the
+			// next sweep.
+			if _, err := a.store.Delete(ctx, store.KeyOf(obj), obj.Metadata.ResourceVersion); err != nil &&
+				!errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrConflict) {
+				return n, fmt.Errorf("deleting expired API token %s: %w", obj.Metadata.Name, err)
+			}
+			a.forget(obj.Metadata.Name)
+			n++
+		}
+		if res.Continue == "" {
+			return n, nil
+		}
+		opts.Continue = res.Continue
 	}
 }
