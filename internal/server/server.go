@@ -137,6 +137,8 @@ type Server struct {
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
+	// loginKeys seals OIDC login states and codes.
+	loginKeys *auth.Ring
 	// ldap checks ldap users' passwords; nil without Config.LDAP.
 	ldap *ldap.Provider
 	oidc *oidc.Handler
@@ -223,13 +225,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.auth.ConfigureLogin(login)
 	// A login has no token to name its caller by: name it in its audit record once it worked.
 	s.auth.OnSession(func(ctx context.Context, id auth.Identity) { audit.Annotate(ctx, id.User, id.Groups, "", "", "") })
-	if cfg.OIDC.Logger == nil {
-		cfg.OIDC.Logger = cfg.Logger
-	}
-	if s.oidc, err = oidc.New(cfg.OIDC, s.auth); err != nil {
-		s.store.Close()
-		return nil, err
-	}
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
@@ -248,6 +243,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	})
 	credCfg, secretKeys, err := s.openKeys(ctx)
 	if err != nil {
+		s.store.Close()
+		return nil, err
+	}
+	if cfg.OIDC.Logger == nil {
+		cfg.OIDC.Logger = cfg.Logger
+	}
+	// OIDC login states and codes are sealed with a ring every replica shares, so that a
+	// login may start, return and be redeemed on different replicas.
+	cfg.OIDC.Keys = s.loginKeys
+	if s.oidc, err = oidc.New(cfg.OIDC, s.auth); err != nil {
 		s.store.Close()
 		return nil, err
 	}
@@ -307,8 +312,11 @@ func (s *Server) openKeys(ctx context.Context) (agentapi.CredentialConfig, *auth
 	if err != nil {
 		return creds, nil, err
 	}
+	if s.loginKeys, err = keys.Ring(ctx, "oidc-login"); err != nil {
+		return creds, nil, err
+	}
 	if cfg.RotateKeys {
-		for _, r := range []*auth.Ring{creds.Keys, secretKeys} {
+		for _, r := range []*auth.Ring{creds.Keys, secretKeys, s.loginKeys} {
 			k, err := r.Rotate(ctx)
 			if err != nil {
 				return creds, nil, err
@@ -398,7 +406,7 @@ func (s *Server) mayManageUsers(id *auth.Identity) bool {
 	return s.authz.Decide(rbac.Subject{User: id.User, Groups: id.Groups}, rbac.Request{Verb: api.VerbUpdate, Kind: api.KindUser}).Allowed
 }
 
-// rotateKeys makes new credential and Secret keys while serving: agents are asked to renew,
+// rotateKeys makes new credential, Secret and login keys while serving: agents are asked to renew,
 // Secrets are sealed again in the background, other replicas follow within 30 s.
 func (s *Server) rotateKeys(w http.ResponseWriter, r *http.Request) {
 	ck, err := s.credKeys.Rotate(r.Context())
@@ -413,7 +421,13 @@ func (s *Server) rotateKeys(w http.ResponseWriter, r *http.Request) {
 		apiserver.WriteError(w, fmt.Errorf("rotating the secret key failed"))
 		return
 	}
-	s.log.Info("rotated the credential and secret keys", "credentialKey", ck.ID, "secretKey", sk.ID)
+	lk, err := s.loginKeys.Rotate(r.Context())
+	if err != nil {
+		s.log.Error("rotating the login key", "err", err)
+		apiserver.WriteError(w, fmt.Errorf("rotating the login key failed"))
+		return
+	}
+	s.log.Info("rotated the credential, secret and login keys", "credentialKey", ck.ID, "secretKey", sk.ID, "loginKey", lk.ID)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(api.KeyRotation{CredentialKey: ck.ID, SecretKey: sk.ID})
 }
@@ -504,6 +518,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.gitops.Run(baseCtx)
 	go s.secrets.Run(baseCtx, s.log)
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
+	go s.loginKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
 	go s.audit.Run(baseCtx)
 	if s.dash != nil {

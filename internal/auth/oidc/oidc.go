@@ -91,15 +91,18 @@ type Config struct {
 	AllowedGroups []string
 	// SessionTTL is how long a login's session lasts.
 	SessionTTL time.Duration
-	// MaxPending bounds logins in progress and codes not yet redeemed (each); LoginTTL is how
-	// long a user has at the provider, CodeTTL how long a one-time code lives.
-	MaxPending        int
+	// LoginTTL is how long a user has at the provider, CodeTTL how long a code lives.
 	LoginTTL, CodeTTL time.Duration
 	// StartBurst logins may be started at once from one source address, then one per
-	// StartEvery, so that one source cannot fill the table of logins in progress.
+	// StartEvery, so that one source cannot start logins (each a call to the provider) in
+	// bulk.
 	StartBurst int
 	StartEvery time.Duration
-	Logger     *slog.Logger
+	// Keys seals login states and codes. Every replica of one database must use the same ring
+	// (the server passes its "oidc-login" ring), so that a login started on one replica ends
+	// on any; nil keeps a ring in memory, for a single process.
+	Keys   keyRing
+	Logger *slog.Logger
 }
 
 // SecretEnv is the environment variable the client secret is read from when neither
@@ -122,7 +125,7 @@ func DefaultConfig() Config {
 		UsernameClaim: "preferred_username", UsernamePrefix: "oidc:",
 		GroupsClaim: "groups", GroupsPrefix: "oidc:",
 		SessionTTL: auth.DefaultSessionTTL,
-		MaxPending: 10000, LoginTTL: 10 * time.Minute, CodeTTL: time.Minute,
+		LoginTTL:   10 * time.Minute, CodeTTL: time.Minute,
 		StartBurst: 30, StartEvery: 2 * time.Second,
 	}
 }
@@ -131,6 +134,7 @@ func DefaultConfig() Config {
 type Sessions interface {
 	RecordLogin(ctx context.Context, provider string, id auth.Identity) error
 	IssueSession(ctx context.Context, id auth.Identity, ttl time.Duration) (string, error)
+	Authenticate(ctx context.Context, token string) (*auth.Identity, error)
 }
 
 var _ Sessions = (*auth.Authenticator)(nil)
@@ -153,22 +157,32 @@ type Handler struct {
 	failed   error
 	failedAt time.Time
 
-	logins *pending[login]
-	codes  *pending[grant]
+	keys keyRing
 }
 
-// login is a login in progress, under its state.
+// login is a login in progress, sealed into its state.
 type login struct {
-	nonce, verifier string // the nonce and PKCE verifier sent to the provider
-	returnTo        string
-	challenge       string // the starter's own S256 challenge
+	Nonce    string `json:"n"` // the nonce and PKCE verifier sent to the provider
+	Verifier string `json:"v"`
+	ReturnTo string `json:"r"`
+	// Challenge is the starter's own S256 challenge.
+	Challenge string `json:"c"`
 }
 
-// grant is a finished login waiting for its starter to redeem its code.
+// grant is a finished login's session, sealed into the code its starter redeems: the token
+// itself, so that whichever replica is asked hands over that one session (a code redeemed
+// twice gives the same session, not a second), and its expiry.
 type grant struct {
-	id        auth.Identity
-	challenge string
+	Token     string `json:"t"`
+	Expires   int64  `json:"e"`
+	Challenge string `json:"c"`
 }
+
+// Purposes of sealed values: a state is never accepted as a code nor the reverse.
+const (
+	purposeState = "state"
+	purposeCode  = "code"
+)
 
 // New checks cfg and returns its handler, or nil when OIDC is not configured. The provider is
 // discovered at the first login, so that a provider that is down does not stop the server.
@@ -182,9 +196,6 @@ func New(cfg Config, sessions Sessions) (*Handler, error) {
 	}
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = def.SessionTTL
-	}
-	if cfg.MaxPending <= 0 {
-		cfg.MaxPending = def.MaxPending
 	}
 	if cfg.LoginTTL <= 0 {
 		cfg.LoginTTL = def.LoginTTL
@@ -245,8 +256,10 @@ func New(cfg Config, sessions Sessions) (*Handler, error) {
 	// Only the per-source buckets count: a login start names no user.
 	h.limit = users.NewLimiter(users.LimiterConfig{UserBurst: math.MaxInt32, UserEvery: time.Nanosecond,
 		SourceBurst: cfg.StartBurst, SourceEvery: cfg.StartEvery, MaxKeys: 100_000, Now: func() time.Time { return h.now() }})
-	h.logins = newPending[login](cfg.MaxPending, cfg.LoginTTL, func() time.Time { return h.now() })
-	h.codes = newPending[grant](cfg.MaxPending, cfg.CodeTTL, func() time.Time { return h.now() })
+	h.keys = cfg.Keys
+	if h.keys == nil {
+		h.keys = auth.EphemeralRing("oidc-login", cfg.LoginTTL)
+	}
 	return h, nil
 }
 
@@ -366,14 +379,15 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "the identity provider cannot be reached; try again later")
 		return
 	}
-	l := login{nonce: randomString(32), verifier: oauth2.GenerateVerifier(), returnTo: returnTo, challenge: challenge}
-	state, err := h.logins.put(l)
+	l := login{Nonce: randomString(32), Verifier: oauth2.GenerateVerifier(), ReturnTo: returnTo, Challenge: challenge}
+	state, err := seal(h.keys, purposeState, h.now().Add(h.cfg.LoginTTL), l)
 	if err != nil {
-		writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, err.Error())
+		h.log.Error("sealing an OIDC login state", "err", err)
+		writeStatus(w, http.StatusInternalServerError, api.ReasonInternal, "starting the login failed")
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, oc.AuthCodeURL(state, gooidc.Nonce(l.nonce), oauth2.S256ChallengeOption(l.verifier)), http.StatusFound)
+	http.Redirect(w, r, oc.AuthCodeURL(state, gooidc.Nonce(l.Nonce), oauth2.S256ChallengeOption(l.Verifier)), http.StatusFound)
 }
 
 // reasonTooManyRequests answers a 429.
@@ -428,9 +442,11 @@ func refuse(format string, args ...any) error { return &loginError{fmt.Sprintf(f
 func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	w.Header().Set("Cache-Control", "no-store")
-	l, ok := h.logins.take(q.Get("state"))
-	if !ok {
-		http.Error(w, "This login has expired or was already used; start it again.", http.StatusBadRequest)
+	// A state is good on every replica until it expires; the provider's code in the same
+	// callback is single use at the provider, so a replayed callback is refused there.
+	l, err := unseal[login](r.Context(), h.keys, purposeState, q.Get("state"), h.now())
+	if err != nil {
+		http.Error(w, "This login has expired or is unknown; start it again.", http.StatusBadRequest)
 		return
 	}
 	id, err := h.finish(r.Context(), l, q)
@@ -441,16 +457,25 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 			err = refuse("the login failed on the server; try again later")
 		}
 		h.log.Info("OIDC login refused", "reason", err.Error())
-		redirectBack(w, r, l.returnTo, url.Values{"error": {"access_denied"}, "error_description": {err.Error()}})
+		redirectBack(w, r, l.ReturnTo, url.Values{"error": {"access_denied"}, "error_description": {err.Error()}})
 		return
 	}
-	code, err := h.codes.put(grant{id: id, challenge: l.challenge})
+	// The session is issued now, and only its holder of the verifier gets it: the code is the
+	// sealed token, and the token endpoint checks the verifier against the login's challenge.
+	token, err := h.sessions.IssueSession(r.Context(), id, h.cfg.SessionTTL)
 	if err != nil {
-		redirectBack(w, r, l.returnTo, url.Values{"error": {"temporarily_unavailable"}, "error_description": {err.Error()}})
+		h.log.Error("issuing an OIDC session failed", "user", id.User, "err", err)
+		redirectBack(w, r, l.ReturnTo, url.Values{"error": {"temporarily_unavailable"}, "error_description": {"issuing the session failed; log in again"}})
+		return
+	}
+	code, err := seal(h.keys, purposeCode, h.now().Add(h.cfg.CodeTTL), grant{Token: token, Expires: h.now().Add(h.cfg.SessionTTL).Unix(), Challenge: l.Challenge})
+	if err != nil {
+		h.log.Error("sealing an OIDC code", "err", err)
+		redirectBack(w, r, l.ReturnTo, url.Values{"error": {"temporarily_unavailable"}, "error_description": {"the login failed on the server; try again later"}})
 		return
 	}
 	h.log.Info("OIDC login", "user", id.User, "groups", len(id.Groups))
-	redirectBack(w, r, l.returnTo, url.Values{"code": {code}})
+	redirectBack(w, r, l.ReturnTo, url.Values{"code": {code}})
 }
 
 func redirectBack(w http.ResponseWriter, r *http.Request, returnTo string, v url.Values) {
@@ -478,7 +503,7 @@ func (h *Handler) finish(ctx context.Context, l login, q url.Values) (auth.Ident
 	}
 	xctx, cancel := context.WithTimeout(gooidc.ClientContext(ctx, h.client), 15*time.Second)
 	defer cancel()
-	tok, err := oc.Exchange(xctx, code, oauth2.VerifierOption(l.verifier))
+	tok, err := oc.Exchange(xctx, code, oauth2.VerifierOption(l.Verifier))
 	if err != nil {
 		var re *oauth2.RetrieveError
 		if errors.As(err, &re) {
@@ -495,7 +520,7 @@ func (h *Handler) finish(ctx context.Context, l login, q url.Values) (auth.Ident
 		// go-oidc's messages name the failed check (issuer, audience, expiry, signature).
 		return auth.Identity{}, refuse("the ID token was refused: %s", shorten(err.Error()))
 	}
-	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(l.nonce)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(l.Nonce)) != 1 {
 		return auth.Identity{}, refuse("the ID token was refused: its nonce does not match this login")
 	}
 	var claims map[string]any
@@ -604,27 +629,31 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, "the body must be a JSON object with code and codeVerifier")
 		return
 	}
-	// Taken whatever follows: a code gets one attempt.
-	g, ok := h.codes.take(req.Code)
-	if !ok {
-		writeStatus(w, http.StatusUnauthorized, api.ReasonUnauthorized, "the login code is unknown, expired or already used; log in again")
+	g, err := unseal[grant](r.Context(), h.keys, purposeCode, req.Code, h.now())
+	if err != nil {
+		writeStatus(w, http.StatusUnauthorized, api.ReasonUnauthorized, "the login code is unknown or expired; log in again")
 		return
 	}
 	if req.CodeVerifier == "" {
 		writeStatus(w, http.StatusUnauthorized, api.ReasonUnauthorized, "a code verifier is required; log in again")
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(s256(req.CodeVerifier)), []byte(g.challenge)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(s256(req.CodeVerifier)), []byte(g.Challenge)) != 1 {
 		writeStatus(w, http.StatusUnauthorized, api.ReasonUnauthorized, "the code verifier does not match the login's challenge; log in again")
 		return
 	}
-	token, err := h.sessions.IssueSession(r.Context(), g.id, h.cfg.SessionTTL)
+	// The session may have ended since the callback (the user disabled, a password reset):
+	// what is handed over is what works now.
+	id, err := h.sessions.Authenticate(r.Context(), g.Token)
 	if err != nil {
-		h.log.Error("issuing an OIDC session failed", "user", g.id.User, "err", err)
-		writeStatus(w, http.StatusInternalServerError, api.ReasonInternal, "issuing the session failed; log in again")
+		if errors.Is(err, auth.ErrUnauthenticated) {
+			writeStatus(w, http.StatusUnauthorized, api.ReasonUnauthorized, "the login's session has ended; log in again")
+		} else {
+			writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "cannot check the session now; try again")
+		}
 		return
 	}
-	writeJSON(w, http.StatusOK, TokenResponse{Token: token, Expires: h.now().Add(h.cfg.SessionTTL).UTC(), User: g.id.User, Groups: g.id.Groups})
+	writeJSON(w, http.StatusOK, TokenResponse{Token: g.Token, Expires: time.Unix(g.Expires, 0).UTC(), User: id.User, Groups: id.Groups})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
