@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"net/http"
 	"testing"
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/client"
 )
 
 // Desired-state versions are digests of the state: after a restart an agent whose state
@@ -51,8 +53,20 @@ func TestVersionsSurviveRestart(t *testing.T) {
 	got = nil
 	done := make(chan *api.DesiredState, 1)
 	go func() {
-		ds, _, _, _ := prod.c.WaitDesired(ctxT(t), prodDS.Revision, 50*time.Second)
-		done <- ds
+		for {
+			// The model may still be loading after the restart: that is answered 503, and
+			// agents poll again.
+			ds, _, _, err := prod.c.WaitDesired(ctxT(t), prodDS.Revision, 50*time.Second)
+			if client.Code(err) == http.StatusServiceUnavailable {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			if err != nil {
+				t.Errorf("long poll after a restart: %v", err)
+			}
+			done <- ds
+			return
+		}
 	}()
 	time.Sleep(200 * time.Millisecond)
 	putBundle(t, ts, "web", map[string]any{"resources": cm("2"), "targets": []map[string]any{{"clusterSelector": map[string]any{"matchLabels": map[string]string{"env": "prod"}}}}})
