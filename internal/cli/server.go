@@ -134,6 +134,8 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.IntVar(&cfg.MaxTunnels, "max-tunnels", tunnel.DefaultMax, "the most agent tunnels open at once (kubectl through Flotilla)")
 	f.DurationVar(&cfg.TunnelIdle, "tunnel-idle", tunnel.DefaultIdle, "close an agent tunnel no request used for this long")
 	f.DurationVar(&cfg.TunnelWait, "tunnel-wait", 30*time.Second, "how long a call to a cluster waits for its agent to open its tunnel")
+	f.DurationVar(&cfg.ProxyBodyTimeout, "proxy-body-timeout", 2*time.Minute, "how long a call through the cluster proxy may take to send its request body")
+	f.DurationVar(&cfg.ProxyWriteTimeout, "proxy-write-timeout", 2*time.Minute, "how long one write of a proxied answer may wait for a client that does not read it (the time between a watch's events does not count)")
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")

@@ -235,6 +235,57 @@ func TestProxyGivesRequestBodiesABudget(t *testing.T) {
 	released(t, h2reg, "slow answers over HTTP/2")
 }
 
+// A client that stops reading an answer does not hold its stream past the write budget, over
+// HTTP/1.1 and HTTP/2; a watch whose events come many budgets apart, read as they come, lasts.
+func TestProxyGivesSlowReadersABudget(t *testing.T) {
+	const budget = 100 * time.Millisecond
+	target := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		rc := http.NewResponseController(w)
+		if r.URL.Path == "/watch" {
+			for i := range 3 {
+				fmt.Fprintf(w, "event %d\n", i)
+				rc.Flush()
+				time.Sleep(4 * budget)
+			}
+			return
+		}
+		for r.Context().Err() == nil { // an endless answer
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	for _, h2 := range []bool{false, true} {
+		ps, reg, _ := setupOpt(t, setupOpts{target: target, writeTimeout: budget, h2: h2})
+		// The client's own patience outlasts released's wait: only the budget frees the stream.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ps.URL+"/k8s/clusters/edge/api/v1/pods", nil)
+		req.Header.Set("Authorization", "Bearer bob")
+		resp, err := ps.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The client reads nothing more and keeps its end open.
+		released(t, reg, fmt.Sprintf("a client that stopped reading (HTTP/2: %v)", h2))
+		resp.Body.Close()
+		cancel()
+
+		req, _ = http.NewRequest(http.MethodGet, ps.URL+"/k8s/clusters/edge/watch", nil)
+		req.Header.Set("Authorization", "Bearer bob")
+		resp, err = ps.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != "event 0\nevent 1\nevent 2\n" {
+			t.Errorf("a watch with events %v apart (HTTP/2: %v): %q, %v", 4*budget, h2, b, err)
+		}
+		released(t, reg, "a quiet watch")
+	}
+}
+
 // An upgraded connection lives past the body budget and many idle periods of both ends of
 // the tunnel: a tunnel with a stream open is not idle. Once it ends, the tunnel closes.
 func TestLongCallsKeepTheTunnelOpen(t *testing.T) {

@@ -88,6 +88,10 @@ type Config struct {
 	// (watches, logs) and upgraded ones (exec, attach, port-forward) last as long as their
 	// client and the tunnel do.
 	BodyTimeout time.Duration
+	// WriteTimeout is how long one write of a proxied call's answer may wait for its client
+	// to take it (0: 2m): a client that stops reading must not hold a tunnel stream for ever.
+	// Time between writes does not count, so a quiet watch lasts as long as it lasts.
+	WriteTimeout time.Duration
 	// Tokens and CAPEM serve PathKubeconfig; without Tokens it is not served.
 	Tokens Tokens
 	CAPEM  []byte
@@ -122,6 +126,9 @@ func New(cfg Config) *Proxy {
 	}
 	if cfg.BodyTimeout <= 0 {
 		cfg.BodyTimeout = 2 * time.Minute
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 2 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -340,8 +347,38 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.body = &body{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody)}
 		r.Body = t.body
 	}
+	if !upgrade {
+		w = &budgeted{ResponseWriter: w, rc: http.NewResponseController(w), budget: p.cfg.WriteTimeout}
+	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
 }
+
+// budgeted gives each write and flush of an answer its own deadline, lifted after it: a
+// client that stops reading fails the write, which ends the call and frees its stream, while
+// the time a watch waits between events costs nothing. (http.Server's WriteTimeout would bound
+// the whole answer, which a watch must not have.) An upgraded call hijacks the connection and
+// is not wrapped.
+type budgeted struct {
+	http.ResponseWriter
+	rc     *http.ResponseController
+	budget time.Duration
+}
+
+func (b *budgeted) Write(p []byte) (int, error) {
+	b.rc.SetWriteDeadline(time.Now().Add(b.budget))
+	defer b.rc.SetWriteDeadline(time.Time{})
+	return b.ResponseWriter.Write(p)
+}
+
+// FlushError is what http.ResponseController (which ReverseProxy flushes through) calls
+// before unwrapping.
+func (b *budgeted) FlushError() error {
+	b.rc.SetWriteDeadline(time.Now().Add(b.budget))
+	defer b.rc.SetWriteDeadline(time.Time{})
+	return b.rc.Flush()
+}
+
+func (b *budgeted) Unwrap() http.ResponseWriter { return b.ResponseWriter }
 
 // body is a proxied call's request body. It keeps the error that ended it, which the
 // transport reports in its own words. (The read deadline needs no lifting once the body is

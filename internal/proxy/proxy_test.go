@@ -84,8 +84,9 @@ type setupOpts struct {
 	target http.Handler
 	// cluster is the agent's cluster (namespace/name); default fleet-default/edge.
 	cluster string
-	// idle is both ends' idle period (0: the default); bodyTimeout the proxy's.
-	idle, bodyTimeout time.Duration
+	// idle is both ends' idle period (0: the default); bodyTimeout and writeTimeout the
+	// proxy's.
+	idle, bodyTimeout, writeTimeout time.Duration
 	// h2 serves the proxy on TLS with HTTP/2, as the server does.
 	h2 bool
 	// breaker, if set, is given a func that breaks the connections of the tunnels.
@@ -130,8 +131,8 @@ func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *see
 	ops := cluster("edge")
 	ops.Metadata.Namespace = "ops"
 	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond, Tokens: tokens, CAPEM: []byte("CA PEM"),
-		BodyTimeout: o.bodyTimeout,
-		Store:       clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone"), "ops/edge": ops}})
+		BodyTimeout: o.bodyTimeout, WriteTimeout: o.writeTimeout,
+		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone"), "ops/edge": ops}})
 	mux := http.NewServeMux()
 	p.Register(mux)
 	ps := httptest.NewUnstartedServer(mux)

@@ -103,6 +103,9 @@ type Config struct {
 	// long a call to a cluster waits for its agent to open its tunnel (0: 30s).
 	MaxTunnels             int
 	TunnelIdle, TunnelWait time.Duration
+	// ProxyBodyTimeout and ProxyWriteTimeout are the budgets of a proxied call's request body
+	// and of each write of its answer to a slow client (0: 2m each; see proxy.Config).
+	ProxyBodyTimeout, ProxyWriteTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -266,7 +269,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics.Registry.MustRegister(s.tunnels.Collectors()...)
 	s.proxy = proxy.New(proxy.Config{Auth: s.auth, Authz: s.authz, Tunnels: s.tunnels, Store: s.store,
 		Labels: s.fleet.Labels, ClusterGroups: s.fleet.ClusterGroupsOf, Wait: cfg.TunnelWait, LastSeen: s.fleet.LastSeen, PollInterval: s.fleet.Interval, Logger: cfg.Logger,
-		Tokens: s.auth, CAPEM: s.tls.CAPEM})
+		BodyTimeout: cfg.ProxyBodyTimeout, WriteTimeout: cfg.ProxyWriteTimeout, Tokens: s.auth, CAPEM: s.tls.CAPEM})
 	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
 		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
