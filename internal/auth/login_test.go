@@ -38,9 +38,21 @@ type loginServer struct {
 type fakeLDAP struct {
 	pw     map[string]string
 	groups map[string][]string
+	down   bool
 }
 
 func (f *fakeLDAP) Name() string { return api.ProviderLDAP }
+
+// Lookup is GroupSource's: the user's groups as they are now, without the password.
+func (f *fakeLDAP) Lookup(ctx context.Context, user string) (Identity, error) {
+	if f.down {
+		return Identity{}, errors.New("directory unreachable")
+	}
+	if _, ok := f.pw[user]; !ok {
+		return Identity{}, ErrUserNotFound
+	}
+	return Identity{User: user, Groups: f.groups[user]}, nil
+}
 func (f *fakeLDAP) Authenticate(ctx context.Context, user, pw string) (Identity, error) {
 	if p, ok := f.pw[user]; !ok || p != pw {
 		return Identity{}, ErrUnauthenticated
@@ -751,5 +763,65 @@ func TestBootstrapTokenOutlivesAUserNamedAdmin(t *testing.T) {
 	s.deleteUser("admin")
 	if !s.works(adminTok) {
 		t.Error("deleting the User admin stopped the bootstrap token")
+	}
+}
+
+// A provider's users get their groups read again: a changed group applies at once to their
+// sessions, a user the provider no longer has loses every token, a directory that cannot be
+// reached changes nothing, and local users are left alone.
+func TestRefreshGroups(t *testing.T) {
+	dir := &fakeLDAP{pw: map[string]string{"alice": "ldap password 1234", "bob": "ldap password 5678"},
+		groups: map[string][]string{"alice": {"admins", "devs"}, "bob": {"devs"}}}
+	s := newLoginServer(t, LoginConfig{Providers: []PasswordProvider{dir}})
+	ctx := context.Background()
+	s.addUser("carol", api.UserSpec{})
+	s.admin.SetPassword(ctx, "carol", api.SetPasswordRequest{Password: alicePW})
+	ldapLogin := func(user string) string {
+		resp, err := s.admin.Login(ctx, api.LoginRequest{Provider: api.ProviderLDAP, Username: user, Password: dir.pw[user]})
+		if err != nil {
+			t.Fatalf("login %s: %v", user, err)
+		}
+		return resp.Token
+	}
+	alice, bob, carol := ldapLogin("alice"), ldapLogin("bob"), s.mustLogin("carol", alicePW)
+	groups := func(token string) []string {
+		id, err := s.a.Authenticate(ctx, token)
+		if err != nil {
+			return nil
+		}
+		return sortedCopy(id.Groups)
+	}
+	if g := groups(alice); !slices.Equal(g, []string{"admins", "devs"}) {
+		t.Fatalf("alice's groups at login: %q", g)
+	}
+
+	dir.groups["alice"] = []string{"devs"}
+	delete(dir.pw, "bob")
+	s.clock.t = s.clock.t.Add(time.Minute)
+	res, err := s.a.RefreshGroupsOnce(ctx, dir)
+	if err != nil || res != (RefreshResult{Refreshed: 1, Changed: 1, Revoked: 1}) {
+		t.Errorf("refresh: %+v, %v; want alice refreshed and changed, bob revoked", res, err)
+	}
+	if g := groups(alice); !slices.Equal(g, []string{"devs"}) {
+		t.Errorf("alice's session after the refresh has groups %q, want [devs] at once", g)
+	}
+	if s.works(bob) {
+		t.Error("bob, gone from the directory, still has a session")
+	}
+	if !s.works(carol) {
+		t.Error("a local user's session ended")
+	}
+	u, _, _ := s.a.getUser(ctx, "alice")
+	if u.status.GroupsRefreshed == nil || !u.status.GroupsRefreshed.Equal(s.clock.t) {
+		t.Errorf("alice's groupsRefreshed: %v, want %v", u.status.GroupsRefreshed, s.clock.t)
+	}
+
+	dir.groups["alice"] = nil
+	dir.down = true
+	if _, err := s.a.RefreshGroupsOnce(ctx, dir); err == nil {
+		t.Error("a directory that cannot be reached: no error")
+	}
+	if g := groups(alice); !slices.Equal(g, []string{"devs"}) {
+		t.Errorf("alice's groups after a failed refresh: %q, want them kept", g)
 	}
 }

@@ -523,6 +523,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.loginKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
+	if s.ldap != nil && s.cfg.LDAP.BindDN != "" && s.cfg.LDAP.RefreshInterval > 0 {
+		go s.auth.RefreshGroups(baseCtx, s.ldap, s.cfg.LDAP.RefreshInterval, s.log)
+	}
 	go s.audit.Run(baseCtx)
 	if s.dash != nil {
 		go s.dash.Run(baseCtx)

@@ -63,6 +63,11 @@ type Config struct {
 	// each); others wait, within their own deadline. Default 8.
 	MaxConnections int
 
+	// RefreshInterval is how often the groups of users holding a token are read again as the
+	// service account (auth.Authenticator.RefreshGroups); 0 reads them only at login. Without
+	// a service account they cannot be.
+	RefreshInterval time.Duration
+
 	// Logger receives warnings about the directory's configuration (e.g. a user name that
 	// matches several entries); default slog.Default().
 	Logger *slog.Logger
@@ -74,6 +79,9 @@ const (
 	DefaultMaxConnections = 8
 	DefaultUserAttribute  = "uid"
 	DefaultGroupAttribute = "cn"
+	// DefaultRefreshInterval bounds how long a user keeps the rights of a group the
+	// directory took them out of.
+	DefaultRefreshInterval = 15 * time.Minute
 )
 
 // AddFlags registers the server flags that fill c (all --ldap-*).
@@ -94,6 +102,7 @@ func AddFlags(f *pflag.FlagSet, c *Config) {
 	f.StringVar(&c.MemberOfAttribute, "ldap-member-of-attribute", "", "instead of --ldap-group-filter: attribute of the user's entry listing group DNs, e.g. memberOf")
 	f.DurationVar(&c.Timeout, "ldap-timeout", DefaultTimeout, "most time one login may spend with the directory")
 	f.IntVar(&c.MaxConnections, "ldap-max-connections", DefaultMaxConnections, "logins talking to the directory at once")
+	f.DurationVar(&c.RefreshInterval, "ldap-refresh-interval", DefaultRefreshInterval, "how often the groups of ldap users holding a session or token are read again (with --ldap-bind-dn; 0: only at login); a user gone from the directory loses their tokens")
 }
 
 // Enabled reports whether LDAP logins are configured at all.

@@ -88,6 +88,63 @@ func (p *Provider) Authenticate(ctx context.Context, username, password string) 
 	return id, err
 }
 
+// Lookup reads a user's groups again, as the service account, without the user's password:
+// a session made at login keeps the rights of a user whose groups changed, or who left the
+// directory, only until the next refresh. A user the search no longer finds (or finds more
+// than once) is auth.ErrUserNotFound. Without a service account (UserDNTemplate) nothing can be
+// read without the user's password: ErrCannotLookUp.
+func (p *Provider) Lookup(ctx context.Context, username string) (auth.Identity, error) {
+	if p.s.BindDN == "" {
+		return auth.Identity{}, ErrCannotLookUp
+	}
+	if !validName(username) {
+		return auth.Identity{}, auth.ErrUserNotFound
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.s.Timeout)
+	defer cancel()
+	select {
+	case p.sem <- struct{}{}:
+		defer func() { <-p.sem }()
+	case <-ctx.Done():
+		return auth.Identity{}, fmt.Errorf("LDAP: waiting for one of %d connections to the directory: %w", cap(p.sem), ctx.Err())
+	}
+	conn, err := p.dial(ctx)
+	if err != nil {
+		return auth.Identity{}, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if err := conn.Bind(p.s.BindDN, p.s.bindPassword); err != nil {
+		return auth.Identity{}, fmt.Errorf("LDAP: binding as the service account %s: %w", p.s.BindDN, err)
+	}
+	filter := fmt.Sprintf("(%s=%s)", p.s.UserAttribute, goldap.EscapeFilter(username))
+	if p.s.UserFilter != "" {
+		filter = "(&" + p.s.UserFilter + filter + ")"
+	}
+	res, err := p.search(conn, p.s.UserBaseDN, goldap.ScopeWholeSubtree, filter, 2, p.userAttributes())
+	if goldap.IsErrorWithCode(err, goldap.LDAPResultSizeLimitExceeded) || (err == nil && len(res.Entries) != 1) {
+		return auth.Identity{}, auth.ErrUserNotFound
+	}
+	if err != nil {
+		return auth.Identity{}, fmt.Errorf("LDAP: searching for the user under %s: %w", p.s.UserBaseDN, err)
+	}
+	entry := res.Entries[0]
+	// The name must still be the one the session was made for (the attribute's value, as
+	// a login spells it).
+	if canonicalName(entry, p.s.UserAttribute, username) != username {
+		return auth.Identity{}, auth.ErrUserNotFound
+	}
+	id := auth.Identity{User: username}
+	if id.Groups, err = p.groups(conn, entry, username); err != nil {
+		return auth.Identity{}, err
+	}
+	return id, nil
+}
+
+// ErrCannotLookUp: the provider has no service account to read users with.
+var ErrCannotLookUp = errors.New("LDAP: users cannot be looked up without a service account (--ldap-bind-dn)")
+
 func (p *Provider) login(conn *goldap.Conn, username, password string) (auth.Identity, error) {
 	var entry *goldap.Entry
 	if p.s.BindDN != "" {
@@ -122,23 +179,28 @@ func (p *Provider) login(conn *goldap.Conn, username, password string) (auth.Ide
 	if !validName(id.User) {
 		return auth.Identity{}, fmt.Errorf("LDAP: the entry %s has %s %q, not usable as a user name", entry.DN, p.s.UserAttribute, id.User)
 	}
-	var err error
-	switch {
-	case p.s.MemberOfAttribute != "":
-		id.Groups, err = p.memberOf(entry)
-	case p.s.GroupFilter != "":
-		if p.s.BindDN != "" {
-			// Groups are read as the service account: users may not see them.
-			if err := conn.Bind(p.s.BindDN, p.s.bindPassword); err != nil {
-				return auth.Identity{}, fmt.Errorf("LDAP: binding as the service account %s: %w", p.s.BindDN, err)
-			}
+	if p.s.BindDN != "" && p.s.MemberOfAttribute == "" && p.s.GroupFilter != "" {
+		// Groups are read as the service account: users may not see them.
+		if err := conn.Bind(p.s.BindDN, p.s.bindPassword); err != nil {
+			return auth.Identity{}, fmt.Errorf("LDAP: binding as the service account %s: %w", p.s.BindDN, err)
 		}
-		id.Groups, err = p.searchGroups(conn, entry.DN, id.User)
 	}
-	if err != nil {
+	var err error
+	if id.Groups, err = p.groups(conn, entry, id.User); err != nil {
 		return auth.Identity{}, err
 	}
 	return id, nil
+}
+
+// groups reads the groups of the user whose entry is given, as whoever conn is bound as.
+func (p *Provider) groups(conn *goldap.Conn, entry *goldap.Entry, user string) ([]string, error) {
+	switch {
+	case p.s.MemberOfAttribute != "":
+		return p.memberOf(entry)
+	case p.s.GroupFilter != "":
+		return p.searchGroups(conn, entry.DN, user)
+	}
+	return nil, nil
 }
 
 // findUser searches for the one entry of username. None, or more than one, is a refused

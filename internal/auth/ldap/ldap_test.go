@@ -16,6 +16,8 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap/ldaptest"
+	"flotilla.dev/internal/store/sqlite"
+	"flotilla.dev/internal/store/sqlstore"
 )
 
 const (
@@ -435,5 +437,61 @@ func TestConnectionBound(t *testing.T) {
 	cancel1()
 	if err := <-first; err == nil || errors.Is(err, auth.ErrUnauthenticated) {
 		t.Fatalf("first login, cancelled: got %v", err)
+	}
+}
+
+// Sessions of LDAP users follow the directory: with a real slapd, alice taken out of a group
+// loses it at the next refresh, bob deleted from the directory loses his session, both
+// without logging in again.
+func TestRefreshFollowsTheDirectory(t *testing.T) {
+	s := directory(t)
+	p := newProvider(t, searchConfig(t, s))
+	cfg := sqlstore.DefaultConfig()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	a := auth.NewAuthenticator(st)
+	a.ConfigureLogin(auth.LoginConfig{Providers: []auth.PasswordProvider{p}, Logger: slog.New(slog.DiscardHandler)})
+	ctx := context.Background()
+	session := func(user, pw string) string {
+		resp, err := a.Login(ctx, api.LoginRequest{Provider: api.ProviderLDAP, Username: user, Password: pw}, "127.0.0.1")
+		if err != nil {
+			t.Fatalf("login %s: %v", user, err)
+		}
+		return resp.Token
+	}
+	alice, bob := session("alice", alicePass), session("bob", bobPass)
+
+	if id, err := p.Lookup(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	} else {
+		sameGroups(t, id, "admins", "devs")
+	}
+	if _, err := p.Lookup(ctx, "nobody"); !errors.Is(err, auth.ErrUserNotFound) {
+		t.Errorf("looking up a user the directory lacks: %v, want ErrUserNotFound", err)
+	}
+	if _, err := p.Lookup(ctx, "twin"); !errors.Is(err, auth.ErrUserNotFound) {
+		t.Errorf("looking up a name two entries share: %v, want ErrUserNotFound", err)
+	}
+	if _, err := newProvider(t, directConfig(s)).Lookup(ctx, "alice"); !errors.Is(err, ErrCannotLookUp) {
+		t.Errorf("looking up without a service account: %v", err)
+	}
+
+	s.RemoveMember(t, "cn=devs,"+groupBase, "uid=alice,"+peopleBase)
+	s.Delete(t, "uid=bob,"+peopleBase)
+	res, err := a.RefreshGroupsOnce(ctx, p)
+	if err != nil || res != (auth.RefreshResult{Refreshed: 1, Changed: 1, Revoked: 1}) {
+		t.Fatalf("refresh: %+v, %v", res, err)
+	}
+	id, err := a.Authenticate(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameGroups(t, *id, "admins")
+	if _, err := a.Authenticate(ctx, bob); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Errorf("bob's session after he left the directory: %v", err)
 	}
 }

@@ -222,6 +222,38 @@ func (s *Server) Add(t testing.TB, dn string, attrs map[string][]string) {
 	}
 }
 
+// Delete removes an entry as the directory's root.
+func (s *Server) Delete(t testing.TB, dn string) {
+	t.Helper()
+	s.root(t, func(c *goldap.Conn) error { return c.Del(goldap.NewDelRequest(dn, nil)) })
+}
+
+// RemoveMember takes a member DN out of a group as the directory's root.
+func (s *Server) RemoveMember(t testing.TB, groupDN, memberDN string) {
+	t.Helper()
+	s.root(t, func(c *goldap.Conn) error {
+		req := goldap.NewModifyRequest(groupDN, nil)
+		req.Delete("member", []string{memberDN})
+		return c.Modify(req)
+	})
+}
+
+// root runs f on a connection bound as the directory's root.
+func (s *Server) root(t testing.TB, f func(*goldap.Conn) error) {
+	t.Helper()
+	c, err := goldap.DialURL(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Bind(RootDN, RootPassword); err != nil {
+		t.Fatal(err)
+	}
+	if err := f(c); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // AddUser adds an inetOrgPerson with a uid under ou=people, creating that OU on first use,
 // and returns its DN.
 func (s *Server) AddUser(t testing.TB, uid, password string) string {
