@@ -307,9 +307,9 @@ func renderChart(ctx context.Context, m *meter, files Files, dir string, opts ap
 }
 
 // helmTemplate renders rel's chart as `helm template --include-crds` does (no cluster),
-// post-rendered by rel when postRender is set. It uses a copy of Helm's engine that keeps to m's
-// budget (package helmtpl) rather than Helm's action package, which would also link Helm's SQL
-// release storage into the agent.
+// post-rendered by rel when postRender is set, with Helm v4's chart and values packages. It
+// renders with a copy of Helm v4's engine that keeps to m's budget (package helmtpl) rather than
+// Helm's action package, whose engine nothing can stop once a template runs.
 func helmTemplate(ctx context.Context, m *meter, rel *HelmRelease, postRender bool) (string, []*unstructured.Unstructured, error) {
 	if err := ctx.Err(); err != nil {
 		return "", nil, err

@@ -31,8 +31,8 @@ limitations under the License.
 // either.
 //
 // Changes from Helm's engine (engine.go; funcs.go and files.go are Helm's, package renamed):
-// Meter; no lookup function (rendering is offline), no lint mode, no custom functions, no
-// context (Helm's is only for lookup).
+// Meter; lookup always finds nothing (rendering is offline, as `helm template`), no lint mode, no
+// custom functions, no context (Helm's is only for lookup).
 package helmtpl
 
 import (
