@@ -9,10 +9,12 @@ import (
 )
 
 // flotilla-agent is an edge binary: it links none of deps.Edge, nor the server's packages.
+// It renders and installs charts with Helm v4 only: a second Helm's chart packages would cost
+// megabytes of binary and RSS.
 func TestDependencies(t *testing.T) {
 	deps.Forbid(t, ".", append(deps.Edge,
 		"flotilla.dev/internal/server", "flotilla.dev/internal/apiserver", "flotilla.dev/internal/cli",
-		"flotilla.dev/internal/fleet", "flotilla.dev/internal/gitops")...)
+		"flotilla.dev/internal/fleet", "flotilla.dev/internal/gitops", "helm.sh/helm/v3")...)
 }
 
 // The agent runs on Arm boxes as well as x86 ones.

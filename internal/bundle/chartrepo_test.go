@@ -9,10 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/provenance"
-	"helm.sh/helm/v3/pkg/repo"
+	"helm.sh/helm/v4/pkg/chart/common"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
+	"helm.sh/helm/v4/pkg/provenance"
+	repo "helm.sh/helm/v4/pkg/repo/v1"
 
 	"flotilla.dev/api"
 )
@@ -27,7 +28,7 @@ func chartRepo(t *testing.T, charts map[string][]string) (*httptest.Server, stri
 		for _, v := range versions {
 			ch := &chart.Chart{
 				Metadata: &chart.Metadata{APIVersion: chart.APIVersionV2, Name: name, Version: v},
-				Templates: []*chart.File{{Name: "templates/cm.yaml", Data: []byte(
+				Templates: []*common.File{{Name: "templates/cm.yaml", Data: []byte(
 					"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Chart.Name }}\ndata:\n  version: {{ .Chart.Version | quote }}\n  color: {{ .Values.color | default \"none\" | quote }}\n")}},
 			}
 			p, err := chartutil.Save(ch, dir)

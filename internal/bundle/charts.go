@@ -14,9 +14,9 @@ import (
 	"strings"
 
 	"github.com/Masterminds/semver/v3"
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/registry"
-	"helm.sh/helm/v3/pkg/repo"
+	"helm.sh/helm/v4/pkg/chart/loader/archive"
+	"helm.sh/helm/v4/pkg/registry"
+	repo "helm.sh/helm/v4/pkg/repo/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -29,14 +29,14 @@ type chartFetcher struct {
 	plainHTTP bool
 	maxBytes  int64
 	indexes   map[string]*repo.IndexFile
-	charts    map[string][]*loader.BufferedFile
+	charts    map[string][]*archive.BufferedFile
 }
 
 func newChartFetcher(client *http.Client, plainHTTP bool, maxBytes int64) *chartFetcher {
 	if client == nil {
 		client = http.DefaultClient
 	}
-	return &chartFetcher{client: client, plainHTTP: plainHTTP, maxBytes: maxBytes, indexes: map[string]*repo.IndexFile{}, charts: map[string][]*loader.BufferedFile{}}
+	return &chartFetcher{client: client, plainHTTP: plainHTTP, maxBytes: maxBytes, indexes: map[string]*repo.IndexFile{}, charts: map[string][]*archive.BufferedFile{}}
 }
 
 // isRemoteChart reports whether a helm.chart/helm.repo pair names a chart outside the repository.
@@ -45,7 +45,7 @@ func isRemoteChart(chartRef, repoURL string) bool {
 }
 
 // fetch returns the files of the chart (names relative to the chart's root) and its name.
-func (f *chartFetcher) fetch(ctx context.Context, chartRef, repoURL, version string) (string, []*loader.BufferedFile, error) {
+func (f *chartFetcher) fetch(ctx context.Context, chartRef, repoURL, version string) (string, []*archive.BufferedFile, error) {
 	key := chartRef + "\x00" + repoURL + "\x00" + version
 	name := path.Base(strings.TrimSuffix(chartRef, "/"))
 	if files, ok := f.charts[key]; ok {
@@ -71,7 +71,7 @@ func (f *chartFetcher) fetch(ctx context.Context, chartRef, repoURL, version str
 	if err != nil {
 		return "", nil, err
 	}
-	files, err := loader.LoadArchiveFiles(bytes.NewReader(data))
+	files, err := archive.LoadArchiveFiles(bytes.NewReader(data))
 	if err != nil {
 		return "", nil, fmt.Errorf("reading chart archive of %s: %w", chartRef, err)
 	}

@@ -14,9 +14,11 @@ import (
 	"sync"
 	"testing"
 
-	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/loader/archive"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
 )
 
 const (
@@ -46,7 +48,7 @@ func (r *ociRegistry) push(t *testing.T, repository, name, version string) {
 	t.Helper()
 	ch := &chart.Chart{
 		Metadata: &chart.Metadata{APIVersion: chart.APIVersionV2, Name: name, Version: version},
-		Templates: []*chart.File{{Name: "templates/cm.yaml", Data: []byte(
+		Templates: []*common.File{{Name: "templates/cm.yaml", Data: []byte(
 			"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Chart.Name }}\ndata:\n  version: {{ .Chart.Version | quote }}\n  color: {{ .Values.color | default \"none\" | quote }}\n")}},
 	}
 	p, err := chartutil.Save(ch, t.TempDir())
@@ -220,7 +222,7 @@ func TestScanOCIChart(t *testing.T) {
 		if len(charts) != 1 || !strings.HasPrefix(charts[0], ".chart/") {
 			t.Fatalf("%s chart files = %v, want one under .chart/", tt.bundle, charts)
 		}
-		md, err := loader.LoadFiles([]*loader.BufferedFile{{Name: "Chart.yaml", Data: src.Files[charts[0]]}})
+		md, err := loader.LoadFiles([]*archive.BufferedFile{{Name: "Chart.yaml", Data: src.Files[charts[0]]}})
 		if err != nil {
 			t.Fatalf("%s: %s: %v", tt.bundle, charts[0], err)
 		}

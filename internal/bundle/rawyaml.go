@@ -10,7 +10,8 @@ import (
 	"strings"
 
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
-	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v4/pkg/chart/common"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -45,7 +46,7 @@ func rawObjects(ctx context.Context, m *meter, files Files, opts api.BundleDeplo
 		}
 	}
 	var objs []*unstructured.Unstructured
-	var templates []*chart.File
+	var templates []*common.File
 	for _, name := range slices.Sorted(maps.Keys(work)) {
 		switch {
 		case name == FleetYAMLName || name == fleetYAMLAltName:
@@ -57,7 +58,7 @@ func rawObjects(ctx context.Context, m *meter, files Files, opts api.BundleDeplo
 		case slices.ContainsFunc(ignore, func(p string) bool { return strings.HasPrefix(name, p) }):
 			continue
 		case strings.HasPrefix(name, "templates/"):
-			templates = append(templates, &chart.File{Name: name, Data: work[name]})
+			templates = append(templates, &common.File{Name: name, Data: work[name]})
 			continue
 		}
 		o, err := parseObjects(m, name, work[name], true)
@@ -77,7 +78,7 @@ func rawObjects(ctx context.Context, m *meter, files Files, opts api.BundleDeplo
 }
 
 // renderTemplates renders a raw bundle's templates/ directory as the chart Fleet would wrap it in.
-func renderTemplates(ctx context.Context, m *meter, templates []*chart.File, opts api.BundleDeploymentOptions, releaseName string) ([]*unstructured.Unstructured, error) {
+func renderTemplates(ctx context.Context, m *meter, templates []*common.File, opts api.BundleDeploymentOptions, releaseName string) ([]*unstructured.Unstructured, error) {
 	rel := &HelmRelease{
 		ReleaseName: releaseName,
 		Namespace:   releaseNamespace(opts),

@@ -11,10 +11,13 @@ import (
 	"strings"
 	"time"
 
-	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/releaseutil"
+	"helm.sh/helm/v4/pkg/chart/common"
+	chartvalues "helm.sh/helm/v4/pkg/chart/common/util"
+	"helm.sh/helm/v4/pkg/chart/loader/archive"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
+	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"flotilla.dev/api"
@@ -39,7 +42,8 @@ type HelmRelease struct {
 	// Namespace is the release's namespace: the bundle's namespace, else its defaultNamespace,
 	// else "default".
 	Namespace string
-	Chart     *chart.Chart
+	// Chart is the loaded chart, in the type Helm v4's SDK installs.
+	Chart *chart.Chart
 	// Values are the bundle's values, merged and templated for the cluster. ValuesFrom are still
 	// to be read from the cluster and merged over them.
 	Values     map[string]any
@@ -239,15 +243,15 @@ func cleanRel(p string) string {
 	return p
 }
 
-func filesUnder(files Files, dir string) []*loader.BufferedFile {
-	var out []*loader.BufferedFile
+func filesUnder(files Files, dir string) []*archive.BufferedFile {
+	var out []*archive.BufferedFile
 	prefix := ""
 	if dir != "" {
 		prefix = dir + "/"
 	}
 	for _, name := range files.Names() {
 		if rest, ok := strings.CutPrefix(name, prefix); ok {
-			out = append(out, &loader.BufferedFile{Name: rest, Data: files[name]})
+			out = append(out, &archive.BufferedFile{Name: rest, Data: files[name]})
 		}
 	}
 	return out
@@ -303,9 +307,9 @@ func renderChart(ctx context.Context, m *meter, files Files, dir string, opts ap
 }
 
 // helmTemplate renders rel's chart as `helm template --include-crds` does (no cluster),
-// post-rendered by rel when postRender is set. It uses a copy of Helm's engine that keeps to m's
-// budget (package helmtpl) rather than Helm's action package, which would also link Helm's SQL
-// release storage into the agent.
+// post-rendered by rel when postRender is set, with Helm v4's chart and values packages. It
+// renders with a copy of Helm v4's engine that keeps to m's budget (package helmtpl) rather than
+// Helm's action package, whose engine nothing can stop once a template runs.
 func helmTemplate(ctx context.Context, m *meter, rel *HelmRelease, postRender bool) (string, []*unstructured.Unstructured, error) {
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
@@ -317,7 +321,7 @@ func helmTemplate(ctx context.Context, m *meter, rel *HelmRelease, postRender bo
 	if ch.Metadata != nil && ch.Metadata.Type != "" && ch.Metadata.Type != "application" {
 		return "", nil, fmt.Errorf("%s charts are not installable", ch.Metadata.Type)
 	}
-	caps := chartutil.DefaultCapabilities.Copy()
+	caps := common.DefaultCapabilities.Copy()
 	if ch.Metadata != nil && ch.Metadata.KubeVersion != "" && !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, caps.KubeVersion.String()) {
 		return "", nil, fmt.Errorf("chart requires kubeVersion %s, incompatible with Kubernetes %s", ch.Metadata.KubeVersion, caps.KubeVersion.String())
 	}
@@ -325,11 +329,11 @@ func helmTemplate(ctx context.Context, m *meter, rel *HelmRelease, postRender bo
 	if vals == nil {
 		vals = map[string]any{}
 	}
-	if err := chartutil.ProcessDependenciesWithMerge(ch, vals); err != nil {
+	if err := chartutil.ProcessDependencies(ch, vals); err != nil {
 		return "", nil, err
 	}
-	opts := chartutil.ReleaseOptions{Name: rel.ReleaseName, Namespace: rel.Namespace, Revision: 1, IsInstall: true}
-	values, err := chartutil.ToRenderValuesWithSchemaValidation(ch, vals, opts, caps, rel.SkipSchemaValidation)
+	opts := common.ReleaseOptions{Name: rel.ReleaseName, Namespace: rel.Namespace, Revision: 1, IsInstall: true}
+	values, err := chartvalues.ToRenderValuesWithSchemaValidation(ch, vals, opts, caps, rel.SkipSchemaValidation)
 	if err != nil {
 		return "", nil, err
 	}

@@ -17,7 +17,7 @@ import (
 	"strings"
 	"syscall"
 
-	"helm.sh/helm/v3/pkg/chart"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"sigs.k8s.io/yaml"
 
 	"flotilla.dev/api"

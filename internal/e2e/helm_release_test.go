@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chartutil"
+	chartv3 "helm.sh/helm/v3/pkg/chart"
 	releasev3 "helm.sh/helm/v3/pkg/release"
 	driverv3 "helm.sh/helm/v3/pkg/storage/driver"
 	helmtime "helm.sh/helm/v3/pkg/time"
+	"helm.sh/helm/v4/pkg/chart/common"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -54,17 +56,29 @@ func helmCLI(t *testing.T) string {
 	return ""
 }
 
-func greetingChart() *chart.Chart {
-	return &chart.Chart{
-		Metadata: &chart.Metadata{APIVersion: chart.APIVersionV2, Name: "greeting", Version: "0.1.0", AppVersion: "1.0"},
-		Templates: []*chart.File{{Name: "templates/configmap.yaml", Data: []byte(`apiVersion: v1
+const greetingTemplate = `apiVersion: v1
 kind: ConfigMap
 metadata:
   name: {{ .Release.Name }}-cfg
 data:
   greeting: {{ .Values.greeting | quote }}
-`)}},
-		Values: map[string]any{"greeting": "hello"},
+`
+
+// greetingChart is a chart as bundle.Render gives it to the agent: Helm v4's chart type.
+func greetingChart() *chart.Chart {
+	return &chart.Chart{
+		Metadata:  &chart.Metadata{APIVersion: chart.APIVersionV2, Name: "greeting", Version: "0.1.0", AppVersion: "1.0"},
+		Templates: []*common.File{{Name: "templates/configmap.yaml", Data: []byte(greetingTemplate)}},
+		Values:    map[string]any{"greeting": "hello"},
+	}
+}
+
+// greetingChartV3 is the same chart in Helm 3's type, for releases written as Helm 3 does.
+func greetingChartV3() *chartv3.Chart {
+	return &chartv3.Chart{
+		Metadata:  &chartv3.Metadata{APIVersion: chartv3.APIVersionV2, Name: "greeting", Version: "0.1.0", AppVersion: "1.0"},
+		Templates: []*chartv3.File{{Name: "templates/configmap.yaml", Data: []byte(greetingTemplate)}},
+		Values:    map[string]any{"greeting": "hello"},
 	}
 }
 
@@ -244,7 +258,7 @@ data:
 	}
 	now := helmtime.Now()
 	rel := &releasev3.Release{
-		Name: name, Namespace: ns, Version: 1, Chart: greetingChart(), Config: map[string]any{"greeting": "old"}, Manifest: manifest,
+		Name: name, Namespace: ns, Version: 1, Chart: greetingChartV3(), Config: map[string]any{"greeting": "old"}, Manifest: manifest,
 		Info: &releasev3.Info{FirstDeployed: now, LastDeployed: now, Status: releasev3.StatusDeployed, Description: "Install complete (flotilla-agent)"},
 	}
 	if err := driverv3.NewSecrets(e.kube.CoreV1().Secrets(ns)).Create("sh.helm.release.v1."+name+".v1", rel); err != nil {

@@ -12,9 +12,10 @@ import (
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
-	"helm.sh/helm/v3/pkg/chart"
 	helmkube "helm.sh/helm/v3/pkg/kube"
 	"helm.sh/helm/v3/pkg/release"
+	"helm.sh/helm/v4/pkg/chart/common"
+	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -462,10 +463,11 @@ func (e *env) testCRD(t *testing.T) {
 	}
 }
 
-func demoChart(version string) *chart.Chart {
-	return &chart.Chart{
-		Metadata: &chart.Metadata{APIVersion: chart.APIVersionV2, Name: "demo", Version: version, AppVersion: "1.0"},
-		Templates: []*chart.File{
+// demoChart is a chart as bundle.Render gives it to the agent: Helm v4's chart type.
+func demoChart(version string) *chartv2.Chart {
+	return &chartv2.Chart{
+		Metadata: &chartv2.Metadata{APIVersion: chartv2.APIVersionV2, Name: "demo", Version: version, AppVersion: "1.0"},
+		Templates: []*common.File{
 			{Name: "templates/configmap.yaml", Data: []byte(`apiVersion: v1
 kind: ConfigMap
 metadata:

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 
-	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/common"
 	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
@@ -75,13 +74,13 @@ func helmDigest(d *Deployment) string {
 	h := sha256.New()
 	enc := json.NewEncoder(h)
 	_ = enc.Encode([]string{releaseName(*d), releaseNamespace(*d), d.ID})
-	var walk func(c *chart.Chart)
-	walk = func(c *chart.Chart) {
+	var walk func(c *chartv2.Chart)
+	walk = func(c *chartv2.Chart) {
 		_ = enc.Encode(c.Metadata)
 		_ = enc.Encode(c.Lock)
 		_ = enc.Encode(c.Values)
 		_ = enc.Encode(c.Schema)
-		for _, files := range [][]*chart.File{c.Templates, c.Files} {
+		for _, files := range [][]*common.File{c.Templates, c.Files} {
 			for _, f := range files {
 				_ = enc.Encode(f.Name)
 				h.Write(f.Data)
@@ -217,47 +216,6 @@ func (c *clientConfig) ClientConfig() (*rest.Config, error)     { return c.g.ToR
 func (c *clientConfig) Namespace() (string, bool, error)        { return c.g.namespace, false, nil }
 func (c *clientConfig) ConfigAccess() clientcmd.ConfigAccess {
 	return clientcmd.NewDefaultPathOptions()
-}
-
-// helmChart converts a chart as the bundle loads it into the chart type of Helm v4's SDK:
-// the two are the same chart (API v2) in two Go types.
-func helmChart(c *chart.Chart) (*chartv2.Chart, error) {
-	if c == nil {
-		return nil, fmt.Errorf("no chart")
-	}
-	out := &chartv2.Chart{Values: c.Values, Schema: c.Schema}
-	if err := convertJSON(c.Metadata, &out.Metadata); err != nil {
-		return nil, fmt.Errorf("chart metadata: %w", err)
-	}
-	if c.Lock != nil {
-		if err := convertJSON(c.Lock, &out.Lock); err != nil {
-			return nil, fmt.Errorf("chart lock: %w", err)
-		}
-	}
-	files := func(in []*chart.File) []*common.File {
-		out := make([]*common.File, len(in))
-		for i, f := range in {
-			out[i] = &common.File{Name: f.Name, Data: f.Data}
-		}
-		return out
-	}
-	out.Raw, out.Templates, out.Files = files(c.Raw), files(c.Templates), files(c.Files)
-	for _, dep := range c.Dependencies() {
-		d, err := helmChart(dep)
-		if err != nil {
-			return nil, err
-		}
-		out.AddDependency(d)
-	}
-	return out, nil
-}
-
-func convertJSON(in, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, out)
 }
 
 // dryRunManifest renders d's chart without the cluster, to learn which objects it makes.

@@ -68,10 +68,7 @@ func (a *Applier) applyRelease(ctx context.Context, log *slog.Logger, d Deployme
 			return failed(old.hash(), fmt.Errorf("helm release %s/%s: %w", ns, name, err))
 		}
 	}
-	ch, err := helmChart(d.Helm.Chart)
-	if err != nil {
-		return failed(old.hash(), fmt.Errorf("helm release %s/%s: %w", ns, name, err))
-	}
+	ch := d.Helm.Chart
 	if err := a.ensureNamespace(ctx, ns); err != nil {
 		return failed(old.hash(), err)
 	}

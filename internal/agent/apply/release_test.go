@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
-	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chartutil"
+	loaderv3 "helm.sh/helm/v3/pkg/chart/loader"
 	helmkube "helm.sh/helm/v3/pkg/kube"
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
+	"helm.sh/helm/v4/pkg/chart/common"
+	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -182,10 +184,15 @@ func (e *env) testHelmStorage(t *testing.T) {
 	if err := chartutil.SaveDir(demoChart("0.1.0"), dir); err != nil {
 		t.Fatal(err)
 	}
+	// The chart as Helm 3's CLI loads it from disk.
+	chv3, err := loaderv3.Load(dir + "/demo")
+	if err != nil {
+		t.Fatal(err)
+	}
 	up := action.NewUpgrade(cfg)
 	up.Namespace = ns
 	up.MaxHistory = 2
-	if _, err := up.RunWithContext(ctx, name, demoChart("0.1.0"), map[string]any{"greeting": "by hand"}); err != nil {
+	if _, err := up.RunWithContext(ctx, name, chv3, map[string]any{"greeting": "by hand"}); err != nil {
 		t.Fatalf("helm upgrade of the agent's release: %v", err)
 	}
 	if cm, _ := e.getCM(t, ns, "store-cfg"); cm.Data["greeting"] != "by hand" {
@@ -252,10 +259,10 @@ func (e *env) testHelmUninstallByHelm(t *testing.T) {
 
 // hookChart has a pre-install Pod hook, a post-install and post-upgrade Job hook deleted
 // when it succeeds, a CRD in crds/ and a custom resource of it.
-func hookChart() *chart.Chart {
+func hookChart() *chartv2.Chart {
 	ch := demoChart("0.3.0")
 	ch.Templates = append(ch.Templates,
-		&chart.File{Name: "templates/pre.yaml", Data: []byte(`apiVersion: v1
+		&common.File{Name: "templates/pre.yaml", Data: []byte(`apiVersion: v1
 kind: Pod
 metadata:
   name: {{ .Release.Name }}-pre
@@ -267,7 +274,7 @@ spec:
   - name: c
     image: busybox
 `)},
-		&chart.File{Name: "templates/post.yaml", Data: []byte(`apiVersion: batch/v1
+		&common.File{Name: "templates/post.yaml", Data: []byte(`apiVersion: batch/v1
 kind: Job
 metadata:
   name: {{ .Release.Name }}-post
@@ -282,7 +289,7 @@ spec:
       - name: c
         image: busybox
 `)},
-		&chart.File{Name: "templates/gadget.yaml", Data: []byte(`apiVersion: example.flotilla.dev/v1
+		&common.File{Name: "templates/gadget.yaml", Data: []byte(`apiVersion: example.flotilla.dev/v1
 kind: Gadget
 metadata:
   name: {{ .Release.Name }}-gadget
@@ -290,7 +297,7 @@ spec:
   size: 1
 `)},
 	)
-	ch.Files = append(ch.Files, &chart.File{Name: "crds/gadgets.yaml", Data: []byte(`apiVersion: apiextensions.k8s.io/v1
+	ch.Files = append(ch.Files, &common.File{Name: "crds/gadgets.yaml", Data: []byte(`apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
   name: gadgets.example.flotilla.dev
@@ -436,7 +443,7 @@ func (e *env) testHelmHooksAndCRDs(t *testing.T) {
 func (e *env) testHelmAtomic(t *testing.T) {
 	const ns, name = "helm-atomic", "atomic"
 	ch := demoChart("0.4.0")
-	ch.Templates = append(ch.Templates, &chart.File{Name: "templates/deploy.yaml", Data: []byte(`apiVersion: apps/v1
+	ch.Templates = append(ch.Templates, &common.File{Name: "templates/deploy.yaml", Data: []byte(`apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: {{ .Release.Name }}-web

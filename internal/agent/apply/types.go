@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"helm.sh/helm/v3/pkg/chart"
+	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
@@ -46,8 +46,9 @@ type HelmRelease struct {
 	// Namespace is the release namespace; DefaultNamespace, then "default",
 	// when empty.
 	Namespace string
-	Chart     *chart.Chart
-	Values    map[string]any
+	// Chart is the chart as bundle.Render loads it (Helm v4's chart API v2 type).
+	Chart  *chart.Chart
+	Values map[string]any
 	// PostRenderer, when set, rewrites the chart's rendered manifest before
 	// the engine stamps and applies it, as Helm's --post-renderer does (the
 	// agent passes the bundle's Kustomize and namespace rules).

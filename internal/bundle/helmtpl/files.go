@@ -23,7 +23,7 @@ import (
 
 	"github.com/gobwas/glob"
 
-	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v4/pkg/chart/common"
 )
 
 // files is a map of files in a chart that can be accessed from a template.
@@ -31,7 +31,7 @@ type files map[string][]byte
 
 // NewFiles creates a new files from chart files.
 // Given an []*chart.File (the format for files in a chart.Chart), extract a map of files.
-func newFiles(from []*chart.File) files {
+func newFiles(from []*common.File) files {
 	files := make(map[string][]byte)
 	for _, f := range from {
 		files[f.Name] = f.Data
@@ -64,7 +64,7 @@ func (f files) Get(name string) string {
 }
 
 // Glob takes a glob pattern and returns another files object only containing
-// matched  files.
+// matched files.
 //
 // This is designed to be called from a template.
 //
