@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -200,33 +201,18 @@ func indexed(q ClusterQuery) bool {
 func (f *Fleet) overviewFromCounts(q ClusterQuery) Overview {
 	o := Overview{ByState: map[string]int{}, ByVersion: map[string]int{}, ByArch: map[string]int{}, ByAgent: map[string]int{},
 		Attention: map[string]int{}, DeploymentsByState: map[string]int{}}
-	sum := newAggCounts()
-	whole := q.Namespace == "" && (q.Selector == nil || q.Selector.Empty()) && q.View == nil
 	if q.CountLabel != "" {
 		o.ByLabel = map[string]int{}
 	}
-	if whole && q.CountLabel == "" {
-		sum = f.agg.all
-	} else {
-		p := &pass{q: q, sel: map[unsafe.Pointer]bool{}, view: map[[2]unsafe.Pointer]bool{}}
-		for _, g := range f.agg.groups {
-			if q.Namespace != "" && g.w.name != q.Namespace {
-				continue
+	sum := f.sumCounts(q, func(g *aggGroup) {
+		if q.CountLabel != "" {
+			v, ok := g.labels[q.CountLabel]
+			if !ok {
+				v = "-"
 			}
-			c := &Cluster{Namespace: g.w.name, Labels: g.labels}
-			if !whole && (!p.selected(c) || !p.visible(f, g.w, c)) {
-				continue
-			}
-			sum.plus(&g.aggCounts)
-			if q.CountLabel != "" {
-				v, ok := g.labels[q.CountLabel]
-				if !ok {
-					v = "-"
-				}
-				o.ByLabel[v] += g.n
-			}
+			o.ByLabel[v] += g.n
 		}
-	}
+	})
 	o.Total = sum.n
 	for i, s := range stateSlots {
 		if sum.state[i] > 0 {
@@ -256,6 +242,32 @@ func (f *Fleet) overviewFromCounts(q ClusterQuery) Overview {
 	return o
 }
 
+// sumCounts adds up the counts of the groups an indexed query selects, calling each (if
+// given) with every one of them; the whole fleet's are kept as one. The caller holds the read
+// lock.
+func (f *Fleet) sumCounts(q ClusterQuery, each ...func(*aggGroup)) aggCounts {
+	whole := q.Namespace == "" && (q.Selector == nil || q.Selector.Empty()) && q.View == nil
+	if whole && len(each) == 0 {
+		return f.agg.all
+	}
+	sum := newAggCounts()
+	p := &pass{q: q, sel: map[unsafe.Pointer]bool{}, view: map[[2]unsafe.Pointer]bool{}}
+	for _, g := range f.agg.groups {
+		if q.Namespace != "" && g.w.name != q.Namespace {
+			continue
+		}
+		c := &Cluster{Namespace: g.w.name, Labels: g.labels}
+		if !whole && (!p.selected(c) || !p.visible(f, g.w, c)) {
+			continue
+		}
+		sum.plus(&g.aggCounts)
+		for _, fn := range each {
+			fn(g)
+		}
+	}
+	return sum
+}
+
 func (a *aggCounts) plus(b *aggCounts) {
 	a.n += b.n
 	a.paused += b.paused
@@ -271,34 +283,48 @@ func (a *aggCounts) plus(b *aggCounts) {
 	}
 }
 
-// countOf answers how many clusters an indexed query with at most one of State,
-// KubernetesVersion, Architecture, AgentVersion and Reason selects, from the counts; ok is
-// false for other queries. The caller holds the read lock.
-func (f *Fleet) countOf(q ClusterQuery) (n int, ok bool) {
+// countOf answers how many clusters q selects without a pass; ok is false when it cannot.
+// From the counts: a query narrowed by workspace, selector and a view on labels, and by
+// either one of State and Reason or any of KubernetesVersion, Architecture and AgentVersion.
+// With a name prefix: by walking the prefix's range of the index. The caller holds the read
+// lock.
+func (f *Fleet) countOf(q ClusterQuery, now time.Time) (n int, ok bool) {
+	if q.View != nil && !q.ViewByLabels {
+		return 0, false
+	}
+	if q.NamePrefix != "" {
+		match := f.matcher(q, now)
+		f.walk(q, "", "", func(w *workspace, c *Cluster) bool {
+			if match(w, c) {
+				n++
+			}
+			return true
+		})
+		return n, true
+	}
 	base := q
 	base.State, base.KubernetesVersion, base.Architecture, base.AgentVersion, base.Reason, base.CountLabel = "", "", "", "", "", ""
-	if !indexed(base) {
+	byInv := q.KubernetesVersion != "" || q.Architecture != "" || q.AgentVersion != ""
+	switch {
+	case q.State != "" && q.Reason != "", (q.State != "" || q.Reason != "") && byInv:
 		return 0, false
-	}
-	set := 0
-	for _, v := range []string{q.State, q.KubernetesVersion, q.Architecture, q.AgentVersion, q.Reason} {
-		if v != "" {
-			set++
+	case byInv:
+		sum := f.sumCounts(base)
+		invs := inventories{}
+		for doc, k := range sum.byInv {
+			inv := invs.get(doc)
+			if (q.KubernetesVersion == "" || orNone(inv.KubernetesVersion) == q.KubernetesVersion) &&
+				(q.Architecture == "" || orNone(inv.Architecture) == q.Architecture) &&
+				(q.AgentVersion == "" || orNone(inv.AgentVersion) == q.AgentVersion) {
+				n += k
+			}
 		}
-	}
-	if set > 1 {
-		return 0, false
+		return n, true
 	}
 	o := f.overviewFromCounts(base)
 	switch {
 	case q.State != "":
 		return o.ByState[q.State], true
-	case q.KubernetesVersion != "":
-		return o.ByVersion[q.KubernetesVersion], true
-	case q.Architecture != "":
-		return o.ByArch[q.Architecture], true
-	case q.AgentVersion != "":
-		return o.ByAgent[q.AgentVersion], true
 	case q.Reason != "":
 		return o.Attention[q.Reason], true
 	}
@@ -340,56 +366,101 @@ func (f *Fleet) matcher(q ClusterQuery, now time.Time) func(w *workspace, c *Clu
 	}
 }
 
-// listInOrder answers a page by walking the B-tree from the page's key: it visits the clusters
-// from there until it has limit+1 that q selects, so a page of a common filter costs about
-// the page, one of a rare filter the clusters it skips. The caller holds the read lock.
-func (f *Fleet) listInOrder(q ClusterQuery, after, before string, limit int, now time.Time) (cs []*Cluster, more, earlier bool) {
+// walk visits the clusters of q's workspace (or of all, in order) whose names start with q's
+// prefix, in list order from after (or, with before set, backwards from before), while fn
+// answers true. The caller holds the read lock.
+func (f *Fleet) walk(q ClusterQuery, after, before string, fn func(w *workspace, c *Cluster) bool) {
+	nss := []string{q.Namespace}
+	if q.Namespace == "" {
+		nss = nss[:0]
+		for ns := range f.workspaces {
+			nss = append(nss, ns)
+		}
+		slices.Sort(nss)
+	}
+	if before != "" {
+		slices.Reverse(nss)
+	}
+	var lo, hi *Cluster
+	if after != "" {
+		lo = boundOf(after)
+	}
+	if before != "" {
+		hi = boundOf(before)
+	}
+	for _, ns := range nss {
+		w := f.workspaces[ns]
+		if w == nil {
+			continue
+		}
+		more := true
+		in := func(c *Cluster) bool {
+			if c.Namespace != ns || !strings.HasPrefix(c.Name, q.NamePrefix) {
+				return false // past the workspace or the prefix: names with it are together
+			}
+			more = fn(w, c)
+			return more
+		}
+		if before != "" {
+			// The last name with the prefix sorts before the prefix and a byte above any in a
+			// name.
+			top := &Cluster{Namespace: ns, Name: q.NamePrefix + "\xff"}
+			if keyLess(hi, top) {
+				top = hi
+			}
+			f.agg.order.DescendLessOrEqual(top, func(c *Cluster) bool {
+				if !keyLess(c, hi) {
+					return true // the bound itself
+				}
+				return in(c)
+			})
+		} else {
+			start := &Cluster{Namespace: ns, Name: q.NamePrefix}
+			if lo != nil && keyLess(start, lo) {
+				start = lo
+			}
+			f.agg.order.AscendGreaterOrEqual(start, func(c *Cluster) bool {
+				if lo != nil && !keyLess(lo, c) {
+					return true // the bound itself
+				}
+				return in(c)
+			})
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+// listInOrder answers a page by walking the index from the page's key: it visits clusters
+// until it has limit+1 that q selects, or as many as total says there are, so a page of a
+// common filter costs about the page, one of a rare filter the clusters it skips. The caller
+// holds the read lock.
+func (f *Fleet) listInOrder(q ClusterQuery, after, before string, limit, total int, now time.Time) (cs []*Cluster, more, earlier bool) {
+	if total == 0 {
+		return nil, false, false
+	}
 	match := f.matcher(q, now)
-	visit := func(c *Cluster) bool {
-		w := f.workspaces[c.Namespace]
-		if w == nil || !match(w, c) {
+	first := after == "" && before == ""
+	f.walk(q, after, before, func(w *workspace, c *Cluster) bool {
+		if !match(w, c) {
 			return true
 		}
 		cs = append(cs, c)
-		return len(cs) <= limit
-	}
-	start := &Cluster{Namespace: q.Namespace, Name: q.NamePrefix}
-	switch {
-	case before != "":
-		f.agg.order.DescendLessOrEqual(boundOf(before), func(c *Cluster) bool {
-			if !keyLess(c, boundOf(before)) {
-				return true // the bound itself
-			}
-			return visit(c)
-		})
-		earlier = len(cs) > limit
-		more = true
+		// From the start, no more than total can match: the walk stops there.
+		return len(cs) <= limit && !(first && len(cs) >= total)
+	})
+	if before != "" {
+		earlier, more = len(cs) > limit, true
 		if earlier {
 			cs = cs[:limit]
 		}
-		for i, j := 0, len(cs)-1; i < j; i, j = i+1, j-1 {
-			cs[i], cs[j] = cs[j], cs[i]
-		}
-	default:
-		if after != "" {
-			if b := boundOf(after); keyLess(start, b) {
-				start = b
-			}
-		}
-		f.agg.order.AscendGreaterOrEqual(start, func(c *Cluster) bool {
-			if after != "" && !keyLess(boundOf(after), c) {
-				return true
-			}
-			if q.Namespace != "" && c.Namespace != q.Namespace {
-				return false // past the workspace
-			}
-			return visit(c)
-		})
-		more = len(cs) > limit
-		earlier = after != ""
-		if more {
-			cs = cs[:limit]
-		}
+		slices.Reverse(cs)
+		return cs, more, earlier
+	}
+	more, earlier = len(cs) > limit, after != ""
+	if more {
+		cs = cs[:limit]
 	}
 	return cs, more, earlier
 }

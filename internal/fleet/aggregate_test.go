@@ -61,12 +61,15 @@ func TestCountsFollowChanges(t *testing.T) {
 			}
 		}
 		for _, q := range []ClusterQuery{{}, {State: api.StateNotReady}, {Reason: ReasonDeployments + api.StateErrApplied}, {Namespace: "ops"},
-			{Architecture: "amd64", Selector: labels.SelectorFromSet(labels.Set{"region": "us"})}} {
-			fast := f.ListClusters(q, "", "", 7)
-			slow := f.listByPass(q, "", "", 7)
-			if fast.Total != slow.Total || !slices.Equal(rowKeys(fast.Rows), rowKeys(slow.Rows)) || fast.More != slow.More {
-				t.Fatalf("%s, list %+v: index %d %v more %v, pass %d %v more %v", step, q, fast.Total, rowKeys(fast.Rows), fast.More,
-					slow.Total, rowKeys(slow.Rows), slow.More)
+			{Architecture: "amd64", Selector: labels.SelectorFromSet(labels.Set{"region": "us"})}, {NamePrefix: "c-1"},
+			{KubernetesVersion: "v1.37.0", Architecture: "arm64", View: eu, ViewByLabels: true}} {
+			for _, at := range [][2]string{{"", ""}, {"fleet-default/c-2", ""}, {"", "ops/c-3"}} {
+				fast := f.ListClusters(q, at[0], at[1], 3)
+				slow := f.listByPass(q, at[0], at[1], 3)
+				if fast.Total != slow.Total || !slices.Equal(rowKeys(fast.Rows), rowKeys(slow.Rows)) || (at[1] == "" && fast.More != slow.More) {
+					t.Fatalf("%s, list %+v from %q: index %d %v more %v, pass %d %v more %v", step, q, at, fast.Total, rowKeys(fast.Rows), fast.More,
+						slow.Total, rowKeys(slow.Rows), slow.More)
+				}
 			}
 		}
 	}

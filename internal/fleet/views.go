@@ -382,9 +382,9 @@ func (f *Fleet) ListClusters(q ClusterQuery, after, before string, limit int) Cl
 	limit = min(max(limit, 1), 500)
 	now := time.Now()
 	f.mu.RLock()
-	if total, ok := f.countOf(q); ok {
+	if total, ok := f.countOf(q, now); ok {
 		// The total from the counts, the page from a walk of the ordered index.
-		cs, more, earlier := f.listInOrder(q, after, before, limit, now)
+		cs, more, earlier := f.listInOrder(q, after, before, limit, total, now)
 		p := ClusterPage{Total: total, More: more, Earlier: earlier}
 		p.Rows = f.rows(cs, now)
 		f.mu.RUnlock()
