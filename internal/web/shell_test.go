@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -236,6 +237,36 @@ func TestShell(t *testing.T) {
 	if code, _, _ := get(t, mallory, k.url+"/clusters/fleet-default/edge/shell"); code != http.StatusForbidden && code != http.StatusNotFound {
 		t.Errorf("mallory's shell page: %d", code)
 	}
+	// The cluster's page loads its recent events live from the cluster, as the user: a
+	// warning comes first; a cluster that never connected is said to be so at once.
+	now := metav1.Now()
+	for i, typ := range []string{"Normal", "Warning", "Normal"} {
+		if _, err := k.cs.CoreV1().Events("default").Create(t.Context(), &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("e%d", i)},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "p"}, Type: typ, Reason: fmt.Sprintf("Reason%d", i),
+			Message: "message " + typ, LastTimestamp: metav1.NewTime(now.Add(time.Duration(i) * time.Second)), Count: 1}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, page := get(t, alice, k.url+"/clusters/fleet-default/edge"); !strings.Contains(page, `hx-get="/clusters/fleet-default/edge/events"`) {
+		t.Errorf("the cluster's page does not load its events")
+	}
+	_, _, frag := get(t, alice, k.url+"/clusters/fleet-default/edge/events")
+	if i1, i2 := strings.Index(frag, "Reason1"), strings.Index(frag, "Reason2"); i1 < 0 || i2 < 0 || i1 > i2 || !strings.Contains(frag, "default/pod/p") {
+		t.Errorf("alice's events of the cluster (the warning Reason1 first):\n%s", frag)
+	}
+	spec, _ = json.Marshal(api.ClusterSpec{})
+	if _, err := k.admin.Create(t.Context(), &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Name: "cold", Namespace: api.DefaultNamespace}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	// (Said without asking for its tunnel: a wait would end in "did not answer".)
+	if _, _, frag = get(t, alice, k.url+"/clusters/fleet-default/cold/events"); !strings.Contains(frag, "not connected") {
+		t.Errorf("events of a cluster that never connected:\n%s", frag)
+	}
+	if _, _, frag = get(t, mallory, k.url+"/clusters/fleet-default/edge/events"); strings.Contains(frag, "Reason1") || !strings.Contains(frag, "events-absent") {
+		t.Errorf("mallory's events of the cluster:\n%s", frag)
+	}
+
 	// Three shells of alice's at once, not four.
 	for i := range 3 {
 		if term, code := k.openShell(t, alice, "edge", k.url); term == nil {

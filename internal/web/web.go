@@ -140,7 +140,7 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{shells: map[string]int{}, cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
 	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error",
-		"users", "roles", "role", "rolebindings", "projects", "audit", "registration", "shell"} {
+		"users", "roles", "role", "rolebindings", "projects", "audit", "registration", "shell", "events"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -165,6 +165,7 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("GET /clusters/{ns}/{name}", secure(h.session(h.cluster)))
 	mux.Handle("POST /clusters/{ns}/{name}/{action}", secure(h.session(h.clusterAction)))
 	mux.Handle("GET /clusters/{ns}/{name}/shell", secure(h.session(h.shellPage)))
+	mux.Handle("GET /clusters/{ns}/{name}/events", secure(h.session(h.clusterEvents)))
 	mux.Handle("GET /clusters/{ns}/{name}/shell/ws", secure(h.session(h.shellSocket)))
 	for plural := range rolloutPlurals {
 		mux.Handle("GET /"+plural, secure(h.session(func(w http.ResponseWriter, r *http.Request, u *user) {
