@@ -24,6 +24,10 @@ type entry struct {
 	ns     string
 	name   string
 	known  bool // user was set by the handler
+	// begun is set once Begin recorded the call: the middleware records nothing more.
+	begun bool
+	// begin writes the record of a call that has started (Begin).
+	begin func(verb string)
 }
 
 type ctxKey struct{}
@@ -52,6 +56,26 @@ func Annotate(ctx context.Context, user string, groups []string, kind, namespace
 	}
 }
 
+// Begin records the call in ctx now, as started (code 101, Switching Protocols) under verb,
+// for a long-lived call whose answer comes only when it ends (the dashboard's shell): who
+// started it, and when, is known at once. The call is then not recorded again when it ends.
+// Outside an audited request it does nothing.
+func Begin(ctx context.Context, verb string) {
+	e, _ := ctx.Value(ctxKey{}).(*entry)
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	if e.begun || e.begin == nil {
+		e.mu.Unlock()
+		return
+	}
+	e.begun = true
+	begin := e.begin
+	e.mu.Unlock()
+	begin(verb)
+}
+
 // AnnotateName records the object's name once it is known only from the body (a create).
 func AnnotateName(ctx context.Context, name string) { Annotate(ctx, "", nil, "", "", name) }
 
@@ -73,40 +97,54 @@ func (l *Log) Middleware(next http.Handler) http.Handler {
 		e := &entry{}
 		ctx := context.WithValue(context.WithValue(r.Context(), ctxKey{}, e), idKey{}, id)
 		r2 := r.WithContext(ctx)
+		e.begin = func(verb string) {
+			rec := l.record(r, r2, e, http.StatusSwitchingProtocols, id)
+			rec.Verb = verb
+			l.enqueue(rec)
+		}
 		rw := &responseWriter{ResponseWriter: w}
 		next.ServeHTTP(rw, r2)
 		code := rw.code
 		if code == 0 {
 			code = http.StatusOK
 		}
-		if !audited(r.Method, r.URL.Path, code) {
+		e.mu.Lock()
+		begun := e.begun
+		e.mu.Unlock()
+		if begun || !audited(r.Method, r.URL.Path, code) {
 			return
 		}
-		rec := api.AuditRecord{Time: l.now().UTC(), RequestID: id, Method: r.Method, Path: redactedPath(r.URL),
-			Code: code, Source: sourceOf(r.RemoteAddr), DryRun: r.URL.Query().Has("dryRun")}
-		e.mu.Lock()
-		rec.User, rec.Groups, rec.Kind, rec.Namespace, rec.Name = e.user, e.groups, e.kind, e.ns, e.name
-		known := e.known
-		e.mu.Unlock()
-		// What the mux learned from the path fills what no handler said.
-		if rec.Namespace == "" {
-			rec.Namespace = r2.PathValue("ns")
-		}
-		if rec.Name == "" {
-			rec.Name = r2.PathValue("name")
-		}
-		if rec.Kind == "" {
-			if k, ok := api.LookupKind(r2.PathValue("plural")); ok {
-				rec.Kind = k.Kind
-			}
-		}
-		if !known && code != http.StatusUnauthorized && l.identify != nil {
-			rec.User, rec.Groups = l.identify(r)
-		}
-		rec.Verb, rec.Kind = verbOf(r, rec.Kind, rec.Name)
+		rec := l.record(r, r2, e, code, id)
 		rec.Reason, rec.Message = rw.reason(code)
-		l.enqueue(&rec)
+		l.enqueue(rec)
 	})
+}
+
+// record is the record of request r (r2 as the handlers saw it) answered with code.
+func (l *Log) record(r, r2 *http.Request, e *entry, code int, id string) *api.AuditRecord {
+	rec := api.AuditRecord{Time: l.now().UTC(), RequestID: id, Method: r.Method, Path: redactedPath(r.URL),
+		Code: code, Source: sourceOf(r.RemoteAddr), DryRun: r.URL.Query().Has("dryRun")}
+	e.mu.Lock()
+	rec.User, rec.Groups, rec.Kind, rec.Namespace, rec.Name = e.user, e.groups, e.kind, e.ns, e.name
+	known := e.known
+	e.mu.Unlock()
+	// What the mux learned from the path fills what no handler said.
+	if rec.Namespace == "" {
+		rec.Namespace = r2.PathValue("ns")
+	}
+	if rec.Name == "" {
+		rec.Name = r2.PathValue("name")
+	}
+	if rec.Kind == "" {
+		if k, ok := api.LookupKind(r2.PathValue("plural")); ok {
+			rec.Kind = k.Kind
+		}
+	}
+	if !known && code != http.StatusUnauthorized && l.identify != nil {
+		rec.User, rec.Groups = l.identify(r)
+	}
+	rec.Verb, rec.Kind = verbOf(r, rec.Kind, rec.Name)
+	return &rec
 }
 
 // audited says whether a call is kept: every mutating call, every denial, and every call to a

@@ -107,6 +107,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	cmd.AddCommand(newRotateKeysCmd(g))
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTPS listen address")
+	f.StringVar(&cfg.ExternalURL, "external-url", os.Getenv("FLOTILLA_EXTERNAL_URL"), "the server's address as agents and users reach it, https://HOST[:PORT] (env FLOTILLA_EXTERNAL_URL): written into the dashboard's agent install command and into kubeconfigs; default the address each request was made to")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (SQLite database, certificates)")
 	f.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (env FLOTILLA_DB); default the embedded SQLite")
 	f.StringVar(&cfg.SQLiteSynchronous, "sqlite-synchronous", "full", "SQLite durability: full syncs every commit to disk; normal is faster but a power loss or OS crash can lose the last acknowledged writes")

@@ -89,6 +89,8 @@ type Fleet struct {
 	mu         sync.RWMutex
 	workspaces map[string]*workspace
 	byUID      map[string]*Cluster
+	// agg is the dashboard's counts and the clusters in list order (aggregate.go).
+	agg aggIndex
 	// loadRev is the store revision the model was loaded at.
 	loadRev  int64
 	ready    atomic.Bool
@@ -150,6 +152,7 @@ type Cluster struct {
 	counts     stateCounts // effective state → n, over this cluster's deployments
 	access     *accessReport
 	projects   map[string]struct{} // projects whose usage the cluster reported
+	agg        aggIn               // what the cluster added to the dashboard's counts
 }
 
 // stateIndex is the index of a known state in states, or -1.
@@ -338,7 +341,7 @@ func New(st Store, cfg Config) *Fleet {
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
-	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{},
+	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, agg: newAggIndex(), waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{},
 		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{},
 		usage: map[string]map[string]map[string]map[string]string{}, dirtyProjects: map[string]struct{}{}}
 }
@@ -501,6 +504,8 @@ func (f *Fleet) recount(b *bundleEntry, c *Cluster, old, now string) {
 		c.counts.add(now, 1)
 		b.desired++
 	}
+	f.aggRecount(c, old, now)
+	f.aggTouch(c)
 	if now != "" && now != api.StateReady {
 		b.notReady[c] = struct{}{}
 	} else {
@@ -820,6 +825,7 @@ func (f *Fleet) reportSlot(ctx context.Context, ns, name, uid string, now time.T
 			return nil, ErrUnknownCluster
 		}
 		c.seen.Store(now.UnixNano())
+		f.aggTouch(c)
 		busy := f.reporting[c]
 		if busy == nil {
 			return c, nil
@@ -842,11 +848,13 @@ func (f *Fleet) setInventory(c *Cluster, inv *api.ClusterInventory) {
 	if raw, _ := json.Marshal(inv); string(raw) != c.inventory {
 		c.inventory = internJSON(raw)
 		f.dirtyClusters[c] = struct{}{}
+		f.aggTouch(c)
 	}
 }
 
 // applyReport takes a stored report into the model. The caller holds the lock.
 func (f *Fleet) applyReport(c *Cluster, seq int64, inv *api.ClusterInventory, rows []store.DeploymentStatus, removed []string) {
+	defer f.aggTouch(c)
 	c.seq = max(c.seq, seq)
 	f.setInventory(c, inv)
 	// The cluster may have been deleted meanwhile; its detached entry takes the report
@@ -897,12 +905,22 @@ func (f *Fleet) applyReport(c *Cluster, seq int64, inv *api.ClusterInventory, ro
 // Seen records a poll.
 func (f *Fleet) Seen(ns, name string, now time.Time) {
 	f.mu.RLock()
+	var back *Cluster
 	if w := f.workspaces[ns]; w != nil {
 		if c := w.clusters[name]; c != nil {
 			c.seen.Store(now.UnixNano())
+			if c.agg.g != nil && c.agg.state >= stateSlot("Offline") {
+				back = c // counted Offline or Pending: its silence has ended
+			}
 		}
 	}
 	f.mu.RUnlock()
+	if back != nil {
+		// Once per silence: the counts move it under the write lock.
+		f.mu.Lock()
+		f.aggTouch(back)
+		f.mu.Unlock()
+	}
 }
 
 // LastSeen is when the cluster's agent last called this server (zero: not since it started).

@@ -99,7 +99,11 @@ func (f *Fleet) sweep(now time.Time) {
 	}
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
-			if seen := c.lastSeen(); f.clusterState(c, now) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > res) {
+			state := f.clusterState(c, now)
+			if c.agg.g != nil && stateSlot(state) != c.agg.state {
+				f.aggUpdate(w, c, now)
+			}
+			if seen := c.lastSeen(); state != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > res) {
 				f.dirtyClusters[c] = struct{}{}
 			}
 		}

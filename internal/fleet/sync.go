@@ -197,6 +197,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		}
 	}
 	f.clusters.Store(int64(len(f.byUID)))
+	f.aggRebuild(time.Now())
 	f.log.Info("fleet model loaded", "clusters", n, "bundles", nb, "revision", rev, "took", time.Since(start).Round(time.Millisecond))
 	return min(rev, grev, brev), nil
 }
@@ -370,6 +371,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		c.setIDs(name, obj.Metadata.UID, spec.ClientID)
 		w.clusters[c.Name] = c
 		f.byUID[c.UID] = c
+		f.agg.order.ReplaceOrInsert(c)
 		f.clusters.Store(int64(len(f.byUID)))
 		var st struct {
 			State     string          `json:"state"`
@@ -384,6 +386,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	if !isNew && maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
 		// A status write, or a spec change that does not affect targeting.
 		f.setClientID(w, c, spec.ClientID)
+		f.aggUpdate(w, c, time.Now())
 		return
 	}
 	c.Labels = sharedMap(obj.Metadata.Labels)
@@ -392,12 +395,15 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	c.Paused, c.Values = spec.Paused, spec.TemplateValues
 	c.tmplHash = ""
 	f.retarget(w, c, true)
+	f.aggUpdate(w, c, time.Now())
 	f.dirtyGroups[w.name] = struct{}{}
 }
 
 // forgetCluster removes c from the model, its deployments from its bundles' counts, and its
 // stored status rows.
 func (f *Fleet) forgetCluster(w *workspace, c *Cluster) {
+	f.aggRemove(c)
+	f.agg.order.Delete(c)
 	for _, p := range c.deps {
 		if b := w.bundles[p.bundle]; b != nil {
 			f.recount(b, c, p.effective(), "")

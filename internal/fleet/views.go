@@ -233,8 +233,23 @@ func (f *Fleet) each(q ClusterQuery, fn func(w *workspace, c *Cluster, state str
 }
 
 // Overview counts the clusters q selects by state, Kubernetes version, architecture, agent
-// version and attention reason, and their deployments by state.
+// version and attention reason, and their deployments by state. A query narrowed by
+// workspace, selector and a view on labels only is read from the counts the model keeps
+// (aggregate.go); others are one pass.
 func (f *Fleet) Overview(q ClusterQuery) Overview {
+	if !indexed(q) {
+		return f.overviewByPass(q)
+	}
+	start := time.Now()
+	f.mu.RLock()
+	o := f.overviewFromCounts(q)
+	f.mu.RUnlock()
+	o.Took = time.Since(start)
+	return o
+}
+
+// overviewByPass is Overview counted in one pass over the clusters.
+func (f *Fleet) overviewByPass(q ClusterQuery) Overview {
 	start := time.Now()
 	o := Overview{ByState: map[string]int{}, ByVersion: map[string]int{}, ByArch: map[string]int{}, ByAgent: map[string]int{},
 		Attention: map[string]int{}, DeploymentsByState: map[string]int{}}
@@ -365,6 +380,35 @@ func boundOf(key string) *Cluster {
 // limit clusters while it passes over all of them: the cost is one pass, not a sort.
 func (f *Fleet) ListClusters(q ClusterQuery, after, before string, limit int) ClusterPage {
 	limit = min(max(limit, 1), 500)
+	now := time.Now()
+	f.mu.RLock()
+	if total, ok := f.countOf(q, now); ok {
+		// The total from the counts, the page from a walk of the ordered index.
+		cs, more, earlier := f.listInOrder(q, after, before, limit, total, now)
+		p := ClusterPage{Total: total, More: more, Earlier: earlier}
+		p.Rows = f.rows(cs, now)
+		f.mu.RUnlock()
+		return p
+	}
+	f.mu.RUnlock()
+	return f.listByPass(q, after, before, limit)
+}
+
+// rows are the clusters as the list shows them. The caller holds the read lock.
+func (f *Fleet) rows(cs []*Cluster, now time.Time) []ClusterRow {
+	invs := inventories{}
+	rows := make([]ClusterRow, 0, len(cs))
+	for _, c := range cs {
+		r := ClusterRow{Namespace: c.Namespace, Name: c.Name, Labels: c.Labels, State: f.clusterState(c, now), Paused: c.Paused,
+			LastSeen: c.lastSeen(), Inventory: invs.get(c.inventory)}
+		r.Deployments, _ = c.counts.asMap()
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// listByPass is ListClusters in one pass over the clusters, keeping the best limit.
+func (f *Fleet) listByPass(q ClusterQuery, after, before string, limit int) ClusterPage {
 	h := &keyHeap{less: keyLess}
 	if before != "" {
 		h.less = func(a, b *Cluster) bool { return keyLess(b, a) }

@@ -95,6 +95,9 @@ type Config struct {
 	// Tokens and CAPEM serve PathKubeconfig; without Tokens it is not served.
 	Tokens Tokens
 	CAPEM  []byte
+	// ExternalURL is the server's address written into kubeconfigs (https://HOST[:PORT]);
+	// empty means https:// and the address the request was made to.
+	ExternalURL string
 }
 
 // maxBody bounds a proxied request's body; the API server refuses larger ones anyway.
@@ -205,7 +208,11 @@ func (p *Proxy) kubeconfig(w http.ResponseWriter, r *http.Request) {
 	}
 	ctxName := "flotilla-" + ref
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[ctxName] = &clientcmdapi.Cluster{Server: "https://" + r.Host + api.PathK8sClusters + ref, CertificateAuthorityData: p.cfg.CAPEM}
+	server := p.cfg.ExternalURL
+	if server == "" {
+		server = "https://" + r.Host
+	}
+	cfg.Clusters[ctxName] = &clientcmdapi.Cluster{Server: server + api.PathK8sClusters + ref, CertificateAuthorityData: p.cfg.CAPEM}
 	cfg.AuthInfos[ctxName] = &clientcmdapi.AuthInfo{Token: t.Token}
 	cfg.Contexts[ctxName] = &clientcmdapi.Context{Cluster: ctxName, AuthInfo: ctxName}
 	cfg.CurrentContext = ctxName

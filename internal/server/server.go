@@ -14,7 +14,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -106,6 +108,28 @@ type Config struct {
 	// ProxyBodyTimeout and ProxyWriteTimeout are the budgets of a proxied call's request body
 	// and of each write of its answer to a slow client (0: 2m each; see proxy.Config).
 	ProxyBodyTimeout, ProxyWriteTimeout time.Duration
+	// ExternalURL is the server's address as agents and users reach it (https://HOST[:PORT]),
+	// written into the agents' install command and the kubeconfigs the server makes; empty
+	// means the address each request was made to.
+	ExternalURL string
+}
+
+// ParseExternalURL checks an external URL: https, a host, nothing else (no path, query,
+// fragment or credentials), and answers it without a trailing slash.
+func ParseExternalURL(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.Hostname() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.Opaque != "" {
+		return "", fmt.Errorf("external URL %.200q: want https://HOST or https://HOST:PORT", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("external URL %.200q: port %q is not a port", s, p)
+		}
+	}
+	return "https://" + u.Host, nil
 }
 
 // DefaultConfig returns the defaults.
@@ -166,6 +190,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.HistoryWindow == 0 {
 		cfg.HistoryWindow = def.HistoryWindow
 	}
+	ext, err := ParseExternalURL(cfg.ExternalURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ExternalURL = ext
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -208,7 +237,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.log.Info("store open", "driver", driverName(cfg.DB), "took", time.Since(start).Round(time.Millisecond))
 	s.metrics.RegisterObjectCounts(s.store.Count)
 
-	var err error
 	if cfg.TLSCertFile != "" {
 		s.tls, err = pki.LoadFiles(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSCAFile)
 	} else {
@@ -269,7 +297,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics.Registry.MustRegister(s.tunnels.Collectors()...)
 	s.proxy = proxy.New(proxy.Config{Auth: s.auth, Authz: s.authz, Tunnels: s.tunnels, Store: s.store,
 		Labels: s.fleet.Labels, ClusterGroups: s.fleet.ClusterGroupsOf, Wait: cfg.TunnelWait, LastSeen: s.fleet.LastSeen, PollInterval: s.fleet.Interval, Logger: cfg.Logger,
-		BodyTimeout: cfg.ProxyBodyTimeout, WriteTimeout: cfg.ProxyWriteTimeout, Tokens: s.auth, CAPEM: s.tls.CAPEM})
+		BodyTimeout: cfg.ProxyBodyTimeout, WriteTimeout: cfg.ProxyWriteTimeout, Tokens: s.auth, CAPEM: s.tls.CAPEM, ExternalURL: cfg.ExternalURL})
 	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
 		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
@@ -390,7 +418,7 @@ func (s *Server) handler() http.Handler {
 	full := s.audit.Middleware(s.metrics.Instrument(mux))
 	// The dashboard makes its logins, reads and changes through full, as its user.
 	dash, err := web.New(web.Config{API: full, Auth: s.auth, Fleet: s.fleet, ClusterView: resources.ClusterView,
-		TunnelOpen: s.tunnels.IsOpen, OIDC: s.cfg.OIDC.Issuer != "", LDAP: s.ldap != nil, CAChecksum: s.tls.Checksum, Logger: s.log})
+		TunnelOpen: s.tunnels.IsOpen, ServerURL: s.cfg.ExternalURL, OIDC: s.cfg.OIDC.Issuer != "", LDAP: s.ldap != nil, CAChecksum: s.tls.Checksum, Logger: s.log})
 	if err != nil {
 		s.log.Error("the dashboard's templates", "err", err)
 	} else {
@@ -531,7 +559,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		go s.dash.Run(baseCtx)
 	}
 	s.ready.Store(true)
-	s.log.Info("serving", "address", "https://"+ln.Addr().String())
+	if s.cfg.ExternalURL != "" {
+		s.log.Info("serving", "address", "https://"+ln.Addr().String(), "externalURL", s.cfg.ExternalURL)
+	} else {
+		s.log.Info("serving", "address", "https://"+ln.Addr().String(), "externalURL", "unset: install commands and kubeconfigs name the address each request was made to (--external-url)")
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
 	select {

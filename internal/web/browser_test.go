@@ -249,6 +249,18 @@ func TestBrowser(t *testing.T) {
 	shoot(t, ops, "dashboard-cluster.png")
 	ops.checkClean()
 
+	// The kubectl shell: xterm.js in the page, typed into as a terminal (the keys go to the
+	// terminal's own input, as a person's would); help is answered by the server.
+	ops.run("open the shell and type into it",
+		chromedp.Click(chromedp.CSS("#shell")),
+		poll(`document.querySelector('[data-testid="shell-status"]') !== null && document.querySelector('[data-testid="shell-status"]').textContent === 'connected'`),
+		poll(`document.querySelector('.xterm-rows') !== null && document.querySelector('.xterm-rows').textContent.includes(':default>')`),
+		chromedp.Click(chromedp.CSS("#terminal")),
+		chromedp.KeyEvent("help\r"),
+		poll(`document.querySelector('.xterm-rows').textContent.includes('Commands (kubectl')`))
+	shoot(t, ops, "dashboard-shell.png")
+	ops.checkClean()
+
 	// A read-only user sees the clusters but is refused the pause.
 	viewer := open()
 	viewer.login("viewer")

@@ -30,6 +30,9 @@ type registrationData struct {
 	// Command is the agent's command with the new token, shown once.
 	Command string
 	Created string
+	// Guessed is the address the command names when the server has no external URL: the one
+	// the browser used, which agents may not reach.
+	Guessed string
 }
 
 type tokenForm struct {
@@ -153,5 +156,8 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request, u *user) {
 		return
 	}
 	d = registrationData{Form: tokenForm{TTL: "24h"}, Created: obj.Metadata.Name, Command: h.agentCommand(r, st.Token, spec.ClusterName)}
+	if h.cfg.ServerURL == "" {
+		d.Guessed = r.Host
+	}
 	h.registrationPage(w, r, u, http.StatusCreated, "", d)
 }

@@ -108,7 +108,7 @@ func TestDashboardScale(t *testing.T) {
 			size := 0
 			for i := 0; i < 7; i++ {
 				if p == "/" {
-					// Past the overview's one-second cache: every sample is a pass over the model.
+					// Past the overview's one-second cache: every sample computes it again.
 					time.Sleep(1100 * time.Millisecond)
 				}
 				t0 := time.Now()

@@ -78,6 +78,11 @@ type Config struct {
 	// MaxPasses bounds the passes over the fleet model made at once for pages (default 2):
 	// however many users load pages, the dashboard takes at most that many cores.
 	MaxPasses int
+	// ShellsPerUser bounds the kubectl shells a user has open at once (default 3), MaxShells
+	// those of everyone (default 256).
+	ShellsPerUser, MaxShells int
+	// ShellIdle closes a shell after that long without input (default 15 minutes).
+	ShellIdle time.Duration
 	// Now is the clock of the overview's cache and the connected-clusters chart (default
 	// time.Now).
 	Now    func() time.Time
@@ -96,6 +101,9 @@ type Handler struct {
 	live      chan struct{}
 	passes    chan struct{}
 	history   history
+	// shells counts each user's open shells (under mu), shellsOpen everyone's.
+	shells     map[string]int
+	shellsOpen int
 }
 
 type cachedOverview struct {
@@ -120,10 +128,19 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
+	if cfg.ShellsPerUser <= 0 {
+		cfg.ShellsPerUser = 3
+	}
+	if cfg.MaxShells <= 0 {
+		cfg.MaxShells = 256
+	}
+	if cfg.ShellIdle <= 0 {
+		cfg.ShellIdle = 15 * time.Minute
+	}
+	h := &Handler{shells: map[string]int{}, cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, overviews: map[string]cachedOverview{},
 		live: make(chan struct{}, cfg.MaxLive), passes: make(chan struct{}, cfg.MaxPasses)}
 	for _, p := range []string{"login", "overview", "clusters", "cluster", "rollouts", "bundle", "error",
-		"users", "roles", "role", "rolebindings", "projects", "audit", "registration"} {
+		"users", "roles", "role", "rolebindings", "projects", "audit", "registration", "shell", "events"} {
 		t, err := template.New(p).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/charts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -147,6 +164,9 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("GET /clusters", secure(h.session(h.clusters)))
 	mux.Handle("GET /clusters/{ns}/{name}", secure(h.session(h.cluster)))
 	mux.Handle("POST /clusters/{ns}/{name}/{action}", secure(h.session(h.clusterAction)))
+	mux.Handle("GET /clusters/{ns}/{name}/shell", secure(h.session(h.shellPage)))
+	mux.Handle("GET /clusters/{ns}/{name}/events", secure(h.session(h.clusterEvents)))
+	mux.Handle("GET /clusters/{ns}/{name}/shell/ws", secure(h.session(h.shellSocket)))
 	for plural := range rolloutPlurals {
 		mux.Handle("GET /"+plural, secure(h.session(func(w http.ResponseWriter, r *http.Request, u *user) {
 			r.SetPathValue("plural", plural)
@@ -271,6 +291,15 @@ const maxAPIAnswer = 4 << 20
 // call makes an API call through the server's handler as token's holder, from the same
 // address as r, so that the API decides, validates and audits it as any other.
 func (h *Handler) call(r *http.Request, token, method, path, contentType string, body []byte) apiResult {
+	return h.callWith(r, token, method, path, contentType, "application/json", body)
+}
+
+// callAccept is call without a body, asking for an answer of type accept.
+func (h *Handler) callAccept(r *http.Request, token, method, path, accept string) apiResult {
+	return h.callWith(r, token, method, path, "", accept, nil)
+}
+
+func (h *Handler) callWith(r *http.Request, token, method, path, contentType, accept string, body []byte) apiResult {
 	req, err := http.NewRequestWithContext(r.Context(), method, path, bytes.NewReader(body))
 	if err != nil {
 		return apiResult{code: http.StatusBadRequest, body: []byte(err.Error())}
@@ -284,7 +313,7 @@ func (h *Handler) call(r *http.Request, token, method, path, contentType string,
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", accept)
 	req.Header.Set("User-Agent", "flotilla-dashboard")
 	rec := httptest.NewRecorder()
 	h.cfg.API.ServeHTTP(rec, req)

@@ -12,22 +12,25 @@ import (
 	"testing"
 )
 
-// The vendored htmx is the one VENDOR.md names.
+// Every vendored file is the one VENDOR.md names, with its sum.
 func TestVendoredSum(t *testing.T) {
 	doc, err := os.ReadFile("static/VENDOR.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`\| htmx\.min\.js \|[^\n]*\| ([0-9a-f]{64}) \|`).FindSubmatch(doc)
-	if m == nil {
-		t.Fatal("VENDOR.md names no sha256 for htmx.min.js")
-	}
-	b, err := staticFS.ReadFile("static/htmx.min.js")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != string(m[1]) {
-		t.Errorf("htmx.min.js has sha256 %x, VENDOR.md says %s", sum, m[1])
+	for _, file := range []string{"htmx.min.js", "xterm.js", "xterm.css", "addon-fit.js"} {
+		m := regexp.MustCompile(`\| ` + regexp.QuoteMeta(file) + ` \|[^\n]*\| ([0-9a-f]{64}) \|`).FindSubmatch(doc)
+		if m == nil {
+			t.Errorf("VENDOR.md names no sha256 for %s", file)
+			continue
+		}
+		b, err := staticFS.ReadFile("static/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != string(m[1]) {
+			t.Errorf("%s has sha256 %x, VENDOR.md says %s", file, sum, m[1])
+		}
 	}
 }
 
