@@ -173,15 +173,20 @@ func TestProxyGivesRequestBodiesABudget(t *testing.T) {
 	// The body's first byte, then nothing: the client keeps its end open. Over HTTP/1.1
 	// and over HTTP/2, where the deadline is the stream's.
 	h2, h2reg, _ := setupOpt(t, setupOpts{target: target, bodyTimeout: budget, h2: true})
+	// A bare "Upgrade: x" (no "Connection: upgrade") is no upgrade and keeps the budget.
 	for _, s := range []struct {
-		ps  *httptest.Server
-		reg *tunnel.Server
-	}{{ps, reg}, {h2, h2reg}} {
+		ps      *httptest.Server
+		reg     *tunnel.Server
+		upgrade string
+	}{{ps, reg, ""}, {h2, h2reg, ""}, {ps, reg, "x"}} {
 		pr, pw := io.Pipe()
 		go pw.Write([]byte("{"))
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.ps.URL+"/k8s/clusters/edge/api/v1/namespaces/a/configmaps", pr)
 		req.Header.Set("Authorization", "Bearer bob")
+		if s.upgrade != "" {
+			req.Header.Set("Upgrade", s.upgrade)
+		}
 		resp, err := s.ps.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -258,22 +263,29 @@ func TestProxyGivesSlowReadersABudget(t *testing.T) {
 	})
 	for _, h2 := range []bool{false, true} {
 		ps, reg, _ := setupOpt(t, setupOpts{target: target, writeTimeout: budget, h2: h2})
-		// The client's own patience outlasts released's wait: only the budget frees the stream.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ps.URL+"/k8s/clusters/edge/api/v1/pods", nil)
+		// A bare "Upgrade: x" (no "Connection: upgrade"; HTTP/1.1 only, HTTP/2 forbids the
+		// header) is a plain call and keeps the budget.
+		for _, upgrade := range []string{"", "x"}[:map[bool]int{false: 2, true: 1}[h2]] {
+			// The client's own patience outlasts released's wait: only the budget frees the stream.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ps.URL+"/k8s/clusters/edge/api/v1/pods", nil)
+			req.Header.Set("Authorization", "Bearer bob")
+			if upgrade != "" {
+				req.Header.Set("Upgrade", upgrade)
+			}
+			resp, err := ps.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The client reads nothing more and keeps its end open.
+			released(t, reg, fmt.Sprintf("a client that stopped reading (HTTP/2: %v, Upgrade: %q)", h2, upgrade))
+			resp.Body.Close()
+			cancel()
+		}
+
+		req, _ := http.NewRequest(http.MethodGet, ps.URL+"/k8s/clusters/edge/watch", nil)
 		req.Header.Set("Authorization", "Bearer bob")
 		resp, err := ps.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The client reads nothing more and keeps its end open.
-		released(t, reg, fmt.Sprintf("a client that stopped reading (HTTP/2: %v)", h2))
-		resp.Body.Close()
-		cancel()
-
-		req, _ = http.NewRequest(http.MethodGet, ps.URL+"/k8s/clusters/edge/watch", nil)
-		req.Header.Set("Authorization", "Bearer bob")
-		resp, err = ps.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/tools/clientcmd"
@@ -320,7 +321,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadRequest, api.ReasonBadRequest, err.Error())
 		return
 	}
-	upgrade := r.Header.Get("Upgrade") != ""
+	// An upgrade as httputil.ReverseProxy sees one: an Upgrade header without "Connection:
+	// upgrade" is dropped as hop-by-hop and the call forwarded as a plain one, which must keep
+	// its budgets (a bare "Upgrade: x" must not turn them off).
+	upgrade := r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade")
 	if !upgrade && r.ContentLength > maxBody {
 		writeStatus(w, http.StatusRequestEntityTooLarge, api.ReasonTooLarge, fmt.Sprintf("the request body is larger than %d bytes", maxBody))
 		return
@@ -354,17 +358,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.body = &body{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody)}
 		r.Body = t.body
 	}
-	if !upgrade {
-		w = &budgeted{ResponseWriter: w, rc: http.NewResponseController(w), budget: p.cfg.WriteTimeout}
-	}
+	// Upgrades too: one the cluster refuses is answered as a plain call, through Write; one it
+	// accepts hijacks the connection through Unwrap and never writes here.
+	w = &budgeted{ResponseWriter: w, rc: http.NewResponseController(w), budget: p.cfg.WriteTimeout}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
 }
 
 // budgeted gives each write and flush of an answer its own deadline, lifted after it: a
 // client that stops reading fails the write, which ends the call and frees its stream, while
 // the time a watch waits between events costs nothing. (http.Server's WriteTimeout would bound
-// the whole answer, which a watch must not have.) An upgraded call hijacks the connection and
-// is not wrapped.
+// the whole answer, which a watch must not have.) An upgraded call hijacks the connection
+// through Unwrap and has no deadline once upgraded.
 type budgeted struct {
 	http.ResponseWriter
 	rc     *http.ResponseController
