@@ -336,3 +336,25 @@ func TestLegacyKeyMovesOut(t *testing.T) {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// LimitGrace only shortens a ring's grace: a rotated-out key stops opening once it passed.
+func TestLimitGrace(t *testing.T) {
+	r := EphemeralRing("short", time.Hour)
+	old := r.Active()
+	r.LimitGrace(2 * time.Hour)
+	r.LimitGrace(0)
+	if r.Grace() != time.Hour {
+		t.Fatalf("grace %v after lengthening, want 1h", r.Grace())
+	}
+	r.LimitGrace(time.Minute)
+	if _, err := r.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.Lookup(old.ID); !ok {
+		t.Error("the retired key does not open within the grace")
+	}
+	r.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+	if _, ok := r.Lookup(old.ID); ok {
+		t.Error("the retired key still opens after a minute's grace")
+	}
+}

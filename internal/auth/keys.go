@@ -378,6 +378,15 @@ func (r *Ring) valid(k Key, now time.Time) bool {
 // Grace is how long a retired key stays valid.
 func (r *Ring) Grace() time.Duration { return r.grace }
 
+// LimitGrace shortens the ring's grace to d, for a ring whose sealed values live minutes
+// (OIDC login states): a rotated-out key then stops opening them minutes later, not after
+// the credentials' grace. Call it before the ring is used.
+func (r *Ring) LimitGrace(d time.Duration) {
+	if d > 0 && d < r.grace {
+		r.grace = d
+	}
+}
+
 // Reload reads the ring again if it changed in the store (another replica rotated it).
 func (r *Ring) Reload(ctx context.Context) error {
 	if r.keys == nil {

@@ -346,6 +346,9 @@ func (s *Server) openKeys(ctx context.Context) (agentapi.CredentialConfig, *auth
 	if s.loginKeys, err = keys.Ring(ctx, "oidc-login"); err != nil {
 		return creds, nil, err
 	}
+	// What it seals lives minutes: a rotated-out key must not open (or forge) states for the
+	// credentials' grace of weeks.
+	s.loginKeys.LimitGrace(cfg.OIDC.SealedLifetime())
 	if cfg.RotateKeys {
 		for _, r := range []*auth.Ring{creds.Keys, secretKeys, s.loginKeys} {
 			k, err := r.Rotate(ctx)

@@ -167,7 +167,16 @@ type login struct {
 	ReturnTo string `json:"r"`
 	// Challenge is the starter's own S256 challenge.
 	Challenge string `json:"c"`
+	// ID names, and Browser is the value of, the cookie set in the browser that started the
+	// login: the callback is taken only from that browser, so a state (a login link) sent
+	// to others finishes nobody's login but its starter's.
+	ID      string `json:"i"`
+	Browser string `json:"b"`
 }
+
+// cookieName is the name of a login's browser cookie: one per login, so that logins started
+// side by side in one browser each find their own. __Host-: secure, this host only, path /.
+func cookieName(id string) string { return "__Host-flotilla-login-" + id }
 
 // grant is a finished login's session, sealed into the code its starter redeems: the token
 // itself, so that whichever replica is asked hands over that one session (a code redeemed
@@ -310,6 +319,20 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// SealedLifetime is the longest a sealed login state or code lives (with defaults applied):
+// a key ring sealing them needs no longer grace than that.
+func (c Config) SealedLifetime() time.Duration {
+	def := DefaultConfig()
+	l, code := c.LoginTTL, c.CodeTTL
+	if l <= 0 {
+		l = def.LoginTTL
+	}
+	if code <= 0 {
+		code = def.CodeTTL
+	}
+	return max(l, code) + time.Minute // clocks of replicas a little apart
+}
+
 // Register mounts the login routes on mux; a nil Handler mounts nothing.
 func (h *Handler) Register(mux *http.ServeMux) {
 	if h == nil {
@@ -379,13 +402,17 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "the identity provider cannot be reached; try again later")
 		return
 	}
-	l := login{Nonce: randomString(32), Verifier: oauth2.GenerateVerifier(), ReturnTo: returnTo, Challenge: challenge}
+	l := login{Nonce: randomString(32), Verifier: oauth2.GenerateVerifier(), ReturnTo: returnTo, Challenge: challenge,
+		ID: randomString(8), Browser: randomString(32)}
 	state, err := seal(h.keys, purposeState, h.now().Add(h.cfg.LoginTTL), l)
 	if err != nil {
 		h.log.Error("sealing an OIDC login state", "err", err)
 		writeStatus(w, http.StatusInternalServerError, api.ReasonInternal, "starting the login failed")
 		return
 	}
+	// SameSite=Lax: the provider sends the browser back with a top-level GET, which carries it.
+	http.SetCookie(w, &http.Cookie{Name: cookieName(l.ID), Value: l.Browser, Path: "/", Secure: true, HttpOnly: true,
+		SameSite: http.SameSiteLaxMode, MaxAge: int(h.cfg.LoginTTL.Seconds())})
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, oc.AuthCodeURL(state, gooidc.Nonce(l.Nonce), oauth2.S256ChallengeOption(l.Verifier)), http.StatusFound)
 }
@@ -447,6 +474,18 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	l, err := unseal[login](r.Context(), h.keys, purposeState, q.Get("state"), h.now())
 	if err != nil {
 		http.Error(w, "This login has expired or is unknown; start it again.", http.StatusBadRequest)
+		return
+	}
+	c, err := r.Cookie(cookieName(l.ID))
+	if l.ID == "" || err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(l.Browser)) != 1 {
+		http.Error(w, "This login was started in another browser (or its cookie is gone); start it again here.", http.StatusBadRequest)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: cookieName(l.ID), Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode, MaxAge: -1})
+	// Checked at start; again here, so that a state sealed by anyone but start (a leaked key)
+	// still cannot send a code elsewhere.
+	if err := checkReturnTo(l.ReturnTo); err != nil {
+		http.Error(w, "This login's return address is not allowed; start it again.", http.StatusBadRequest)
 		return
 	}
 	id, err := h.finish(r.Context(), l, q)

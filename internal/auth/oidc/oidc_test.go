@@ -89,10 +89,11 @@ func newRig(t *testing.T, edit func(*Config), wrap func(*auth.Authenticator) Ses
 	return r
 }
 
+// browser is a new browser: its own cookies (srv.Client answers one shared client).
 func (r *rig) browser() *http.Client {
-	c := r.srv.Client()
+	c := *r.srv.Client()
 	c.Jar, _ = cookiejar.New(nil)
-	return c
+	return &c
 }
 
 // login runs the browser part as alice (or user) and returns the verifier and where the
@@ -166,8 +167,9 @@ func TestLogin(t *testing.T) {
 	if status, again, raw := r.redeem(code, verifier); status != http.StatusOK || again.Token != tr.Token {
 		t.Errorf("second redemption: %d %s, want the same session", status, raw)
 	}
-	// The callback (state and provider code) cannot be replayed: the provider's code is
-	// single use, so no second session comes of it.
+	// The callback (state and provider code) cannot be replayed: not from another browser
+	// (it lacks the login's cookie; see TestLoginIsBoundToItsBrowser), and the provider's
+	// code is single use, so no second session comes of it.
 	c := r.browser()
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := c.Get(r.callback[0])
@@ -175,9 +177,8 @@ func TestLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	back2, _ := url.Parse(resp.Header.Get("Location"))
-	if resp.StatusCode != http.StatusFound || back2.Query().Get("code") != "" || back2.Query().Get("error") != "access_denied" {
-		t.Errorf("replayed callback: %d to %s, want access_denied", resp.StatusCode, back2)
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Location") != "" {
+		t.Errorf("replayed callback: %d to %q, want 400", resp.StatusCode, resp.Header.Get("Location"))
 	}
 	if n := r.sessions(); n != 1 {
 		t.Errorf("%d sessions, want 1", n)
@@ -195,6 +196,54 @@ func TestLogin(t *testing.T) {
 	r.h.now = func() time.Time { return time.Now().Add(DefaultConfig().CodeTTL + time.Second) }
 	if status, _, raw := r.redeem(code, verifier); status != http.StatusUnauthorized || !strings.Contains(raw, "expired") {
 		t.Errorf("an expired code: %d %s", status, raw)
+	}
+}
+
+// A login link (the provider's URL with its state) started in one browser finishes nothing
+// when opened in another: a link sent to many people logs none of them in for its starter.
+// Each login's cookie is its own, so two logins side by side in one browser both finish.
+func TestLoginIsBoundToItsBrowser(t *testing.T) {
+	r := newRig(t, nil, nil)
+	start := func(c *http.Client) (verifier, provider string) {
+		verifier = oauth2.GenerateVerifier()
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		resp, err := c.Get(r.srv.URL + PathLogin + "?" + url.Values{
+			"redirect_uri":   {loopback},
+			"code_challenge": {oauth2.S256ChallengeFromVerifier(verifier)},
+		}.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		c.CheckRedirect = nil
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("start: %d", resp.StatusCode)
+		}
+		return verifier, resp.Header.Get("Location")
+	}
+	atLoopback := func(u *url.URL) bool { return u.Host == "127.0.0.1:9" }
+	starter := r.browser()
+	v1, link1 := start(starter)
+	v2, link2 := start(starter)
+
+	// Bob opens the starter's link in his own browser and logs in at the provider.
+	u, err := oidctest.Browse(r.browser(), link1, "bob", people["bob"].Password, atLoopback)
+	if err == nil || (u != nil && u.Host == "127.0.0.1:9") || !strings.Contains(err.Error(), "another browser") {
+		t.Fatalf("a link opened in another browser: ended at %v, %v", u, err)
+	}
+	if n := r.sessions(); n != 0 {
+		t.Fatalf("%d sessions after a login from another browser, want 0", n)
+	}
+
+	// The starter finishes both of its logins, the second first.
+	for _, l := range []struct{ verifier, link string }{{v2, link2}, {v1, link1}} {
+		u, err := oidctest.Browse(starter, l.link, "alice", people["alice"].Password, atLoopback)
+		if err != nil || u.Host != "127.0.0.1:9" {
+			t.Fatalf("the starter's own login: %v, %v", u, err)
+		}
+		if status, tr, raw := r.redeem(u.Query().Get("code"), l.verifier); status != http.StatusOK || tr.User != "oidc:alice" {
+			t.Errorf("redeeming: %d %s", status, raw)
+		}
 	}
 }
 
@@ -529,5 +578,28 @@ func TestFailedDiscoveryIsRetriedLater(t *testing.T) {
 	h.discover(context.Background())
 	if got := count(); got != 2 {
 		t.Errorf("after the pause: %d requests, want 2", got)
+	}
+}
+
+// A state sealed with a return address start would refuse (as a leaked key could make) sends
+// no code there: the callback checks the address again.
+func TestCallbackChecksTheReturnAddress(t *testing.T) {
+	r := newRig(t, nil, nil)
+	l := login{Nonce: "n", Verifier: oauth2.GenerateVerifier(), ReturnTo: "https://elsewhere.example/take", Challenge: "c", ID: "id", Browser: "b"}
+	state, err := seal(r.h.keys, purposeState, time.Now().Add(time.Minute), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, r.srv.URL+PathCallback+"?"+url.Values{"state": {state}, "code": {"x"}}.Encode(), nil)
+	req.AddCookie(&http.Cookie{Name: cookieName(l.ID), Value: l.Browser})
+	c := r.browser()
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Location") != "" {
+		t.Errorf("a state returning elsewhere: %d to %q, want 400", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }
