@@ -39,13 +39,14 @@ type fakeLDAP struct {
 	pw     map[string]string
 	groups map[string][]string
 	down   bool
+	broken map[string]bool // users whose lookup fails
 }
 
 func (f *fakeLDAP) Name() string { return api.ProviderLDAP }
 
 // Lookup is GroupSource's: the user's groups as they are now, without the password.
 func (f *fakeLDAP) Lookup(ctx context.Context, user string) (Identity, error) {
-	if f.down {
+	if f.down || f.broken[user] {
 		return Identity{}, errors.New("directory unreachable")
 	}
 	if _, ok := f.pw[user]; !ok {
@@ -823,5 +824,30 @@ func TestRefreshGroups(t *testing.T) {
 	}
 	if g := groups(alice); !slices.Equal(g, []string{"devs"}) {
 		t.Errorf("alice's groups after a failed refresh: %q, want them kept", g)
+	}
+
+	// One user who cannot be read keeps their groups and stops nobody else's refresh.
+	dir.down = false
+	for _, u := range []string{"dave", "erin"} {
+		dir.pw[u] = "ldap password " + u
+	}
+	dave, erin := ldapLogin("dave"), ldapLogin("erin")
+	dir.broken = map[string]bool{"alice": true}
+	dir.groups["erin"] = []string{"ops"}
+	res, err = s.a.RefreshGroupsOnce(ctx, dir)
+	if err == nil || res != (RefreshResult{Refreshed: 2, Changed: 1, Failed: 1}) {
+		t.Errorf("refresh with alice unreadable: %+v, %v; want dave and erin refreshed, alice failed", res, err)
+	}
+	if g := groups(erin); !slices.Equal(g, []string{"ops"}) {
+		t.Errorf("erin's groups: %q, want [ops] despite alice", g)
+	}
+	// Most users "gone" at once (the service account lost its right to read them): nobody
+	// is revoked.
+	dir.broken = nil
+	delete(dir.pw, "alice")
+	delete(dir.pw, "dave")
+	res, err = s.a.RefreshGroupsOnce(ctx, dir)
+	if err == nil || res.Revoked != 0 || !s.works(alice) || !s.works(dave) {
+		t.Errorf("two of three users gone: %+v, %v; want nobody revoked and an error", res, err)
 	}
 }

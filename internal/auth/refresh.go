@@ -35,7 +35,7 @@ func (a *Authenticator) RefreshGroups(ctx context.Context, src GroupSource, ever
 		res, err := a.RefreshGroupsOnce(ctx, src)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			log.Warn("refreshing users' groups; the groups read before stay", "provider", src.Name(), "refreshed", res.Refreshed, "err", err)
+			log.Warn("refreshing users' groups; the groups of users not read stay", "provider", src.Name(), "refreshed", res.Refreshed, "failed", res.Failed, "err", err)
 		case res.Changed > 0 || res.Revoked > 0:
 			log.Info("refreshed users' groups", "provider", src.Name(), "refreshed", res.Refreshed, "changed", res.Changed, "revoked", res.Revoked)
 		}
@@ -43,48 +43,81 @@ func (a *Authenticator) RefreshGroups(ctx context.Context, src GroupSource, ever
 }
 
 // RefreshResult counts what a round of refreshing did: users whose groups were read, of
-// those whose groups changed, and users gone from the provider whose tokens were revoked.
-type RefreshResult struct{ Refreshed, Changed, Revoked int }
+// those whose groups changed, users gone from the provider whose tokens were revoked, and
+// users who could not be read (their groups stay as they were).
+type RefreshResult struct{ Refreshed, Changed, Revoked, Failed int }
 
-// RefreshGroupsOnce is one round of RefreshGroups. It stops at the first failure other than a
-// user gone: a directory that cannot be reached leaves every user as they were.
+// maxFailuresInARow ends a round: a directory that cannot be reached would otherwise cost
+// each remaining user a timeout.
+const maxFailuresInARow = 3
+
+// RefreshGroupsOnce is one round of RefreshGroups. A user who cannot be read keeps their groups
+// and the round goes on (one user in too many groups stops nobody else's refresh), but
+// maxFailuresInARow failures end it. Users gone from the provider lose their tokens only when
+// they are a minority of those read: when most are "gone" at once, the service account more
+// likely lost its right to read them, and revoking everyone would lock the fleet out.
 func (a *Authenticator) RefreshGroupsOnce(ctx context.Context, src GroupSource) (RefreshResult, error) {
 	var res RefreshResult
 	holders, err := a.tokenHolders(ctx)
 	if err != nil {
 		return res, err
 	}
+	var gone []string
+	var firstErr error
+	inARow := 0
+	fail := func(user string, err error) {
+		res.Failed++
+		inARow++
+		if firstErr == nil {
+			firstErr = fmt.Errorf("user %s: %w", user, err)
+		}
+	}
 	for _, user := range holders {
+		if inARow >= maxFailuresInARow || ctx.Err() != nil {
+			break
+		}
 		u, found, err := a.getUser(ctx, user)
 		if err != nil {
-			return res, err
+			fail(user, err)
+			continue
 		}
 		if !found || u.provider() != src.Name() || u.spec.Disabled {
 			continue
 		}
 		id, err := src.Lookup(ctx, user)
 		if errors.Is(err, ErrUserNotFound) {
-			n, err := a.RevokeUser(ctx, user)
-			if err != nil {
-				return res, err
-			}
-			res.Revoked++
-			a.log.Warn("a user is no longer in the identity provider; their tokens are revoked", "provider", src.Name(), "user", user, "tokens", n)
+			inARow = 0
+			gone = append(gone, user)
 			continue
 		}
 		if err != nil {
-			return res, err
+			fail(user, err)
+			continue
 		}
+		inARow = 0
 		changed, err := a.setGroups(ctx, user, src.Name(), id.Groups)
 		if err != nil {
-			return res, err
+			fail(user, err)
+			continue
 		}
 		res.Refreshed++
 		if changed {
 			res.Changed++
 		}
 	}
-	return res, nil
+	if len(gone) > 1 && len(gone) >= res.Refreshed {
+		return res, errors.Join(firstErr, fmt.Errorf("%d users not found against %d read: not revoking anyone (can the service account still read the directory?)", len(gone), res.Refreshed))
+	}
+	for _, user := range gone {
+		n, err := a.RevokeUser(ctx, user)
+		if err != nil {
+			fail(user, err)
+			continue
+		}
+		res.Revoked++
+		a.log.Warn("a user is no longer in the identity provider; their tokens are revoked", "provider", src.Name(), "user", user, "tokens", n)
+	}
+	return res, firstErr
 }
 
 // tokenHolders returns the users holding a live token bound to their User, each once, in order.
