@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -356,5 +358,65 @@ func TestLimitGrace(t *testing.T) {
 	r.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
 	if _, ok := r.Lookup(old.ID); ok {
 		t.Error("the retired key still opens after a minute's grace")
+	}
+}
+
+// slowStore counts Get calls, which take a while.
+type slowStore struct {
+	store.Store
+	gets atomic.Int64
+	slow atomic.Bool
+}
+
+func (s *slowStore) Get(ctx context.Context, k store.Key) (*api.Object, error) {
+	s.gets.Add(1)
+	if s.slow.Load() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return s.Store.Get(ctx, k)
+}
+
+// Many requests naming another replica's new key at once cost one read of the store, and
+// every one of them finds the key after it (not only the one that read).
+func TestReloadSoonReadsOnceForMany(t *testing.T) {
+	ctx := context.Background()
+	st := &slowStore{Store: openStore(t)}
+	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	dir := t.TempDir()
+	ring, err := openKeys(t, st, dir, c).Ring(ctx, "oidc-login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := openKeys(t, st, dir, c).Ring(ctx, "oidc-login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := other.Rotate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.t = c.t.Add(time.Minute)
+	st.slow.Store(true)
+	before := st.gets.Load()
+	var wg sync.WaitGroup
+	var found atomic.Int64
+	start := make(chan struct{})
+	for range 20 {
+		wg.Go(func() {
+			<-start
+			if _, ok := ring.Lookup(next.ID); ok || ring.ReloadSoon(ctx) {
+				if _, ok := ring.Lookup(next.ID); ok {
+					found.Add(1)
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if n := st.gets.Load() - before; n != 1 {
+		t.Errorf("%d reads of the store for 20 requests at once, want 1", n)
+	}
+	if n := found.Load(); n != 20 {
+		t.Errorf("%d of 20 requests found the new key", n)
 	}
 }

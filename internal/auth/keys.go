@@ -394,8 +394,14 @@ func (r *Ring) Reload(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.lastReload.Store(r.now().UnixNano())
+	return r.refreshLocked(ctx)
+}
+
+// refreshLocked is Reload with r.mu held.
+func (r *Ring) refreshLocked(ctx context.Context) error {
+	// Marked once read: callers that came while it was read wait for it (ReloadSoon).
 	obj, err := r.keys.cfg.Store.Get(ctx, r.keys.ringKey(r.name))
+	r.lastReload.Store(r.now().UnixNano())
 	if err != nil {
 		return fmt.Errorf("reading key ring %s: %w", r.name, err)
 	}
@@ -407,11 +413,18 @@ func (r *Ring) Reload(ctx context.Context) error {
 
 // ReloadSoon reloads the ring unless it was reloaded less than a second ago: for a caller
 // that met a key ID it does not know, which may be a rotation by another replica or junk.
+// Callers arriving together (many requests naming one unknown key) wait for one reload and
+// look again; they do not each read the store.
 func (r *Ring) ReloadSoon(ctx context.Context) bool {
 	if r.keys == nil || r.now().UnixNano()-r.lastReload.Load() < int64(time.Second) {
 		return false
 	}
-	return r.Reload(ctx) == nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.now().UnixNano()-r.lastReload.Load() < int64(time.Second) {
+		return true // reloaded while this caller waited
+	}
+	return r.refreshLocked(ctx) == nil
 }
 
 // Rotate makes a new active key. The previous one is retired: it still verifies and decrypts
