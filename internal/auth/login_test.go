@@ -553,6 +553,23 @@ func TestSetPassword(t *testing.T) {
 	}
 	s.mustLogin("bob", newPW)
 	s.mustLogin("alice", newPW)
+
+	// A login whose password was checked just before a change, and whose session is stored
+	// after the change ended the sessions it found, gets none.
+	const third = "a third password of bob's"
+	s.a.login.afterCheck = func() {
+		s.a.login.afterCheck = nil
+		if err := s.admin.SetPassword(ctx, "bob", api.SetPasswordRequest{Password: third}); err != nil {
+			t.Errorf("the admin sets bob's during his login: %v", err)
+		}
+	}
+	if _, err := s.login("bob", newPW); client.Code(err) != http.StatusUnauthorized {
+		t.Errorf("a login with the password changed during it: %v, want 401", err)
+	}
+	if after, _ := s.a.ListUserTokens(ctx, "bob"); len(after) != 0 {
+		t.Errorf("bob has %d tokens after the login raced his password change, want none", len(after))
+	}
+	s.mustLogin("bob", third)
 }
 
 // A provider's user gets its User object at first login, refreshed at later ones; a name

@@ -11,6 +11,7 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/auth/users"
+	"flotilla.dev/internal/store"
 )
 
 // PasswordProvider checks a user name and password with an identity provider (the local user
@@ -62,6 +63,8 @@ type loginState struct {
 	hasher          *users.Hasher
 	isAdmin         func(*Identity) bool
 	isAdministrator func(*Identity) bool
+	// afterCheck, in tests, runs between a local password's check and its session's storing.
+	afterCheck func()
 }
 
 // ConfigureLogin sets how logins work; call it before serving. NewAuthenticator configures
@@ -108,39 +111,48 @@ func (p *localProvider) Name() string { return api.ProviderLocal }
 // without a password and a disabled one cost a hash verification all the same and get the
 // same error, so that neither the answer nor its timing tells them apart.
 func (p *localProvider) Authenticate(ctx context.Context, username, password string) (Identity, error) {
+	id, _, err := p.authenticate(ctx, username, password)
+	return id, err
+}
+
+// authenticate is Authenticate, answering too the stored hash the password matched (after a
+// rehash, the new one).
+func (p *localProvider) authenticate(ctx context.Context, username, password string) (Identity, string, error) {
 	a := p.a
 	h := a.login.hasher
 	u, found, err := a.getUser(ctx, username)
 	if err != nil {
-		return Identity{}, err
+		return Identity{}, "", err
 	}
 	// The password is read whether or not the user exists, so that both cost the same reads.
 	hash, err := a.passwordHash(ctx, username)
 	if err != nil {
-		return Identity{}, err
+		return Identity{}, "", err
 	}
 	if !found || u.provider() != api.ProviderLocal {
 		hash = ""
 	}
 	if hash == "" {
 		h.VerifyNobody(ctx, password)
-		return Identity{}, fmt.Errorf("%w: %s", ErrUnauthenticated, users.ErrInvalidCredentials)
+		return Identity{}, "", fmt.Errorf("%w: %s", ErrUnauthenticated, users.ErrInvalidCredentials)
 	}
 	ok, err := h.Verify(ctx, hash, password)
 	if err != nil {
-		return Identity{}, fmt.Errorf("checking the password of %s: %w", username, err)
+		return Identity{}, "", fmt.Errorf("checking the password of %s: %w", username, err)
 	}
 	if !ok || u.spec.Disabled {
-		return Identity{}, fmt.Errorf("%w: %s", ErrUnauthenticated, users.ErrInvalidCredentials)
+		return Identity{}, "", fmt.Errorf("%w: %s", ErrUnauthenticated, users.ErrInvalidCredentials)
 	}
 	if h.NeedsRehash(hash) {
 		if nh, err := h.Hash(ctx, password); err == nil {
 			if err := a.storePasswordHash(ctx, username, nh); err != nil {
 				a.log.Warn("rehashing a password with the current parameters", "user", username, "err", err)
+			} else {
+				hash = nh
 			}
 		}
 	}
-	return Identity{User: username}, nil
+	return Identity{User: username}, hash, nil
 }
 
 // Login checks a user name and password with the named provider (local when empty) under the
@@ -161,9 +173,19 @@ func (a *Authenticator) Login(ctx context.Context, req api.LoginRequest, source 
 	if err := a.login.limiter.Allow(provider+"/"+strings.ToLower(strings.TrimSpace(req.Username)), source); err != nil {
 		return nil, err
 	}
-	id, err := p.Authenticate(ctx, req.Username, req.Password)
+	var id Identity
+	var checked string // the local password hash the login was checked against
+	var err error
+	if lp, ok := p.(*localProvider); ok {
+		id, checked, err = lp.authenticate(ctx, req.Username, req.Password)
+	} else {
+		id, err = p.Authenticate(ctx, req.Username, req.Password)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if a.login.afterCheck != nil {
+		a.login.afterCheck()
 	}
 	if err := a.RecordLogin(ctx, provider, id); err != nil {
 		return nil, err
@@ -171,6 +193,22 @@ func (a *Authenticator) Login(ctx context.Context, req api.LoginRequest, source 
 	token, expires, err := a.issueSession(ctx, id, a.login.sessionTTL)
 	if err != nil {
 		return nil, err
+	}
+	if checked != "" {
+		// A password set after the check ended the sessions it found, which may not have
+		// included this one yet: a login with the old password must not outlive the change.
+		if now, err := a.passwordHash(ctx, id.User); err != nil || now != checked {
+			k := tokenKey(Hash(token))
+			a.forget(k.Name)
+			if _, derr := a.store.Delete(ctx, k, ""); derr != nil && !errors.Is(derr, store.ErrNotFound) {
+				a.log.Error("undoing a session whose password changed during the login", "user", id.User, "err", derr)
+			}
+			a.forget(k.Name)
+			if err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %s", ErrUnauthenticated, users.ErrInvalidCredentials)
+		}
 	}
 	return &api.LoginResponse{Token: token, Expires: expires, User: id.User, Groups: id.Groups}, nil
 }
