@@ -17,6 +17,7 @@ import (
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
+	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/tunnel"
 )
 
@@ -134,6 +135,10 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.IntVar(&cfg.MaxTunnels, "max-tunnels", tunnel.DefaultMax, "the most agent tunnels open at once (kubectl through Flotilla)")
 	f.DurationVar(&cfg.TunnelIdle, "tunnel-idle", tunnel.DefaultIdle, "close an agent tunnel no request used for this long")
 	f.DurationVar(&cfg.TunnelWait, "tunnel-wait", 30*time.Second, "how long a call to a cluster waits for its agent to open its tunnel")
+	f.StringVar(&cfg.Doorbell, "doorbell", "", "UDP address of the datagram doorbell that tells agents of changes at once (default: the --listen address over UDP; \"off\" for none)")
+	f.Float64Var(&cfg.DoorbellRingRate, "doorbell-ring-rate", doorbell.DefaultRingRate, "doorbell rings and \"changed, come now\" answers per second: the rate at which a change pulls agents to the API")
+	f.Float64Var(&cfg.DoorbellSourceRate, "doorbell-source-rate", doorbell.DefaultSourceRate, "doorbell datagrams per second taken from one source address")
+	f.DurationVar(&cfg.DoorbellInterval, "doorbell-interval", doorbell.DefaultInterval, "how often agents ping the doorbell (keep it under the UDP timeout of NATs on the way)")
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")

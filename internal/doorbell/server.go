@@ -17,10 +17,13 @@ import (
 
 // Clusters is what the server needs of the fleet model.
 type Clusters interface {
-	// DoorbellLookup returns the cluster with uid: its "namespace/name" and the version of
-	// its desired state (0 when a change left it not yet computed); ok is false for a
-	// cluster the model does not know (never registered, deleted, or not loaded yet).
-	DoorbellLookup(uid string) (key string, version int64, ok bool)
+	// DoorbellLookup returns the cluster with uid as "namespace/name" and whether its
+	// desired state differs from version; ok is false for a cluster the model does not
+	// know (never registered, deleted, or not loaded yet).
+	DoorbellLookup(uid string, version int64) (key string, changed, ok bool)
+	// DoorbellKnown says whether the model knows the cluster with uid (cheaply: it is asked
+	// before every ring).
+	DoorbellKnown(uid string) bool
 	// DoorbellUID returns the UID of the cluster "namespace/name" ("" if unknown).
 	DoorbellUID(key string) string
 	// Seen records that the cluster's agent called.
@@ -73,7 +76,7 @@ type Config struct {
 
 // Stats counts datagrams by outcome.
 type Stats struct {
-	Received, Answered, Rung, Dropped atomic.Int64
+	Received, Answered, Rung atomic.Int64
 	// Refused counts datagrams dropped as malformed, unsigned, replayed or of an unknown
 	// cluster; Limited those dropped by the per-source limit.
 	Refused, Limited atomic.Int64
@@ -219,7 +222,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		answer.Kind, answer.Value = KindLater, uint64(2*time.Second/time.Millisecond)
 		return answer.Append(out, key)
 	}
-	name, version, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String())
+	name, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String(), int64(p.Value))
 	if !ok {
 		s.Stats.Refused.Add(1)
 		s.forget(p.Cluster)
@@ -240,7 +243,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 	switch {
 	case s.cfg.Tunnels != nil && s.cfg.Tunnels.IsWanted(name):
 		answer.Kind = KindTunnel
-	case version == 0 || uint64(version) != p.Value:
+	case changed:
 		// Rings and these answers take from one budget, so a fleet pinging at once after
 		// a change is spread over it.
 		answer.Kind = KindChanged
@@ -400,7 +403,7 @@ func (s *Server) ring(u UID, kind Kind, buf []byte) {
 	if !due {
 		return
 	}
-	if _, _, known := s.cfg.Clusters.DoorbellLookup(u.String()); !known {
+	if !s.cfg.Clusters.DoorbellKnown(u.String()) {
 		s.forget(u)
 		return
 	}
