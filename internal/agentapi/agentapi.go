@@ -71,13 +71,13 @@ type Server struct {
 	// Doorbell, when set, is advertised on polls and serves PathDoorbell; set it before
 	// serving.
 	Doorbell Doorbell
-	st      Store
-	fleet   *fleet.Fleet
-	keys    *keyRing
-	log     *slog.Logger
-	now     func() time.Time
-	cache   *contentCache
-	tokens  tokenCache
+	st       Store
+	fleet    *fleet.Fleet
+	keys     *keyRing
+	log      *slog.Logger
+	now      func() time.Time
+	cache    *contentCache
+	tokens   tokenCache
 }
 
 // New prepares the agent API; creds says how cluster credentials are signed.

@@ -15,9 +15,9 @@ import (
 	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/bundle"
+	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
-	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/tunnel"
 )
 

@@ -144,15 +144,15 @@ type Server struct {
 	// secret its cluster keys derive from.
 	bell       atomic.Pointer[doorbell.Server]
 	bellSecret []byte
-	proxy   *proxy.Proxy
-	secrets *secrets.Keeper
-	gitops  *gitops.Controller
-	metrics *metrics.Metrics
-	tls     *pki.Bundle
-	ready   atomic.Bool
-	ln      net.Listener
-	http    *http.Server
-	audit   *audit.Log
+	proxy      *proxy.Proxy
+	secrets    *secrets.Keeper
+	gitops     *gitops.Controller
+	metrics    *metrics.Metrics
+	tls        *pki.Bundle
+	ready      atomic.Bool
+	ln         net.Listener
+	http       *http.Server
+	audit      *audit.Log
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
