@@ -385,6 +385,9 @@ func (s *Server) Store() store.Store { return s.store }
 // CAChecksum returns the sha256 of the CA's PEM.
 func (s *Server) CAChecksum() string { return s.tls.Checksum }
 
+// Doorbell returns the datagram doorbell once Serve has started; nil when it is off.
+func (s *Server) Doorbell() *doorbell.Server { return s.bell.Load() }
+
 // Addr returns the listening address once Serve has started.
 func (s *Server) Addr() string {
 	if s.ln == nil {
