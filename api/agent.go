@@ -115,6 +115,9 @@ type RegisterResponse struct {
 	Credential string `json:"credential"`
 	// Expires is when the credential stops working; the agent renews it before then.
 	Expires *time.Time `json:"expires,omitempty"`
+	// Doorbell, on registration, is what the cluster needs to use the server's datagram
+	// doorbell (as PathDoorbell answers); absent when the server has none.
+	Doorbell *DoorbellInfo `json:"doorbell,omitempty"`
 }
 
 // DesiredState is everything a cluster should run.

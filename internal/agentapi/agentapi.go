@@ -109,16 +109,27 @@ func (s *Server) doorbell(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, api.ReasonNotFound, "this server has no doorbell")
 		return
 	}
-	uid, err := doorbell.ParseUID(id.UID)
-	if err != nil {
+	info := s.doorbellInfo(id.UID)
+	if info == nil {
 		fail(w, http.StatusNotFound, api.ReasonNotFound, "this cluster's UID cannot name it on the doorbell")
 		return
 	}
 	s.Metrics.AgentRequest("doorbell", "key")
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	json.NewEncoder(w).Encode(api.DoorbellInfo{Port: s.Doorbell.Port(), UID: id.UID, Key: s.Doorbell.Key(uid),
-		IntervalSeconds: max(1, int(s.Doorbell.Interval()/time.Second))})
+	json.NewEncoder(w).Encode(info)
+}
+
+// doorbellInfo is what the cluster with uid needs to use the doorbell; nil without one.
+func (s *Server) doorbellInfo(uid string) *api.DoorbellInfo {
+	if s.Doorbell == nil {
+		return nil
+	}
+	u, err := doorbell.ParseUID(uid)
+	if err != nil {
+		return nil
+	}
+	return &api.DoorbellInfo{Port: s.Doorbell.Port(), UID: uid, Key: s.Doorbell.Key(u), IntervalSeconds: max(1, int(s.Doorbell.Interval()/time.Second))}
 }
 
 // tunnel hands a cluster's tunnel dial, authenticated by its credential, to the registry,

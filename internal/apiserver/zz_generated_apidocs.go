@@ -298,6 +298,7 @@ var apiDocs = map[string]string{
 	"RegisterRequest.Credential":                   "Credential is the cluster's current credential, if it has one: registering again as an existing cluster needs it (valid, or expired within the renewal grace), unless the registration token is bound to that cluster.",
 	"RegisterResponse":                             "RegisterResponse hands the agent its identity and credential.",
 	"RegisterResponse.Credential":                  "Credential is the per-cluster bearer token; the server keeps no copy of it.",
+	"RegisterResponse.Doorbell":                    "Doorbell, on registration, is what the cluster needs to use the server's datagram doorbell (as PathDoorbell answers); absent when the server has none.",
 	"RegisterResponse.Expires":                     "Expires is when the credential stops working; the agent renews it before then.",
 	"RegistrationTokenSpec":                        "RegistrationTokenSpec scopes a token that agents exchange for a per-cluster credential.",
 	"RegistrationTokenSpec.ClusterName":            "ClusterName binds the token to one cluster of its namespace: it registers only that cluster, and may take it over when it exists (a cluster whose credential was lost).",
