@@ -1,0 +1,364 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/doorbell"
+)
+
+// bells are the simulated clusters' doorbell sockets: a million sockets cannot be opened,
+// so PerSocket clusters share each, and answers are told apart by the cluster they name.
+type bells struct {
+	server  netip.AddrPort
+	socks   []*bellSocket
+	per     int
+	enabled atomic.Bool
+
+	pings, answers, rings, changed atomic.Uint64
+}
+
+type bellSocket struct {
+	conn *net.UDPConn
+	mu   sync.RWMutex
+	ids  map[doorbell.UID]int32
+}
+
+// bellState is what a simulated cluster keeps for its doorbell: 56 bytes.
+type bellState struct {
+	key      [32]byte
+	uid      doorbell.UID
+	nextPing int64
+}
+
+func newBells(cfg *Config) (*bells, error) {
+	if cfg.DoorbellFraction <= 0 {
+		return nil, nil
+	}
+	u, err := url.Parse(cfg.Server)
+	if err != nil {
+		return nil, err
+	}
+	n := int(float64(cfg.Clusters)*cfg.DoorbellFraction)/cfg.DoorbellPerSocket + 1
+	b := &bells{per: cfg.DoorbellPerSocket}
+	for range n {
+		conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(u.Hostname())})
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		conn.SetReadBuffer(1 << 20)
+		b.socks = append(b.socks, &bellSocket{conn: conn, ids: map[doorbell.UID]int32{}})
+	}
+	return b, nil
+}
+
+func (b *bells) close() {
+	for _, s := range b.socks {
+		s.conn.Close()
+	}
+}
+
+// UsesDoorbell reports whether cluster i pings the doorbell when the server offers one;
+// the others rely on HTTPS polls alone, for a comparison in the same run.
+func (s *Sim) UsesDoorbell(i int) bool {
+	return s.bells != nil && unit(i, 0xbe11) < s.cfg.DoorbellFraction
+}
+
+// bellOn reports whether cluster i has its doorbell key (set at registration).
+func (s *Sim) bellOn(i int) bool {
+	return s.bells != nil && s.clusters[i].bell != nil
+}
+
+// joinBell takes the doorbell a registration answer offers.
+func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
+	if !s.UsesDoorbell(i) || info == nil || len(info.Key) != 32 {
+		return
+	}
+	uid, err := doorbell.ParseUID(info.UID)
+	if err != nil {
+		return
+	}
+	b := s.bells
+	if !b.enabled.Load() {
+		u, _ := url.Parse(s.cfg.Server)
+		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(u.Hostname(), strconv.Itoa(info.Port)))
+		if err != nil {
+			return
+		}
+		b.server = ua.AddrPort()
+		if b.enabled.CompareAndSwap(false, true) {
+			for n, sock := range b.socks {
+				go s.readBells(sock, n)
+			}
+		}
+	}
+	st := &bellState{uid: uid}
+	copy(st.key[:], info.Key)
+	interval := time.Duration(info.IntervalSeconds) * time.Second
+	st.nextPing = now + rand.Int64N(int64(interval)+1)
+	mu := s.lock(i)
+	mu.Lock()
+	s.clusters[i].bell = st
+	mu.Unlock()
+	s.bellInterval.Store(int64(interval))
+	sock := b.socks[(i/b.per)%len(b.socks)]
+	sock.mu.Lock()
+	sock.ids[uid] = int32(i)
+	sock.mu.Unlock()
+}
+
+// ping sends cluster i's "my version is V"; the worker running i calls it.
+func (s *Sim) ping(i int, now int64) {
+	c := &s.clusters[i]
+	st := c.bell
+	p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(c.since)}
+	var buf [doorbell.Size]byte
+	sock := s.bells.socks[(i/s.bells.per)%len(s.bells.socks)]
+	if _, err := sock.conn.WriteToUDPAddrPort(p.Append(buf[:0], st.key[:]), s.bells.server); err == nil {
+		s.bells.pings.Add(1)
+	}
+	d := time.Duration(s.bellInterval.Load())
+	st.nextPing = now + int64(d-d/10) + rand.Int64N(int64(d/5)+1)
+}
+
+// readBells takes the answers and rings of one socket's clusters: "changed" and "tunnel
+// wanted" make the cluster poll at once (or when the server says).
+func (s *Sim) readBells(sock *bellSocket, n int) {
+	buf := make([]byte, 2*doorbell.Size)
+	for {
+		k, _, err := sock.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		p, err := doorbell.Parse(buf[:k])
+		if err != nil || p.Kind == doorbell.KindPing {
+			continue
+		}
+		sock.mu.RLock()
+		i, ok := sock.ids[p.Cluster]
+		sock.mu.RUnlock()
+		if !ok {
+			continue
+		}
+		mu := s.lock(int(i))
+		mu.Lock()
+		st := s.clusters[i].bell
+		mu.Unlock()
+		if st == nil || doorbell.Verify(buf[:k], st.key[:]) != nil {
+			continue
+		}
+		if p.Ring {
+			s.bells.rings.Add(1)
+		} else {
+			s.bells.answers.Add(1)
+		}
+		switch p.Kind {
+		case doorbell.KindChanged, doorbell.KindTunnel:
+			s.bells.changed.Add(1)
+			delay := time.Duration(min(p.Value, uint64(time.Hour/time.Millisecond))) * time.Millisecond
+			s.sched.ring(i, s.now()+int64(delay))
+		}
+	}
+}
+
+// DoorbellCounts are the simulated clusters' doorbell datagrams.
+type DoorbellCounts struct {
+	Pings   uint64 `json:"pings"`
+	Answers uint64 `json:"answers"`
+	Rings   uint64 `json:"rings"`
+	// Changed counts answers and rings saying "changed" or "tunnel wanted".
+	Changed uint64 `json:"changed"`
+}
+
+func (s *Sim) doorbellCounts() DoorbellCounts {
+	if s.bells == nil {
+		return DoorbellCounts{}
+	}
+	b := s.bells
+	return DoorbellCounts{Pings: b.pings.Load(), Answers: b.answers.Load(), Rings: b.rings.Load(), Changed: b.changed.Load()}
+}
+
+// ChangeGroup is a change as one group of clusters saw it: those using the doorbell, or
+// those polling HTTPS only.
+type ChangeGroup struct {
+	Reached   int64   `json:"reached"`
+	Reported  int64   `json:"reported"`
+	ReachAll  Seconds `json:"reachAll"`
+	ReportAll Seconds `json:"reportAll"`
+	Reach     Latency `json:"reach"`
+	Report    Latency `json:"report"`
+}
+
+func (g *changeGroup) result(start int64) *ChangeGroup {
+	if g.reached.Load() == 0 {
+		return nil
+	}
+	return &ChangeGroup{Reached: g.reached.Load(), Reported: g.done.Load(),
+		ReachAll: seconds(time.Duration(g.lastReached.Load() - start)), ReportAll: seconds(time.Duration(g.lastDone.Load() - start)),
+		Reach: g.reachAt.summary(), Report: g.doneAt.summary()}
+}
+
+// PingStormResult is the server's cost of one doorbell datagram, measured by sending pings
+// (each a registered cluster's, at its current version) as fast as they are answered.
+type PingStormResult struct {
+	Duration Seconds `json:"duration"`
+	Sent     uint64  `json:"sent"`
+	// Received and Answered are the server's counts (its /metrics) over the period.
+	Received float64 `json:"received"`
+	Answered float64 `json:"answered"`
+	PerSec   float64 `json:"perSec"`
+	// ServerCPUPerPacket is the server's CPU time per datagram it received.
+	ServerCPUPerPacket Seconds `json:"serverCPUPerPacket"`
+}
+
+// PingStorm sends doorbell pings from every doorbell socket for d, each socket's clusters
+// in turn, pacing by answers: a socket keeps at most a few dozen pings unanswered.
+func (s *Sim) PingStorm(ctx context.Context, d time.Duration) (*PingStormResult, error) {
+	if s.bells == nil || !s.bells.enabled.Load() {
+		return nil, errors.New("no cluster uses the doorbell")
+	}
+	type target struct {
+		sock *bellSocket
+		p    doorbell.Packet
+		key  []byte
+	}
+	// The storm's counters run a minute ahead of the clock, so the server takes each; the
+	// clusters' own pings are refused for that minute (they poll as before meanwhile).
+	var targets []target
+	base := uint64(time.Now().Add(time.Minute).UnixNano())
+	for i := range s.clusters {
+		mu := s.lock(i)
+		mu.Lock()
+		c := &s.clusters[i]
+		st, since := c.bell, c.since
+		mu.Unlock()
+		if st == nil || since == 0 {
+			continue
+		}
+		p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Value: uint64(since)}
+		targets = append(targets, target{sock: s.bells.socks[(i/s.bells.per)%len(s.bells.socks)], p: p, key: st.key[:]})
+		if len(targets) >= 20000 {
+			break
+		}
+	}
+	if len(targets) == 0 {
+		return nil, errors.New("no doorbell cluster has polled yet")
+	}
+	s.logf("doorbell pings as fast as they go for %v", d)
+	m0, err := s.Scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	answers0 := s.bells.answers.Load()
+	var sent atomic.Uint64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for n := uint64(w); time.Since(start) < d && ctx.Err() == nil; n += 4 {
+				// Keep the answers owed below a socket buffer's worth.
+				for sent.Load() > s.bells.answers.Load()-answers0+256 && time.Since(start) < d {
+					time.Sleep(50 * time.Microsecond)
+				}
+				t := targets[n%uint64(len(targets))]
+				// Each pass over the targets needs higher counters than the last.
+				t.p.Counter = base + n
+				var buf [doorbell.Size]byte
+				if _, err := t.sock.conn.WriteToUDPAddrPort(t.p.Append(buf[:0], t.key), s.bells.server); err == nil {
+					sent.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	time.Sleep(200 * time.Millisecond) // the last answers
+	m1, err := s.Scrape(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &PingStormResult{Duration: seconds(took), Sent: sent.Load()}
+	r0, _ := m0.value("flotilla_doorbell_received_total", nil)
+	r1, _ := m1.value("flotilla_doorbell_received_total", nil)
+	a0, _ := m0.value("flotilla_doorbell_answered_total", nil)
+	a1, _ := m1.value("flotilla_doorbell_answered_total", nil)
+	c0, _ := m0.value("process_cpu_seconds_total", nil)
+	c1, _ := m1.value("process_cpu_seconds_total", nil)
+	out.Received, out.Answered = r1-r0, a1-a0
+	out.PerSec = out.Received / took.Seconds()
+	if out.Received > 0 {
+		out.ServerCPUPerPacket = Seconds((c1 - c0) / out.Received)
+	}
+	return out, nil
+}
+
+// ColdTunnelResult is how long a call through the server's Kubernetes proxy takes to a
+// cluster with no tunnel open: the server asks for the tunnel, the agent hears of it (by
+// doorbell, or at its next HTTPS poll) and opens it, and the call goes through.
+type ColdTunnelResult struct {
+	// Doorbell and HTTPS are the times to the first byte of the answer, one per cluster
+	// tried, for clusters using the doorbell and those polling HTTPS only.
+	Doorbell []Seconds `json:"doorbell,omitempty"`
+	HTTPS    []Seconds `json:"https,omitempty"`
+}
+
+// ColdTunnels calls GET /version through the proxy on n clusters of each group, one after
+// another, each with no tunnel open.
+func (s *Sim) ColdTunnels(ctx context.Context, n int, wait time.Duration) (*ColdTunnelResult, error) {
+	if s.admin == nil || s.tun == nil {
+		return nil, errors.New("cold tunnels need the admin token and tunnels (--max-tunnels)")
+	}
+	res := &ColdTunnelResult{}
+	var tried [2]int
+	for i := len(s.clusters) - 1; i >= 0 && (tried[0] < n || tried[1] < n); i-- {
+		g := s.group(i)
+		if tried[g] >= n || s.Offline(i) || s.Credential(i) == "" {
+			continue
+		}
+		tried[g]++
+		u := s.cfg.Server + api.PathK8sClusters + s.Namespace() + "." + s.ClusterName(i) + "/version"
+		cctx, cancel := context.WithTimeout(ctx, wait)
+		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, u, nil)
+		req.Header.Set("Authorization", "Bearer "+s.cfg.AdminToken)
+		start := time.Now()
+		resp, err := s.hc.Do(req)
+		var took time.Duration
+		if err == nil {
+			var b [1]byte
+			resp.Body.Read(b[:])
+			took = time.Since(start)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("GET %s: %s", u, resp.Status)
+			}
+		}
+		cancel()
+		if err != nil {
+			s.logf("cold tunnel to %s: %v", s.ClusterName(i), err)
+			took = wait
+		}
+		if g == 1 {
+			res.Doorbell = append(res.Doorbell, seconds(took))
+		} else {
+			res.HTTPS = append(res.HTTPS, seconds(took))
+		}
+	}
+	return res, nil
+}
