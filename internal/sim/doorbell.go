@@ -3,13 +3,13 @@ package sim
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -318,13 +318,16 @@ type ColdTunnelResult struct {
 	HTTPS    []Seconds `json:"https,omitempty"`
 }
 
-// ColdTunnels calls GET /version through the proxy on n clusters of each group, one after
-// another, each with no tunnel open.
+// ColdTunnels calls GET /version through the proxy on n clusters of each group at once,
+// each with no tunnel open, and waits for every answer (at most wait each).
 func (s *Sim) ColdTunnels(ctx context.Context, n int, wait time.Duration) (*ColdTunnelResult, error) {
 	if s.admin == nil || s.tun == nil {
 		return nil, errors.New("cold tunnels need the admin token and tunnels (--max-tunnels)")
 	}
+	s.logf("calling %d clusters of each group through the proxy, no tunnel open", n)
 	res := &ColdTunnelResult{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	var tried [2]int
 	for i := len(s.clusters) - 1; i >= 0 && (tried[0] < n || tried[1] < n); i-- {
 		g := s.group(i)
@@ -332,33 +335,45 @@ func (s *Sim) ColdTunnels(ctx context.Context, n int, wait time.Duration) (*Cold
 			continue
 		}
 		tried[g]++
-		u := s.cfg.Server + api.PathK8sClusters + s.Namespace() + "." + s.ClusterName(i) + "/version"
-		cctx, cancel := context.WithTimeout(ctx, wait)
-		req, _ := http.NewRequestWithContext(cctx, http.MethodGet, u, nil)
-		req.Header.Set("Authorization", "Bearer "+s.cfg.AdminToken)
-		start := time.Now()
-		resp, err := s.hc.Do(req)
-		var took time.Duration
-		if err == nil {
-			var b [1]byte
-			resp.Body.Read(b[:])
-			took = time.Since(start)
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("GET %s: %s", u, resp.Status)
+		wg.Go(func() {
+			took := s.coldCall(ctx, i, wait)
+			mu.Lock()
+			defer mu.Unlock()
+			if g == 1 {
+				res.Doorbell = append(res.Doorbell, seconds(took))
+			} else {
+				res.HTTPS = append(res.HTTPS, seconds(took))
 			}
-		}
-		cancel()
-		if err != nil {
-			s.logf("cold tunnel to %s: %v", s.ClusterName(i), err)
-			took = wait
-		}
-		if g == 1 {
-			res.Doorbell = append(res.Doorbell, seconds(took))
-		} else {
-			res.HTTPS = append(res.HTTPS, seconds(took))
-		}
+		})
 	}
+	wg.Wait()
+	slices.Sort(res.Doorbell)
+	slices.Sort(res.HTTPS)
 	return res, nil
+}
+
+// coldCall times one call to cluster i's API through the proxy to its first byte; a call
+// that fails counts as wait.
+func (s *Sim) coldCall(ctx context.Context, i int, wait time.Duration) time.Duration {
+	u := s.cfg.Server + api.PathK8sClusters + s.Namespace() + "." + s.ClusterName(i) + "/version"
+	cctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(cctx, http.MethodGet, u, nil)
+	req.Header.Set("Authorization", "Bearer "+s.cfg.AdminToken)
+	start := time.Now()
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		s.logf("cold tunnel to %s: %v", s.ClusterName(i), err)
+		return wait
+	}
+	defer resp.Body.Close()
+	var b [1]byte
+	resp.Body.Read(b[:])
+	took := time.Since(start)
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		s.logf("cold tunnel to %s: %s", s.ClusterName(i), resp.Status)
+		return wait
+	}
+	return took
 }
