@@ -127,7 +127,7 @@ func DefaultConfig() Config {
 		LongPoll:          30 * time.Second,
 		LongPollFraction:  1,
 		DoorbellFraction:  1,
-		DoorbellPerSocket: 1024,
+		DoorbellPerSocket: 256,
 		Heartbeat:         10 * time.Minute,
 		MinBackoff:        time.Second,
 		MaxBackoff:        time.Minute,

@@ -2,7 +2,11 @@ package sim
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -16,6 +20,8 @@ import (
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/client"
+	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/doorbell"
 )
 
@@ -108,7 +114,8 @@ func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
 	st := &bellState{uid: uid}
 	copy(st.key[:], info.Key)
 	interval := time.Duration(info.IntervalSeconds) * time.Second
-	st.nextPing = now + rand.Int64N(int64(interval)+1)
+	// As the agent: the first ping goes at once, so the server has the cluster's address.
+	st.nextPing = now
 	mu := s.lock(i)
 	mu.Lock()
 	s.clusters[i].bell = st
@@ -321,8 +328,8 @@ type ColdTunnelResult struct {
 // ColdTunnels calls GET /version through the proxy on n clusters of each group at once,
 // each with no tunnel open, and waits for every answer (at most wait each).
 func (s *Sim) ColdTunnels(ctx context.Context, n int, wait time.Duration) (*ColdTunnelResult, error) {
-	if s.admin == nil || s.tun == nil {
-		return nil, errors.New("cold tunnels need the admin token and tunnels (--max-tunnels)")
+	if s.coldToken == "" || s.tun == nil {
+		return nil, errors.New("cold tunnels need the admin token (for their user) and tunnels (--max-tunnels)")
 	}
 	s.logf("calling %d clusters of each group through the proxy, no tunnel open", n)
 	res := &ColdTunnelResult{}
@@ -359,7 +366,7 @@ func (s *Sim) coldCall(ctx context.Context, i int, wait time.Duration) time.Dura
 	cctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(cctx, http.MethodGet, u, nil)
-	req.Header.Set("Authorization", "Bearer "+s.cfg.AdminToken)
+	req.Header.Set("Authorization", "Bearer "+s.coldToken)
 	start := time.Now()
 	resp, err := s.hc.Do(req)
 	if err != nil {
@@ -376,4 +383,39 @@ func (s *Sim) coldCall(ctx context.Context, i int, wait time.Duration) time.Dura
 		return wait
 	}
 	return took
+}
+
+// makeColdUser makes a local user bound as cluster-member of every simulated cluster, for
+// the cold tunnel calls (the proxy acts for users, not admin tokens), and logs it in.
+func (s *Sim) makeColdUser(ctx context.Context) error {
+	if s.admin == nil {
+		return errors.New("cold tunnels need the admin token")
+	}
+	name := s.cfg.Prefix + "-cold"
+	spec, _ := json.Marshal(api.UserSpec{Provider: api.ProviderLocal})
+	if _, err := s.admin.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindUser}, Metadata: api.ObjectMeta{Name: name}, Spec: spec}); err != nil && client.Code(err) != http.StatusConflict {
+		return fmt.Errorf("creating user %s: %w", name, err)
+	}
+	var pw [16]byte
+	crand.Read(pw[:])
+	password := hex.EncodeToString(pw[:])
+	if err := s.admin.SetPassword(ctx, name, api.SetPasswordRequest{Password: password}); err != nil {
+		return fmt.Errorf("setting %s's password: %w", name, err)
+	}
+	spec, _ = json.Marshal(api.RoleBindingSpec{Subject: api.Subject{Kind: api.SubjectUser, Name: name}, RoleRef: rbac.RoleClusterMember,
+		Scope: api.BindingScope{ClusterSelector: &api.LabelSelector{MatchLabels: map[string]string{RunLabel: s.cfg.Prefix}}}})
+	if _, err := s.admin.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindRoleBinding},
+		Metadata: api.ObjectMeta{Name: name}, Spec: spec}); err != nil && client.Code(err) != http.StatusConflict {
+		return fmt.Errorf("binding %s: %w", name, err)
+	}
+	anon, err := client.New(client.Config{Server: s.cfg.Server, Transport: s.trs[0], Timeout: s.cfg.RequestTimeout})
+	if err != nil {
+		return err
+	}
+	resp, err := anon.Login(ctx, api.LoginRequest{Username: name, Password: password})
+	if err != nil {
+		return fmt.Errorf("logging in as %s: %w", name, err)
+	}
+	s.coldToken = resp.Token
+	return nil
 }

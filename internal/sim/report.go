@@ -179,6 +179,18 @@ func (r *Report) WriteTable(w io.Writer) {
 	if i := r.Idle; i != nil {
 		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
 		fmt.Fprintf(tw, "  server heap		%s\n", i.ServerGC)
+		if i.DoorbellPerSec > 0 {
+			fmt.Fprintf(tw, "  doorbell\t%.0f pkt/s\tdatagrams received by the server\n", i.DoorbellPerSec)
+		}
+	}
+	if c := r.ColdTunnels; c != nil {
+		fmt.Fprintf(tw, "cold tunnel\t\tfirst byte of GET /version through the proxy, no tunnel open: doorbell %v, HTTPS only %v\n", c.Doorbell, c.HTTPS)
+	}
+	if p := r.PingStorm; p != nil {
+		fmt.Fprintf(tw, "doorbell pings\t%.0f/s\tserver CPU per datagram %v; %.0f received, %.0f answered in %v\n", p.PerSec, p.ServerCPUPerPacket, p.Received, p.Answered, p.Duration)
+	}
+	if d := r.Doorbell; d.Pings > 0 {
+		fmt.Fprintf(tw, "doorbell\t%d pings\t%d answers, %d rings, %d saying changed or tunnel wanted\n", d.Pings, d.Answers, d.Rings, d.Changed)
 	}
 	for _, st := range []struct {
 		name string

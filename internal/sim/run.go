@@ -44,6 +44,13 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 		}
 		s.SetRegistrationToken(tok)
 	}
+	if s.cfg.ColdTunnels > 0 {
+		// Bound before any cluster registers: a binding made later re-versions every
+		// covered cluster's desired state, a change of its own.
+		if err := s.makeColdUser(ctx); err != nil {
+			return nil, err
+		}
+	}
 	fleetCtx, stop := context.WithCancel(ctx)
 	defer func() { stop(); s.Wait() }()
 	s.Start(fleetCtx)

@@ -51,7 +51,9 @@ type Sim struct {
 	// often the server asks clusters to ping.
 	bells        *bells
 	bellInterval atomic.Int64
-	fleetCtx     context.Context
+	// coldToken is the session of the user the cold tunnel calls are made as.
+	coldToken string
+	fleetCtx  context.Context
 
 	wg      sync.WaitGroup
 	started atomic.Bool
