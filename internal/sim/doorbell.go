@@ -226,17 +226,25 @@ func (g *changeGroup) result(start int64) *ChangeGroup {
 type PingStormResult struct {
 	Duration Seconds `json:"duration"`
 	Sent     uint64  `json:"sent"`
-	// Received and Answered are the server's counts (its /metrics) over the period.
+	// Received, Answered, Refused and Limited are the server's counts (its /metrics) over
+	// the period; Refused includes the fleet's own pings, whose counters the storm's outrun.
 	Received float64 `json:"received"`
 	Answered float64 `json:"answered"`
+	Refused  float64 `json:"refused"`
+	Limited  float64 `json:"limited"`
 	PerSec   float64 `json:"perSec"`
-	// ServerCPUPerPacket is the server's CPU time per datagram it received.
+	// ServerCPU is the server's CPU use over the period, in cores.
+	ServerCPU float64 `json:"serverCPU"`
+	// ServerCPUPerPacket is the server's CPU time per datagram it received, less what the
+	// idle fleet cost it over as long (idleCPU, from the idle phase) when that is known.
 	ServerCPUPerPacket Seconds `json:"serverCPUPerPacket"`
 }
 
 // PingStorm sends doorbell pings from every doorbell socket for d, each socket's clusters
-// in turn, pacing by answers: a socket keeps at most a few dozen pings unanswered.
-func (s *Sim) PingStorm(ctx context.Context, d time.Duration) (*PingStormResult, error) {
+// in turn, pacing by answers: at most a socket buffer's worth are unanswered, and those
+// unanswered for a while count as lost. idleCPU is the idle fleet's server CPU in cores,
+// subtracted from the storm's (0 if not measured).
+func (s *Sim) PingStorm(ctx context.Context, d time.Duration, idleCPU float64) (*PingStormResult, error) {
 	if s.bells == nil || !s.bells.enabled.Load() {
 		return nil, errors.New("no cluster uses the doorbell")
 	}
@@ -247,7 +255,9 @@ func (s *Sim) PingStorm(ctx context.Context, d time.Duration) (*PingStormResult,
 	}
 	// The storm's counters run a minute ahead of the clock, so the server takes each; the
 	// clusters' own pings are refused for that minute (they poll as before meanwhile).
-	var targets []target
+	const workers = 4
+	var targets [workers][]target
+	n := 0
 	base := uint64(time.Now().Add(time.Minute).UnixNano())
 	for i := range s.clusters {
 		mu := s.lock(i)
@@ -259,12 +269,13 @@ func (s *Sim) PingStorm(ctx context.Context, d time.Duration) (*PingStormResult,
 			continue
 		}
 		p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Value: uint64(since)}
-		targets = append(targets, target{sock: s.bells.socks[(i/s.bells.per)%len(s.bells.socks)], p: p, key: st.key[:]})
-		if len(targets) >= 20000 {
+		// Each cluster is one worker's, so its counters reach the server in order.
+		targets[n%workers] = append(targets[n%workers], target{sock: s.bells.socks[(i/s.bells.per)%len(s.bells.socks)], p: p, key: st.key[:]})
+		if n++; n >= 20000 {
 			break
 		}
 	}
-	if len(targets) == 0 {
+	if n < workers {
 		return nil, errors.New("no doorbell cluster has polled yet")
 	}
 	s.logf("doorbell pings as fast as they go for %v", d)
@@ -273,19 +284,31 @@ func (s *Sim) PingStorm(ctx context.Context, d time.Duration) (*PingStormResult,
 		return nil, err
 	}
 	answers0 := s.bells.answers.Load()
-	var sent atomic.Uint64
+	var sent, lost atomic.Uint64
 	start := time.Now()
 	var wg sync.WaitGroup
-	for w := range 4 {
+	for w := range workers {
 		wg.Go(func() {
-			for n := uint64(w); time.Since(start) < d && ctx.Err() == nil; n += 4 {
-				// Keep the answers owed below a socket buffer's worth.
-				for sent.Load() > s.bells.answers.Load()-answers0+256 && time.Since(start) < d {
+			ts := targets[w]
+			for j := uint64(0); time.Since(start) < d && ctx.Err() == nil; j++ {
+				// Keep the answers owed below a socket buffer's worth; those owed with no
+				// answer coming for 20 ms were dropped (the per-source limit, a full buffer).
+				waited := time.Now()
+				for {
+					got := s.bells.answers.Load() - answers0
+					owed := sent.Load() - lost.Load() - got
+					if int64(owed) < 256 || time.Since(start) >= d {
+						break
+					}
+					if time.Since(waited) > 20*time.Millisecond {
+						lost.Add(owed)
+						break
+					}
 					time.Sleep(50 * time.Microsecond)
 				}
-				t := targets[n%uint64(len(targets))]
+				t := ts[j%uint64(len(ts))]
 				// Each pass over the targets needs higher counters than the last.
-				t.p.Counter = base + n
+				t.p.Counter = base + j
 				var buf [doorbell.Size]byte
 				if _, err := t.sock.conn.WriteToUDPAddrPort(t.p.Append(buf[:0], t.key), s.bells.server); err == nil {
 					sent.Add(1)
@@ -301,16 +324,18 @@ func (s *Sim) PingStorm(ctx context.Context, d time.Duration) (*PingStormResult,
 		return nil, err
 	}
 	out := &PingStormResult{Duration: seconds(took), Sent: sent.Load()}
-	r0, _ := m0.value("flotilla_doorbell_received_total", nil)
-	r1, _ := m1.value("flotilla_doorbell_received_total", nil)
-	a0, _ := m0.value("flotilla_doorbell_answered_total", nil)
-	a1, _ := m1.value("flotilla_doorbell_answered_total", nil)
-	c0, _ := m0.value("process_cpu_seconds_total", nil)
-	c1, _ := m1.value("process_cpu_seconds_total", nil)
-	out.Received, out.Answered = r1-r0, a1-a0
+	delta := func(name string) float64 {
+		v0, _ := m0.value(name, nil)
+		v1, _ := m1.value(name, nil)
+		return v1 - v0
+	}
+	out.Received, out.Answered = delta("flotilla_doorbell_received_total"), delta("flotilla_doorbell_answered_total")
+	out.Refused, out.Limited = delta("flotilla_doorbell_refused_total"), delta("flotilla_doorbell_limited_total")
 	out.PerSec = out.Received / took.Seconds()
+	cpu := delta("process_cpu_seconds_total")
+	out.ServerCPU = cpu / (took + 200*time.Millisecond).Seconds()
 	if out.Received > 0 {
-		out.ServerCPUPerPacket = Seconds((c1 - c0) / out.Received)
+		out.ServerCPUPerPacket = Seconds(max(0, cpu-idleCPU*(took+200*time.Millisecond).Seconds()) / out.Received)
 	}
 	return out, nil
 }

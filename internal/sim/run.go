@@ -97,7 +97,11 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 		}
 	}
 	if s.cfg.PingStorm > 0 {
-		if rep.PingStorm, err = s.PingStorm(ctx, s.cfg.PingStorm); err != nil {
+		var idleCPU float64
+		if rep.Idle != nil {
+			idleCPU = rep.Idle.ServerCPU
+		}
+		if rep.PingStorm, err = s.PingStorm(ctx, s.cfg.PingStorm, idleCPU); err != nil {
 			return s.finish(rep), err
 		}
 	}

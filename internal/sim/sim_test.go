@@ -226,7 +226,7 @@ func TestDoorbell(t *testing.T) {
 	if ch.Doorbell == nil || ch.Doorbell.Reached != 200 || ch.HTTPS != nil {
 		t.Fatalf("the change reached %+v by doorbell, %+v by HTTPS only; want all 200 by doorbell", ch.Doorbell, ch.HTTPS)
 	}
-	ps, err := s.PingStorm(ctx, 300*time.Millisecond)
+	ps, err := s.PingStorm(ctx, 300*time.Millisecond, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
