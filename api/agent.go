@@ -31,6 +31,38 @@ const (
 	// HeaderRenewCredential, on any answer to a cluster, asks the agent to renew its
 	// credential soon: it is old, or signed by a key the server has since rotated.
 	HeaderRenewCredential = "X-Flotilla-Renew-Credential"
+
+	// PathDoorbell: GET → DoorbellInfo, what the cluster's agent needs to use the server's
+	// datagram doorbell; 404 when the server has none.
+	PathDoorbell = AgentPrefix + "/doorbell"
+	// HeaderDoorbell, on answers to polls (200 or 304), says the server has a datagram
+	// doorbell: its value is the UDP port, on the host of the server's URL.
+	HeaderDoorbell = "X-Flotilla-Doorbell"
+)
+
+// DoorbellInfo is how a cluster's agent uses the datagram doorbell: it pings "my desired
+// version is V" to Port every IntervalSeconds, with datagrams signed by Key, and polls at
+// once when the server answers or rings that the state changed or a tunnel is wanted.
+type DoorbellInfo struct {
+	// Port is the UDP port, on the host of the server's URL.
+	Port int `json:"port"`
+	// UID is the cluster's UID, which every datagram names.
+	UID string `json:"uid"`
+	// Key is the cluster's doorbell key (32 bytes, base64 in JSON).
+	Key []byte `json:"key"`
+	// IntervalSeconds is how often to ping, unless an answer says otherwise.
+	IntervalSeconds int `json:"intervalSeconds"`
+}
+
+// Doorbell states an agent reports in its inventory.
+const (
+	// DoorbellOn: pings are answered; changes reach the agent by datagram.
+	DoorbellOn = "on"
+	// DoorbellOff: the server offers no doorbell, or the agent was told not to use it.
+	DoorbellOff = "off"
+	// DoorbellBlocked: pings go unanswered (UDP filtered on the way); the agent relies on
+	// its HTTPS long polls alone.
+	DoorbellBlocked = "blocked"
 )
 
 // Deployment states, as Fleet names them.
@@ -83,6 +115,9 @@ type RegisterResponse struct {
 	Credential string `json:"credential"`
 	// Expires is when the credential stops working; the agent renews it before then.
 	Expires *time.Time `json:"expires,omitempty"`
+	// Doorbell, on registration, is what the cluster needs to use the server's datagram
+	// doorbell (as PathDoorbell answers); absent when the server has none.
+	Doorbell *DoorbellInfo `json:"doorbell,omitempty"`
 }
 
 // DesiredState is everything a cluster should run.

@@ -76,6 +76,10 @@ type ClusterInventory struct {
 	AllocatableMemory string `json:"allocatableMemory,omitempty"`
 	// AgentVersion is the version of the cluster's flotilla-agent.
 	AgentVersion string `json:"agentVersion,omitempty"`
+	// Doorbell says whether the agent hears of changes by the server's datagram doorbell:
+	// on, off (not offered, or turned off on the agent) or blocked (pings unanswered; the
+	// agent relies on HTTPS long polls alone).
+	Doorbell string `json:"doorbell,omitempty"`
 }
 
 // ClusterGroupSpec makes a named selector over clusters.

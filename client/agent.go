@@ -58,6 +58,13 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 		c.tunnel(tok)
 	}
 	pollAfter = time.Duration(atoiOr(resp.Header.Get(api.HeaderPollAfter), 0)) * time.Second
+	if c.doorbell != nil && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNotModified) {
+		port := atoiOr(resp.Header.Get(api.HeaderDoorbell), 0)
+		if port < 0 || port > 65535 {
+			port = 0
+		}
+		c.doorbell(port)
+	}
 	switch resp.StatusCode {
 	case http.StatusNotModified:
 		io.Copy(io.Discard, resp.Body)
@@ -74,6 +81,18 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 		return &ds, ds.Revision, pollAfter, nil
 	}
 	return nil, 0, pollAfter, statusFrom(resp)
+}
+
+// Doorbell fetches what the cluster needs to use the server's doorbell: its key and port.
+func (c *Client) Doorbell(ctx context.Context) (*api.DoorbellInfo, error) {
+	var info api.DoorbellInfo
+	if _, err := c.Do(ctx, http.MethodGet, api.PathDoorbell, nil, &info); err != nil {
+		return nil, err
+	}
+	if len(info.Key) < 16 || info.Port <= 0 || info.Port > 65535 {
+		return nil, fmt.Errorf("the server's doorbell answer is incomplete (port %d, key of %d bytes)", info.Port, len(info.Key))
+	}
+	return &info, nil
 }
 
 func atoiOr(s string, def int) int {

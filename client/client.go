@@ -48,6 +48,21 @@ type Client struct {
 	http *http.Client
 	// tunnel is told the token of every poll answer saying a tunnel is wanted.
 	tunnel func(token string)
+	// doorbell is told the doorbell port every poll answer advertises (0: none).
+	doorbell func(port int)
+}
+
+// OnDoorbell makes every poll answer call f with the UDP port of the server's doorbell it
+// advertises (api.HeaderDoorbell), or 0 when it advertises none.
+func (c *Client) OnDoorbell(f func(port int)) { c.doorbell = f }
+
+// Host is the host name (or address) of the server's URL.
+func (c *Client) Host() string {
+	u, err := url.Parse(c.base)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 // OnTunnelWanted makes every poll answer that asks for the cluster's tunnel call f with its

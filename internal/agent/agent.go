@@ -169,6 +169,14 @@ type agent struct {
 	// tun is the agent's end of the tunnel; nil without one.
 	tun *tunnel.Agent
 
+	// rung: the doorbell said the desired state changed or a tunnel is wanted; poll now.
+	rung chan struct{}
+	// bellPort is the doorbell port polls advertise (-1: no poll answered yet), bellAdvert
+	// kicked when it changes; bellState is api.DoorbellOn/Off/Blocked.
+	bellPort   atomic.Int32
+	bellAdvert chan struct{}
+	bellState  atomic.Value
+
 	// Reconciler state, owned by its goroutine.
 	deployments map[string]*deploymentState
 }
@@ -197,8 +205,12 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 		wakeReconcile: make(chan struct{}, 1),
 		wakeReport:    make(chan struct{}, 1),
 		online:        make(chan struct{}, 1),
+		rung:          make(chan struct{}, 1),
+		bellAdvert:    make(chan struct{}, 1),
 		deployments:   map[string]*deploymentState{},
 	}
+	a.bellPort.Store(-1)
+	a.bellState.Store(api.DoorbellOff)
 	creds, err := a.register(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -228,6 +240,7 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 	if inv, err := d.cluster.Inventory(ctx); err != nil {
 		a.log.Warn("reading the cluster's inventory", "err", err)
 	} else {
+		inv.Doorbell = a.doorbellState()
 		a.inventory = inv
 		// Sent with the first report: the agent may have been upgraded, the cluster too.
 		if err := a.queue.setInventory(inv); err != nil {
@@ -266,6 +279,10 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 	wg.Go(func() { a.reconcileLoop(ctx) })
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.inventoryLoop(ctx) })
+	if !a.cfg.NoDoorbell {
+		a.client.OnDoorbell(a.advertised)
+		wg.Go(func() { a.doorbellLoop(ctx) })
+	}
 	if a.tun != nil {
 		wg.Go(func() { a.tun.Run(ctx) })
 	}
@@ -426,6 +443,7 @@ func (a *agent) inventoryLoop(ctx context.Context) {
 			a.log.Warn("reading the cluster's inventory", "err", err)
 			continue
 		}
+		inv.Doorbell = a.doorbellState()
 		a.mu.Lock()
 		changed := !reflect.DeepEqual(inv, a.inventory)
 		a.inventory = inv

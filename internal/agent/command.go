@@ -67,7 +67,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 		return def
 	}
 	inPod := getenv("KUBERNETES_SERVICE_HOST") != ""
-	var labels, logLevel, heartbeat string
+	var labels, logLevel, heartbeat, bell string
 	fs.StringVar(&cfg.Server, "server", env("FLOTILLA_SERVER", ""), "Flotilla server URL, https://host:port (env FLOTILLA_SERVER)")
 	fs.StringVar(&cfg.CAChecksum, "ca-checksum", env("FLOTILLA_CA_CHECKSUM", ""), "sha256 of the server's CA certificate (PEM), printed by 'flotilla server' (env FLOTILLA_CA_CHECKSUM)")
 	fs.StringVar(&cfg.Token, "token", env("FLOTILLA_TOKEN", ""), "registration token from 'flotilla token create', used once (env FLOTILLA_TOKEN)")
@@ -82,6 +82,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 	fs.DurationVar(&cfg.TunnelIdle, "tunnel-idle", 0, "close the tunnel to the server after this long without a request (default 5m)")
 	fs.BoolVar(&cfg.TunnelAlways, "tunnel-always", false, "keep the tunnel open once the server asked for it, instead of closing it when idle")
 	fs.StringVar(&cfg.OnClusterDeleted, "on-cluster-deleted", env("FLOTILLA_ON_CLUSTER_DELETED", OnClusterDeletedKeep), "when the cluster is deleted on the server: keep what the agent deployed, or prune it (env FLOTILLA_ON_CLUSTER_DELETED)")
+	fs.StringVar(&bell, "doorbell", env("FLOTILLA_DOORBELL", "on"), "on: hear of changes by the server's UDP doorbell when it offers one (HTTPS long polls when UDP is blocked); off: HTTPS long polls only (env FLOTILLA_DOORBELL)")
 	fs.BoolVar(&version, "version", false, "print the version and exit")
 	if err = fs.Parse(args); err != nil {
 		return
@@ -94,6 +95,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 	}
 	if err = level.UnmarshalText([]byte(logLevel)); err != nil {
 		return cfg, 0, false, fmt.Errorf("--log-level: %w", err)
+	}
+	switch bell {
+	case "on":
+	case "off":
+		cfg.NoDoorbell = true
+	default:
+		return cfg, 0, false, fmt.Errorf("--doorbell must be on or off, not %q", bell)
 	}
 	if heartbeat != "" {
 		if cfg.HeartbeatInterval, err = time.ParseDuration(heartbeat); err != nil {

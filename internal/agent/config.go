@@ -84,6 +84,10 @@ type Config struct {
 	// clusters).
 	TunnelIdle   time.Duration
 	TunnelAlways bool
+	// NoDoorbell keeps the agent off the server's datagram doorbell: it hears of changes by
+	// HTTPS long polls only. DoorbellTimeout is how long a ping's answer may take (2s).
+	NoDoorbell      bool
+	DoorbellTimeout time.Duration
 }
 
 func (c Config) withDefaults() Config {

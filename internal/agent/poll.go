@@ -62,6 +62,11 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			bo.reset()
 			a.pollAfter.Store(int64(after))
 			wait, hold = nextPoll(after, a.cfg.PollWait, hold, elapsed, changed)
+			if a.doorbellUsable() {
+				// The doorbell rings when there is news: no poll need be held open at
+				// the server, which holds a million of them only at great cost.
+				wait, hold = after, 0
+			}
 			if wait > closeIdleAfter {
 				// Told to come back in minutes (a large fleet): close the connection now
 				// rather than have the server keep it open meanwhile. A million agents
@@ -75,13 +80,28 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				kick(a.online)
 			}
 		}
-		if wait > 0 && !sleep(ctx, wait) {
+		if wait > 0 && !a.sleepUnlessRung(ctx, wait) {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
 	}
+}
+
+// sleepUnlessRung waits d, or less when the doorbell rings, and reports whether ctx is
+// still live.
+func (a *agent) sleepUnlessRung(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-a.rung:
+		a.log.Debug("the doorbell rang")
+	}
+	return true
 }
 
 // nextPoll decides, from the answer to a poll held for up to asked that took elapsed, how

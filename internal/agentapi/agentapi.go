@@ -23,6 +23,7 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/store"
 )
@@ -54,19 +55,29 @@ type Tunnels interface {
 	Keep(cluster string)
 }
 
+// Doorbell is the server's datagram doorbell (internal/doorbell.Server).
+type Doorbell interface {
+	Port() int
+	Interval() time.Duration
+	Key(uid doorbell.UID) []byte
+}
+
 // Server handles /v1/agent/….
 type Server struct {
 	// Metrics is told about every request; set it before serving.
 	Metrics Observer
 	// Tunnels, when set, serves PathTunnel and tells polls when a tunnel is wanted.
 	Tunnels Tunnels
-	st      Store
-	fleet   *fleet.Fleet
-	keys    *keyRing
-	log     *slog.Logger
-	now     func() time.Time
-	cache   *contentCache
-	tokens  tokenCache
+	// Doorbell, when set, is advertised on polls and serves PathDoorbell; set it before
+	// serving.
+	Doorbell Doorbell
+	st       Store
+	fleet    *fleet.Fleet
+	keys     *keyRing
+	log      *slog.Logger
+	now      func() time.Time
+	cache    *contentCache
+	tokens   tokenCache
 }
 
 // New prepares the agent API; creds says how cluster credentials are signed.
@@ -84,6 +95,41 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+api.PathStatus, s.status)
 	mux.HandleFunc("POST "+api.PathRenew, s.renew)
 	mux.HandleFunc("GET "+api.PathTunnel, s.tunnel)
+	mux.HandleFunc("GET "+api.PathDoorbell, s.doorbell)
+}
+
+// doorbell hands an authenticated cluster its doorbell key. The key is derived from the
+// server's secret and the cluster's UID, so nothing is stored for it.
+func (s *Server) doorbell(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.cluster(w, r)
+	if !ok {
+		return
+	}
+	if s.Doorbell == nil {
+		fail(w, http.StatusNotFound, api.ReasonNotFound, "this server has no doorbell")
+		return
+	}
+	info := s.doorbellInfo(id.UID)
+	if info == nil {
+		fail(w, http.StatusNotFound, api.ReasonNotFound, "this cluster's UID cannot name it on the doorbell")
+		return
+	}
+	s.Metrics.AgentRequest("doorbell", "key")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(info)
+}
+
+// doorbellInfo is what the cluster with uid needs to use the doorbell; nil without one.
+func (s *Server) doorbellInfo(uid string) *api.DoorbellInfo {
+	if s.Doorbell == nil {
+		return nil
+	}
+	u, err := doorbell.ParseUID(uid)
+	if err != nil {
+		return nil
+	}
+	return &api.DoorbellInfo{Port: s.Doorbell.Port(), UID: uid, Key: s.Doorbell.Key(u), IntervalSeconds: max(1, int(s.Doorbell.Interval()/time.Second))}
 }
 
 // tunnel hands a cluster's tunnel dial, authenticated by its credential, to the registry,
@@ -212,6 +258,9 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secs := s.pollAfter(w, id.UID)
+	if s.Doorbell != nil {
+		w.Header().Set(api.HeaderDoorbell, strconv.Itoa(s.Doorbell.Port()))
+	}
 	if ds == nil {
 		s.Metrics.AgentRequest("desired", "not_modified")
 		w.Header().Set(api.HeaderRevision, strconv.FormatInt(rev, 10))

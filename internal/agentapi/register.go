@@ -587,7 +587,7 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 		}
 	}
 	cred, exp := s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})
-	return &api.RegisterResponse{Namespace: ns, ClusterName: name, Credential: cred, Expires: &exp}, nil
+	return &api.RegisterResponse{Namespace: ns, ClusterName: name, Credential: cred, Expires: &exp, Doorbell: s.doorbellInfo(cur.Metadata.UID)}, nil
 }
 
 // replaceCluster gives cur, the Cluster of a cluster that was rebuilt, to the cluster

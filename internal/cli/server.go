@@ -15,6 +15,7 @@ import (
 	"flotilla.dev/internal/auth/ldap"
 	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/bundle"
+	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
 	"flotilla.dev/internal/tunnel"
@@ -137,6 +138,10 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.DurationVar(&cfg.TunnelWait, "tunnel-wait", 30*time.Second, "how long a call to a cluster waits for its agent to open its tunnel")
 	f.DurationVar(&cfg.ProxyBodyTimeout, "proxy-body-timeout", 2*time.Minute, "how long a call through the cluster proxy may take to send its request body")
 	f.DurationVar(&cfg.ProxyWriteTimeout, "proxy-write-timeout", 2*time.Minute, "how long one write of a proxied answer may wait for a client that does not read it (the time between a watch's events does not count)")
+	f.StringVar(&cfg.Doorbell, "doorbell", "", "UDP address of the datagram doorbell that tells agents of changes at once (default: the --listen address over UDP; \"off\" for none)")
+	f.Float64Var(&cfg.DoorbellRingRate, "doorbell-ring-rate", doorbell.DefaultRingRate, "doorbell rings and \"changed, come now\" answers per second: the rate at which a change pulls agents to the API")
+	f.Float64Var(&cfg.DoorbellSourceRate, "doorbell-source-rate", doorbell.DefaultSourceRate, "doorbell datagrams per second taken from one source address")
+	f.DurationVar(&cfg.DoorbellInterval, "doorbell-interval", doorbell.DefaultInterval, "how often agents ping the doorbell (keep it under the UDP timeout of NATs on the way)")
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)
 	f.DurationVar(&cfg.AuditRetention, "audit-retention", audit.DefaultRetention, "how long audit records are kept in the database")

@@ -65,6 +65,9 @@ func (f *Fleet) allAccessChanged() {
 		close(ch)
 		delete(f.waiters, c)
 	}
+	if f.cfg.AllChanged != nil {
+		f.cfg.AllChanged()
+	}
 }
 
 // bumpSet re-versions the clusters of one set, looking them up by workspace and name where

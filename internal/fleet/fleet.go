@@ -64,6 +64,11 @@ type Config struct {
 	Gone func(ns, name string)
 	// Observe, if set, is told how long each status pass took.
 	Observe func(controller string, d time.Duration, err error)
+	// Changed, if set, is told the UID of a cluster whose desired state changed, and
+	// AllChanged of a change to every cluster's (the doorbell rings their agents). Both
+	// are called with the model locked: they must not block.
+	Changed    func(uid string)
+	AllChanged func()
 }
 
 // DefaultConfig returns the defaults.
@@ -539,6 +544,55 @@ func (f *Fleet) bump(c *Cluster) {
 		close(ch)
 		delete(f.waiters, c)
 	}
+	if f.cfg.Changed != nil {
+		f.cfg.Changed(c.UID)
+	}
+}
+
+// DoorbellLookup returns the cluster with uid as "namespace/name" and whether its desired
+// state differs from version; ok is false for an unknown UID. A state not versioned since a
+// change or a load is versioned here, as a poll would, so that a fleet pinging after a
+// server restart is told "unchanged" where nothing changed. A state that cannot be served
+// yet (access not loaded) counts as unchanged: the agent asks again at its next ping.
+func (f *Fleet) DoorbellLookup(uid string, version int64) (key string, changed, ok bool) {
+	f.mu.RLock()
+	c := f.byUID[uid]
+	var ns, name string
+	var rev int64
+	if c != nil {
+		ns, name, rev = c.Namespace, c.Name, f.currentRev(c)
+	}
+	f.mu.RUnlock()
+	if c == nil {
+		return "", false, false
+	}
+	if rev != 0 {
+		return ns + "/" + name, rev != version, true
+	}
+	_, rev, err := f.Desired(ns, name, uid, version)
+	if errors.Is(err, ErrUnknownCluster) {
+		return "", false, false
+	}
+	return ns + "/" + name, err == nil && rev != version, true
+}
+
+// KnownUID reports whether a cluster with uid exists.
+func (f *Fleet) KnownUID(uid string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.byUID[uid] != nil
+}
+
+// UIDOf returns the UID of the cluster ns/name, or "".
+func (f *Fleet) UIDOf(ns, name string) string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if w := f.workspaces[ns]; w != nil {
+		if c := w.clusters[name]; c != nil {
+			return c.UID
+		}
+	}
+	return ""
 }
 
 // Errors for the agent API.

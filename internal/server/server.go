@@ -30,6 +30,7 @@ import (
 	"flotilla.dev/internal/auth/oidc"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/bundle"
+	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/metrics"
@@ -112,6 +113,17 @@ type Config struct {
 	// written into the agents' install command and the kubeconfigs the server makes; empty
 	// means the address each request was made to.
 	ExternalURL string
+
+	// Doorbell is the UDP address of the datagram doorbell: empty means Listen's (the API's
+	// host and port, over UDP), DoorbellOff none.
+	Doorbell string
+	// DoorbellRingRate bounds rings and "changed, come now" answers per second (0:
+	// doorbell.DefaultRingRate): the rate at which a change pulls agents to the API.
+	// DoorbellInterval is how often agents ping (0: doorbell.DefaultInterval);
+	// DoorbellSourceRate bounds datagrams per second from one address (0:
+	// doorbell.DefaultSourceRate).
+	DoorbellRingRate, DoorbellSourceRate float64
+	DoorbellInterval                     time.Duration
 }
 
 // ParseExternalURL checks an external URL: https, a host, nothing else (no path, query,
@@ -131,6 +143,9 @@ func ParseExternalURL(s string) (string, error) {
 	}
 	return "https://" + u.Host, nil
 }
+
+// DoorbellOff as Config.Doorbell turns the doorbell off.
+const DoorbellOff = "off"
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
@@ -152,15 +167,19 @@ type Server struct {
 	agents *agentapi.Server
 	// tunnels are the agents' open tunnels; proxy forwards /k8s/clusters/… through them.
 	tunnels *tunnel.Server
-	proxy   *proxy.Proxy
-	secrets *secrets.Keeper
-	gitops  *gitops.Controller
-	metrics *metrics.Metrics
-	tls     *pki.Bundle
-	ready   atomic.Bool
-	ln      net.Listener
-	http    *http.Server
-	audit   *audit.Log
+	// bell is the datagram doorbell once Serve opened it (nil when off); bellSecret the
+	// secret its cluster keys derive from.
+	bell       atomic.Pointer[doorbell.Server]
+	bellSecret []byte
+	proxy      *proxy.Proxy
+	secrets    *secrets.Keeper
+	gitops     *gitops.Controller
+	metrics    *metrics.Metrics
+	tls        *pki.Bundle
+	ready      atomic.Bool
+	ln         net.Listener
+	http       *http.Server
+	audit      *audit.Log
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
@@ -262,6 +281,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	// A deleted or replaced cluster's tunnel is closed at once (the registry is made below,
 	// before the model runs).
 	fcfg.Gone = func(ns, name string) { s.tunnels.Close(ns + "/" + name) }
+	// Whatever wakes a held poll rings the agent's doorbell too.
+	fcfg.Changed = func(uid string) {
+		if b := s.bell.Load(); b != nil {
+			b.Ring(uid)
+		}
+	}
+	fcfg.AllChanged = func() {
+		if b := s.bell.Load(); b != nil {
+			b.RingAll()
+		}
+	}
 	s.fleet = fleet.New(s.store, fcfg)
 	s.access = access.New(s.store, cfg.Logger)
 	// One index for the API's decisions and every cluster's compiled objects.
@@ -292,7 +322,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.agents.Metrics = s.metrics
-	s.tunnels = tunnel.NewServer(tunnel.Config{Max: cfg.MaxTunnels, Idle: cfg.TunnelIdle, Logger: cfg.Logger})
+	s.tunnels = tunnel.NewServer(tunnel.Config{Max: cfg.MaxTunnels, Idle: cfg.TunnelIdle, Logger: cfg.Logger,
+		Wanted: func(cluster string) {
+			if b := s.bell.Load(); b != nil {
+				b.RingTunnel(cluster)
+			}
+		}})
 	s.agents.Tunnels = s.tunnels
 	s.metrics.Registry.MustRegister(s.tunnels.Collectors()...)
 	s.proxy = proxy.New(proxy.Config{Auth: s.auth, Authz: s.authz, Tunnels: s.tunnels, Store: s.store,
@@ -359,6 +394,15 @@ func (s *Server) openKeys(ctx context.Context) (agentapi.CredentialConfig, *auth
 		}
 	}
 	s.credKeys = creds.Keys
+	if cfg.Doorbell != DoorbellOff {
+		// Rotating it would silence every agent's doorbell until it fetched its key
+		// again; it signs nothing that lasts, so it is not rotated with the others.
+		bell, err := keys.Ring(ctx, "doorbell")
+		if err != nil {
+			return creds, nil, err
+		}
+		s.bellSecret = bell.Active().Secret
+	}
 	return creds, secretKeys, nil
 }
 
@@ -382,6 +426,9 @@ func (s *Server) Store() store.Store { return s.store }
 
 // CAChecksum returns the sha256 of the CA's PEM.
 func (s *Server) CAChecksum() string { return s.tls.Checksum }
+
+// Doorbell returns the datagram doorbell once Serve has started; nil when it is off.
+func (s *Server) Doorbell() *doorbell.Server { return s.bell.Load() }
 
 // Addr returns the listening address once Serve has started.
 func (s *Server) Addr() string {
@@ -520,6 +567,22 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.Listen, err)
 	}
 	s.ln = ln
+	if s.cfg.Doorbell != DoorbellOff {
+		addr := s.cfg.Doorbell
+		if addr == "" {
+			addr = ln.Addr().String()
+		}
+		bell, err := doorbell.Listen(addr, doorbell.Config{Secret: s.bellSecret, Interval: s.cfg.DoorbellInterval, RingRate: s.cfg.DoorbellRingRate,
+			SourceRate: s.cfg.DoorbellSourceRate, Clusters: bellFleet{s.fleet}, Tunnels: s.tunnels, Logger: s.log})
+		if err != nil {
+			ln.Close()
+			s.store.Close()
+			return err
+		}
+		s.bell.Store(bell)
+		s.agents.Doorbell = bell
+		s.metrics.Registry.MustRegister(bellCollectors(bell)...)
+	}
 	if s.audit, err = audit.New(audit.Config{Store: s.store, Retention: s.cfg.AuditRetention, File: s.cfg.AuditLogFile,
 		QueueSize: s.cfg.AuditQueueSize, Logger: s.log, Identify: s.identify}); err != nil {
 		ln.Close()
@@ -544,6 +607,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		IdleTimeout:       5 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if b := s.bell.Load(); b != nil {
+		go b.Serve(baseCtx)
+		s.log.Info("doorbell listening", "address", "udp://"+b.Addr().String())
 	}
 	go s.compactor(baseCtx)
 	go s.access.Run(baseCtx)

@@ -61,6 +61,18 @@ type Config struct {
 	// (some 20 KB), and the server about as much.
 	LongPoll         time.Duration
 	LongPollFraction float64
+	// DoorbellFraction of the clusters use the server's datagram doorbell when it offers
+	// one, as the agent does (pinging as often as the server says, polling when it rings,
+	// holding no poll); the others poll over HTTPS only, for a comparison in one run. 0:
+	// none. DoorbellPerSocket clusters share one UDP socket.
+	DoorbellFraction  float64
+	DoorbellPerSocket int
+	// ColdTunnels, when set, makes Run call that many clusters of each group (doorbell,
+	// HTTPS only) through the proxy with no tunnel open, timing the first byte.
+	ColdTunnels int
+	// PingStorm is how long Run sends doorbell pings as fast as they go, to measure the
+	// server's CPU per datagram (0: not).
+	PingStorm time.Duration
 	// MinBackoff and MaxBackoff bound retries after a failed call, jittered as the agent's.
 	MinBackoff, MaxBackoff time.Duration
 	// RequestTimeout bounds one call.
@@ -107,21 +119,23 @@ const RunLabel = "flotilla.dev/sim"
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Prefix:           "sim",
-		Connections:      8,
-		Workers:          128,
-		PollInterval:     30 * time.Second,
-		ReportDelay:      500 * time.Millisecond,
-		LongPoll:         30 * time.Second,
-		LongPollFraction: 1,
-		Heartbeat:        10 * time.Minute,
-		MinBackoff:       time.Second,
-		MaxBackoff:       time.Minute,
-		RequestTimeout:   time.Minute,
-		ChangeSize:       1024,
-		MaxTunnels:       tunnel.DefaultMax,
-		Timeout:          30 * time.Minute,
-		ProgressInterval: 2 * time.Second,
+		Prefix:            "sim",
+		Connections:       8,
+		Workers:           128,
+		PollInterval:      30 * time.Second,
+		ReportDelay:       500 * time.Millisecond,
+		LongPoll:          30 * time.Second,
+		LongPollFraction:  1,
+		DoorbellFraction:  1,
+		DoorbellPerSocket: 256,
+		Heartbeat:         10 * time.Minute,
+		MinBackoff:        time.Second,
+		MaxBackoff:        time.Minute,
+		RequestTimeout:    time.Minute,
+		ChangeSize:        1024,
+		MaxTunnels:        tunnel.DefaultMax,
+		Timeout:           30 * time.Minute,
+		ProgressInterval:  2 * time.Second,
 	}
 }
 
@@ -139,7 +153,8 @@ func (c *Config) complete() error {
 	if c.Clusters > 1<<31-1 {
 		return errors.New("too many clusters")
 	}
-	if c.FailFraction < 0 || c.FailFraction > 1 || c.OfflineFraction < 0 || c.OfflineFraction > 1 || c.LongPollFraction < 0 || c.LongPollFraction > 1 {
+	if c.FailFraction < 0 || c.FailFraction > 1 || c.OfflineFraction < 0 || c.OfflineFraction > 1 || c.LongPollFraction < 0 || c.LongPollFraction > 1 ||
+		c.DoorbellFraction < 0 || c.DoorbellFraction > 1 {
 		return errors.New("fractions must be between 0 and 1")
 	}
 	if c.MaxTunnels < 0 || c.Tunnels < 0 {
@@ -161,6 +176,9 @@ func (c *Config) complete() error {
 	}
 	if c.Workers <= 0 {
 		c.Workers = def.Workers
+	}
+	if c.DoorbellPerSocket <= 0 {
+		c.DoorbellPerSocket = def.DoorbellPerSocket
 	}
 	setD(&c.PollInterval, def.PollInterval)
 	setD(&c.MinBackoff, def.MinBackoff)

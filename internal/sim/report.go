@@ -50,11 +50,16 @@ type Report struct {
 	// InitialSync is from the start until every cluster made its first poll.
 	InitialSync Seconds `json:"initialSync"`
 	// Held is from the start until nine in ten long-polling clusters had made a long poll.
-	Held      Seconds       `json:"held,omitempty"`
-	Change    *ChangeResult `json:"change,omitempty"`
-	Tunnels   *TunnelResult `json:"tunnels,omitempty"`
-	Idle      *IdleResult   `json:"idle,omitempty"`
-	PollStorm *StormResult  `json:"pollStorm,omitempty"`
+	Held    Seconds       `json:"held,omitempty"`
+	Change  *ChangeResult `json:"change,omitempty"`
+	Tunnels *TunnelResult `json:"tunnels,omitempty"`
+	Idle    *IdleResult   `json:"idle,omitempty"`
+	// ColdTunnels and PingStorm measure the doorbell: a call to a cluster with no tunnel
+	// open, and the server's cost per datagram.
+	ColdTunnels *ColdTunnelResult `json:"coldTunnels,omitempty"`
+	PingStorm   *PingStormResult  `json:"pingStorm,omitempty"`
+	Doorbell    DoorbellCounts    `json:"doorbell"`
+	PollStorm   *StormResult      `json:"pollStorm,omitempty"`
 	// ReconnectStorm is the same with a new connection (a resumed TLS session) per poll.
 	ReconnectStorm *StormResult       `json:"reconnectStorm,omitempty"`
 	ServerMemory   ServerMemory       `json:"serverMemory"`
@@ -142,6 +147,14 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(tw, "bundle change\t%s\t%d targeted (%s): %d to reach, %d Ready, %d ErrApplied, %d offline\n", c.Bundle, c.Expect.Targeted, c.Selector, c.Expect.Reach, c.Expect.Ready, c.Expect.ErrApplied, c.Expect.WaitApplied)
 		fmt.Fprintf(tw, "  reached all\t%v\t%d clusters, half in %v, 90%% in %v, 99%% in %v; server poll interval %v\n", c.ReachAll, c.Reached, c.Reach.P50, c.Reach.P90, c.Reach.P99, c.PollAfter)
 		fmt.Fprintf(tw, "  all reported\t%v\t%d final reports acknowledged, half in %v, 90%% in %v, 99%% in %v\n", c.ReportAll, c.Reported, c.Report.P50, c.Report.P90, c.Report.P99)
+		for _, g := range []struct {
+			name string
+			g    *ChangeGroup
+		}{{"doorbell", c.Doorbell}, {"HTTPS only", c.HTTPS}} {
+			if g.g != nil {
+				fmt.Fprintf(tw, "  %s\t%v / %v\t%d reached, all Ready-reported in %v; reach half in %v, 99%% in %v\n", g.name, g.g.ReachAll, g.g.ReportAll, g.g.Reached, g.g.ReportAll, g.g.Reach.P50, g.g.Reach.P99)
+			}
+		}
 		extra := ""
 		if c.BaselineTime > 0 {
 			extra = fmt.Sprintf("; %d requests, %v at the baseline rate", c.Requests, c.BaselineTime)
@@ -166,6 +179,25 @@ func (r *Report) WriteTable(w io.Writer) {
 	if i := r.Idle; i != nil {
 		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
 		fmt.Fprintf(tw, "  server heap		%s\n", i.ServerGC)
+		if i.DoorbellPerSec > 0 {
+			fmt.Fprintf(tw, "  doorbell\t%.0f pkt/s\tdatagrams received by the server\n", i.DoorbellPerSec)
+		}
+	}
+	if c := r.ColdTunnels; c != nil {
+		fmt.Fprintf(tw, "cold tunnel\t\tfirst byte of GET /version through the proxy, no tunnel open: doorbell %v, HTTPS only %v\n", c.Doorbell, c.HTTPS)
+	}
+	if p := r.PingStorm; p != nil {
+		// The gross figure counts the fleet's polls meanwhile too: an upper bound. The net one
+		// subtracts the idle phase's CPU, and reads 0 when the fleet's noise is larger.
+		var gross Seconds
+		if p.Received > 0 {
+			gross = Seconds(p.ServerCPU * (float64(p.Duration) + 0.2) / p.Received)
+		}
+		fmt.Fprintf(tw, "doorbell pings\t%.0f/s\tserver CPU %.1f%% of one core: at most %v per datagram, %v beyond the idle fleet's; %.0f received, %.0f answered, %.0f refused, %.0f over the per-source limit in %v\n",
+			p.PerSec, 100*p.ServerCPU, gross, p.ServerCPUPerPacket, p.Received, p.Answered, p.Refused, p.Limited, p.Duration)
+	}
+	if d := r.Doorbell; d.Pings > 0 {
+		fmt.Fprintf(tw, "doorbell\t%d pings\t%d answers, %d rings, %d saying changed or tunnel wanted\n", d.Pings, d.Answers, d.Rings, d.Changed)
 	}
 	for _, st := range []struct {
 		name string

@@ -44,6 +44,13 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 		}
 		s.SetRegistrationToken(tok)
 	}
+	if s.cfg.ColdTunnels > 0 {
+		// Bound before any cluster registers: a binding made later re-versions every
+		// covered cluster's desired state, a change of its own.
+		if err := s.makeColdUser(ctx); err != nil {
+			return nil, err
+		}
+	}
 	fleetCtx, stop := context.WithCancel(ctx)
 	defer func() { stop(); s.Wait() }()
 	s.Start(fleetCtx)
@@ -76,11 +83,25 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 			return s.finish(rep), err
 		}
 	}
+	if s.cfg.ColdTunnels > 0 {
+		if rep.ColdTunnels, err = s.ColdTunnels(ctx, s.cfg.ColdTunnels, time.Duration(float64(s.st.pollAfter.Load())*1.5)+30*time.Second); err != nil {
+			return s.finish(rep), err
+		}
+	}
 	if s.cfg.PollStorm > 0 {
 		if rep.PollStorm, err = s.PollStorm(ctx, s.cfg.PollStorm, rep.Baseline); err != nil {
 			return s.finish(rep), err
 		}
 		if rep.ReconnectStorm, err = s.ReconnectStorm(ctx, s.cfg.PollStorm, rep.Baseline); err != nil {
+			return s.finish(rep), err
+		}
+	}
+	if s.cfg.PingStorm > 0 {
+		var idleCPU float64
+		if rep.Idle != nil {
+			idleCPU = rep.Idle.ServerCPU
+		}
+		if rep.PingStorm, err = s.PingStorm(ctx, s.cfg.PingStorm, idleCPU); err != nil {
 			return s.finish(rep), err
 		}
 	}
@@ -169,7 +190,8 @@ func (s *Sim) WaitPolled(ctx context.Context) (Seconds, error) {
 func (s *Sim) WaitHeld(ctx context.Context) (Seconds, error) {
 	want := int64(0)
 	for i := range s.clusters {
-		if s.LongPolling(i) && !s.Offline(i) {
+		// Clusters using the doorbell hold no polls, as the agent.
+		if s.LongPolling(i) && !s.UsesDoorbell(i) && !s.Offline(i) {
 			want++
 		}
 	}
@@ -236,6 +258,10 @@ type ChangeResult struct {
 	// Reach and Report spread the clusters' times since the apply.
 	Reach  Latency `json:"reach"`
 	Report Latency `json:"report"`
+	// Doorbell and HTTPS split the above between the clusters using the doorbell and
+	// those polling HTTPS only.
+	Doorbell *ChangeGroup `json:"doorbell,omitempty"`
+	HTTPS    *ChangeGroup `json:"https,omitempty"`
 	// PollAfter is the poll interval the server gave, which bounds ReachAll from below.
 	PollAfter Seconds `json:"pollAfter"`
 	// Requests made while the change rolled out, and how long the baseline would take
@@ -322,6 +348,7 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 	res.ReportAll = seconds(time.Duration(ch.lastDone.Load() - start))
 	res.PollAfter = seconds(time.Duration(s.st.pollAfter.Load()))
 	res.Reach, res.Report = ch.reachAt.summary(), ch.doneAt.summary()
+	res.HTTPS, res.Doorbell = ch.groups[0].result(start), ch.groups[1].result(start)
 	if err != nil {
 		res.TimedOut = true
 		return res, err
@@ -408,6 +435,8 @@ type IdleResult struct {
 	// ServerGC is what the server's Go heap did meanwhile: the collector's work grows with
 	// what the requests allocate.
 	ServerGC GCFigures `json:"serverGC"`
+	// DoorbellPerSec is the doorbell datagrams the server received per second.
+	DoorbellPerSec float64 `json:"doorbellPerSec,omitempty"`
 }
 
 // GCFigures are the server's allocations and collections over a period, from its /metrics
@@ -468,9 +497,12 @@ func (s *Sim) Idle(ctx context.Context, d time.Duration) (*IdleResult, error) {
 	c0, _ := m0.value("process_cpu_seconds_total", nil)
 	c1, _ := m1.value("process_cpu_seconds_total", nil)
 	polls, reports := float64(s.st.polls.Load()-polls0), float64(s.st.reports.Load()-reps0)
+	d0, _ := m0.value("flotilla_doorbell_received_total", nil)
+	d1, _ := m1.value("flotilla_doorbell_received_total", nil)
 	return &IdleResult{Duration: Seconds(took), PollsPerSec: polls / took,
 		ReportsPerSec: reports / took, ServerCPU: (c1 - c0) / took,
-		SimCPU: (processCPU() - cpu0).Seconds() / took, ServerGC: gcFigures(m0, m1, took, polls+reports)}, nil
+		SimCPU: (processCPU() - cpu0).Seconds() / took, ServerGC: gcFigures(m0, m1, took, polls+reports),
+		DoorbellPerSec: (d1 - d0) / took}, nil
 }
 
 // StormResult is the cost of an unchanged poll, measured by sending them as fast as they
@@ -627,6 +659,7 @@ func (s *Sim) ServerMemoryNow(ctx context.Context) (rss, heap float64, err error
 }
 
 func (s *Sim) finish(rep *Report) *Report {
+	rep.Doorbell = s.doorbellCounts()
 	if rep.ServerMemory.End == 0 {
 		if m, err := s.Scrape(context.Background()); err == nil {
 			rep.ServerMemory.End, _ = m.value("process_resident_memory_bytes", nil)

@@ -46,8 +46,14 @@ type Sim struct {
 	inv       api.ClusterInventory
 
 	// tun is the clusters' tunnel agents; nil when MaxTunnels is 0.
-	tun      *tunnels
-	fleetCtx context.Context
+	tun *tunnels
+	// bells are the doorbell sockets; nil when DoorbellFraction is 0. bellInterval is how
+	// often the server asks clusters to ping.
+	bells        *bells
+	bellInterval atomic.Int64
+	// coldToken is the session of the user the cold tunnel calls are made as.
+	coldToken string
+	fleetCtx  context.Context
 
 	wg      sync.WaitGroup
 	started atomic.Bool
@@ -67,6 +73,8 @@ type cluster struct {
 	fails                            uint8
 	flags                            uint8
 	changeSeen, changeDone, markSeen uint32
+	// bell is the cluster's doorbell; nil when it does not use one.
+	bell *bellState
 }
 
 const (
@@ -133,8 +141,24 @@ type change struct {
 	start                 int64
 	reached, done         atomic.Int64
 	lastReached, lastDone atomic.Int64
-	// reachAt and doneAt record, per cluster, how long after the apply it got there.
+	// reachAt and doneAt record, per cluster, how long after the apply it got there; the
+	// groups the same for clusters with the doorbell and those polling HTTPS only.
 	reachAt, doneAt histogram
+	groups          [2]changeGroup
+}
+
+// changeGroup is a change's progress in one group of clusters: 0 HTTPS only, 1 doorbell.
+type changeGroup struct {
+	reached, done         atomic.Int64
+	lastReached, lastDone atomic.Int64
+	reachAt, doneAt       histogram
+}
+
+func (s *Sim) group(i int) int {
+	if s.clusters[i].bell != nil {
+		return 1
+	}
+	return 0
 }
 
 // mark counts clusters that made a successful poll after a point in time (e.g. a server
@@ -185,6 +209,12 @@ func New(cfg Config) (*Sim, error) {
 	}
 	if s.tun, err = newTunnels(&s.cfg); err != nil {
 		return nil, err
+	}
+	if s.bells, err = newBells(&s.cfg); err != nil {
+		return nil, err
+	}
+	if s.bells != nil {
+		s.sched.enableRings(cfg.Clusters)
 	}
 	s.hc = &http.Client{Transport: s.trs[0], Timeout: cfg.RequestTimeout}
 	if cfg.AdminToken != "" {
@@ -337,6 +367,9 @@ func (s *Sim) Wait() {
 	if s.tun != nil {
 		s.tun.base.CloseIdleConnections()
 	}
+	if s.bells != nil {
+		s.bells.close()
+	}
 }
 
 // step does what cluster i has due, then schedules its next wake-up.
@@ -346,6 +379,9 @@ func (s *Sim) step(ctx context.Context, i int) {
 		return
 	}
 	now := s.now()
+	if s.sched.rung(int32(i), now) {
+		c.nextPoll = min(c.nextPoll, now)
+	}
 	var err error
 	switch {
 	case c.flags&flagRegistered == 0:
@@ -380,7 +416,11 @@ func (s *Sim) reschedule(i int, err error) {
 		return // gone silent
 	}
 	next := c.nextPoll
-	for _, t := range []int64{c.reportAt, c.readyAt, c.nextBeat} {
+	var ping int64
+	if c.bell != nil {
+		ping = c.bell.nextPing
+	}
+	for _, t := range []int64{c.reportAt, c.readyAt, c.nextBeat, ping} {
 		if t != 0 && t < next {
 			next = t
 		}
@@ -431,6 +471,9 @@ func (s *Sim) register(ctx context.Context, i int, now int64) error {
 	}
 	s.st.registered.Add(1)
 	s.st.lastReg.Store(s.now())
+	if s.bells != nil {
+		s.joinBell(i, resp.Doorbell, now)
+	}
 	return nil
 }
 
@@ -452,6 +495,9 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		}
 		mu.Unlock()
 	}
+	if c.bell != nil && now >= c.bell.nextPing {
+		s.ping(i, now)
+	}
 	beat := s.cfg.Heartbeat > 0 && now >= c.nextBeat
 	if (c.reportAt != 0 && now >= c.reportAt) || beat {
 		if err := s.report(ctx, i, beat); err != nil {
@@ -462,7 +508,8 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		var hold time.Duration
 		// As the agent: polls are held by the server for up to the poll-after it gave
 		// last (at most LongPoll), except the first and the first after a failure.
-		if s.LongPolling(i) && c.flags&flagPolled != 0 && c.fails == 0 {
+		// As the agent: with the doorbell, no poll is held (it rings when there is news).
+		if s.LongPolling(i) && c.bell == nil && c.flags&flagPolled != 0 && c.fails == 0 {
 			if c.reportAt != 0 || c.readyAt != 0 {
 				// The agent's poll and report loops run side by side; the simulator runs
 				// one call per cluster at a time, so the long poll waits for the report.
@@ -673,6 +720,10 @@ func (s *Sim) apply(ctx context.Context, i int, cl *client.Client, ds *api.Desir
 				ch.reached.Add(1)
 				ch.lastReached.Store(now)
 				ch.reachAt.record(time.Duration(now - ch.start))
+				g := &ch.groups[s.group(i)]
+				g.reached.Add(1)
+				g.lastReached.Store(now)
+				g.reachAt.record(time.Duration(now - ch.start))
 			}
 		}
 	}
@@ -727,6 +778,10 @@ func (s *Sim) report(ctx context.Context, i int, beat bool) error {
 			ch.done.Add(1)
 			ch.lastDone.Store(now)
 			ch.doneAt.record(time.Duration(now - ch.start))
+			g := &ch.groups[s.group(i)]
+			g.done.Add(1)
+			g.lastDone.Store(now)
+			g.doneAt.record(time.Duration(now - ch.start))
 		}
 	}
 	c.removed = nil

@@ -63,6 +63,7 @@ func TestRun(t *testing.T) {
 	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
 	cfg.Clusters, cfg.Labels = 300, ls
 	cfg.LongPoll, cfg.LongPollFraction = 30*time.Second, 0.5
+	cfg.DoorbellFraction = 0.5
 	cfg.Connections, cfg.Workers = 2, 16
 	cfg.FailFraction, cfg.OfflineFraction = 0.05, 0.05
 	cfg.ReportDelay, cfg.ReadyDelay = 20*time.Millisecond, 100*time.Millisecond
@@ -145,6 +146,7 @@ func TestLongPoll(t *testing.T) {
 	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
 	cfg.Clusters, cfg.Connections, cfg.Workers = 100, 2, 16
 	cfg.LongPoll, cfg.LongPollFraction = 30*time.Second, 1
+	cfg.DoorbellFraction = 0
 	cfg.ReportDelay, cfg.Heartbeat = 10*time.Millisecond, 0
 	cfg.Timeout = 30 * time.Second
 	s, err := sim.New(cfg)
@@ -185,5 +187,50 @@ func TestLongPoll(t *testing.T) {
 	// a few rounds since.
 	if n := s.Progress().Polls; n > 800 {
 		t.Errorf("%d polls from 100 clusters in some 10s: long polls must keep the poll interval", n)
+	}
+}
+
+// TestDoorbell: with short polls only and a server that sends agents away for an hour, a
+// change reaches every simulated cluster because the doorbell rings, through sockets that
+// many clusters share; a ping storm measures the server's cost per datagram.
+func TestDoorbell(t *testing.T) {
+	url, checksum := startServer(t, time.Hour)
+	cfg := sim.DefaultConfig()
+	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
+	cfg.Clusters, cfg.Connections, cfg.Workers = 200, 2, 16
+	cfg.LongPoll, cfg.DoorbellFraction, cfg.DoorbellPerSocket = 0, 1, 64
+	cfg.ReportDelay, cfg.Heartbeat = 10*time.Millisecond, 0
+	cfg.Timeout = 30 * time.Second
+	s, err := sim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer func() { cancel(); s.Wait() }()
+	tok, err := s.CreateRegistrationToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetRegistrationToken(tok)
+	s.Start(ctx)
+	if _, err := s.WaitRegistered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WaitPolled(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.Change(ctx, "rung", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Doorbell == nil || ch.Doorbell.Reached != 200 || ch.HTTPS != nil {
+		t.Fatalf("the change reached %+v by doorbell, %+v by HTTPS only; want all 200 by doorbell", ch.Doorbell, ch.HTTPS)
+	}
+	ps, err := s.PingStorm(ctx, 300*time.Millisecond, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Received == 0 || ps.ServerCPUPerPacket <= 0 {
+		t.Errorf("ping storm: %+v", ps)
 	}
 }

@@ -58,6 +58,9 @@ type Config struct {
 	// agent polling every few minutes still gets it.
 	TokenTTL time.Duration
 	Logger   *slog.Logger
+	// Wanted, if set, is told of a cluster whose tunnel became wanted, so that its agent
+	// can be rung. It is called with the registry locked: it must not block.
+	Wanted func(cluster string)
 }
 
 // Server is the registry of open tunnels, keyed by cluster ("namespace/name").
@@ -196,7 +199,18 @@ func (s *Server) wantLocked(cluster string) *want {
 		close(wt.ch)
 		delete(s.waiters, cluster)
 	}
+	if s.cfg.Wanted != nil {
+		s.cfg.Wanted(cluster)
+	}
 	return w
+}
+
+// IsWanted reports whether a tunnel is wanted for cluster and not open yet.
+func (s *Server) IsWanted(cluster string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.wanted[cluster]
+	return w != nil && time.Now().Before(w.expires) && s.open[cluster] == nil
 }
 
 // sweepLocked forgets the wanted tunnels whose token expired unused (calls for clusters

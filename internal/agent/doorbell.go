@@ -1,0 +1,144 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/doorbell"
+)
+
+// advertised is told the doorbell port of every poll answer (0: the server offers none).
+func (a *agent) advertised(port int) {
+	if a.bellPort.Swap(int32(port)) != int32(port) {
+		kick(a.bellAdvert)
+	}
+}
+
+func (a *agent) doorbellState() string {
+	if s, ok := a.bellState.Load().(string); ok {
+		return s
+	}
+	return api.DoorbellOff
+}
+
+// setDoorbellState records the doorbell's state and reports it with the inventory.
+func (a *agent) setDoorbellState(s string) {
+	if a.bellState.Swap(s) == s {
+		return
+	}
+	switch s {
+	case api.DoorbellBlocked:
+		a.log.Warn("the server's doorbell does not answer (UDP blocked on the way?); hearing of changes by HTTPS long polls only")
+	case api.DoorbellOn:
+		a.log.Info("the server's doorbell answers; changes reach the agent by datagram")
+	}
+	a.mu.Lock()
+	inv := a.inventory
+	if inv != nil {
+		cp := *inv
+		cp.Doorbell = s
+		a.inventory = &cp
+		inv = &cp
+	}
+	a.mu.Unlock()
+	if inv != nil {
+		if err := a.queue.setInventory(inv); err != nil {
+			a.log.Error("queueing the inventory", "err", err)
+		}
+		kick(a.wakeReport)
+	}
+}
+
+// doorbellUsable: the doorbell answers, so polls need not be held open.
+func (a *agent) doorbellUsable() bool { return a.doorbellState() == api.DoorbellOn }
+
+// doorbellLoop uses the doorbell the server advertises: it fetches the cluster's key over
+// HTTPS, pings from its own socket, and turns the server's "changed" and "tunnel wanted"
+// into an immediate poll. It follows the advertisement: another port, another keeper; none,
+// none.
+func (a *agent) doorbellLoop(ctx context.Context) {
+	var stop context.CancelFunc
+	done := func() {
+		if stop != nil {
+			stop()
+			stop = nil
+		}
+	}
+	defer done()
+	cur := int32(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.bellAdvert:
+		}
+		port := a.bellPort.Load()
+		if port == cur {
+			continue
+		}
+		done()
+		cur = port
+		if port <= 0 {
+			a.setDoorbellState(api.DoorbellOff)
+			continue
+		}
+		kctx, cancel := context.WithCancel(ctx)
+		if err := a.startDoorbell(kctx); err != nil {
+			cancel()
+			a.log.Warn("not using the server's doorbell", "err", err)
+			a.setDoorbellState(api.DoorbellBlocked)
+			// Asked again when the next poll advertises it.
+			cur = -1
+			continue
+		}
+		stop = cancel
+	}
+}
+
+// startDoorbell fetches the key, opens the socket and runs the keeper until ctx ends.
+func (a *agent) startDoorbell(ctx context.Context) error {
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	info, err := a.client.Doorbell(fctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	uid, err := doorbell.ParseUID(info.UID)
+	if err != nil {
+		return err
+	}
+	ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(a.client.Host(), strconv.Itoa(info.Port)))
+	if err != nil {
+		return err
+	}
+	server := ua.AddrPort()
+	server = netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
+	ep, err := doorbell.NewEndpoint("")
+	if err != nil {
+		return err
+	}
+	k := &doorbell.Keeper{
+		Interval: time.Duration(info.IntervalSeconds) * time.Second,
+		Version: func() int64 {
+			if ds := a.currentDesired(); ds != nil {
+				return ds.Revision
+			}
+			return 0
+		},
+		Ring:    func(doorbell.Kind) { kick(a.rung) },
+		OnState: a.setDoorbellState,
+		Timeout: a.cfg.DoorbellTimeout,
+	}
+	k.Bell = ep.Add(uid, info.Key, server, k.Answer)
+	go ep.Serve()
+	go func() {
+		k.Run(ctx)
+		ep.Close()
+	}()
+	a.log.Debug("using the server's doorbell", "address", server.String())
+	return nil
+}

@@ -1,0 +1,407 @@
+package doorbell
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fleet is a fake fleet model: unit logic, no store behind it.
+type fleet struct {
+	mu       sync.Mutex
+	versions map[string]int64 // UID → version
+	names    map[string]string
+	seen     int
+	wanted   map[string]bool
+}
+
+func newFleet() *fleet {
+	return &fleet{versions: map[string]int64{}, names: map[string]string{}, wanted: map[string]bool{}}
+}
+
+func (f *fleet) add(uid string, name string, v int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.versions[uid], f.names[uid] = v, name
+}
+
+func (f *fleet) DoorbellLookup(uid string, version int64) (string, bool, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.versions[uid]
+	return f.names[uid], v != version, ok
+}
+
+func (f *fleet) DoorbellKnown(uid string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.versions[uid]
+	return ok
+}
+
+func (f *fleet) DoorbellUID(key string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for u, n := range f.names {
+		if n == key {
+			return u
+		}
+	}
+	return ""
+}
+
+func (f *fleet) Seen(string, time.Time) { f.mu.Lock(); f.seen++; f.mu.Unlock() }
+func (f *fleet) Ready() bool            { return true }
+func (f *fleet) IsWanted(c string) bool { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted[c] }
+
+const uidA = "0b5c3c1e-8f5e-4c1a-9d6b-2a7e4f0c9d11"
+
+var secret = []byte("0123456789abcdef0123456789abcdef")
+
+func startServer(t *testing.T, f *fleet, cfg Config) *Server {
+	t.Helper()
+	cfg.Secret, cfg.Clusters, cfg.Tunnels = secret, f, f
+	s, err := Listen("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
+// peer is a raw UDP socket playing an agent, or an attacker.
+type peer struct {
+	t    *testing.T
+	conn *net.UDPConn
+	to   netip.AddrPort
+}
+
+func newPeer(t *testing.T, s *Server) *peer {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &peer{t: t, conn: c, to: s.Addr()}
+}
+
+func (p *peer) send(b []byte) {
+	if _, err := p.conn.WriteToUDPAddrPort(b, p.to); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// recv returns the next datagram, or nil after wait.
+func (p *peer) recv(wait time.Duration) []byte {
+	p.conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 512)
+	n, _, err := p.conn.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
+}
+
+func ping(uid string, key []byte, counter uint64, version int64) []byte {
+	u, _ := ParseUID(uid)
+	return Packet{Kind: KindPing, Cluster: u, Counter: counter, Value: uint64(version)}.Append(nil, key)
+}
+
+func keyOf(uid string) []byte {
+	u, _ := ParseUID(uid)
+	return ClusterKey(secret, u)
+}
+
+func answer(t *testing.T, b []byte, key []byte) Packet {
+	t.Helper()
+	if b == nil {
+		t.Fatal("no answer")
+	}
+	if len(b) != Size {
+		t.Fatalf("answer of %d bytes, want %d", len(b), Size)
+	}
+	if err := Verify(b, key); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestUIDRoundTrip(t *testing.T) {
+	u, err := ParseUID(uidA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.String(); got != uidA {
+		t.Errorf("got %s, want %s", got, uidA)
+	}
+	for _, bad := range []string{"", "x", uidA[:35], uidA + "0", "0b5c3c1e-8f5e-4c1a-9d6b-2a7e4f0c9dzz", "0b5c3c1e08f5e-4c1a-9d6b-2a7e4f0c9d11"} {
+		if _, err := ParseUID(bad); err == nil {
+			t.Errorf("ParseUID(%q) took it", bad)
+		}
+	}
+}
+
+func TestAnswers(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s := startServer(t, f, Config{})
+	p := newPeer(t, s)
+	key := keyOf(uidA)
+	now := uint64(time.Now().UnixNano())
+
+	p.send(ping(uidA, key, now, 42))
+	a := answer(t, p.recv(5*time.Second), key)
+	if a.Kind != KindUnchanged || a.Counter != now || a.Ring {
+		t.Fatalf("got %+v, want unchanged echoing counter %d", a, now)
+	}
+	if d := time.Duration(a.Value) * time.Millisecond; d < DefaultInterval/2 || d > 2*DefaultInterval {
+		t.Errorf("come back in %v, want about %v", d, DefaultInterval)
+	}
+
+	p.send(ping(uidA, key, now+1, 41))
+	if a := answer(t, p.recv(5*time.Second), key); a.Kind != KindChanged || a.Value != 0 {
+		t.Errorf("stale version: got %+v, want changed, come now", a)
+	}
+	f.mu.Lock()
+	f.wanted["ws/a"] = true
+	f.mu.Unlock()
+	p.send(ping(uidA, key, now+3, 42))
+	if a := answer(t, p.recv(5*time.Second), key); a.Kind != KindTunnel {
+		t.Errorf("tunnel wanted: got %+v, want tunnel", a)
+	}
+}
+
+// TestHostile sends what an attacker can: each is dropped without an answer and changes
+// nothing the server keeps.
+func TestHostile(t *testing.T) {
+	const uidB = "7d1e2f3a-0000-4000-8000-00000000000b"
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s := startServer(t, f, Config{})
+	p := newPeer(t, s)
+	key := keyOf(uidA)
+	now := uint64(time.Now().UnixNano())
+	valid := ping(uidA, key, now, 42)
+
+	wrongKey := ping(uidA, keyOf(uidB), now, 42)
+	flipped := bytes.Clone(valid)
+	flipped[30] ^= 1
+	oversize := append(bytes.Clone(valid), 0)
+	unknown := ping(uidB, keyOf(uidB), now, 42)
+	badVersion := bytes.Clone(valid)
+	badVersion[0] = 2
+	stale := ping(uidA, key, uint64(time.Now().Add(-time.Hour).UnixNano()), 42)
+	answerKind := Packet{Kind: KindChanged, Cluster: mustUID(uidA), Counter: now}.Append(nil, key)
+	for name, b := range map[string][]byte{
+		"wrong key": wrongKey, "altered": flipped, "truncated": valid[:Size-1], "empty": {},
+		"oversize": oversize, "unknown cluster": unknown, "other version": badVersion,
+		"first counter an hour old": stale, "an answer sent back": answerKind,
+	} {
+		p.send(b)
+		if got := p.recv(300 * time.Millisecond); got != nil {
+			t.Errorf("%s: got an answer of %d bytes", name, len(got))
+		}
+	}
+	if n := s.Len(); n != 0 {
+		t.Fatalf("%d clusters recorded from hostile datagrams", n)
+	}
+	f.mu.Lock()
+	seen := f.seen
+	f.mu.Unlock()
+	if seen != 0 {
+		t.Fatalf("hostile datagrams marked a cluster seen")
+	}
+
+	// A valid ping, then the same one replayed, and an older one: only the first counts.
+	p.send(valid)
+	answer(t, p.recv(5*time.Second), key)
+	p.send(valid)
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("a replayed ping was answered")
+	}
+	p.send(ping(uidA, key, now-1, 42))
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("an older counter was answered")
+	}
+	// A replay from elsewhere does not move where rings go.
+	q := newPeer(t, s)
+	q.send(valid)
+	s.Ring(uidA)
+	if got := p.recv(5 * time.Second); got == nil {
+		t.Fatal("the ring did not go to the address of the last valid ping")
+	}
+	if got := q.recv(300 * time.Millisecond); got != nil {
+		t.Error("the replaying address got a datagram")
+	}
+
+	// A deleted cluster: its pings, though signed, are not answered, and it is forgotten.
+	f.mu.Lock()
+	delete(f.versions, uidA)
+	f.mu.Unlock()
+	p.send(ping(uidA, key, now+10, 42))
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("a deleted cluster's ping was answered")
+	}
+	if n := s.Len(); n != 0 {
+		t.Errorf("a deleted cluster is still recorded")
+	}
+}
+
+func mustUID(s string) UID {
+	u, err := ParseUID(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+func TestRings(t *testing.T) {
+	const uidB = "7d1e2f3a-0000-4000-8000-00000000000b"
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	f.add(uidB, "ws/b", 42)
+	s := startServer(t, f, Config{})
+	p := newPeer(t, s)
+	key := keyOf(uidA)
+	now := uint64(time.Now().UnixNano())
+
+	// No ping yet: no address, no ring.
+	s.Ring(uidA)
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Fatal("a cluster that never pinged was rung")
+	}
+	p.send(ping(uidA, key, now, 42))
+	answer(t, p.recv(5*time.Second), key)
+
+	s.Ring(uidA)
+	r := answer(t, p.recv(5*time.Second), key)
+	if !r.Ring || r.Kind != KindChanged {
+		t.Errorf("got %+v, want a changed ring", r)
+	}
+	s.RingTunnel("ws/a")
+	if r := answer(t, p.recv(5*time.Second), key); !r.Ring || r.Kind != KindTunnel {
+		t.Errorf("got %+v, want a tunnel ring", r)
+	}
+	s.RingAll()
+	if r := answer(t, p.recv(5*time.Second), key); !r.Ring || r.Kind != KindChanged {
+		t.Errorf("got %+v, want a changed ring", r)
+	}
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("a second datagram; B never pinged and must not be rung")
+	}
+}
+
+// TestRingBudget: rings beyond the budget wait; with a budget of 20 per second, 30 rings
+// take longer than the first 10 do.
+func TestRingBudget(t *testing.T) {
+	f := newFleet()
+	s := startServer(t, f, Config{RingRate: 20})
+	p := newPeer(t, s)
+	now := uint64(time.Now().UnixNano())
+	var uids []string
+	for i := range 30 {
+		u := UID{byte(i), 1}
+		uid := u.String()
+		uids = append(uids, uid)
+		f.add(uid, "ws/c", 1)
+		p.send(ping(uid, keyOf(uid), now, 1))
+		answer(t, p.recv(5*time.Second), keyOf(uid))
+	}
+	start := time.Now()
+	for _, u := range uids {
+		s.Ring(u)
+	}
+	var first, all time.Duration
+	for i := range 30 {
+		if p.recv(10*time.Second) == nil {
+			t.Fatalf("only %d of 30 rings came", i)
+		}
+		if i == 1 {
+			first = time.Since(start)
+		}
+	}
+	all = time.Since(start)
+	if all < 5*first {
+		t.Errorf("30 rings took %v, the first two %v: not paced", all, first)
+	}
+}
+
+func TestSourceLimit(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s := startServer(t, f, Config{SourceRate: 5})
+	p := newPeer(t, s)
+	key := keyOf(uidA)
+	now := uint64(time.Now().UnixNano())
+	for i := range 50 {
+		p.send(ping(uidA, key, now+uint64(i), 42))
+	}
+	got := 0
+	for p.recv(300*time.Millisecond) != nil {
+		got++
+	}
+	if got == 0 || got > 15 {
+		t.Errorf("%d of 50 pings answered at 5 per second (burst 10)", got)
+	}
+	if s.Stats.Limited.Load() == 0 {
+		t.Error("nothing counted as limited")
+	}
+}
+
+// TestKeeper runs an agent's keeper against a server: on, rung, and blocked when the
+// server does not answer.
+func TestKeeper(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s := startServer(t, f, Config{})
+	ep, err := NewEndpoint("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ep.Serve()
+	t.Cleanup(func() { ep.Close() })
+	rings := make(chan Kind, 10)
+	k := &Keeper{Interval: time.Hour, Version: func() int64 { return 42 }, Ring: func(k Kind) { rings <- k }, Timeout: 200 * time.Millisecond}
+	k.Bell = ep.Add(mustUID(uidA), keyOf(uidA), s.Addr(), k.Answer)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go k.Run(ctx)
+	waitFor(t, func() bool { return k.State() == StateOn })
+	s.Ring(uidA)
+	if got := <-rings; got != KindChanged {
+		t.Errorf("got %v, want changed", got)
+	}
+
+	// A server that never answers: a socket nobody reads.
+	hole, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	k2 := &Keeper{Interval: 100 * time.Millisecond, Version: func() int64 { return 42 }, Ring: func(Kind) {}, Timeout: 100 * time.Millisecond}
+	k2.Bell = ep.Add(UID{9}, keyOf(uidA), hole.LocalAddr().(*net.UDPAddr).AddrPort(), k2.Answer)
+	go k2.Run(ctx)
+	waitFor(t, func() bool { return k2.State() == StateBlocked })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not met in 10s")
+}

@@ -1,0 +1,443 @@
+package doorbell
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Clusters is what the server needs of the fleet model.
+type Clusters interface {
+	// DoorbellLookup returns the cluster with uid as "namespace/name" and whether its
+	// desired state differs from version; ok is false for a cluster the model does not
+	// know (never registered, deleted, or not loaded yet).
+	DoorbellLookup(uid string, version int64) (key string, changed, ok bool)
+	// DoorbellKnown says whether the model knows the cluster with uid (cheaply: it is asked
+	// before every ring).
+	DoorbellKnown(uid string) bool
+	// DoorbellUID returns the UID of the cluster "namespace/name" ("" if unknown).
+	DoorbellUID(key string) string
+	// Seen records that the cluster's agent called.
+	Seen(key string, now time.Time)
+	// Ready says the model is loaded; until then every ping is answered KindLater.
+	Ready() bool
+}
+
+// Tunnels says whether the server wants a cluster's tunnel.
+type Tunnels interface {
+	IsWanted(cluster string) bool
+}
+
+// Defaults.
+const (
+	// DefaultInterval is how often an agent pings: well under the 30 s after which many
+	// NATs forget a UDP flow.
+	DefaultInterval = 25 * time.Second
+	// DefaultRingRate bounds rings and "changed, come now" answers per second: each sends
+	// an agent to the HTTPS API at once, so it is the rate at which a change may pull the
+	// fleet in.
+	DefaultRingRate = 5000
+	// DefaultSourceRate bounds datagrams per second taken from one source address.
+	DefaultSourceRate = 200
+	// DefaultReplayWindow: a cluster the server holds no counter for (it restarted) may
+	// ping with a counter at most this far from the server's clock, so an old datagram
+	// replayed after a restart is refused.
+	DefaultReplayWindow = 10 * time.Minute
+)
+
+// Config configures a Server.
+type Config struct {
+	// Secret is the server secret cluster keys are derived from (ClusterKey).
+	Secret []byte
+	// Interval is how often agents are told to ping (0: DefaultInterval).
+	Interval time.Duration
+	// RingRate bounds rings plus "changed, come now" answers per second (0: DefaultRingRate).
+	RingRate float64
+	// SourceRate bounds datagrams per second from one source address (0: DefaultSourceRate).
+	SourceRate float64
+	// ReplayWindow bounds a first counter's distance from the clock (0: DefaultReplayWindow).
+	ReplayWindow time.Duration
+	Clusters     Clusters
+	// Tunnels, if set, makes pings of a cluster whose tunnel is wanted answer KindTunnel.
+	Tunnels Tunnels
+	Logger  *slog.Logger
+	// Now is the clock (tests); time.Now when nil.
+	Now func() time.Time
+}
+
+// Stats counts datagrams by outcome.
+type Stats struct {
+	Received, Answered, Rung atomic.Int64
+	// Refused counts datagrams dropped as malformed, unsigned, replayed or of an unknown
+	// cluster; Limited those dropped by the per-source limit.
+	Refused, Limited atomic.Int64
+}
+
+// entry is all the server keeps per cluster: its last counter and where its last valid
+// datagram came from. A few dozen bytes, in one map keyed by UID.
+type entry struct {
+	counter uint64
+	addr    netip.AddrPort
+	seen    uint32 // unix seconds
+	pending bool   // queued for a ring
+}
+
+// Server answers pings and rings agents.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	conn  *net.UDPConn
+	Stats Stats
+
+	mu      sync.Mutex
+	entries map[UID]entry
+	queue   []UID    // clusters to ring because their state changed
+	urgent  []string // clusters ("namespace/name") whose tunnel is wanted
+	all     bool     // ring every cluster with an address
+	wake    chan struct{}
+
+	sources *sourceLimiter
+	ringLim *rate.Limiter
+	ringCtr atomic.Uint64
+}
+
+// maxUrgent bounds the queue of tunnel rings; a tunnel wanted beyond it waits for the
+// agent's next ping, which is answered KindTunnel.
+const maxUrgent = 10000
+
+// Listen opens the UDP socket; Serve answers on it.
+func Listen(addr string, cfg Config) (*Server, error) {
+	if len(cfg.Secret) < 16 {
+		return nil, errors.New("doorbell: the server secret is missing or too short")
+	}
+	if cfg.Clusters == nil {
+		return nil, errors.New("doorbell: no fleet model to answer from")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.RingRate <= 0 {
+		cfg.RingRate = DefaultRingRate
+	}
+	if cfg.SourceRate <= 0 {
+		cfg.SourceRate = DefaultSourceRate
+	}
+	if cfg.ReplayWindow <= 0 {
+		cfg.ReplayWindow = DefaultReplayWindow
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("doorbell address %s: %w", addr, err)
+	}
+	conn, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("doorbell: listening on udp %s: %w", addr, err)
+	}
+	// A burst of pings (a fleet after a restart) waits in the socket rather than being lost.
+	conn.SetReadBuffer(4 << 20)
+	conn.SetWriteBuffer(4 << 20)
+	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1),
+		sources: newSourceLimiter(cfg.SourceRate), ringLim: rate.NewLimiter(rate.Limit(cfg.RingRate), max(1, int(cfg.RingRate/10)))}
+	s.ringCtr.Store(uint64(cfg.Now().UnixNano()))
+	return s, nil
+}
+
+// Addr is the socket's address.
+func (s *Server) Addr() netip.AddrPort { return s.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// Port is the socket's port, which agents are told.
+func (s *Server) Port() int { return int(s.Addr().Port()) }
+
+// Interval is how often agents ping.
+func (s *Server) Interval() time.Duration { return s.cfg.Interval }
+
+// Key is the key of the cluster with uid, which its agent gets over HTTPS.
+func (s *Server) Key(uid UID) []byte { return ClusterKey(s.cfg.Secret, uid) }
+
+// Serve answers pings and sends rings until ctx ends, then closes the socket.
+func (s *Server) Serve(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		s.conn.Close()
+	}()
+	go s.ringer(ctx)
+	go s.sweeper(ctx)
+	buf := make([]byte, 2*Size) // a larger datagram reads as too long, not as a cut one
+	out := make([]byte, 0, Size)
+	for {
+		n, from, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			continue
+		}
+		if reply := s.handle(buf[:n], from, out[:0]); len(reply) > 0 {
+			if _, err := s.conn.WriteToUDPAddrPort(reply, from); err == nil {
+				s.Stats.Answered.Add(1)
+			}
+		}
+	}
+}
+
+// handle takes one datagram and returns the answer to send back, or nothing. Checks run
+// cheapest first; nothing is recorded for a datagram that fails one.
+func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
+	s.Stats.Received.Add(1)
+	now := s.cfg.Now()
+	if !s.sources.allow(from, now) {
+		s.Stats.Limited.Add(1)
+		return nil
+	}
+	p, err := Parse(b)
+	if err != nil || p.Kind != KindPing || p.Ring {
+		s.Stats.Refused.Add(1)
+		return nil
+	}
+	key := ClusterKey(s.cfg.Secret, p.Cluster)
+	if Verify(b, key) != nil {
+		s.Stats.Refused.Add(1)
+		return nil
+	}
+	answer := Packet{Cluster: p.Cluster, Counter: p.Counter}
+	if !s.cfg.Clusters.Ready() {
+		answer.Kind, answer.Value = KindLater, uint64(2*time.Second/time.Millisecond)
+		return answer.Append(out, key)
+	}
+	name, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String(), int64(p.Value))
+	if !ok {
+		s.Stats.Refused.Add(1)
+		s.forget(p.Cluster)
+		return nil
+	}
+	s.mu.Lock()
+	e, had := s.entries[p.Cluster]
+	if had && p.Counter <= e.counter || !had && !s.fresh(p.Counter, now) {
+		s.mu.Unlock()
+		s.Stats.Refused.Add(1)
+		return nil
+	}
+	// A ring still queued for it is spent on this answer instead (pending is cleared).
+	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix())}
+	s.mu.Unlock()
+	s.cfg.Clusters.Seen(name, now)
+
+	switch {
+	case s.cfg.Tunnels != nil && s.cfg.Tunnels.IsWanted(name):
+		answer.Kind = KindTunnel
+	case changed:
+		// Rings and these answers take from one budget, so a fleet pinging at once after
+		// a change is spread over it.
+		answer.Kind = KindChanged
+		r := s.ringLim.ReserveN(now, 1)
+		if d := r.DelayFrom(now); d > 0 {
+			answer.Value = uint64(d / time.Millisecond)
+		}
+	default:
+		answer.Kind = KindUnchanged
+		answer.Value = uint64(s.next(p.Cluster) / time.Millisecond)
+	}
+	return answer.Append(out, key)
+}
+
+// fresh says whether a first counter (the server holds none for the cluster) is a time
+// near the server's clock: agents count in nanoseconds of their clock.
+func (s *Server) fresh(counter uint64, now time.Time) bool {
+	c := time.Unix(0, int64(counter))
+	return c.After(now.Add(-s.cfg.ReplayWindow)) && c.Before(now.Add(s.cfg.ReplayWindow)) && counter < 1<<63
+}
+
+// next is when a cluster should ping again: the interval with a jitter of a fifth, so that
+// pings do not bunch.
+func (s *Server) next(u UID) time.Duration {
+	var h maphash.Hash
+	h.Write(u[:])
+	var c [8]byte
+	n := s.ringCtr.Add(1)
+	for i := range c {
+		c[i] = byte(n >> (8 * i))
+	}
+	h.Write(c[:])
+	j := time.Duration(h.Sum64() % uint64(s.cfg.Interval/5+1))
+	return s.cfg.Interval - s.cfg.Interval/10 + j
+}
+
+func (s *Server) forget(u UID) {
+	s.mu.Lock()
+	delete(s.entries, u)
+	s.mu.Unlock()
+}
+
+// Ring asks for a ring to the cluster with uid, whose desired state changed. It never
+// blocks (the fleet model calls it under its lock); a cluster whose agent never pinged has
+// no address and is not rung.
+func (s *Server) Ring(uid string) {
+	u, err := ParseUID(uid)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	e, ok := s.entries[u]
+	if ok && !e.pending && e.addr.IsValid() {
+		e.pending = true
+		s.entries[u] = e
+		s.queue = append(s.queue, u)
+	}
+	s.mu.Unlock()
+	s.poke()
+}
+
+// RingAll asks for a ring to every cluster (a change covering the whole fleet). The walk
+// over the clusters is the ringer's, not the caller's.
+func (s *Server) RingAll() {
+	s.mu.Lock()
+	s.all = true
+	s.mu.Unlock()
+	s.poke()
+}
+
+// RingTunnel asks for a ring, ahead of rings for changes, to a cluster ("namespace/name")
+// whose tunnel is wanted. It never blocks.
+func (s *Server) RingTunnel(cluster string) {
+	s.mu.Lock()
+	if len(s.urgent) < maxUrgent {
+		s.urgent = append(s.urgent, cluster)
+	}
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *Server) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ringer sends the queued rings, tunnels first, within the ring budget.
+func (s *Server) ringer(ctx context.Context) {
+	buf := make([]byte, 0, Size)
+	for {
+		s.mu.Lock()
+		if s.all {
+			s.all = false
+			for u, e := range s.entries {
+				if !e.pending && e.addr.IsValid() {
+					e.pending = true
+					s.entries[u] = e
+					s.queue = append(s.queue, u)
+				}
+			}
+		}
+		var u UID
+		var cluster string
+		var have bool
+		switch {
+		case len(s.urgent) > 0:
+			cluster, s.urgent = s.urgent[0], s.urgent[1:]
+			have = true
+		case len(s.queue) > 0:
+			u, s.queue = s.queue[0], s.queue[1:]
+			if len(s.queue) == 0 {
+				s.queue = nil // let a drained million-entry queue go
+			}
+			have = true
+		}
+		s.mu.Unlock()
+		if !have {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+			}
+			continue
+		}
+		if cluster != "" {
+			s.ringTunnel(cluster, buf)
+			continue
+		}
+		if err := s.ringLim.Wait(ctx); err != nil {
+			return
+		}
+		s.ring(u, KindChanged, buf)
+	}
+}
+
+// ringTunnel rings a cluster named "namespace/name"; it is asked for by name, from under
+// the tunnel registry's lock, so the name is resolved here, holding no lock.
+func (s *Server) ringTunnel(cluster string, buf []byte) {
+	if u, err := ParseUID(s.cfg.Clusters.DoorbellUID(cluster)); err == nil {
+		s.ring(u, KindTunnel, buf)
+	}
+}
+
+// ring sends one ring to the address the cluster's last valid datagram came from. A
+// change's ring is skipped when the cluster pinged since it was queued: it was answered.
+func (s *Server) ring(u UID, kind Kind, buf []byte) {
+	s.mu.Lock()
+	e, ok := s.entries[u]
+	due := ok && e.addr.IsValid() && (kind == KindTunnel || e.pending)
+	if ok && e.pending {
+		e.pending = false
+		s.entries[u] = e
+	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	if !s.cfg.Clusters.DoorbellKnown(u.String()) {
+		s.forget(u)
+		return
+	}
+	p := Packet{Kind: kind, Ring: true, Cluster: u, Counter: s.ringCtr.Add(1)}
+	if _, err := s.conn.WriteToUDPAddrPort(p.Append(buf[:0], ClusterKey(s.cfg.Secret, u)), e.addr); err == nil {
+		s.Stats.Rung.Add(1)
+	}
+}
+
+// sweeper forgets clusters not heard from for many intervals, so that the table holds the
+// clusters whose agents ping, not every cluster that ever did.
+func (s *Server) sweeper(ctx context.Context) {
+	t := time.NewTicker(4 * s.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cut := uint32(s.cfg.Now().Add(-10 * s.cfg.Interval).Unix())
+		s.mu.Lock()
+		for u, e := range s.entries {
+			if e.seen < cut && !e.pending {
+				delete(s.entries, u)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Len is the number of clusters whose agents ping.
+func (s *Server) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.entries)
+}

@@ -1,0 +1,188 @@
+// Package doorbell owns the datagram doorbell: a tiny authenticated UDP exchange beside the
+// agent's HTTPS polls, by which a server tells an agent "your desired state changed" or "a
+// tunnel is wanted" within a round trip instead of at the agent's next poll. It holds the
+// wire format, the key derivation, the server's listener (replay state, per-source limits,
+// a paced sender of rings) and the agent's side (a socket that many clusters may share).
+//
+// Content and status stay on HTTPS: a datagram carries a cluster, a counter, a version and
+// a verdict, nothing else. The package imports no server package, so the agent may use it.
+package doorbell
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+)
+
+// Wire format, every datagram (either way) exactly Size bytes, big-endian:
+//
+//	0      version (WireVersion)
+//	1      kind
+//	2      flags (FlagRing: an unprompted ring, not an answer)
+//	3      zero
+//	4:20   cluster UID, the 16 bytes of its UUID
+//	20:28  counter: a ping's own counter; an answer echoes it; a ring carries the server's
+//	28:36  value: a ping's desired version; otherwise a delay in milliseconds
+//	36:52  tag: HMAC-SHA256(cluster key, bytes 0:36), first 16 bytes
+//
+// Every answer and ring is the size of a ping, so the server never sends more than it got.
+const (
+	WireVersion = 1
+	Size        = 52
+	tagOffset   = 36
+	tagSize     = 16
+)
+
+// Kind says what a datagram means.
+type Kind uint8
+
+// Kinds. A ping goes from agent to server; the others from server to agent.
+const (
+	// KindPing: "cluster C, my desired version is V".
+	KindPing Kind = 1
+	// KindUnchanged: nothing for you; ping again after Delay.
+	KindUnchanged Kind = 2
+	// KindChanged: your desired state changed; poll over HTTPS after Delay (0: now).
+	KindChanged Kind = 3
+	// KindTunnel: a tunnel is wanted; poll over HTTPS now for its token.
+	KindTunnel Kind = 4
+	// KindLater: the server cannot answer now (starting); ping again after Delay.
+	KindLater Kind = 5
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindPing:
+		return "ping"
+	case KindUnchanged:
+		return "unchanged"
+	case KindChanged:
+		return "changed"
+	case KindTunnel:
+		return "tunnel"
+	case KindLater:
+		return "later"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// FlagRing marks a datagram the server sent unprompted.
+const FlagRing = 1
+
+// UID is a cluster's UID as 16 bytes.
+type UID [16]byte
+
+// ParseUID reads a UUID in its text form (8-4-4-4-12 hex digits).
+func ParseUID(s string) (UID, error) {
+	var u UID
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, fmt.Errorf("cluster UID %.40q is not a UUID", s)
+	}
+	hexs := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
+	if _, err := hex.Decode(u[:], []byte(hexs)); err != nil {
+		return u, fmt.Errorf("cluster UID %.40q is not a UUID", s)
+	}
+	return u, nil
+}
+
+// String is the UUID's text form, as the fleet model keys clusters.
+func (u UID) String() string {
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:36], u[10:16])
+	return string(b[:])
+}
+
+// Packet is one datagram, decoded.
+type Packet struct {
+	Kind    Kind
+	Ring    bool
+	Cluster UID
+	Counter uint64
+	// Value is a ping's desired version, or an answer's delay in milliseconds.
+	Value uint64
+}
+
+// ClusterKey derives a cluster's doorbell key from the server's secret, so that the server
+// keeps no key per cluster: it derives one for each datagram.
+func ClusterKey(secret []byte, uid UID) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("flotilla doorbell v1\x00"))
+	m.Write(uid[:])
+	return m.Sum(nil)
+}
+
+// Append encodes p, tagged with key, onto dst.
+func (p Packet) Append(dst []byte, key []byte) []byte {
+	var b [Size]byte
+	b[0] = WireVersion
+	b[1] = byte(p.Kind)
+	if p.Ring {
+		b[2] = FlagRing
+	}
+	copy(b[4:20], p.Cluster[:])
+	binary.BigEndian.PutUint64(b[20:28], p.Counter)
+	binary.BigEndian.PutUint64(b[28:36], p.Value)
+	copy(b[tagOffset:], tag(key, b[:tagOffset]))
+	return append(dst, b[:]...)
+}
+
+func tag(key, msg []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	var sum [sha256.Size]byte
+	return m.Sum(sum[:0])[:tagSize]
+}
+
+// Errors of Parse.
+var (
+	ErrSize    = errors.New("doorbell datagram has the wrong size")
+	ErrVersion = errors.New("doorbell datagram of an unknown version")
+	ErrKind    = errors.New("doorbell datagram of an unknown kind")
+	ErrTag     = errors.New("doorbell datagram not signed with the cluster's key")
+)
+
+// Parse decodes a datagram without checking its tag: the cluster, which names the key,
+// is known only after it (Verify checks the tag).
+func Parse(b []byte) (Packet, error) {
+	var p Packet
+	if len(b) != Size {
+		return p, ErrSize
+	}
+	if b[0] != WireVersion {
+		return p, ErrVersion
+	}
+	p.Kind = Kind(b[1])
+	if p.Kind < KindPing || p.Kind > KindLater {
+		return p, ErrKind
+	}
+	if b[2]&^FlagRing != 0 || b[3] != 0 {
+		return p, ErrVersion
+	}
+	p.Ring = b[2]&FlagRing != 0
+	copy(p.Cluster[:], b[4:20])
+	p.Counter = binary.BigEndian.Uint64(b[20:28])
+	p.Value = binary.BigEndian.Uint64(b[28:36])
+	return p, nil
+}
+
+// Verify checks a parsed datagram's tag with key, in constant time.
+func Verify(b []byte, key []byte) error {
+	if len(b) != Size {
+		return ErrSize
+	}
+	if !hmac.Equal(b[tagOffset:], tag(key, b[:tagOffset])) {
+		return ErrTag
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package server
+
+import (
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"flotilla.dev/internal/doorbell"
+	"flotilla.dev/internal/fleet"
+)
+
+// bellFleet is how the doorbell sees the fleet model.
+type bellFleet struct{ f *fleet.Fleet }
+
+var _ doorbell.Clusters = bellFleet{}
+
+func (b bellFleet) DoorbellLookup(uid string, version int64) (string, bool, bool) {
+	return b.f.DoorbellLookup(uid, version)
+}
+
+func (b bellFleet) DoorbellKnown(uid string) bool { return b.f.KnownUID(uid) }
+
+func (b bellFleet) DoorbellUID(key string) string {
+	ns, name, _ := strings.Cut(key, "/")
+	return b.f.UIDOf(ns, name)
+}
+
+func (b bellFleet) Seen(key string, now time.Time) {
+	ns, name, _ := strings.Cut(key, "/")
+	b.f.Seen(ns, name, now)
+}
+
+func (b bellFleet) Ready() bool { return b.f.Ready() }
+
+// bellCollectors are the doorbell's metrics.
+func bellCollectors(b *doorbell.Server) []prometheus.Collector {
+	counter := func(name, help string, v func() int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v()) })
+	}
+	return []prometheus.Collector{
+		counter("flotilla_doorbell_received_total", "Doorbell datagrams received.", b.Stats.Received.Load),
+		counter("flotilla_doorbell_answered_total", "Doorbell pings answered.", b.Stats.Answered.Load),
+		counter("flotilla_doorbell_rung_total", "Doorbell rings sent unprompted (a change, a tunnel wanted).", b.Stats.Rung.Load),
+		counter("flotilla_doorbell_refused_total", "Doorbell datagrams dropped: malformed, not signed, replayed, or of an unknown cluster.", b.Stats.Refused.Load),
+		counter("flotilla_doorbell_limited_total", "Doorbell datagrams dropped by the per-source limit.", b.Stats.Limited.Load),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_doorbell_clusters", Help: "Clusters whose agents ping the doorbell."}, func() float64 { return float64(b.Len()) }),
+	}
+}
