@@ -83,11 +83,6 @@ func (s *Sim) UsesDoorbell(i int) bool {
 	return s.bells != nil && unit(i, 0xbe11) < s.cfg.DoorbellFraction
 }
 
-// bellOn reports whether cluster i has its doorbell key (set at registration).
-func (s *Sim) bellOn(i int) bool {
-	return s.bells != nil && s.clusters[i].bell != nil
-}
-
 // joinBell takes the doorbell a registration answer offers.
 func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
 	if !s.UsesDoorbell(i) || info == nil || len(info.Key) != 32 {

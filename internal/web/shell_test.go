@@ -27,9 +27,8 @@ import (
 // running pod default/p) registered by a real agent (in this process) as fleet-default/edge.
 type kubeRig struct {
 	*rig
-	cs     kubernetes.Interface
-	echo   *kube.EchoContainer
-	events []string
+	cs   kubernetes.Interface
+	echo *kube.EchoContainer
 }
 
 func startKubeRig(t *testing.T) *kubeRig {

@@ -125,7 +125,7 @@ sub: {{ .Subcharts.sub.Values.x }}
 	for name, mk := range cases {
 		t.Run(name, func(t *testing.T) {
 			ch, vals := mk()
-			want, err := engine.Engine{}.Render(ch, renderValues(t, ch, vals))
+			want, err := engine.Engine{}.RenderWithContext(t.Context(), ch, renderValues(t, ch, vals))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +150,7 @@ sub: {{ .Subcharts.sub.Values.x }}
 		"templates/a.yaml": `{{ include "outer" . }}`,
 		"templates/b.yaml": `{{ .Values.x.y.z }}`,
 	}, nil)
-	_, want := engine.Engine{}.Render(ch, renderValues(t, ch, map[string]any{"x": 1}))
+	_, want := engine.Engine{}.RenderWithContext(t.Context(), ch, renderValues(t, ch, map[string]any{"x": 1}))
 	_, got := Engine{}.Render(ch, renderValues(t, ch, map[string]any{"x": 1}))
 	if want == nil || got == nil || got.Error() != want.Error() {
 		t.Errorf("error %v, Helm's %v", got, want)
