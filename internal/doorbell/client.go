@@ -82,7 +82,10 @@ type Bell struct {
 // Add makes the bell of cluster uid, with its key, ringing server; onAnswer is told of
 // every valid answer and ring (from the endpoint's reading goroutine: it must not block).
 func (e *Endpoint) Add(uid UID, key []byte, server netip.AddrPort, onAnswer func(Packet)) *Bell {
-	b := &Bell{ep: e, uid: uid, key: key, server: server, onAnswer: onAnswer}
+	// Ring counters are the server's clock: one captured before this start and replayed is
+	// refused, as the server refuses old pings.
+	b := &Bell{ep: e, uid: uid, key: key, server: server, onAnswer: onAnswer,
+		ringCtr: uint64(time.Now().Add(-DefaultReplayWindow).UnixNano())}
 	e.mu.Lock()
 	e.bells[uid] = b
 	e.mu.Unlock()

@@ -17,6 +17,7 @@ type fleet struct {
 	names    map[string]string
 	seen     int
 	wanted   map[string]bool
+	loading  bool // the model is not ready yet
 }
 
 func newFleet() *fleet {
@@ -55,7 +56,7 @@ func (f *fleet) DoorbellUID(key string) string {
 }
 
 func (f *fleet) Seen(string, time.Time) { f.mu.Lock(); f.seen++; f.mu.Unlock() }
-func (f *fleet) Ready() bool            { return true }
+func (f *fleet) Ready() bool            { f.mu.Lock(); defer f.mu.Unlock(); return !f.loading }
 func (f *fleet) IsWanted(c string) bool { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted[c] }
 
 const uidA = "0b5c3c1e-8f5e-4c1a-9d6b-2a7e4f0c9d11"
@@ -258,6 +259,50 @@ func TestHostile(t *testing.T) {
 	}
 }
 
+// Pings captured before the server started (it forgot every counter), before the model was
+// ready, and long enough ago for the server to have forgotten the cluster are refused; a
+// counter far ahead of the clock is refused even after a held one, so the real agent's pings
+// are not shut out by it.
+func TestReplaysAcrossForgetting(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	key := keyOf(uidA)
+	// Captured five minutes ago, within the replay window, but before this server started.
+	captured := ping(uidA, key, uint64(time.Now().Add(-5*time.Minute).UnixNano()), 42)
+	f.loading = true
+	s := startServer(t, f, Config{})
+	p := newPeer(t, s)
+	p.send(captured)
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("a ping from before the start was answered while the model loads")
+	}
+	f.mu.Lock()
+	f.loading = false
+	f.mu.Unlock()
+	p.send(captured)
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("a ping from before the start was answered")
+	}
+	now := uint64(time.Now().UnixNano())
+	p.send(ping(uidA, key, now, 42))
+	answer(t, p.recv(5*time.Second), key)
+	p.send(ping(uidA, key, 1<<63-1, 42))
+	if got := p.recv(300 * time.Millisecond); got != nil {
+		t.Error("a counter far ahead of the clock was answered")
+	}
+	p.send(ping(uidA, key, now+1, 42))
+	answer(t, p.recv(5*time.Second), key)
+	if n := s.Len(); n != 1 {
+		t.Fatalf("%d clusters recorded, want 1", n)
+	}
+	f.mu.Lock()
+	seen := f.seen
+	f.mu.Unlock()
+	if seen != 2 {
+		t.Errorf("the cluster marked seen %d times, want 2", seen)
+	}
+}
+
 func mustUID(s string) UID {
 	u, err := ParseUID(s)
 	if err != nil {
@@ -404,4 +449,42 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("condition not met in 10s")
+}
+
+// An agent's bell takes rings whose counter is the server's clock and refuses one captured
+// before it started (an hour-old counter, as a replay of an old ring would carry).
+func TestBellRefusesOldRings(t *testing.T) {
+	ep, err := NewEndpoint("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ep.Serve()
+	t.Cleanup(func() { ep.Close() })
+	server, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	got := make(chan Packet, 4)
+	ep.Add(mustUID(uidA), keyOf(uidA), server.LocalAddr().(*net.UDPAddr).AddrPort(), func(p Packet) { got <- p })
+	to := ep.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	for _, c := range []struct {
+		at   time.Time
+		want bool
+	}{{time.Now().Add(-time.Hour), false}, {time.Now(), true}} {
+		ring := Packet{Kind: KindChanged, Ring: true, Cluster: mustUID(uidA), Counter: uint64(c.at.UnixNano())}.Append(nil, keyOf(uidA))
+		if _, err := server.WriteToUDPAddrPort(ring, to); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+			if !c.want {
+				t.Error("a ring with an hour-old counter was taken")
+			}
+		case <-time.After(300 * time.Millisecond):
+			if c.want {
+				t.Error("a ring with the clock's counter was not taken")
+			}
+		}
+	}
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -108,7 +108,14 @@ type Server struct {
 	sources *sourceLimiter
 	ringLim *rate.Limiter
 	ringCtr atomic.Uint64
+	// started is when this server began: a first counter from before it (less a clock
+	// allowance) may be a ping captured before a restart, which forgot every counter.
+	started time.Time
 }
+
+// clockSkew is how far behind the server's an agent's clock may be and its first ping after
+// a restart still count; a ping captured that long before the restart may be replayed once.
+const clockSkew = time.Minute
 
 // maxUrgent bounds the queue of tunnel rings; a tunnel wanted beyond it waits for the
 // agent's next ping, which is answered KindTunnel.
@@ -154,6 +161,7 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1),
 		sources: newSourceLimiter(cfg.SourceRate), ringLim: rate.NewLimiter(rate.Limit(cfg.RingRate), max(1, int(cfg.RingRate/10)))}
 	s.ringCtr.Store(uint64(cfg.Now().UnixNano()))
+	s.started = cfg.Now()
 	return s, nil
 }
 
@@ -219,6 +227,10 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 	}
 	answer := Packet{Cluster: p.Cluster, Counter: p.Counter}
 	if !s.cfg.Clusters.Ready() {
+		if !s.fresh(p.Counter, now) {
+			s.Stats.Refused.Add(1)
+			return nil
+		}
 		answer.Kind, answer.Value = KindLater, uint64(2*time.Second/time.Millisecond)
 		return answer.Append(out, key)
 	}
@@ -230,7 +242,9 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 	}
 	s.mu.Lock()
 	e, had := s.entries[p.Cluster]
-	if had && p.Counter <= e.counter || !had && !s.fresh(p.Counter, now) {
+	// A counter ahead of the clock is refused even after a held one: taken, it would refuse
+	// the real agent's pings (a key's holder pinning the counter near 2^64).
+	if had && (p.Counter <= e.counter || s.ahead(p.Counter, now)) || !had && !s.fresh(p.Counter, now) {
 		s.mu.Unlock()
 		s.Stats.Refused.Add(1)
 		return nil
@@ -260,24 +274,38 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 
 // fresh says whether a first counter (the server holds none for the cluster) is a time
 // near the server's clock: agents count in nanoseconds of their clock.
+// A counter from before the server started (less clockSkew) is refused too: the server held
+// the cluster's last counter then, and has forgotten it.
 func (s *Server) fresh(counter uint64, now time.Time) bool {
 	c := time.Unix(0, int64(counter))
-	return c.After(now.Add(-s.cfg.ReplayWindow)) && c.Before(now.Add(s.cfg.ReplayWindow)) && counter < 1<<63
+	return !s.ahead(counter, now) && c.After(now.Add(-s.cfg.ReplayWindow)) && c.After(s.started.Add(-clockSkew))
+}
+
+// ahead says whether a counter is further ahead of the server's clock than the window allows.
+func (s *Server) ahead(counter uint64, now time.Time) bool {
+	return counter >= 1<<63 || !time.Unix(0, int64(counter)).Before(now.Add(s.cfg.ReplayWindow))
 }
 
 // next is when a cluster should ping again: the interval with a jitter of a fifth, so that
 // pings do not bunch.
 func (s *Server) next(u UID) time.Duration {
-	var h maphash.Hash
-	h.Write(u[:])
-	var c [8]byte
-	n := s.ringCtr.Add(1)
-	for i := range c {
-		c[i] = byte(n >> (8 * i))
-	}
-	h.Write(c[:])
-	j := time.Duration(h.Sum64() % uint64(s.cfg.Interval/5+1))
+	j := time.Duration(rand.Uint64N(uint64(s.cfg.Interval/5 + 1)))
 	return s.cfg.Interval - s.cfg.Interval/10 + j
+}
+
+// nextRing is a ring's counter: the clock in nanoseconds, or one past the last if the clock
+// has not moved on. Agents refuse a ring counter not above their last, or far behind their
+// clock (a ring captured before they restarted); a counter of the clock tells them nothing
+// of when the server started or how many others it rang.
+func (s *Server) nextRing() uint64 {
+	now := uint64(s.cfg.Now().UnixNano())
+	for {
+		last := s.ringCtr.Load()
+		n := max(now, last+1)
+		if s.ringCtr.CompareAndSwap(last, n) {
+			return n
+		}
+	}
 }
 
 func (s *Server) forget(u UID) {
@@ -407,7 +435,7 @@ func (s *Server) ring(u UID, kind Kind, buf []byte) {
 		s.forget(u)
 		return
 	}
-	p := Packet{Kind: kind, Ring: true, Cluster: u, Counter: s.ringCtr.Add(1)}
+	p := Packet{Kind: kind, Ring: true, Cluster: u, Counter: s.nextRing()}
 	if _, err := s.conn.WriteToUDPAddrPort(p.Append(buf[:0], ClusterKey(s.cfg.Secret, u)), e.addr); err == nil {
 		s.Stats.Rung.Add(1)
 	}
@@ -424,7 +452,9 @@ func (s *Server) sweeper(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		cut := uint32(s.cfg.Now().Add(-10 * s.cfg.Interval).Unix())
+		// Forgotten only once its last counter is past the replay window: a ping of it
+		// replayed later is then refused as stale, not taken as a first one.
+		cut := uint32(s.cfg.Now().Add(-max(10*s.cfg.Interval, s.cfg.ReplayWindow) - s.cfg.Interval).Unix())
 		s.mu.Lock()
 		for u, e := range s.entries {
 			if e.seen < cut && !e.pending {
