@@ -101,11 +101,25 @@ func (h *Handler) sameOrigin(r *http.Request) bool {
 	if err != nil || o.Host == "" {
 		return false
 	}
-	if o.Host == r.Host {
+	// The scheme too: a page injected into http://HOST is not this HTTPS dashboard.
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if o.Scheme == scheme && o.Host == r.Host {
 		return true
 	}
 	ext, err := url.Parse(h.cfg.ServerURL)
-	return err == nil && ext.Host != "" && o.Host == ext.Host
+	return err == nil && ext.Host != "" && o.Scheme == ext.Scheme && o.Host == ext.Host
+}
+
+// originPatterns lets websocket.Accept take the external URL's host as well as the request's
+// (behind a proxy that rewrites Host); sameOrigin has checked the origin already.
+func (h *Handler) originPatterns() []string {
+	if ext, err := url.Parse(h.cfg.ServerURL); err == nil && ext.Host != "" {
+		return []string{ext.Host}
+	}
+	return nil
 }
 
 // shellSocket is the terminal's WebSocket: checked (origin, the user's right to read the
@@ -127,7 +141,7 @@ func (h *Handler) shellSocket(w http.ResponseWriter, r *http.Request, u *user) {
 	}
 	defer h.giveShell(u.User)
 	audit.Annotate(r.Context(), "", nil, api.KindCluster, ns, name)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled, OriginPatterns: h.originPatterns()})
 	if err != nil {
 		return // Accept answered
 	}
@@ -229,6 +243,10 @@ func (s *shell) run(ctx context.Context) string {
 	s.prompt()
 	idle := time.NewTimer(s.h.cfg.ShellIdle)
 	defer idle.Stop()
+	// A session ended (logout, the user disabled, a password reset) ends its open shell and
+	// any exec running in it, not only its next command.
+	check := time.NewTicker(sessionCheck)
+	defer check.Stop()
 	var running *job
 	var jobDone <-chan struct{}
 	defer func() {
@@ -289,9 +307,18 @@ func (s *shell) run(ctx context.Context) string {
 		case <-idle.C:
 			s.print(fmt.Sprintf("\nNo input for %s: the shell is closed.\n", s.h.cfg.ShellIdle))
 			return "idle"
+		case <-check.C:
+			if _, err := s.h.cfg.Auth.Authenticate(ctx, s.u.token); err != nil && ctx.Err() == nil {
+				s.print("\nYour session has ended: the shell is closed.\n")
+				return "session ended"
+			}
 		}
 	}
 }
+
+// sessionCheck is how often an open shell checks that its session still works (a variable:
+// tests shorten it).
+var sessionCheck = 15 * time.Second
 
 // edit feeds typed input to the line editor, echoing it. It answers the line when Enter
 // ends one, and end when Ctrl-D is typed on an empty line.
@@ -353,7 +380,7 @@ func (w lineWriter) Write(p []byte) (int, error) {
 func (s *shell) start(ctx context.Context, line string) *job {
 	args, err := shellwords.Parse(line) // no environment or backtick expansion: only words
 	if err != nil {
-		s.print("error: " + err.Error() + "\n")
+		s.print("error: " + strings.Map(printable, err.Error()) + "\n")
 		return nil
 	}
 	if len(args) > 0 && (args[0] == "kubectl" || args[0] == "k") {
@@ -392,7 +419,7 @@ func (s *shell) start(ctx context.Context, line string) *job {
 				if jctx.Err() != nil && ctx.Err() == nil {
 					err = errors.New("interrupted")
 				}
-				s.print("error: " + err.Error() + "\n")
+				s.print("error: " + strings.Map(printable, err.Error()) + "\n")
 			}
 		}()
 	}
@@ -405,7 +432,7 @@ func (s *shell) start(ctx context.Context, line string) *job {
 		es, err := s.openExec(jctx, args[1:])
 		if err != nil {
 			cancel()
-			s.print("error: " + err.Error() + "\n")
+			s.print("error: " + strings.Map(printable, err.Error()) + "\n")
 			return nil
 		}
 		j.exec = es
@@ -613,7 +640,7 @@ func printTable(out io.Writer, t *metav1.Table, wide, withNS bool) {
 	for i, c := range t.ColumnDefinitions {
 		if c.Priority == 0 || wide {
 			cols = append(cols, i)
-			head = append(head, strings.ToUpper(c.Name))
+			head = append(head, strings.Map(printable, strings.ToUpper(c.Name)))
 		}
 	}
 	if len(t.Rows) == 0 {
@@ -625,7 +652,7 @@ func printTable(out io.Writer, t *metav1.Table, wide, withNS bool) {
 		if withNS {
 			var m metav1.PartialObjectMetadata
 			json.Unmarshal(r.Object.Raw, &m)
-			cells = append(cells, m.Namespace)
+			cells = append(cells, strings.Map(printable, m.Namespace))
 		}
 		for _, i := range cols {
 			v := ""
@@ -806,7 +833,7 @@ func (e *execStream) copyOut(ctx context.Context, s *shell) error {
 		}
 	}
 	if code != "" {
-		s.print("\n[exit code " + code + "]\n")
+		s.print("\n[exit code " + strings.Map(printable, code) + "]\n")
 		return nil
 	}
 	return errors.New(st.Message)

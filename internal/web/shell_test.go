@@ -21,6 +21,7 @@ import (
 	"flotilla.dev/internal/agent"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/testenv/kube"
+	"flotilla.dev/internal/web"
 )
 
 // kubeRig is a real server with one real cluster (kube-apiserver, with the test kubelet
@@ -159,6 +160,8 @@ func (term *terminal) expect(want string) string {
 // A user without rights on the cluster, a page of another site, and a fourth shell of one
 // user are refused before anything runs.
 func TestShell(t *testing.T) {
+	defer func(d time.Duration) { *web.SessionCheck = d }(*web.SessionCheck)
+	*web.SessionCheck = 200 * time.Millisecond
 	k := startKubeRig(t)
 	k.addUser(t, "alice", "")
 	spec, _ := json.Marshal(api.RoleBindingSpec{Subject: api.Subject{Kind: api.SubjectUser, Name: "alice"}, RoleRef: rbac.RoleClusterOwner,
@@ -224,8 +227,12 @@ func TestShell(t *testing.T) {
 	})
 
 	// A page of another site may not open alice's shell with her cookie.
-	if term, code := k.openShell(t, alice, "edge", "https://evil.example"); term != nil || code != http.StatusForbidden {
-		t.Errorf("a cross-origin shell: %d", code)
+	// Nor a page served over plain http from this host (injected on the network), nor one
+	// whose Origin is null.
+	for _, origin := range []string{"https://evil.example", strings.Replace(k.url, "https://", "http://", 1), "null"} {
+		if term, code := k.openShell(t, alice, "edge", origin); term != nil || code != http.StatusForbidden {
+			t.Errorf("a shell opened from %s: %d", origin, code)
+		}
 	}
 	// mallory may not read the cluster: no shell, no page.
 	mallory := k.browser(t)
@@ -267,12 +274,27 @@ func TestShell(t *testing.T) {
 	}
 
 	// Three shells of alice's at once, not four.
+	var terms []*terminal
 	for i := range 3 {
-		if term, code := k.openShell(t, alice, "edge", k.url); term == nil {
+		term, code := k.openShell(t, alice, "edge", k.url)
+		if term == nil {
 			t.Fatalf("shell %d: %d", i+1, code)
 		}
+		terms = append(terms, term)
 	}
 	if term, code := k.openShell(t, alice, "edge", k.url); term != nil || code != http.StatusTooManyRequests {
 		t.Errorf("a fourth shell: %d", code)
 	}
+
+	// Her session ended (an administrator resets her password): an open shell, an
+	// interactive exec running in it, ends too.
+	term = terms[0]
+	term.expect("edge:default> ")
+	term.typ("exec p -- cat\r")
+	term.typ("still here")
+	term.expect("still here")
+	if err := k.admin.SetPassword(t.Context(), "alice", api.SetPasswordRequest{Password: "another password of alice's"}); err != nil {
+		t.Fatal(err)
+	}
+	term.expect("Your session has ended")
 }
