@@ -15,15 +15,20 @@ import (
 )
 
 // TestChangeDelayWithRealServer measures, against a real server, how long a change made at
-// a random moment takes to reach a connected agent with the agent's default poll settings:
-// it must hold a poll at all times, so every change arrives in a small part of the poll
-// interval (the ratio is compared, not a wall-clock figure).
+// a random moment takes to reach a connected agent: without the doorbell it must hold a poll
+// at all times, and with it (polls far apart) the server's ring must bring it, so every
+// change arrives in a small part of the poll interval (the ratio is compared, not a
+// wall-clock figure).
 func TestChangeDelayWithRealServer(t *testing.T) {
-	const interval = 3 * time.Second
+	t.Run("held polls", func(t *testing.T) { testChangeDelay(t, 3*time.Second, true) })
+	t.Run("doorbell", func(t *testing.T) { testChangeDelay(t, 30*time.Second, false) })
+}
+
+func testChangeDelay(t *testing.T, interval time.Duration, noDoorbell bool) {
 	rs := startRealServerWith(t, fleet.Config{PollInterval: interval, StatusInterval: time.Second})
 	open := rs.token(t, "open", api.RegistrationTokenSpec{})
 	cfg := Config{Server: rs.url, CAChecksum: rs.checksum, Token: open, StateDir: t.TempDir(), Logger: testLogger(t), Version: "test",
-		ReportDelay: 5 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+		ReportDelay: 5 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, NoDoorbell: noDoorbell}
 	ap := newFakeApplier()
 	startAgentAs(t, "uid-delay", cfg, ap)
 	name := ""
@@ -55,7 +60,7 @@ func TestChangeDelayWithRealServer(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var worst time.Duration
 	for i := range 6 {
-		time.Sleep(time.Duration(rng.Int64N(int64(interval))))
+		time.Sleep(time.Duration(rng.Int64N(int64(min(interval, 3*time.Second)))))
 		changed := time.Now()
 		if _, _, err := rs.admin.Apply(context.Background(), bundle(i), false); err != nil {
 			t.Fatal(err)
@@ -66,6 +71,6 @@ func TestChangeDelayWithRealServer(t *testing.T) {
 		t.Logf("change %d reached the agent after %s", i, delay.Round(time.Millisecond))
 	}
 	if worst > interval/3 {
-		t.Errorf("the slowest change took %s, over a third of the %s poll interval: the agent is not holding a poll at all times", worst.Round(time.Millisecond), interval)
+		t.Errorf("the slowest change took %s, over a third of the %s poll interval: the agent is not holding a poll at all times, or not rung", worst.Round(time.Millisecond), interval)
 	}
 }

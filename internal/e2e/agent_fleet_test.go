@@ -98,13 +98,14 @@ func TestAgentFleet(t *testing.T) {
 		if l := oa.Metadata.Labels; l["env"] != "prod" || l["site"] != "a" || l["fleet"] != "e2e" {
 			return fmt.Errorf("cluster A labels %v", l)
 		}
+		// The agents use the server's doorbell, on by default on both sides.
 		want := api.ClusterInventory{KubernetesVersion: kube.Version, NodeCount: 2, Architectures: []string{"amd64", "arm64"}, Architecture: "mixed",
-			AllocatableCPU: "6", AllocatableMemory: "12Gi"}
+			AllocatableCPU: "6", AllocatableMemory: "12Gi", Doorbell: api.DoorbellOn}
 		if err := inventoryIs(sa.Inventory, want); err != nil {
 			return fmt.Errorf("cluster A: %w", err)
 		}
 		want = api.ClusterInventory{KubernetesVersion: kube.Version, NodeCount: 1, Architectures: []string{"arm64"}, Architecture: "arm64",
-			AllocatableCPU: "4", AllocatableMemory: "4Gi"}
+			AllocatableCPU: "4", AllocatableMemory: "4Gi", Doorbell: api.DoorbellOn}
 		if err := inventoryIs(sb.Inventory, want); err != nil {
 			return fmt.Errorf("cluster B: %w", err)
 		}
