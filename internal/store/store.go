@@ -167,4 +167,18 @@ type Agents interface {
 	// ScanStatus streams every status row, and ScanSeqs every cluster's last sequence.
 	ScanStatus(ctx context.Context, fn func(DeploymentStatus) error) error
 	ScanSeqs(ctx context.Context, fn func(cluster string, seq int64) error) error
+	// StatusRevision is the newest status revision: each committed PutStatus gives its
+	// cluster the next one. Replicas sharing a database follow each other's reports by it.
+	StatusRevision(ctx context.Context) (int64, error)
+	// StatusChanges calls fn for at most limit clusters whose status was written after the
+	// cursor, in commit order, each with its last sequence and all its rows; it returns
+	// the cursor after the last one passed to fn.
+	StatusChanges(ctx context.Context, after StatusCursor, limit int, fn func(cluster string, seq int64, rows []DeploymentStatus) error) (StatusCursor, error)
+}
+
+// StatusCursor is a position in the stream of status writes: one commit gives several
+// clusters the same revision, so the cluster breaks the tie.
+type StatusCursor struct {
+	Rev     int64
+	Cluster string
 }

@@ -2,6 +2,10 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
+	"time"
+
+	"flotilla.dev/api"
 	"os"
 	"strings"
 	"testing"
@@ -50,5 +54,62 @@ func TestBadURL(t *testing.T) {
 	}
 	if got := err.Error(); strings.Contains(got, "s3cret") {
 		t.Errorf("error %q leaks the password", got)
+	}
+}
+
+// Two stores on one database, as two server replicas: a commit through one wakes the
+// other's Changes (NOTIFY; the engine's own poller would not close it) and its watchers,
+// and the other reads the status written through the first.
+func TestReplicasWakeEachOther(t *testing.T) {
+	url := pg.Start(t).NewDatabase(t)
+	open := func() *postgres.Store {
+		// A poll interval far longer than the test: only a notification can wake the watch.
+		s, err := postgres.Open(context.Background(), url, sqlstore.Config{PollInterval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := open(), open()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	from, err := b.StatusRevision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := b.Watch(ctx, store.WatchOptions{Kind: api.KindCluster})
+	if err != nil {
+		t.Fatal(err)
+	}
+	woken := b.Changes()
+	if err := a.PutStatus(ctx, "uid-1", 1, []store.DeploymentStatus{{Bundle: "ns/x", ID: "1", State: "Ready"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-woken:
+	case <-ctx.Done():
+		t.Fatal("the second store was not told of the first's status commit")
+	}
+	var got []string
+	if _, err := b.StatusChanges(ctx, store.StatusCursor{Rev: from}, 10, func(c string, seq int64, rows []store.DeploymentStatus) error {
+		got = append(got, fmt.Sprintf("%s@%d:%d", c, seq, len(rows)))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "uid-1@1:1" {
+		t.Errorf("status changes seen by the second store = %v", got)
+	}
+	if _, err := a.Create(ctx, storetest.Obj("ns", "one", nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-events:
+		if ev.Err != nil || ev.Type != api.Added {
+			t.Fatalf("event = %+v", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("the second store's watch did not see the first's create")
 	}
 }

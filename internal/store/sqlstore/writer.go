@@ -366,6 +366,14 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			return nil, 0, err
 		}
 	}
+	if s.d.Notify != "" && (n > 0 || hasStatus(batch)) {
+		// Delivered at commit, to every replica listening: their watchers and status
+		// followers wake at once instead of at their next poll.
+		if _, err := w.exec(s.d.Notify); err != nil {
+			tx.Rollback()
+			return nil, 0, err
+		}
+	}
 	if failpointsOn {
 		if err := failpoint("commit", batch); err != nil {
 			tx.Rollback()
@@ -375,6 +383,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	if err := tx.Commit(); err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
 	}
+	s.wake()
 	if failpointsOn {
 		if err := failpoint("committed", batch); err != nil {
 			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
@@ -653,6 +662,15 @@ func (w *txw) compact(rev int64) error {
 
 func (o *op) revisioned() bool { return o.kind <= opDelete }
 
+func hasStatus(batch []*op) bool {
+	for _, o := range batch {
+		if o.kind == opStatus {
+			return true
+		}
+	}
+	return false
+}
+
 // status writes a run of agent reports as if one after another: each (cluster, bundle)
 // takes its last write in the run (a row, or a removal after it in the same report), each
 // cluster its largest sequence. Rows go in one multi-row upsert, which in PostgreSQL may not
@@ -676,13 +694,24 @@ func (w *txw) status(ops []*op) error {
 		for _, b := range o.removed {
 			set(key{o.cluster, b}, nil)
 		}
-		if o.seq > 0 {
-			if cur, ok := seqs[o.cluster]; !ok {
-				clusters = append(clusters, o.cluster)
-				seqs[o.cluster] = o.seq
-			} else if o.seq > cur {
-				seqs[o.cluster] = o.seq
-			}
+		if cur, ok := seqs[o.cluster]; !ok {
+			clusters = append(clusters, o.cluster)
+			seqs[o.cluster] = o.seq
+		} else if o.seq > cur {
+			seqs[o.cluster] = o.seq
+		}
+	}
+	// Every cluster written gets the next status revision, which other replicas follow
+	// (StatusChanges). The counter row's lock orders these transactions across replicas,
+	// so status revisions commit in order and a reader never skips one committed late.
+	var srev int64
+	if len(clusters) > 0 {
+		row, err := w.queryRow(`UPDATE meta SET value = value + 1 WHERE name = 'status_revision' RETURNING value`)
+		if err != nil {
+			return err
+		}
+		if err := row.Scan(&srev); err != nil {
+			return errSQL{err}
 		}
 	}
 	var up []key
@@ -707,12 +736,12 @@ func (w *txw) status(ops []*op) error {
 		return err
 	}
 	return chunks(len(clusters), 2, func(lo, hi int) error {
-		args := make([]any, 0, 2*(hi-lo))
+		args := make([]any, 0, 3*(hi-lo))
 		for _, c := range clusters[lo:hi] {
-			args = append(args, c, seqs[c])
+			args = append(args, c, seqs[c], srev)
 		}
-		_, err := w.exec(multiRow(`INSERT INTO agent_seq (cluster, seq) VALUES `, `(?, ?)`, hi-lo,
-			` ON CONFLICT (cluster) DO UPDATE SET seq = excluded.seq WHERE agent_seq.seq < excluded.seq`), args...)
+		_, err := w.exec(multiRow(`INSERT INTO agent_seq (cluster, seq, srev) VALUES `, `(?, ?, ?)`, hi-lo,
+			` ON CONFLICT (cluster) DO UPDATE SET srev = excluded.srev, seq = CASE WHEN agent_seq.seq < excluded.seq THEN excluded.seq ELSE agent_seq.seq END`), args...)
 		return err
 	})
 }
