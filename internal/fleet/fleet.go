@@ -64,6 +64,11 @@ type Config struct {
 	Gone func(ns, name string)
 	// Observe, if set, is told how long each status pass took.
 	Observe func(controller string, d time.Duration, err error)
+	// Leading, if set, says whether this replica writes the fleet's rolled-up status
+	// (bundles, GitRepos, groups, projects, cluster states: the offline sweep included).
+	// Other replicas keep their model current and write only what they alone know: when
+	// their agents were last seen and what inventory they reported. Nil: always leads.
+	Leading func() bool
 }
 
 // DefaultConfig returns the defaults.
@@ -113,6 +118,10 @@ type Fleet struct {
 	// UID → namespace → resource → used. Only in memory; agents report it again.
 	usage         map[string]map[string]map[string]map[string]string
 	dirtyProjects map[string]struct{}
+
+	// statusFrom is where the status follower starts after a load: the status revision
+	// read before the load's scans.
+	statusFrom store.StatusCursor
 }
 
 type workspace struct {
@@ -143,6 +152,7 @@ type Cluster struct {
 	seen       atomic.Int64
 	storedSeen time.Time
 	inventory  string // JSON; interned, since most clusters of a fleet report alike
+	storedInv  string // the inventory last seen stored (by any replica)
 	state      string // last written cluster state
 	tmplHash   string
 	statusHash uint64      // of the stored status document (see statusHash)

@@ -1,0 +1,162 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/store/postgres"
+	"flotilla.dev/internal/store/sqlstore"
+	"flotilla.dev/internal/testenv/pg"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pg.StopShared()
+	os.Exit(code)
+}
+
+// eventually polls cond for up to a minute: a bound for a hung test, not a measured figure.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Two models on one real PostgreSQL database, as two server replicas: A leads, B does not.
+// A report made through B reaches A's model and the rollup A writes; the lastSeen and
+// inventory only B knows reach the stored Cluster and A's model; a long poll held on B wakes
+// for a change written through A; and B never writes rollups while A leads, until A stops.
+func TestReplicasFollowEachOther(t *testing.T) {
+	url := pg.Start(t).NewDatabase(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func() *postgres.Store {
+		st, err := postgres.Open(ctx, url, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	sa, sb := open(), open()
+	now := time.Now().UTC()
+	if _, err := sa.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Namespace: reportNS, Name: reportName, UID: reportUID, CreationTimestamp: &now}, Spec: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	bundleObj, err := sa.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+		Metadata: api.ObjectMeta{Namespace: reportNS, Name: "app", UID: "uid-app", Generation: 1, CreationTimestamp: &now},
+		Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"clusterName":"` + reportName + `"}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var aLeads, bLeads atomic.Bool
+	aLeads.Store(true)
+	cfg := Config{StatusInterval: 50 * time.Millisecond}
+	cfgA, cfgB := cfg, cfg
+	cfgA.Leading = aLeads.Load
+	cfgB.Leading = bLeads.Load
+	fa, fb := New(sa, cfgA), New(sb, cfgB)
+	go fa.Run(ctx)
+	go fb.Run(ctx)
+	eventually(t, "both models loaded", func() bool { return fa.Ready() && fb.Ready() })
+
+	ds, rev, err := fb.Desired(reportNS, reportName, reportUID, 0)
+	if err != nil || ds == nil || len(ds.Deployments) != 1 {
+		t.Fatalf("desired state on B: %+v, %v", ds, err)
+	}
+	id := ds.Deployments[0].ID
+	rep := &api.StatusReport{Seq: 1, Inventory: &api.ClusterInventory{KubernetesVersion: "v1.37.2"},
+		Deployments: []api.DeploymentStatus{{Bundle: reportNS + "/app", ID: id, State: api.StateReady}}}
+	if _, err := fb.Report(ctx, reportNS, reportName, reportUID, rep, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	reportedOnA := func() string {
+		fa.mu.RLock()
+		defer fa.mu.RUnlock()
+		if c := fa.byUID[reportUID]; c != nil {
+			if p := c.deps.get("app"); p != nil {
+				return p.reportedID + " " + p.state
+			}
+		}
+		return ""
+	}
+	eventually(t, "A's model to take the report made through B", func() bool { return reportedOnA() == id+" "+api.StateReady })
+	eventually(t, "the leader's rollup to count the report made through B", func() bool {
+		obj, err := sa.Get(ctx, store.Key{Kind: api.KindBundle, Namespace: reportNS, Name: "app"})
+		if err != nil {
+			return false
+		}
+		var st api.BundleStatus
+		json.Unmarshal(obj.Status, &st)
+		return st.Summary != nil && st.Summary.Ready == 1
+	})
+	eventually(t, "B's lastSeen and inventory in the stored Cluster and A's model", func() bool {
+		obj, err := sa.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: reportNS, Name: reportName})
+		if err != nil {
+			return false
+		}
+		var st api.ClusterStatus
+		json.Unmarshal(obj.Status, &st)
+		return st.LastSeen != nil && st.Inventory != nil && st.Inventory.KubernetesVersion == "v1.37.2" && !fa.LastSeen(reportNS, reportName).IsZero()
+	})
+
+	// A long poll held on B wakes for a change written through A.
+	woke := make(chan bool, 1)
+	go func() { woke <- fb.Wait(ctx, reportNS, reportName, rev, time.Minute) }()
+	time.Sleep(100 * time.Millisecond)
+	bundleObj.Spec = json.RawMessage(`{"contentHash":"sha256:4567","targets":[{"clusterName":"` + reportName + `"}]}`)
+	bundleObj.Metadata.Generation = 2
+	bundleObj.Metadata.ResourceVersion = ""
+	if _, err := sa.Update(ctx, bundleObj); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case changed := <-woke:
+		if !changed {
+			t.Fatal("the long poll on B ended without the change made through A")
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the long poll on B did not wake")
+	}
+	da, _, _ := fa.Desired(reportNS, reportName, reportUID, 0)
+	db, _, _ := fb.Desired(reportNS, reportName, reportUID, 0)
+	if da.Revision != db.Revision || da.Deployments[0].ContentHash != "sha256:4567" {
+		t.Errorf("replicas disagree on the desired state: A %d %s, B %d %s", da.Revision, da.Deployments[0].ContentHash, db.Revision, db.Deployments[0].ContentHash)
+	}
+
+	// The follower writes no rollup: B's report of the new version is counted only once
+	// A leads no more and B takes over.
+	ds, _, _ = fb.Desired(reportNS, reportName, reportUID, 0)
+	aLeads.Store(false) // A stays up but stops writing, like a deposed leader
+	rep2 := &api.StatusReport{Seq: 2, Deployments: []api.DeploymentStatus{{Bundle: reportNS + "/app", ID: ds.Deployments[0].ID, State: api.StateNotReady, Message: "rolling"}}}
+	if _, err := fb.Report(ctx, reportNS, reportName, reportUID, rep2, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	notReady := func() bool {
+		obj, err := sa.Get(ctx, store.Key{Kind: api.KindBundle, Namespace: reportNS, Name: "app"})
+		if err != nil {
+			return false
+		}
+		var st api.BundleStatus
+		json.Unmarshal(obj.Status, &st)
+		return st.Summary != nil && st.Summary.NotReady == 1
+	}
+	time.Sleep(500 * time.Millisecond) // ten status passes of B as a follower
+	if notReady() {
+		t.Fatal("a replica that does not lead wrote a rollup")
+	}
+	bLeads.Store(true)
+	eventually(t, "B, now leading, to write the rollup", notReady)
+}
