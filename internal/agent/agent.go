@@ -289,7 +289,7 @@ func (a *agent) newTunnel(creds *credentials) (*tunnel.Agent, error) {
 	if a.cfg.TunnelAlways {
 		idle = -1
 	}
-	return tunnel.NewAgent(tunnel.AgentConfig{Server: creds.Server, HTTPClient: &http.Client{Transport: tr}, Credential: a.client.Credential,
+	return tunnel.NewAgent(tunnel.AgentConfig{Server: creds.Server, ServerURL: a.client.Server, HTTPClient: &http.Client{Transport: tr}, Credential: a.client.Credential,
 		Target: a.deps.tunnel, Idle: idle, MinBackoff: a.cfg.MinBackoff, MaxBackoff: a.cfg.MaxBackoff, Logger: a.log.With("component", "tunnel")}), nil
 }
 

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"flotilla.dev/api"
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
@@ -30,6 +32,7 @@ import (
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
+	"flotilla.dev/internal/leader"
 	"flotilla.dev/internal/metrics"
 	"flotilla.dev/internal/pki"
 	"flotilla.dev/internal/proxy"
@@ -103,6 +106,9 @@ type Config struct {
 	// long a call to a cluster waits for its agent to open its tunnel (0: 30s).
 	MaxTunnels             int
 	TunnelIdle, TunnelWait time.Duration
+	// LeaderRetry is how often a replica on PostgreSQL that does not lead tries to take
+	// over, which bounds failover time (0: 1s).
+	LeaderRetry time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -128,6 +134,8 @@ type Server struct {
 	proxy   *proxy.Proxy
 	secrets *secrets.Keeper
 	gitops  *gitops.Controller
+	// elector says whether this replica runs the work that must run once per fleet.
+	elector *leader.Elector
 	metrics *metrics.Metrics
 	tls     *pki.Bundle
 	ready   atomic.Bool
@@ -201,6 +209,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.store = st
 	}
 	s.log.Info("store open", "driver", driverName(cfg.DB), "took", time.Since(start).Round(time.Millisecond))
+	if cfg.DB == "" {
+		s.elector = leader.Always()
+	} else {
+		s.elector = leader.NewPostgres(leader.Config{URL: cfg.DB, Retry: cfg.LeaderRetry, Check: cfg.LeaderRetry, Logger: cfg.Logger})
+	}
+	s.metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_leader",
+		Help: "1 while this replica runs the work that must run once per fleet (git sync, rollout status, offline sweep, compaction)"},
+		func() float64 {
+			if s.elector.Leading() {
+				return 1
+			}
+			return 0
+		}))
 	s.metrics.RegisterObjectCounts(s.store.Count)
 
 	var err error
@@ -233,6 +254,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
+	fcfg.Leading = s.elector.Leading
 	// A deleted or replaced cluster's tunnel is closed at once (the registry is made below,
 	// before the model runs).
 	fcfg.Gone = func(ns, name string) { s.tunnels.Close(ns + "/" + name) }
@@ -264,7 +286,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Tokens: s.auth, CAPEM: s.tls.CAPEM})
 	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
-		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
+		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout,
+		Leading: s.elector.Leading})
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
 	if errors.Is(err, auth.ErrBootstrapRevoked) {
 		cfg.Logger.Warn("not accepting the bootstrap token", "reason", err)
@@ -497,15 +520,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	go s.compactor(baseCtx)
+	// Work that must run once per fleet runs on the leader only (on SQLite, this process).
+	go s.elector.Run(baseCtx)
+	go s.elector.Lead(baseCtx, s.compactor)
+	go s.elector.Lead(baseCtx, func(ctx context.Context) { s.gitops.Run(ctx) })
+	go s.elector.Lead(baseCtx, s.audit.Run)
 	go s.access.Run(baseCtx)
 	go s.fleet.Run(baseCtx)
 	go s.agents.Run(baseCtx)
-	go s.gitops.Run(baseCtx)
 	go s.secrets.Run(baseCtx, s.log)
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
-	go s.audit.Run(baseCtx)
 	if s.dash != nil {
 		go s.dash.Run(baseCtx)
 	}

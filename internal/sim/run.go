@@ -554,7 +554,7 @@ func (s *Sim) storm(ctx context.Context, d time.Duration, base *BaselineResult, 
 			tr := &http.Transport{TLSClientConfig: tc.Clone(), ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 			defer tr.CloseIdleConnections()
 			var err error
-			if cl, err = client.New(client.Config{Server: s.cfg.Server, Transport: tr}); err != nil {
+			if cl, err = client.New(client.Config{Server: rotated(s.cfg.Server, w), Transport: tr}); err != nil {
 				return err
 			}
 		}
@@ -602,7 +602,7 @@ func (s *Sim) Scrape(ctx context.Context) (serverMetrics, error) {
 	if s.cfg.AdminToken == "" {
 		return nil, errors.New("reading the server's metrics needs the admin token")
 	}
-	return scrape(ctx, s.hc, s.cfg.Server, s.cfg.AdminToken)
+	return scrape(ctx, s.hc, firstServer(s.cfg.Server), s.cfg.AdminToken)
 }
 
 // ServerRSS returns the server's resident memory from its /metrics.
