@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"flotilla.dev/api"
 	"flotilla.dev/client"
 	"flotilla.dev/internal/tunnel"
 )
@@ -89,6 +90,9 @@ type Config struct {
 	ChangeBundle   string
 	ChangeSelector string
 	ChangeSize     int
+	// ChangeRollout, if set, is the rollout strategy of the bundles Change applies: a
+	// change of an existing bundle then reaches the clusters partition by partition.
+	ChangeRollout *api.RolloutStrategy
 	// Duration is how long the fleet keeps running idle after the change, to measure an
 	// idle fleet's cost.
 	Duration time.Duration

@@ -273,8 +273,9 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  changed: %q\n  payload: %q\n",
 		name, time.Now().UTC().Format(time.RFC3339Nano), strings.Repeat("x", s.cfg.ChangeSize))
 	spec, _ := json.Marshal(api.BundleSpec{
-		Resources: []api.BundleResource{{Name: "configmap.yaml", Content: cm}},
-		Targets:   []api.BundleTarget{{Name: "sim", ClusterSelector: target}},
+		Resources:       []api.BundleResource{{Name: "configmap.yaml", Content: cm}},
+		Targets:         []api.BundleTarget{{Name: "sim", ClusterSelector: target}},
+		RolloutStrategy: s.cfg.ChangeRollout,
 	})
 	res := &ChangeResult{Bundle: ns + "/" + name, Selector: selector, Expect: s.Expect(sel)}
 	s.logf("applying bundle %s to %d clusters (%s)", res.Bundle, res.Expect.Targeted, selector)
