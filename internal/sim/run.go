@@ -603,7 +603,9 @@ func (s *Sim) Scrape(ctx context.Context) (serverMetrics, error) {
 	if s.cfg.AdminToken == "" {
 		return nil, errors.New("reading the server's metrics needs the admin token")
 	}
-	return scrape(ctx, s.hc, firstServer(s.cfg.Server), s.cfg.AdminToken)
+	// With several replicas, the one the admin client reached last (it moves on from one
+	// that cannot be reached).
+	return scrape(ctx, s.hc, s.admin.Server(), s.cfg.AdminToken)
 }
 
 // ServerRSS returns the server's resident memory from its /metrics.
