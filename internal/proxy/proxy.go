@@ -91,6 +91,10 @@ type Config struct {
 	// Tokens and CAPEM serve PathKubeconfig; without Tokens it is not served.
 	Tokens Tokens
 	CAPEM  []byte
+	// Replicated says several server replicas share the store: a cluster's tunnel opens to
+	// the replica its agent polls, and calls are not forwarded between replicas, so a call
+	// that waited in vain says so.
+	Replicated bool
 }
 
 // maxBody bounds a proxied request's body; the API server refuses larger ones anyway.
@@ -453,5 +457,9 @@ func (p *Proxy) absent(ctx context.Context, ns, name string) string {
 	} else {
 		msg += "; its agent has never been seen"
 	}
-	return msg + "; the request for a tunnel stays open for a while: try again"
+	msg += "; the request for a tunnel stays open for a while: try again"
+	if p.cfg.Replicated {
+		msg += "; with several server replicas, the tunnel opens to the replica the cluster's agent polls and calls are not forwarded between replicas: send calls for this cluster to that replica (session affinity)"
+	}
+	return msg
 }

@@ -283,7 +283,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics.Registry.MustRegister(s.tunnels.Collectors()...)
 	s.proxy = proxy.New(proxy.Config{Auth: s.auth, Authz: s.authz, Tunnels: s.tunnels, Store: s.store,
 		Labels: s.fleet.Labels, ClusterGroups: s.fleet.ClusterGroupsOf, Wait: cfg.TunnelWait, LastSeen: s.fleet.LastSeen, PollInterval: s.fleet.Interval, Logger: cfg.Logger,
-		Tokens: s.auth, CAPEM: s.tls.CAPEM})
+		Tokens: s.auth, CAPEM: s.tls.CAPEM, Replicated: cfg.DB != ""})
 	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
 		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout,
