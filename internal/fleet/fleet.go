@@ -69,6 +69,9 @@ type Config struct {
 	// Other replicas keep their model current and write only what they alone know: when
 	// their agents were last seen and what inventory they reported. Nil: always leads.
 	Leading func() bool
+	// Replicated says other server processes share the store: the model then follows the
+	// reports they store. A store of one process (SQLite) has none to follow.
+	Replicated bool
 }
 
 // DefaultConfig returns the defaults.

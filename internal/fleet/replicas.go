@@ -63,16 +63,19 @@ func (f *Fleet) followStatus(ctx context.Context) {
 	}
 }
 
-// takeStoredStatus applies one cluster's stored rows when they are newer than what the
-// model took (a report stored through another replica): the rows are the cluster's whole
-// reported state, so a bundle the model has a report for and the rows lack was removed.
+// takeStoredStatus applies one cluster's stored rows unless the model took a newer report
+// (its own, stored after this read): the rows are the cluster's whole reported state, so a
+// bundle the model has a report for and the rows lack was removed. Rows of the report the
+// model took last are applied again: they also hold what an earlier report made through
+// another replica stored, which this model may not have read before its own write.
 func (f *Fleet) takeStoredStatus(uid string, seq int64, rows []store.DeploymentStatus) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.byUID[uid]
-	if c == nil || seq <= c.seq || f.reporting[c] != nil {
-		// Unknown (its Cluster arrives by watch, and the load reads its rows), already
-		// taken, or a report of it is being stored here now and will be taken after.
+	if c == nil || seq < c.seq || f.reporting[c] != nil {
+		// Unknown (its Cluster arrives by watch, and the load reads its rows), older than
+		// what the model has, or a report of it is being stored here now and will be
+		// taken after.
 		return nil
 	}
 	have := map[string]bool{}

@@ -63,7 +63,7 @@ func TestReplicasFollowEachOther(t *testing.T) {
 	}
 	var aLeads, bLeads atomic.Bool
 	aLeads.Store(true)
-	cfg := Config{StatusInterval: 50 * time.Millisecond}
+	cfg := Config{StatusInterval: 50 * time.Millisecond, Replicated: true}
 	cfgA, cfgB := cfg, cfg
 	cfgA.Leading = aLeads.Load
 	cfgB.Leading = bLeads.Load

@@ -38,7 +38,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 		statusDone := make(chan struct{})
 		go func() {
 			defer close(statusDone)
-			f.followStatus(fctx)
+			if f.cfg.Replicated {
+				f.followStatus(fctx)
+			}
 		}()
 		err = f.follow(ctx, rev)
 		stopStatus()

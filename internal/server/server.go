@@ -255,6 +255,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
 	fcfg.Leading = s.elector.Leading
+	fcfg.Replicated = cfg.DB != ""
 	// A deleted or replaced cluster's tunnel is closed at once (the registry is made below,
 	// before the model runs).
 	fcfg.Gone = func(ns, name string) { s.tunnels.Close(ns + "/" + name) }
