@@ -160,3 +160,64 @@ func TestReplicasFollowEachOther(t *testing.T) {
 	bLeads.Store(true)
 	eventually(t, "B, now leading, to write the rollup", notReady)
 }
+
+// A report stored through another replica that this model has not read when it stores the
+// cluster's next report itself is still taken: the stream then shows the cluster at the
+// sequence this model already has, and its rows hold both reports. The model here follows
+// no stream on its own, so the test reads it at exactly that point.
+func TestReplicaTakesReportStoredBeforeItsOwn(t *testing.T) {
+	url := pg.Start(t).NewDatabase(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := postgres.Open(ctx, url, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Namespace: reportNS, Name: reportName, UID: reportUID, CreationTimestamp: &now}, Spec: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"one", "two"} {
+		if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+			Metadata: api.ObjectMeta{Namespace: reportNS, Name: name, UID: "uid-" + name, Generation: 1, CreationTimestamp: &now},
+			Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"clusterName":"` + reportName + `"}]}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
+	go f.Run(ctx)
+	eventually(t, "the model loaded", f.Ready)
+	ds, _, err := f.Desired(reportNS, reportName, reportUID, 0)
+	if err != nil || ds == nil || len(ds.Deployments) != 2 {
+		t.Fatalf("desired state: %+v, %v", ds, err)
+	}
+	ids := map[string]string{}
+	for _, d := range ds.Deployments {
+		ids[d.Bundle] = d.ID
+	}
+	// Report 5 through another replica: bundle one is Ready.
+	if err := st.PutStatus(ctx, reportUID, 5, []store.DeploymentStatus{{Cluster: reportUID, Bundle: reportNS + "/one", ID: ids[reportNS+"/one"], State: api.StateReady}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Report 6 through this one, before it read report 5: bundle two is Ready.
+	rep := &api.StatusReport{Seq: 6, Deployments: []api.DeploymentStatus{{Bundle: reportNS + "/two", ID: ids[reportNS+"/two"], State: api.StateReady}}}
+	if _, err := f.Report(ctx, reportNS, reportName, reportUID, rep, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.RLock()
+	from := f.statusFrom
+	f.mu.RUnlock()
+	if _, err := st.StatusChanges(ctx, from, 1000, f.takeStoredStatus); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c := f.byUID[reportUID]
+	for _, b := range []string{"one", "two"} {
+		if p := c.deps.get(b); p == nil || p.state != api.StateReady {
+			t.Errorf("bundle %s on the cluster: %+v, want Ready from the stored reports", b, p)
+		}
+	}
+}
