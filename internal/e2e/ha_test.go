@@ -160,17 +160,24 @@ func TestHAKillLeader(t *testing.T) {
 	before := s.Progress().ChangeReported
 	killed := time.Now()
 	replicas[lead].Kill()
+	// Two figures: until another replica leads, and until a report of the rollout is
+	// acknowledged after the kill (the rollout goes on through the surviving replicas).
 	var next int
-	for {
-		if next, err = leaderOf(lead); err == nil {
-			break
+	var failover, resumed time.Duration
+	for failover == 0 || resumed == 0 {
+		if failover == 0 {
+			if next, err = leaderOf(lead); err == nil {
+				failover = time.Since(killed)
+			}
+		}
+		if resumed == 0 && s.Progress().ChangeReported > before {
+			resumed = time.Since(killed)
 		}
 		if time.Since(killed) > time.Minute {
-			t.Fatalf("no new leader a minute after the leader was killed: %v", err)
+			t.Fatalf("a minute after the leader was killed: new leader after %v (%v), reports resumed after %v", failover, err, resumed)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	failover := time.Since(killed)
 	phase(fmt.Sprintf("leader %d killed with %d of %d reports of the staged rollout acknowledged; replica %d leads after %v",
 		lead, before, ch.Expect.Reach, next, failover.Round(time.Millisecond)))
 	r := <-done
@@ -195,9 +202,10 @@ func TestHAKillLeader(t *testing.T) {
 		t.Errorf("after the old leader's restart: leader %d, %v; want %d to keep leading", l, err, next)
 	}
 	phase("all three replicas agree on every cluster's desired state")
-	t.Logf("failover: %v from SIGKILL of the leader to another replica leading", failover.Round(time.Millisecond))
+	t.Logf("failover: %v from SIGKILL of the leader to another replica leading; first report of the rollout acknowledged %v after it",
+		failover.Round(time.Millisecond), resumed.Round(time.Millisecond))
 	if os.Getenv("FLOTILLA_HA_COST") != "" {
-		replicaCost(t, replicas, 20*time.Second)
+		replicaCost(t, ctx, replicas, checksum, 20*time.Second)
 	}
 }
 
@@ -229,7 +237,8 @@ func agree(ctx context.Context, replicas []*e2e.Server, checksum string, s *sim.
 	return nil
 }
 
-// metricValue reads one unlabelled sample from a replica's /metrics.
+// metricValue reads a metric from a replica's /metrics: its one sample, or the sum of its
+// labelled ones.
 func metricValue(ctx context.Context, url, checksum, name string) (float64, error) {
 	tc, err := client.TLSConfig(nil, checksum, false)
 	if err != nil {
@@ -254,16 +263,36 @@ func metricValue(ctx context.Context, url, checksum, name string) (float64, erro
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("/metrics: %s", resp.Status)
 	}
+	// Samples of a labelled metric are added up.
+	var sum float64
+	found := false
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (!strings.HasPrefix(rest, " ") && !strings.HasPrefix(rest, "{")) {
+			continue
 		}
+		v, err := strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s in /metrics: %w", name, err)
+		}
+		sum, found = sum+v, true
 	}
-	return 0, fmt.Errorf("no %s in /metrics", name)
+	if !found {
+		return 0, fmt.Errorf("no %s in /metrics", name)
+	}
+	return sum, nil
 }
 
-// replicaCost logs each replica's CPU and resident memory over an idle window.
-func replicaCost(t *testing.T, replicas []*e2e.Server, window time.Duration) {
+// replicaCost logs each replica's CPU and resident memory over an idle window, with whether
+// it leads and how many agent calls it answered (agents stay with the replica they reach).
+func replicaCost(t *testing.T, ctx context.Context, replicas []*e2e.Server, checksum string, window time.Duration) {
+	calls := func(r *e2e.Server) float64 {
+		v, err := metricValue(ctx, r.URL, checksum, "flotilla_agent_requests_total")
+		if err != nil {
+			return 0 // none answered yet
+		}
+		return v
+	}
 	cpu := func(pid int) float64 {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
@@ -284,12 +313,17 @@ func replicaCost(t *testing.T, replicas []*e2e.Server, window time.Duration) {
 		return "?"
 	}
 	before := make([]float64, len(replicas))
+	callsBefore := make([]float64, len(replicas))
 	for i, r := range replicas {
+		callsBefore[i] = calls(r)
 		before[i] = cpu(r.Pid())
 	}
 	time.Sleep(window)
 	for i, r := range replicas {
-		t.Logf("replica %d over %v of an idle fleet: %.1f%% of a core, RSS %s", i, window, 100*(cpu(r.Pid())-before[i])/window.Seconds(), rss(r.Pid()))
+		used := cpu(r.Pid()) - before[i]
+		lead, _ := metricValue(ctx, r.URL, checksum, "flotilla_leader")
+		t.Logf("replica %d (leader %v) over %v of an idle fleet: %.1f%% of a core, RSS %s, %.0f agent calls/s",
+			i, lead == 1, window, 100*used/window.Seconds(), rss(r.Pid()), (calls(r)-callsBefore[i])/window.Seconds())
 	}
 }
 
