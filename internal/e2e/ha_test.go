@@ -31,6 +31,12 @@ func TestHAKillLeader(t *testing.T) {
 	if testing.Short() {
 		n = 300
 	}
+	if v := os.Getenv("FLOTILLA_HA_CLUSTERS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil {
+			t.Fatalf("FLOTILLA_HA_CLUSTERS: %v", err)
+		}
+	}
 	pgSrv := pg.Start(t)
 	url := pgSrv.NewDatabase(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
