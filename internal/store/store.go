@@ -115,6 +115,9 @@ var (
 	ErrClosed = errors.New("store closed")
 	// ErrInvalidContinue: a continue token that this store did not issue.
 	ErrInvalidContinue = errors.New("invalid continue token")
+	// ErrStale: a cluster's report older than the one stored (PutStatus); nothing of it
+	// was written.
+	ErrStale = errors.New("stale report")
 )
 
 // NotFound returns an ErrNotFound naming key.
@@ -160,7 +163,13 @@ type Agents interface {
 	PutContent(ctx context.Context, digest string, data []byte) error
 	GetContent(ctx context.Context, digest string) ([]byte, error)
 	// PutStatus records one report of a cluster: rows upserted, bundles removed, and the
-	// report's sequence number (kept only if larger than the stored one).
+	// report's sequence number. A report whose sequence is below the stored one (it was
+	// delayed, and a newer report of the cluster, through this replica or another, was
+	// stored first) writes no rows and returns ErrStale; the check and the write are one
+	// step of the writers' order, so of two concurrent reports the older never overwrites
+	// the newer. The stale report's cluster still takes the next status revision, so that
+	// followers read its stored rows again. An equal sequence is the same report again and
+	// is written.
 	PutStatus(ctx context.Context, cluster string, seq int64, rows []DeploymentStatus, removed []string) error
 	// DeleteClusterStatus forgets a deleted cluster's rows.
 	DeleteClusterStatus(ctx context.Context, cluster string) error

@@ -35,10 +35,17 @@ func (s *Store) GetContent(ctx context.Context, digest string) (data []byte, err
 	return data, nil
 }
 
-// PutStatus records one cluster's report; it returns once the report is committed.
-func (s *Store) PutStatus(ctx context.Context, cluster string, seq int64, rows []store.DeploymentStatus, removed []string) (err error) {
-	defer s.observe("put_status", time.Now(), &err)
-	_, err = s.submit(ctx, &op{kind: opStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster, seq: seq, rows: rows, removed: removed})
+// PutStatus records one cluster's report; it returns once the report is committed, or
+// store.ErrStale for a report older than the stored one (see store.Agents).
+func (s *Store) PutStatus(ctx context.Context, cluster string, seq int64, rows []store.DeploymentStatus, removed []string) error {
+	start := time.Now()
+	_, err := s.submit(ctx, &op{kind: opStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster, seq: seq, rows: rows, removed: removed})
+	// A stale report is old news, not a failed write.
+	observed := err
+	if errors.Is(err, store.ErrStale) {
+		observed = nil
+	}
+	s.observe("put_status", start, &observed)
 	return err
 }
 

@@ -681,12 +681,17 @@ func testAgents(t *testing.T, h Harness) {
 	if err := ag.PutStatus(c, "uid-1", 5, rows, nil); err != nil {
 		t.Fatal(err)
 	}
-	// A newer report updates one row and removes the other; an older sequence is not kept.
+	// A newer report updates one row and removes the other; an older report, which
+	// arrives late (its write delayed behind the newer one's), changes nothing.
 	if err := ag.PutStatus(c, "uid-1", 7, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Modified"}}, []string{"ns/b"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ag.PutStatus(c, "uid-1", 6, nil, nil); err != nil {
-		t.Fatal(err)
+	if err := ag.PutStatus(c, "uid-1", 6, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}, {Bundle: "ns/c", ID: "1", State: "Ready"}}, nil); !errors.Is(err, store.ErrStale) {
+		t.Fatalf("older report: err = %v, want ErrStale", err)
+	}
+	// The same report again is written again.
+	if err := ag.PutStatus(c, "uid-1", 7, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Modified"}}, []string{"ns/b"}); err != nil {
+		t.Fatalf("the stored report again: %v", err)
 	}
 	if err := ag.PutStatus(c, "uid-2", 1, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Ready"}}, nil); err != nil {
 		t.Fatal(err)
@@ -772,10 +777,15 @@ func testStatusChanges(t *testing.T, h Harness) {
 	if got, _ := read(cur); got != "" {
 		t.Errorf("changes after the last cursor = %q, want none", got)
 	}
-	// An older sequence does not undo the stored one, but the write is still seen.
-	put("uid-2", 0, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}}, nil)
-	if got, _ := read(cur); got != "uid-2@1[ns/a=1:Ready]" {
-		t.Errorf("changes after a heartbeat-sequenced write = %q", got)
+	// An older report stores neither its rows nor its sequence, but its cluster is seen
+	// again, with the newer report's rows: a follower that passed over the newer write
+	// takes it then.
+	if err := ag.PutStatus(c, "uid-2", 0, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}, {Bundle: "ns/b", ID: "1", State: "Ready"}}, nil); !errors.Is(err, store.ErrStale) {
+		t.Fatalf("older report: err = %v, want ErrStale", err)
+	}
+	got, cur = read(cur)
+	if want := "uid-2@1[ns/a=1:NotReady]"; got != want {
+		t.Errorf("changes after an older report = %q, want %q", got, want)
 	}
 }
 
