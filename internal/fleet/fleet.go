@@ -105,6 +105,9 @@ type Fleet struct {
 	waiters map[*Cluster]chan struct{}
 	// reporting holds the clusters whose report is being stored, until it is.
 	reporting map[*Cluster]chan struct{}
+	// held keeps, for a cluster in reporting, the newest stored rows the status follower
+	// passed over meanwhile; the report takes them when it is done (takeHeld).
+	held map[*Cluster]storedStatus
 
 	dirtyBundles  map[*bundleEntry]struct{}
 	dirtyClusters map[*Cluster]struct{}
@@ -351,7 +354,7 @@ func New(st Store, cfg Config) *Fleet {
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
-	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{},
+	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{}, held: map[*Cluster]storedStatus{},
 		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{},
 		usage: map[string]map[string]map[string]map[string]string{}, dirtyProjects: map[string]struct{}{}}
 }
@@ -735,8 +738,9 @@ func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout 
 
 // ReportResult is what became of a status report.
 type ReportResult struct {
-	// Fresh is false for a report already seen (a resend after an outage): nothing of it
-	// was taken.
+	// Fresh is false for a report already seen (a resend after an outage), or older than
+	// one the store has (stored through another replica while this one was delayed):
+	// nothing of it was taken.
 	Fresh bool
 	// Refused names the entries that were not stored: a cluster's status is kept only for
 	// the bundles that target it (or that it ran and has not yet reported removed).
@@ -814,6 +818,13 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 	defer f.mu.Unlock()
 	delete(f.reporting, c)
 	close(done)
+	defer f.takeHeld(c)
+	if errors.Is(err, store.ErrStale) {
+		// A newer report of the cluster was stored (through another replica) first: this
+		// one is old news, acknowledged so that the agent does not send it again. The model
+		// takes the newer rows from the store, not these.
+		return ReportResult{}, nil
+	}
 	if err != nil {
 		// The write may not have committed: the model stays as it was, behind the store at
 		// worst, never ahead of it.

@@ -72,12 +72,46 @@ func (f *Fleet) takeStoredStatus(uid string, seq int64, rows []store.DeploymentS
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.byUID[uid]
-	if c == nil || seq < c.seq || f.reporting[c] != nil {
-		// Unknown (its Cluster arrives by watch, and the load reads its rows), older than
-		// what the model has, or a report of it is being stored here now and will be
-		// taken after.
+	if c == nil || seq < c.seq {
+		// Unknown (its Cluster arrives by watch, and the load reads its rows), or older
+		// than what the model has.
 		return nil
 	}
+	if f.reporting[c] != nil {
+		// A report of it is being stored here now and will be taken after, and these rows
+		// with it (takeHeld): if that report turns out older than these, they are the
+		// model's only news of the newer one, whose write this follower has passed.
+		if h, ok := f.held[c]; !ok || seq >= h.seq {
+			f.held[c] = storedStatus{seq: seq, rows: rows}
+		}
+		return nil
+	}
+	f.takeStored(c, seq, rows)
+	return nil
+}
+
+// storedStatus is one cluster's stored report state, as StatusChanges passes it.
+type storedStatus struct {
+	seq  int64
+	rows []store.DeploymentStatus
+}
+
+// takeHeld applies the stored rows the follower passed over while a report of c was being
+// stored here, unless the model has since taken a newer report. The caller holds the lock.
+func (f *Fleet) takeHeld(c *Cluster) {
+	h, ok := f.held[c]
+	if !ok {
+		return
+	}
+	delete(f.held, c)
+	if h.seq >= c.seq {
+		f.takeStored(c, h.seq, h.rows)
+	}
+}
+
+// takeStored applies a cluster's stored rows, its whole reported state. The caller holds
+// the lock.
+func (f *Fleet) takeStored(c *Cluster, seq int64, rows []store.DeploymentStatus) {
 	have := map[string]bool{}
 	for _, r := range rows {
 		have[r.Bundle] = true
@@ -89,7 +123,6 @@ func (f *Fleet) takeStoredStatus(uid string, seq int64, rows []store.DeploymentS
 		}
 	}
 	f.applyReport(c, seq, nil, rows, removed)
-	return nil
 }
 
 // learnStatus takes from a Cluster's stored status what another replica wrote there: when

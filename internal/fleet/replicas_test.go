@@ -221,3 +221,88 @@ func TestReplicaTakesReportStoredBeforeItsOwn(t *testing.T) {
 		}
 	}
 }
+
+// A report that reaches the store after a newer one of its cluster stored through another
+// replica (it was delayed here) is acknowledged as old news, and the model takes the newer
+// stored rows, not its own: here the follower passed over the newer write while the old
+// report was being stored, as it does for a cluster with a report in flight.
+func TestReplicaStaleReportTakesStoredRows(t *testing.T) {
+	url := pg.Start(t).NewDatabase(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := postgres.Open(ctx, url, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Namespace: reportNS, Name: reportName, UID: reportUID, CreationTimestamp: &now}, Spec: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"one", "two"} {
+		if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+			Metadata: api.ObjectMeta{Namespace: reportNS, Name: name, UID: "uid-" + name, Generation: 1, CreationTimestamp: &now},
+			Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"clusterName":"` + reportName + `"}]}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
+	go f.Run(ctx)
+	eventually(t, "the model loaded", f.Ready)
+	ds, _, err := f.Desired(reportNS, reportName, reportUID, 0)
+	if err != nil || ds == nil || len(ds.Deployments) != 2 {
+		t.Fatalf("desired state: %+v, %v", ds, err)
+	}
+	ids := map[string]string{}
+	for _, d := range ds.Deployments {
+		ids[d.Bundle] = d.ID
+	}
+	one, two := reportNS+"/one", reportNS+"/two"
+	f.mu.RLock()
+	from := f.statusFrom
+	c := f.byUID[reportUID]
+	f.mu.RUnlock()
+	// Report 5 through this replica: both bundles NotReady.
+	rep := &api.StatusReport{Seq: 5, Deployments: []api.DeploymentStatus{{Bundle: one, ID: ids[one], State: api.StateNotReady}, {Bundle: two, ID: ids[two], State: api.StateNotReady}}}
+	if res, err := f.Report(ctx, reportNS, reportName, reportUID, rep, time.Now()); err != nil || !res.Fresh {
+		t.Fatalf("report 5: %+v, %v", res, err)
+	}
+	// Report 7 through another replica: both Ready. This model's follower passes over it
+	// while report 6 is being stored here.
+	if err := st.PutStatus(ctx, reportUID, 7, []store.DeploymentStatus{{Cluster: reportUID, Bundle: one, ID: ids[one], State: api.StateReady}, {Cluster: reportUID, Bundle: two, ID: ids[two], State: api.StateReady}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.reporting[c] = make(chan struct{})
+	f.mu.Unlock()
+	if _, err := st.StatusChanges(ctx, from, 1000, f.takeStoredStatus); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	delete(f.reporting, c)
+	f.mu.Unlock()
+	// Report 6, delayed: bundle one Modified, two removed.
+	rep = &api.StatusReport{Seq: 6, Deployments: []api.DeploymentStatus{{Bundle: one, ID: ids[one], State: api.StateModified}}, Removed: []string{two}}
+	res, err := f.Report(ctx, reportNS, reportName, reportUID, rep, time.Now())
+	if err != nil || res.Fresh {
+		t.Errorf("report 6, older than the stored 7: %+v, %v; want accepted, not fresh", res, err)
+	}
+	stored := map[string]string{}
+	if err := st.ScanStatus(ctx, func(r store.DeploymentStatus) error { stored[r.Bundle] = r.State; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if stored[one] != api.StateReady || stored[two] != api.StateReady {
+		t.Errorf("stored rows %v, want report 7's", stored)
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, b := range []string{"one", "two"} {
+		if p := c.deps.get(b); p == nil || p.state != api.StateReady {
+			t.Errorf("bundle %s on the cluster: %+v, want Ready from the stored report 7", b, p)
+		}
+	}
+	if c.seq != 7 {
+		t.Errorf("the model has the cluster at report %d, want 7", c.seq)
+	}
+}
