@@ -39,7 +39,8 @@ func (c *Client) Desired(ctx context.Context, since int64) (state *api.DesiredSt
 // WaitDesired is Desired as a long poll: the server holds the request for up to wait (at
 // most a minute) and answers as soon as the desired state changes.
 func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duration) (state *api.DesiredState, rev int64, pollAfter time.Duration, err error) {
-	u := c.base + api.PathDesired + "?since=" + strconv.FormatInt(since, 10)
+	i := c.cur.Load()
+	u := c.bases[i] + api.PathDesired + "?since=" + strconv.FormatInt(since, 10)
 	if s := int(wait.Seconds()); s > 0 {
 		u += "&wait=" + strconv.Itoa(s)
 	}
@@ -50,6 +51,8 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 	req.Header.Set("Authorization", "Bearer "+c.bearer())
 	resp, err := c.http.Do(req)
 	if err != nil {
+		// The agent polls again after its backoff: at the next replica.
+		c.failedOver(i)
 		return nil, 0, 0, err
 	}
 	defer resp.Body.Close()

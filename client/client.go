@@ -16,8 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,6 +30,8 @@ import (
 
 // Config says how to reach a server.
 type Config struct {
+	// Server is the server's URL, or several replicas' URLs separated by commas: calls go
+	// to one until it cannot be reached, then to the next.
 	Server string
 	Token  string
 	// CAData is the server CA in PEM. Alternatively CAChecksum pins the CA by the sha256 of
@@ -41,9 +45,11 @@ type Config struct {
 	Transport http.RoundTripper
 }
 
-// Client calls one server.
+// Client calls one server, or one of several replicas of it.
 type Client struct {
-	base string
+	bases []string
+	// cur indexes bases: the replica calls go to.
+	cur  *atomic.Int32
 	cred *credential
 	http *http.Client
 	// tunnel is told the token of every poll answer saying a tunnel is wanted.
@@ -56,9 +62,9 @@ type Client struct {
 // advertises (api.HeaderDoorbell), or 0 when it advertises none.
 func (c *Client) OnDoorbell(f func(port int)) { c.doorbell = f }
 
-// Host is the host name (or address) of the server's URL.
+// Host is the host name (or address) of the URL of the replica calls go to now.
 func (c *Client) Host() string {
-	u, err := url.Parse(c.base)
+	u, err := url.Parse(c.Server())
 	if err != nil {
 		return ""
 	}
@@ -104,11 +110,28 @@ func (c *Client) noteRenewal(h http.Header) {
 	}
 }
 
+// Servers splits a list of server URLs separated by commas, and checks each.
+func Servers(list string) ([]string, error) {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimRight(strings.TrimSpace(s), "/")
+		u, err := url.Parse(s)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return nil, fmt.Errorf("invalid server URL %.200q: want https://host:port", s)
+		}
+		out = append(out, s)
+	}
+	if len(out) > 16 {
+		return nil, fmt.Errorf("%d server URLs: at most 16", len(out))
+	}
+	return out, nil
+}
+
 // New returns a client for cfg.
 func New(cfg Config) (*Client, error) {
-	u, err := url.Parse(cfg.Server)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, fmt.Errorf("invalid server URL %q: want https://host:port", cfg.Server)
+	bases, err := Servers(cfg.Server)
+	if err != nil {
+		return nil, err
 	}
 	rt := cfg.Transport
 	if rt == nil {
@@ -122,11 +145,31 @@ func New(cfg Config) (*Client, error) {
 		tr.MaxIdleConnsPerHost = 16
 		rt = tr
 	}
-	return &Client{base: strings.TrimRight(cfg.Server, "/"), cred: newCredential(cfg.Token), http: &http.Client{Transport: rt, Timeout: cfg.Timeout}}, nil
+	return &Client{bases: bases, cur: new(atomic.Int32), cred: newCredential(cfg.Token), http: &http.Client{Transport: rt, Timeout: cfg.Timeout}}, nil
 }
 
-// Server returns the server URL.
-func (c *Client) Server() string { return c.base }
+// Server returns the URL calls go to now: with several replicas, the one last reached.
+func (c *Client) Server() string { return c.bases[c.cur.Load()] }
+
+// Servers returns every server URL the client was given.
+func (c *Client) Servers() []string { return slices.Clone(c.bases) }
+
+// failedOver moves calls to the next replica after the one at index i could not be
+// reached (unless another call moved them already), and reports whether there is one.
+func (c *Client) failedOver(i int32) bool {
+	if len(c.bases) < 2 {
+		return false
+	}
+	c.cur.CompareAndSwap(i, (i+1)%int32(len(c.bases)))
+	return true
+}
+
+// unreachable reports an error that means the server was not reached at all (nothing was
+// sent), so the call may go to another replica as it is.
+func unreachable(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
 
 // CloseIdleConnections closes the client's connections that no request is using.
 func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
@@ -178,9 +221,26 @@ func TLSConfig(caPEM []byte, checksum string, insecure bool) (*tls.Config, error
 	return tc, nil
 }
 
-// FetchCA connects to server, checks that the CA it presents matches checksum, and
-// returns the CA's PEM (for `flotilla login` and agents to keep).
+// FetchCA connects to server (or to the first of several replicas' URLs, separated by
+// commas, that answers), checks that the CA it presents matches checksum, and returns the
+// CA's PEM (for `flotilla login` and agents to keep).
 func FetchCA(ctx context.Context, server, checksum string) ([]byte, error) {
+	servers, err := Servers(server)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, s := range servers {
+		ca, err := fetchCA(ctx, s, checksum)
+		if err == nil || strings.Contains(err.Error(), "checksum") {
+			return ca, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func fetchCA(ctx context.Context, server, checksum string) ([]byte, error) {
 	u, err := url.Parse(server)
 	if err != nil {
 		return nil, fmt.Errorf("invalid server URL: %w", err)
@@ -258,24 +318,46 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 const UserAgent = "flotilla"
 
 func (c *Client) sendType(ctx context.Context, method, path, contentType string, body any) (*http.Response, error) {
-	var r io.Reader
+	var data []byte
 	if body != nil {
 		switch b := body.(type) {
 		case []byte:
-			r = bytes.NewReader(b)
+			data = b
 		default:
-			data, err := json.Marshal(body)
-			if err != nil {
+			var err error
+			if data, err = json.Marshal(body); err != nil {
 				return nil, err
 			}
-			r = bytes.NewReader(data)
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
+	// A replica that cannot be reached is skipped for the next; one that was reached but
+	// failed mid-call is left for the next call (the caller decides whether to repeat it).
+	for tries := 0; ; tries++ {
+		i := c.cur.Load()
+		resp, err := c.sendTo(ctx, c.bases[i], method, path, contentType, body != nil, data)
+		if err == nil || ctx.Err() != nil {
+			return resp, err
+		}
+		var st *api.Status
+		if errors.As(err, &st) {
+			return nil, err
+		}
+		if !c.failedOver(i) || !unreachable(err) || tries+1 >= len(c.bases) {
+			return nil, err
+		}
+	}
+}
+
+func (c *Client) sendTo(ctx context.Context, base, method, path, contentType string, hasBody bool, data []byte) (*http.Response, error) {
+	var r io.Reader
+	if hasBody {
+		r = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, r)
 	if err != nil {
 		return nil, err
 	}
-	if body != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")

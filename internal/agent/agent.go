@@ -174,6 +174,7 @@ type agent struct {
 	// bellPort is the doorbell port polls advertise (-1: no poll answered yet), bellAdvert
 	// kicked when it changes; bellState is api.DoorbellOn/Off/Blocked.
 	bellPort   atomic.Int32
+	bellAd     atomic.Value // "server URL|port" of the last advertisement
 	bellAdvert chan struct{}
 	bellState  atomic.Value
 
@@ -306,7 +307,7 @@ func (a *agent) newTunnel(creds *credentials) (*tunnel.Agent, error) {
 	if a.cfg.TunnelAlways {
 		idle = -1
 	}
-	return tunnel.NewAgent(tunnel.AgentConfig{Server: creds.Server, HTTPClient: &http.Client{Transport: tr}, Credential: a.client.Credential,
+	return tunnel.NewAgent(tunnel.AgentConfig{Server: creds.Server, ServerURL: a.client.Server, HTTPClient: &http.Client{Transport: tr}, Credential: a.client.Credential,
 		Target: a.deps.tunnel, Idle: idle, MinBackoff: a.cfg.MinBackoff, MaxBackoff: a.cfg.MaxBackoff, Logger: a.log.With("component", "tunnel")}), nil
 }
 

@@ -68,7 +68,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 	}
 	inPod := getenv("KUBERNETES_SERVICE_HOST") != ""
 	var labels, logLevel, heartbeat, bell string
-	fs.StringVar(&cfg.Server, "server", env("FLOTILLA_SERVER", ""), "Flotilla server URL, https://host:port (env FLOTILLA_SERVER)")
+	fs.StringVar(&cfg.Server, "server", env("FLOTILLA_SERVER", ""), "Flotilla server URL, https://host:port, or several replicas' URLs separated by commas (env FLOTILLA_SERVER)")
 	fs.StringVar(&cfg.CAChecksum, "ca-checksum", env("FLOTILLA_CA_CHECKSUM", ""), "sha256 of the server's CA certificate (PEM), printed by 'flotilla server' (env FLOTILLA_CA_CHECKSUM)")
 	fs.StringVar(&cfg.Token, "token", env("FLOTILLA_TOKEN", ""), "registration token from 'flotilla token create', used once (env FLOTILLA_TOKEN)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", env("FLOTILLA_KUBECONFIG", env("KUBECONFIG", "")), "kubeconfig of the cluster to manage; in-cluster configuration when run in a pod (env FLOTILLA_KUBECONFIG, KUBECONFIG)")

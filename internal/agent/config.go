@@ -2,15 +2,16 @@ package agent
 
 import (
 	"errors"
-	"flotilla.dev/internal/tunnel"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/rest"
+
+	"flotilla.dev/client"
+	"flotilla.dev/internal/tunnel"
 )
 
 // DefaultStateDir is where the agent keeps its state unless told otherwise.
@@ -20,7 +21,8 @@ const DefaultStateDir = "/var/lib/flotilla-agent"
 // registered: from then on the state directory (or the Secret) holds the server's address,
 // CA and the cluster's credential.
 type Config struct {
-	// Server is the Flotilla server's URL, https://host:port.
+	// Server is the Flotilla server's URL, https://host:port, or several replicas' URLs
+	// separated by commas: the agent polls one and moves to the next when it cannot reach it.
 	Server string
 	// CAChecksum pins the server's CA by the sha256 of its PEM. The agent fetches the CA once,
 	// checks it against the checksum, and keeps it.
@@ -147,9 +149,8 @@ func (c Config) validate() error {
 		}
 	}
 	if c.Server != "" {
-		u, err := url.Parse(c.Server)
-		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-			return errors.New("the server URL must look like https://host:port")
+		if _, err := client.Servers(c.Server); err != nil {
+			return fmt.Errorf("the server URL must look like https://host:port (several replicas' separated by commas): %w", err)
 		}
 	}
 	return nil

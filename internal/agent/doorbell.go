@@ -12,8 +12,11 @@ import (
 )
 
 // advertised is told the doorbell port of every poll answer (0: the server offers none).
+// The replica polled counts too: after a failover the doorbell to use is the new replica's.
 func (a *agent) advertised(port int) {
-	if a.bellPort.Swap(int32(port)) != int32(port) {
+	a.bellPort.Store(int32(port))
+	ad := a.client.Server() + "|" + strconv.Itoa(port)
+	if old, _ := a.bellAd.Swap(ad).(string); old != ad {
 		kick(a.bellAdvert)
 	}
 }
@@ -69,19 +72,20 @@ func (a *agent) doorbellLoop(ctx context.Context) {
 		}
 	}
 	defer done()
-	cur := int32(-1)
+	cur := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.bellAdvert:
 		}
+		ad, _ := a.bellAd.Load().(string)
 		port := a.bellPort.Load()
-		if port == cur {
+		if ad == cur {
 			continue
 		}
 		done()
-		cur = port
+		cur = ad
 		if port <= 0 {
 			a.setDoorbellState(api.DoorbellOff)
 			continue
@@ -92,7 +96,8 @@ func (a *agent) doorbellLoop(ctx context.Context) {
 			a.log.Warn("not using the server's doorbell", "err", err)
 			a.setDoorbellState(api.DoorbellBlocked)
 			// Asked again when the next poll advertises it.
-			cur = -1
+			cur = ""
+			a.bellAd.Store("")
 			continue
 		}
 		stop = cancel

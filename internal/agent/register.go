@@ -171,6 +171,20 @@ func retry[T any](ctx context.Context, a *agent, what string, f func(context.Con
 
 // sameServer compares server URLs loosely: scheme, host and path, without a trailing slash.
 func sameServer(a, b string) bool {
+	// Lists of replicas' URLs: the same replicas in the same order.
+	as, bs := strings.Split(a, ","), strings.Split(b, ",")
+	if len(as) != len(bs) {
+		return false
+	}
+	for i := range as {
+		if !sameURL(strings.TrimSpace(as[i]), strings.TrimSpace(bs[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameURL(a, b string) bool {
 	ua, err1 := url.Parse(strings.TrimRight(a, "/"))
 	ub, err2 := url.Parse(strings.TrimRight(b, "/"))
 	if err1 != nil || err2 != nil {

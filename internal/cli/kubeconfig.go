@@ -52,6 +52,8 @@ The file holds a token: it is written readable only by you.`,
 			if conn.token == "" {
 				return fmt.Errorf("kubeconfig needs a token: pass --token, set FLOTILLA_TOKEN, or run 'flotilla login' first")
 			}
+			// kubectl takes one URL: with several replicas', the first.
+			conn.server = firstServer(conn.server)
 			server := conn.server
 			var cfg *clientcmdapi.Config
 			if len(args) == 1 {
@@ -110,4 +112,9 @@ The file holds a token: it is written readable only by you.`,
 	cmd.Flags().StringVarP(&outFile, "output", "o", "", "file to write (default standard output)")
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "with CLUSTER: how long the kubeconfig's token is valid (default the server's maximum)")
 	return cmd
+}
+
+func firstServer(list string) string {
+	first, _, _ := strings.Cut(list, ",")
+	return strings.TrimSpace(first)
 }

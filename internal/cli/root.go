@@ -62,7 +62,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.server, "server", "", "server URL (env FLOTILLA_SERVER)")
+	pf.StringVar(&g.server, "server", "", "server URL, or several replicas' URLs separated by commas (env FLOTILLA_SERVER)")
 	pf.StringVar(&g.token, "token", "", "bearer token (env FLOTILLA_TOKEN)")
 	pf.StringVar(&g.caFile, "ca-file", "", "server CA certificate file (env FLOTILLA_CA_FILE)")
 	// No backticks in flag help: pflag would take the quoted words for the argument's name.

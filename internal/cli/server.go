@@ -123,6 +123,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serving certificate (default: generated in the data directory)")
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "serving key")
 	f.StringVar(&cfg.TLSCAFile, "tls-ca-file", "", "CA of --tls-cert-file, given to agents")
+	f.DurationVar(&cfg.LeaderRetry, "leader-retry", time.Second, "with several replicas on PostgreSQL: how often one that does not lead tries to take over, and how often the leader checks its database session; bounds failover time")
 	f.DurationVar(&cfg.HistoryWindow, "history-window", 5*time.Minute, "how long change history is kept for watches and paging")
 	f.DurationVar(&cfg.Fleet.PollInterval, "agent-poll-interval", 15*time.Second, "how often agents are told to poll for changes")
 	f.Float64Var(&cfg.Fleet.PollBudget, "agent-poll-budget", 2000, "polls per second the whole fleet may make; agents are told to come back later as the fleet grows")

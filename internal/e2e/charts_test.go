@@ -81,6 +81,12 @@ func TestCharts(t *testing.T) {
 	if objs, err := render(server, "flotilla", "--set", "storage=postgres", "--set", "postgres.existingSecret=db"); err != nil || objs["Deployment/rel"] == nil || objs["StatefulSet/rel"] != nil {
 		t.Errorf("the server chart on PostgreSQL: %v %v", keys(objs), err)
 	}
+	ha := []string{"--set", "storage=postgres", "--set", "postgres.existingSecret=db", "--set", "replicas=3", "--set", "tls.existingSecret=tls", "--set", "kek.existingSecret=kek"}
+	if objs, err := render(server, "flotilla", ha...); err != nil || objs["Deployment/rel"] == nil {
+		t.Errorf("the server chart with three replicas on PostgreSQL: %v %v", keys(objs), err)
+	} else if spec := objs["Deployment/rel"].Object["spec"].(map[string]any); fmt.Sprint(spec["replicas"]) != "3" || fmt.Sprint(spec["strategy"]) != "map[rollingUpdate:map[maxSurge:0 maxUnavailable:1] type:RollingUpdate]" {
+		t.Errorf("the server chart with three replicas: replicas %v, strategy %v", spec["replicas"], spec["strategy"])
+	}
 	for _, bad := range []struct {
 		chart, ns, want string
 		args            []string
@@ -88,6 +94,8 @@ func TestCharts(t *testing.T) {
 		{server, "flotilla", "storage must be sqlite or postgres", []string{"--set", "storage=mysql"}},
 		{server, "flotilla", "exactly one replica", []string{"--set", "replicas=2"}},
 		{server, "flotilla", "needs postgres.existingSecret", []string{"--set", "storage=postgres"}},
+		{server, "flotilla", "needs tls.existingSecret", []string{"--set", "storage=postgres", "--set", "postgres.existingSecret=db", "--set", "replicas=2"}},
+		{server, "flotilla", "needs kek.existingSecret", []string{"--set", "storage=postgres", "--set", "postgres.existingSecret=db", "--set", "replicas=2", "--set", "tls.existingSecret=tls"}},
 		{agent, "flotilla-system", "server is required", nil},
 		{agent, "default", "namespace flotilla-system", agentValues},
 	} {

@@ -277,3 +277,6 @@ func (c *CLI) Stream(t testing.TB, ctx context.Context, args ...string) <-chan s
 	}()
 	return lines
 }
+
+// Pid returns the server process's id.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }

@@ -69,6 +69,14 @@ type Config struct {
 	// are called with the model locked: they must not block.
 	Changed    func(uid string)
 	AllChanged func()
+	// Leading, if set, says whether this replica writes the fleet's rolled-up status
+	// (bundles, GitRepos, groups, projects, cluster states: the offline sweep included).
+	// Other replicas keep their model current and write only what they alone know: when
+	// their agents were last seen and what inventory they reported. Nil: always leads.
+	Leading func() bool
+	// Replicated says other server processes share the store: the model then follows the
+	// reports they store. A store of one process (SQLite) has none to follow.
+	Replicated bool
 }
 
 // DefaultConfig returns the defaults.
@@ -104,6 +112,9 @@ type Fleet struct {
 	waiters map[*Cluster]chan struct{}
 	// reporting holds the clusters whose report is being stored, until it is.
 	reporting map[*Cluster]chan struct{}
+	// held keeps, for a cluster in reporting, the newest stored rows the status follower
+	// passed over meanwhile; the report takes them when it is done (takeHeld).
+	held map[*Cluster]storedStatus
 
 	dirtyBundles  map[*bundleEntry]struct{}
 	dirtyClusters map[*Cluster]struct{}
@@ -120,6 +131,10 @@ type Fleet struct {
 	// UID → namespace → resource → used. Only in memory; agents report it again.
 	usage         map[string]map[string]map[string]map[string]string
 	dirtyProjects map[string]struct{}
+
+	// statusFrom is where the status follower starts after a load: the status revision
+	// read before the load's scans.
+	statusFrom store.StatusCursor
 }
 
 type workspace struct {
@@ -150,6 +165,7 @@ type Cluster struct {
 	seen       atomic.Int64
 	storedSeen time.Time
 	inventory  string // JSON; interned, since most clusters of a fleet report alike
+	storedInv  string // the inventory last seen stored (by any replica)
 	state      string // last written cluster state
 	tmplHash   string
 	statusHash uint64      // of the stored status document (see statusHash)
@@ -346,7 +362,7 @@ func New(st Store, cfg Config) *Fleet {
 	if cfg.Logger == nil {
 		cfg.Logger = def.Logger
 	}
-	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, agg: newAggIndex(), waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{},
+	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, agg: newAggIndex(), waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{}, held: map[*Cluster]storedStatus{},
 		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{},
 		usage: map[string]map[string]map[string]map[string]string{}, dirtyProjects: map[string]struct{}{}}
 }
@@ -781,8 +797,9 @@ func (f *Fleet) Wait(ctx context.Context, ns, name string, since int64, timeout 
 
 // ReportResult is what became of a status report.
 type ReportResult struct {
-	// Fresh is false for a report already seen (a resend after an outage): nothing of it
-	// was taken.
+	// Fresh is false for a report already seen (a resend after an outage), or older than
+	// one the store has (stored through another replica while this one was delayed):
+	// nothing of it was taken.
 	Fresh bool
 	// Refused names the entries that were not stored: a cluster's status is kept only for
 	// the bundles that target it (or that it ran and has not yet reported removed).
@@ -860,6 +877,13 @@ func (f *Fleet) Report(ctx context.Context, ns, name, uid string, rep *api.Statu
 	defer f.mu.Unlock()
 	delete(f.reporting, c)
 	close(done)
+	defer f.takeHeld(c)
+	if errors.Is(err, store.ErrStale) {
+		// A newer report of the cluster was stored (through another replica) first: this
+		// one is old news, acknowledged so that the agent does not send it again. The model
+		// takes the newer rows from the store, not these.
+		return ReportResult{}, nil
+	}
 	if err != nil {
 		// The write may not have committed: the model stays as it was, behind the store at
 		// worst, never ahead of it.

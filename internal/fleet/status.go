@@ -30,6 +30,8 @@ func (f *Fleet) writeStatusLoop(ctx context.Context) {
 	t := time.NewTicker(f.cfg.StatusInterval)
 	defer t.Stop()
 	lastSweep := time.Now()
+	// A load leaves every rollup dirty; a replica that starts leading later marks them.
+	wasLeading := f.leading()
 	for {
 		select {
 		case <-ctx.Done():
@@ -38,6 +40,12 @@ func (f *Fleet) writeStatusLoop(ctx context.Context) {
 		}
 		if !f.ready.Load() {
 			return // a reload starts a new loop
+		}
+		if lead := f.leading(); lead != wasLeading {
+			if lead {
+				f.markAllDirty()
+			}
+			wasLeading = lead
 		}
 		now := time.Now()
 		if now.Sub(lastSweep) > f.sweepInterval() {
@@ -163,6 +171,15 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 				f.rollout(w, b)
 			}
 		}
+	}
+	if !f.leading() {
+		clear(f.dirtyBundles)
+		clear(f.dirtyGroups)
+		clear(f.dirtyProjects)
+		writes = f.followerWrites()
+		f.mu.Unlock()
+		f.write(ctx, writes)
+		return
 	}
 	repos := map[[2]string]bool{}
 	for b := range f.dirtyBundles {
@@ -293,7 +310,11 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 	clear(f.dirtyGroups)
 	writes = append(writes, f.projectWrites(now)...)
 	f.mu.Unlock()
+	f.write(ctx, writes)
+}
 
+// write makes the writes of a pass.
+func (f *Fleet) write(ctx context.Context, writes []pendingWrite) {
 	// Several writers at once, so the store's batching writer groups them into few
 	// transactions.
 	work := make(chan pendingWrite)

@@ -243,6 +243,7 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	}
 	if inv := r.bytes(); len(inv) > 0 {
 		c.inventory = internJSON(inv)
+		c.storedInv = c.inventory
 	}
 	c.Labels = r.strMap(true)
 	c.Annotations = r.strMap(false)

@@ -34,7 +34,17 @@ func (f *Fleet) Run(ctx context.Context) error {
 		}
 		f.ready.Store(true)
 		go f.writeStatusLoop(ctx)
+		fctx, stopStatus := context.WithCancel(ctx)
+		statusDone := make(chan struct{})
+		go func() {
+			defer close(statusDone)
+			if f.cfg.Replicated {
+				f.followStatus(fctx)
+			}
+		}()
 		err = f.follow(ctx, rev)
+		stopStatus()
+		<-statusDone
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -86,6 +96,12 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	}
 	var statuses []statusRow
 	var seqs []seqRow
+	// Reports stored after this are read again by the status follower: taking one twice
+	// is harmless, missing one is not.
+	statusRev, err := f.st.StatusRevision(ctx)
+	if err != nil {
+		return 0, err
+	}
 	var side errgroup.Group
 	side.Go(func() error {
 		err := f.st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
@@ -108,7 +124,6 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		// Growing a map of a million entries step by step costs seconds of rehashing.
 		f.byUID = make(map[string]*Cluster, counts[api.KindCluster])
 	}
-	var rev int64
 	// Clusters from their summaries, at one revision; groups and bundles are listed after
 	// it, and the watch starts from the oldest of the three revisions. Clusters are
 	// gathered first so that each workspace's map is made at its final size.
@@ -182,6 +197,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		}
 	}
 	seqs = nil
+	f.statusFrom = store.StatusCursor{Rev: statusRev}
 	// Versions are digests of the desired state, computed at each cluster's first poll
 	// after the load: an agent whose state did not change while the server was down is
 	// answered "unchanged", one whose state did (a bundle deleted meanwhile) gets it anew.
@@ -379,10 +395,14 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		}
 		json.Unmarshal(obj.Status, &st)
 		c.inventory = internJSON(st.Inventory)
+		c.storedInv = c.inventory
 		c.state = canonicalState(st.State)
 		f.dirtyClusters[c] = struct{}{}
 	}
 	c.statusHash = statusHash(obj.Status)
+	if !isNew {
+		f.learnStatus(c, obj.Status)
+	}
 	if !isNew && maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
 		// A status write, or a spec change that does not affect targeting.
 		f.setClientID(w, c, spec.ClientID)

@@ -75,6 +75,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// RegistryPlainHTTP talks to OCI registries over plain HTTP (tests).
 	RegistryPlainHTTP bool
+	// Leading, if set, says whether this server replica runs git sync (Run runs only on the
+	// leader); a webhook reaching another replica is refused as unavailable, so the sender
+	// tries again (a load balancer may send the retry to the leader) and polling catches up.
+	Leading func() bool
 }
 
 // DefaultMaxRepoBytes bounds the checked-out files of one commit.

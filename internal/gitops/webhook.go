@@ -110,6 +110,11 @@ func (c *Controller) webhook(w http.ResponseWriter, r *http.Request) {
 		writeHookError(w, http.StatusRequestEntityTooLarge, api.ReasonTooLarge, fmt.Sprintf("payload over %d bytes", maxPayload))
 		return
 	}
+	if c.cfg.Leading != nil && !c.cfg.Leading() {
+		w.Header().Set("Retry-After", "1")
+		writeHookError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "this server replica does not run git sync (another replica leads); retry, or send webhooks to the leader")
+		return
+	}
 	if ev := r.Header.Get("X-GitHub-Event"); ev == "ping" {
 		writeHookJSON(w, http.StatusOK, webhookResult{Message: "pong"})
 		return

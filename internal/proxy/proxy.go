@@ -99,6 +99,10 @@ type Config struct {
 	// ExternalURL is the server's address written into kubeconfigs (https://HOST[:PORT]);
 	// empty means https:// and the address the request was made to.
 	ExternalURL string
+	// Replicated says several server replicas share the store: a cluster's tunnel opens to
+	// the replica its agent polls, and calls are not forwarded between replicas, so a call
+	// that waited in vain says so.
+	Replicated bool
 }
 
 // maxBody bounds a proxied request's body; the API server refuses larger ones anyway.
@@ -501,5 +505,9 @@ func (p *Proxy) absent(ctx context.Context, ns, name string) string {
 	} else {
 		msg += "; its agent has never been seen"
 	}
-	return msg + "; the request for a tunnel stays open for a while: try again"
+	msg += "; the request for a tunnel stays open for a while: try again"
+	if p.cfg.Replicated {
+		msg += "; with several server replicas, the tunnel opens to the replica the cluster's agent polls and calls are not forwarded between replicas: send calls for this cluster to that replica (session affinity)"
+	}
+	return msg
 }

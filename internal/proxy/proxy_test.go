@@ -91,6 +91,8 @@ type setupOpts struct {
 	h2 bool
 	// breaker, if set, is given a func that breaks the connections of the tunnels.
 	breaker func(breakTunnels func())
+	// replicated: the proxy is one of several server replicas.
+	replicated bool
 }
 
 func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *seen) {
@@ -131,7 +133,7 @@ func setupOpt(t *testing.T, o setupOpts) (*httptest.Server, *tunnel.Server, *see
 	ops := cluster("edge")
 	ops.Metadata.Namespace = "ops"
 	p := New(Config{Auth: fakeAuth{}, Authz: fakeAuthz{}, Tunnels: reg, Logger: log, Wait: 200 * time.Millisecond, Tokens: tokens, CAPEM: []byte("CA PEM"),
-		BodyTimeout: o.bodyTimeout, WriteTimeout: o.writeTimeout,
+		BodyTimeout: o.bodyTimeout, WriteTimeout: o.writeTimeout, Replicated: o.replicated,
 		Store: clusters{api.DefaultNamespace + "/edge": cluster("edge"), api.DefaultNamespace + "/gone": cluster("gone"), "ops/edge": ops}})
 	mux := http.NewServeMux()
 	p.Register(mux)
@@ -254,6 +256,19 @@ func TestProxySaysWhenAnAbsentClusterWasLastSeen(t *testing.T) {
 		t.Fatalf("%d %s", code, body)
 	}
 	released(t, reg, "a call to an absent cluster")
+}
+
+// With several replicas, a call whose cluster's tunnel did not come says why it may never
+// come to this replica.
+func TestProxyNamesReplicasWhenATunnelDoesNotCome(t *testing.T) {
+	for _, replicated := range []bool{false, true} {
+		ps, reg, _ := setupOpt(t, setupOpts{replicated: replicated})
+		code, body, _ := call(t, ps, "bob", "/k8s/clusters/gone/api", nil)
+		if code != http.StatusServiceUnavailable || strings.Contains(body, "the replica the cluster's agent polls") != replicated {
+			t.Errorf("replicated %v: %d %s", replicated, code, body)
+		}
+		released(t, reg, "a call to an absent cluster")
+	}
 }
 
 // An upgraded connection (as exec and port-forward make) passes through the proxy, the

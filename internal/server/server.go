@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"flotilla.dev/api"
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/apiserver"
@@ -33,6 +35,7 @@ import (
 	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/fleet"
 	"flotilla.dev/internal/gitops"
+	"flotilla.dev/internal/leader"
 	"flotilla.dev/internal/metrics"
 	"flotilla.dev/internal/pki"
 	"flotilla.dev/internal/proxy"
@@ -124,6 +127,9 @@ type Config struct {
 	// doorbell.DefaultSourceRate).
 	DoorbellRingRate, DoorbellSourceRate float64
 	DoorbellInterval                     time.Duration
+	// LeaderRetry is how often a replica on PostgreSQL that does not lead tries to take
+	// over, which bounds failover time (0: 1s).
+	LeaderRetry time.Duration
 }
 
 // ParseExternalURL checks an external URL: https, a host, nothing else (no path, query,
@@ -174,12 +180,14 @@ type Server struct {
 	proxy      *proxy.Proxy
 	secrets    *secrets.Keeper
 	gitops     *gitops.Controller
-	metrics    *metrics.Metrics
-	tls        *pki.Bundle
-	ready      atomic.Bool
-	ln         net.Listener
-	http       *http.Server
-	audit      *audit.Log
+	// elector says whether this replica runs the work that must run once per fleet.
+	elector *leader.Elector
+	metrics *metrics.Metrics
+	tls     *pki.Bundle
+	ready   atomic.Bool
+	ln      net.Listener
+	http    *http.Server
+	audit   *audit.Log
 
 	// credKeys signs cluster credentials; it follows rotations by other replicas.
 	credKeys *auth.Ring
@@ -254,6 +262,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.store = st
 	}
 	s.log.Info("store open", "driver", driverName(cfg.DB), "took", time.Since(start).Round(time.Millisecond))
+	if cfg.DB == "" {
+		s.elector = leader.Always()
+	} else {
+		s.elector = leader.NewPostgres(leader.Config{URL: cfg.DB, Retry: cfg.LeaderRetry, Check: cfg.LeaderRetry, Logger: cfg.Logger})
+	}
+	s.metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_leader",
+		Help: "1 while this replica runs the work that must run once per fleet (git sync, rollout status, offline sweep, compaction)"},
+		func() float64 {
+			if s.elector.Leading() {
+				return 1
+			}
+			return 0
+		}))
 	s.metrics.RegisterObjectCounts(s.store.Count)
 
 	if cfg.TLSCertFile != "" {
@@ -278,6 +299,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	fcfg := cfg.Fleet
 	fcfg.Logger = cfg.Logger
 	fcfg.Observe = s.metrics.ObserveReconcile
+	fcfg.Leading = s.elector.Leading
+	fcfg.Replicated = cfg.DB != ""
 	// A deleted or replaced cluster's tunnel is closed at once (the registry is made below,
 	// before the model runs).
 	fcfg.Gone = func(ns, name string) { s.tunnels.Close(ns + "/" + name) }
@@ -332,10 +355,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics.Registry.MustRegister(s.tunnels.Collectors()...)
 	s.proxy = proxy.New(proxy.Config{Auth: s.auth, Authz: s.authz, Tunnels: s.tunnels, Store: s.store,
 		Labels: s.fleet.Labels, ClusterGroups: s.fleet.ClusterGroupsOf, Wait: cfg.TunnelWait, LastSeen: s.fleet.LastSeen, PollInterval: s.fleet.Interval, Logger: cfg.Logger,
-		BodyTimeout: cfg.ProxyBodyTimeout, WriteTimeout: cfg.ProxyWriteTimeout, Tokens: s.auth, CAPEM: s.tls.CAPEM, ExternalURL: cfg.ExternalURL})
+		BodyTimeout: cfg.ProxyBodyTimeout, WriteTimeout: cfg.ProxyWriteTimeout, Tokens: s.auth, CAPEM: s.tls.CAPEM, ExternalURL: cfg.ExternalURL,
+		Replicated: cfg.DB != ""})
 	s.secrets = secrets.New(s.store, secretKeys)
 	s.gitops = gitops.New(gitops.Config{Store: s.store, Contents: s.store, Secrets: s.secrets,
-		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout})
+		Dir: filepath.Join(cfg.DataDir, "git"), Logger: cfg.Logger, RenderBudget: cfg.RenderBudget, SyncTimeout: cfg.GitRepoSyncTimeout,
+		Leading: s.elector.Leading})
 	generated, err := s.auth.Bootstrap(ctx, cfg.BootstrapToken)
 	if errors.Is(err, auth.ErrBootstrapRevoked) {
 		cfg.Logger.Warn("not accepting the bootstrap token", "reason", err)
@@ -612,19 +637,22 @@ func (s *Server) Serve(ctx context.Context) error {
 		go b.Serve(baseCtx)
 		s.log.Info("doorbell listening", "address", "udp://"+b.Addr().String())
 	}
-	go s.compactor(baseCtx)
+	// Work that must run once per fleet runs on the leader only (on SQLite, this process).
+	go s.elector.Run(baseCtx)
+	go s.elector.Lead(baseCtx, s.compactor)
+	go s.elector.Lead(baseCtx, func(ctx context.Context) { s.gitops.Run(ctx) })
+	go s.elector.Lead(baseCtx, s.audit.Run)
 	go s.access.Run(baseCtx)
 	go s.fleet.Run(baseCtx)
 	go s.agents.Run(baseCtx)
-	go s.gitops.Run(baseCtx)
 	go s.secrets.Run(baseCtx, s.log)
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.loginKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.auth.FollowRevocations(baseCtx, s.log)
 	if s.ldap != nil && s.cfg.LDAP.BindDN != "" && s.cfg.LDAP.RefreshInterval > 0 {
-		go s.auth.RefreshGroups(baseCtx, s.ldap, s.cfg.LDAP.RefreshInterval, s.log)
+		// Once per fleet: every replica would read the directory for the same users.
+		go s.elector.Lead(baseCtx, func(ctx context.Context) { s.auth.RefreshGroups(ctx, s.ldap, s.cfg.LDAP.RefreshInterval, s.log) })
 	}
-	go s.audit.Run(baseCtx)
 	if s.dash != nil {
 		go s.dash.Run(baseCtx)
 	}

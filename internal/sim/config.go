@@ -5,15 +5,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"time"
 
+	"flotilla.dev/api"
+	"flotilla.dev/client"
 	"flotilla.dev/internal/tunnel"
 )
 
 // Config says what to simulate and how to measure it.
 type Config struct {
-	// Server is the server's URL; CAChecksum pins its CA (or CAData gives it).
+	// Server is the server's URL; CAChecksum pins its CA (or CAData gives it). Several
+	// replicas' URLs, separated by commas, spread the simulated clusters over them (each
+	// connection starts at another replica and moves on when it cannot reach it); figures
+	// scraped from /metrics are the first replica's.
 	Server     string
 	CAChecksum string
 	CAData     []byte
@@ -98,6 +102,9 @@ type Config struct {
 	ChangeBundle   string
 	ChangeSelector string
 	ChangeSize     int
+	// ChangeRollout, if set, is the rollout strategy of the bundles Change applies: a
+	// change of an existing bundle then reaches the clusters partition by partition.
+	ChangeRollout *api.RolloutStrategy
 	// Duration is how long the fleet keeps running idle after the change, to measure an
 	// idle fleet's cost.
 	Duration time.Duration
@@ -144,8 +151,8 @@ func (c *Config) complete() error {
 	if c.Server == "" {
 		return errors.New("no server URL")
 	}
-	if u, err := url.Parse(c.Server); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return fmt.Errorf("invalid server URL %q: want https://host:port", c.Server)
+	if _, err := client.Servers(c.Server); err != nil {
+		return err
 	}
 	if c.Clusters <= 0 {
 		return errors.New("the number of clusters must be positive")

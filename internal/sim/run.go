@@ -299,8 +299,9 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  changed: %q\n  payload: %q\n",
 		name, time.Now().UTC().Format(time.RFC3339Nano), strings.Repeat("x", s.cfg.ChangeSize))
 	spec, _ := json.Marshal(api.BundleSpec{
-		Resources: []api.BundleResource{{Name: "configmap.yaml", Content: cm}},
-		Targets:   []api.BundleTarget{{Name: "sim", ClusterSelector: target}},
+		Resources:       []api.BundleResource{{Name: "configmap.yaml", Content: cm}},
+		Targets:         []api.BundleTarget{{Name: "sim", ClusterSelector: target}},
+		RolloutStrategy: s.cfg.ChangeRollout,
 	})
 	res := &ChangeResult{Bundle: ns + "/" + name, Selector: selector, Expect: s.Expect(sel)}
 	s.logf("applying bundle %s to %d clusters (%s)", res.Bundle, res.Expect.Targeted, selector)
@@ -586,7 +587,7 @@ func (s *Sim) storm(ctx context.Context, d time.Duration, base *BaselineResult, 
 			tr := &http.Transport{TLSClientConfig: tc.Clone(), ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
 			defer tr.CloseIdleConnections()
 			var err error
-			if cl, err = client.New(client.Config{Server: s.cfg.Server, Transport: tr}); err != nil {
+			if cl, err = client.New(client.Config{Server: rotated(s.cfg.Server, w), Transport: tr}); err != nil {
 				return err
 			}
 		}
@@ -634,7 +635,9 @@ func (s *Sim) Scrape(ctx context.Context) (serverMetrics, error) {
 	if s.cfg.AdminToken == "" {
 		return nil, errors.New("reading the server's metrics needs the admin token")
 	}
-	return scrape(ctx, s.hc, s.cfg.Server, s.cfg.AdminToken)
+	// With several replicas, the one the admin client reached last (it moves on from one
+	// that cannot be reached).
+	return scrape(ctx, s.hc, s.admin.Server(), s.cfg.AdminToken)
 }
 
 // ServerRSS returns the server's resident memory from its /metrics.

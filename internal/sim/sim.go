@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -188,8 +189,8 @@ func New(cfg Config) (*Sim, error) {
 	if s.trs, err = newTransports(cfg.CAData, cfg.CAChecksum, cfg.Connections); err != nil {
 		return nil, err
 	}
-	for _, tr := range s.trs {
-		c, err := client.New(client.Config{Server: cfg.Server, Transport: tr})
+	for j, tr := range s.trs {
+		c, err := client.New(client.Config{Server: rotated(cfg.Server, j), Transport: tr})
 		if err != nil {
 			return nil, err
 		}
@@ -201,8 +202,8 @@ func New(cfg Config) (*Sim, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, tr := range lps {
-			c, _ := client.New(client.Config{Server: cfg.Server, Transport: tr})
+		for j, tr := range lps {
+			c, _ := client.New(client.Config{Server: rotated(cfg.Server, j), Transport: tr})
 			s.lpConns = append(s.lpConns, c)
 		}
 		s.trs = append(s.trs, lps...)
@@ -226,6 +227,22 @@ func New(cfg Config) (*Sim, error) {
 }
 
 func (s *Sim) now() int64 { return int64(time.Since(s.epoch)) }
+
+// rotated returns the list of server URLs starting at the j-th (modulo their number).
+func rotated(list string, j int) string {
+	servers, err := client.Servers(list)
+	if err != nil || len(servers) < 2 {
+		return list
+	}
+	j %= len(servers)
+	return strings.Join(append(servers[j:], servers[:j]...), ",")
+}
+
+// firstServer is the first of the server URLs.
+func firstServer(list string) string {
+	first, _, _ := strings.Cut(list, ",")
+	return strings.TrimSpace(first)
+}
 
 func (s *Sim) lock(i int) *sync.Mutex { return &s.locks[i%len(s.locks)] }
 

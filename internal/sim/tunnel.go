@@ -115,7 +115,7 @@ func (s *Sim) wantTunnel(i int, token string) {
 			t.dropped.Add(1)
 			return
 		}
-		a = tunnel.NewAgent(tunnel.AgentConfig{Server: s.cfg.Server, HTTPClient: &http.Client{Transport: t.base},
+		a = tunnel.NewAgent(tunnel.AgentConfig{Server: firstServer(s.cfg.Server), ServerURL: s.conn(i).Server, HTTPClient: &http.Client{Transport: t.base},
 			Credential: func() string { return s.Credential(i) }, Target: NewKubeAPI(s.ClientID(i)), Idle: t.idle,
 			MinBackoff: s.cfg.MinBackoff, MaxBackoff: s.cfg.MaxBackoff, Logger: s.cfg.Logger})
 		t.agents[int32(i)] = a

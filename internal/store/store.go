@@ -115,6 +115,9 @@ var (
 	ErrClosed = errors.New("store closed")
 	// ErrInvalidContinue: a continue token that this store did not issue.
 	ErrInvalidContinue = errors.New("invalid continue token")
+	// ErrStale: a cluster's report older than the one stored (PutStatus); nothing of it
+	// was written.
+	ErrStale = errors.New("stale report")
 )
 
 // NotFound returns an ErrNotFound naming key.
@@ -160,11 +163,31 @@ type Agents interface {
 	PutContent(ctx context.Context, digest string, data []byte) error
 	GetContent(ctx context.Context, digest string) ([]byte, error)
 	// PutStatus records one report of a cluster: rows upserted, bundles removed, and the
-	// report's sequence number (kept only if larger than the stored one).
+	// report's sequence number. A report whose sequence is below the stored one (it was
+	// delayed, and a newer report of the cluster, through this replica or another, was
+	// stored first) writes no rows and returns ErrStale; the check and the write are one
+	// step of the writers' order, so of two concurrent reports the older never overwrites
+	// the newer. The stale report's cluster still takes the next status revision, so that
+	// followers read its stored rows again. An equal sequence is the same report again and
+	// is written.
 	PutStatus(ctx context.Context, cluster string, seq int64, rows []DeploymentStatus, removed []string) error
 	// DeleteClusterStatus forgets a deleted cluster's rows.
 	DeleteClusterStatus(ctx context.Context, cluster string) error
 	// ScanStatus streams every status row, and ScanSeqs every cluster's last sequence.
 	ScanStatus(ctx context.Context, fn func(DeploymentStatus) error) error
 	ScanSeqs(ctx context.Context, fn func(cluster string, seq int64) error) error
+	// StatusRevision is the newest status revision: each committed PutStatus gives its
+	// cluster the next one. Replicas sharing a database follow each other's reports by it.
+	StatusRevision(ctx context.Context) (int64, error)
+	// StatusChanges calls fn for at most limit clusters whose status was written after the
+	// cursor, in commit order, each with its last sequence and all its rows; it returns
+	// the cursor after the last one passed to fn.
+	StatusChanges(ctx context.Context, after StatusCursor, limit int, fn func(cluster string, seq int64, rows []DeploymentStatus) error) (StatusCursor, error)
+}
+
+// StatusCursor is a position in the stream of status writes: one commit gives several
+// clusters the same revision, so the cluster breaks the tie.
+type StatusCursor struct {
+	Rev     int64
+	Cluster string
 }

@@ -27,6 +27,9 @@ import (
 type AgentConfig struct {
 	// Server is the Flotilla server's base URL.
 	Server string
+	// ServerURL, if set, replaces Server: it names the replica the agent polls now, which
+	// is the one that asked for the tunnel.
+	ServerURL func() string
 	// HTTPClient reaches the server (its TLS pinned to the server's CA). The tunnel needs
 	// HTTP/1.1 for the WebSocket upgrade: NewAgent makes its own transport from this
 	// client's when it is an *http.Transport.
@@ -154,7 +157,11 @@ func (a *Agent) Run(ctx context.Context) {
 // serveOnce dials the tunnel and serves it until it closes: nil when it closed after being
 // open (idle, or the server closed it).
 func (a *Agent) serveOnce(ctx context.Context, token string) error {
-	u, err := url.Parse(a.cfg.Server)
+	server := a.cfg.Server
+	if a.cfg.ServerURL != nil {
+		server = a.cfg.ServerURL()
+	}
+	u, err := url.Parse(server)
 	if err != nil {
 		return fmt.Errorf("%w: server URL: %v", errRefused, err)
 	}

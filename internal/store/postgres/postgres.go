@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -65,6 +67,10 @@ CREATE TABLE deployment_status (
 CREATE TABLE agent_seq (cluster TEXT PRIMARY KEY, seq BIGINT NOT NULL);
 `, `
 ALTER TABLE objects ADD COLUMN summary BYTEA;
+`, `
+ALTER TABLE agent_seq ADD COLUMN srev BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX agent_seq_srev ON agent_seq (srev, cluster);
+INSERT INTO meta (name, value) VALUES ('status_revision', 0);
 `}
 
 // Dialect is PostgreSQL's SQL dialect.
@@ -81,6 +87,50 @@ var Dialect = sqlstore.Dialect{
 		return []string{fmt.Sprintf(`SELECT setval(pg_get_serial_sequence('objects', 'id'), %d)`, last)}
 	},
 	CopyRows: copyRows,
+	Notify:   `SELECT pg_notify('` + channel + `', '')`,
+}
+
+// channel is the NOTIFY channel on which replicas tell each other of commits.
+const channel = "flotilla_store"
+
+// listen wakes the store whenever another replica commits, on a connection of its own,
+// until ctx ends. The store's poller still runs: a notification lost while reconnecting
+// costs one poll interval, not a missed write.
+func (s *Store) listen(ctx context.Context, url string) {
+	defer close(s.listening)
+	for ctx.Err() == nil {
+		err := s.listenOnce(ctx, url)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("listening for other replicas' commits; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Store) listenOnce(ctx context.Context, url string) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.Connect(cctx, url)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connecting: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		return fmt.Errorf("LISTEN: %w", err)
+	}
+	// Commits made while no connection listened are found now.
+	s.Store.Notify()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		s.Store.Notify()
+	}
 }
 
 // copyRows loads rows with COPY, many times faster than INSERTs for a restore.
@@ -123,7 +173,10 @@ func retryable(err error) bool {
 // Store is the PostgreSQL store.
 type Store struct {
 	*sqlstore.Store
-	db *sql.DB
+	db        *sql.DB
+	log       *slog.Logger
+	stop      context.CancelFunc
+	listening chan struct{}
 }
 
 // Open connects to url (a postgres:// URL) and runs migrations.
@@ -147,10 +200,18 @@ func Open(ctx context.Context, url string, cfg sqlstore.Config) (*Store, error) 
 		db.Close()
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
-	return &Store{Store: s, db: db}, nil
+	lctx, stop := context.WithCancel(context.Background())
+	ps := &Store{Store: s, db: db, log: cfg.Logger, stop: stop, listening: make(chan struct{})}
+	if ps.log == nil {
+		ps.log = slog.Default()
+	}
+	go ps.listen(lctx, url)
+	return ps, nil
 }
 
 // Close stops the store and closes the connections.
 func (s *Store) Close() error {
+	s.stop()
+	<-s.listening
 	return errors.Join(s.Store.Close(), s.db.Close())
 }

@@ -67,6 +67,10 @@ CREATE TABLE deployment_status (
 CREATE TABLE agent_seq (cluster TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 `, `
 ALTER TABLE objects ADD COLUMN summary BLOB;
+`, `
+ALTER TABLE agent_seq ADD COLUMN srev INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX agent_seq_srev ON agent_seq (srev, cluster);
+INSERT INTO meta (name, value) VALUES ('status_revision', 0);
 `}
 
 // Dialect is SQLite's SQL dialect.

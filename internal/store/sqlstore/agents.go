@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"flotilla.dev/api"
@@ -34,10 +35,17 @@ func (s *Store) GetContent(ctx context.Context, digest string) (data []byte, err
 	return data, nil
 }
 
-// PutStatus records one cluster's report; it returns once the report is committed.
-func (s *Store) PutStatus(ctx context.Context, cluster string, seq int64, rows []store.DeploymentStatus, removed []string) (err error) {
-	defer s.observe("put_status", time.Now(), &err)
-	_, err = s.submit(ctx, &op{kind: opStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster, seq: seq, rows: rows, removed: removed})
+// PutStatus records one cluster's report; it returns once the report is committed, or
+// store.ErrStale for a report older than the stored one (see store.Agents).
+func (s *Store) PutStatus(ctx context.Context, cluster string, seq int64, rows []store.DeploymentStatus, removed []string) error {
+	start := time.Now()
+	_, err := s.submit(ctx, &op{kind: opStatus, key: store.Key{Kind: "status", Name: cluster}, cluster: cluster, seq: seq, rows: rows, removed: removed})
+	// A stale report is old news, not a failed write.
+	observed := err
+	if errors.Is(err, store.ErrStale) {
+		observed = nil
+	}
+	s.observe("put_status", start, &observed)
 	return err
 }
 
@@ -84,6 +92,91 @@ func (s *Store) ScanSeqs(ctx context.Context, fn func(string, int64) error) erro
 		}
 	}
 	return rows.Err()
+}
+
+// StatusRevision returns the newest status revision.
+func (s *Store) StatusRevision(ctx context.Context) (int64, error) {
+	var rev int64
+	if err := s.queryRow(ctx, `SELECT value FROM meta WHERE name = 'status_revision'`).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("reading status revision: %w", err)
+	}
+	return rev, nil
+}
+
+// StatusChanges streams the clusters whose status was written after the cursor. It reads
+// the changed clusters, then their rows, in one read transaction, so a cluster's rows are
+// those of a committed write at least as new as its revision.
+func (s *Store) StatusChanges(ctx context.Context, after store.StatusCursor, limit int, fn func(string, int64, []store.DeploymentStatus) error) (next store.StatusCursor, err error) {
+	defer s.observe("status_changes", time.Now(), &err)
+	next = after
+	if limit <= 0 {
+		limit = 1000
+	}
+	tx, err := s.db.BeginTx(ctx, s.d.ReadTx)
+	if err != nil {
+		return next, fmt.Errorf("reading status changes: %w", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT cluster, seq, srev FROM agent_seq WHERE srev > ? OR (srev = ? AND cluster > ?) ORDER BY srev, cluster LIMIT ?`),
+		after.Rev, after.Rev, after.Cluster, limit)
+	if err != nil {
+		return next, fmt.Errorf("reading status changes: %w", err)
+	}
+	type changed struct {
+		cluster string
+		seq     int64
+		rows    []store.DeploymentStatus
+	}
+	var cs []changed
+	idx := map[string]int{}
+	for rows.Next() {
+		var c changed
+		if err := rows.Scan(&c.cluster, &c.seq, &next.Rev); err != nil {
+			rows.Close()
+			return after, fmt.Errorf("reading status changes: %w", err)
+		}
+		next.Cluster = c.cluster
+		idx[c.cluster] = len(cs)
+		cs = append(cs, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return after, fmt.Errorf("reading status changes: %w", err)
+	}
+	if len(cs) == 0 {
+		return after, nil
+	}
+	// The rows of the changed clusters, by chunks of IN lists (a bounded statement each).
+	err = chunks(len(cs), 1, func(lo, hi int) error {
+		args := make([]any, 0, hi-lo)
+		for _, c := range cs[lo:hi] {
+			args = append(args, c.cluster)
+		}
+		q := `SELECT cluster, bundle, id, state, message FROM deployment_status WHERE cluster IN (?` + strings.Repeat(`, ?`, hi-lo-1) + `)`
+		rs, err := tx.QueryContext(ctx, s.q(q), args...)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var r store.DeploymentStatus
+			if err := rs.Scan(&r.Cluster, &r.Bundle, &r.ID, &r.State, &r.Message); err != nil {
+				return err
+			}
+			c := &cs[idx[r.Cluster]]
+			c.rows = append(c.rows, r)
+		}
+		return rs.Err()
+	})
+	if err != nil {
+		return after, fmt.Errorf("reading status changes: %w", err)
+	}
+	for _, c := range cs {
+		if err := fn(c.cluster, c.seq, c.rows); err != nil {
+			return after, err
+		}
+	}
+	return next, nil
 }
 
 var _ store.Summaries = (*Store)(nil)

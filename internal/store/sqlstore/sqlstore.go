@@ -50,6 +50,10 @@ type Dialect struct {
 	// SetObjectSequence returns the statements that make the next object id follow last
 	// (after a restore wrote ids explicitly).
 	SetObjectSequence func(last int64) []string
+	// Notify, if set, is run in every write transaction that changes objects or status:
+	// a statement that tells other replicas of the commit (PostgreSQL: NOTIFY), whose
+	// driver then calls Store.Notify.
+	Notify string
 	// CopyRows, if set, bulk-loads rows (nil after the last) into table on driverConn (what
 	// sql.Conn.Raw hands over), inside the transaction open on it: a restore uses it instead
 	// of INSERTs.
@@ -92,6 +96,9 @@ type Store struct {
 	closed sync.Once
 
 	hub *hub
+
+	wakeMu sync.Mutex
+	wakeCh chan struct{} // closed at the next commit seen
 
 	// stmts caches prepared reads by query: SQLite's driver prepares an unprepared query
 	// on every call, which was most of the cost of reading one object.
@@ -216,6 +223,33 @@ func (s *Store) migrate(ctx context.Context) error {
 		s.log.Info("applied schema migration", "driver", s.d.Name, "version", v)
 	}
 	return nil
+}
+
+// Changes returns a channel closed at the next commit this store sees: its own, or one by
+// another replica that its driver was told of (Notify). Status followers wait on it.
+func (s *Store) Changes() <-chan struct{} {
+	s.wakeMu.Lock()
+	defer s.wakeMu.Unlock()
+	if s.wakeCh == nil {
+		s.wakeCh = make(chan struct{})
+	}
+	return s.wakeCh
+}
+
+func (s *Store) wake() {
+	s.wakeMu.Lock()
+	if s.wakeCh != nil {
+		close(s.wakeCh)
+		s.wakeCh = nil
+	}
+	s.wakeMu.Unlock()
+}
+
+// Notify tells the store that another replica committed: watchers and Changes wake now
+// rather than at the next poll.
+func (s *Store) Notify() {
+	s.hub.nudge(0)
+	s.wake()
 }
 
 // Close stops the writer (after it finishes queued writes) and the poller.

@@ -324,7 +324,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			for j < len(batch) && batch[j].kind == opStatus {
 				j++
 			}
-			err = w.status(batch[i:j])
+			err = w.status(batch[i:j], results[i:j])
 		default:
 			r := &results[i]
 			switch o.kind {
@@ -366,6 +366,14 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 			return nil, 0, err
 		}
 	}
+	if s.d.Notify != "" && (n > 0 || hasStatus(batch)) {
+		// Delivered at commit, to every replica listening: their watchers and status
+		// followers wake at once instead of at their next poll.
+		if _, err := w.exec(s.d.Notify); err != nil {
+			tx.Rollback()
+			return nil, 0, err
+		}
+	}
 	if failpointsOn {
 		if err := failpoint("commit", batch); err != nil {
 			tx.Rollback()
@@ -375,6 +383,7 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	if err := tx.Commit(); err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
 	}
+	s.wake()
 	if failpointsOn {
 		if err := failpoint("committed", batch); err != nil {
 			return nil, 0, fmt.Errorf("%w: %w", errCommit, err)
@@ -653,11 +662,51 @@ func (w *txw) compact(rev int64) error {
 
 func (o *op) revisioned() bool { return o.kind <= opDelete }
 
+func hasStatus(batch []*op) bool {
+	for _, o := range batch {
+		if o.kind == opStatus {
+			return true
+		}
+	}
+	return false
+}
+
 // status writes a run of agent reports as if one after another: each (cluster, bundle)
 // takes its last write in the run (a row, or a removal after it in the same report), each
-// cluster its largest sequence. Rows go in one multi-row upsert, which in PostgreSQL may not
+// cluster its largest sequence. A report whose sequence is below its cluster's stored one,
+// or below an earlier report's in the run, is stale: its rows are not written and its
+// result is store.ErrStale. Rows go in one multi-row upsert, which in PostgreSQL may not
 // touch a row twice; removals, which are rare, one by one.
-func (w *txw) status(ops []*op) error {
+func (w *txw) status(ops []*op, results []opResult) error {
+	// Every cluster written gets the next status revision, which other replicas follow
+	// (StatusChanges). The counter row's lock orders these transactions across replicas,
+	// so status revisions commit in order and a reader never skips one committed late. It
+	// is taken before the stored sequences are read: a writer holding it sees every
+	// earlier writer's sequences (each statement of a READ COMMITTED transaction reads
+	// what was committed when it started), so two replicas cannot both find their report
+	// the newest.
+	var srev int64
+	row, err := w.queryRow(`UPDATE meta SET value = value + 1 WHERE name = 'status_revision' RETURNING value`)
+	if err != nil {
+		return err
+	}
+	if err := row.Scan(&srev); err != nil {
+		return errSQL{err}
+	}
+	var clusters []string
+	seen := map[string]bool{}
+	for _, o := range ops {
+		if !seen[o.cluster] {
+			seen[o.cluster] = true
+			clusters = append(clusters, o.cluster)
+		}
+	}
+	// stored: each cluster's sequence, as stored and then as the run leaves it.
+	stored, err := w.seqs(clusters)
+	if err != nil {
+		return err
+	}
+
 	type key struct{ cluster, bundle string }
 	last := map[key]*store.DeploymentStatus{} // nil: removed
 	var keys []key                            // in order of first write
@@ -667,22 +716,20 @@ func (w *txw) status(ops []*op) error {
 		}
 		last[k] = r
 	}
-	seqs := map[string]int64{}
-	var clusters []string
-	for _, o := range ops {
-		for i := range o.rows {
-			set(key{o.cluster, o.rows[i].Bundle}, &o.rows[i])
+	for i, o := range ops {
+		cur, ok := stored[o.cluster]
+		if ok && o.seq < cur {
+			results[i].err = fmt.Errorf("report %d of cluster %s, which has %d stored: %w", o.seq, o.cluster, cur, store.ErrStale)
+			continue
+		}
+		if !ok || o.seq > cur {
+			stored[o.cluster] = o.seq
+		}
+		for j := range o.rows {
+			set(key{o.cluster, o.rows[j].Bundle}, &o.rows[j])
 		}
 		for _, b := range o.removed {
 			set(key{o.cluster, b}, nil)
-		}
-		if o.seq > 0 {
-			if cur, ok := seqs[o.cluster]; !ok {
-				clusters = append(clusters, o.cluster)
-				seqs[o.cluster] = o.seq
-			} else if o.seq > cur {
-				seqs[o.cluster] = o.seq
-			}
 		}
 	}
 	var up []key
@@ -693,7 +740,7 @@ func (w *txw) status(ops []*op) error {
 			return err
 		}
 	}
-	err := chunks(len(up), 5, func(lo, hi int) error {
+	err = chunks(len(up), 5, func(lo, hi int) error {
 		args := make([]any, 0, 5*(hi-lo))
 		for _, k := range up[lo:hi] {
 			r := last[k]
@@ -706,15 +753,47 @@ func (w *txw) status(ops []*op) error {
 	if err != nil {
 		return err
 	}
-	return chunks(len(clusters), 2, func(lo, hi int) error {
-		args := make([]any, 0, 2*(hi-lo))
+	// A cluster whose reports were all stale keeps its sequence but still takes the new
+	// status revision: a follower that passed over the newer write (its own replica was
+	// storing this report then) reads the cluster's rows again.
+	return chunks(len(clusters), 3, func(lo, hi int) error {
+		args := make([]any, 0, 3*(hi-lo))
 		for _, c := range clusters[lo:hi] {
-			args = append(args, c, seqs[c])
+			args = append(args, c, stored[c], srev)
 		}
-		_, err := w.exec(multiRow(`INSERT INTO agent_seq (cluster, seq) VALUES `, `(?, ?)`, hi-lo,
-			` ON CONFLICT (cluster) DO UPDATE SET seq = excluded.seq WHERE agent_seq.seq < excluded.seq`), args...)
+		_, err := w.exec(multiRow(`INSERT INTO agent_seq (cluster, seq, srev) VALUES `, `(?, ?, ?)`, hi-lo,
+			` ON CONFLICT (cluster) DO UPDATE SET srev = excluded.srev, seq = CASE WHEN agent_seq.seq < excluded.seq THEN excluded.seq ELSE agent_seq.seq END`), args...)
 		return err
 	})
+}
+
+// seqs reads the stored sequences of clusters; a cluster with none is absent.
+func (w *txw) seqs(clusters []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(clusters))
+	err := chunks(len(clusters), 1, func(lo, hi int) error {
+		args := make([]any, 0, hi-lo)
+		for _, c := range clusters[lo:hi] {
+			args = append(args, c)
+		}
+		rs, err := w.query(multiRow(`SELECT cluster, seq FROM agent_seq WHERE cluster IN (`, `?`, hi-lo, `)`), args...)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var c string
+			var n int64
+			if err := rs.Scan(&c, &n); err != nil {
+				return errSQL{err}
+			}
+			out[c] = n
+		}
+		if err := rs.Err(); err != nil {
+			return errSQL{err}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // Event types as stored.

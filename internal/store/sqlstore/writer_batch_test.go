@@ -395,7 +395,8 @@ func TestBatchedCreates(t *testing.T) {
 
 // TestBatchedStatus queues agent reports (and a status deletion) behind a stalled writer, in a
 // known order, so that they commit in one batch: the stored rows and sequences must be those
-// of applying the reports one by one.
+// of applying the reports one by one, a report older than its cluster's last one (stored
+// before, or earlier in the batch) refused as stale.
 func TestBatchedStatus(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
@@ -415,7 +416,8 @@ func TestBatchedStatus(t *testing.T) {
 			// The model: rows by cluster and bundle, and sequences.
 			rows := map[string]store.DeploymentStatus{}
 			seqs := map[string]int64{}
-			apply := func(r report) {
+			// apply reports whether the report is stale: older than its cluster's stored one.
+			apply := func(r report) bool {
 				if r.del {
 					for k, row := range rows {
 						if row.Cluster == r.cluster {
@@ -423,7 +425,10 @@ func TestBatchedStatus(t *testing.T) {
 						}
 					}
 					delete(seqs, r.cluster)
-					return
+					return false
+				}
+				if cur, ok := seqs[r.cluster]; ok && r.seq < cur {
+					return true
 				}
 				for _, row := range r.rows {
 					row.Cluster = r.cluster
@@ -432,9 +437,8 @@ func TestBatchedStatus(t *testing.T) {
 				for _, b := range r.removed {
 					delete(rows, r.cluster+" "+b)
 				}
-				if r.seq > 0 && r.seq > seqs[r.cluster] {
-					seqs[r.cluster] = r.seq
-				}
+				seqs[r.cluster] = max(seqs[r.cluster], r.seq)
+				return false
 			}
 			put := func(r report) error {
 				if r.del {
@@ -482,9 +486,10 @@ func TestBatchedStatus(t *testing.T) {
 
 			release, blocker := stall(t, s, db)
 			errs := make([]error, len(reports))
+			stale := make([]bool, len(reports))
 			var done sync.WaitGroup
 			for i, r := range reports {
-				apply(r)
+				stale[i] = apply(r)
 				started := make(chan struct{})
 				done.Add(1)
 				go func() {
@@ -502,10 +507,19 @@ func TestBatchedStatus(t *testing.T) {
 			if err := <-blocker; err != nil {
 				t.Fatalf("blocker: %v", err)
 			}
+			nstale := 0
 			for i, err := range errs {
-				if err != nil {
+				if stale[i] {
+					nstale++
+					if !errors.Is(err, store.ErrStale) {
+						t.Errorf("report %d (seq %d, older than its cluster's): err = %v, want ErrStale", i, reports[i].seq, err)
+					}
+				} else if err != nil {
 					t.Errorf("report %d: %v", i, err)
 				}
+			}
+			if nstale == 0 || nstale == len(reports)-1 {
+				t.Errorf("%d of %d reports stale: the batch does not mix fresh and stale ones", nstale, len(reports))
 			}
 			if m := sizes.max(); m < len(reports)/2 {
 				t.Errorf("largest batch held %d writes of %d: the reports were not batched (sizes %v)", m, len(reports), sizes.sizes)

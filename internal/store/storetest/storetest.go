@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -54,6 +56,7 @@ func Run(t *testing.T, h Harness) {
 		{"Reopen", testReopen},
 		{"DatabaseRestart", testDatabaseRestart},
 		{"AgentContentAndStatus", testAgents},
+		{"StatusChanges", testStatusChanges},
 		{"Summaries", testSummaries},
 	}
 	for _, tc := range tests {
@@ -678,12 +681,17 @@ func testAgents(t *testing.T, h Harness) {
 	if err := ag.PutStatus(c, "uid-1", 5, rows, nil); err != nil {
 		t.Fatal(err)
 	}
-	// A newer report updates one row and removes the other; an older sequence is not kept.
+	// A newer report updates one row and removes the other; an older report, which
+	// arrives late (its write delayed behind the newer one's), changes nothing.
 	if err := ag.PutStatus(c, "uid-1", 7, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Modified"}}, []string{"ns/b"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ag.PutStatus(c, "uid-1", 6, nil, nil); err != nil {
-		t.Fatal(err)
+	if err := ag.PutStatus(c, "uid-1", 6, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}, {Bundle: "ns/c", ID: "1", State: "Ready"}}, nil); !errors.Is(err, store.ErrStale) {
+		t.Fatalf("older report: err = %v, want ErrStale", err)
+	}
+	// The same report again is written again.
+	if err := ag.PutStatus(c, "uid-1", 7, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Modified"}}, []string{"ns/b"}); err != nil {
+		t.Fatalf("the stored report again: %v", err)
 	}
 	if err := ag.PutStatus(c, "uid-2", 1, []store.DeploymentStatus{{Bundle: "ns/a", ID: "2", State: "Ready"}}, nil); err != nil {
 		t.Fatal(err)
@@ -713,6 +721,71 @@ func testAgents(t *testing.T, h Harness) {
 	ag.ScanStatus(c, func(r store.DeploymentStatus) error { n++; return nil })
 	if n != 1 {
 		t.Errorf("%d rows after deleting uid-1's, want 1", n)
+	}
+}
+
+// testStatusChanges: every status write moves its cluster to the end of the stream, with
+// all its rows and its largest sequence; a cursor resumes after what it saw, one commit's
+// clusters included (paged with a limit of one).
+func testStatusChanges(t *testing.T, h Harness) {
+	s := h.Open(t)
+	ag := s.(store.Agents)
+	c := ctx(t)
+	start, err := ag.StatusRevision(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(cluster string, seq int64, rows []store.DeploymentStatus, removed []string) {
+		t.Helper()
+		if err := ag.PutStatus(c, cluster, seq, rows, removed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("uid-1", 3, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}, {Bundle: "ns/b", ID: "1", State: "Ready"}}, nil)
+	put("uid-2", 1, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "NotReady"}}, nil)
+	put("uid-1", 4, nil, []string{"ns/b"})
+	read := func(from store.StatusCursor) (string, store.StatusCursor) {
+		t.Helper()
+		var got []string
+		cur := from
+		for {
+			next, err := ag.StatusChanges(c, cur, 1, func(cluster string, seq int64, rows []store.DeploymentStatus) error {
+				var rs []string
+				for _, r := range rows {
+					rs = append(rs, r.Bundle+"="+r.ID+":"+r.State)
+				}
+				sort.Strings(rs)
+				got = append(got, fmt.Sprintf("%s@%d%v", cluster, seq, rs))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next == cur {
+				return strings.Join(got, " "), cur
+			}
+			cur = next
+		}
+	}
+	got, cur := read(store.StatusCursor{Rev: start})
+	if want := "uid-2@1[ns/a=1:NotReady] uid-1@4[ns/a=1:Ready]"; got != want {
+		t.Errorf("status changes = %q, want %q", got, want)
+	}
+	if rev, err := ag.StatusRevision(c); err != nil || rev != cur.Rev {
+		t.Errorf("StatusRevision = %d, %v; want the cursor's %d", rev, err, cur.Rev)
+	}
+	if got, _ := read(cur); got != "" {
+		t.Errorf("changes after the last cursor = %q, want none", got)
+	}
+	// An older report stores neither its rows nor its sequence, but its cluster is seen
+	// again, with the newer report's rows: a follower that passed over the newer write
+	// takes it then.
+	if err := ag.PutStatus(c, "uid-2", 0, []store.DeploymentStatus{{Bundle: "ns/a", ID: "1", State: "Ready"}, {Bundle: "ns/b", ID: "1", State: "Ready"}}, nil); !errors.Is(err, store.ErrStale) {
+		t.Fatalf("older report: err = %v, want ErrStale", err)
+	}
+	got, cur = read(cur)
+	if want := "uid-2@1[ns/a=1:NotReady]"; got != want {
+		t.Errorf("changes after an older report = %q, want %q", got, want)
 	}
 }
 

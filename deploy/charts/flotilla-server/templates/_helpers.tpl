@@ -25,7 +25,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (eq .Values.storage "postgres") (not .Values.postgres.existingSecret) -}}
 {{- fail "storage: postgres needs postgres.existingSecret, a Secret holding the database URL" -}}
 {{- end -}}
-{{- if and (eq .Values.storage "postgres") (gt (int .Values.replicas) 1) -}}
-{{- fail "replicas > 1 is not supported yet: the server does not elect a leader among several" -}}
+{{- if and (eq .Values.storage "postgres") (gt (int .Values.replicas) 1) (not .Values.tls.existingSecret) -}}
+{{- fail "replicas > 1 needs tls.existingSecret: every replica must present the same CA, which agents pin" -}}
+{{- end -}}
+{{- if and (eq .Values.storage "postgres") (gt (int .Values.replicas) 1) (not .Values.kek.existingSecret) -}}
+{{- fail "replicas > 1 needs kek.existingSecret: every replica must hold the same key-encryption key" -}}
 {{- end -}}
 {{- end -}}
