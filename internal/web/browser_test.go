@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 )
 
@@ -144,10 +146,19 @@ func (tb *tab) texts(sel string) []string {
 }
 
 // poll waits until the expression is true.
+// A poll begun while a click still navigates may find its page's context gone: it starts
+// again on the new page, within the same 20 s.
 func poll(expr string) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-		_, err := chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(20*time.Second))(ctx, t)
-		return err
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			_, err := chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(time.Until(deadline)))(ctx, t)
+			if err != nil && strings.Contains(err.Error(), "Cannot find context with specified id") && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
+		}
 	})
 }
 
@@ -256,7 +267,13 @@ func TestBrowser(t *testing.T) {
 		poll(`document.querySelector('[data-testid="shell-status"]') !== null && document.querySelector('[data-testid="shell-status"]').textContent === 'connected'`),
 		poll(`document.querySelector('.xterm-rows') !== null && document.querySelector('.xterm-rows').textContent.includes(':default>')`),
 		chromedp.Click(chromedp.CSS("#terminal")),
-		chromedp.KeyEvent("help\r"),
+		// Text as the browser inserts it (some Chromium builds deliver a key event's text
+		// to xterm.js twice), then the Enter key.
+		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := cdp.Call(ctx, t, input.InsertText, input.InsertTextParams{Text: "help"})
+			return err
+		}),
+		chromedp.KeyEvent("\r"),
 		poll(`document.querySelector('.xterm-rows').textContent.includes('Commands (kubectl')`))
 	shoot(t, ops, "dashboard-shell.png")
 	ops.checkClean()

@@ -119,6 +119,32 @@ func startFleet(t testing.TB, n int) *rig {
 	if _, err := r.sim.Change(simCtx, "web", "env=prod"); err != nil {
 		t.Fatal(err)
 	}
+	// Every cluster with a state in the stored status (the model's status pass ran after
+	// it registered), then past the dashboard's one-second cache of the overview, which may
+	// hold counts taken while the fleet registered.
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		l, err := r.admin.ListAll(simCtx, api.KindCluster, "", "")
+		stated := 0
+		if err == nil {
+			for _, raw := range l.Items {
+				var o struct {
+					Status struct {
+						State string `json:"state"`
+					} `json:"status"`
+				}
+				if json.Unmarshal(raw, &o) == nil && o.Status.State != "" {
+					stated++
+				}
+			}
+		}
+		if stated == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d clusters have a state (%v)", stated, n, err)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond)
 	return r
 }
 
