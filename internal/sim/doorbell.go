@@ -53,7 +53,9 @@ func newBells(cfg *Config) (*bells, error) {
 	if cfg.DoorbellFraction <= 0 {
 		return nil, nil
 	}
-	u, err := url.Parse(cfg.Server)
+	// With several replicas' URLs the simulated doorbell pings the first: its sockets are
+	// shared by many clusters, whichever replica each polls.
+	u, err := url.Parse(firstServer(cfg.Server))
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +96,7 @@ func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
 	}
 	b := s.bells
 	if !b.enabled.Load() {
-		u, _ := url.Parse(s.cfg.Server)
+		u, _ := url.Parse(firstServer(s.cfg.Server))
 		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(u.Hostname(), strconv.Itoa(info.Port)))
 		if err != nil {
 			return
@@ -382,7 +384,7 @@ func (s *Sim) ColdTunnels(ctx context.Context, n int, wait time.Duration) (*Cold
 // coldCall times one call to cluster i's API through the proxy to its first byte; a call
 // that fails counts as wait.
 func (s *Sim) coldCall(ctx context.Context, i int, wait time.Duration) time.Duration {
-	u := s.cfg.Server + api.PathK8sClusters + s.Namespace() + "." + s.ClusterName(i) + "/version"
+	u := firstServer(s.cfg.Server) + api.PathK8sClusters + s.Namespace() + "." + s.ClusterName(i) + "/version"
 	cctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(cctx, http.MethodGet, u, nil)
