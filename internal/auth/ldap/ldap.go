@@ -65,27 +65,38 @@ func (p *Provider) Authenticate(ctx context.Context, username, password string) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.s.Timeout)
 	defer cancel()
-	select {
-	case p.sem <- struct{}{}:
-		defer func() { <-p.sem }()
-	case <-ctx.Done():
-		return auth.Identity{}, fmt.Errorf("LDAP: waiting for one of %d connections to the directory: %w", cap(p.sem), ctx.Err())
-	}
-	conn, err := p.dial(ctx)
+	conn, release, err := p.connect(ctx)
 	if err != nil {
 		return auth.Identity{}, err
 	}
-	defer conn.Close()
-	// The library waits on some replies without a deadline: closing the connection ends
-	// those waits when the login's time is up.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-
+	defer release()
 	id, err := p.login(conn, username, password)
 	if err != nil && ctx.Err() != nil && !errors.Is(err, auth.ErrUnauthenticated) {
 		err = fmt.Errorf("%w (%w)", err, ctx.Err())
 	}
 	return id, err
+}
+
+// connect takes one of the provider's connection slots and dials the directory; release
+// closes the connection and frees the slot. The library waits on some replies without a
+// deadline: closing the connection when ctx ends ends those waits.
+func (p *Provider) connect(ctx context.Context) (conn *goldap.Conn, release func(), err error) {
+	select {
+	case p.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("LDAP: waiting for one of %d connections to the directory: %w", cap(p.sem), ctx.Err())
+	}
+	conn, err = p.dial(ctx)
+	if err != nil {
+		<-p.sem
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	return conn, func() {
+		stop()
+		conn.Close()
+		<-p.sem
+	}, nil
 }
 
 // Lookup reads a user's groups again, as the service account, without the user's password:
@@ -102,19 +113,11 @@ func (p *Provider) Lookup(ctx context.Context, username string) (auth.Identity, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.s.Timeout)
 	defer cancel()
-	select {
-	case p.sem <- struct{}{}:
-		defer func() { <-p.sem }()
-	case <-ctx.Done():
-		return auth.Identity{}, fmt.Errorf("LDAP: waiting for one of %d connections to the directory: %w", cap(p.sem), ctx.Err())
-	}
-	conn, err := p.dial(ctx)
+	conn, release, err := p.connect(ctx)
 	if err != nil {
 		return auth.Identity{}, err
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer release()
 	if err := conn.Bind(p.s.BindDN, p.s.bindPassword); err != nil {
 		return auth.Identity{}, fmt.Errorf("LDAP: binding as the service account %s: %w", p.s.BindDN, err)
 	}
