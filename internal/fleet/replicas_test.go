@@ -166,37 +166,7 @@ func TestReplicasFollowEachOther(t *testing.T) {
 // sequence this model already has, and its rows hold both reports. The model here follows
 // no stream on its own, so the test reads it at exactly that point.
 func TestReplicaTakesReportStoredBeforeItsOwn(t *testing.T) {
-	url := pg.Start(t).NewDatabase(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := postgres.Open(ctx, url, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	now := time.Now().UTC()
-	if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
-		Metadata: api.ObjectMeta{Namespace: reportNS, Name: reportName, UID: reportUID, CreationTimestamp: &now}, Spec: json.RawMessage(`{}`)}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"one", "two"} {
-		if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
-			Metadata: api.ObjectMeta{Namespace: reportNS, Name: name, UID: "uid-" + name, Generation: 1, CreationTimestamp: &now},
-			Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"clusterName":"` + reportName + `"}]}`)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
-	go f.Run(ctx)
-	eventually(t, "the model loaded", f.Ready)
-	ds, _, err := f.Desired(reportNS, reportName, reportUID, 0)
-	if err != nil || ds == nil || len(ds.Deployments) != 2 {
-		t.Fatalf("desired state: %+v, %v", ds, err)
-	}
-	ids := map[string]string{}
-	for _, d := range ds.Deployments {
-		ids[d.Bundle] = d.ID
-	}
+	ctx, st, f, ids := twoBundleReplica(t)
 	// Report 5 through another replica: bundle one is Ready.
 	if err := st.PutStatus(ctx, reportUID, 5, []store.DeploymentStatus{{Cluster: reportUID, Bundle: reportNS + "/one", ID: ids[reportNS+"/one"], State: api.StateReady}}, nil); err != nil {
 		t.Fatal(err)
@@ -227,37 +197,7 @@ func TestReplicaTakesReportStoredBeforeItsOwn(t *testing.T) {
 // stored rows, not its own: here the follower passed over the newer write while the old
 // report was being stored, as it does for a cluster with a report in flight.
 func TestReplicaStaleReportTakesStoredRows(t *testing.T) {
-	url := pg.Start(t).NewDatabase(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := postgres.Open(ctx, url, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	now := time.Now().UTC()
-	if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
-		Metadata: api.ObjectMeta{Namespace: reportNS, Name: reportName, UID: reportUID, CreationTimestamp: &now}, Spec: json.RawMessage(`{}`)}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"one", "two"} {
-		if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
-			Metadata: api.ObjectMeta{Namespace: reportNS, Name: name, UID: "uid-" + name, Generation: 1, CreationTimestamp: &now},
-			Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"clusterName":"` + reportName + `"}]}`)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
-	go f.Run(ctx)
-	eventually(t, "the model loaded", f.Ready)
-	ds, _, err := f.Desired(reportNS, reportName, reportUID, 0)
-	if err != nil || ds == nil || len(ds.Deployments) != 2 {
-		t.Fatalf("desired state: %+v, %v", ds, err)
-	}
-	ids := map[string]string{}
-	for _, d := range ds.Deployments {
-		ids[d.Bundle] = d.ID
-	}
+	ctx, st, f, ids := twoBundleReplica(t)
 	one, two := reportNS+"/one", reportNS+"/two"
 	f.mu.RLock()
 	from := f.statusFrom
@@ -305,4 +245,42 @@ func TestReplicaStaleReportTakesStoredRows(t *testing.T) {
 	if c.seq != 7 {
 		t.Errorf("the model has the cluster at report %d, want 7", c.seq)
 	}
+}
+
+// twoBundleReplica is a model on a fresh PostgreSQL database holding one cluster targeted by
+// bundles "one" and "two", loaded, with the IDs of the cluster's two deployments by bundle.
+func twoBundleReplica(t *testing.T) (context.Context, *postgres.Store, *Fleet, map[string]string) {
+	t.Helper()
+	url := pg.Start(t).NewDatabase(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := postgres.Open(ctx, url, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	now := time.Now().UTC()
+	if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Namespace: reportNS, Name: reportName, UID: reportUID, CreationTimestamp: &now}, Spec: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"one", "two"} {
+		if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+			Metadata: api.ObjectMeta{Namespace: reportNS, Name: name, UID: "uid-" + name, Generation: 1, CreationTimestamp: &now},
+			Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"clusterName":"` + reportName + `"}]}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
+	go f.Run(ctx)
+	eventually(t, "the model loaded", f.Ready)
+	ds, _, err := f.Desired(reportNS, reportName, reportUID, 0)
+	if err != nil || ds == nil || len(ds.Deployments) != 2 {
+		t.Fatalf("desired state: %+v, %v", ds, err)
+	}
+	ids := map[string]string{}
+	for _, d := range ds.Deployments {
+		ids[d.Bundle] = d.ID
+	}
+	return ctx, st, f, ids
 }
