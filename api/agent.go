@@ -38,6 +38,12 @@ const (
 	// HeaderDoorbell, on answers to polls (200 or 304), says the server has a datagram
 	// doorbell: its value is the UDP port, on the host of the server's URL.
 	HeaderDoorbell = "X-Flotilla-Doorbell"
+	// HeaderBellPollAfter, on answers to polls of a cluster whose doorbell pings the server
+	// answers, is how many seconds to wait before the next poll while the doorbell keeps
+	// answering: much longer than HeaderPollAfter, as the pings carry the desired version
+	// and a change rings. An agent whose doorbell does not answer (it may not hear the
+	// answers the server sends) goes by HeaderPollAfter.
+	HeaderBellPollAfter = "X-Flotilla-Doorbell-Poll-After"
 )
 
 // DoorbellInfo is how a cluster's agent uses the datagram doorbell: it pings "my desired

@@ -66,7 +66,8 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 		if port < 0 || port > 65535 {
 			port = 0
 		}
-		c.doorbell(port)
+		after := max(0, atoiOr(resp.Header.Get(api.HeaderBellPollAfter), 0))
+		c.doorbell(DoorbellAd{Port: port, PollAfter: time.Duration(after) * time.Second})
 	}
 	switch resp.StatusCode {
 	case http.StatusNotModified:

@@ -54,13 +54,21 @@ type Client struct {
 	http *http.Client
 	// tunnel is told the token of every poll answer saying a tunnel is wanted.
 	tunnel func(token string)
-	// doorbell is told the doorbell port every poll answer advertises (0: none).
-	doorbell func(port int)
+	// doorbell is told the doorbell every poll answer advertises.
+	doorbell func(DoorbellAd)
 }
 
-// OnDoorbell makes every poll answer call f with the UDP port of the server's doorbell it
-// advertises (api.HeaderDoorbell), or 0 when it advertises none.
-func (c *Client) OnDoorbell(f func(port int)) { c.doorbell = f }
+// DoorbellAd is what a poll answer says of the server's doorbell.
+type DoorbellAd struct {
+	// Port is its UDP port (api.HeaderDoorbell), 0 when the server offers none.
+	Port int
+	// PollAfter is when to poll again while the doorbell answers (api.HeaderBellPollAfter),
+	// 0 when the server does not count the cluster as pinging.
+	PollAfter time.Duration
+}
+
+// OnDoorbell makes every poll answer call f with what it says of the server's doorbell.
+func (c *Client) OnDoorbell(f func(DoorbellAd)) { c.doorbell = f }
 
 // Host is the host name (or address) of the URL of the replica calls go to now.
 func (c *Client) Host() string {

@@ -176,7 +176,11 @@ type agent struct {
 	bellPort   atomic.Int32
 	bellAd     atomic.Value // "server URL|port" of the last advertisement
 	bellAdvert chan struct{}
-	bellState  atomic.Value
+	bellRekey  chan struct{}
+	// bellPollAfter is the poll-after the server gives while the doorbell answers
+	// (nanoseconds; 0: none).
+	bellPollAfter atomic.Int64
+	bellState     atomic.Value
 
 	// Reconciler state, owned by its goroutine.
 	deployments map[string]*deploymentState
@@ -208,6 +212,7 @@ func runOnce(ctx context.Context, cfg Config, d deps) (again bool, err error) {
 		online:        make(chan struct{}, 1),
 		rung:          make(chan struct{}, 1),
 		bellAdvert:    make(chan struct{}, 1),
+		bellRekey:     make(chan struct{}, 1),
 		deployments:   map[string]*deploymentState{},
 	}
 	a.bellPort.Store(-1)

@@ -8,13 +8,16 @@ import (
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/client"
 	"flotilla.dev/internal/doorbell"
 )
 
-// advertised is told the doorbell port of every poll answer (0: the server offers none).
+// advertised is told the doorbell of every poll answer (port 0: the server offers none).
 // The replica polled counts too: after a failover the doorbell to use is the new replica's.
-func (a *agent) advertised(port int) {
+func (a *agent) advertised(d client.DoorbellAd) {
+	port := d.Port
 	a.bellPort.Store(int32(port))
+	a.bellPollAfter.Store(int64(min(d.PollAfter, maxBellPollAfter)))
 	ad := a.client.Server() + "|" + strconv.Itoa(port)
 	if old, _ := a.bellAd.Swap(ad).(string); old != ad {
 		kick(a.bellAdvert)
@@ -30,8 +33,20 @@ func (a *agent) doorbellState() string {
 
 // setDoorbellState records the doorbell's state and reports it with the inventory.
 func (a *agent) setDoorbellState(s string) {
-	if a.bellState.Swap(s) == s {
+	if old := a.bellState.Swap(s); old == s {
 		return
+	} else if old == api.DoorbellOn {
+		// A poll may be set hours away, trusting the doorbell: poll now, and long-poll on.
+		kick(a.rung)
+	}
+	if s == api.DoorbellBlocked {
+		// Its key may have been rotated out while the agent was away: fetch it again
+		// later (not at once: UDP may simply be blocked, and each fetch is an HTTPS call).
+		time.AfterFunc(bellRetry, func() {
+			if a.doorbellState() == api.DoorbellBlocked {
+				kick(a.bellRekey)
+			}
+		})
 	}
 	switch s {
 	case api.DoorbellBlocked:
@@ -56,6 +71,10 @@ func (a *agent) setDoorbellState(s string) {
 	}
 }
 
+// bellRetry is how long a doorbell that stopped answering is left before the agent fetches
+// its key and starts it again.
+const bellRetry = time.Hour
+
 // doorbellUsable: the doorbell answers, so polls need not be held open.
 func (a *agent) doorbellUsable() bool { return a.doorbellState() == api.DoorbellOn }
 
@@ -78,6 +97,11 @@ func (a *agent) doorbellLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-a.bellAdvert:
+		case <-a.bellRekey:
+			// The server's doorbell keys were rotated, or the doorbell stopped answering
+			// long ago: the same doorbell, its key fetched again.
+			a.log.Info("fetching the doorbell key again and restarting the doorbell")
+			cur = ""
 		}
 		ad, _ := a.bellAd.Load().(string)
 		port := a.bellPort.Load()
@@ -135,6 +159,7 @@ func (a *agent) startDoorbell(ctx context.Context) error {
 			return 0
 		},
 		Ring:    func(doorbell.Kind) { kick(a.rung) },
+		Rekey:   func() { kick(a.bellRekey) },
 		OnState: a.setDoorbellState,
 		Timeout: a.cfg.DoorbellTimeout,
 	}

@@ -6,6 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +22,11 @@ import (
 // hour, so that only a long poll or the doorbell brings them a change sooner.
 func startBellServer(t *testing.T, sans ...string) (*realServer, *server.Server, string) {
 	t.Helper()
+	return startBellServerWith(t, fleet.Config{PollInterval: time.Hour, StatusInterval: 100 * time.Millisecond}, sans...)
+}
+
+func startBellServerWith(t *testing.T, fc fleet.Config, sans ...string) (*realServer, *server.Server, string) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +36,7 @@ func startBellServer(t *testing.T, sans ...string) (*realServer, *server.Server,
 	const admin = "test-admin-token-0123456789"
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: admin, TLSSANs: sans,
-		Logger: slog.New(slog.DiscardHandler), Fleet: fleet.Config{PollInterval: time.Hour, StatusInterval: 100 * time.Millisecond}})
+		Logger: slog.New(slog.DiscardHandler), Fleet: fc})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -170,4 +178,48 @@ func TestDoorbellOff(t *testing.T) {
 	if n := srv.Doorbell().Stats.Received.Load(); n != 0 {
 		t.Errorf("the server got %v pings from an agent told not to ping", n)
 	}
+}
+
+// TestDoorbellQuietsPolls: the server tells agents to poll every second, but once the
+// agent's pings are answered it polls at the far longer interval the server gives clusters
+// on the doorbell: the idle fleet costs datagrams, not HTTPS requests.
+func TestDoorbellQuietsPolls(t *testing.T) {
+	rs, _, _ := startBellServerWith(t, fleet.Config{PollInterval: time.Second, BellPollInterval: time.Hour, StatusInterval: 100 * time.Millisecond})
+	tok := rs.token(t, "open", api.RegistrationTokenSpec{})
+	cfg := bellAgentConfig(t, rs.url, rs.checksum, tok, "idle")
+	cfg.PollInterval, cfg.PollWait = time.Second, time.Second
+	startAgentAs(t, "uid-idle", cfg, nil)
+	waitFor(t, "the agent to report the doorbell on", func() bool { return rs.doorbellOf(t, "idle") == api.DoorbellOn })
+	last := rs.desiredPolls(t)
+	waitFor(t, "three seconds without a poll", func() bool {
+		time.Sleep(3 * time.Second)
+		n := rs.desiredPolls(t)
+		quiet := n == last
+		last = n
+		return quiet
+	})
+}
+
+// desiredPolls is how many polls the server answered, from its metrics.
+func (rs *realServer) desiredPolls(t *testing.T) int {
+	t.Helper()
+	tc, _ := client.TLSConfig(nil, rs.checksum, false)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	req, _ := http.NewRequest("GET", rs.url+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer test-admin-token-0123456789")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	n := 0
+	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "flotilla_agent_requests_total{") && strings.Contains(line, `call="desired"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			n += int(v)
+		}
+	}
+	return n
 }

@@ -10,8 +10,12 @@ import (
 	"flotilla.dev/client"
 )
 
-// maxPollAfter bounds how long a server may send the agent away for.
-const maxPollAfter = time.Hour
+// maxPollAfter bounds how long a server may send the agent away for; maxBellPollAfter the
+// same while the doorbell answers (its pings then check the desired version).
+const (
+	maxPollAfter     = time.Hour
+	maxBellPollAfter = 24 * time.Hour
+)
 
 // closeIdleAfter: when the next poll is further away than this, the agent closes its idle
 // connections instead of keeping them until then.
@@ -64,8 +68,12 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			wait, hold = nextPoll(after, a.cfg.PollWait, hold, elapsed, changed)
 			if a.doorbellUsable() {
 				// The doorbell rings when there is news: no poll need be held open at
-				// the server, which holds a million of them only at great cost.
+				// the server, which holds a million of them only at great cost, and
+				// polls may be hours apart when the server says so.
 				wait, hold = after, 0
+				if bp := time.Duration(a.bellPollAfter.Load()); bp > 0 {
+					wait = bp
+				}
 			}
 			if wait > closeIdleAfter {
 				// Told to come back in minutes (a large fleet): close the connection now

@@ -58,6 +58,8 @@ type Tunnels interface {
 // Doorbell is the server's datagram doorbell (internal/doorbell.Server).
 type Doorbell interface {
 	Port() int
+	// Pinging says whether the cluster with uid pings it.
+	Pinging(uid string) bool
 	Interval() time.Duration
 	Key(uid doorbell.UID) []byte
 }
@@ -260,6 +262,9 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	secs := s.pollAfter(w, id.UID)
 	if s.Doorbell != nil {
 		w.Header().Set(api.HeaderDoorbell, strconv.Itoa(s.Doorbell.Port()))
+		if s.Doorbell.Pinging(id.UID) {
+			w.Header().Set(api.HeaderBellPollAfter, strconv.Itoa(max(1, int(s.fleet.BellPollAfter(id.UID, s.now()).Seconds()))))
+		}
 	}
 	if ds == nil {
 		s.Metrics.AgentRequest("desired", "not_modified")

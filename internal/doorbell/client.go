@@ -163,6 +163,9 @@ type Keeper struct {
 	Ring func(Kind)
 	// OnState is called when State changes.
 	OnState func(string)
+	// Rekey, if set, is called once when the server says the bell's key is rotated out:
+	// the agent should fetch its new key (and replace this keeper).
+	Rekey func()
 	// Timeout is how long an answer may take (0: 2s); after Tries unanswered pings in a row
 	// (0: 3) the doorbell is blocked and the agent relies on HTTPS alone.
 	Timeout time.Duration
@@ -171,6 +174,7 @@ type Keeper struct {
 	answers chan Packet
 	state   atomic.Value
 	once    sync.Once
+	rekeyed bool
 }
 
 func (k *Keeper) init() {
@@ -230,6 +234,7 @@ func (k *Keeper) Run(ctx context.Context) {
 			case <-timeout.C:
 				break wait
 			case p := <-k.answers:
+				k.rekey(p)
 				if !p.Ring {
 					answered = true
 					misses = 0
@@ -278,6 +283,7 @@ func (k *Keeper) Run(ctx context.Context) {
 				ringAt = nil
 				k.Ring(KindChanged)
 			case p := <-k.answers:
+				k.rekey(p)
 				if !p.Ring {
 					continue // a late answer
 				}
@@ -289,6 +295,14 @@ func (k *Keeper) Run(ctx context.Context) {
 				}
 			}
 		}
+	}
+}
+
+// rekey tells the agent, once, of an answer asking it to fetch its new key.
+func (k *Keeper) rekey(p Packet) {
+	if p.Rekey && !k.rekeyed && k.Rekey != nil {
+		k.rekeyed = true
+		k.Rekey()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -166,8 +167,9 @@ func TestAnswers(t *testing.T) {
 	if a.Kind != KindUnchanged || a.Counter != now || a.Ring {
 		t.Fatalf("got %+v, want unchanged echoing counter %d", a, now)
 	}
-	if d := time.Duration(a.Value) * time.Millisecond; d < DefaultInterval/2 || d > 2*DefaultInterval {
-		t.Errorf("come back in %v, want about %v", d, DefaultInterval)
+	// Its next phase in the interval, at least a tenth of one away.
+	if d := time.Duration(a.Value) * time.Millisecond; d < DefaultInterval/10-time.Millisecond || d > DefaultInterval+DefaultInterval/10 {
+		t.Errorf("come back in %v, want within one interval (%v)", d, DefaultInterval)
 	}
 
 	p.send(ping(uidA, key, now+1, 41))
@@ -485,6 +487,195 @@ func TestBellRefusesOldRings(t *testing.T) {
 			if c.want {
 				t.Error("a ring with the clock's counter was not taken")
 			}
+		}
+	}
+}
+
+// TestSourceLimitCountsAddresses: a sender's ports share its address's budget; another
+// address has its own.
+func TestSourceLimitCountsAddresses(t *testing.T) {
+	const uidB = "7d1e2f3a-0000-4000-8000-00000000000b"
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	f.add(uidB, "ws/b", 42)
+	s := startServer(t, f, Config{SourceRate: 5})
+	p1, p2 := newPeer(t, s), newPeer(t, s)
+	now := uint64(time.Now().UnixNano())
+	for i := range 25 {
+		p1.send(ping(uidA, keyOf(uidA), now+uint64(i), 42))
+		p2.send(ping(uidB, keyOf(uidB), now+uint64(i), 42))
+	}
+	got := 0
+	for _, p := range []*peer{p1, p2} {
+		for p.recv(300*time.Millisecond) != nil {
+			got++
+		}
+	}
+	if got == 0 || got > 15 {
+		t.Errorf("%d of 50 pings from two ports of one address answered at 5 per second (burst 10)", got)
+	}
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Skipf("no second loopback address: %v", err)
+	}
+	defer c.Close()
+	other := &peer{t: t, conn: c, to: s.Addr()}
+	other.send(ping(uidA, keyOf(uidA), now+100, 42))
+	answer(t, other.recv(5*time.Second), keyOf(uidA))
+}
+
+func TestSource(t *testing.T) {
+	same := [][2]string{
+		{"192.0.2.1", "::ffff:192.0.2.1"},
+		{"2001:db8:1:2::1", "2001:db8:1:2:ffff::9"},
+	}
+	for _, c := range same {
+		if source(netip.MustParseAddr(c[0])) != source(netip.MustParseAddr(c[1])) {
+			t.Errorf("%s and %s are different sources, want one", c[0], c[1])
+		}
+	}
+	differ := [][2]string{
+		{"192.0.2.1", "192.0.2.2"},
+		{"2001:db8:1:2::1", "2001:db8:1:3::1"},
+	}
+	for _, c := range differ {
+		if source(netip.MustParseAddr(c[0])) == source(netip.MustParseAddr(c[1])) {
+			t.Errorf("%s and %s are one source, want two", c[0], c[1])
+		}
+	}
+}
+
+// TestRotatedSecret: after the server's secrets rotate, an agent's old key is still
+// answered (and rung) in it, with FlagRekey, until the old secret is dropped; the key it
+// fetches is the new one's.
+func TestRotatedSecret(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	oldSec := []byte("old-secret-0123456789abcdef012345")
+	newSec := []byte("new-secret-0123456789abcdef012345")
+	var mu sync.Mutex
+	secrets := [][]byte{oldSec}
+	s := startServer(t, f, Config{Secrets: func() [][]byte { mu.Lock(); defer mu.Unlock(); return secrets }})
+	u, _ := ParseUID(uidA)
+	oldKey, newKey := ClusterKey(oldSec, u), ClusterKey(newSec, u)
+	if !bytes.Equal(s.Key(u), oldKey) {
+		t.Fatal("the key handed out is not the only secret's")
+	}
+	p := newPeer(t, s)
+	now := uint64(time.Now().UnixNano())
+	p.send(ping(uidA, oldKey, now, 42))
+	if a := answer(t, p.recv(5*time.Second), oldKey); a.Rekey {
+		t.Fatal("rekey asked before any rotation")
+	}
+
+	mu.Lock()
+	secrets = [][]byte{newSec, oldSec}
+	mu.Unlock()
+	if !bytes.Equal(s.Key(u), newKey) {
+		t.Fatal("after the rotation the key handed out is not the new secret's")
+	}
+	p.send(ping(uidA, oldKey, now+1, 42))
+	if a := answer(t, p.recv(5*time.Second), oldKey); !a.Rekey || a.Kind != KindUnchanged {
+		t.Fatalf("old key after a rotation: got %+v, want unchanged with rekey", a)
+	}
+	s.Ring(uidA)
+	if r := answer(t, p.recv(5*time.Second), oldKey); !r.Ring || !r.Rekey {
+		t.Fatalf("ring to a cluster on its old key: got %+v, want a ring with rekey, in the old key", r)
+	}
+	p.send(ping(uidA, newKey, now+2, 42))
+	if a := answer(t, p.recv(5*time.Second), newKey); a.Rekey {
+		t.Fatal("rekey asked of the new key")
+	}
+
+	mu.Lock()
+	secrets = [][]byte{newSec}
+	mu.Unlock()
+	p.send(ping(uidA, oldKey, now+3, 42))
+	if b := p.recv(500 * time.Millisecond); b != nil {
+		t.Fatal("a ping in a dropped secret's key was answered")
+	}
+}
+
+// TestPingBudget: with more clusters pinging than the interval and the budget allow, each
+// is told to ping less often, at its own phase; the server says which clusters ping.
+func TestPingBudget(t *testing.T) {
+	uids := []string{uidA, "7d1e2f3a-0000-4000-8000-00000000000b", "7d1e2f3a-0000-4000-8000-00000000000c", "7d1e2f3a-0000-4000-8000-00000000000d"}
+	f := newFleet()
+	for i, u := range uids {
+		f.add(u, "ws/"+strconv.Itoa(i), 42)
+	}
+	s := startServer(t, f, Config{Interval: time.Second, Budget: 0.5})
+	if s.Pinging(uidA) {
+		t.Fatal("pinging before any ping")
+	}
+	p := newPeer(t, s)
+	now := uint64(time.Now().UnixNano())
+	for _, u := range uids {
+		p.send(ping(u, keyOf(u), now, 42))
+		answer(t, p.recv(5*time.Second), keyOf(u))
+	}
+	if got, want := s.PingInterval(), 8*time.Second; got != want {
+		t.Fatalf("ping interval %v with 4 clusters at 0.5/s, want %v", got, want)
+	}
+	p.send(ping(uidA, keyOf(uidA), now+1, 42))
+	a := answer(t, p.recv(5*time.Second), keyOf(uidA))
+	if d := time.Duration(a.Value) * time.Millisecond; d < 800*time.Millisecond-time.Millisecond || d > 8800*time.Millisecond {
+		t.Errorf("come back in %v, want its phase within the stretched interval (8 s)", d)
+	}
+	if !s.Pinging(uidA) || s.Pinging("7d1e2f3a-0000-4000-8000-0000000000ff") || s.Pinging("not a uid") {
+		t.Error("Pinging does not tell the clusters that ping from the others")
+	}
+}
+
+// BenchmarkPing times the server's answer to one valid ping over loopback UDP, system calls
+// of both sides included (the agent's side is a raw socket).
+func BenchmarkPing(b *testing.B) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s, err := Listen("127.0.0.1:0", Config{Secret: secret, Clusters: f, SourceRate: 1e9})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Serve(ctx)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	key := keyOf(uidA)
+	now := uint64(time.Now().UnixNano())
+	buf := make([]byte, 512)
+	b.ReportAllocs()
+	for i := range b.N {
+		if _, err := c.WriteToUDPAddrPort(ping(uidA, key, now+uint64(i), 42), s.Addr()); err != nil {
+			b.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandle times the server's work on one valid ping, without the system calls.
+func BenchmarkHandle(b *testing.B) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s, err := Listen("127.0.0.1:0", Config{Secret: secret, Clusters: f, SourceRate: 1e9})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.conn.Close()
+	key := keyOf(uidA)
+	from := netip.MustParseAddrPort("127.0.0.1:4000")
+	now := uint64(time.Now().UnixNano())
+	out := make([]byte, 0, Size)
+	b.ReportAllocs()
+	for i := range b.N {
+		if len(s.handle(ping(uidA, key, now+uint64(i), 42), from, out)) == 0 {
+			b.Fatal("not answered")
 		}
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-// sourceLimiter bounds datagrams per source address in a fixed table of token buckets.
+// sourceLimiter bounds datagrams per source in a fixed table of token buckets. A source is
+// an IPv4 address or an IPv6 /64, whatever the port: a sender choosing its ports, or the
+// addresses of its own /64 (a host or site is given one), is still one source.
 // Hand-written rather than a map of golang.org/x/time/rate limiters: sources are whatever
 // addresses a sender forges, and a map keyed by them would grow with the forgery. Here two
 // sources that hash to one slot share a bucket until one of them is quiet, and memory never
@@ -26,7 +28,7 @@ const (
 )
 
 type bucket struct {
-	addr   netip.AddrPort
+	src    [16]byte
 	tokens float64
 	last   int64 // unix nanoseconds of the last refill
 }
@@ -37,12 +39,10 @@ func newSourceLimiter(perSecond float64) *sourceLimiter {
 
 // allow takes a token from addr's bucket.
 func (l *sourceLimiter) allow(addr netip.AddrPort, now time.Time) bool {
-	a16 := addr.Addr().As16()
+	src := source(addr.Addr())
 	var h maphash.Hash
 	h.SetSeed(l.seed)
-	h.Write(a16[:])
-	h.WriteByte(byte(addr.Port()))
-	h.WriteByte(byte(addr.Port() >> 8))
+	h.Write(src[:])
 	sum := h.Sum64()
 	shard := sum % sourceShards
 	slot := (sum / sourceShards) % (sourceSlots / sourceShards)
@@ -50,10 +50,10 @@ func (l *sourceLimiter) allow(addr netip.AddrPort, now time.Time) bool {
 	l.mu[shard].Lock()
 	defer l.mu[shard].Unlock()
 	b := &l.slots[shard][slot]
-	if b.addr != addr {
+	if b.src != src {
 		// A new source (or one sharing the slot) starts with what the slot holds, refilled:
 		// taking a full bucket would let a forger reset a busy source's limit.
-		b.addr = addr
+		b.src = src
 		if b.last == 0 {
 			b.tokens = l.burst
 		}
@@ -67,4 +67,15 @@ func (l *sourceLimiter) allow(addr netip.AddrPort, now time.Time) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// source is the limiter's key for an address: the IPv4 address (mapped or not), or an IPv6
+// address's /64.
+func source(a netip.Addr) [16]byte {
+	a = a.Unmap()
+	b := a.As16()
+	if a.Is6() {
+		clear(b[8:])
+	}
+	return b
 }

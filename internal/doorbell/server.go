@@ -2,10 +2,13 @@ package doorbell
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -46,8 +49,14 @@ const (
 	// an agent to the HTTPS API at once, so it is the rate at which a change may pull the
 	// fleet in.
 	DefaultRingRate = 5000
-	// DefaultSourceRate bounds datagrams per second taken from one source address.
-	DefaultSourceRate = 200
+	// DefaultSourceRate bounds datagrams per second taken from one source address (an IPv4
+	// address or an IPv6 /64): room for ~25,000 agents behind one NAT at the largest fleet's
+	// ping interval, while one sender cannot take more than a sliver of the server.
+	DefaultSourceRate = 1000
+	// DefaultBudget bounds the datagrams per second the fleet's pings may cost: a fleet
+	// larger than Interval × Budget is told to ping less often (100 s at 1M clusters), as
+	// HTTPS polls are stretched to the poll budget.
+	DefaultBudget = 10000
 	// DefaultReplayWindow: a cluster the server holds no counter for (it restarted) may
 	// ping with a counter at most this far from the server's clock, so an old datagram
 	// replayed after a restart is refused.
@@ -56,8 +65,15 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	// Secret is the server secret cluster keys are derived from (ClusterKey).
+	// Secret is the server secret cluster keys are derived from (ClusterKey), when Secrets
+	// is nil.
 	Secret []byte
+	// Secrets, when set, returns the server's doorbell secrets, newest first: the first
+	// derives the keys agents fetch and signs; the others (rotated out, within their grace)
+	// still verify pings, whose answers then carry FlagRekey.
+	Secrets func() [][]byte
+	// Budget bounds the datagrams per second pings may cost (0: DefaultBudget).
+	Budget float64
 	// Interval is how often agents are told to ping (0: DefaultInterval).
 	Interval time.Duration
 	// RingRate bounds rings plus "changed, come now" answers per second (0: DefaultRingRate).
@@ -88,7 +104,13 @@ type entry struct {
 	counter uint64
 	addr    netip.AddrPort
 	seen    uint32 // unix seconds
+	secret  uint32 // secretTag of the secret the cluster's key derives from
 	pending bool   // queued for a ring
+}
+
+// secretTag names a secret in an entry: its first bytes (secrets are random).
+func secretTag(secret []byte) uint32 {
+	return uint32(secret[0])<<24 | uint32(secret[1])<<16 | uint32(secret[2])<<8 | uint32(secret[3])
 }
 
 // Server answers pings and rings agents.
@@ -100,14 +122,16 @@ type Server struct {
 
 	mu      sync.Mutex
 	entries map[UID]entry
-	queue   []UID    // clusters to ring because their state changed
-	urgent  []string // clusters ("namespace/name") whose tunnel is wanted
-	all     bool     // ring every cluster with an address
+	count   atomic.Int64 // len(entries), read without the lock
+	queue   []UID        // clusters to ring because their state changed
+	urgent  []string     // clusters ("namespace/name") whose tunnel is wanted
+	all     bool         // ring every cluster with an address
 	wake    chan struct{}
 
-	sources *sourceLimiter
-	ringLim *rate.Limiter
-	ringCtr atomic.Uint64
+	sources  *sourceLimiter
+	derivers map[uint32]hash.Hash // by secretTag; Serve's goroutine only
+	ringLim  *rate.Limiter
+	ringCtr  atomic.Uint64
 	// started is when this server began: a first counter from before it (less a clock
 	// allowance) may be a ping captured before a restart, which forgot every counter.
 	started time.Time
@@ -123,7 +147,11 @@ const maxUrgent = 10000
 
 // Listen opens the UDP socket; Serve answers on it.
 func Listen(addr string, cfg Config) (*Server, error) {
-	if len(cfg.Secret) < 16 {
+	if cfg.Secrets == nil {
+		sec := cfg.Secret
+		cfg.Secrets = func() [][]byte { return [][]byte{sec} }
+	}
+	if secs := cfg.Secrets(); len(secs) == 0 || len(secs[0]) < 16 {
 		return nil, errors.New("doorbell: the server secret is missing or too short")
 	}
 	if cfg.Clusters == nil {
@@ -137,6 +165,9 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	}
 	if cfg.SourceRate <= 0 {
 		cfg.SourceRate = DefaultSourceRate
+	}
+	if cfg.Budget <= 0 {
+		cfg.Budget = DefaultBudget
 	}
 	if cfg.ReplayWindow <= 0 {
 		cfg.ReplayWindow = DefaultReplayWindow
@@ -158,7 +189,7 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	// A burst of pings (a fleet after a restart) waits in the socket rather than being lost.
 	conn.SetReadBuffer(4 << 20)
 	conn.SetWriteBuffer(4 << 20)
-	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1), derivers: map[uint32]hash.Hash{},
 		sources: newSourceLimiter(cfg.SourceRate), ringLim: rate.NewLimiter(rate.Limit(cfg.RingRate), max(1, int(cfg.RingRate/10)))}
 	s.ringCtr.Store(uint64(cfg.Now().UnixNano()))
 	s.started = cfg.Now()
@@ -171,11 +202,36 @@ func (s *Server) Addr() netip.AddrPort { return s.conn.LocalAddr().(*net.UDPAddr
 // Port is the socket's port, which agents are told.
 func (s *Server) Port() int { return int(s.Addr().Port()) }
 
-// Interval is how often agents ping.
+// Interval is how often agents ping at first; PingInterval how often they are told to.
 func (s *Server) Interval() time.Duration { return s.cfg.Interval }
 
+// PingInterval is the mean time between one agent's pings: the interval, stretched so that
+// the clusters pinging stay within the budget.
+func (s *Server) PingInterval() time.Duration {
+	d := s.cfg.Interval
+	if n := float64(s.count.Load()); n/s.cfg.Budget > d.Seconds() {
+		d = time.Duration(n / s.cfg.Budget * float64(time.Second))
+	}
+	return d
+}
+
+// Pinging says whether the agent of the cluster with uid pings: its last valid ping came
+// within three ping intervals. Such a cluster hears of changes from the doorbell and need
+// poll HTTPS only rarely.
+func (s *Server) Pinging(uid string) bool {
+	u, err := ParseUID(uid)
+	if err != nil {
+		return false
+	}
+	cut := uint32(s.cfg.Now().Add(-3 * s.PingInterval()).Unix())
+	s.mu.Lock()
+	e, ok := s.entries[u]
+	s.mu.Unlock()
+	return ok && e.seen >= cut
+}
+
 // Key is the key of the cluster with uid, which its agent gets over HTTPS.
-func (s *Server) Key(uid UID) []byte { return ClusterKey(s.cfg.Secret, uid) }
+func (s *Server) Key(uid UID) []byte { return ClusterKey(s.cfg.Secrets()[0], uid) }
 
 // Serve answers pings and sends rings until ctx ends, then closes the socket.
 func (s *Server) Serve(ctx context.Context) error {
@@ -220,19 +276,28 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		s.Stats.Refused.Add(1)
 		return nil
 	}
-	key := ClusterKey(s.cfg.Secret, p.Cluster)
-	if Verify(b, key) != nil {
+	// The newest secret first: after a rotation agents keep their old key until told.
+	var signer hash.Hash
+	secrets := s.cfg.Secrets()
+	used := -1
+	for i, sec := range secrets {
+		if m := hmac.New(sha256.New, clusterKey(s.deriver(sec), p.Cluster)); verify(b, m) == nil {
+			signer, used = m, i
+			break
+		}
+	}
+	if used < 0 {
 		s.Stats.Refused.Add(1)
 		return nil
 	}
-	answer := Packet{Cluster: p.Cluster, Counter: p.Counter}
+	answer := Packet{Cluster: p.Cluster, Counter: p.Counter, Rekey: used > 0}
 	if !s.cfg.Clusters.Ready() {
 		if !s.fresh(p.Counter, now) {
 			s.Stats.Refused.Add(1)
 			return nil
 		}
 		answer.Kind, answer.Value = KindLater, uint64(2*time.Second/time.Millisecond)
-		return answer.Append(out, key)
+		return answer.appendTagged(out, signer)
 	}
 	name, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String(), int64(p.Value))
 	if !ok {
@@ -250,7 +315,10 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		return nil
 	}
 	// A ring still queued for it is spent on this answer instead (pending is cleared).
-	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix())}
+	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix()), secret: secretTag(secrets[used])}
+	if !had {
+		s.count.Store(int64(len(s.entries)))
+	}
 	s.mu.Unlock()
 	s.cfg.Clusters.Seen(name, now)
 
@@ -267,9 +335,24 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		}
 	default:
 		answer.Kind = KindUnchanged
-		answer.Value = uint64(s.next(p.Cluster) / time.Millisecond)
+		answer.Value = uint64(s.next(p.Cluster, now) / time.Millisecond)
 	}
-	return answer.Append(out, key)
+	return answer.appendTagged(out, signer)
+}
+
+// deriver returns the HMAC keyed with secret that derives cluster keys, kept across
+// datagrams (handle runs on Serve's goroutine only): one fewer HMAC set up per ping.
+func (s *Server) deriver(secret []byte) hash.Hash {
+	t := secretTag(secret)
+	m := s.derivers[t]
+	if m == nil {
+		if len(s.derivers) >= 8 {
+			clear(s.derivers) // secrets rotated out long ago
+		}
+		m = hmac.New(sha256.New, secret)
+		s.derivers[t] = m
+	}
+	return m
 }
 
 // fresh says whether a first counter (the server holds none for the cluster) is a time
@@ -286,11 +369,20 @@ func (s *Server) ahead(counter uint64, now time.Time) bool {
 	return counter >= 1<<63 || !time.Unix(0, int64(counter)).Before(now.Add(s.cfg.ReplayWindow))
 }
 
-// next is when a cluster should ping again: the interval with a jitter of a fifth, so that
-// pings do not bunch.
-func (s *Server) next(u UID) time.Duration {
-	j := time.Duration(rand.Uint64N(uint64(s.cfg.Interval/5 + 1)))
-	return s.cfg.Interval - s.cfg.Interval/10 + j
+// next is how long from now a cluster should ping again. Each cluster has its own phase in
+// the ping interval (a hash of its UID) and is sent to its next phase at least a tenth of
+// an interval away: a fleet that pinged all at once (a server restart) is spread evenly by
+// the next round, where random jitter would leave it bunched, over the budget.
+func (s *Server) next(u UID, now time.Time) time.Duration {
+	d := s.PingInterval()
+	h := fnv.New64a()
+	h.Write(u[:])
+	phase := time.Duration(h.Sum64() % uint64(d))
+	next := (phase - time.Duration(now.UnixNano()%int64(d)) + d) % d
+	if next < d/10 {
+		next += d
+	}
+	return next
 }
 
 // nextRing is a ring's counter: the clock in nanoseconds, or one past the last if the clock
@@ -311,6 +403,7 @@ func (s *Server) nextRing() uint64 {
 func (s *Server) forget(u UID) {
 	s.mu.Lock()
 	delete(s.entries, u)
+	s.count.Store(int64(len(s.entries)))
 	s.mu.Unlock()
 }
 
@@ -435,8 +528,17 @@ func (s *Server) ring(u UID, kind Kind, buf []byte) {
 		s.forget(u)
 		return
 	}
-	p := Packet{Kind: kind, Ring: true, Cluster: u, Counter: s.nextRing()}
-	if _, err := s.conn.WriteToUDPAddrPort(p.Append(buf[:0], ClusterKey(s.cfg.Secret, u)), e.addr); err == nil {
+	// Signed with the key the agent last pinged with, which it holds.
+	secrets := s.cfg.Secrets()
+	sec := secrets[0]
+	for _, c := range secrets {
+		if secretTag(c) == e.secret {
+			sec = c
+			break
+		}
+	}
+	p := Packet{Kind: kind, Ring: true, Rekey: secretTag(sec) != secretTag(secrets[0]), Cluster: u, Counter: s.nextRing()}
+	if _, err := s.conn.WriteToUDPAddrPort(p.Append(buf[:0], ClusterKey(sec, u)), e.addr); err == nil {
 		s.Stats.Rung.Add(1)
 	}
 }
@@ -454,13 +556,15 @@ func (s *Server) sweeper(ctx context.Context) {
 		}
 		// Forgotten only once its last counter is past the replay window: a ping of it
 		// replayed later is then refused as stale, not taken as a first one.
-		cut := uint32(s.cfg.Now().Add(-max(10*s.cfg.Interval, s.cfg.ReplayWindow) - s.cfg.Interval).Unix())
+		iv := s.PingInterval()
+		cut := uint32(s.cfg.Now().Add(-max(10*iv, s.cfg.ReplayWindow) - iv).Unix())
 		s.mu.Lock()
 		for u, e := range s.entries {
 			if e.seen < cut && !e.pending {
 				delete(s.entries, u)
 			}
 		}
+		s.count.Store(int64(len(s.entries)))
 		s.mu.Unlock()
 	}
 }

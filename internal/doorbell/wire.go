@@ -15,13 +15,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 )
 
 // Wire format, every datagram (either way) exactly Size bytes, big-endian:
 //
 //	0      version (WireVersion)
 //	1      kind
-//	2      flags (FlagRing: an unprompted ring, not an answer)
+//	2      flags (FlagRing: an unprompted ring, not an answer; FlagRekey: the key that signed
+//	       the ping is retired, fetch the new one over HTTPS)
 //	3      zero
 //	4:20   cluster UID, the 16 bytes of its UUID
 //	20:28  counter: a ping's own counter; an answer echoes it; a ring carries the server's
@@ -69,8 +71,15 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-// FlagRing marks a datagram the server sent unprompted.
-const FlagRing = 1
+// Flags.
+const (
+	// FlagRing marks a datagram the server sent unprompted.
+	FlagRing = 1
+	// FlagRekey marks an answer to a ping signed with a retired key (the server's keys were
+	// rotated): still answered until the key's grace ends, but the agent should fetch its
+	// new key over HTTPS now.
+	FlagRekey = 2
+)
 
 // UID is a cluster's UID as 16 bytes.
 type UID [16]byte
@@ -107,6 +116,7 @@ func (u UID) String() string {
 type Packet struct {
 	Kind    Kind
 	Ring    bool
+	Rekey   bool
 	Cluster UID
 	Counter uint64
 	// Value is a ping's desired version, or an answer's delay in milliseconds.
@@ -116,7 +126,13 @@ type Packet struct {
 // ClusterKey derives a cluster's doorbell key from the server's secret, so that the server
 // keeps no key per cluster: it derives one for each datagram.
 func ClusterKey(secret []byte, uid UID) []byte {
-	m := hmac.New(sha256.New, secret)
+	return clusterKey(hmac.New(sha256.New, secret), uid)
+}
+
+// clusterKey derives a key with m, an HMAC keyed with the server secret, which it resets:
+// the server keeps one per secret rather than make one per datagram.
+func clusterKey(m hash.Hash, uid UID) []byte {
+	m.Reset()
 	m.Write([]byte("flotilla doorbell v1\x00"))
 	m.Write(uid[:])
 	return m.Sum(nil)
@@ -124,23 +140,31 @@ func ClusterKey(secret []byte, uid UID) []byte {
 
 // Append encodes p, tagged with key, onto dst.
 func (p Packet) Append(dst []byte, key []byte) []byte {
+	return p.appendTagged(dst, hmac.New(sha256.New, key))
+}
+
+// appendTagged is Append with an HMAC keyed with the cluster's key, which it resets.
+func (p Packet) appendTagged(dst []byte, m hash.Hash) []byte {
 	var b [Size]byte
 	b[0] = WireVersion
 	b[1] = byte(p.Kind)
 	if p.Ring {
-		b[2] = FlagRing
+		b[2] |= FlagRing
+	}
+	if p.Rekey {
+		b[2] |= FlagRekey
 	}
 	copy(b[4:20], p.Cluster[:])
 	binary.BigEndian.PutUint64(b[20:28], p.Counter)
 	binary.BigEndian.PutUint64(b[28:36], p.Value)
-	copy(b[tagOffset:], tag(key, b[:tagOffset]))
+	var sum [sha256.Size]byte
+	copy(b[tagOffset:], tag(m, b[:tagOffset], &sum))
 	return append(dst, b[:]...)
 }
 
-func tag(key, msg []byte) []byte {
-	m := hmac.New(sha256.New, key)
+func tag(m hash.Hash, msg []byte, sum *[sha256.Size]byte) []byte {
+	m.Reset()
 	m.Write(msg)
-	var sum [sha256.Size]byte
 	return m.Sum(sum[:0])[:tagSize]
 }
 
@@ -166,10 +190,11 @@ func Parse(b []byte) (Packet, error) {
 	if p.Kind < KindPing || p.Kind > KindLater {
 		return p, ErrKind
 	}
-	if b[2]&^FlagRing != 0 || b[3] != 0 {
+	if b[2]&^(FlagRing|FlagRekey) != 0 || b[3] != 0 {
 		return p, ErrVersion
 	}
 	p.Ring = b[2]&FlagRing != 0
+	p.Rekey = b[2]&FlagRekey != 0
 	copy(p.Cluster[:], b[4:20])
 	p.Counter = binary.BigEndian.Uint64(b[20:28])
 	p.Value = binary.BigEndian.Uint64(b[28:36])
@@ -178,10 +203,16 @@ func Parse(b []byte) (Packet, error) {
 
 // Verify checks a parsed datagram's tag with key, in constant time.
 func Verify(b []byte, key []byte) error {
+	return verify(b, hmac.New(sha256.New, key))
+}
+
+// verify is Verify with an HMAC keyed with the cluster's key, which it resets.
+func verify(b []byte, m hash.Hash) error {
 	if len(b) != Size {
 		return ErrSize
 	}
-	if !hmac.Equal(b[tagOffset:], tag(key, b[:tagOffset])) {
+	var sum [sha256.Size]byte
+	if !hmac.Equal(b[tagOffset:], tag(m, b[:tagOffset], &sum)) {
 		return ErrTag
 	}
 	return nil

@@ -44,6 +44,11 @@ type Config struct {
 	// PollBudget is the rate of polls per second the whole fleet may make; agents are told
 	// to come back later as the fleet grows, so the load stays within it.
 	PollBudget float64
+	// BellPollInterval is how often agents whose doorbell pings the server answers are
+	// told to poll HTTPS (at least the fleet's interval): their pings carry their desired
+	// version and keep them seen, and a ring brings them at once, so a poll is only a
+	// safety net.
+	BellPollInterval time.Duration
 	// MaxWaiters bounds how many agents may hold a long poll open at once; they are told
 	// "come now" the moment their desired state changes.
 	MaxWaiters int
@@ -82,7 +87,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	// A held poll costs the server about 20 KB; 5,000 of them, 100 MB.
-	return Config{PollInterval: 15 * time.Second, PollBudget: 2000, MaxWaiters: 5000, OfflineAfter: 2 * time.Minute, StatusInterval: 2 * time.Second,
+	return Config{PollInterval: 15 * time.Second, PollBudget: 2000, BellPollInterval: 6 * time.Hour, MaxWaiters: 5000, OfflineAfter: 2 * time.Minute, StatusInterval: 2 * time.Second,
 		LastSeenResolution: time.Minute, LastSeenWriteBudget: 50, Logger: slog.Default()}
 }
 
@@ -107,6 +112,7 @@ type Fleet struct {
 	// loadRev is the store revision the model was loaded at.
 	loadRev  int64
 	ready    atomic.Bool
+	bell     atomic.Pointer[Pingers]
 	clusters atomic.Int64
 
 	waiters map[*Cluster]chan struct{}
@@ -346,6 +352,9 @@ func New(st Store, cfg Config) *Fleet {
 	}
 	if cfg.MaxWaiters == 0 {
 		cfg.MaxWaiters = def.MaxWaiters
+	}
+	if cfg.BellPollInterval == 0 {
+		cfg.BellPollInterval = def.BellPollInterval
 	}
 	if cfg.OfflineAfter == 0 {
 		cfg.OfflineAfter = max(def.OfflineAfter, 4*cfg.PollInterval)
@@ -713,12 +722,58 @@ func (f *Fleet) References(ns, name, uid, digest string) bool {
 	return false
 }
 
-// Interval is the mean time between one agent's polls: the base interval, stretched so
-// that the whole fleet polls within the budget.
+// Pingers is what the model needs of the datagram doorbell (internal/doorbell.Server).
+type Pingers interface {
+	// Len is the number of clusters whose agents ping.
+	Len() int
+	// PingInterval is how often each pings.
+	PingInterval() time.Duration
+}
+
+// SetDoorbell tells the model of the server's doorbell: the clusters pinging it poll
+// HTTPS every BellPollInterval, leaving the poll budget to the others.
+func (f *Fleet) SetDoorbell(p Pingers) { f.bell.Store(&p) }
+
+func (f *Fleet) pingers() Pingers {
+	if p := f.bell.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Interval is the mean time between the polls of an agent not on the doorbell: the base
+// interval, stretched so that the whole fleet polls within the budget. Clusters on the
+// doorbell take their share of the budget at BellPollInterval.
 func (f *Fleet) Interval() time.Duration {
 	d := f.cfg.PollInterval
+	n, budget := float64(f.clusters.Load()), f.cfg.PollBudget
+	if p := f.pingers(); p != nil {
+		b := min(float64(p.Len()), n)
+		n -= b
+		budget = max(budget-b/f.BellInterval().Seconds(), budget/10)
+	}
+	if budget > 0 && n/budget > d.Seconds() {
+		d = time.Duration(n / budget * float64(time.Second))
+	}
+	return d
+}
+
+// BellInterval is the mean time between the polls of an agent on the doorbell:
+// BellPollInterval, or longer when even that would take the whole fleet over the budget.
+func (f *Fleet) BellInterval() time.Duration {
+	d := f.cfg.BellPollInterval
 	if n := f.clusters.Load(); f.cfg.PollBudget > 0 && float64(n)/f.cfg.PollBudget > d.Seconds() {
 		d = time.Duration(float64(n) / f.cfg.PollBudget * float64(time.Second))
+	}
+	return d
+}
+
+// seenInterval is the longest a cluster that is up goes between two signs of life: a poll,
+// or a doorbell ping.
+func (f *Fleet) seenInterval() time.Duration {
+	d := f.Interval()
+	if p := f.pingers(); p != nil {
+		d = max(d, p.PingInterval())
 	}
 	return d
 }
@@ -740,7 +795,17 @@ func (f *Fleet) seenResolution() time.Duration {
 // the next round, where random jitter would leave it bunched for many rounds, over the
 // budget; and a change reaches every cluster within one interval (1.1 in the first round).
 func (f *Fleet) PollAfter(uid string, now time.Time) time.Duration {
-	d := f.Interval()
+	return phaseAfter(uid, now, f.Interval())
+}
+
+// BellPollAfter is PollAfter for a cluster whose agent pings the doorbell.
+func (f *Fleet) BellPollAfter(uid string, now time.Time) time.Duration {
+	return phaseAfter(uid, now, f.BellInterval())
+}
+
+// phaseAfter is the time from now to the cluster's next phase in an interval of d, at
+// least a tenth of d away.
+func phaseAfter(uid string, now time.Time, d time.Duration) time.Duration {
 	if d <= 0 {
 		return 0
 	}

@@ -130,11 +130,12 @@ func TestReplicasFollowEachOther(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("the long poll on B did not wake")
 	}
-	da, _, _ := fa.Desired(reportNS, reportName, reportUID, 0)
-	db, _, _ := fb.Desired(reportNS, reportName, reportUID, 0)
-	if da.Revision != db.Revision || da.Deployments[0].ContentHash != "sha256:4567" {
-		t.Errorf("replicas disagree on the desired state: A %d %s, B %d %s", da.Revision, da.Deployments[0].ContentHash, db.Revision, db.Deployments[0].ContentHash)
-	}
+	// B woke from its own stream; A follows the store too, not necessarily first.
+	eventually(t, "both replicas to hold the new desired state", func() bool {
+		da, _, _ := fa.Desired(reportNS, reportName, reportUID, 0)
+		db, _, _ := fb.Desired(reportNS, reportName, reportUID, 0)
+		return da != nil && db != nil && da.Revision == db.Revision && da.Deployments[0].ContentHash == "sha256:4567"
+	})
 
 	// The follower writes no rollup: B's report of the new version is counted only once
 	// A leads no more and B takes over.

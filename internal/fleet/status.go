@@ -119,10 +119,10 @@ func (f *Fleet) sweep(now time.Time) {
 }
 
 // offlineAfter is how long a cluster may go unseen before it is Offline: OfflineAfter, or
-// three poll intervals when the poll budget has stretched them further (at 1M clusters
-// agents poll every ~500 s; they must not count as Offline between two polls).
+// three poll (or ping) intervals when the budgets have stretched them further (at 1M
+// clusters agents poll every ~500 s; they must not count as Offline between two polls).
 func (f *Fleet) offlineAfter() time.Duration {
-	return max(f.cfg.OfflineAfter, 3*f.Interval())
+	return max(f.cfg.OfflineAfter, 3*f.seenInterval())
 }
 
 func (f *Fleet) clusterState(c *Cluster, now time.Time) string {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/fleet"
 )
@@ -32,6 +33,26 @@ func (b bellFleet) Seen(key string, now time.Time) {
 }
 
 func (b bellFleet) Ready() bool { return b.f.Ready() }
+
+// bellGrace is how long a rotated-out doorbell secret still answers the agents holding
+// keys derived from it (each answer asks them to fetch the new key).
+const bellGrace = 24 * time.Hour
+
+// bellSecrets gives the doorbell the ring's valid secrets, the active one first.
+func bellSecrets(r *auth.Ring) func() [][]byte {
+	return func() [][]byte {
+		keys := r.Valid()
+		out := make([][]byte, 0, len(keys))
+		active := r.Active()
+		out = append(out, active.Secret)
+		for _, k := range keys {
+			if k.ID != active.ID {
+				out = append(out, k.Secret)
+			}
+		}
+		return out
+	}
+}
 
 // bellCollectors are the doorbell's metrics.
 func bellCollectors(b *doorbell.Server) []prometheus.Collector {

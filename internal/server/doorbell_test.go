@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/client"
 	"flotilla.dev/internal/auth/rbac"
 	"flotilla.dev/internal/doorbell"
 )
@@ -123,4 +124,61 @@ func TestDoorbellRings(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitRing("a role binding covering the cluster")
+}
+
+// TestDoorbellPollInterval: once a cluster's pings are answered its poll answers add a
+// poll-after for while the doorbell answers, far longer than the HTTPS one; before, none.
+func TestDoorbellPollInterval(t *testing.T) {
+	ts := start(t, t.TempDir())
+	a := registerN(t, ts, []map[string]string{{"env": "bell"}})[0]
+	var ad client.DoorbellAd
+	a.c.OnDoorbell(func(d client.DoorbellAd) { ad = d })
+	_, rev, after, err := a.c.Desired(ctxT(t), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ad.Port == 0 || ad.PollAfter != 0 {
+		t.Fatalf("before any ping the poll advertised %+v, want the port and no doorbell poll-after", ad)
+	}
+	p := newBellPeer(t, a)
+	p.ping(rev)
+	if _, _, after, err = a.c.Desired(ctxT(t), rev); err != nil {
+		t.Fatal(err)
+	}
+	// The default doorbell poll interval is 6 h; the cluster's phase puts it 36 min to 6.6 h away.
+	if ad.PollAfter < 30*time.Minute || ad.PollAfter <= 10*after {
+		t.Fatalf("a pinging cluster's poll advertised %+v beside a poll-after of %v, want hours", ad, after)
+	}
+}
+
+// TestDoorbellKeyRotation: rotate-keys rotates the doorbell's secret too. A cluster's old
+// key is still answered, asked to fetch the new one, which the server then hands out.
+func TestDoorbellKeyRotation(t *testing.T) {
+	ts := start(t, t.TempDir())
+	a := registerN(t, ts, []map[string]string{{"env": "bell"}})[0]
+	_, rev, _, err := a.c.Desired(ctxT(t), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newBellPeer(t, a)
+	if got := p.ping(rev); got.Rekey {
+		t.Fatal("rekey asked before any rotation")
+	}
+	if _, err := ts.admin.RotateKeys(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.ping(rev); !got.Rekey || got.Kind != doorbell.KindUnchanged {
+		t.Fatalf("the old key after a rotation was answered %+v, want unchanged asking for a rekey", got)
+	}
+	info, err := a.c.Doorbell(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(info.Key) == string(p.key) {
+		t.Fatal("the key handed out after a rotation is the old one")
+	}
+	p.key = info.Key
+	if got := p.ping(rev); got.Rekey {
+		t.Fatal("rekey asked of the new key")
+	}
 }

@@ -124,9 +124,10 @@ type Config struct {
 	// doorbell.DefaultRingRate): the rate at which a change pulls agents to the API.
 	// DoorbellInterval is how often agents ping (0: doorbell.DefaultInterval);
 	// DoorbellSourceRate bounds datagrams per second from one address (0:
-	// doorbell.DefaultSourceRate).
-	DoorbellRingRate, DoorbellSourceRate float64
-	DoorbellInterval                     time.Duration
+	// doorbell.DefaultSourceRate); DoorbellBudget those of all pings (0:
+	// doorbell.DefaultBudget).
+	DoorbellRingRate, DoorbellSourceRate, DoorbellBudget float64
+	DoorbellInterval                                     time.Duration
 	// LeaderRetry is how often a replica on PostgreSQL that does not lead tries to take
 	// over, which bounds failover time (0: 1s).
 	LeaderRetry time.Duration
@@ -173,13 +174,13 @@ type Server struct {
 	agents *agentapi.Server
 	// tunnels are the agents' open tunnels; proxy forwards /k8s/clusters/… through them.
 	tunnels *tunnel.Server
-	// bell is the datagram doorbell once Serve opened it (nil when off); bellSecret the
-	// secret its cluster keys derive from.
-	bell       atomic.Pointer[doorbell.Server]
-	bellSecret []byte
-	proxy      *proxy.Proxy
-	secrets    *secrets.Keeper
-	gitops     *gitops.Controller
+	// bell is the datagram doorbell once Serve opened it (nil when off); bellKeys the
+	// secrets its cluster keys derive from.
+	bell     atomic.Pointer[doorbell.Server]
+	bellKeys *auth.Ring
+	proxy    *proxy.Proxy
+	secrets  *secrets.Keeper
+	gitops   *gitops.Controller
 	// elector says whether this replica runs the work that must run once per fleet.
 	elector *leader.Elector
 	metrics *metrics.Metrics
@@ -409,8 +410,19 @@ func (s *Server) openKeys(ctx context.Context) (agentapi.CredentialConfig, *auth
 	// What it seals lives minutes: a rotated-out key must not open (or forge) states for the
 	// credentials' grace of weeks.
 	s.loginKeys.LimitGrace(cfg.OIDC.SealedLifetime())
+	if cfg.Doorbell != DoorbellOff {
+		if s.bellKeys, err = keys.Ring(ctx, "doorbell"); err != nil {
+			return creds, nil, err
+		}
+		// A rotated-out key still answers the agents holding it, telling them to fetch the
+		// new one, which they do at their next ping: a day covers agents that were away.
+		s.bellKeys.LimitGrace(bellGrace)
+	}
 	if cfg.RotateKeys {
-		for _, r := range []*auth.Ring{creds.Keys, secretKeys, s.loginKeys} {
+		for _, r := range []*auth.Ring{creds.Keys, secretKeys, s.loginKeys, s.bellKeys} {
+			if r == nil {
+				continue
+			}
 			k, err := r.Rotate(ctx)
 			if err != nil {
 				return creds, nil, err
@@ -419,15 +431,6 @@ func (s *Server) openKeys(ctx context.Context) (agentapi.CredentialConfig, *auth
 		}
 	}
 	s.credKeys = creds.Keys
-	if cfg.Doorbell != DoorbellOff {
-		// Rotating it would silence every agent's doorbell until it fetched its key
-		// again; it signs nothing that lasts, so it is not rotated with the others.
-		bell, err := keys.Ring(ctx, "doorbell")
-		if err != nil {
-			return creds, nil, err
-		}
-		s.bellSecret = bell.Active().Secret
-	}
 	return creds, secretKeys, nil
 }
 
@@ -533,7 +536,17 @@ func (s *Server) rotateKeys(w http.ResponseWriter, r *http.Request) {
 		apiserver.WriteError(w, fmt.Errorf("rotating the login key failed"))
 		return
 	}
-	s.log.Info("rotated the credential, secret and login keys", "credentialKey", ck.ID, "secretKey", sk.ID, "loginKey", lk.ID)
+	bellKey := ""
+	if s.bellKeys != nil {
+		bk, err := s.bellKeys.Rotate(r.Context())
+		if err != nil {
+			s.log.Error("rotating the doorbell key", "err", err)
+			apiserver.WriteError(w, fmt.Errorf("rotating the doorbell key failed"))
+			return
+		}
+		bellKey = bk.ID
+	}
+	s.log.Info("rotated the credential, secret, login and doorbell keys", "credentialKey", ck.ID, "secretKey", sk.ID, "loginKey", lk.ID, "doorbellKey", bellKey)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(api.KeyRotation{CredentialKey: ck.ID, SecretKey: sk.ID})
 }
@@ -597,8 +610,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		if addr == "" {
 			addr = ln.Addr().String()
 		}
-		bell, err := doorbell.Listen(addr, doorbell.Config{Secret: s.bellSecret, Interval: s.cfg.DoorbellInterval, RingRate: s.cfg.DoorbellRingRate,
-			SourceRate: s.cfg.DoorbellSourceRate, Clusters: bellFleet{s.fleet}, Tunnels: s.tunnels, Logger: s.log})
+		bell, err := doorbell.Listen(addr, doorbell.Config{Secrets: bellSecrets(s.bellKeys), Interval: s.cfg.DoorbellInterval, RingRate: s.cfg.DoorbellRingRate,
+			SourceRate: s.cfg.DoorbellSourceRate, Budget: s.cfg.DoorbellBudget, Clusters: bellFleet{s.fleet}, Tunnels: s.tunnels, Logger: s.log})
 		if err != nil {
 			ln.Close()
 			s.store.Close()
@@ -606,6 +619,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		s.bell.Store(bell)
 		s.agents.Doorbell = bell
+		s.fleet.SetDoorbell(bell)
 		s.metrics.Registry.MustRegister(bellCollectors(bell)...)
 	}
 	if s.audit, err = audit.New(audit.Config{Store: s.store, Retention: s.cfg.AuditRetention, File: s.cfg.AuditLogFile,
@@ -648,6 +662,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go s.secrets.Run(baseCtx, s.log)
 	go s.credKeys.Follow(baseCtx, 30*time.Second, s.log)
 	go s.loginKeys.Follow(baseCtx, 30*time.Second, s.log)
+	if s.bellKeys != nil {
+		go s.bellKeys.Follow(baseCtx, 30*time.Second, s.log)
+	}
 	go s.auth.FollowRevocations(baseCtx, s.log)
 	if s.ldap != nil && s.cfg.LDAP.BindDN != "" && s.cfg.LDAP.RefreshInterval > 0 {
 		// Once per fleet: every replica would read the directory for the same users.

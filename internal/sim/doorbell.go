@@ -61,8 +61,15 @@ func newBells(cfg *Config) (*bells, error) {
 	}
 	n := int(float64(cfg.Clusters)*cfg.DoorbellFraction)/cfg.DoorbellPerSocket + 1
 	b := &bells{per: cfg.DoorbellPerSocket}
-	for range n {
-		conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(u.Hostname())})
+	host := net.ParseIP(u.Hostname())
+	for k := range n {
+		ip := host
+		if host.To4() != nil && host.IsLoopback() && k < 1<<16 {
+			// Each socket its own loopback address, as sites behind their own NATs: the
+			// server limits datagrams per source address.
+			ip = net.IPv4(127, 2, byte(k>>8), byte(k))
+		}
+		conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
 		if err != nil {
 			b.close()
 			return nil, err
@@ -134,6 +141,7 @@ func (s *Sim) ping(i int, now int64) {
 	if _, err := sock.conn.WriteToUDPAddrPort(p.Append(buf[:0], st.key[:]), s.bells.server); err == nil {
 		s.bells.pings.Add(1)
 	}
+	// Until its answer says when (its phase in the server's ping interval).
 	d := time.Duration(s.bellInterval.Load())
 	st.nextPing = now + int64(d-d/10) + rand.Int64N(int64(d/5)+1)
 }
@@ -171,6 +179,17 @@ func (s *Sim) readBells(sock *bellSocket, n int) {
 			s.bells.rings.Add(1)
 		} else {
 			s.bells.answers.Add(1)
+		}
+		if !p.Ring && (p.Kind == doorbell.KindUnchanged || p.Kind == doorbell.KindLater) && p.Value > 0 {
+			// As the agent: the next ping when the server says. The longest delay it
+			// gives (its phase, up to 1.1 intervals) tells the simulator its ping interval.
+			delay := time.Duration(min(p.Value, uint64(time.Hour/time.Millisecond))) * time.Millisecond
+			if iv := delay * 10 / 11; p.Kind == doorbell.KindUnchanged && iv > time.Duration(s.bellInterval.Load()) {
+				s.bellInterval.Store(int64(iv))
+			}
+			mu.Lock()
+			st.nextPing = s.now() + int64(delay)
+			mu.Unlock()
 		}
 		switch p.Kind {
 		case doorbell.KindChanged, doorbell.KindTunnel:

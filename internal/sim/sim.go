@@ -264,7 +264,10 @@ func (s *Sim) Labels(i int) map[string]string {
 func (s *Sim) Failing(i int) bool { return unit(i, 0xfa11) < s.cfg.FailFraction }
 
 // maxPollAfter bounds how long the server may send a cluster away for, as in the agent.
-const maxPollAfter = time.Hour
+const (
+	maxPollAfter     = time.Hour
+	maxBellPollAfter = 24 * time.Hour
+)
 
 // streamsPerConn is how many long polls share a connection, below the 250 concurrent
 // streams Go's HTTP/2 server allows by default.
@@ -589,6 +592,10 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 		// As the agent: a poll's answer, held or not, may ask for the cluster's tunnel.
 		cl.OnTunnelWanted(func(token string) { s.wantTunnel(i, token) })
 	}
+	var bellAfter time.Duration
+	if c.bell != nil {
+		cl.OnDoorbell(func(d client.DoorbellAd) { bellAfter = d.PollAfter })
+	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout+wait)
 	defer cancel()
 	begun := s.now()
@@ -628,6 +635,11 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 		s.st.pollAfter.Store(int64(after))
 	}
 	after = min(after, maxPollAfter)
+	every := after // heartbeats follow the HTTPS interval, as the agent's
+	if bellAfter > 0 {
+		// As the agent whose doorbell answers: polls hours apart, as the server says.
+		after = min(bellAfter, maxBellPollAfter)
+	}
 	now := s.now()
 	mu := s.lock(i)
 	mu.Lock()
@@ -637,7 +649,7 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 	// The next poll starts poll-after after this one started: a poll the server held that
 	// long is followed at once by the next.
 	c.nextPoll = max(begun+int64(after), now)
-	c.pollAfterMs = uint32(after / time.Millisecond)
+	c.pollAfterMs = uint32(every / time.Millisecond)
 	first := c.flags&flagPolled == 0
 	c.flags |= flagPolled
 	mu.Unlock()
