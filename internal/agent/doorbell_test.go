@@ -22,10 +22,11 @@ import (
 // hour, so that only a long poll or the doorbell brings them a change sooner.
 func startBellServer(t *testing.T, sans ...string) (*realServer, *server.Server, string) {
 	t.Helper()
-	return startBellServerWith(t, fleet.Config{PollInterval: time.Hour, StatusInterval: 100 * time.Millisecond}, sans...)
+	return startBellServerWith(t, server.Config{Fleet: fleet.Config{PollInterval: time.Hour, StatusInterval: 100 * time.Millisecond}}, sans...)
 }
 
-func startBellServerWith(t *testing.T, fc fleet.Config, sans ...string) (*realServer, *server.Server, string) {
+// startBellServerWith is startBellServer with cfg's fleet and doorbell settings.
+func startBellServerWith(t *testing.T, cfg server.Config, sans ...string) (*realServer, *server.Server, string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -35,8 +36,8 @@ func startBellServerWith(t *testing.T, fc fleet.Config, sans ...string) (*realSe
 	l.Close()
 	const admin = "test-admin-token-0123456789"
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: admin, TLSSANs: sans,
-		Logger: slog.New(slog.DiscardHandler), Fleet: fc})
+	cfg.Listen, cfg.DataDir, cfg.BootstrapToken, cfg.TLSSANs, cfg.Logger = addr, t.TempDir(), admin, sans, slog.New(slog.DiscardHandler)
+	s, err := server.New(ctx, cfg)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -184,24 +185,43 @@ func TestDoorbellOff(t *testing.T) {
 // agent's pings are answered it polls at the far longer interval the server gives clusters
 // on the doorbell: the idle fleet costs datagrams, not HTTPS requests.
 func TestDoorbellQuietsPolls(t *testing.T) {
-	rs, _, _ := startBellServerWith(t, fleet.Config{PollInterval: time.Second, BellPollInterval: time.Hour, StatusInterval: 100 * time.Millisecond})
+	rs, _, _ := startBellServerWith(t, server.Config{Fleet: fleet.Config{PollInterval: time.Second, BellPollInterval: time.Hour, StatusInterval: 100 * time.Millisecond}})
 	tok := rs.token(t, "open", api.RegistrationTokenSpec{})
 	cfg := bellAgentConfig(t, rs.url, rs.checksum, tok, "idle")
 	cfg.PollInterval, cfg.PollWait = time.Second, time.Second
 	startAgentAs(t, "uid-idle", cfg, nil)
 	waitFor(t, "the agent to report the doorbell on", func() bool { return rs.doorbellOf(t, "idle") == api.DoorbellOn })
-	last := rs.desiredPolls(t)
+	last := rs.agentRequests(t, "desired")
 	waitFor(t, "three seconds without a poll", func() bool {
 		time.Sleep(3 * time.Second)
-		n := rs.desiredPolls(t)
+		n := rs.agentRequests(t, "desired")
 		quiet := n == last
 		last = n
 		return quiet
 	})
 }
 
-// desiredPolls is how many polls the server answered, from its metrics.
-func (rs *realServer) desiredPolls(t *testing.T) int {
+// TestDoorbellRekey: after rotate-keys the agent is told by its doorbell to fetch its new
+// key, does, and is rung with it.
+func TestDoorbellRekey(t *testing.T) {
+	rs, _, _ := startBellServerWith(t, server.Config{DoorbellInterval: time.Second,
+		Fleet: fleet.Config{PollInterval: time.Hour, StatusInterval: 100 * time.Millisecond}})
+	tok := rs.token(t, "open", api.RegistrationTokenSpec{})
+	ap := newFakeApplier()
+	startAgentAs(t, "uid-rekey", bellAgentConfig(t, rs.url, rs.checksum, tok, "rekey"), ap)
+	waitFor(t, "the agent to report the doorbell on", func() bool { return rs.doorbellOf(t, "rekey") == api.DoorbellOn })
+	fetched := rs.agentRequests(t, "doorbell")
+	if _, err := rs.admin.RotateKeys(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the agent to fetch its new doorbell key", func() bool { return rs.agentRequests(t, "doorbell") > fetched })
+	rs.applyConfigMapBundle(t, "first", "rekey", "1")
+	waitFor(t, "the bundle applied after a ring", func() bool { return appliedCount(ap) >= 1 })
+}
+
+// agentRequests is how many agent calls of a kind (desired, doorbell, …) the server
+// answered, from its metrics.
+func (rs *realServer) agentRequests(t *testing.T, call string) int {
 	t.Helper()
 	tc, _ := client.TLSConfig(nil, rs.checksum, false)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
@@ -215,7 +235,7 @@ func (rs *realServer) desiredPolls(t *testing.T) int {
 	b, _ := io.ReadAll(resp.Body)
 	n := 0
 	for line := range strings.Lines(string(b)) {
-		if strings.HasPrefix(line, "flotilla_agent_requests_total{") && strings.Contains(line, `call="desired"`) {
+		if strings.HasPrefix(line, "flotilla_agent_requests_total{") && strings.Contains(line, `call="`+call+`"`) {
 			f := strings.Fields(line)
 			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
 			n += int(v)
