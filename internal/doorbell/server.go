@@ -570,8 +570,4 @@ func (s *Server) sweeper(ctx context.Context) {
 }
 
 // Len is the number of clusters whose agents ping.
-func (s *Server) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.entries)
-}
+func (s *Server) Len() int { return int(s.count.Load()) }
