@@ -112,6 +112,8 @@ type Fleet struct {
 	// loadRev is the store revision the model was loaded at.
 	loadRev  int64
 	ready    atomic.Bool
+	// loadedAt is when the model was last loaded (unix nanoseconds).
+	loadedAt atomic.Int64
 	bell     atomic.Pointer[Pingers]
 	clusters atomic.Int64
 

@@ -1,8 +1,13 @@
 package fleet
 
 import (
+	"context"
+	"encoding/json"
 	"testing"
 	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
 )
 
 type pingers struct {
@@ -50,5 +55,39 @@ func TestIntervalsWithDoorbell(t *testing.T) {
 	f.clusters.Store(1_000_000)
 	if got, want := f.BellInterval(), 10000*time.Second; got != want {
 		t.Fatalf("doorbell poll interval at 1M clusters and 100 polls/s: %v, want %v", got, want)
+	}
+}
+
+// TestLoadKeepsStoredState: after a load (a restart), clusters whose stored lastSeen is old
+// keep their stored state for one offline period instead of all turning Offline at once.
+func TestLoadKeepsStoredState(t *testing.T) {
+	ctx := context.Background()
+	st := seedClusters(t, 2) // stored Ready, last seen days ago
+	obj, err := st.Get(ctx, store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: seededName(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Status = json.RawMessage(`{"state":"Offline","lastSeen":"2026-11-22T20:00:00Z"}`)
+	if _, err := st.Update(ctx, obj); err != nil {
+		t.Fatal(err)
+	}
+	f := New(st, Config{OfflineAfter: time.Minute})
+	if _, err := f.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	ready, offline := f.workspaces["fleet-default"].clusters[seededName(0)], f.workspaces["fleet-default"].clusters[seededName(1)]
+	if got := f.clusterState(ready, now); got != api.StateReady {
+		t.Errorf("a cluster stored Ready is %s just after the load, want Ready", got)
+	}
+	if got := f.clusterState(offline, now); got != "Offline" {
+		t.Errorf("a cluster stored Offline is %s just after the load, want Offline", got)
+	}
+	if got := f.clusterState(ready, now.Add(2*time.Minute)); got != "Offline" {
+		t.Errorf("a cluster silent for an offline period after the load is %s, want Offline", got)
+	}
+	f.Seen("fleet-default", seededName(1), now)
+	if got := f.clusterState(offline, now); got != api.StateReady {
+		t.Errorf("a cluster stored Offline that called again is %s, want Ready", got)
 	}
 }

@@ -125,11 +125,22 @@ func (f *Fleet) offlineAfter() time.Duration {
 	return max(f.cfg.OfflineAfter, 3*f.seenInterval())
 }
 
+// loadGrace says whether c, not heard from since the model loaded, keeps the state it
+// was stored with: the stored lastSeen is coarse (refreshed every seenResolution, hours at
+// 1M clusters), so after a restart the whole fleet would turn Offline at the first sweep,
+// and back as it called again, two status writes per cluster. Until one offline period
+// after the load it is Offline only if it was stored Offline.
+func (f *Fleet) loadGrace(c *Cluster, now time.Time) bool {
+	l := f.loadedAt.Load()
+	return l != 0 && c.seen.Load() < l && now.UnixNano()-l < int64(f.offlineAfter()) &&
+		c.state != "" && c.state != "Offline" && c.state != "Pending"
+}
+
 func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
 	switch {
 	case c.seen.Load() == 0:
 		return "Pending"
-	case now.Sub(c.lastSeen()) > f.offlineAfter():
+	case now.Sub(c.lastSeen()) > f.offlineAfter() && !f.loadGrace(c, now):
 		return "Offline"
 	}
 	if c.counts.notReady() {

@@ -81,6 +81,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	start := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.loadedAt.Store(start.UnixNano())
 	f.workspaces = map[string]*workspace{}
 	f.byUID = map[string]*Cluster{}
 	// Deployment statuses and report sequences are read on a second connection while the

@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"time"
+
 	"context"
 	"os"
 	"slices"
@@ -20,6 +22,9 @@ func TestListClustersPages(t *testing.T) {
 	if _, err := f.load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// The seeded clusters were last seen days ago: past the load's grace, they are Offline.
+	f.loadedAt.Store(time.Now().Add(-time.Hour).UnixNano())
+	f.sweep(time.Now())
 	prod := labels.SelectorFromSet(labels.Set{"env": "prod"})
 	euOnly := func(c rbac.Cluster) bool { return c.Labels["region"] == "eu" }
 	for _, tc := range []struct {
