@@ -89,7 +89,12 @@ func (a *agent) reportLoop(ctx context.Context) error {
 // not depend on them: every poll counts as the cluster being seen.
 const heartbeatPolls = 8
 
-// heartbeatInterval is HeartbeatInterval, or heartbeatPolls poll intervals if longer.
+// heartbeatInterval is HeartbeatInterval, or heartbeatPolls poll intervals if longer; on the
+// doorbell (whose pings keep the cluster seen) at least its poll interval, hours.
 func (a *agent) heartbeatInterval() time.Duration {
-	return max(a.cfg.HeartbeatInterval, heartbeatPolls*time.Duration(a.pollAfter.Load()))
+	d := max(a.cfg.HeartbeatInterval, heartbeatPolls*time.Duration(a.pollAfter.Load()))
+	if a.doorbellUsable() {
+		d = max(d, time.Duration(a.bellPollAfter.Load()))
+	}
+	return d
 }

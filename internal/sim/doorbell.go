@@ -42,11 +42,13 @@ type bellSocket struct {
 	ids  map[doorbell.UID]int32
 }
 
-// bellState is what a simulated cluster keeps for its doorbell: 56 bytes.
+// bellState is what a simulated cluster keeps for its doorbell: 64 bytes.
 type bellState struct {
 	key      [32]byte
 	uid      doorbell.UID
 	nextPing int64
+	// pollAfterMs is the poll interval the server gave while the doorbell answers.
+	pollAfterMs uint32
 }
 
 func newBells(cfg *Config) (*bells, error) {

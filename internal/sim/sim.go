@@ -650,6 +650,9 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 	// long is followed at once by the next.
 	c.nextPoll = max(begun+int64(after), now)
 	c.pollAfterMs = uint32(every / time.Millisecond)
+	if c.bell != nil {
+		c.bell.pollAfterMs = uint32(bellAfter / time.Millisecond)
+	}
 	first := c.flags&flagPolled == 0
 	c.flags |= flagPolled
 	mu.Unlock()
@@ -817,7 +820,12 @@ func (s *Sim) report(ctx context.Context, i int, beat bool) error {
 	c.reportAt = 0
 	if beat {
 		// As the agent: at least eight poll intervals apart (heartbeatPolls there).
-		c.nextBeat = now + max(int64(s.cfg.Heartbeat), 8*int64(c.pollAfterMs)*int64(time.Millisecond))
+		beat := max(int64(s.cfg.Heartbeat), 8*int64(c.pollAfterMs)*int64(time.Millisecond))
+		if c.bell != nil {
+			// As the agent on the doorbell: at least its poll interval.
+			beat = max(beat, int64(c.bell.pollAfterMs)*int64(time.Millisecond))
+		}
+		c.nextBeat = now + beat
 	}
 	mu.Unlock()
 	return nil
