@@ -178,13 +178,14 @@ func (f *Fleet) aggRecount(c *Cluster, old, now string) {
 	}
 }
 
-// aggRebuild counts every cluster afresh (after a load). The caller holds the write lock.
-func (f *Fleet) aggRebuild(now time.Time) {
+// aggRebuild counts every cluster afresh (after a load), with order holding them all in
+// list order. The caller holds the write lock.
+func (f *Fleet) aggRebuild(order *btree.BTreeG[*Cluster], now time.Time) {
 	f.agg = newAggIndex()
+	f.agg.order = order
 	for _, w := range f.workspaces {
 		for _, c := range w.clusters {
 			c.agg = aggIn{}
-			f.agg.order.ReplaceOrInsert(c)
 			f.aggUpdate(w, c, now)
 		}
 	}

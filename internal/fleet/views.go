@@ -362,6 +362,14 @@ func (h *keyHeap) Pop() any {
 	return c
 }
 
+// keyCmp orders clusters as keyLess does.
+func keyCmp(a, b *Cluster) int {
+	if a.Namespace != b.Namespace {
+		return strings.Compare(a.Namespace, b.Namespace)
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
 func keyLess(a, b *Cluster) bool {
 	if a.Namespace != b.Namespace {
 		return a.Namespace < b.Namespace
