@@ -460,7 +460,15 @@ func (f *Fleet) match(w *workspace, b *bundleEntry, c *Cluster) (int, string) {
 	if b.matcher == nil || b.spec.ContentHash == "" {
 		return -1, ""
 	}
-	t, ok := b.matcher.Match(f.clusterView(w, c))
+	var view bundle.Cluster
+	if b.usesGroups {
+		view = f.clusterView(w, c)
+	} else {
+		// No target or restriction of b names a group: the cluster's groups (two maps made
+		// per cluster and bundle) would not be read.
+		view = bundle.Cluster{Name: c.Name, Namespace: c.Namespace, Labels: c.Labels, Annotations: c.Annotations}
+	}
+	t, ok := b.matcher.Match(view)
 	if !ok {
 		return -1, ""
 	}

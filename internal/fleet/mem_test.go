@@ -41,7 +41,8 @@ func TestModelMemory(t *testing.T) {
 		t.Fatalf("bundle app: %+v, want %d clusters Ready", b, n)
 	}
 	runtime.ReadMemStats(&after)
-	t.Logf("FIGURE after the load: heap in use %d B per cluster, RSS %d B per cluster", (after.HeapInuse-before.HeapInuse)/uint64(n), rss()/uint64(n))
+	t.Logf("FIGURE after the load: heap in use %d B per cluster, RSS %d B per cluster; the load allocated %d B per cluster, %d collections",
+		(after.HeapInuse-before.HeapInuse)/uint64(n), rss()/uint64(n), (after.TotalAlloc-before.TotalAlloc)/uint64(n), after.NumGC-before.NumGC)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	t.Logf("FIGURE fleet model: %d clusters, %d bytes of live heap per cluster", n, (after.HeapAlloc-before.HeapAlloc)/uint64(n))

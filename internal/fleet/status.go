@@ -289,6 +289,11 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st, stored: c.statusHash,
 			onDone: func() { c.state, c.storedSeen = state, seen }})
 	}
+	if len(f.dirtyClusters) == 0 && n > 1024 {
+		// A map keeps the size it grew to (a whole fleet's after a load or a change covering
+		// all clusters): an empty one is given back.
+		f.dirtyClusters = map[*Cluster]struct{}{}
+	}
 	for ns := range f.dirtyGroups {
 		w := f.workspaces[ns]
 		if w == nil {
