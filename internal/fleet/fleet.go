@@ -144,13 +144,13 @@ type workspace struct {
 	bundles  map[string]*bundleEntry
 }
 
-// Cluster is one registered cluster in memory.
+// Cluster is one registered cluster in memory. A million of them are most of the server's
+// heap: fields few clusters use live in more, and small ones are kept together so that the
+// struct stays in a smaller size class.
 type Cluster struct {
 	Namespace, Name, UID string
 	Labels, Annotations  map[string]string
 	ClientID             string
-	Paused               bool
-	Values               map[string]any
 
 	// desiredRev is the version of the desired state: a digest of it (see version), so that
 	// an agent's version from before a restart still matches when nothing changed for it.
@@ -162,18 +162,80 @@ type Cluster struct {
 	seq       int64
 	// seen is when the agent last called, in unix nanoseconds; polls set it under the read
 	// lock, so it is atomic.
-	seen       atomic.Int64
-	storedSeen time.Time
-	inventory  string // JSON; interned, since most clusters of a fleet report alike
-	storedInv  string // the inventory last seen stored (by any replica)
-	state      string // last written cluster state
-	tmplHash   string
+	seen atomic.Int64
+	// storedSeen is the lastSeen last seen stored, in unix nanoseconds (0: none).
+	storedSeen int64
+	inventory  string      // JSON; interned, since most clusters of a fleet report alike
+	storedInv  string      // the inventory last seen stored (by any replica)
+	state      string      // last written cluster state
 	statusHash uint64      // of the stored status document (see statusHash)
 	deps       deps        // one pair per bundle that targets the cluster or that it reported
 	counts     stateCounts // effective state → n, over this cluster's deployments
-	access     *accessReport
-	projects   map[string]struct{} // projects whose usage the cluster reported
-	agg        aggIn               // what the cluster added to the dashboard's counts
+	Paused     bool
+	more       *clusterMore
+	agg        aggIn // what the cluster added to the dashboard's counts
+}
+
+// clusterMore is what few clusters have.
+type clusterMore struct {
+	values   map[string]any // the cluster's templateValues
+	tmplHash string
+	access   *accessReport
+	projects map[string]struct{} // projects whose usage the cluster reported
+}
+
+// ext returns c's clusterMore, made if it has none.
+func (c *Cluster) ext() *clusterMore {
+	if c.more == nil {
+		c.more = &clusterMore{}
+	}
+	return c.more
+}
+
+// Values returns the cluster's templateValues.
+func (c *Cluster) Values() map[string]any {
+	if c.more == nil {
+		return nil
+	}
+	return c.more.values
+}
+
+// setValues sets the cluster's templateValues and forgets the digest made of them.
+func (c *Cluster) setValues(v map[string]any) {
+	if c.more == nil && v == nil {
+		return
+	}
+	c.ext().values, c.more.tmplHash = v, ""
+}
+
+func (c *Cluster) accessReport() *accessReport {
+	if c.more == nil {
+		return nil
+	}
+	return c.more.access
+}
+
+func (c *Cluster) projectSet() map[string]struct{} {
+	if c.more == nil {
+		return nil
+	}
+	return c.more.projects
+}
+
+// storedSeenAt is when the stored lastSeen says the agent last called (zero: unknown).
+func (c *Cluster) storedSeenAt() time.Time {
+	if c.storedSeen == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, c.storedSeen)
+}
+
+func (c *Cluster) setStoredSeen(t time.Time) {
+	if t.IsZero() {
+		c.storedSeen = 0
+		return
+	}
+	c.storedSeen = t.UnixNano()
 }
 
 // stateIndex is the index of a known state in states, or -1.
@@ -406,13 +468,14 @@ func digestOf(parts ...string) string {
 }
 
 func templateHash(c *Cluster) string {
-	if c.tmplHash == "" {
+	m := c.ext()
+	if m.tmplHash == "" {
 		l, _ := json.Marshal(c.Labels)
 		a, _ := json.Marshal(c.Annotations)
-		v, _ := json.Marshal(c.Values)
-		c.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a), string(v))
+		v, _ := json.Marshal(m.values)
+		m.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a), string(v))
 	}
-	return c.tmplHash
+	return m.tmplHash
 }
 
 // compileBundle prepares a bundle's targets: which clusters match and, per target, the
@@ -642,7 +705,7 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 		return nil, rev, nil
 	}
 	ds := &api.DesiredState{ClusterName: c.Name, ClusterNamespace: c.Namespace,
-		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values, Deployments: []api.DeploymentSpec{}}
+		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values(), Deployments: []api.DeploymentSpec{}}
 	names := make([]string, 0, len(c.deps))
 	for _, p := range c.deps {
 		if p.target >= 0 {

@@ -143,8 +143,8 @@ func (f *Fleet) learnStatus(c *Cluster, status json.RawMessage) {
 		if n := st.LastSeen.UnixNano(); n > c.seen.Load() {
 			c.seen.Store(n)
 		}
-		if st.LastSeen.After(c.storedSeen) {
-			c.storedSeen = *st.LastSeen
+		if st.LastSeen.After(c.storedSeenAt()) {
+			c.setStoredSeen(*st.LastSeen)
 		}
 	}
 	if st.State != "" {
@@ -166,7 +166,7 @@ func (f *Fleet) followerWrites() []pendingWrite {
 		delete(f.dirtyClusters, c)
 		seen := c.lastSeen()
 		inv := c.inventory
-		newSeen := !seen.IsZero() && seen.Sub(c.storedSeen) > res
+		newSeen := !seen.IsZero() && seen.Sub(c.storedSeenAt()) > res
 		newInv := inv != "" && inv != c.storedInv
 		if !newSeen && !newInv {
 			continue
@@ -201,7 +201,7 @@ func (f *Fleet) followerWrites() []pendingWrite {
 			},
 			onDone: func() {
 				if newSeen {
-					c.storedSeen = seen
+					c.setStoredSeen(seen)
 				}
 				if newInv {
 					c.storedInv = inv

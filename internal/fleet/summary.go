@@ -239,7 +239,7 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	r.b = r.b[n:]
 	if seen != 0 {
 		c.seen.Store(seen)
-		c.storedSeen = time.Unix(0, seen)
+		c.storedSeen = seen
 	}
 	if inv := r.bytes(); len(inv) > 0 {
 		c.inventory = internJSON(inv)
@@ -249,7 +249,9 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	c.Annotations = r.strMap(false)
 	if r.err == nil && len(r.b) > 0 {
 		if v := r.bytes(); len(v) > 0 {
-			json.Unmarshal(v, &c.Values)
+			var values map[string]any
+			json.Unmarshal(v, &values)
+			c.setValues(values)
 		}
 	}
 	if r.err == nil && len(r.b) >= 8 {

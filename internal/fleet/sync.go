@@ -477,7 +477,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	if !isNew {
 		f.learnStatus(c, obj.Status)
 	}
-	if !isNew && maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values, spec.TemplateValues) {
+	if !isNew && maps.Equal(c.Labels, obj.Metadata.Labels) && maps.Equal(c.Annotations, obj.Metadata.Annotations) && c.Paused == spec.Paused && sameValues(c.Values(), spec.TemplateValues) {
 		// A status write, or a spec change that does not affect targeting.
 		f.setClientID(w, c, spec.ClientID)
 		f.aggUpdate(w, c, time.Now())
@@ -486,8 +486,11 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	c.Labels = sharedMap(obj.Metadata.Labels)
 	c.Annotations = sharedMap(obj.Metadata.Annotations)
 	f.setClientID(w, c, spec.ClientID)
-	c.Paused, c.Values = spec.Paused, spec.TemplateValues
-	c.tmplHash = ""
+	c.Paused = spec.Paused
+	c.setValues(spec.TemplateValues)
+	if c.more != nil {
+		c.more.tmplHash = "" // the labels may have changed
+	}
 	f.retarget(w, c, true)
 	f.aggUpdate(w, c, time.Now())
 	f.dirtyGroups[w.name] = struct{}{}
