@@ -336,14 +336,13 @@ type pair struct {
 	reportedID string
 	state      string
 	message    string
-	held       *api.DeploymentSpec
-	heldID     string
+	held       *api.DeploymentSpec // its ID is the held deployment's
 }
 
 // available reports whether the cluster runs this bundle well, in whichever version it has.
 func (p *pair) available() bool {
 	if p.held != nil {
-		return p.reportedID == p.heldID && p.state == api.StateReady
+		return p.reportedID == p.held.ID && p.state == api.StateReady
 	}
 	return p.effective() == api.StateReady
 }
@@ -564,14 +563,14 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 	old := p.effective()
 	switch {
 	case target < 0:
-		p.held, p.heldID = nil, ""
+		p.held = nil
 	case prev != nil && p.held == nil && p.target >= 0 && p.target < len(prev.targets):
 		spec := *prev.targets[p.target].spec
 		spec.ID = p.desiredID
-		p.held, p.heldID = &spec, p.desiredID
+		p.held = &spec
 		b.rolling = true
 	case prev == nil:
-		p.held, p.heldID = nil, ""
+		p.held = nil
 	}
 	p.target, p.desiredID = target, id
 	f.recount(b, c, old, p.effective())
