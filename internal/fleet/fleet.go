@@ -25,6 +25,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -165,8 +166,8 @@ type Cluster struct {
 	seen atomic.Int64
 	// storedSeen is the lastSeen last seen stored, in unix nanoseconds (0: none).
 	storedSeen int64
-	inventory  string      // JSON; interned, since most clusters of a fleet report alike
-	storedInv  string      // the inventory last seen stored (by any replica)
+	inventory  invDoc      // most clusters of a fleet report alike
+	storedInv  invDoc      // the inventory last seen stored (by any replica)
 	state      string      // last written cluster state
 	statusHash uint64      // of the stored status document (see statusHash)
 	deps       deps        // one pair per bundle that targets the cluster or that it reported
@@ -174,6 +175,27 @@ type Cluster struct {
 	Paused     bool
 	more       *clusterMore
 	agg        aggIn // what the cluster added to the dashboard's counts
+}
+
+// invDoc is an inventory's JSON, one copy of each held by the unique package; the zero
+// invDoc is none. Half the size of a string, and a copy no cluster holds any more is
+// freed.
+type invDoc = unique.Handle[string]
+
+// invOf returns the invDoc of JSON b ("" and null: none).
+func invOf(b []byte) invDoc {
+	if len(b) == 0 || string(b) == "null" {
+		return invDoc{}
+	}
+	return unique.Make(string(b))
+}
+
+// invJSON returns the JSON of an invDoc ("" for none).
+func invJSON(d invDoc) string {
+	if d == (invDoc{}) {
+		return ""
+	}
+	return d.Value()
 }
 
 // clusterMore is what few clusters have.
@@ -993,8 +1015,8 @@ func (f *Fleet) setInventory(c *Cluster, inv *api.ClusterInventory) {
 	if inv == nil {
 		return
 	}
-	if raw, _ := json.Marshal(inv); string(raw) != c.inventory {
-		c.inventory = internJSON(raw)
+	if raw, _ := json.Marshal(inv); string(raw) != invJSON(c.inventory) {
+		c.inventory = invOf(raw)
 		f.dirtyClusters[c] = struct{}{}
 		f.aggTouch(c)
 	}

@@ -150,7 +150,7 @@ func (f *Fleet) learnStatus(c *Cluster, status json.RawMessage) {
 	if st.State != "" {
 		c.state = canonicalState(st.State)
 	}
-	if inv := internJSON(st.Inventory); inv != "" && inv != c.storedInv {
+	if inv := invOf(st.Inventory); inv != (invDoc{}) && inv != c.storedInv {
 		c.storedInv, c.inventory = inv, inv
 	}
 }
@@ -167,7 +167,7 @@ func (f *Fleet) followerWrites() []pendingWrite {
 		seen := c.lastSeen()
 		inv := c.inventory
 		newSeen := !seen.IsZero() && seen.Sub(c.storedSeenAt()) > res
-		newInv := inv != "" && inv != c.storedInv
+		newInv := inv != (invDoc{}) && inv != c.storedInv
 		if !newSeen && !newInv {
 			continue
 		}
@@ -195,7 +195,7 @@ func (f *Fleet) followerWrites() []pendingWrite {
 					}
 				}
 				if newInv {
-					m["inventory"] = json.RawMessage(inv)
+					m["inventory"] = json.RawMessage(invJSON(inv))
 				}
 				return m, nil
 			},

@@ -277,9 +277,9 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		if cond := accessCondition(c); cond != nil {
 			st.Conditions = append(st.Conditions, *cond)
 		}
-		if len(c.inventory) > 0 {
+		if inv := invJSON(c.inventory); inv != "" {
 			st.Inventory = &api.ClusterInventory{}
-			json.Unmarshal([]byte(c.inventory), st.Inventory)
+			json.Unmarshal([]byte(inv), st.Inventory)
 		}
 		seen := c.lastSeen()
 		if !seen.IsZero() {

@@ -242,7 +242,7 @@ func decodeCluster(b []byte) (*Cluster, error) {
 		c.storedSeen = seen
 	}
 	if inv := r.bytes(); len(inv) > 0 {
-		c.inventory = internJSON(inv)
+		c.inventory = invOf(inv)
 		c.storedInv = c.inventory
 	}
 	c.Labels = r.strMap(true)

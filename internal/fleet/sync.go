@@ -297,14 +297,6 @@ func (c *chunked[T]) each(fn func(*T)) {
 // use the table.
 var internTable = map[string]string{}
 
-// internJSON returns the canonical copy of a JSON document as a string ("" for none).
-func internJSON(b []byte) string {
-	if len(b) == 0 || string(b) == "null" {
-		return ""
-	}
-	return internBytes(b)
-}
-
 func internBytes(b []byte) string {
 	if s, ok := internTable[string(b)]; ok {
 		return s
@@ -468,7 +460,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 			Inventory json.RawMessage `json:"inventory"`
 		}
 		json.Unmarshal(obj.Status, &st)
-		c.inventory = internJSON(st.Inventory)
+		c.inventory = invOf(st.Inventory)
 		c.storedInv = c.inventory
 		c.state = canonicalState(st.State)
 		f.dirtyClusters[c] = struct{}{}
