@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -46,6 +47,13 @@ func TestModelMemory(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	t.Logf("FIGURE fleet model: %d clusters, %d bytes of live heap per cluster", n, (after.HeapAlloc-before.HeapAlloc)/uint64(n))
+	// What one collection of the model costs: an idle server collects every
+	// (GOGC/100 × live heap) / (allocation rate) seconds.
+	start, cpu := time.Now(), cpuTime()
+	runtime.GC()
+	t.Logf("FIGURE a collection with the model loaded: %v, %v of CPU", time.Since(start).Round(time.Millisecond), (cpuTime() - cpu).Round(time.Millisecond))
+	debug.FreeOSMemory()
+	t.Logf("FIGURE RSS after FreeOSMemory: %d B per cluster", rss()/uint64(n))
 	if p := os.Getenv("FLOTILLA_MEM_PROFILE"); p != "" {
 		fh, _ := os.Create(p)
 		pprof.Lookup("heap").WriteTo(fh, 0)
