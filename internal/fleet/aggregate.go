@@ -183,12 +183,16 @@ func (f *Fleet) aggRecount(c *Cluster, old, now string) {
 func (f *Fleet) aggRebuild(order *btree.BTreeG[*Cluster], now time.Time) {
 	f.agg = newAggIndex()
 	f.agg.order = order
-	for _, w := range f.workspaces {
-		for _, c := range w.clusters {
-			c.agg = aggIn{}
-			f.aggUpdate(w, c, now)
+	// In list order, close to the order the clusters lie in memory (map order is not).
+	var w *workspace
+	order.Ascend(func(c *Cluster) bool {
+		if w == nil || w.name != c.Namespace {
+			w = f.workspaces[c.Namespace]
 		}
-	}
+		c.agg = aggIn{}
+		f.aggUpdate(w, c, now)
+		return true
+	})
 }
 
 // indexed says whether an overview of q can be read from the counts: q narrows the fleet by
