@@ -53,7 +53,11 @@ func TestModelMemory(t *testing.T) {
 	runtime.GC()
 	t.Logf("FIGURE a collection with the model loaded: %v, %v of CPU", time.Since(start).Round(time.Millisecond), (cpuTime() - cpu).Round(time.Millisecond))
 	debug.FreeOSMemory()
-	t.Logf("FIGURE RSS after FreeOSMemory: %d B per cluster", rss()/uint64(n))
+	runtime.ReadMemStats(&after)
+	per := func(v uint64) uint64 { return v / uint64(n) }
+	t.Logf("FIGURE RSS after FreeOSMemory: %d B per cluster (heap objects %d, heap spans in use %d, runtime metadata %d, everything else mapped by Go %d)",
+		per(rss()), per(after.HeapAlloc), per(after.HeapInuse), per(after.MSpanSys+after.MCacheSys+after.GCSys+after.BuckHashSys+after.OtherSys),
+		per(after.StackSys+after.HeapSys-after.HeapReleased-after.HeapInuse))
 	if p := os.Getenv("FLOTILLA_MEM_PROFILE"); p != "" {
 		fh, _ := os.Create(p)
 		pprof.Lookup("heap").WriteTo(fh, 0)
