@@ -88,9 +88,9 @@ func (f *Fleet) scan(ctx context.Context, kind string, rev *int64, fn func(json.
 func (f *Fleet) load(ctx context.Context) (int64, error) {
 	start := time.Now()
 	// A load allocates ~2.5 times what it keeps, all of it while the live heap grows from
-	// nothing: at the usual GOGC the collector would run a dozen times and mark the growing
-	// model in each, a third of the load's CPU. A higher GOGC meanwhile lets it run two or
-	// three times (the heap still bounded by a multiple of what is live); the garbage is given
+	// nothing: at the usual GOGC the collector ran ten times at 200k clusters, marking the
+	// growing model in each, a fifth to a third of the load's CPU. A higher GOGC meanwhile
+	// lets it run two or three times (the heap still bounded by a multiple of what is live); the garbage is given
 	// back after the load (Run).
 	if old := debug.SetGCPercent(loadGCPercent); old < 0 || old >= loadGCPercent {
 		debug.SetGCPercent(old) // off, or already as high
