@@ -180,8 +180,8 @@ func (f *Fleet) takeAccess(c *Cluster, rep *api.AccessReport) {
 	if rep == nil {
 		return
 	}
-	if c.access == nil || c.access.digest != rep.Digest || c.access.err != rep.Error {
-		c.access = &accessReport{digest: rep.Digest, err: rep.Error}
+	if a := c.accessReport(); a == nil || a.digest != rep.Digest || a.err != rep.Error {
+		c.ext().access = &accessReport{digest: rep.Digest, err: rep.Error}
 		f.dirtyClusters[c] = struct{}{}
 	}
 	if f.access == nil {
@@ -206,10 +206,10 @@ func (f *Fleet) takeAccess(c *Cluster, rep *api.AccessReport) {
 		}
 	}
 	// Projects this cluster reported before and no longer does lose its usage.
-	for p := range c.projects {
+	for p := range c.projectSet() {
 		if _, ok := rep.Usage[p]; !ok || !allowed[p] {
 			delete(f.usage[p], c.UID)
-			delete(c.projects, p)
+			delete(c.more.projects, p)
 			f.dirtyProjects[p] = struct{}{}
 		}
 	}
@@ -224,10 +224,11 @@ func (f *Fleet) takeAccess(c *Cluster, rep *api.AccessReport) {
 			continue
 		}
 		f.usage[p][c.UID] = nss
-		if c.projects == nil {
-			c.projects = map[string]struct{}{}
+		m := c.ext()
+		if m.projects == nil {
+			m.projects = map[string]struct{}{}
 		}
-		c.projects[p] = struct{}{}
+		m.projects[p] = struct{}{}
 		f.dirtyProjects[p] = struct{}{}
 	}
 }
@@ -238,11 +239,13 @@ func equalUsage(a, b map[string]map[string]string) bool {
 
 // forgetUsage drops a deleted cluster's usage; the caller holds f.mu.
 func (f *Fleet) forgetUsage(c *Cluster) {
-	for p := range c.projects {
+	for p := range c.projectSet() {
 		delete(f.usage[p], c.UID)
 		f.dirtyProjects[p] = struct{}{}
 	}
-	c.projects = nil
+	if c.more != nil {
+		c.more.projects = nil
+	}
 }
 
 // projectWrites are the Project status writes due: each project's usage rolled up with
@@ -283,13 +286,14 @@ func (f *Fleet) projectWrites(now time.Time) []pendingWrite {
 // accessCondition is the AccessApplied condition of a cluster's status, or nil before its
 // agent reported on access.
 func accessCondition(c *Cluster) *api.Condition {
-	if c.access == nil {
+	a := c.accessReport()
+	if a == nil {
 		return nil
 	}
-	if c.access.err != "" {
-		return &api.Condition{Type: ConditionAccessApplied, Status: "False", Reason: "ApplyFailed", Message: c.access.err}
+	if a.err != "" {
+		return &api.Condition{Type: ConditionAccessApplied, Status: "False", Reason: "ApplyFailed", Message: a.err}
 	}
-	return &api.Condition{Type: ConditionAccessApplied, Status: "True", Reason: "Applied", Message: "access objects " + c.access.digest}
+	return &api.Condition{Type: ConditionAccessApplied, Status: "True", Reason: "Applied", Message: "access objects " + a.digest}
 }
 
 // ConditionAccessApplied is the Cluster condition saying whether the agent applied the

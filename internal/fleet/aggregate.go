@@ -42,12 +42,12 @@ type aggCounts struct {
 	n, paused int
 	state     [len(stateSlots)]int
 	// byInv counts the clusters by inventory document (interned: a fleet has few).
-	byInv map[string]int
+	byInv map[invDoc]int
 	// deps counts deployments by state; depClusters the clusters with any in that state.
 	deps, depClusters [len(states)]int
 }
 
-func newAggCounts() aggCounts { return aggCounts{byInv: map[string]int{}} }
+func newAggCounts() aggCounts { return aggCounts{byInv: map[invDoc]int{}} }
 
 // aggGroup is the counts of the clusters of one workspace with one shared label map.
 type aggGroup struct {
@@ -64,7 +64,7 @@ type aggKey struct {
 // aggIn is what a cluster added to the counts.
 type aggIn struct {
 	g      *aggGroup
-	inv    string
+	inv    invDoc
 	state  uint8
 	paused bool
 	// mask has bit i set when the cluster had deployments in states[i].
@@ -178,16 +178,21 @@ func (f *Fleet) aggRecount(c *Cluster, old, now string) {
 	}
 }
 
-// aggRebuild counts every cluster afresh (after a load). The caller holds the write lock.
-func (f *Fleet) aggRebuild(now time.Time) {
+// aggRebuild counts every cluster afresh (after a load), with order holding them all in
+// list order. The caller holds the write lock.
+func (f *Fleet) aggRebuild(order *btree.BTreeG[*Cluster], now time.Time) {
 	f.agg = newAggIndex()
-	for _, w := range f.workspaces {
-		for _, c := range w.clusters {
-			c.agg = aggIn{}
-			f.agg.order.ReplaceOrInsert(c)
-			f.aggUpdate(w, c, now)
+	f.agg.order = order
+	// In list order, close to the order the clusters lie in memory (map order is not).
+	var w *workspace
+	order.Ascend(func(c *Cluster) bool {
+		if w == nil || w.name != c.Namespace {
+			w = f.workspaces[c.Namespace]
 		}
-	}
+		c.agg = aggIn{}
+		f.aggUpdate(w, c, now)
+		return true
+	})
 }
 
 // indexed says whether an overview of q can be read from the counts: q narrows the fleet by
@@ -221,7 +226,7 @@ func (f *Fleet) overviewFromCounts(q ClusterQuery) Overview {
 	}
 	invs := inventories{}
 	for doc, n := range sum.byInv {
-		inv := invs.get(doc)
+		inv := invs.get(invJSON(doc))
 		o.ByVersion[orNone(inv.KubernetesVersion)] += n
 		o.ByArch[orNone(inv.Architecture)] += n
 		o.ByAgent[orNone(inv.AgentVersion)] += n
@@ -312,7 +317,7 @@ func (f *Fleet) countOf(q ClusterQuery, now time.Time) (n int, ok bool) {
 		sum := f.sumCounts(base)
 		invs := inventories{}
 		for doc, k := range sum.byInv {
-			inv := invs.get(doc)
+			inv := invs.get(invJSON(doc))
 			if (q.KubernetesVersion == "" || orNone(inv.KubernetesVersion) == q.KubernetesVersion) &&
 				(q.Architecture == "" || orNone(inv.Architecture) == q.Architecture) &&
 				(q.AgentVersion == "" || orNone(inv.AgentVersion) == q.AgentVersion) {
@@ -345,7 +350,7 @@ func (f *Fleet) matcher(q ClusterQuery, now time.Time) func(w *workspace, c *Clu
 			return false
 		}
 		if byInv {
-			inv := p.invs.get(c.inventory)
+			inv := p.invs.get(invJSON(c.inventory))
 			if (q.KubernetesVersion != "" && orNone(inv.KubernetesVersion) != q.KubernetesVersion) ||
 				(q.Architecture != "" && orNone(inv.Architecture) != q.Architecture) ||
 				(q.AgentVersion != "" && orNone(inv.AgentVersion) != q.AgentVersion) {

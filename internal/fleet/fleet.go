@@ -25,6 +25,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -152,13 +153,13 @@ type workspace struct {
 	bundles  map[string]*bundleEntry
 }
 
-// Cluster is one registered cluster in memory.
+// Cluster is one registered cluster in memory. A million of them are most of the server's
+// heap: fields few clusters use live in more, and small ones are kept together so that the
+// struct stays in a smaller size class.
 type Cluster struct {
 	Namespace, Name, UID string
 	Labels, Annotations  map[string]string
 	ClientID             string
-	Paused               bool
-	Values               map[string]any
 
 	// desiredRev is the version of the desired state: a digest of it (see version), so that
 	// an agent's version from before a restart still matches when nothing changed for it.
@@ -170,18 +171,101 @@ type Cluster struct {
 	seq       int64
 	// seen is when the agent last called, in unix nanoseconds; polls set it under the read
 	// lock, so it is atomic.
-	seen       atomic.Int64
-	storedSeen time.Time
-	inventory  string // JSON; interned, since most clusters of a fleet report alike
-	storedInv  string // the inventory last seen stored (by any replica)
-	state      string // last written cluster state
-	tmplHash   string
+	seen atomic.Int64
+	// storedSeen is the lastSeen last seen stored, in unix nanoseconds (0: none).
+	storedSeen int64
+	inventory  invDoc      // most clusters of a fleet report alike
+	storedInv  invDoc      // the inventory last seen stored (by any replica)
+	state      string      // last written cluster state
 	statusHash uint64      // of the stored status document (see statusHash)
 	deps       deps        // one pair per bundle that targets the cluster or that it reported
 	counts     stateCounts // effective state → n, over this cluster's deployments
-	access     *accessReport
-	projects   map[string]struct{} // projects whose usage the cluster reported
-	agg        aggIn               // what the cluster added to the dashboard's counts
+	Paused     bool
+	more       *clusterMore
+	agg        aggIn // what the cluster added to the dashboard's counts
+}
+
+// invDoc is an inventory's JSON, one copy of each held by the unique package; the zero
+// invDoc is none. Half the size of a string, and a copy no cluster holds any more is
+// freed.
+type invDoc = unique.Handle[string]
+
+// invOf returns the invDoc of JSON b ("" and null: none).
+func invOf(b []byte) invDoc {
+	if len(b) == 0 || string(b) == "null" {
+		return invDoc{}
+	}
+	return unique.Make(string(b))
+}
+
+// invJSON returns the JSON of an invDoc ("" for none).
+func invJSON(d invDoc) string {
+	if d == (invDoc{}) {
+		return ""
+	}
+	return d.Value()
+}
+
+// clusterMore is what few clusters have.
+type clusterMore struct {
+	values   map[string]any // the cluster's templateValues
+	tmplHash string
+	access   *accessReport
+	projects map[string]struct{} // projects whose usage the cluster reported
+}
+
+// ext returns c's clusterMore, made if it has none.
+func (c *Cluster) ext() *clusterMore {
+	if c.more == nil {
+		c.more = &clusterMore{}
+	}
+	return c.more
+}
+
+// Values returns the cluster's templateValues.
+func (c *Cluster) Values() map[string]any {
+	if c.more == nil {
+		return nil
+	}
+	return c.more.values
+}
+
+// setValues sets the cluster's templateValues and forgets the digest made of them.
+func (c *Cluster) setValues(v map[string]any) {
+	if c.more == nil && v == nil {
+		return
+	}
+	c.ext().values, c.more.tmplHash = v, ""
+}
+
+func (c *Cluster) accessReport() *accessReport {
+	if c.more == nil {
+		return nil
+	}
+	return c.more.access
+}
+
+func (c *Cluster) projectSet() map[string]struct{} {
+	if c.more == nil {
+		return nil
+	}
+	return c.more.projects
+}
+
+// storedSeenAt is when the stored lastSeen says the agent last called (zero: unknown).
+func (c *Cluster) storedSeenAt() time.Time {
+	if c.storedSeen == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, c.storedSeen)
+}
+
+func (c *Cluster) setStoredSeen(t time.Time) {
+	if t.IsZero() {
+		c.storedSeen = 0
+		return
+	}
+	c.storedSeen = t.UnixNano()
 }
 
 // stateIndex is the index of a known state in states, or -1.
@@ -282,14 +366,13 @@ type pair struct {
 	reportedID string
 	state      string
 	message    string
-	held       *api.DeploymentSpec
-	heldID     string
+	held       *api.DeploymentSpec // its ID is the held deployment's
 }
 
 // available reports whether the cluster runs this bundle well, in whichever version it has.
 func (p *pair) available() bool {
 	if p.held != nil {
-		return p.reportedID == p.heldID && p.state == api.StateReady
+		return p.reportedID == p.held.ID && p.state == api.StateReady
 	}
 	return p.effective() == api.StateReady
 }
@@ -417,13 +500,14 @@ func digestOf(parts ...string) string {
 }
 
 func templateHash(c *Cluster) string {
-	if c.tmplHash == "" {
+	m := c.ext()
+	if m.tmplHash == "" {
 		l, _ := json.Marshal(c.Labels)
 		a, _ := json.Marshal(c.Annotations)
-		v, _ := json.Marshal(c.Values)
-		c.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a), string(v))
+		v, _ := json.Marshal(m.values)
+		m.tmplHash = digestOf(c.Namespace, c.Name, string(l), string(a), string(v))
 	}
-	return c.tmplHash
+	return m.tmplHash
 }
 
 // compileBundle prepares a bundle's targets: which clusters match and, per target, the
@@ -471,7 +555,15 @@ func (f *Fleet) match(w *workspace, b *bundleEntry, c *Cluster) (int, string) {
 	if b.matcher == nil || b.spec.ContentHash == "" {
 		return -1, ""
 	}
-	t, ok := b.matcher.Match(f.clusterView(w, c))
+	var view bundle.Cluster
+	if b.usesGroups {
+		view = f.clusterView(w, c)
+	} else {
+		// No target or restriction of b names a group: the cluster's groups (two maps made
+		// per cluster and bundle) would not be read.
+		view = bundle.Cluster{Name: c.Name, Namespace: c.Namespace, Labels: c.Labels, Annotations: c.Annotations}
+	}
+	t, ok := b.matcher.Match(view)
 	if !ok {
 		return -1, ""
 	}
@@ -504,14 +596,14 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 	old := p.effective()
 	switch {
 	case target < 0:
-		p.held, p.heldID = nil, ""
+		p.held = nil
 	case prev != nil && p.held == nil && p.target >= 0 && p.target < len(prev.targets):
 		spec := *prev.targets[p.target].spec
 		spec.ID = p.desiredID
-		p.held, p.heldID = &spec, p.desiredID
+		p.held = &spec
 		b.rolling = true
 	case prev == nil:
-		p.held, p.heldID = nil, ""
+		p.held = nil
 	}
 	p.target, p.desiredID = target, id
 	f.recount(b, c, old, p.effective())
@@ -645,7 +737,7 @@ func (f *Fleet) Desired(ns, name, uid string, since int64) (*api.DesiredState, i
 		return nil, rev, nil
 	}
 	ds := &api.DesiredState{ClusterName: c.Name, ClusterNamespace: c.Namespace,
-		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values, Deployments: []api.DeploymentSpec{}}
+		ClusterLabels: c.Labels, ClusterAnnotations: c.Annotations, ClusterValues: c.Values(), Deployments: []api.DeploymentSpec{}}
 	names := make([]string, 0, len(c.deps))
 	for _, p := range c.deps {
 		if p.target >= 0 {
@@ -990,8 +1082,8 @@ func (f *Fleet) setInventory(c *Cluster, inv *api.ClusterInventory) {
 	if inv == nil {
 		return
 	}
-	if raw, _ := json.Marshal(inv); string(raw) != c.inventory {
-		c.inventory = internJSON(raw)
+	if raw, _ := json.Marshal(inv); string(raw) != invJSON(c.inventory) {
+		c.inventory = invOf(raw)
 		f.dirtyClusters[c] = struct{}{}
 		f.aggTouch(c)
 	}

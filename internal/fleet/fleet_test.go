@@ -68,18 +68,18 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 			Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: "c-1", UID: "u-1", Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"}},
 			Spec:     json.RawMessage(`{"clientID":"kube-system-uid","paused":true,"templateValues":{"replicas":3}}`),
 			Status:   json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":{"nodeCount":3}}`)},
-			&Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true, Values: map[string]any{"replicas": float64(3)},
+			&Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true, more: &clusterMore{values: map[string]any{"replicas": float64(3)}},
 				Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"},
-				state: "Ready", storedSeen: seen, inventory: `{"nodeCount":3}`}},
+				state: "Ready", storedSeen: seen.UnixNano(), inventory: invOf([]byte(`{"nodeCount":3}`))}},
 	} {
 		got, err := decodeCluster(SummarizeCluster(tc.obj))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if got.Namespace != tc.want.Namespace || got.Name != tc.want.Name || got.UID != tc.want.UID || got.ClientID != tc.want.ClientID ||
-			got.Paused != tc.want.Paused || got.state != tc.want.state || !got.lastSeen().Equal(tc.want.storedSeen) ||
-			!maps.Equal(got.Labels, tc.want.Labels) || !maps.Equal(got.Annotations, tc.want.Annotations) || string(got.inventory) != string(tc.want.inventory) ||
-			!sameValues(got.Values, tc.want.Values) || got.statusHash != statusHash(tc.obj.Status) {
+			got.Paused != tc.want.Paused || got.state != tc.want.state || !got.lastSeen().Equal(tc.want.storedSeenAt()) || got.storedSeen != tc.want.storedSeen ||
+			!maps.Equal(got.Labels, tc.want.Labels) || !maps.Equal(got.Annotations, tc.want.Annotations) || got.inventory != tc.want.inventory ||
+			!sameValues(got.Values(), tc.want.Values()) || got.statusHash != statusHash(tc.obj.Status) {
 			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
 		}
 	}

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,14 +22,15 @@ import (
 )
 
 // TestModelMemory reports the fleet model's heap per cluster (FLOTILLA_MEM_CLUSTERS, default
-// 20,000), with clusters shaped as registered agents make them.
+// 20,000), with clusters shaped as registered agents make them, one bundle targeting them all
+// and every cluster's report of it (as a simulated fleet after a change).
 func TestModelMemory(t *testing.T) {
 	n := envCount("FLOTILLA_MEM_CLUSTERS", 0)
 	if n == 0 {
 		t.Skip("set FLOTILLA_MEM_CLUSTERS=N to measure the model's memory")
 	}
 	ctx := context.Background()
-	st := seedClusters(t, n)
+	st := seedFleet(t, n)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -34,15 +38,44 @@ func TestModelMemory(t *testing.T) {
 	if _, err := f.load(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if b := f.workspaces["fleet-default"].bundles["app"]; b == nil || b.counts[api.StateReady] != n {
+		t.Fatalf("bundle app: %+v, want %d clusters Ready", b, n)
+	}
+	runtime.ReadMemStats(&after)
+	t.Logf("FIGURE after the load: heap in use %d B per cluster, RSS %d B per cluster; the load allocated %d B per cluster, %d collections",
+		(after.HeapInuse-before.HeapInuse)/uint64(n), rss()/uint64(n), (after.TotalAlloc-before.TotalAlloc)/uint64(n), after.NumGC-before.NumGC)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	t.Logf("FIGURE fleet model: %d clusters, %d bytes of live heap per cluster", n, (after.HeapAlloc-before.HeapAlloc)/uint64(n))
+	// What one collection of the model costs: an idle server collects every
+	// (GOGC/100 × live heap) / (allocation rate) seconds.
+	start, cpu := time.Now(), cpuTime()
+	runtime.GC()
+	t.Logf("FIGURE a collection with the model loaded: %v, %v of CPU", time.Since(start).Round(time.Millisecond), (cpuTime() - cpu).Round(time.Millisecond))
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&after)
+	per := func(v uint64) uint64 { return v / uint64(n) }
+	t.Logf("FIGURE RSS after FreeOSMemory: %d B per cluster (heap objects %d, heap spans in use %d, runtime metadata %d, everything else mapped by Go %d)",
+		per(rss()), per(after.HeapAlloc), per(after.HeapInuse), per(after.MSpanSys+after.MCacheSys+after.GCSys+after.BuckHashSys+after.OtherSys),
+		per(after.StackSys+after.HeapSys-after.HeapReleased-after.HeapInuse))
 	if p := os.Getenv("FLOTILLA_MEM_PROFILE"); p != "" {
 		fh, _ := os.Create(p)
 		pprof.Lookup("heap").WriteTo(fh, 0)
 		fh.Close()
 	}
 	runtime.KeepAlive(f)
+}
+
+// rss is the process's resident memory (Linux), or 0.
+func rss() uint64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // envCount is a size a figure-producing test or benchmark takes from the environment.
@@ -61,12 +94,76 @@ func seededUID(i int) string  { return fmt.Sprintf("%08x-0000-4000-8000-%012x", 
 // included), holding n Clusters shaped as registered agents make them.
 func seedClusters(t testing.TB, n int) *sqlite.Store {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, t.TempDir(), sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
+	st := openSeedStore(t, t.TempDir())
+	writeClusters(t, st, n)
+	return st
+}
+
+func openSeedStore(t testing.TB, dir string) *sqlite.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), dir, sqlstore.Config{Summaries: map[string]store.Summarizer{api.KindCluster: SummarizeCluster}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// seedFleet is seedClusters plus bundle "app", which targets every cluster, and each
+// cluster's report of it as Ready. With FLOTILLA_SEED_DIR set the store is kept there and
+// reused by later runs of the same size (seeding a million clusters takes minutes).
+func seedFleet(t testing.TB, n int) *sqlite.Store {
+	t.Helper()
+	dir := t.TempDir()
+	if d := os.Getenv("FLOTILLA_SEED_DIR"); d != "" {
+		dir = filepath.Join(d, "fleet-"+strconv.Itoa(n))
+		if _, err := os.Stat(filepath.Join(dir, "seeded")); err == nil {
+			return openSeedStore(t, dir)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := openSeedStore(t, dir)
+	writeClusters(t, st, n)
+	ctx := context.Background()
+	b, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+		Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: "app", Generation: 1},
+		Spec:     json.RawMessage(`{"contentHash":"sha256:0123","targets":[{"name":"all","clusterSelector":{}}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := compileBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := entry.targets[0].id
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Go(func() {
+			for i := w; i < n; i += 64 {
+				rows := []store.DeploymentStatus{{Bundle: "fleet-default/app", ID: id, State: api.StateReady}}
+				if err := st.PutStatus(ctx, seededUID(i), 1, rows, nil); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	if err := os.WriteFile(filepath.Join(dir, "seeded"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// writeClusters creates clusters 0 to n-1 in st.
+func writeClusters(t testing.TB, st *sqlite.Store, n int) {
+	t.Helper()
+	ctx := context.Background()
 	now := time.Now().UTC()
 	inv := `{"kubernetesVersion":"v1.37.0+k3s1","nodeCount":1,"architectures":["arm64"],"architecture":"arm64","allocatableCPU":"4","allocatableMemory":"8Gi","agentVersion":"v0.1.0"}`
 	var wg sync.WaitGroup
@@ -90,5 +187,4 @@ func seedClusters(t testing.TB, n int) *sqlite.Store {
 		}()
 	}
 	wg.Wait()
-	return st
 }

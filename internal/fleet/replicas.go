@@ -143,14 +143,14 @@ func (f *Fleet) learnStatus(c *Cluster, status json.RawMessage) {
 		if n := st.LastSeen.UnixNano(); n > c.seen.Load() {
 			c.seen.Store(n)
 		}
-		if st.LastSeen.After(c.storedSeen) {
-			c.storedSeen = *st.LastSeen
+		if st.LastSeen.After(c.storedSeenAt()) {
+			c.setStoredSeen(*st.LastSeen)
 		}
 	}
 	if st.State != "" {
 		c.state = canonicalState(st.State)
 	}
-	if inv := internJSON(st.Inventory); inv != "" && inv != c.storedInv {
+	if inv := invOf(st.Inventory); inv != (invDoc{}) && inv != c.storedInv {
 		c.storedInv, c.inventory = inv, inv
 	}
 }
@@ -166,8 +166,8 @@ func (f *Fleet) followerWrites() []pendingWrite {
 		delete(f.dirtyClusters, c)
 		seen := c.lastSeen()
 		inv := c.inventory
-		newSeen := !seen.IsZero() && seen.Sub(c.storedSeen) > res
-		newInv := inv != "" && inv != c.storedInv
+		newSeen := !seen.IsZero() && seen.Sub(c.storedSeenAt()) > res
+		newInv := inv != (invDoc{}) && inv != c.storedInv
 		if !newSeen && !newInv {
 			continue
 		}
@@ -195,13 +195,13 @@ func (f *Fleet) followerWrites() []pendingWrite {
 					}
 				}
 				if newInv {
-					m["inventory"] = json.RawMessage(inv)
+					m["inventory"] = json.RawMessage(invJSON(inv))
 				}
 				return m, nil
 			},
 			onDone: func() {
 				if newSeen {
-					c.storedSeen = seen
+					c.setStoredSeen(seen)
 				}
 				if newInv {
 					c.storedInv = inv

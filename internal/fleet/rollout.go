@@ -205,7 +205,7 @@ func (f *Fleet) rollout(w *workspace, b *bundleEntry) {
 			if pr.held != nil && !stop && unavailable < maxUnavailable {
 				old := pr.effective()
 				wasAvailable := pr.available()
-				pr.held, pr.heldID = nil, ""
+				pr.held = nil
 				f.recount(b, c, old, pr.effective())
 				f.bump(c)
 				if wasAvailable && !pr.available() {

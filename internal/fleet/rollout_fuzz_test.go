@@ -60,7 +60,7 @@ func FuzzRollout(f *testing.F) {
 			w.clusters[c.Name] = c
 			p := pair{target: 0, desiredID: "new"}
 			if x&1 != 0 {
-				p.held, p.heldID = &api.DeploymentSpec{ID: "old"}, "old"
+				p.held = &api.DeploymentSpec{ID: "old"}
 				heldBefore[c] = true
 			}
 			switch x >> 1 & 3 {

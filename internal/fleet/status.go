@@ -111,7 +111,7 @@ func (f *Fleet) sweep(now time.Time) {
 			if c.agg.g != nil && stateSlot(state) != c.agg.state {
 				f.aggUpdate(w, c, now)
 			}
-			if seen := c.lastSeen(); state != c.state || (!seen.IsZero() && seen.Sub(c.storedSeen) > res) {
+			if seen := c.lastSeen(); state != c.state || (!seen.IsZero() && seen.Sub(c.storedSeenAt()) > res) {
 				f.dirtyClusters[c] = struct{}{}
 			}
 		}
@@ -288,9 +288,9 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		if cond := accessCondition(c); cond != nil {
 			st.Conditions = append(st.Conditions, *cond)
 		}
-		if len(c.inventory) > 0 {
+		if inv := invJSON(c.inventory); inv != "" {
 			st.Inventory = &api.ClusterInventory{}
-			json.Unmarshal([]byte(c.inventory), st.Inventory)
+			json.Unmarshal([]byte(inv), st.Inventory)
 		}
 		seen := c.lastSeen()
 		if !seen.IsZero() {
@@ -298,7 +298,12 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			st.LastSeen = &t
 		}
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st, stored: c.statusHash,
-			onDone: func() { c.state, c.storedSeen = state, seen }})
+			onDone: func() { c.state = state; c.setStoredSeen(seen) }})
+	}
+	if len(f.dirtyClusters) == 0 && n > 1024 {
+		// A map keeps the size it grew to (a whole fleet's after a load or a change covering
+		// all clusters): an empty one is given back.
+		f.dirtyClusters = map[*Cluster]struct{}{}
 	}
 	for ns := range f.dirtyGroups {
 		w := f.workspaces[ns]

@@ -239,17 +239,19 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	r.b = r.b[n:]
 	if seen != 0 {
 		c.seen.Store(seen)
-		c.storedSeen = time.Unix(0, seen)
+		c.storedSeen = seen
 	}
 	if inv := r.bytes(); len(inv) > 0 {
-		c.inventory = internJSON(inv)
+		c.inventory = invOf(inv)
 		c.storedInv = c.inventory
 	}
 	c.Labels = r.strMap(true)
 	c.Annotations = r.strMap(false)
 	if r.err == nil && len(r.b) > 0 {
 		if v := r.bytes(); len(v) > 0 {
-			json.Unmarshal(v, &c.Values)
+			var values map[string]any
+			json.Unmarshal(v, &values)
+			c.setValues(values)
 		}
 	}
 	if r.err == nil && len(r.b) >= 8 {

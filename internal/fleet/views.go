@@ -207,7 +207,7 @@ func (f *Fleet) each(q ClusterQuery, fn func(w *workspace, c *Cluster, state str
 				continue
 			}
 			if byInv {
-				inv := p.invs.get(c.inventory)
+				inv := p.invs.get(invJSON(c.inventory))
 				if (q.KubernetesVersion != "" && orNone(inv.KubernetesVersion) != q.KubernetesVersion) ||
 					(q.Architecture != "" && orNone(inv.Architecture) != q.Architecture) ||
 					(q.AgentVersion != "" && orNone(inv.AgentVersion) != q.AgentVersion) {
@@ -280,9 +280,10 @@ func (f *Fleet) overviewByPass(q ClusterQuery) Overview {
 		if c.Paused {
 			paused++
 		}
-		id := idOf(c.inventory)
+		doc := invJSON(c.inventory)
+		id := idOf(doc)
 		if byInv[id]++; byInv[id] == 1 {
-			invOf[id] = c.inventory
+			invOf[id] = doc
 		}
 		if q.CountLabel != "" {
 			lid := mapID(c.Labels)
@@ -362,6 +363,14 @@ func (h *keyHeap) Pop() any {
 	return c
 }
 
+// keyCmp orders clusters as keyLess does.
+func keyCmp(a, b *Cluster) int {
+	if a.Namespace != b.Namespace {
+		return strings.Compare(a.Namespace, b.Namespace)
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
 func keyLess(a, b *Cluster) bool {
 	if a.Namespace != b.Namespace {
 		return a.Namespace < b.Namespace
@@ -400,7 +409,7 @@ func (f *Fleet) rows(cs []*Cluster, now time.Time) []ClusterRow {
 	rows := make([]ClusterRow, 0, len(cs))
 	for _, c := range cs {
 		r := ClusterRow{Namespace: c.Namespace, Name: c.Name, Labels: c.Labels, State: f.clusterState(c, now), Paused: c.Paused,
-			LastSeen: c.lastSeen(), Inventory: invs.get(c.inventory)}
+			LastSeen: c.lastSeen(), Inventory: invs.get(invJSON(c.inventory))}
 		r.Deployments, _ = c.counts.asMap()
 		rows = append(rows, r)
 	}
@@ -453,7 +462,7 @@ func (f *Fleet) listByPass(q ClusterQuery, after, before string, limit int) Clus
 	f.mu.RLock()
 	for _, c := range h.cs {
 		r := ClusterRow{Namespace: c.Namespace, Name: c.Name, Labels: c.Labels, State: f.clusterState(c, now), Paused: c.Paused,
-			LastSeen: c.lastSeen(), Inventory: invs.get(c.inventory)}
+			LastSeen: c.lastSeen(), Inventory: invs.get(invJSON(c.inventory))}
 		r.Deployments, _ = c.counts.asMap()
 		rows = append(rows, r)
 	}
