@@ -3,6 +3,8 @@ package doorbell
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"net"
 	"net/netip"
 	"strconv"
@@ -677,5 +679,51 @@ func BenchmarkHandle(b *testing.B) {
 		if len(s.handle(ping(uidA, key, now+uint64(i), 42), from, out)) == 0 {
 			b.Fatal("not answered")
 		}
+	}
+}
+
+// TestMAC: the HMAC written out agrees with crypto/hmac, for keys and messages of every
+// length around a block.
+func TestMAC(t *testing.T) {
+	for n := range 80 {
+		for _, m := range []int{0, 36, 37, 64, 65, 100} {
+			key := bytes.Repeat([]byte{byte(n + 1)}, n)
+			msg := bytes.Repeat([]byte{byte(m + 7)}, m)
+			h := hmac.New(sha256.New, key)
+			h.Write(msg)
+			if got, want := hmacSHA256(key, msg), h.Sum(nil); !bytes.Equal(got[:], want) {
+				t.Fatalf("key of %d bytes, message of %d: %x, crypto/hmac %x", n, m, got, want)
+			}
+		}
+	}
+}
+
+// TestHandleAllocations: answering a ping allocates next to nothing (the UID's text for the
+// fleet model): at a million clusters' pings, garbage is what the collector costs.
+func TestHandleAllocations(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s, err := Listen("127.0.0.1:0", Config{Secret: secret, Clusters: f, SourceRate: 1e9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.conn.Close()
+	key := keyOf(uidA)
+	from := netip.MustParseAddrPort("127.0.0.1:4000")
+	now := uint64(time.Now().UnixNano())
+	pings := make([][]byte, 200)
+	for i := range pings {
+		pings[i] = ping(uidA, key, now+uint64(i), 42)
+	}
+	out := make([]byte, 0, Size)
+	i := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		if len(s.handle(pings[i], from, out)) == 0 {
+			t.Fatal("not answered")
+		}
+		i++
+	})
+	if allocs > 2 {
+		t.Errorf("%.1f allocations per answered ping, want at most 2", allocs)
 	}
 }

@@ -1,7 +1,6 @@
 package doorbell
 
 import (
-	"hash"
 	"net/netip"
 	"testing"
 	"time"
@@ -23,7 +22,7 @@ func FuzzHandle(f *testing.F) {
 	fl := newFleet()
 	fl.add(uidA, "ws/a", 42)
 	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
-		entries: map[UID]entry{}, derivers: map[uint32]hash.Hash{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
+		entries: map[UID]entry{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
 	s.ringLim = rate.NewLimiter(rate.Inf, 1)
 	from := netip.MustParseAddrPort("127.0.0.1:4000")
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -2,11 +2,8 @@ package doorbell
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"hash/fnv"
 	"log/slog"
 	"net"
@@ -128,10 +125,10 @@ type Server struct {
 	all     bool         // ring every cluster with an address
 	wake    chan struct{}
 
-	sources  *sourceLimiter
-	derivers map[uint32]hash.Hash // by secretTag; Serve's goroutine only
-	ringLim  *rate.Limiter
-	ringCtr  atomic.Uint64
+	sources *sourceLimiter
+
+	ringLim *rate.Limiter
+	ringCtr atomic.Uint64
 	// started is when this server began: a first counter from before it (less a clock
 	// allowance) may be a ping captured before a restart, which forgot every counter.
 	started time.Time
@@ -148,8 +145,8 @@ const maxUrgent = 10000
 // Listen opens the UDP socket; Serve answers on it.
 func Listen(addr string, cfg Config) (*Server, error) {
 	if cfg.Secrets == nil {
-		sec := cfg.Secret
-		cfg.Secrets = func() [][]byte { return [][]byte{sec} }
+		one := [][]byte{cfg.Secret}
+		cfg.Secrets = func() [][]byte { return one }
 	}
 	if secs := cfg.Secrets(); len(secs) == 0 || len(secs[0]) < 16 {
 		return nil, errors.New("doorbell: the server secret is missing or too short")
@@ -189,7 +186,7 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	// A burst of pings (a fleet after a restart) waits in the socket rather than being lost.
 	conn.SetReadBuffer(4 << 20)
 	conn.SetWriteBuffer(4 << 20)
-	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1), derivers: map[uint32]hash.Hash{},
+	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1),
 		sources: newSourceLimiter(cfg.SourceRate), ringLim: rate.NewLimiter(rate.Limit(cfg.RingRate), max(1, int(cfg.RingRate/10)))}
 	s.ringCtr.Store(uint64(cfg.Now().UnixNano()))
 	s.started = cfg.Now()
@@ -277,12 +274,13 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		return nil
 	}
 	// The newest secret first: after a rotation agents keep their old key until told.
-	var signer hash.Hash
+	var k [keySize]byte
+	key := k[:]
 	secrets := s.cfg.Secrets()
 	used := -1
 	for i, sec := range secrets {
-		if m := hmac.New(sha256.New, clusterKey(s.deriver(sec), p.Cluster)); verify(b, m) == nil {
-			signer, used = m, i
+		if k = clusterKey(sec, p.Cluster); Verify(b, key) == nil {
+			used = i
 			break
 		}
 	}
@@ -297,7 +295,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 			return nil
 		}
 		answer.Kind, answer.Value = KindLater, uint64(2*time.Second/time.Millisecond)
-		return answer.appendTagged(out, signer)
+		return answer.Append(out, key)
 	}
 	name, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String(), int64(p.Value))
 	if !ok {
@@ -337,22 +335,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		answer.Kind = KindUnchanged
 		answer.Value = uint64(s.next(p.Cluster, now) / time.Millisecond)
 	}
-	return answer.appendTagged(out, signer)
-}
-
-// deriver returns the HMAC keyed with secret that derives cluster keys, kept across
-// datagrams (handle runs on Serve's goroutine only): one fewer HMAC set up per ping.
-func (s *Server) deriver(secret []byte) hash.Hash {
-	t := secretTag(secret)
-	m := s.derivers[t]
-	if m == nil {
-		if len(s.derivers) >= 8 {
-			clear(s.derivers) // secrets rotated out long ago
-		}
-		m = hmac.New(sha256.New, secret)
-		s.derivers[t] = m
-	}
-	return m
+	return answer.Append(out, key)
 }
 
 // fresh says whether a first counter (the server holds none for the cluster) is a time

@@ -2,6 +2,7 @@ package server
 
 import (
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,18 +39,28 @@ func (b bellFleet) Ready() bool { return b.f.Ready() }
 // keys derived from it (each answer asks them to fetch the new key).
 const bellGrace = 24 * time.Hour
 
-// bellSecrets gives the doorbell the ring's valid secrets, the active one first.
+// bellSecrets gives the doorbell the ring's valid secrets, the active one first. They are
+// read again at most once a second: the doorbell asks for every datagram, and the ring
+// copies its keys on every read.
 func bellSecrets(r *auth.Ring) func() [][]byte {
+	type cached struct {
+		at      int64
+		secrets [][]byte
+	}
+	var cur atomic.Pointer[cached]
 	return func() [][]byte {
-		keys := r.Valid()
-		out := make([][]byte, 0, len(keys))
+		now := time.Now().UnixNano()
+		if c := cur.Load(); c != nil && now-c.at < int64(time.Second) {
+			return c.secrets
+		}
 		active := r.Active()
-		out = append(out, active.Secret)
-		for _, k := range keys {
+		out := [][]byte{active.Secret}
+		for _, k := range r.Valid() {
 			if k.ID != active.ID {
 				out = append(out, k.Secret)
 			}
 		}
+		cur.Store(&cached{at: now, secrets: out})
 		return out
 	}
 }
