@@ -111,8 +111,8 @@ type Fleet struct {
 	// agg is the dashboard's counts and the clusters in list order (aggregate.go).
 	agg aggIndex
 	// loadRev is the store revision the model was loaded at.
-	loadRev  int64
-	ready    atomic.Bool
+	loadRev int64
+	ready   atomic.Bool
 	// loadedAt is when the model was last loaded (unix nanoseconds).
 	loadedAt atomic.Int64
 	bell     atomic.Pointer[Pingers]

@@ -133,7 +133,7 @@ func TestDoorbellPollInterval(t *testing.T) {
 	a := registerN(t, ts, []map[string]string{{"env": "bell"}})[0]
 	var ad client.DoorbellAd
 	a.c.OnDoorbell(func(d client.DoorbellAd) { ad = d })
-	_, rev, after, err := a.c.Desired(ctxT(t), 0)
+	_, rev, _, err := a.c.Desired(ctxT(t), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,8 @@ func TestDoorbellPollInterval(t *testing.T) {
 	}
 	p := newBellPeer(t, a)
 	p.ping(rev)
-	if _, _, after, err = a.c.Desired(ctxT(t), rev); err != nil {
+	_, _, after, err := a.c.Desired(ctxT(t), rev)
+	if err != nil {
 		t.Fatal(err)
 	}
 	// The default doorbell poll interval is 6 h; the cluster's phase puts it 36 min to 6.6 h away.
