@@ -493,24 +493,32 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 		return nil, &tokenError{msg}
 	}
 	key := store.Key{Kind: api.KindCluster, Namespace: ns, Name: name}
-	cur, err := s.st.Get(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
+	// Nearly every registration is a new cluster's: with a token whose uses are only
+	// counted, and a name the model does not know, the Cluster is created at once, saving a
+	// read per registration. If it exists after all, the registration goes the whole way
+	// below (an existing cluster must prove itself); the unused create costs nothing.
+	var cur *api.Object
+	fresh := false
+	if tspec.MaxUses == 0 && s.fleet.UIDOf(ns, name) == "" {
+		cur, err = s.createCluster(ctx, tok, &tspec, key, req)
+		switch {
+		case err == nil:
+			fresh = true
+			if err := s.useToken(ctx, tok); err != nil {
+				return nil, err
+			}
+		case !errors.Is(err, store.ErrAlreadyExists):
+			return nil, err
+		}
+	}
+	if fresh {
+		// Created above.
+	} else if cur, err = s.st.Get(ctx, key); errors.Is(err, store.ErrNotFound) {
 		if err := s.useToken(ctx, tok); err != nil {
 			return nil, err
 		}
-		now := s.now().UTC().Truncate(time.Second)
-		spec, _ := json.Marshal(api.ClusterSpec{ClientID: req.ClientID})
-		st, _ := json.Marshal(api.ClusterStatus{Inventory: req.Inventory, State: "Pending"})
-		cur, err = s.st.Create(ctx, &api.Object{
-			TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
-			Metadata: api.ObjectMeta{Namespace: ns, Name: name, UID: apiserver.NewUID(), Generation: 1, CreationTimestamp: &now,
-				Labels:      mergeLabels(req.Labels, tspec.Labels),
-				Annotations: map[string]string{"flotilla.dev/registered-with": tok.Metadata.Name}},
-			Spec: spec, Status: st,
-		})
-		if err == nil {
-			s.log.Debug("cluster registered", "cluster", ns+"/"+name, "token", tok.Metadata.Name)
-		} else if errors.Is(err, store.ErrAlreadyExists) {
+		cur, err = s.createCluster(ctx, tok, &tspec, key, req)
+		if errors.Is(err, store.ErrAlreadyExists) {
 			// Registered at once by another request: this cluster's, or another cluster
 			// asking for the same name.
 			if cur, err = s.st.Get(ctx, key); err == nil {
@@ -578,16 +586,29 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 		return nil, err
 	}
 	// Answer once the fleet model knows the cluster, so the agent's first poll succeeds.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if s.fleet.Known(ns, name, cur.Metadata.UID) {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
+	if !s.fleet.WaitKnown(ctx, ns, name, cur.Metadata.UID, 5*time.Second) && ctx.Err() != nil {
+		return nil, ctx.Err()
 	}
 	cred, exp := s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})
 	return &api.RegisterResponse{Namespace: ns, ClusterName: name, Credential: cred, Expires: &exp, Doorbell: s.doorbellInfo(cur.Metadata.UID)}, nil
+}
+
+// createCluster stores the new Cluster key of the cluster registering with req.
+func (s *Server) createCluster(ctx context.Context, tok *api.Object, tspec *api.RegistrationTokenSpec, key store.Key, req *api.RegisterRequest) (*api.Object, error) {
+	now := s.now().UTC().Truncate(time.Second)
+	spec, _ := json.Marshal(api.ClusterSpec{ClientID: req.ClientID})
+	st, _ := json.Marshal(api.ClusterStatus{Inventory: req.Inventory, State: "Pending"})
+	cur, err := s.st.Create(ctx, &api.Object{
+		TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Namespace: key.Namespace, Name: key.Name, UID: apiserver.NewUID(), Generation: 1, CreationTimestamp: &now,
+			Labels:      mergeLabels(req.Labels, tspec.Labels),
+			Annotations: map[string]string{"flotilla.dev/registered-with": tok.Metadata.Name}},
+		Spec: spec, Status: st,
+	})
+	if err == nil {
+		s.log.Debug("cluster registered", "cluster", key.Namespace+"/"+key.Name, "token", tok.Metadata.Name)
+	}
+	return cur, err
 }
 
 // replaceCluster gives cur, the Cluster of a cluster that was rebuilt, to the cluster

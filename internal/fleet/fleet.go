@@ -119,6 +119,8 @@ type Fleet struct {
 	clusters atomic.Int64
 
 	waiters map[*Cluster]chan struct{}
+	// known wakes registrations waiting for their cluster (WaitKnown).
+	known knownWaiters
 	// reporting holds the clusters whose report is being stored, until it is.
 	reporting map[*Cluster]chan struct{}
 	// held keeps, for a cluster in reporting, the newest stored rows the status follower

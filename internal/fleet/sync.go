@@ -469,6 +469,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		c.storedInv = c.inventory
 		c.state = canonicalState(st.State)
 		f.dirtyClusters[c] = struct{}{}
+		f.known.wake(c.UID)
 	}
 	c.statusHash = statusHash(obj.Status)
 	if !isNew {

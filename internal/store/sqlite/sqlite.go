@@ -86,6 +86,8 @@ var Dialect = sqlstore.Dialect{
 		return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 	},
 	SeqScan: "NOT INDEXED",
+	// The writer has its own connection (writeDB, one connection).
+	KeepWriteStatements: true,
 	// The model's load reads the clusters table whole: through a memory map it is read
 	// without a system call and a copy per page. The map is dropped after it, so the file
 	// does not stay in the server's resident memory.

@@ -140,15 +140,32 @@ func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any,
 	}
 	defer rows.Close()
 	var out []row
+	// Objects are copied out of the driver's buffer into shared blocks rather than one
+	// allocation each: a list of ten thousand costs a few dozen allocations, not ten
+	// thousand, and one copy of each object instead of two.
+	var arena []byte
+	total := 0
 	for rows.Next() {
 		var r row
-		if err := rows.Scan(&r.id, &r.data); err != nil {
+		var raw sql.RawBytes
+		if err := rows.Scan(&r.id, &raw); err != nil {
 			return nil, err
 		}
+		if len(arena)+len(raw) > cap(arena) {
+			// Blocks grow with the list, so that a short list stays small.
+			arena = make([]byte, 0, max(min(max(total, 4<<10), listArenaBlock), len(raw)))
+		}
+		total += len(raw)
+		start := len(arena)
+		arena = append(arena, raw...)
+		r.data = arena[start:len(arena):len(arena)]
 		out = append(out, r)
 	}
 	return out, rows.Err()
 }
+
+// listArenaBlock bounds the blocks listed objects are copied into.
+const listArenaBlock = 1 << 20
 
 // listQuery builds the page query. Label requirements become SQL over the labels index: the
 // first positive one drives the query (an index range over kind, key, value), the others are

@@ -50,6 +50,11 @@ type Dialect struct {
 	// SetObjectSequence returns the statements that make the next object id follow last
 	// (after a restore wrote ids explicitly).
 	SetObjectSequence func(last int64) []string
+	// KeepWriteStatements: the writer has a connection of its own that lasts (SQLite), and
+	// keeps the statements it runs prepared on it, instead of preparing them again in every
+	// transaction; runs of rows are then written in pieces of a few fixed sizes, so that few
+	// statements are kept. Not for PostgreSQL, where each piece is a round trip.
+	KeepWriteStatements bool
 	// Notify, if set, is run in every write transaction that changes objects or status:
 	// a statement that tells other replicas of the commit (PostgreSQL: NOTIFY), whose
 	// driver then calls Store.Notify.
@@ -99,6 +104,10 @@ type Store struct {
 
 	wakeMu sync.Mutex
 	wakeCh chan struct{} // closed at the next commit seen
+
+	// wstmts are the writer's kept statements by query (Dialect.KeepWriteStatements),
+	// prepared on writeDB; only the writer goroutine uses them.
+	wstmts map[string]*sql.Stmt
 
 	// stmts caches prepared reads by query: SQLite's driver prepares an unprepared query
 	// on every call, which was most of the cost of reading one object.
@@ -153,7 +162,7 @@ func Open(ctx context.Context, db, writeDB *sql.DB, d Dialect, cfg Config) (*Sto
 		cfg.Logger = def.Logger
 	}
 	s := &Store{db: db, writeDB: writeDB, d: d, cfg: cfg, log: cfg.Logger,
-		ops: make(chan *op, 4*cfg.MaxBatch), quit: make(chan struct{})}
+		ops: make(chan *op, 4*cfg.MaxBatch), quit: make(chan struct{}), wstmts: map[string]*sql.Stmt{}}
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
 	}
@@ -256,6 +265,10 @@ func (s *Store) Notify() {
 func (s *Store) Close() error {
 	s.closed.Do(func() { close(s.quit) })
 	s.wg.Wait()
+	for q, st := range s.wstmts { // the writer has stopped
+		st.Close()
+		delete(s.wstmts, q)
+	}
 	s.stmts.Range(func(q, st any) bool {
 		st.(*sql.Stmt).Close()
 		s.stmts.Delete(q)

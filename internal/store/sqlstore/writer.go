@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/bits"
 	"strconv"
 	"strings"
 	"time"
@@ -217,6 +218,8 @@ type txw struct {
 	tx    *sql.Tx
 	stmts map[string]*sql.Stmt
 	count map[string]int64
+	// keep are the queries prepared in this transaction to be kept once it ends.
+	keep []string
 }
 
 func (w *txw) exec(query string, args ...any) (sql.Result, error) {
@@ -255,12 +258,59 @@ func (w *txw) stmt(query string) (*sql.Stmt, error) {
 	if st, ok := w.stmts[query]; ok {
 		return st, nil
 	}
+	if kept := w.s.wstmts[query]; kept != nil {
+		// Prepared on the writer's one connection: used as it is, not prepared again.
+		st := w.tx.StmtContext(w.ctx, kept)
+		w.stmts[query] = st
+		return st, nil
+	}
 	st, err := w.tx.PrepareContext(w.ctx, w.s.q(query))
 	if err != nil {
 		return nil, errSQL{err}
 	}
 	w.stmts[query] = st
+	if w.s.d.KeepWriteStatements && len(w.s.wstmts) < maxKeptStatements {
+		w.keep = append(w.keep, query)
+	}
 	return st, nil
+}
+
+// maxKeptStatements bounds the writer's kept statements.
+const maxKeptStatements = 200
+
+// keepStatements prepares, once a transaction ended and the writer's connection is free,
+// the statements it prepared, to be kept.
+func (s *Store) keepStatements(queries []string) {
+	for _, q := range queries {
+		if s.wstmts[q] != nil {
+			continue
+		}
+		st, err := s.writeDB.PrepareContext(context.Background(), s.q(q))
+		if err != nil {
+			continue // prepared in each transaction, as without keeping
+		}
+		s.wstmts[q] = st
+	}
+}
+
+// chunks is chunks for a run of rows in this transaction: with kept statements, in pieces
+// of a power of two rows, so that every run size uses a few statements already prepared.
+func (w *txw) chunks(n, perRow int, fn func(lo, hi int) error) error {
+	if !w.s.d.KeepWriteStatements {
+		return chunks(n, perRow, fn)
+	}
+	size := maxParams / perRow
+	for lo := 0; lo < n; {
+		m := min(size, n-lo)
+		if m < size {
+			m = 1 << (bits.Len(uint(m)) - 1)
+		}
+		if err := fn(lo, lo+m); err != nil {
+			return err
+		}
+		lo += m
+	}
+	return nil
 }
 
 // commit runs a batch in one transaction. Refused writes (conflicts, missing objects) are
@@ -280,6 +330,10 @@ func (s *Store) commit(batch []*op) ([]opResult, int64, error) {
 	defer func() {
 		for _, st := range w.stmts {
 			st.Close()
+		}
+		if len(w.keep) > 0 {
+			tx.Rollback() // ended already (ErrTxDone) on every path; the connection must be free
+			s.keepStatements(w.keep)
 		}
 	}()
 	n := 0
@@ -424,7 +478,7 @@ func (w *txw) create(ops []*op, rev int64, results []opResult) error {
 		rows = append(rows, newRow{i: i, key: key, data: data, sum: w.s.summary(&out)})
 	}
 
-	err := chunks(len(rows), 6, func(lo, hi int) error {
+	err := w.chunks(len(rows), 6, func(lo, hi int) error {
 		args := make([]any, 0, 6*(hi-lo))
 		for _, r := range rows[lo:hi] {
 			args = append(args, r.key.Kind, r.key.Namespace, r.key.Name, rev+int64(r.i), r.data, r.sum)
@@ -473,7 +527,7 @@ func (w *txw) create(ops []*op, rev int64, results []opResult) error {
 		done = append(done, r)
 	}
 	rows = done
-	err = chunks(len(labels), 4, func(lo, hi int) error {
+	err = w.chunks(len(labels), 4, func(lo, hi int) error {
 		args := make([]any, 0, 4*(hi-lo))
 		for _, l := range labels[lo:hi] {
 			args = append(args, l.kind, l.key, l.value, l.id)
@@ -484,7 +538,7 @@ func (w *txw) create(ops []*op, rev int64, results []opResult) error {
 	if err != nil {
 		return err
 	}
-	err = chunks(len(rows), 7, func(lo, hi int) error {
+	err = w.chunks(len(rows), 7, func(lo, hi int) error {
 		args := make([]any, 0, 7*(hi-lo))
 		for _, r := range rows[lo:hi] {
 			args = append(args, rev+int64(r.i), r.key.Kind, r.key.Namespace, r.key.Name, r.id, evAdded, r.data)
