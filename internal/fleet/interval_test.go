@@ -91,3 +91,48 @@ func TestLoadKeepsStoredState(t *testing.T) {
 		t.Errorf("a cluster stored Offline that called again is %s, want Ready", got)
 	}
 }
+
+// TestStoredStatusWrittenElsewhereIsCorrected: a Cluster status written by someone else (a
+// leader before this one, whose write arrived late) that differs from the model's is
+// written again, even when only its summary differs.
+func TestStoredStatusWrittenElsewhereIsCorrected(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := seedClusters(t, 1)
+	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	key := store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: seededName(0)}
+	summaryOf := func() *api.Summary {
+		obj, err := st.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s api.ClusterStatus
+		json.Unmarshal(obj.Status, &s)
+		return s.Summary
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !f.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("the model never loaded")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // its first status passes
+	obj, err := st.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Status = json.RawMessage(`{"state":"Ready","summary":{"desiredReady":1,"outOfSync":1}}`)
+	if _, err := st.Update(ctx, obj); err != nil {
+		t.Fatal(err)
+	}
+	for s := summaryOf(); s != nil && s.OutOfSync != 0; s = summaryOf() {
+		if time.Now().After(deadline) {
+			t.Fatalf("a status written elsewhere was left as it is: %+v", s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -471,7 +471,15 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		f.dirtyClusters[c] = struct{}{}
 		f.known.wake(c.UID)
 	}
-	c.statusHash = statusHash(obj.Status)
+	if h := statusHash(obj.Status); h != c.statusHash {
+		c.statusHash = h
+		if !isNew {
+			// Someone wrote it (this replica, or a leader before it whose write arrives
+			// late): compared again with what the model would write. A write skipped
+			// because the hash it knew matched would otherwise leave it wrong for good.
+			f.dirtyClusters[c] = struct{}{}
+		}
+	}
 	if !isNew {
 		f.learnStatus(c, obj.Status)
 	}
