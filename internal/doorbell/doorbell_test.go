@@ -638,6 +638,7 @@ func BenchmarkPing(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	s.coalesce = 0 // one ping at a time: coalescing would only add its wait
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Serve(ctx)
@@ -725,5 +726,74 @@ func TestHandleAllocations(t *testing.T) {
 	})
 	if allocs > 2 {
 		t.Errorf("%.1f allocations per answered ping, want at most 2", allocs)
+	}
+}
+
+// TestBatchAnswersGoHome: datagrams read and answered in one batch each get their own answer
+// at their own address, from IPv4 and IPv6 senders alike on a dual-stack socket.
+func TestBatchAnswersGoHome(t *testing.T) {
+	f := newFleet()
+	const n = 40
+	uids := make([]string, n)
+	for i := range uids {
+		uids[i] = cpuUID(i).String()
+		f.add(uids[i], "ws/c"+strconv.Itoa(i), 7)
+	}
+	s, err := Listen("[::]:0", Config{Secret: secret, Clusters: f, Tunnels: f})
+	if err != nil {
+		t.Skipf("no dual-stack socket here: %v", err)
+	}
+	s.coalesce = 50 * time.Millisecond // the pings below gather into batches
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Serve(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	peers := make([]*peer, n)
+	for i := range peers {
+		host, to := net.IPv4(127, 0, 0, 1), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Addr().Port())
+		if i%2 == 1 {
+			host, to = net.IPv6loopback, netip.AddrPortFrom(netip.IPv6Loopback(), s.Addr().Port())
+		}
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: host})
+		if err != nil {
+			t.Skipf("no %v here: %v", host, err)
+		}
+		defer c.Close()
+		peers[i] = &peer{t: t, conn: c, to: to}
+	}
+	now := uint64(time.Now().UnixNano())
+	// The first ping wakes the reader; the rest wait out its coalescing and come in batches.
+	for round := range 3 {
+		for i, p := range peers {
+			p.send(ping(uids[i], keyOf(uids[i]), now+uint64(round), 7))
+		}
+		for i, p := range peers {
+			b := p.recv(5 * time.Second)
+			if b == nil {
+				t.Fatalf("round %d, peer %d (%v): no answer; stats %d received %d answered %d refused %d limited", round, i, p.to, s.Stats.Received.Load(), s.Stats.Answered.Load(), s.Stats.Refused.Load(), s.Stats.Limited.Load())
+			}
+			a := answer(t, b, keyOf(uids[i]))
+			if a.Kind != KindUnchanged || a.Counter != now+uint64(round) || a.Cluster.String() != uids[i] {
+				t.Fatalf("round %d, peer %d: answer %+v", round, i, a)
+			}
+		}
+	}
+	if reads, recv := s.Stats.Reads.Load(), s.Stats.Received.Load(); recv != 3*n || reads*4 > recv {
+		t.Errorf("%d datagrams in %d reads: not batched", recv, reads)
+	}
+}
+
+// TestSourceLimitZeroKey: the source whose key is all zeros (::/64, holding ::1) starts with a
+// full bucket like any other; it once started empty, the key of an unused slot.
+func TestSourceLimitZeroKey(t *testing.T) {
+	l := newSourceLimiter(10)
+	now := time.Now()
+	for i := range 20 {
+		if !l.allow(netip.MustParseAddrPort("[::1]:4000"), now) {
+			t.Fatalf("datagram %d from ::1 limited within the burst of 20", i)
+		}
+	}
+	if l.allow(netip.MustParseAddrPort("[::1]:4000"), now) {
+		t.Error("::1 not limited past its burst")
 	}
 }

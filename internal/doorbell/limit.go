@@ -50,15 +50,13 @@ func (l *sourceLimiter) allow(addr netip.AddrPort, now time.Time) bool {
 	l.mu[shard].Lock()
 	defer l.mu[shard].Unlock()
 	b := &l.slots[shard][slot]
-	if b.src != src {
-		// A new source (or one sharing the slot) starts with what the slot holds, refilled:
-		// taking a full bucket would let a forger reset a busy source's limit.
-		b.src = src
-		if b.last == 0 {
-			b.tokens = l.burst
-		}
-	}
-	if b.last != 0 {
+	// A new source (or one sharing the slot) starts with what the slot holds, refilled:
+	// taking a full bucket would let a forger reset a busy source's limit. An unused slot is
+	// full; it is told by its time, as its zero key is a source too (::/64, with ::1).
+	b.src = src
+	if b.last == 0 {
+		b.tokens = l.burst
+	} else {
 		b.tokens = min(l.burst, b.tokens+float64(t-b.last)/1e9*l.rate)
 	}
 	b.last = t

@@ -72,6 +72,7 @@ func bellCollectors(b *doorbell.Server) []prometheus.Collector {
 	}
 	return []prometheus.Collector{
 		counter("flotilla_doorbell_received_total", "Doorbell datagrams received.", b.Stats.Received.Load),
+		counter("flotilla_doorbell_reads_total", "Doorbell socket reads, each a batch of datagrams.", b.Stats.Reads.Load),
 		counter("flotilla_doorbell_answered_total", "Doorbell pings answered.", b.Stats.Answered.Load),
 		counter("flotilla_doorbell_rung_total", "Doorbell rings sent unprompted (a change, a tunnel wanted).", b.Stats.Rung.Load),
 		counter("flotilla_doorbell_refused_total", "Doorbell datagrams dropped: malformed, not signed, replayed, or of an unknown cluster.", b.Stats.Refused.Load),

@@ -1,0 +1,141 @@
+package doorbell
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestServeCPU measures the server's CPU per datagram at a steady ping rate, the pinging
+// agents in a child process so that only the server's work is in this process's CPU time.
+// It compares the batched, coalescing reader with reading one datagram per wake-up in one
+// run. Off by default (a measurement, ~1 min):
+//
+//	FLOTILLA_DOORBELL_CPU=1 [FLOTILLA_DOORBELL_CPU_RATE=10000] go test ./internal/doorbell -run TestServeCPU -v
+func TestServeCPU(t *testing.T) {
+	if os.Getenv("FLOTILLA_DOORBELL_CPU") == "" {
+		t.Skip("a measurement: set FLOTILLA_DOORBELL_CPU=1")
+	}
+	rate := 10000
+	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_DOORBELL_CPU_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	const clusters = 100000
+	const seconds = 10
+	f := newFleet()
+	for i := range clusters {
+		f.add(cpuUID(i).String(), "ws/c"+strconv.Itoa(i), 1)
+	}
+	for round := range 2 {
+		for _, mode := range []struct {
+			name  string
+			batch int
+			wait  time.Duration
+		}{{"one datagram per wake-up", 1, 0}, {"batched", defaultBatch, defaultCoalesce}} {
+			s, err := Listen("127.0.0.1:0", Config{Secret: secret, Clusters: f})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.batch, s.coalesce = mode.batch, mode.wait
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { s.Serve(ctx); close(done) }()
+			cmd := exec.Command(os.Args[0], "-test.run", "^TestPingerProcess$")
+			cmd.Env = append(os.Environ(), "FLOTILLA_DOORBELL_PINGER="+s.Addr().String(),
+				fmt.Sprintf("FLOTILLA_DOORBELL_PINGER_ARGS=%d,%d,%d", clusters, rate, seconds))
+			cmd.Stderr = os.Stderr
+			time.Sleep(200 * time.Millisecond)
+			var before, after syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+			recv0, ans0, reads0 := s.Stats.Received.Load(), s.Stats.Answered.Load(), s.Stats.Reads.Load()
+			if err := cmd.Run(); err != nil {
+				t.Fatal(err)
+			}
+			syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+			recv, ans := s.Stats.Received.Load()-recv0, s.Stats.Answered.Load()-ans0
+			reads := s.Stats.Reads.Load() - reads0
+			cancel()
+			<-done
+			cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+			t.Logf("round %d, %s: %d received, %d answered, %.1f%% of a core, %.1f µs per datagram (user %v, system %v), %.1f datagrams per read",
+				round, mode.name, recv, ans, 100*cpu.Seconds()/seconds, float64(cpu.Microseconds())/float64(max(recv, 1)),
+				time.Duration(after.Utime.Nano()-before.Utime.Nano()).Round(time.Millisecond),
+				time.Duration(after.Stime.Nano()-before.Stime.Nano()).Round(time.Millisecond), float64(recv)/float64(max(reads, 1)))
+			if ans < recv*9/10 {
+				t.Errorf("%s: %d of %d datagrams answered", mode.name, ans, recv)
+			}
+		}
+	}
+}
+
+func cpuUID(i int) UID {
+	var u UID
+	binary.BigEndian.PutUint64(u[:8], 0x7d1e2f3a00004000)
+	binary.BigEndian.PutUint64(u[8:], 0x8000000000000000|uint64(i))
+	return u
+}
+
+// TestPingerProcess is TestServeCPU's child: it pings the server given in its environment
+// at a steady rate from 127.3.x.y addresses (under the per-source limit), reading answers.
+func TestPingerProcess(t *testing.T) {
+	to := os.Getenv("FLOTILLA_DOORBELL_PINGER")
+	if to == "" {
+		t.Skip("TestServeCPU's child process")
+	}
+	var clusters, rate, seconds int
+	fmt.Sscanf(os.Getenv("FLOTILLA_DOORBELL_PINGER_ARGS"), "%d,%d,%d", &clusters, &rate, &seconds)
+	addr := netip.MustParseAddrPort(to)
+	const perSource = 200 // datagrams per second from one address
+	nsock := max(1, rate/perSource)
+	socks := make([]*net.UDPConn, nsock)
+	var got atomic.Int64
+	for i := range socks {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 3, byte(i/250), byte(1+i%250))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		socks[i] = c
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+					return
+				}
+				got.Add(1)
+			}
+		}()
+	}
+	keys := make([][]byte, clusters)
+	for i := range keys {
+		keys[i] = ClusterKey(secret, cpuUID(i))
+	}
+	// Every millisecond, the pings due: rate/1000 of them, spread over the sockets.
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	sent := 0
+	var buf [Size]byte
+	for now := range tick.C {
+		if now.Sub(start) >= time.Duration(seconds)*time.Second {
+			break
+		}
+		due := int(now.Sub(start).Seconds() * float64(rate))
+		for ; sent < due; sent++ {
+			i := sent % clusters
+			p := Packet{Kind: KindPing, Cluster: cpuUID(i), Counter: uint64(time.Now().UnixNano()), Value: 1}
+			socks[sent%nsock].WriteToUDPAddrPort(p.Append(buf[:0], keys[i]), addr)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	t.Logf("sent %d, answered %d", sent, got.Load())
+}
