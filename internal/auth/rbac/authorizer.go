@@ -166,6 +166,7 @@ type scopeTarget struct {
 // Authorizer is the index every authorisation decision and every cluster's compiled access
 // objects come from. Its methods are safe for concurrent use; changes are incremental.
 type Authorizer struct {
+	// mu is taken for writing only through lock, which also drops the cached own layers.
 	mu sync.RWMutex
 
 	roles    map[string]*role
@@ -188,6 +189,17 @@ type Authorizer struct {
 	sharedMu   sync.Mutex
 	shared     *layer
 	sharedOpts CompileOptions
+
+	// own caches clusters' own layers by what makes them (see ownLayer).
+	own ownCache
+}
+
+// lock takes a.mu for writing, to change the index. The cached own layers are dropped: any
+// change may change what their roles or projects compile to. (The shared layer is dropped
+// only by changes that reach it: see invalidate.)
+func (a *Authorizer) lock() {
+	a.mu.Lock()
+	a.own.clear()
 }
 
 // New returns an Authorizer holding the built-in roles and nothing else.
@@ -214,7 +226,7 @@ func New() *Authorizer {
 // SetUserDisabled records whether a user is disabled; a disabled user is denied everything,
 // whatever their bindings say.
 func (a *Authorizer) SetUserDisabled(user string, disabled bool) {
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	if disabled {
 		a.disabled[user] = struct{}{}

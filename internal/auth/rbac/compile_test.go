@@ -250,3 +250,63 @@ func TestCombineDigests(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnLayerCache: clusters with the same bindings and projects share one built own layer,
+// and every change to the index is seen by the next compile: each result equals that of an
+// index built afresh from the same objects, which has no cache.
+func TestOwnLayerCache(t *testing.T) {
+	opts := DefaultCompileOptions()
+	a := fixture(t)
+	twin := &Cluster{Name: "shop-2", Workspace: "fleet-default", Labels: map[string]string{"env": "prod", "site": "shop"}, Groups: []string{"shops"}}
+	if got, want := a.Compile(*twin, opts).Digest, a.Compile(*prodShop, opts).Digest; got == want {
+		t.Fatal("shop-1 has a binding of its own (alice-logs), yet compiles like shop-2")
+	}
+	other := &Cluster{Name: "shop-3", Workspace: "fleet-default", Labels: map[string]string{"env": "prod", "site": "shop"}, Groups: []string{"shops"}}
+	a.Compile(*other, opts)
+	if n := len(a.own.m); n != 2 {
+		t.Errorf("%d own layers cached for two sets of bindings (shop-1's, shop-2's and shop-3's)", n)
+	}
+	check := func(step string, fresh *Authorizer) {
+		t.Helper()
+		for _, c := range []*Cluster{prodShop, twin, devBox, edgeBox} {
+			got, want := a.Compile(*c, opts), fresh.Compile(*c, opts)
+			if !bytes.Equal(mustJSON(t, got), mustJSON(t, want)) {
+				t.Errorf("after %s, %s/%s compiles to a stale layer:\n%s\nwant\n%s", step, c.Workspace, c.Name, mustJSON(t, got), mustJSON(t, want))
+			}
+		}
+	}
+	// Each step changes a and a fresh index alike; a has compiled (and cached) before each.
+	steps := []struct {
+		name string
+		do   func(*Authorizer)
+	}{
+		{"a role's rules change", func(x *Authorizer) {
+			mustRole(t, x, "log-reader", api.RoleSpec{Context: api.RoleContextCluster, KubernetesRules: []api.KubernetesPolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}})
+		}},
+		{"a subject is bound by the selector", func(x *Authorizer) {
+			mustBind(t, x, "dave-prod", "dave", RoleClusterOwner, api.BindingScope{ClusterSelector: sel("env", "prod")})
+		}},
+		{"a binding goes", func(x *Authorizer) {
+			if _, err := x.DeleteBinding("ops-prod"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a project's namespaces change", func(x *Authorizer) {
+			mustProject(t, x, "web", api.ProjectSpec{ClusterSelector: sel("env", "prod"), Namespaces: []api.ProjectNamespace{{Name: "web-2"}}})
+		}},
+		{"a project-scoped binding comes", func(x *Authorizer) {
+			mustBind(t, x, "erin-web", "erin", RoleProjectMember, api.BindingScope{Project: "web"})
+		}},
+	}
+	for i, st := range steps {
+		for _, c := range []*Cluster{prodShop, twin, devBox, edgeBox} {
+			a.Compile(*c, opts)
+		}
+		st.do(a)
+		fresh := fixture(t)
+		for _, s := range steps[:i+1] {
+			s.do(fresh)
+		}
+		check(st.name, fresh)
+	}
+}

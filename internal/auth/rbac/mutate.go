@@ -45,7 +45,7 @@ func (a *Authorizer) checkRole(name string, spec api.RoleSpec) error {
 
 // PutRole adds or replaces a role and returns the clusters whose compiled objects change.
 func (a *Authorizer) PutRole(name string, spec api.RoleSpec) (Coverage, error) {
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	if err := a.checkRole(name, spec); err != nil {
 		return Coverage{}, err
@@ -66,7 +66,7 @@ func (a *Authorizer) PutRole(name string, spec api.RoleSpec) (Coverage, error) {
 
 // DeleteRole removes a role no binding or role refers to.
 func (a *Authorizer) DeleteRole(name string) error {
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	r, ok := a.roles[name]
 	switch {
@@ -163,7 +163,7 @@ func (a *Authorizer) ValidateBinding(name string, spec api.RoleBindingSpec) erro
 // PutBinding adds or replaces a role binding and returns the clusters whose compiled objects
 // change (those the old and the new binding cover).
 func (a *Authorizer) PutBinding(name string, spec api.RoleBindingSpec) (Coverage, error) {
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	if err := validateBinding(name, spec, a.lookupRole, a.projectExists); err != nil {
 		return Coverage{}, err
@@ -184,7 +184,7 @@ func (a *Authorizer) PutBinding(name string, spec api.RoleBindingSpec) (Coverage
 
 // DeleteBinding removes a role binding and returns the clusters whose compiled objects change.
 func (a *Authorizer) DeleteBinding(name string) (Coverage, error) {
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	b := a.bindings[name]
 	if b == nil {
@@ -332,7 +332,7 @@ func (a *Authorizer) PutProject(name string, spec api.ProjectSpec) (Coverage, er
 		return Coverage{}, err
 	}
 	nsSel, _ := parseSelector(spec.NamespaceSelector)
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	var cov Coverage
 	p := a.projects[name]
@@ -360,7 +360,7 @@ func (a *Authorizer) PutProject(name string, spec api.ProjectSpec) (Coverage, er
 
 // DeleteProject removes a project no binding is scoped to.
 func (a *Authorizer) DeleteProject(name string) (Coverage, error) {
-	a.mu.Lock()
+	a.lock()
 	defer a.mu.Unlock()
 	p := a.projects[name]
 	if p == nil {
@@ -389,7 +389,7 @@ func (a *Authorizer) DeleteProject(name string) (Coverage, error) {
 // validate are skipped and reported together; the rest are loaded.
 func (a *Authorizer) Load(roles map[string]api.RoleSpec, projects map[string]api.ProjectSpec, bindings map[string]api.RoleBindingSpec) error {
 	var errs []error
-	a.mu.Lock()
+	a.lock()
 	pending := map[string]api.RoleSpec{}
 	for n, s := range roles {
 		pending[n] = s
