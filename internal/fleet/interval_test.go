@@ -136,3 +136,63 @@ func TestStoredStatusWrittenElsewhereIsCorrected(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestOwnStatusWritesAreNotRewritten: the watch's event of a Cluster status this model wrote
+// does not mark the cluster dirty again. It did once, and as a polled cluster's status always
+// differs from the last (its lastSeen moves), every write brought another: at a million
+// clusters the status writer never caught up.
+func TestOwnStatusWritesAreNotRewritten(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := seedClusters(t, 1)
+	f := New(st, Config{StatusInterval: 1500 * time.Millisecond})
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	key := store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: seededName(0)}
+	version := func() string {
+		obj, err := st.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return obj.Metadata.ResourceVersion
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !f.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("the model never loaded")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The agent calls all along.
+	seen := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			f.Seen("fleet-default", seededName(0), time.Now())
+		}
+	}
+	seen(100 * time.Millisecond)
+	// A status written elsewhere makes the model write its own, once.
+	obj, err := st.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Status = json.RawMessage(`{"state":"Offline"}`)
+	if _, err := st.Update(ctx, obj); err != nil {
+		t.Fatal(err)
+	}
+	theirs := version()
+	for version() == theirs {
+		if time.Now().After(deadline) {
+			t.Fatal("the model never wrote the cluster's status")
+		}
+		seen(20 * time.Millisecond)
+	}
+	seen(200 * time.Millisecond)
+	before := version()
+	// Passes come 1.5 s apart, as at a large fleet a pass over every dirty cluster takes
+	// longer than its agent waits between calls: each pass would find lastSeen moved.
+	seen(5 * time.Second)
+	if after := version(); after != before {
+		t.Errorf("the cluster's status was written again (version %s → %s) with nothing changed but lastSeen, within its resolution", before, after)
+	}
+}

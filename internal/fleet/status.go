@@ -170,6 +170,12 @@ type pendingWrite struct {
 	onDone func()
 	// statusOf, if set, computes the status from the stored object (its spec).
 	statusOf func(obj *api.Object) (any, error)
+	// cluster, for a whole Cluster status, is the cluster written: the hash of what is
+	// written is its statusHash from before the write, so that the watch's event of this
+	// write is known as its own. Taken for another's write, it would mark the cluster dirty
+	// again; a status always differs from the last (its lastSeen moves with every poll and
+	// ping), so every write would bring another, for ever.
+	cluster *Cluster
 }
 
 // flush computes the changed rollups under the lock, then writes them without it.
@@ -298,7 +304,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			st.LastSeen = &t
 		}
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st, stored: c.statusHash,
-			onDone: func() { c.state = state; c.setStoredSeen(seen) }})
+			cluster: c, onDone: func() { c.state = state; c.setStoredSeen(seen) }})
 	}
 	if len(f.dirtyClusters) == 0 && n > 1024 {
 		// A map keeps the size it grew to (a whole fleet's after a load or a change covering
@@ -399,7 +405,20 @@ func (f *Fleet) writeStatus(ctx context.Context, pw pendingWrite) error {
 			return nil
 		}
 		obj.Status = raw
+		own := pw.cluster != nil && field == "" && pw.statusOf == nil
+		if own {
+			f.mu.Lock()
+			pw.cluster.statusHash = statusHash(raw)
+			f.mu.Unlock()
+		}
 		_, err = f.st.Update(ctx, obj)
+		if err != nil && own {
+			// Not written: what is stored is unknown again, so the next pass reads it
+			// rather than skip a status that only this write would have stored.
+			f.mu.Lock()
+			pw.cluster.statusHash = 0
+			f.mu.Unlock()
+		}
 		if !errors.Is(err, store.ErrConflict) {
 			return err
 		}
