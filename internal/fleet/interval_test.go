@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"testing"
 	"time"
 
@@ -194,5 +195,63 @@ func TestOwnStatusWritesAreNotRewritten(t *testing.T) {
 	seen(5 * time.Second)
 	if after := version(); after != before {
 		t.Errorf("the cluster's status was written again (version %s → %s) with nothing changed but lastSeen, within its resolution", before, after)
+	}
+}
+
+// TestStatsFromKeptCounts: the metrics' clusters by state, taken from the dashboard's kept
+// counts, agree with a pass over every cluster: after a load, after some clusters call, and
+// after a new one registers.
+func TestStatsFromKeptCounts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := seedClusters(t, 40)
+	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(30 * time.Second); !f.Ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the model never loaded")
+		}
+	}
+	walk := func() map[string]int {
+		now := time.Now()
+		out := map[string]int{}
+		f.mu.RLock()
+		defer f.mu.RUnlock()
+		for _, w := range f.workspaces {
+			for _, c := range w.clusters {
+				out[f.clusterState(c, now)]++
+			}
+		}
+		return out
+	}
+	check := func(when string) {
+		t.Helper()
+		got, _, _, _ := f.Stats()
+		if want := walk(); !maps.Equal(got, want) {
+			t.Errorf("%s: Stats counts %v, the clusters are %v", when, got, want)
+		}
+	}
+	check("after the load")
+	for i := range 15 {
+		f.Seen("fleet-default", seededName(i), time.Now())
+	}
+	check("after 15 clusters called")
+	// A cluster registered since, which has not called: Pending.
+	now := time.Now().UTC()
+	if _, err := st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+		Metadata: api.ObjectMeta{Name: "new", Namespace: "fleet-default", UID: "0b5c3c1e-8f5e-4c1a-9d6b-2a7e4f0c9d99", CreationTimestamp: &now},
+		Spec:     json.RawMessage(`{"clientID":"new"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); f.UIDOf("fleet-default", "new") == ""; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the model never saw the new cluster")
+		}
+	}
+	check("after a cluster registered")
+	if got, _, _, _ := f.Stats(); got["Pending"] != 1 || got[api.StateReady] != 40 {
+		t.Errorf("clusters by state %v, want 40 Ready and 1 Pending", got)
 	}
 }

@@ -60,16 +60,20 @@ func (f *Fleet) writeStatusLoop(ctx context.Context) {
 	}
 }
 
-// Stats counts clusters, bundles and deployments by state, for metrics.
+// Stats counts clusters, bundles and deployments by state, for metrics. The clusters come
+// from the dashboard's kept counts (a state that changes with time alone moves at the next
+// sweep), not a pass over the fleet: that was ~0.3 s of CPU under the read lock per scrape
+// at 1M clusters.
 func (f *Fleet) Stats() (clusters, bundles, deployments map[string]int, queue int) {
-	now := time.Now()
 	clusters, bundles, deployments = map[string]int{}, map[string]int{}, map[string]int{}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	for _, w := range f.workspaces {
-		for _, c := range w.clusters {
-			clusters[f.clusterState(c, now)]++
+	for i, n := range f.agg.all.state {
+		if n > 0 {
+			clusters[stateSlots[i]] = n
 		}
+	}
+	for _, w := range f.workspaces {
 		for _, b := range w.bundles {
 			state := api.StateReady
 			switch {
