@@ -288,7 +288,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			if !ok {
 				continue
 			}
-			reply := s.handle(m.Buffers[0][:m.N], from.AddrPort(), answers[k*Size:k*Size])
+			reply := s.handle(m.Buffers[0][:m.N], from.AddrPort(), answers[k*Size:k*Size:(k+1)*Size])
 			if len(reply) == 0 {
 				continue
 			}

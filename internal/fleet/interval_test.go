@@ -9,6 +9,7 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/store/sqlite"
 )
 
 type pingers struct {
@@ -97,13 +98,7 @@ func TestLoadKeepsStoredState(t *testing.T) {
 // leader before this one, whose write arrived late) that differs from the model's is
 // written again, even when only its summary differs.
 func TestStoredStatusWrittenElsewhereIsCorrected(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st := seedClusters(t, 1)
-	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
-	done := make(chan struct{})
-	go func() { f.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	ctx, _, st := runSeeded(t, 1, 50*time.Millisecond)
 	key := store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: seededName(0)}
 	summaryOf := func() *api.Summary {
 		obj, err := st.Get(ctx, key)
@@ -115,12 +110,6 @@ func TestStoredStatusWrittenElsewhereIsCorrected(t *testing.T) {
 		return s.Summary
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for !f.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("the model never loaded")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	time.Sleep(200 * time.Millisecond) // its first status passes
 	obj, err := st.Get(ctx, key)
 	if err != nil {
@@ -143,13 +132,7 @@ func TestStoredStatusWrittenElsewhereIsCorrected(t *testing.T) {
 // differs from the last (its lastSeen moves), every write brought another: at a million
 // clusters the status writer never caught up.
 func TestOwnStatusWritesAreNotRewritten(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st := seedClusters(t, 1)
-	f := New(st, Config{StatusInterval: 1500 * time.Millisecond})
-	done := make(chan struct{})
-	go func() { f.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	ctx, f, st := runSeeded(t, 1, 1500*time.Millisecond)
 	key := store.Key{Kind: api.KindCluster, Namespace: "fleet-default", Name: seededName(0)}
 	version := func() string {
 		obj, err := st.Get(ctx, key)
@@ -159,12 +142,6 @@ func TestOwnStatusWritesAreNotRewritten(t *testing.T) {
 		return obj.Metadata.ResourceVersion
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for !f.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("the model never loaded")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	// The agent calls all along.
 	seen := func(d time.Duration) {
 		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
@@ -202,18 +179,7 @@ func TestOwnStatusWritesAreNotRewritten(t *testing.T) {
 // counts, agree with a pass over every cluster: after a load, after some clusters call, and
 // after a new one registers.
 func TestStatsFromKeptCounts(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st := seedClusters(t, 40)
-	f := New(st, Config{StatusInterval: 50 * time.Millisecond})
-	done := make(chan struct{})
-	go func() { f.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(30 * time.Second); !f.Ready(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the model never loaded")
-		}
-	}
+	ctx, f, st := runSeeded(t, 40, 50*time.Millisecond)
 	walk := func() map[string]int {
 		now := time.Now()
 		out := map[string]int{}
@@ -254,4 +220,22 @@ func TestStatsFromKeptCounts(t *testing.T) {
 	if got, _, _, _ := f.Stats(); got["Pending"] != 1 || got[api.StateReady] != 40 {
 		t.Errorf("clusters by state %v, want 40 Ready and 1 Pending", got)
 	}
+}
+
+// runSeeded runs a model over n seeded clusters, with status passes every interval, until
+// the test ends; it returns once the model is loaded.
+func runSeeded(t *testing.T, n int, interval time.Duration) (context.Context, *Fleet, *sqlite.Store) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st := seedClusters(t, n)
+	f := New(st, Config{StatusInterval: interval})
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(30 * time.Second); !f.Ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the model never loaded")
+		}
+	}
+	return ctx, f, st
 }
