@@ -409,7 +409,7 @@ func (f *Fleet) writeStatus(ctx context.Context, pw pendingWrite) error {
 			return nil
 		}
 		obj.Status = raw
-		own := pw.cluster != nil && field == "" && pw.statusOf == nil
+		own := pw.cluster != nil // set only for a whole Cluster status
 		if own {
 			f.mu.Lock()
 			pw.cluster.statusHash = statusHash(raw)

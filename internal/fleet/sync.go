@@ -474,9 +474,10 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 	if h := statusHash(obj.Status); h != c.statusHash {
 		c.statusHash = h
 		if !isNew {
-			// Someone wrote it (this replica, or a leader before it whose write arrives
-			// late): compared again with what the model would write. A write skipped
-			// because the hash it knew matched would otherwise leave it wrong for good.
+			// Another wrote it (a leader before this one whose write arrives late; this
+			// model's own writes record their hash first): compared again with what the
+			// model would write. A write skipped because the hash it knew matched would
+			// otherwise leave it wrong for good.
 			f.dirtyClusters[c] = struct{}{}
 		}
 	}

@@ -119,6 +119,8 @@ func BenchmarkIndexMemory(b *testing.B) {
 	b.ReportMetric(perBinding, "heapB/binding")
 }
 
+// BenchmarkCompile is one cluster's compile with its own layer cached, as for every cluster
+// of its set of bindings and projects but the first.
 func BenchmarkCompile(b *testing.B) {
 	a := benchIndex(b)
 	out := a.Compile(benchCluster, DefaultCompileOptions())
