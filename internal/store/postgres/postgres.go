@@ -71,6 +71,10 @@ ALTER TABLE objects ADD COLUMN summary BYTEA;
 ALTER TABLE agent_seq ADD COLUMN srev BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX agent_seq_srev ON agent_seq (srev, cluster);
 INSERT INTO meta (name, value) VALUES ('status_revision', 0);
+`, `
+CREATE TABLE summaries (obj BIGINT PRIMARY KEY, kind TEXT NOT NULL, summary BYTEA NOT NULL);
+INSERT INTO summaries (obj, kind, summary) SELECT id, kind, summary FROM objects WHERE summary IS NOT NULL;
+UPDATE objects SET summary = NULL WHERE summary IS NOT NULL;
 `}
 
 // Dialect is PostgreSQL's SQL dialect.

@@ -478,12 +478,12 @@ func (w *txw) create(ops []*op, rev int64, results []opResult) error {
 		rows = append(rows, newRow{i: i, key: key, data: data, sum: w.s.summary(&out)})
 	}
 
-	err := w.chunks(len(rows), 6, func(lo, hi int) error {
-		args := make([]any, 0, 6*(hi-lo))
+	err := w.chunks(len(rows), 5, func(lo, hi int) error {
+		args := make([]any, 0, 5*(hi-lo))
 		for _, r := range rows[lo:hi] {
-			args = append(args, r.key.Kind, r.key.Namespace, r.key.Name, rev+int64(r.i), r.data, r.sum)
+			args = append(args, r.key.Kind, r.key.Namespace, r.key.Name, rev+int64(r.i), r.data)
 		}
-		rs, err := w.query(multiRow(`INSERT INTO objects (kind, namespace, name, rev, data, summary) VALUES `, `(?, ?, ?, ?, ?, ?)`, hi-lo,
+		rs, err := w.query(multiRow(`INSERT INTO objects (kind, namespace, name, rev, data) VALUES `, `(?, ?, ?, ?, ?)`, hi-lo,
 			` ON CONFLICT (kind, namespace, name) DO NOTHING RETURNING id, kind, namespace, name`), args...)
 		if err != nil {
 			return err
@@ -527,6 +527,23 @@ func (w *txw) create(ops []*op, rev int64, results []opResult) error {
 		done = append(done, r)
 	}
 	rows = done
+	var sums []newRow
+	for _, r := range rows {
+		if r.sum != nil {
+			sums = append(sums, r)
+		}
+	}
+	err = w.chunks(len(sums), 3, func(lo, hi int) error {
+		args := make([]any, 0, 3*(hi-lo))
+		for _, r := range sums[lo:hi] {
+			args = append(args, r.id, r.key.Kind, r.sum)
+		}
+		_, err := w.exec(multiRow(`INSERT INTO summaries (obj, kind, summary) VALUES `, `(?, ?, ?)`, hi-lo, ``), args...)
+		return err
+	})
+	if err != nil {
+		return err
+	}
 	err = w.chunks(len(labels), 4, func(lo, hi int) error {
 		args := make([]any, 0, 4*(hi-lo))
 		for _, l := range labels[lo:hi] {
@@ -635,8 +652,13 @@ func (w *txw) update(obj *api.Object, rv string, keepStatus bool, base *api.Obje
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s: %w", key, err)
 	}
-	if _, err := w.exec(`UPDATE objects SET rev = ?, data = ?, summary = ? WHERE id = ?`, rev, data, w.s.summary(&out), id); err != nil {
+	if _, err := w.exec(`UPDATE objects SET rev = ?, data = ? WHERE id = ?`, rev, data, id); err != nil {
 		return nil, err
+	}
+	if sum := w.s.summary(&out); sum != nil {
+		if _, err := w.exec(`INSERT INTO summaries (obj, kind, summary) VALUES (?, ?, ?) ON CONFLICT (obj) DO UPDATE SET summary = excluded.summary`, id, key.Kind, sum); err != nil {
+			return nil, err
+		}
 	}
 	if old := labelsOf(oldData); !maps.Equal(old, out.Metadata.Labels) {
 		if _, err := w.exec(`DELETE FROM labels WHERE obj = ?`, id); err != nil {
@@ -675,6 +697,10 @@ func (w *txw) delete(key store.Key, rv string, rev int64) (*api.Object, error) {
 		return nil, err
 	}
 	if _, err := w.exec(`DELETE FROM labels WHERE obj = ?`, id); err != nil {
+		return nil, err
+	}
+	// Whatever the summarizers now: a summary of a kind summarised once must not outlive it.
+	if _, err := w.exec(`DELETE FROM summaries WHERE obj = ?`, id); err != nil {
 		return nil, err
 	}
 	// prev holds the state before this revision; for a delete that is the stored object.
