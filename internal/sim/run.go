@@ -379,7 +379,7 @@ func (s *Sim) Change(ctx context.Context, name, selector string) (*ChangeResult,
 }
 
 // waitSettled waits until the server's controllers have no work queued (its
-// flotilla_controller_queue_depth), scraping once a second: a scrape counts the whole fleet.
+// flotilla_controller_queue_depth), scraping once a second.
 func (s *Sim) waitSettled(ctx context.Context) error {
 	var last time.Time
 	return s.waitFor(ctx, "the server's status writes to settle", func() bool {
