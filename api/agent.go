@@ -58,6 +58,11 @@ type DoorbellInfo struct {
 	Key []byte `json:"key"`
 	// IntervalSeconds is how often to ping, unless an answer says otherwise.
 	IntervalSeconds int `json:"intervalSeconds"`
+	// KeepAliveSeconds, when set, is how often to send a keepalive (one byte) to Port
+	// between pings, unless an answer says otherwise: it keeps NATs on the way from
+	// forgetting the path rings take, and the server drops it unread. Pings then carry the
+	// keepalive flag, and their answers both intervals. Unset: pings only.
+	KeepAliveSeconds int `json:"keepAliveSeconds,omitempty"`
 }
 
 // Doorbell states an agent reports in its inventory.

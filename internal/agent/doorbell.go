@@ -151,7 +151,8 @@ func (a *agent) startDoorbell(ctx context.Context) error {
 		return err
 	}
 	k := &doorbell.Keeper{
-		Interval: time.Duration(info.IntervalSeconds) * time.Second,
+		Interval:  time.Duration(info.IntervalSeconds) * time.Second,
+		KeepAlive: time.Duration(info.KeepAliveSeconds) * time.Second,
 		Version: func() int64 {
 			if ds := a.currentDesired(); ds != nil {
 				return ds.Revision

@@ -61,6 +61,8 @@ type Doorbell interface {
 	// Pinging says whether the cluster with uid pings it.
 	Pinging(uid string) bool
 	Interval() time.Duration
+	// KeepAliveInterval is how often agents send keepalives between pings.
+	KeepAliveInterval() time.Duration
 	Key(uid doorbell.UID) []byte
 }
 
@@ -131,7 +133,8 @@ func (s *Server) doorbellInfo(uid string) *api.DoorbellInfo {
 	if err != nil {
 		return nil
 	}
-	return &api.DoorbellInfo{Port: s.Doorbell.Port(), UID: uid, Key: s.Doorbell.Key(u), IntervalSeconds: max(1, int(s.Doorbell.Interval()/time.Second))}
+	return &api.DoorbellInfo{Port: s.Doorbell.Port(), UID: uid, Key: s.Doorbell.Key(u), IntervalSeconds: max(1, int(s.Doorbell.Interval()/time.Second)),
+		KeepAliveSeconds: max(1, int(s.Doorbell.KeepAliveInterval()/time.Second))}
 }
 
 // tunnel hands a cluster's tunnel dial, authenticated by its credential, to the registry,

@@ -150,6 +150,7 @@ var apiDocs = map[string]string{
 	"DiffOptions.ComparePatches":                   "ComparePatches select objects and the fields of them that drift detection ignores.",
 	"DoorbellInfo":                                 "DoorbellInfo is how a cluster's agent uses the datagram doorbell: it pings \"my desired version is V\" to Port every IntervalSeconds, with datagrams signed by Key, and polls at once when the server answers or rings that the state changed or a tunnel is wanted.",
 	"DoorbellInfo.IntervalSeconds":                 "IntervalSeconds is how often to ping, unless an answer says otherwise.",
+	"DoorbellInfo.KeepAliveSeconds":                "KeepAliveSeconds, when set, is how often to send a keepalive (one byte) to Port between pings, unless an answer says otherwise: it keeps NATs on the way from forgetting the path rings take, and the server drops it unread. Pings then carry the keepalive flag, and their answers both intervals. Unset: pings only.",
 	"DoorbellInfo.Key":                             "Key is the cluster's doorbell key (32 bytes, base64 in JSON).",
 	"DoorbellInfo.Port":                            "Port is the UDP port, on the host of the server's URL.",
 	"DoorbellInfo.UID":                             "UID is the cluster's UID, which every datagram names.",

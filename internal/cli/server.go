@@ -89,6 +89,9 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			if cfg.DoorbellBudget <= 0 || math.IsNaN(cfg.DoorbellBudget) || math.IsInf(cfg.DoorbellBudget, 0) {
 				return fmt.Errorf("--doorbell-budget must be a positive number of pings per second, not %v", cfg.DoorbellBudget)
 			}
+			if cfg.DoorbellKeepAliveBudget <= 0 || math.IsNaN(cfg.DoorbellKeepAliveBudget) || math.IsInf(cfg.DoorbellKeepAliveBudget, 0) {
+				return fmt.Errorf("--doorbell-keepalive-budget must be a positive number of keepalives per second, not %v", cfg.DoorbellKeepAliveBudget)
+			}
 			if cfg.Fleet.PollBudget <= 0 || math.IsNaN(cfg.Fleet.PollBudget) || math.IsInf(cfg.Fleet.PollBudget, 0) {
 				return fmt.Errorf("--agent-poll-budget must be a positive number of polls per second, not %v", cfg.Fleet.PollBudget)
 			}
@@ -163,8 +166,9 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.StringVar(&cfg.Doorbell, "doorbell", "", "UDP address of the datagram doorbell that tells agents of changes at once (default: the --listen address over UDP; \"off\" for none)")
 	f.Float64Var(&cfg.DoorbellRingRate, "doorbell-ring-rate", doorbell.DefaultRingRate, "doorbell rings and \"changed, come now\" answers per second: the rate at which a change pulls agents to the API")
 	f.Float64Var(&cfg.DoorbellSourceRate, "doorbell-source-rate", doorbell.DefaultSourceRate, "doorbell datagrams per second taken from one source address")
-	f.DurationVar(&cfg.DoorbellInterval, "doorbell-interval", doorbell.DefaultInterval, "how often agents ping the doorbell (keep it under the UDP timeout of NATs on the way); a fleet larger than the interval times --doorbell-budget pings less often")
-	f.Float64Var(&cfg.DoorbellBudget, "doorbell-budget", doorbell.DefaultBudget, "doorbell pings per second the whole fleet may send; agents are told to ping less often as the fleet grows")
+	f.DurationVar(&cfg.DoorbellInterval, "doorbell-interval", doorbell.DefaultInterval, "how often agents ping the doorbell, or keep their path to it alive between pings (keep it under the UDP timeout of NATs on the way); a fleet larger than the interval times a budget pings or keeps alive less often")
+	f.Float64Var(&cfg.DoorbellBudget, "doorbell-budget", doorbell.DefaultBudget, "doorbell pings per second the whole fleet may send (each is read, checked and answered); agents are told to ping less often as the fleet grows")
+	f.Float64Var(&cfg.DoorbellKeepAliveBudget, "doorbell-keepalive-budget", doorbell.DefaultKeepAliveBudget, "doorbell keepalives per second the whole fleet may send between pings (one-byte datagrams the kernel drops before the server reads them, which keep NATs open for rings); agents are told to send them less often as the fleet grows")
 	f.DurationVar(&cfg.Fleet.BellPollInterval, "doorbell-poll-interval", fleet.DefaultConfig().BellPollInterval, "how often agents whose doorbell pings are answered poll over HTTPS (their pings carry their desired version; a change rings them)")
 	f.DurationVar(&cfg.GitRepoSyncTimeout, strings.TrimPrefix(gitops.FlagSyncTimeout, "--"), gitops.DefaultSyncTimeout, "time one GitRepo's sync (fetch, scan and every render of a commit) may take")
 	ldap.AddFlags(f, &cfg.LDAP)

@@ -73,6 +73,9 @@ type Bell struct {
 	// onAnswer is told of every valid answer and ring.
 	onAnswer func(Packet)
 
+	// keepAlive marks pings with FlagKeepAlive: the agent sends keepalives between them.
+	keepAlive atomic.Bool
+
 	mu       sync.Mutex
 	counter  uint64 // last counter sent
 	answered bool   // the last ping was answered
@@ -112,9 +115,15 @@ func (b *Bell) Ping(version int64) error {
 	}
 	b.counter, b.answered = c, false
 	b.mu.Unlock()
-	p := Packet{Kind: KindPing, Cluster: b.uid, Counter: c, Value: uint64(version)}
+	p := Packet{Kind: KindPing, Cluster: b.uid, Counter: c, Value: uint64(version), KeepAlive: b.keepAlive.Load()}
 	var buf [Size]byte
 	_, err := b.ep.conn.WriteToUDPAddrPort(p.Append(buf[:0], b.key), b.server)
+	return err
+}
+
+// SendKeepAlive sends a keepalive: it keeps the path open, and the server drops it unread.
+func (b *Bell) SendKeepAlive() error {
+	_, err := b.ep.conn.WriteToUDPAddrPort(KeepAlive, b.server)
 	return err
 }
 
@@ -156,6 +165,9 @@ type Keeper struct {
 	Bell *Bell
 	// Interval is how often to ping unless the server says otherwise.
 	Interval time.Duration
+	// KeepAlive, when set (the server takes keepalives), is how often to send a keepalive
+	// between pings unless the server says otherwise; answers then say both intervals.
+	KeepAlive time.Duration
 	// Version returns the desired version the agent holds.
 	Version func() int64
 	// Ring is called when the server says the state changed (after the delay it asked
@@ -215,6 +227,7 @@ func (k *Keeper) setState(s string) {
 // Run pings until ctx ends.
 func (k *Keeper) Run(ctx context.Context) {
 	k.init()
+	k.Bell.keepAlive.Store(k.KeepAlive > 0)
 	misses := 0
 	var ringAt <-chan time.Time
 	for {
@@ -240,7 +253,11 @@ func (k *Keeper) Run(ctx context.Context) {
 					misses = 0
 					k.setState(StateOn)
 				}
-				delay := time.Duration(min(p.Value, uint64(time.Hour/time.Millisecond))) * time.Millisecond
+				delay, keepAlive := p.Delays()
+				delay = min(delay, time.Hour)
+				if keepAlive > 0 && k.KeepAlive > 0 {
+					k.KeepAlive = min(keepAlive, time.Hour)
+				}
 				switch p.Kind {
 				case KindUnchanged, KindLater:
 					if !p.Ring && delay > 0 {
@@ -269,15 +286,30 @@ func (k *Keeper) Run(ctx context.Context) {
 				next = k.Timeout
 			}
 		}
-		// Wait for the next ping, taking rings meanwhile.
+		// Wait for the next ping, taking rings and sending keepalives meanwhile.
 		t := time.NewTimer(next)
+		var keep <-chan time.Time
+		var kt *time.Timer
+		if k.KeepAlive > 0 && k.KeepAlive < next {
+			kt = time.NewTimer(jitter(k.KeepAlive))
+			keep = kt.C
+		}
 	sleep:
 		for {
 			select {
 			case <-ctx.Done():
 				t.Stop()
+				if kt != nil {
+					kt.Stop()
+				}
 				return
+			case <-keep:
+				k.Bell.SendKeepAlive()
+				kt.Reset(jitter(k.KeepAlive))
 			case <-t.C:
+				if kt != nil {
+					kt.Stop()
+				}
 				break sleep
 			case <-ringAt:
 				ringAt = nil

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/time/rate"
@@ -52,10 +53,15 @@ const (
 	// address or an IPv6 /64): room for ~25,000 agents behind one NAT at the largest fleet's
 	// ping interval, while one sender cannot take more than a sliver of the server.
 	DefaultSourceRate = 1000
-	// DefaultBudget bounds the datagrams per second the fleet's pings may cost: a fleet
-	// larger than Interval × Budget is told to ping less often (100 s at 1M clusters), as
-	// HTTPS polls are stretched to the poll budget.
-	DefaultBudget = 10000
+	// DefaultBudget bounds the pings per second the fleet may send: a fleet larger than
+	// Interval × Budget is told to ping less often (500 s at 1M clusters), as HTTPS polls are
+	// stretched to the poll budget. Each ping is read, checked and answered (~17-25 µs of
+	// the server's CPU, docs/benchmarks.md); between pings, keepalives hold NATs open.
+	DefaultBudget = 2000
+	// DefaultKeepAliveBudget bounds the keepalives per second the fleet may send: a fleet
+	// larger than Interval × KeepAliveBudget keeps alive less often (100 s at 1M). A
+	// keepalive costs the server only the kernel's receive path: the socket's filter drops it.
+	DefaultKeepAliveBudget = 10000
 	// defaultBatch is how many datagrams one system call reads or writes.
 	defaultBatch = 64
 	// DefaultReplayWindow: a cluster the server holds no counter for (it restarted) may
@@ -73,8 +79,11 @@ type Config struct {
 	// derives the keys agents fetch and signs; the others (rotated out, within their grace)
 	// still verify pings, whose answers then carry FlagRekey.
 	Secrets func() [][]byte
-	// Budget bounds the datagrams per second pings may cost (0: DefaultBudget).
+	// Budget bounds the pings per second of the fleet (0: DefaultBudget).
 	Budget float64
+	// KeepAliveBudget bounds the keepalives per second of the fleet (0:
+	// DefaultKeepAliveBudget).
+	KeepAliveBudget float64
 	// Interval is how often agents are told to ping (0: DefaultInterval).
 	Interval time.Duration
 	// RingRate bounds rings plus "changed, come now" answers per second (0: DefaultRingRate).
@@ -179,6 +188,9 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	if cfg.Budget <= 0 {
 		cfg.Budget = DefaultBudget
 	}
+	if cfg.KeepAliveBudget <= 0 {
+		cfg.KeepAliveBudget = DefaultKeepAliveBudget
+	}
 	if cfg.ReplayWindow <= 0 {
 		cfg.ReplayWindow = DefaultReplayWindow
 	}
@@ -199,6 +211,10 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	// A burst of pings (a fleet after a restart) waits in the socket rather than being lost.
 	conn.SetReadBuffer(4 << 20)
 	conn.SetWriteBuffer(4 << 20)
+	if err := dropOtherSizes(conn); err != nil {
+		// Keepalives then reach the reader, which refuses them by their size.
+		cfg.Logger.Warn("doorbell: no socket filter, keepalives are dropped after they are read", "err", err)
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, wake: make(chan struct{}, 1),
 		sources: newSourceLimiter(cfg.SourceRate), ringLim: rate.NewLimiter(rate.Limit(cfg.RingRate), max(1, int(cfg.RingRate/10)))}
 	s.batch = defaultBatch
@@ -224,6 +240,17 @@ func (s *Server) PingInterval() time.Duration {
 		d = time.Duration(n / s.cfg.Budget * float64(time.Second))
 	}
 	return d
+}
+
+// KeepAliveInterval is the mean time between one agent's keepalives: the interval, stretched
+// so that the fleet's keepalives stay within their budget, and never longer than the ping
+// interval (a ping keeps the path open too).
+func (s *Server) KeepAliveInterval() time.Duration {
+	d := s.cfg.Interval
+	if n := float64(s.count.Load()); n/s.cfg.KeepAliveBudget > d.Seconds() {
+		d = time.Duration(n / s.cfg.KeepAliveBudget * float64(time.Second))
+	}
+	return min(d, s.PingInterval())
 }
 
 // Pinging says whether the agent of the cluster with uid pings: its last valid ping came
@@ -338,14 +365,25 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		s.Stats.Refused.Add(1)
 		return nil
 	}
-	answer := Packet{Cluster: p.Cluster, Counter: p.Counter, Rekey: used > 0}
+	answer := Packet{Cluster: p.Cluster, Counter: p.Counter, Rekey: used > 0, KeepAlive: p.KeepAlive}
+	// delay becomes the answer's value, with the keepalive interval beside it for an agent
+	// that keeps alive.
+	var delay time.Duration
+	reply := func() []byte {
+		if answer.KeepAlive {
+			answer.Value = packDelays(delay, s.KeepAliveInterval())
+		} else {
+			answer.Value = uint64(delay / time.Millisecond)
+		}
+		return answer.Append(out, key)
+	}
 	if !s.cfg.Clusters.Ready() {
 		if !s.fresh(p.Counter, now) {
 			s.Stats.Refused.Add(1)
 			return nil
 		}
-		answer.Kind, answer.Value = KindLater, uint64(2*time.Second/time.Millisecond)
-		return answer.Append(out, key)
+		answer.Kind, delay = KindLater, 2*time.Second
+		return reply()
 	}
 	name, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String(), int64(p.Value))
 	if !ok {
@@ -378,14 +416,12 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		// a change is spread over it.
 		answer.Kind = KindChanged
 		r := s.ringLim.ReserveN(now, 1)
-		if d := r.DelayFrom(now); d > 0 {
-			answer.Value = uint64(d / time.Millisecond)
-		}
+		delay = max(r.DelayFrom(now), 0)
 	default:
 		answer.Kind = KindUnchanged
-		answer.Value = uint64(s.next(p.Cluster, now) / time.Millisecond)
+		delay = s.next(p.Cluster, now)
 	}
-	return answer.Append(out, key)
+	return reply()
 }
 
 // fresh says whether a first counter (the server holds none for the cluster) is a time
@@ -604,3 +640,26 @@ func (s *Server) sweeper(ctx context.Context) {
 
 // Len is the number of clusters whose agents ping.
 func (s *Server) Len() int { return int(s.count.Load()) }
+
+// dropOtherSizes attaches a socket filter that drops, in the kernel, every datagram whose
+// length is not a ping's: keepalives (which exist only to pass NATs on the way), and
+// anything else no ping can be, are never queued to the socket nor wake its reader.
+// Classic BPF on the UDP socket sees the datagram from its UDP header on, so the length it
+// loads is the header's 8 bytes and the payload.
+func dropOtherSizes(conn *net.UDPConn) error {
+	prog, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtLen},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: udpHeader + Size, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+		bpf.RetConstant{Val: 1 << 16},
+	})
+	if err != nil {
+		return err
+	}
+	if conn.LocalAddr().(*net.UDPAddr).IP.To4() == nil {
+		return ipv6.NewPacketConn(conn).SetBPF(prog)
+	}
+	return ipv4.NewPacketConn(conn).SetBPF(prog)
+}
+
+const udpHeader = 8

@@ -16,6 +16,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	"time"
 )
 
 // Wire format, every datagram (either way) exactly Size bytes, big-endian:
@@ -23,14 +25,23 @@ import (
 //	0      version (WireVersion)
 //	1      kind
 //	2      flags (FlagRing: an unprompted ring, not an answer; FlagRekey: the key that signed
-//	       the ping is retired, fetch the new one over HTTPS)
+//	       the ping is retired, fetch the new one over HTTPS; FlagKeepAlive: on a ping, the
+//	       agent sends keepalives between pings; on its answer, value is two delays)
 //	3      zero
 //	4:20   cluster UID, the 16 bytes of its UUID
 //	20:28  counter: a ping's own counter; an answer echoes it; a ring carries the server's
-//	28:36  value: a ping's desired version; otherwise a delay in milliseconds
+//	28:36  value: a ping's desired version; otherwise a delay in milliseconds, or, in an
+//	       answer with FlagKeepAlive, the keepalive interval in milliseconds (bits 32-63)
+//	       and the delay in milliseconds (bits 0-31)
 //	36:52  tag: HMAC-SHA256(cluster key, bytes 0:36), first 16 bytes
 //
 // Every answer and ring is the size of a ping, so the server never sends more than it got.
+//
+// Between pings an agent that was offered keepalives sends KeepAlive, one byte, as often as
+// the answers say: it keeps the NATs on the way from forgetting the path by which rings
+// come, at a fraction of a ping's cost, as the server's socket drops every datagram that is
+// not Size bytes long before it is read (a filter in the kernel). A keepalive is not
+// authenticated and changes nothing; only pings tell the server where a cluster is.
 const (
 	WireVersion = 1
 	Size        = 52
@@ -79,7 +90,29 @@ const (
 	// rotated): still answered until the key's grace ends, but the agent should fetch its
 	// new key over HTTPS now.
 	FlagRekey = 2
+	// FlagKeepAlive on a ping says the agent sends keepalives between its pings; the answer
+	// carries it too, and then its value holds the keepalive interval beside the delay.
+	FlagKeepAlive = 4
 )
+
+// KeepAlive is the keepalive datagram.
+var KeepAlive = []byte{0}
+
+// packDelays is an answer's value with FlagKeepAlive: two durations in milliseconds, each
+// at most 2^32-1 (49 days).
+func packDelays(delay, keepAlive time.Duration) uint64 {
+	ms := func(d time.Duration) uint64 { return min(uint64(max(d, 0)/time.Millisecond), 1<<32-1) }
+	return ms(keepAlive)<<32 | ms(delay)
+}
+
+// Delays reads an answer's value: the delay it asks for, and with FlagKeepAlive the
+// keepalive interval (0 otherwise).
+func (p Packet) Delays() (delay, keepAlive time.Duration) {
+	if !p.KeepAlive {
+		return time.Duration(min(p.Value, uint64(math.MaxInt64/time.Millisecond))) * time.Millisecond, 0
+	}
+	return time.Duration(p.Value&(1<<32-1)) * time.Millisecond, time.Duration(p.Value>>32) * time.Millisecond
+}
 
 // UID is a cluster's UID as 16 bytes.
 type UID [16]byte
@@ -114,11 +147,13 @@ func (u UID) String() string {
 
 // Packet is one datagram, decoded.
 type Packet struct {
-	Kind    Kind
-	Ring    bool
-	Rekey   bool
-	Cluster UID
-	Counter uint64
+	Kind  Kind
+	Ring  bool
+	Rekey bool
+	// KeepAlive is FlagKeepAlive.
+	KeepAlive bool
+	Cluster   UID
+	Counter   uint64
 	// Value is a ping's desired version, or an answer's delay in milliseconds.
 	Value uint64
 }
@@ -185,6 +220,9 @@ func (p Packet) Append(dst []byte, key []byte) []byte {
 	if p.Rekey {
 		b[2] |= FlagRekey
 	}
+	if p.KeepAlive {
+		b[2] |= FlagKeepAlive
+	}
 	copy(b[4:20], p.Cluster[:])
 	binary.BigEndian.PutUint64(b[20:28], p.Counter)
 	binary.BigEndian.PutUint64(b[28:36], p.Value)
@@ -215,11 +253,12 @@ func Parse(b []byte) (Packet, error) {
 	if p.Kind < KindPing || p.Kind > KindLater {
 		return p, ErrKind
 	}
-	if b[2]&^(FlagRing|FlagRekey) != 0 || b[3] != 0 {
+	if b[2]&^(FlagRing|FlagRekey|FlagKeepAlive) != 0 || b[3] != 0 {
 		return p, ErrVersion
 	}
 	p.Ring = b[2]&FlagRing != 0
 	p.Rekey = b[2]&FlagRekey != 0
+	p.KeepAlive = b[2]&FlagKeepAlive != 0
 	copy(p.Cluster[:], b[4:20])
 	p.Counter = binary.BigEndian.Uint64(b[20:28])
 	p.Value = binary.BigEndian.Uint64(b[28:36])

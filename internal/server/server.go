@@ -125,9 +125,10 @@ type Config struct {
 	// DoorbellInterval is how often agents ping (0: doorbell.DefaultInterval);
 	// DoorbellSourceRate bounds datagrams per second from one address (0:
 	// doorbell.DefaultSourceRate); DoorbellBudget those of all pings (0:
-	// doorbell.DefaultBudget).
-	DoorbellRingRate, DoorbellSourceRate, DoorbellBudget float64
-	DoorbellInterval                                     time.Duration
+	// doorbell.DefaultBudget), DoorbellKeepAliveBudget those of all keepalives (0:
+	// doorbell.DefaultKeepAliveBudget).
+	DoorbellRingRate, DoorbellSourceRate, DoorbellBudget, DoorbellKeepAliveBudget float64
+	DoorbellInterval                                                              time.Duration
 	// LeaderRetry is how often a replica on PostgreSQL that does not lead tries to take
 	// over, which bounds failover time (0: 1s).
 	LeaderRetry time.Duration
@@ -611,7 +612,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			addr = ln.Addr().String()
 		}
 		bell, err := doorbell.Listen(addr, doorbell.Config{Secrets: bellSecrets(s.bellKeys), Interval: s.cfg.DoorbellInterval, RingRate: s.cfg.DoorbellRingRate,
-			SourceRate: s.cfg.DoorbellSourceRate, Budget: s.cfg.DoorbellBudget, Clusters: bellFleet{s.fleet}, Tunnels: s.tunnels, Logger: s.log})
+			SourceRate: s.cfg.DoorbellSourceRate, Budget: s.cfg.DoorbellBudget,
+			KeepAliveBudget: s.cfg.DoorbellKeepAliveBudget, Clusters: bellFleet{s.fleet}, Tunnels: s.tunnels, Logger: s.log})
 		if err != nil {
 			ln.Close()
 			s.store.Close()

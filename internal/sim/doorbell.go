@@ -33,7 +33,10 @@ type bells struct {
 	per     int
 	enabled atomic.Bool
 
-	pings, answers, rings, changed atomic.Uint64
+	// keepAlive is the keepalive interval the server gives (0: it takes none).
+	keepAlive atomic.Int64
+
+	pings, answers, rings, changed, keepalives atomic.Uint64
 }
 
 type bellSocket struct {
@@ -42,11 +45,13 @@ type bellSocket struct {
 	ids  map[doorbell.UID]int32
 }
 
-// bellState is what a simulated cluster keeps for its doorbell: 64 bytes.
+// bellState is what a simulated cluster keeps for its doorbell: 72 bytes.
 type bellState struct {
 	key      [32]byte
 	uid      doorbell.UID
 	nextPing int64
+	// nextKeep is when to send a keepalive before the next ping (0: none due).
+	nextKeep int64
 	// pollAfterMs is the poll interval the server gave while the doorbell answers.
 	pollAfterMs uint32
 }
@@ -120,6 +125,9 @@ func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
 	st := &bellState{uid: uid}
 	copy(st.key[:], info.Key)
 	interval := time.Duration(info.IntervalSeconds) * time.Second
+	if info.KeepAliveSeconds > 0 {
+		b.keepAlive.CompareAndSwap(0, int64(time.Duration(info.KeepAliveSeconds)*time.Second))
+	}
 	// As the agent: the first ping goes at once, so the server has the cluster's address.
 	st.nextPing = now
 	mu := s.lock(i)
@@ -137,7 +145,8 @@ func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
 func (s *Sim) ping(i int, now int64) {
 	c := &s.clusters[i]
 	st := c.bell
-	p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(c.since)}
+	ka := s.bells.keepAlive.Load()
+	p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(c.since), KeepAlive: ka > 0}
 	var buf [doorbell.Size]byte
 	sock := s.bells.socks[(i/s.bells.per)%len(s.bells.socks)]
 	if _, err := sock.conn.WriteToUDPAddrPort(p.Append(buf[:0], st.key[:]), s.bells.server); err == nil {
@@ -146,6 +155,26 @@ func (s *Sim) ping(i int, now int64) {
 	// Until its answer says when (its phase in the server's ping interval).
 	d := time.Duration(s.bellInterval.Load())
 	st.nextPing = now + int64(d-d/10) + rand.Int64N(int64(d/5)+1)
+	st.nextKeep = 0
+	if ka > 0 {
+		st.nextKeep = now + int64(jitter(time.Duration(ka)))
+	}
+}
+
+// keepAlive sends cluster i's keepalive, as the agent does between pings while its path
+// would otherwise go quiet for longer than the server's keepalive interval.
+func (s *Sim) keepAlive(i int, now int64) {
+	st := s.clusters[i].bell
+	sock := s.bells.socks[(i/s.bells.per)%len(s.bells.socks)]
+	if _, err := sock.conn.WriteToUDPAddrPort(doorbell.KeepAlive, s.bells.server); err == nil {
+		s.bells.keepalives.Add(1)
+	}
+	st.nextKeep = now + int64(jitter(time.Duration(s.bells.keepAlive.Load())))
+}
+
+// jitter spreads d by ±10%, as the agent's keeper does.
+func jitter(d time.Duration) time.Duration {
+	return d - d/10 + time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
 // readBells takes the answers and rings of one socket's clusters: "changed" and "tunnel
@@ -182,21 +211,27 @@ func (s *Sim) readBells(sock *bellSocket, n int) {
 		} else {
 			s.bells.answers.Add(1)
 		}
-		if !p.Ring && (p.Kind == doorbell.KindUnchanged || p.Kind == doorbell.KindLater) && p.Value > 0 {
+		delay, keepAlive := p.Delays()
+		delay = min(delay, time.Hour)
+		if keepAlive > 0 && !p.Ring {
+			s.bells.keepAlive.Store(int64(min(keepAlive, time.Hour)))
+		}
+		if !p.Ring && (p.Kind == doorbell.KindUnchanged || p.Kind == doorbell.KindLater) && delay > 0 {
 			// As the agent: the next ping when the server says. The longest delay it
 			// gives (its phase, up to 1.1 intervals) tells the simulator its ping interval.
-			delay := time.Duration(min(p.Value, uint64(time.Hour/time.Millisecond))) * time.Millisecond
 			if iv := delay * 10 / 11; p.Kind == doorbell.KindUnchanged && iv > time.Duration(s.bellInterval.Load()) {
 				s.bellInterval.Store(int64(iv))
 			}
 			mu.Lock()
 			st.nextPing = s.now() + int64(delay)
+			if ka := s.bells.keepAlive.Load(); ka > 0 && st.nextKeep > st.nextPing {
+				st.nextKeep = 0
+			}
 			mu.Unlock()
 		}
 		switch p.Kind {
 		case doorbell.KindChanged, doorbell.KindTunnel:
 			s.bells.changed.Add(1)
-			delay := time.Duration(min(p.Value, uint64(time.Hour/time.Millisecond))) * time.Millisecond
 			s.sched.ring(i, s.now()+int64(delay))
 		}
 	}
@@ -204,9 +239,11 @@ func (s *Sim) readBells(sock *bellSocket, n int) {
 
 // DoorbellCounts are the simulated clusters' doorbell datagrams.
 type DoorbellCounts struct {
-	Pings   uint64 `json:"pings"`
-	Answers uint64 `json:"answers"`
-	Rings   uint64 `json:"rings"`
+	Pings uint64 `json:"pings"`
+	// KeepAlives counts keepalives, which the server's socket drops unread.
+	KeepAlives uint64 `json:"keepAlives"`
+	Answers    uint64 `json:"answers"`
+	Rings      uint64 `json:"rings"`
 	// Changed counts answers and rings saying "changed" or "tunnel wanted".
 	Changed uint64 `json:"changed"`
 }
@@ -216,7 +253,7 @@ func (s *Sim) doorbellCounts() DoorbellCounts {
 		return DoorbellCounts{}
 	}
 	b := s.bells
-	return DoorbellCounts{Pings: b.pings.Load(), Answers: b.answers.Load(), Rings: b.rings.Load(), Changed: b.changed.Load()}
+	return DoorbellCounts{Pings: b.pings.Load(), KeepAlives: b.keepalives.Load(), Answers: b.answers.Load(), Rings: b.rings.Load(), Changed: b.changed.Load()}
 }
 
 // ChangeGroup is a change as one group of clusters saw it: those using the doorbell, or

@@ -180,7 +180,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(tw, "idle fleet\t%v\t%.0f polls/s, %.1f reports/s; server CPU %.1f%% of one core, simulator %.1f%%\n", i.Duration, i.PollsPerSec, i.ReportsPerSec, 100*i.ServerCPU, 100*i.SimCPU)
 		fmt.Fprintf(tw, "  server heap		%s\n", i.ServerGC)
 		if i.DoorbellPerSec > 0 {
-			fmt.Fprintf(tw, "  doorbell\t%.0f pkt/s\tdatagrams received by the server\n", i.DoorbellPerSec)
+			fmt.Fprintf(tw, "  doorbell\t%.0f pkt/s\tdatagrams received by the server; %.0f keepalives/s sent, dropped by its socket filter\n", i.DoorbellPerSec, i.KeepAlivesPerSec)
 		}
 	}
 	if c := r.ColdTunnels; c != nil {
@@ -197,7 +197,7 @@ func (r *Report) WriteTable(w io.Writer) {
 			p.PerSec, 100*p.ServerCPU, gross, p.ServerCPUPerPacket, p.Received, p.Answered, p.Refused, p.Limited, p.Duration)
 	}
 	if d := r.Doorbell; d.Pings > 0 {
-		fmt.Fprintf(tw, "doorbell\t%d pings\t%d answers, %d rings, %d saying changed or tunnel wanted\n", d.Pings, d.Answers, d.Rings, d.Changed)
+		fmt.Fprintf(tw, "doorbell\t%d pings\t%d answers, %d rings, %d saying changed or tunnel wanted; %d keepalives\n", d.Pings, d.Answers, d.Rings, d.Changed, d.KeepAlives)
 	}
 	for _, st := range []struct {
 		name string

@@ -436,11 +436,11 @@ func (s *Sim) reschedule(i int, err error) {
 		return // gone silent
 	}
 	next := c.nextPoll
-	var ping int64
+	var ping, keep int64
 	if c.bell != nil {
-		ping = c.bell.nextPing
+		ping, keep = c.bell.nextPing, c.bell.nextKeep
 	}
-	for _, t := range []int64{c.reportAt, c.readyAt, c.nextBeat, ping} {
+	for _, t := range []int64{c.reportAt, c.readyAt, c.nextBeat, ping, keep} {
 		if t != 0 && t < next {
 			next = t
 		}
@@ -517,6 +517,12 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 	}
 	if c.bell != nil && now >= c.bell.nextPing {
 		s.ping(i, now)
+	} else if c.bell != nil && c.bell.nextKeep != 0 && now >= c.bell.nextKeep {
+		if c.bell.nextKeep < c.bell.nextPing {
+			s.keepAlive(i, now)
+		} else {
+			c.bell.nextKeep = 0 // the ping comes first, and keeps the path open itself
+		}
 	}
 	beat := s.cfg.Heartbeat > 0 && now >= c.nextBeat
 	if (c.reportAt != 0 && now >= c.reportAt) || beat {

@@ -21,6 +21,12 @@ const adminToken = "sim-test-admin-token-0123456789"
 // startServer runs a real server in-process on loopback.
 func startServer(t *testing.T, poll time.Duration) (url, checksum string) {
 	t.Helper()
+	return startServerWith(t, poll, nil)
+}
+
+// startServerWith runs a real server in-process on loopback, its config changed by with.
+func startServerWith(t *testing.T, poll time.Duration, with func(*server.Config)) (url, checksum string) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -28,9 +34,13 @@ func startServer(t *testing.T, poll time.Duration) (url, checksum string) {
 	addr := l.Addr().String()
 	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: adminToken,
+	scfg := server.Config{Listen: addr, DataDir: t.TempDir(), BootstrapToken: adminToken,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Fleet:  fleet.Config{PollInterval: poll, StatusInterval: 100 * time.Millisecond}})
+		Fleet:  fleet.Config{PollInterval: poll, StatusInterval: 100 * time.Millisecond}}
+	if with != nil {
+		with(&scfg)
+	}
+	s, err := server.New(ctx, scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,9 +202,13 @@ func TestLongPoll(t *testing.T) {
 
 // TestDoorbell: with short polls only and a server that sends agents away for an hour, a
 // change reaches every simulated cluster because the doorbell rings, through sockets that
-// many clusters share; a ping storm measures the server's cost per datagram.
+// many clusters share; between pings (10 s apart under the server's ping budget) the
+// clusters send keepalives every second, which the server never reads; a ping storm
+// measures the server's cost per datagram.
 func TestDoorbell(t *testing.T) {
-	url, checksum := startServer(t, time.Hour)
+	url, checksum := startServerWith(t, time.Hour, func(c *server.Config) {
+		c.DoorbellInterval, c.DoorbellBudget = time.Second, 20
+	})
 	cfg := sim.DefaultConfig()
 	cfg.Server, cfg.CAChecksum, cfg.AdminToken = url, checksum, adminToken
 	cfg.Clusters, cfg.Connections, cfg.Workers = 200, 2, 16
@@ -225,6 +239,15 @@ func TestDoorbell(t *testing.T) {
 	}
 	if ch.Doorbell == nil || ch.Doorbell.Reached != 200 || ch.HTTPS != nil {
 		t.Fatalf("the change reached %+v by doorbell, %+v by HTTPS only; want all 200 by doorbell", ch.Doorbell, ch.HTTPS)
+	}
+	idle, err := s.Idle(ctx, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200 clusters keep alive every second or so, and ping less often (the server reads
+	// the pings alone).
+	if idle.KeepAlivesPerSec < 100 || idle.DoorbellPerSec >= idle.KeepAlivesPerSec {
+		t.Errorf("idle: %.0f keepalives/s sent, %.0f datagrams/s read by the server; want ~200, and fewer read", idle.KeepAlivesPerSec, idle.DoorbellPerSec)
 	}
 	ps, err := s.PingStorm(ctx, 300*time.Millisecond, 0)
 	if err != nil {
