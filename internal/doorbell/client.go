@@ -73,7 +73,8 @@ type Bell struct {
 	// onAnswer is told of every valid answer and ring.
 	onAnswer func(Packet)
 
-	// keepAlive marks pings with FlagKeepAlive: the agent sends keepalives between them.
+	// keepAlive marks pings with FlagKeepAlive and FlagAcks: the server (one that offers
+	// keepalives) takes keepalives between them, and acknowledgements of its rings.
 	keepAlive atomic.Bool
 
 	mu       sync.Mutex
@@ -107,7 +108,18 @@ func (b *Bell) Remove() {
 // Ping sends "my desired version is version". The counter is the clock in nanoseconds, or
 // one more than the last when the clock stands still or went back, so it grows across
 // restarts of the agent as long as its clock does.
-func (b *Bell) Ping(version int64) error {
+func (b *Bell) Ping(version int64) error { return b.ping(version, false) }
+
+// Ack sends a ping that acknowledges a ring just taken (FlagRung), so that the server does
+// not ring again; to a server that does not take acknowledgements, nothing.
+func (b *Bell) Ack(version int64) error {
+	if !b.keepAlive.Load() {
+		return nil
+	}
+	return b.ping(version, true)
+}
+
+func (b *Bell) ping(version int64, rung bool) error {
 	b.mu.Lock()
 	c := uint64(time.Now().UnixNano())
 	if c <= b.counter {
@@ -115,7 +127,8 @@ func (b *Bell) Ping(version int64) error {
 	}
 	b.counter, b.answered = c, false
 	b.mu.Unlock()
-	p := Packet{Kind: KindPing, Cluster: b.uid, Counter: c, Value: uint64(version), KeepAlive: b.keepAlive.Load()}
+	modern := b.keepAlive.Load()
+	p := Packet{Kind: KindPing, Cluster: b.uid, Counter: c, Value: uint64(version), KeepAlive: modern, Acks: modern, Rung: rung}
 	var buf [Size]byte
 	_, err := b.ep.conn.WriteToUDPAddrPort(p.Append(buf[:0], b.key), b.server)
 	return err
@@ -275,6 +288,9 @@ func (k *Keeper) Run(ctx context.Context) {
 				if !p.Ring {
 					break wait
 				}
+				// A ring meanwhile: acknowledged by a new ping, whose answer is awaited
+				// instead.
+				k.ack(p)
 			}
 		}
 		timeout.Stop()
@@ -317,7 +333,7 @@ func (k *Keeper) Run(ctx context.Context) {
 			case p := <-k.answers:
 				k.rekey(p)
 				if !p.Ring {
-					continue // a late answer
+					continue // a late answer, or an acknowledgement's
 				}
 				switch p.Kind {
 				case KindChanged:
@@ -325,8 +341,17 @@ func (k *Keeper) Run(ctx context.Context) {
 				case KindTunnel:
 					k.Ring(KindTunnel)
 				}
+				k.ack(p)
 			}
 		}
+	}
+}
+
+// ack acknowledges a ring saying "changed" or "tunnel wanted", so that the server does not
+// send it again.
+func (k *Keeper) ack(p Packet) {
+	if p.Ring && (p.Kind == KindChanged || p.Kind == KindTunnel) {
+		k.Bell.Ack(k.Version())
 	}
 }
 

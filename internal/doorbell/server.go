@@ -1,6 +1,7 @@
 package doorbell
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -64,6 +65,10 @@ const (
 	DefaultKeepAliveBudget = 10000
 	// defaultBatch is how many datagrams one system call reads or writes.
 	defaultBatch = 64
+	// DefaultRingRetry is how long a ring to an agent that acknowledges rings may go
+	// unacknowledged before it is sent again; each further try waits twice as long, up to
+	// maxRingTries in all.
+	DefaultRingRetry = 3 * time.Second
 	// DefaultReplayWindow: a cluster the server holds no counter for (it restarted) may
 	// ping with a counter at most this far from the server's clock, so an old datagram
 	// replayed after a restart is refused.
@@ -92,7 +97,10 @@ type Config struct {
 	SourceRate float64
 	// ReplayWindow bounds a first counter's distance from the clock (0: DefaultReplayWindow).
 	ReplayWindow time.Duration
-	Clusters     Clusters
+	// RingRetry is how long a ring may go unacknowledged before it is sent again (0:
+	// DefaultRingRetry).
+	RingRetry time.Duration
+	Clusters  Clusters
 	// Tunnels, if set, makes pings of a cluster whose tunnel is wanted answer KindTunnel.
 	Tunnels Tunnels
 	Logger  *slog.Logger
@@ -103,6 +111,8 @@ type Config struct {
 // Stats counts datagrams by outcome.
 type Stats struct {
 	Received, Answered, Rung atomic.Int64
+	// Resent counts rings sent again because the first went unacknowledged.
+	Resent atomic.Int64
 	// Reads counts the reader's system calls, each a batch of datagrams.
 	Reads atomic.Int64
 	// Refused counts datagrams dropped as malformed, unsigned, replayed or of an unknown
@@ -118,6 +128,40 @@ type entry struct {
 	seen    uint32 // unix seconds
 	secret  uint32 // secretTag of the secret the cluster's key derives from
 	pending bool   // queued for a ring
+	acks    bool   // its agent acknowledges rings (FlagAcks)
+	rung    bool   // rung, and no ping since: the ring may have been lost
+}
+
+// retry is a ring to check on: sent again at at (unix nanoseconds) if the cluster has not
+// pinged since. cluster names it for a tunnel's ring, which is sent again only while the
+// tunnel is still wanted.
+type retry struct {
+	at      int64
+	u       UID
+	kind    Kind
+	tries   uint8
+	cluster string
+}
+
+// maxRingTries bounds how often one ring is sent: the first and two more.
+const maxRingTries = 3
+
+// maxRetries bounds the rings awaiting acknowledgement; beyond it a ring is sent once, and a
+// lost one waits for the cluster's next ping, as for agents that do not acknowledge.
+const maxRetries = 1 << 20
+
+// retryHeap orders retries by when they are due.
+type retryHeap []retry
+
+func (h retryHeap) Len() int           { return len(h) }
+func (h retryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h retryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *retryHeap) Push(x any)        { *h = append(*h, x.(retry)) }
+func (h *retryHeap) Pop() any {
+	old := *h
+	r := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return r
 }
 
 // secretTag names a secret in an entry: its first bytes (secrets are random).
@@ -138,6 +182,7 @@ type Server struct {
 	queue   []UID        // clusters to ring because their state changed
 	urgent  []string     // clusters ("namespace/name") whose tunnel is wanted
 	all     bool         // ring every cluster with an address
+	retries retryHeap    // rings awaiting acknowledgement
 	wake    chan struct{}
 
 	sources *sourceLimiter
@@ -193,6 +238,9 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	}
 	if cfg.ReplayWindow <= 0 {
 		cfg.ReplayWindow = DefaultReplayWindow
+	}
+	if cfg.RingRetry <= 0 {
+		cfg.RingRetry = DefaultRingRetry
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -400,8 +448,10 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		s.Stats.Refused.Add(1)
 		return nil
 	}
-	// A ring still queued for it is spent on this answer instead (pending is cleared).
-	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix()), secret: secretTag(secrets[used])}
+	// A ring still queued for it is spent on this answer instead (pending is cleared), and
+	// a ring sent is acknowledged by any ping after it (rung is cleared): an acknowledging
+	// ping says it was taken, another's answer says "changed" if the agent is behind.
+	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix()), secret: secretTag(secrets[used]), acks: p.Acks}
 	if !had {
 		s.count.Store(int64(len(s.entries)))
 	}
@@ -411,7 +461,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 	switch {
 	case s.cfg.Tunnels != nil && s.cfg.Tunnels.IsWanted(name):
 		answer.Kind = KindTunnel
-	case changed:
+	case changed && !p.Rung:
 		// Rings and these answers take from one budget, so a fleet pinging at once after
 		// a change is spread over it.
 		answer.Kind = KindChanged
@@ -522,7 +572,8 @@ func (s *Server) poke() {
 	}
 }
 
-// ringer sends the queued rings, tunnels first, within the ring budget.
+// ringer sends the queued rings: tunnels first, then rings due again, then changes, within
+// the ring budget (a tunnel's ring goes at once).
 func (s *Server) ringer(ctx context.Context) {
 	buf := make([]byte, 0, Size)
 	for {
@@ -537,12 +588,17 @@ func (s *Server) ringer(ctx context.Context) {
 				}
 			}
 		}
+		now := s.cfg.Now().UnixNano()
 		var u UID
 		var cluster string
+		var again retry
 		var have bool
 		switch {
 		case len(s.urgent) > 0:
 			cluster, s.urgent = s.urgent[0], s.urgent[1:]
+			have = true
+		case len(s.retries) > 0 && s.retries[0].at <= now:
+			again = heap.Pop(&s.retries).(retry)
 			have = true
 		case len(s.queue) > 0:
 			u, s.queue = s.queue[0], s.queue[1:]
@@ -551,23 +607,45 @@ func (s *Server) ringer(ctx context.Context) {
 			}
 			have = true
 		}
+		wait := time.Duration(-1)
+		if !have && len(s.retries) > 0 {
+			wait = time.Duration(s.retries[0].at - now)
+		}
 		s.mu.Unlock()
 		if !have {
+			var due <-chan time.Time
+			var t *time.Timer
+			if wait >= 0 {
+				t = time.NewTimer(wait)
+				due = t.C
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-s.wake:
+			case <-due:
+			}
+			if t != nil {
+				t.Stop()
 			}
 			continue
 		}
-		if cluster != "" {
+		switch {
+		case again.tries > 0:
+			if again.kind != KindTunnel {
+				if err := s.ringLim.Wait(ctx); err != nil {
+					return
+				}
+			}
+			s.ring(again.u, again.kind, again.cluster, again.tries, buf)
+		case cluster != "":
 			s.ringTunnel(cluster, buf)
-			continue
+		default:
+			if err := s.ringLim.Wait(ctx); err != nil {
+				return
+			}
+			s.ring(u, KindChanged, "", 0, buf)
 		}
-		if err := s.ringLim.Wait(ctx); err != nil {
-			return
-		}
-		s.ring(u, KindChanged, buf)
 	}
 }
 
@@ -575,19 +653,33 @@ func (s *Server) ringer(ctx context.Context) {
 // the tunnel registry's lock, so the name is resolved here, holding no lock.
 func (s *Server) ringTunnel(cluster string, buf []byte) {
 	if u, err := ParseUID(s.cfg.Clusters.DoorbellUID(cluster)); err == nil {
-		s.ring(u, KindTunnel, buf)
+		s.ring(u, KindTunnel, cluster, 0, buf)
 	}
 }
 
-// ring sends one ring to the address the cluster's last valid datagram came from. A
-// change's ring is skipped when the cluster pinged since it was queued: it was answered.
-func (s *Server) ring(u UID, kind Kind, buf []byte) {
+// ring sends a ring to the address the cluster's last valid datagram came from; tries is
+// how often it was sent before. A change's ring is skipped when the cluster pinged since it
+// was queued (it was answered), and any ring is not sent again once the cluster pinged
+// since (acknowledging it, or hearing "changed" in the answer) or, for a tunnel's, once the
+// tunnel is no longer wanted. Rings to agents that acknowledge them are checked on later.
+func (s *Server) ring(u UID, kind Kind, cluster string, tries uint8, buf []byte) {
+	if tries > 0 && kind == KindTunnel && (s.cfg.Tunnels == nil || !s.cfg.Tunnels.IsWanted(cluster)) {
+		return
+	}
+	now := s.cfg.Now()
 	s.mu.Lock()
 	e, ok := s.entries[u]
-	due := ok && e.addr.IsValid() && (kind == KindTunnel || e.pending)
-	if ok && e.pending {
-		e.pending = false
+	due := ok && e.addr.IsValid() && (tries == 0 && (kind == KindTunnel || e.pending) || tries > 0 && e.rung)
+	if ok {
+		if tries == 0 {
+			e.pending = false
+		}
+		// Marked before the ring goes, so that an acknowledgement cannot come before it.
+		e.rung = due && e.acks || e.rung && !due
 		s.entries[u] = e
+	}
+	if due && e.acks && tries+1 < maxRingTries && len(s.retries) < maxRetries {
+		heap.Push(&s.retries, retry{at: now.Add(s.cfg.RingRetry << tries).UnixNano(), u: u, kind: kind, tries: tries + 1, cluster: cluster})
 	}
 	s.mu.Unlock()
 	if !due {
@@ -609,6 +701,9 @@ func (s *Server) ring(u UID, kind Kind, buf []byte) {
 	p := Packet{Kind: kind, Ring: true, Rekey: secretTag(sec) != secretTag(secrets[0]), Cluster: u, Counter: s.nextRing()}
 	if _, err := s.conn.WriteToUDPAddrPort(p.Append(buf[:0], ClusterKey(sec, u)), e.addr); err == nil {
 		s.Stats.Rung.Add(1)
+		if tries > 0 {
+			s.Stats.Resent.Add(1)
+		}
 	}
 }
 

@@ -26,7 +26,8 @@ import (
 //	1      kind
 //	2      flags (FlagRing: an unprompted ring, not an answer; FlagRekey: the key that signed
 //	       the ping is retired, fetch the new one over HTTPS; FlagKeepAlive: on a ping, the
-//	       agent sends keepalives between pings; on its answer, value is two delays)
+//	       agent sends keepalives between pings; on its answer, value is two delays;
+//	       FlagAcks: the agent acknowledges rings; FlagRung: a ping acknowledging a ring)
 //	3      zero
 //	4:20   cluster UID, the 16 bytes of its UUID
 //	20:28  counter: a ping's own counter; an answer echoes it; a ring carries the server's
@@ -93,6 +94,13 @@ const (
 	// FlagKeepAlive on a ping says the agent sends keepalives between its pings; the answer
 	// carries it too, and then its value holds the keepalive interval beside the delay.
 	FlagKeepAlive = 4
+	// FlagAcks on a ping says its agent acknowledges rings: the server rings it again when
+	// a ring goes unacknowledged (lost on the way), rather than waiting for its next ping.
+	FlagAcks = 8
+	// FlagRung marks a ping an agent sends on taking a ring, which acknowledges it. It is
+	// answered without comparing versions: the ring already sent the agent to the API.
+	FlagRung   = 16
+	flagsKnown = FlagRing | FlagRekey | FlagKeepAlive | FlagAcks | FlagRung
 )
 
 // KeepAlive is the keepalive datagram.
@@ -150,10 +158,10 @@ type Packet struct {
 	Kind  Kind
 	Ring  bool
 	Rekey bool
-	// KeepAlive is FlagKeepAlive.
-	KeepAlive bool
-	Cluster   UID
-	Counter   uint64
+	// KeepAlive, Acks and Rung are FlagKeepAlive, FlagAcks and FlagRung.
+	KeepAlive, Acks, Rung bool
+	Cluster               UID
+	Counter               uint64
 	// Value is a ping's desired version, or an answer's delay in milliseconds.
 	Value uint64
 }
@@ -223,6 +231,12 @@ func (p Packet) Append(dst []byte, key []byte) []byte {
 	if p.KeepAlive {
 		b[2] |= FlagKeepAlive
 	}
+	if p.Acks {
+		b[2] |= FlagAcks
+	}
+	if p.Rung {
+		b[2] |= FlagRung
+	}
 	copy(b[4:20], p.Cluster[:])
 	binary.BigEndian.PutUint64(b[20:28], p.Counter)
 	binary.BigEndian.PutUint64(b[28:36], p.Value)
@@ -253,12 +267,14 @@ func Parse(b []byte) (Packet, error) {
 	if p.Kind < KindPing || p.Kind > KindLater {
 		return p, ErrKind
 	}
-	if b[2]&^(FlagRing|FlagRekey|FlagKeepAlive) != 0 || b[3] != 0 {
+	if b[2]&^flagsKnown != 0 || b[3] != 0 {
 		return p, ErrVersion
 	}
 	p.Ring = b[2]&FlagRing != 0
 	p.Rekey = b[2]&FlagRekey != 0
 	p.KeepAlive = b[2]&FlagKeepAlive != 0
+	p.Acks = b[2]&FlagAcks != 0
+	p.Rung = b[2]&FlagRung != 0
 	copy(p.Cluster[:], b[4:20])
 	p.Counter = binary.BigEndian.Uint64(b[20:28])
 	p.Value = binary.BigEndian.Uint64(b[28:36])

@@ -71,11 +71,12 @@ func bellCollectors(b *doorbell.Server) []prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v()) })
 	}
 	return []prometheus.Collector{
-		counter("flotilla_doorbell_received_total", "Doorbell datagrams received.", b.Stats.Received.Load),
+		counter("flotilla_doorbell_received_total", "Doorbell datagrams received and read (keepalives, and any datagram not a ping's size, are dropped by the socket's filter before).", b.Stats.Received.Load),
 		counter("flotilla_doorbell_reads_total", "Doorbell socket reads, each a batch of datagrams.", b.Stats.Reads.Load),
 		counter("flotilla_doorbell_answered_total", "Doorbell pings answered.", b.Stats.Answered.Load),
 		counter("flotilla_doorbell_rung_total", "Doorbell rings sent unprompted (a change, a tunnel wanted).", b.Stats.Rung.Load),
-		counter("flotilla_doorbell_refused_total", "Doorbell datagrams dropped: malformed, not signed, replayed, or of an unknown cluster.", b.Stats.Refused.Load),
+		counter("flotilla_doorbell_rings_resent_total", "Doorbell rings sent again, unacknowledged by an agent that acknowledges rings.", b.Stats.Resent.Load),
+		counter("flotilla_doorbell_refused_total", "Doorbell datagrams read and dropped: malformed, not signed, replayed, or of an unknown cluster.", b.Stats.Refused.Load),
 		counter("flotilla_doorbell_limited_total", "Doorbell datagrams dropped by the per-source limit.", b.Stats.Limited.Load),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_doorbell_clusters", Help: "Clusters whose agents ping the doorbell."}, func() float64 { return float64(b.Len()) }),
 	}

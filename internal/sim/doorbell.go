@@ -36,7 +36,7 @@ type bells struct {
 	// keepAlive is the keepalive interval the server gives (0: it takes none).
 	keepAlive atomic.Int64
 
-	pings, answers, rings, changed, keepalives atomic.Uint64
+	pings, answers, rings, changed, keepalives, acks atomic.Uint64
 }
 
 type bellSocket struct {
@@ -146,7 +146,7 @@ func (s *Sim) ping(i int, now int64) {
 	c := &s.clusters[i]
 	st := c.bell
 	ka := s.bells.keepAlive.Load()
-	p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(c.since), KeepAlive: ka > 0}
+	p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(c.since), KeepAlive: ka > 0, Acks: ka > 0}
 	var buf [doorbell.Size]byte
 	sock := s.bells.socks[(i/s.bells.per)%len(s.bells.socks)]
 	if _, err := sock.conn.WriteToUDPAddrPort(p.Append(buf[:0], st.key[:]), s.bells.server); err == nil {
@@ -233,6 +233,18 @@ func (s *Sim) readBells(sock *bellSocket, n int) {
 		case doorbell.KindChanged, doorbell.KindTunnel:
 			s.bells.changed.Add(1)
 			s.sched.ring(i, s.now()+int64(delay))
+			if p.Ring && s.bells.keepAlive.Load() > 0 {
+				// As the agent: the ring is acknowledged at once, so the server does not
+				// send it again. The version is not compared.
+				mu.Lock()
+				since := s.clusters[i].since
+				mu.Unlock()
+				ack := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(since), KeepAlive: true, Acks: true, Rung: true}
+				var out [doorbell.Size]byte
+				if _, err := sock.conn.WriteToUDPAddrPort(ack.Append(out[:0], st.key[:]), s.bells.server); err == nil {
+					s.bells.acks.Add(1)
+				}
+			}
 		}
 	}
 }
@@ -240,8 +252,10 @@ func (s *Sim) readBells(sock *bellSocket, n int) {
 // DoorbellCounts are the simulated clusters' doorbell datagrams.
 type DoorbellCounts struct {
 	Pings uint64 `json:"pings"`
-	// KeepAlives counts keepalives, which the server's socket drops unread.
+	// KeepAlives counts keepalives, which the server's socket drops unread; Acks the pings
+	// acknowledging rings.
 	KeepAlives uint64 `json:"keepAlives"`
+	Acks       uint64 `json:"acks"`
 	Answers    uint64 `json:"answers"`
 	Rings      uint64 `json:"rings"`
 	// Changed counts answers and rings saying "changed" or "tunnel wanted".
@@ -253,7 +267,7 @@ func (s *Sim) doorbellCounts() DoorbellCounts {
 		return DoorbellCounts{}
 	}
 	b := s.bells
-	return DoorbellCounts{Pings: b.pings.Load(), KeepAlives: b.keepalives.Load(), Answers: b.answers.Load(), Rings: b.rings.Load(), Changed: b.changed.Load()}
+	return DoorbellCounts{Pings: b.pings.Load(), KeepAlives: b.keepalives.Load(), Acks: b.acks.Load(), Answers: b.answers.Load(), Rings: b.rings.Load(), Changed: b.changed.Load()}
 }
 
 // ChangeGroup is a change as one group of clusters saw it: those using the doorbell, or

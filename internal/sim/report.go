@@ -197,7 +197,7 @@ func (r *Report) WriteTable(w io.Writer) {
 			p.PerSec, 100*p.ServerCPU, gross, p.ServerCPUPerPacket, p.Received, p.Answered, p.Refused, p.Limited, p.Duration)
 	}
 	if d := r.Doorbell; d.Pings > 0 {
-		fmt.Fprintf(tw, "doorbell\t%d pings\t%d answers, %d rings, %d saying changed or tunnel wanted; %d keepalives\n", d.Pings, d.Answers, d.Rings, d.Changed, d.KeepAlives)
+		fmt.Fprintf(tw, "doorbell\t%d pings\t%d answers, %d rings, %d saying changed or tunnel wanted; %d keepalives, %d acknowledgements of rings\n", d.Pings, d.Answers, d.Rings, d.Changed, d.KeepAlives, d.Acks)
 	}
 	for _, st := range []struct {
 		name string
