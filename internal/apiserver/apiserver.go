@@ -273,7 +273,13 @@ func (s *Server) list(req *request) error {
 	// net/http buffers 4 KB of the answer: ten thousand objects would be a thousand writes
 	// to the connection (HTTP/1.1 chunks, or HTTP/2 frames), each a system call.
 	w := bufio.NewWriterSize(req.w, listWriteBuffer)
-	defer w.Flush()
+	defer func() {
+		w.Flush()
+		// Every item was copied into w's buffer or written through it by now.
+		if res.Release != nil {
+			res.Release()
+		}
+	}()
 	meta, _ := json.Marshal(api.ListMeta{ResourceVersion: strconv.FormatInt(res.Revision, 10), Continue: res.Continue})
 	fmt.Fprintf(w, `{"apiVersion":%q,"kind":%q,"metadata":%s,"items":[`, api.APIVersion, req.kind.Kind+"List", meta)
 	n := 0

@@ -81,6 +81,10 @@ type ListResult struct {
 	Items    []json.RawMessage
 	Revision int64
 	Continue string
+	// Release, when set, hands the memory behind Items back for reuse by later lists. A
+	// caller done with Items may call it once; Items must not be used after. Not calling it
+	// leaves that memory to the collector.
+	Release func()
 }
 
 // WatchOptions selects the changes to stream.

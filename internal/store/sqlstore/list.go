@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -89,6 +90,12 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 	q, args, post := s.listQuery(opts, tok.Rev, driver)
 	limit := opts.Limit
 	var current []row
+	var a arena
+	defer func() {
+		if err != nil {
+			a.release()
+		}
+	}()
 	after := tok.After
 	for {
 		// One more than a page tells whether another page follows.
@@ -96,7 +103,7 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 		if limit > 0 {
 			want = limit + 1 - len(current)
 		}
-		page, err := s.queryRows(ctx, tx, q, args, after, want)
+		page, err := s.queryRows(ctx, tx, q, args, after, want, &a)
 		if err != nil {
 			return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)
 		}
@@ -125,47 +132,87 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 	for i, r := range all {
 		res.Items[i] = r.data
 	}
+	if len(a.pooled) > 0 {
+		res.Release = a.release
+	}
 	return res, nil
 }
 
-func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any, after int64, limit int) ([]row, error) {
-	a := append([]any{after}, args...)
+func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any, after int64, limit int, a *arena) ([]row, error) {
+	qargs := append([]any{after}, args...)
 	if limit > 0 {
 		q += " LIMIT ?"
-		a = append(a, limit)
+		qargs = append(qargs, limit)
 	}
-	rows, err := tx.QueryContext(ctx, s.q(q), a...)
+	rows, err := tx.QueryContext(ctx, s.q(q), qargs...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var out []row
-	// Objects are copied out of the driver's buffer into shared blocks rather than one
-	// allocation each: a list of ten thousand costs a few dozen allocations, not ten
-	// thousand, and one copy of each object instead of two.
-	var arena []byte
-	total := 0
 	for rows.Next() {
 		var r row
 		var raw sql.RawBytes
 		if err := rows.Scan(&r.id, &raw); err != nil {
 			return nil, err
 		}
-		if len(arena)+len(raw) > cap(arena) {
-			// Blocks grow with the list, so that a short list stays small.
-			arena = make([]byte, 0, max(min(max(total, 4<<10), listArenaBlock), len(raw)))
-		}
-		total += len(raw)
-		start := len(arena)
-		arena = append(arena, raw...)
-		r.data = arena[start:len(arena):len(arena)]
+		r.data = a.copy(raw)
 		out = append(out, r)
 	}
 	return out, rows.Err()
 }
 
-// listArenaBlock bounds the blocks listed objects are copied into.
-const listArenaBlock = 1 << 20
+// arena holds a list's objects. They are copied out of the driver's buffer into shared
+// blocks rather than one allocation each: a list of ten thousand costs a few dozen
+// allocations, not ten thousand, and one copy of each object instead of two. A large list's
+// blocks come from listBlocks and go back there when the caller releases the list: at a
+// million clusters a list of ten thousand copies ~7 MB, and that garbage was most of the
+// list's CPU, in collections that each mark the whole fleet model (docs/benchmarks.md).
+type arena struct {
+	cur    []byte
+	total  int
+	pooled []*[]byte
+}
+
+func (a *arena) copy(raw []byte) []byte {
+	if len(a.cur)+len(raw) > cap(a.cur) {
+		switch {
+		case len(raw) > listArenaBlock:
+			a.cur = make([]byte, 0, len(raw))
+		case a.total >= listPoolFrom:
+			b := listBlocks.Get().(*[]byte)
+			a.pooled = append(a.pooled, b)
+			a.cur = (*b)[:0]
+		default:
+			// Blocks grow with the list, so that a short list stays small.
+			a.cur = make([]byte, 0, min(max(a.total, 4<<10), listArenaBlock))
+		}
+	}
+	a.total += len(raw)
+	start := len(a.cur)
+	a.cur = append(a.cur, raw...)
+	return a.cur[start:len(a.cur):len(a.cur)]
+}
+
+// release hands the pooled blocks back; the objects in them must no longer be used.
+func (a *arena) release() {
+	for _, b := range a.pooled {
+		listBlocks.Put(b)
+	}
+	a.pooled, a.cur = nil, nil
+}
+
+const (
+	// listArenaBlock bounds the blocks listed objects are copied into.
+	listArenaBlock = 1 << 20
+	// listPoolFrom is how much a list holds before its blocks come from the pool.
+	listPoolFrom = 256 << 10
+)
+
+var listBlocks = sync.Pool{New: func() any {
+	b := make([]byte, 0, listArenaBlock)
+	return &b
+}}
 
 // listQuery builds the page query. Label requirements become SQL over the labels index: the
 // first positive one drives the query (an index range over kind, key, value), the others are
