@@ -1,6 +1,7 @@
 package doorbell
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -80,6 +82,69 @@ func TestServeCPU(t *testing.T) {
 	}
 }
 
+// TestKeepAliveCPU measures what a keepalive costs: the server's process (nothing, if the
+// socket filter drops it in the kernel) and the kernel's whole path of one keepalive over
+// loopback, sending and receiving, which the sender's system time holds (loopback delivers
+// in the sender's system call). A measurement, off by default (~15 s):
+//
+//	FLOTILLA_DOORBELL_CPU=1 [FLOTILLA_DOORBELL_CPU_RATE=10000] go test ./internal/doorbell -run TestKeepAliveCPU -v
+func TestKeepAliveCPU(t *testing.T) {
+	if os.Getenv("FLOTILLA_DOORBELL_CPU") == "" {
+		t.Skip("a measurement: set FLOTILLA_DOORBELL_CPU=1")
+	}
+	rate := 10000
+	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_DOORBELL_CPU_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	const seconds = 10
+	s, err := Listen("127.0.0.1:0", Config{Secret: secret, Clusters: newFleet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Serve(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	var idleUser, idleSys time.Duration
+	for _, mode := range []string{"idle", "keepalive"} {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestPingerProcess$")
+		cmd.Env = append(os.Environ(), "FLOTILLA_DOORBELL_PINGER="+s.Addr().String(), "FLOTILLA_DOORBELL_PINGER_MODE="+mode,
+			fmt.Sprintf("FLOTILLA_DOORBELL_PINGER_ARGS=%d,%d,%d", 1, rate, seconds))
+		var out bytes.Buffer
+		cmd.Stderr = &out
+		var before, after syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+		reads0 := s.Stats.Reads.Load()
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v: %s", err, out.String())
+		}
+		syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+		var sent int
+		var user, sys time.Duration
+		if _, err := fmt.Sscanf(lastLine(out.String()), "sent %d user %d sys %d", &sent, &user, &sys); err != nil {
+			t.Fatalf("the child said %q: %v", out.String(), err)
+		}
+		server := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+		if mode == "idle" {
+			idleUser, idleSys = user, sys
+		}
+		// The sender's own start and ticking are in the idle run's figures: what a
+		// keepalive adds is the difference.
+		t.Logf("%s: %d sent in %d s; sender %v user, %v system, beyond idle %.2f µs user and %.2f µs system per keepalive; server process %.2f%% of a core, %d reads",
+			mode, sent, seconds, user.Round(time.Millisecond), sys.Round(time.Millisecond),
+			float64((user-idleUser).Nanoseconds())/1e3/float64(max(sent, 1)), float64((sys-idleSys).Nanoseconds())/1e3/float64(max(sent, 1)),
+			100*server.Seconds()/seconds, s.Stats.Reads.Load()-reads0)
+	}
+	if n := s.Stats.Received.Load(); n != 0 {
+		t.Errorf("the server read %d keepalives", n)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
 func cpuUID(i int) UID {
 	var u UID
 	binary.BigEndian.PutUint64(u[:8], 0x7d1e2f3a00004000)
@@ -117,6 +182,29 @@ func TestPingerProcess(t *testing.T) {
 				got.Add(1)
 			}
 		}()
+	}
+	if mode := os.Getenv("FLOTILLA_DOORBELL_PINGER_MODE"); mode != "" {
+		// TestKeepAliveCPU's child: keepalives at the rate (or nothing, "idle", for the
+		// sender's own cost of waiting), then its own CPU time on stderr.
+		tick := time.NewTicker(time.Millisecond)
+		start := time.Now()
+		sent := 0
+		for now := range tick.C {
+			if now.Sub(start) >= time.Duration(seconds)*time.Second {
+				break
+			}
+			if mode != "keepalive" {
+				continue
+			}
+			for due := int(now.Sub(start).Seconds() * float64(rate)); sent < due; sent++ {
+				socks[sent%nsock].WriteToUDPAddrPort(KeepAlive, addr)
+			}
+		}
+		tick.Stop()
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		fmt.Fprintf(os.Stderr, "sent %d user %d sys %d\n", sent, ru.Utime.Nano(), ru.Stime.Nano())
+		return
 	}
 	keys := make([][]byte, clusters)
 	for i := range keys {
