@@ -2,6 +2,9 @@ package doorbell
 
 import (
 	"context"
+	"net"
+	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -12,7 +15,7 @@ import (
 func TestRingRetry(t *testing.T) {
 	f := newFleet()
 	f.add(uidA, "ws/a", 42)
-	const retryAfter = 100 * time.Millisecond
+	const retryAfter = 300 * time.Millisecond
 	s := startServer(t, f, Config{RingRetry: retryAfter})
 	p := newPeer(t, s)
 	key := keyOf(uidA)
@@ -115,7 +118,7 @@ func TestTunnelRingRetry(t *testing.T) {
 func TestKeeperAcks(t *testing.T) {
 	f := newFleet()
 	f.add(uidA, "ws/a", 42)
-	const retryAfter = 100 * time.Millisecond
+	const retryAfter = 300 * time.Millisecond
 	s := startServer(t, f, Config{RingRetry: retryAfter})
 	ep, err := NewEndpoint("127.0.0.1:0")
 	if err != nil {
@@ -144,5 +147,130 @@ func TestKeeperAcks(t *testing.T) {
 	case k := <-rings:
 		t.Errorf("a ring taken twice (%v)", k)
 	default:
+	}
+}
+
+// An acknowledgement is answered without comparing versions, so it must not spend a ring
+// queued for a change made after the ring it acknowledges; an ordinary ping does, as its
+// answer says "changed".
+func TestAckKeepsQueuedChange(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	// Listened but not served: no ringer sends the queued ring meanwhile.
+	s, err := Listen("127.0.0.1:0", Config{Secret: secret, Clusters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.conn.Close()
+	key := keyOf(uidA)
+	from := netip.MustParseAddrPort("127.0.0.1:4000")
+	now := uint64(time.Now().UnixNano())
+	send := func(counter uint64, version int64, rung bool) Packet {
+		t.Helper()
+		b := s.handle(Packet{Kind: KindPing, Cluster: mustUID(uidA), Counter: counter, Value: uint64(version), KeepAlive: true, Acks: true, Rung: rung}.Append(nil, key), from, nil)
+		return answer(t, b, key)
+	}
+	pending := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.entries[mustUID(uidA)].pending
+	}
+	send(now, 42, false)
+	f.mu.Lock()
+	f.versions[uidA] = 43
+	f.mu.Unlock()
+	s.Ring(uidA)
+	if a := send(now+1, 42, true); a.Kind != KindUnchanged {
+		t.Fatalf("an acknowledgement was answered %v, want unchanged", a.Kind)
+	}
+	if !pending() {
+		t.Fatal("an acknowledgement spent the ring queued for a later change")
+	}
+	if a := send(now+2, 42, false); a.Kind != KindChanged {
+		t.Fatalf("a stale ping was answered %v, want changed", a.Kind)
+	}
+	if pending() {
+		t.Error("a ping answered \"changed\" left its ring queued")
+	}
+}
+
+// An agent older than keepalives keeps its NATs open with pings alone: it is told to ping
+// as often as keepalives go, not at the (longer) ping interval.
+func TestOlderAgentPingsAtKeepAliveInterval(t *testing.T) {
+	uids := []string{uidA, "7d1e2f3a-0000-4000-8000-00000000000b", "7d1e2f3a-0000-4000-8000-00000000000c", "7d1e2f3a-0000-4000-8000-00000000000d"}
+	f := newFleet()
+	for i, u := range uids {
+		f.add(u, "ws/"+strconv.Itoa(i), 42)
+	}
+	s := startServer(t, f, Config{Interval: time.Second, Budget: 0.25, KeepAliveBudget: 2})
+	p := newPeer(t, s)
+	now := uint64(time.Now().UnixNano())
+	for _, u := range uids {
+		p.send(ping(u, keyOf(u), now, 42))
+		answer(t, p.recv(5*time.Second), keyOf(u))
+	}
+	if s.PingInterval() != 16*time.Second || s.KeepAliveInterval() != 2*time.Second {
+		t.Fatalf("intervals %v and %v, want 16 s and 2 s", s.PingInterval(), s.KeepAliveInterval())
+	}
+	for i := range 20 {
+		p.send(ping(uidA, keyOf(uidA), now+1+uint64(i), 42))
+		if d := time.Duration(answer(t, p.recv(5*time.Second), keyOf(uidA)).Value) * time.Millisecond; d > 2200*time.Millisecond {
+			t.Fatalf("an older agent told to come back in %v, past the keepalive interval (2 s)", d)
+		}
+	}
+}
+
+// A keeper offered keepalives by one server may ping another of an older version (a replica
+// not yet upgraded), which refuses the new flags: its retry goes without them, is answered,
+// and no keepalives follow while the answers lack the flag.
+func TestKeeperFallsBackForOlderServer(t *testing.T) {
+	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ep, err := NewEndpoint("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ep.Serve()
+	t.Cleanup(func() { ep.Close() })
+	key := keyOf(uidA)
+	k := &Keeper{Interval: time.Hour, KeepAlive: 50 * time.Millisecond, Version: func() int64 { return 42 }, Ring: func(Kind) {}, Timeout: 200 * time.Millisecond}
+	k.Bell = ep.Add(mustUID(uidA), key, srv.LocalAddr().(*net.UDPAddr).AddrPort(), k.Answer)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go k.Run(ctx)
+	// The older server: it answers only pings whose flags it knows (none of the new ones).
+	buf := make([]byte, 512)
+	flagged, keeps := 0, 0
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		srv.SetReadDeadline(deadline)
+		n, from, err := srv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break
+		}
+		if n == len(KeepAlive) {
+			keeps++
+			continue
+		}
+		p, err := Parse(buf[:n])
+		if err != nil || p.Kind != KindPing {
+			continue
+		}
+		if p.KeepAlive || p.Acks || p.Rung {
+			flagged++
+			continue
+		}
+		ans := Packet{Kind: KindUnchanged, Cluster: p.Cluster, Counter: p.Counter, Value: uint64(time.Hour / time.Millisecond)}
+		srv.WriteToUDPAddrPort(ans.Append(nil, key), from)
+		deadline = time.Now().Add(500 * time.Millisecond) // long enough for keepalives to show
+	}
+	if k.State() != StateOn {
+		t.Fatalf("state %q after %d flagged pings, want on", k.State(), flagged)
+	}
+	if keeps != 0 {
+		t.Errorf("%d keepalives sent to a server that does not take them", keeps)
 	}
 }

@@ -240,10 +240,25 @@ func (k *Keeper) setState(s string) {
 // Run pings until ctx ends.
 func (k *Keeper) Run(ctx context.Context) {
 	k.init()
-	k.Bell.keepAlive.Store(k.KeepAlive > 0)
 	misses := 0
+	// modern: the last answer carried FlagKeepAlive, so the server takes keepalives (none
+	// before a first answer says so).
+	modern := false
+	retry := false
 	var ringAt <-chan time.Time
 	for {
+		// Each ping but a retry goes with the new flags when the server offered them. A
+		// retry goes with the other choice than the ping it follows: a server of an older
+		// version (one replica not yet upgraded, or a rollback) refuses pings with flags it
+		// does not know, and answers those without.
+		switch {
+		case k.KeepAlive <= 0:
+			k.Bell.keepAlive.Store(false)
+		case retry:
+			k.Bell.keepAlive.Store(!k.Bell.keepAlive.Load())
+		default:
+			k.Bell.keepAlive.Store(true)
+		}
 		k.Bell.Ping(k.Version())
 		next := jitter(k.Interval)
 		timeout := time.NewTimer(k.Timeout)
@@ -265,6 +280,7 @@ func (k *Keeper) Run(ctx context.Context) {
 					answered = true
 					misses = 0
 					k.setState(StateOn)
+					modern = p.KeepAlive
 				}
 				delay, keepAlive := p.Delays()
 				delay = min(delay, time.Hour)
@@ -294,6 +310,7 @@ func (k *Keeper) Run(ctx context.Context) {
 			}
 		}
 		timeout.Stop()
+		retry = !answered
 		if !answered {
 			if misses++; misses >= k.Tries {
 				k.setState(StateBlocked)
@@ -306,7 +323,7 @@ func (k *Keeper) Run(ctx context.Context) {
 		t := time.NewTimer(next)
 		var keep <-chan time.Time
 		var kt *time.Timer
-		if k.KeepAlive > 0 && k.KeepAlive < next {
+		if modern && k.KeepAlive > 0 && k.KeepAlive < next {
 			kt = time.NewTimer(jitter(k.KeepAlive))
 			keep = kt.C
 		}

@@ -19,9 +19,12 @@ func FuzzHandle(f *testing.F) {
 	f.Add([]byte{WireVersion, byte(KindPing)})
 	f.Add(make([]byte, Size))
 	f.Add(Packet{Kind: KindChanged, Cluster: mustUID(uidA)}.Append(nil, key))
+	f.Add(Packet{Kind: KindPing, Cluster: mustUID(uidA), Counter: uint64(now.UnixNano()), Value: 41, KeepAlive: true, Acks: true}.Append(nil, key))
+	f.Add(Packet{Kind: KindPing, Cluster: mustUID(uidA), Counter: uint64(now.UnixNano()), Value: 41, KeepAlive: true, Acks: true, Rung: true}.Append(nil, key))
+	f.Add(KeepAlive)
 	fl := newFleet()
 	fl.add(uidA, "ws/a", 42)
-	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
+	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
 		entries: map[UID]entry{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
 	s.ringLim = rate.NewLimiter(rate.Inf, 1)
 	from := netip.MustParseAddrPort("127.0.0.1:4000")

@@ -3,6 +3,7 @@ package doorbell
 import (
 	"context"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"testing"
@@ -165,5 +166,53 @@ func TestDelaysRoundTrip(t *testing.T) {
 	}
 	if d, k := (Packet{Value: 1500}).Delays(); d != 1500*time.Millisecond || k != 0 {
 		t.Errorf("without the flag: %v, %v", d, k)
+	}
+}
+
+// The filter works on the sockets a server listens on by default: IPv6, and dual-stack
+// (":PORT", which takes IPv4 datagrams as mapped addresses).
+func TestKeepAlivesIPv6(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the socket filter is Linux's")
+	}
+	for _, c := range []struct{ listen, from, to string }{{"[::1]:0", "[::1]:0", "::1"}, {"[::]:0", "127.0.0.1:0", "127.0.0.1"}} {
+		t.Run(c.listen, func(t *testing.T) {
+			probe, err := net.ListenPacket("udp", c.listen)
+			if err != nil {
+				t.Skipf("no IPv6 here: %v", err)
+			}
+			probe.Close()
+			f := newFleet()
+			f.add(uidA, "ws/a", 42)
+			s, err := Listen(c.listen, Config{Secret: secret, Clusters: f})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { s.Serve(ctx); close(done) }()
+			t.Cleanup(func() { cancel(); <-done })
+			conn, err := net.ListenPacket("udp", c.from)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(c.to), s.Addr().Port()))
+			for range 20 {
+				conn.WriteTo(KeepAlive, to)
+			}
+			key := keyOf(uidA)
+			conn.WriteTo(Packet{Kind: KindPing, Cluster: mustUID(uidA), Counter: uint64(time.Now().UnixNano()), Value: 42, KeepAlive: true}.Append(nil, key), to)
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 512)
+			n, _, err := conn.ReadFrom(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			answer(t, buf[:n], key)
+			if got := s.Stats.Received.Load(); got != 1 {
+				t.Errorf("the server read %d datagrams, want the ping alone", got)
+			}
+		})
 	}
 }

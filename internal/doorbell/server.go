@@ -160,6 +160,7 @@ func (h *retryHeap) Push(x any)        { *h = append(*h, x.(retry)) }
 func (h *retryHeap) Pop() any {
 	old := *h
 	r := old[len(old)-1]
+	old[len(old)-1] = retry{}
 	*h = old[:len(old)-1]
 	return r
 }
@@ -294,11 +295,16 @@ func (s *Server) PingInterval() time.Duration {
 // so that the fleet's keepalives stay within their budget, and never longer than the ping
 // interval (a ping keeps the path open too).
 func (s *Server) KeepAliveInterval() time.Duration {
+	return min(s.keepAliveInterval(), s.PingInterval())
+}
+
+// keepAliveInterval is the interval stretched within the keepalive budget.
+func (s *Server) keepAliveInterval() time.Duration {
 	d := s.cfg.Interval
-	if n := float64(s.count.Load()); n/s.cfg.KeepAliveBudget > d.Seconds() {
+	if n := float64(s.count.Load()); s.cfg.KeepAliveBudget > 0 && n/s.cfg.KeepAliveBudget > d.Seconds() {
 		d = time.Duration(n / s.cfg.KeepAliveBudget * float64(time.Second))
 	}
-	return min(d, s.PingInterval())
+	return d
 }
 
 // Pinging says whether the agent of the cluster with uid pings: its last valid ping came
@@ -389,6 +395,12 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 	s.Stats.Received.Add(1)
 	now := s.cfg.Now()
+	if len(b) != Size {
+		// Only without the socket filter (keepalives then reach the reader): refused before
+		// the per-source limit, which keepalives must not use up.
+		s.Stats.Refused.Add(1)
+		return nil
+	}
 	if !s.sources.allow(from, now) {
 		s.Stats.Limited.Add(1)
 		return nil
@@ -448,10 +460,13 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		s.Stats.Refused.Add(1)
 		return nil
 	}
-	// A ring still queued for it is spent on this answer instead (pending is cleared), and
-	// a ring sent is acknowledged by any ping after it (rung is cleared): an acknowledging
-	// ping says it was taken, another's answer says "changed" if the agent is behind.
-	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix()), secret: secretTag(secrets[used]), acks: p.Acks}
+	// A ring still queued for it is spent on this answer instead (pending is cleared), but
+	// for an acknowledgement, whose answer does not compare versions: a change made after
+	// the ring it acknowledges is still rung. A ring sent is acknowledged by any ping after
+	// it (rung is cleared): an acknowledging ping says it was taken, another's answer says
+	// "changed" if the agent is behind.
+	s.entries[p.Cluster] = entry{counter: p.Counter, addr: from, seen: uint32(now.Unix()), secret: secretTag(secrets[used]), acks: p.Acks,
+		pending: had && e.pending && p.Rung}
 	if !had {
 		s.count.Store(int64(len(s.entries)))
 	}
@@ -469,7 +484,13 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		delay = max(r.DelayFrom(now), 0)
 	default:
 		answer.Kind = KindUnchanged
-		delay = s.next(p.Cluster, now)
+		// An agent that sends no keepalives (older than them) keeps its NATs open with its
+		// pings alone: it pings as often as keepalives go.
+		iv := s.PingInterval()
+		if !p.KeepAlive {
+			iv = s.keepAliveInterval()
+		}
+		delay = s.next(p.Cluster, now, iv)
 	}
 	return reply()
 }
@@ -492,8 +513,7 @@ func (s *Server) ahead(counter uint64, now time.Time) bool {
 // the ping interval (a hash of its UID) and is sent to its next phase at least a tenth of
 // an interval away: a fleet that pinged all at once (a server restart) is spread evenly by
 // the next round, where random jitter would leave it bunched, over the budget.
-func (s *Server) next(u UID, now time.Time) time.Duration {
-	d := s.PingInterval()
+func (s *Server) next(u UID, now time.Time, d time.Duration) time.Duration {
 	h := fnv.New64a()
 	h.Write(u[:])
 	phase := time.Duration(h.Sum64() % uint64(d))
@@ -632,6 +652,11 @@ func (s *Server) ringer(ctx context.Context) {
 		}
 		switch {
 		case again.tries > 0:
+			// Most rings are acknowledged: only one still unacknowledged takes from the
+			// ring budget.
+			if !s.unacknowledged(again.u) {
+				continue
+			}
 			if again.kind != KindTunnel {
 				if err := s.ringLim.Wait(ctx); err != nil {
 					return
@@ -647,6 +672,13 @@ func (s *Server) ringer(ctx context.Context) {
 			s.ring(u, KindChanged, "", 0, buf)
 		}
 	}
+}
+
+// unacknowledged says whether the cluster was rung and has not pinged since.
+func (s *Server) unacknowledged(u UID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entries[u].rung
 }
 
 // ringTunnel rings a cluster named "namespace/name"; it is asked for by name, from under

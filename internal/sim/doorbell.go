@@ -224,9 +224,6 @@ func (s *Sim) readBells(sock *bellSocket, n int) {
 			}
 			mu.Lock()
 			st.nextPing = s.now() + int64(delay)
-			if ka := s.bells.keepAlive.Load(); ka > 0 && st.nextKeep > st.nextPing {
-				st.nextKeep = 0
-			}
 			mu.Unlock()
 		}
 		switch p.Kind {
