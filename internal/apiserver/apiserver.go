@@ -274,9 +274,10 @@ func (s *Server) list(req *request) error {
 	// to the connection (HTTP/1.1 chunks, or HTTP/2 frames), each a system call.
 	w := bufio.NewWriterSize(req.w, listWriteBuffer)
 	defer func() {
-		w.Flush()
-		// Every item was copied into w's buffer or written through it by now.
-		if res.Release != nil {
+		// Every item was copied into w's buffer or written through it by now. After a failed
+		// write the blocks are left to the collector instead: a connection being torn down
+		// (an HTTP/2 stream reset mid-frame) may still hold what it was given.
+		if err := w.Flush(); err == nil && res.Release != nil {
 			res.Release()
 		}
 	}()
