@@ -2,9 +2,7 @@ package doorbell
 
 import (
 	"context"
-	"net"
 	"net/netip"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -197,18 +195,7 @@ func TestAckKeepsQueuedChange(t *testing.T) {
 // An agent older than keepalives keeps its NATs open with pings alone: it is told to ping
 // as often as keepalives go, not at the (longer) ping interval.
 func TestOlderAgentPingsAtKeepAliveInterval(t *testing.T) {
-	uids := []string{uidA, "7d1e2f3a-0000-4000-8000-00000000000b", "7d1e2f3a-0000-4000-8000-00000000000c", "7d1e2f3a-0000-4000-8000-00000000000d"}
-	f := newFleet()
-	for i, u := range uids {
-		f.add(u, "ws/"+strconv.Itoa(i), 42)
-	}
-	s := startServer(t, f, Config{Interval: time.Second, Budget: 0.25, KeepAliveBudget: 2})
-	p := newPeer(t, s)
-	now := uint64(time.Now().UnixNano())
-	for _, u := range uids {
-		p.send(ping(u, keyOf(u), now, 42))
-		answer(t, p.recv(5*time.Second), keyOf(u))
-	}
+	s, p, now := fourPinging(t, Config{Interval: time.Second, Budget: 0.25, KeepAliveBudget: 2}, false)
 	if s.PingInterval() != 16*time.Second || s.KeepAliveInterval() != 2*time.Second {
 		t.Fatalf("intervals %v and %v, want 16 s and 2 s", s.PingInterval(), s.KeepAliveInterval())
 	}
@@ -224,23 +211,9 @@ func TestOlderAgentPingsAtKeepAliveInterval(t *testing.T) {
 // not yet upgraded), which refuses the new flags: its retry goes without them, is answered,
 // and no keepalives follow while the answers lack the flag.
 func TestKeeperFallsBackForOlderServer(t *testing.T) {
-	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ep, err := NewEndpoint("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ep.Serve()
-	t.Cleanup(func() { ep.Close() })
-	key := keyOf(uidA)
 	k := &Keeper{Interval: time.Hour, KeepAlive: 50 * time.Millisecond, Version: func() int64 { return 42 }, Ring: func(Kind) {}, Timeout: 200 * time.Millisecond}
-	k.Bell = ep.Add(mustUID(uidA), key, srv.LocalAddr().(*net.UDPAddr).AddrPort(), k.Answer)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go k.Run(ctx)
+	srv := runKeeper(t, k)
+	key := keyOf(uidA)
 	// The older server: it answers only pings whose flags it knows (none of the new ones).
 	buf := make([]byte, 512)
 	flagged, keeps := 0, 0

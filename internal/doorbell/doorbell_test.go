@@ -68,8 +68,14 @@ var secret = []byte("0123456789abcdef0123456789abcdef")
 
 func startServer(t *testing.T, f *fleet, cfg Config) *Server {
 	t.Helper()
+	return startServerAt(t, "127.0.0.1:0", f, cfg)
+}
+
+// startServerAt serves the doorbell on addr until the test ends.
+func startServerAt(t *testing.T, addr string, f *fleet, cfg Config) *Server {
+	t.Helper()
 	cfg.Secret, cfg.Clusters, cfg.Tunnels = secret, f, f
-	s, err := Listen("127.0.0.1:0", cfg)
+	s, err := Listen(addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

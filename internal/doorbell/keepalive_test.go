@@ -68,22 +68,11 @@ func TestKeepAlives(t *testing.T) {
 // The keepalive interval stretches with the fleet within its own budget, and is never
 // longer than the ping interval.
 func TestKeepAliveBudget(t *testing.T) {
-	uids := []string{uidA, "7d1e2f3a-0000-4000-8000-00000000000b", "7d1e2f3a-0000-4000-8000-00000000000c", "7d1e2f3a-0000-4000-8000-00000000000d"}
 	for _, c := range []struct {
 		keepBudget float64
 		want       time.Duration
 	}{{2, 2 * time.Second}, {0.25, 8 * time.Second}, {100, time.Second}} {
-		f := newFleet()
-		for i, u := range uids {
-			f.add(u, "ws/"+strconv.Itoa(i), 42)
-		}
-		s := startServer(t, f, Config{Interval: time.Second, Budget: 0.5, KeepAliveBudget: c.keepBudget})
-		p := newPeer(t, s)
-		now := uint64(time.Now().UnixNano())
-		for _, u := range uids {
-			p.send(Packet{Kind: KindPing, Cluster: mustUID(u), Counter: now, Value: 42, KeepAlive: true}.Append(nil, keyOf(u)))
-			answer(t, p.recv(5*time.Second), keyOf(u))
-		}
+		s, p, now := fourPinging(t, Config{Interval: time.Second, Budget: 0.5, KeepAliveBudget: c.keepBudget}, true)
 		if got := s.KeepAliveInterval(); got != c.want {
 			t.Errorf("keepalive budget %v/s, 4 clusters: interval %v, want %v (pings every %v)", c.keepBudget, got, c.want, s.PingInterval())
 		}
@@ -97,23 +86,9 @@ func TestKeepAliveBudget(t *testing.T) {
 // An agent's keeper offered keepalives marks its pings, takes the intervals an answer
 // gives, and sends keepalives between its pings, as often as the answer said.
 func TestKeeperKeepsAlive(t *testing.T) {
-	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ep, err := NewEndpoint("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ep.Serve()
-	t.Cleanup(func() { ep.Close() })
-	key := keyOf(uidA)
 	k := &Keeper{Interval: time.Hour, KeepAlive: time.Hour, Version: func() int64 { return 42 }, Ring: func(Kind) {}, Timeout: time.Second}
-	k.Bell = ep.Add(mustUID(uidA), key, srv.LocalAddr().(*net.UDPAddr).AddrPort(), k.Answer)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go k.Run(ctx)
+	srv := runKeeper(t, k)
+	key := keyOf(uidA)
 
 	buf := make([]byte, 512)
 	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -184,14 +159,7 @@ func TestKeepAlivesIPv6(t *testing.T) {
 			probe.Close()
 			f := newFleet()
 			f.add(uidA, "ws/a", 42)
-			s, err := Listen(c.listen, Config{Secret: secret, Clusters: f})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { s.Serve(ctx); close(done) }()
-			t.Cleanup(func() { cancel(); <-done })
+			s := startServerAt(t, c.listen, f, Config{})
 			conn, err := net.ListenPacket("udp", c.from)
 			if err != nil {
 				t.Fatal(err)
@@ -215,4 +183,45 @@ func TestKeepAlivesIPv6(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runKeeper runs k for the test against a bare socket playing its server, which it returns:
+// the test reads k's datagrams there and answers as it wishes.
+func runKeeper(t *testing.T, k *Keeper) *net.UDPConn {
+	t.Helper()
+	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ep, err := NewEndpoint("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ep.Serve()
+	t.Cleanup(func() { ep.Close() })
+	k.Bell = ep.Add(mustUID(uidA), keyOf(uidA), srv.LocalAddr().(*net.UDPAddr).AddrPort(), k.Answer)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go k.Run(ctx)
+	return srv
+}
+
+// fourPinging starts a server of four clusters (uidA first) and pings it once for each, with
+// the keepalive flag or without, so that its intervals stretch with them.
+func fourPinging(t *testing.T, cfg Config, keepAlive bool) (s *Server, p *peer, now uint64) {
+	t.Helper()
+	uids := []string{uidA, "7d1e2f3a-0000-4000-8000-00000000000b", "7d1e2f3a-0000-4000-8000-00000000000c", "7d1e2f3a-0000-4000-8000-00000000000d"}
+	f := newFleet()
+	for i, u := range uids {
+		f.add(u, "ws/"+strconv.Itoa(i), 42)
+	}
+	s = startServer(t, f, cfg)
+	p = newPeer(t, s)
+	now = uint64(time.Now().UnixNano())
+	for _, u := range uids {
+		p.send(Packet{Kind: KindPing, Cluster: mustUID(u), Counter: now, Value: 42, KeepAlive: keepAlive}.Append(nil, keyOf(u)))
+		answer(t, p.recv(5*time.Second), keyOf(u))
+	}
+	return s, p, now
 }
