@@ -1,7 +1,6 @@
 package doorbell
 
 import (
-	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -118,18 +117,9 @@ func TestKeeperAcks(t *testing.T) {
 	f.add(uidA, "ws/a", 42)
 	const retryAfter = 300 * time.Millisecond
 	s := startServer(t, f, Config{RingRetry: retryAfter})
-	ep, err := NewEndpoint("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ep.Serve()
-	t.Cleanup(func() { ep.Close() })
 	rings := make(chan Kind, 10)
 	k := &Keeper{Interval: time.Hour, KeepAlive: time.Hour, Version: func() int64 { return 42 }, Ring: func(k Kind) { rings <- k }, Timeout: time.Second}
-	k.Bell = ep.Add(mustUID(uidA), keyOf(uidA), s.Addr(), k.Answer)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go k.Run(ctx)
+	runKeeperTo(t, k, mustUID(uidA), s.Addr())
 	waitFor(t, func() bool { return k.State() == StateOn })
 	for range 3 {
 		s.Ring(uidA)

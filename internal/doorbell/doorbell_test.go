@@ -420,18 +420,9 @@ func TestKeeper(t *testing.T) {
 	f := newFleet()
 	f.add(uidA, "ws/a", 42)
 	s := startServer(t, f, Config{})
-	ep, err := NewEndpoint("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ep.Serve()
-	t.Cleanup(func() { ep.Close() })
 	rings := make(chan Kind, 10)
 	k := &Keeper{Interval: time.Hour, Version: func() int64 { return 42 }, Ring: func(k Kind) { rings <- k }, Timeout: 200 * time.Millisecond}
-	k.Bell = ep.Add(mustUID(uidA), keyOf(uidA), s.Addr(), k.Answer)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go k.Run(ctx)
+	runKeeperTo(t, k, mustUID(uidA), s.Addr())
 	waitFor(t, func() bool { return k.State() == StateOn })
 	s.Ring(uidA)
 	if got := <-rings; got != KindChanged {
@@ -445,8 +436,7 @@ func TestKeeper(t *testing.T) {
 	}
 	defer hole.Close()
 	k2 := &Keeper{Interval: 100 * time.Millisecond, Version: func() int64 { return 42 }, Ring: func(Kind) {}, Timeout: 100 * time.Millisecond}
-	k2.Bell = ep.Add(UID{9}, keyOf(uidA), hole.LocalAddr().(*net.UDPAddr).AddrPort(), k2.Answer)
-	go k2.Run(ctx)
+	runKeeperTo(t, k2, UID{9}, hole.LocalAddr().(*net.UDPAddr).AddrPort())
 	waitFor(t, func() bool { return k2.State() == StateBlocked })
 }
 

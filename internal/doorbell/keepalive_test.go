@@ -185,8 +185,8 @@ func TestKeepAlivesIPv6(t *testing.T) {
 	}
 }
 
-// runKeeper runs k for the test against a bare socket playing its server, which it returns:
-// the test reads k's datagrams there and answers as it wishes.
+// runKeeper runs k (cluster uidA) for the test against a bare socket playing its server,
+// which it returns: the test reads k's datagrams there and answers as it wishes.
 func runKeeper(t *testing.T, k *Keeper) *net.UDPConn {
 	t.Helper()
 	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -194,17 +194,24 @@ func runKeeper(t *testing.T, k *Keeper) *net.UDPConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	runKeeperTo(t, k, mustUID(uidA), srv.LocalAddr().(*net.UDPAddr).AddrPort())
+	return srv
+}
+
+// runKeeperTo runs k, the keeper of cluster uid (signing with uidA's key), pinging server
+// from a socket of its own, until the test ends.
+func runKeeperTo(t *testing.T, k *Keeper, uid UID, server netip.AddrPort) {
+	t.Helper()
 	ep, err := NewEndpoint("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go ep.Serve()
 	t.Cleanup(func() { ep.Close() })
-	k.Bell = ep.Add(mustUID(uidA), keyOf(uidA), srv.LocalAddr().(*net.UDPAddr).AddrPort(), k.Answer)
+	k.Bell = ep.Add(uid, keyOf(uidA), server, k.Answer)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go k.Run(ctx)
-	return srv
 }
 
 // fourPinging starts a server of four clusters (uidA first) and pings it once for each, with
