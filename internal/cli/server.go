@@ -18,6 +18,7 @@ import (
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/fleet"
+	"flotilla.dev/internal/gcpace"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/server"
 	"flotilla.dev/internal/tunnel"
@@ -27,10 +28,12 @@ import (
 // heap is the fleet model, which lives as long as the process, and the resident memory
 // follows the heap's peak: with Go's default of 100 the heap grows to twice the model
 // between collections. At 50 it grows half as far, for a collection twice as often: at a
-// million clusters (~0.6 GB of model) one costs ~2.4 s of CPU and an idle fleet's polls
-// allocate ~10 MB/s, so collections take ~7% of a core instead of ~4%, for ~300 MB less
-// resident memory (docs/benchmarks.md, "The fleet model's memory and load"). GOGC=100 in
-// the environment trades back. GOMEMLIMIT, if set, applies as well.
+// million clusters (~0.6 GB of model) one costs ~2.4 s of CPU, for ~300 MB less resident
+// memory (docs/benchmarks.md, "The fleet model's memory and load"). The server paces its
+// collections at 50 itself (gcpace), without the runtime's forced collection every two
+// minutes, which an idle fleet's little allocation would otherwise never need. GOGC in the
+// environment (GOGC=100 trades the memory back) or GOMEMLIMIT leaves the collector to the
+// runtime's pacing, with GOGC at 50 unless set.
 const serverGOGC = 50
 
 // bootstrapToken takes the admin token from --bootstrap-token-file, the environment, or the
@@ -123,8 +126,12 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			if cfg.DB == "" {
 				cfg.DB = os.Getenv("FLOTILLA_DB")
 			}
-			if os.Getenv("GOGC") == "" {
+			switch {
+			case os.Getenv("GOGC") != "":
+			case os.Getenv("GOMEMLIMIT") != "":
 				debug.SetGCPercent(serverGOGC)
+			default:
+				defer gcpace.Start(serverGOGC)()
 			}
 			return server.Run(cmd.Context(), cfg)
 		},

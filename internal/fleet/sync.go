@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/gcpace"
 	"flotilla.dev/internal/resource"
 	"flotilla.dev/internal/store"
 )
@@ -90,13 +91,9 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	// A load allocates ~2.5 times what it keeps, all of it while the live heap grows from
 	// nothing: at the usual GOGC the collector ran ten times at 200k clusters, marking the
 	// growing model in each, a fifth to a third of the load's CPU. A higher GOGC meanwhile
-	// lets it run two or three times (the heap still bounded by a multiple of what is live); the garbage is given
-	// back after the load (Run).
-	if old := debug.SetGCPercent(loadGCPercent); old < 0 || old >= loadGCPercent {
-		debug.SetGCPercent(old) // off, or already as high
-	} else {
-		defer debug.SetGCPercent(old)
-	}
+	// lets it run two or three times (the heap still bounded by a multiple of what is live);
+	// the garbage is given back after the load (Run).
+	defer gcpace.AtLeast(loadGCPercent)()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.loadedAt.Store(start.UnixNano())

@@ -1,0 +1,177 @@
+// Package gcpace paces the server's garbage collector as GOGC does — a collection once the
+// heap has grown by a percentage of what the last one left live — but without the collection
+// the Go runtime forces every two minutes whatever the heap did.
+//
+// At a million clusters the fleet model is ~700 MB of live heap, and every collection marks
+// all of it: ~2.5 s of CPU. An idle fleet allocates so little that most of its collections
+// were the forced ones, a few percent of a core for nothing (docs/benchmarks.md). The runtime
+// forces none while GOGC is off; a soft memory limit (debug.SetMemoryLimit), moved after each
+// collection to the heap goal that GOGC would have set, then starts the next collection where
+// GOGC would have started it.
+//
+// The package holds process-wide state: one pacer per process, as there is one collector.
+package gcpace
+
+import (
+	"math"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+)
+
+// minGoal is the least heap goal, as the runtime's own 4 MB floor under GOGC, larger: below
+// it a small server would collect for every few requests.
+const minGoal = 64 << 20
+
+// headroom is the share of the memory limit the runtime keeps unused below it when the limit
+// sets the heap goal (memoryLimitHeapGoalHeadroomPercent in runtime/mgcpacer.go: 3%), so the
+// limit is set that much above the goal wanted.
+const headroom = 0.03
+
+var pace struct {
+	mu      sync.Mutex
+	on      bool
+	gen     int // which Start the re-armed sentinels belong to
+	percent int // the GOGC paced as
+	raised  []int
+	gogc    int   // before Start
+	limit   int64 // before Start
+}
+
+// Start turns the runtime's GOGC off and paces collections at percent, until stop. It does
+// nothing (and stop does nothing) when the pacer already runs or percent is not positive.
+func Start(percent int) (stop func()) {
+	pace.mu.Lock()
+	defer pace.mu.Unlock()
+	if pace.on || percent <= 0 {
+		return func() {}
+	}
+	pace.on = true
+	pace.gen++
+	pace.percent = percent
+	pace.raised = nil
+	pace.gogc = debug.SetGCPercent(-1)
+	pace.limit = debug.SetMemoryLimit(-1)
+	tuneLocked()
+	arm(pace.gen)
+	return func() {
+		pace.mu.Lock()
+		defer pace.mu.Unlock()
+		if !pace.on {
+			return
+		}
+		pace.on = false
+		debug.SetMemoryLimit(pace.limit)
+		debug.SetGCPercent(pace.gogc)
+	}
+}
+
+// Running reports whether the pacer runs.
+func Running() bool {
+	pace.mu.Lock()
+	defer pace.mu.Unlock()
+	return pace.on
+}
+
+// AtLeast raises the collector's percent to at least p until restore is called: the pacer's
+// when it runs, else GOGC itself (unless GOGC is off). A load that builds a large live heap
+// from nothing uses it to collect a few times instead of at every 1.5× of growth.
+func AtLeast(p int) (restore func()) {
+	pace.mu.Lock()
+	defer pace.mu.Unlock()
+	if !pace.on {
+		old := debug.SetGCPercent(p)
+		if old < 0 || old >= p {
+			debug.SetGCPercent(old) // off, or already as high
+			return func() {}
+		}
+		return func() { debug.SetGCPercent(old) }
+	}
+	pace.raised = append(pace.raised, p)
+	tuneLocked()
+	gen := pace.gen
+	return func() {
+		pace.mu.Lock()
+		defer pace.mu.Unlock()
+		if gen != pace.gen {
+			return
+		}
+		if i := indexOf(pace.raised, p); i >= 0 {
+			pace.raised = append(pace.raised[:i], pace.raised[i+1:]...)
+		}
+		tuneLocked()
+	}
+}
+
+func indexOf(s []int, v int) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+// arm leaves a sentinel for the next collection to find unreachable: its cleanup, run after
+// that collection, sets the next limit and arms again.
+func arm(gen int) {
+	s := new(sentinel)
+	runtime.AddCleanup(s, collected, gen)
+}
+
+// sentinel is an object with nothing in it but its address; 16 bytes, so that it is not a
+// tiny allocation sharing a block (and a lifetime) with others.
+type sentinel [2]uint64
+
+func collected(gen int) {
+	pace.mu.Lock()
+	defer pace.mu.Unlock()
+	if !pace.on || gen != pace.gen {
+		return
+	}
+	tuneLocked()
+	arm(gen)
+}
+
+var names = [...]string{
+	"/gc/heap/live:bytes",
+	"/memory/classes/total:bytes",
+	"/memory/classes/heap/released:bytes",
+	"/memory/classes/heap/free:bytes",
+	"/memory/classes/heap/objects:bytes",
+}
+
+// tuneLocked sets the memory limit to what the runtime holds besides the heap, plus the heap
+// goal: the last collection's live heap and percent of it more.
+func tuneLocked() {
+	s := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		s[i].Name = n
+	}
+	metrics.Read(s)
+	v := func(i int) uint64 {
+		if s[i].Value.Kind() != metrics.KindUint64 {
+			return 0
+		}
+		return s[i].Value.Uint64()
+	}
+	live, total, released, free, objects := v(0), v(1), v(2), v(3), v(4)
+	// What the memory limit counts besides the heap's objects: stacks, the runtime's metadata,
+	// the unused ends of the heap's spans. The runtime takes the goal from the limit less the
+	// same (memoryLimitHeapGoal).
+	var other uint64
+	if heap := released + free + objects; total > heap {
+		other = total - heap
+	}
+	p := pace.percent
+	for _, r := range pace.raised {
+		p = max(p, r)
+	}
+	goal := max(float64(live)*(1+float64(p)/100), minGoal)
+	limit := float64(other) + goal/(1-headroom)
+	if limit >= math.MaxInt64 {
+		limit = math.MaxInt64
+	}
+	debug.SetMemoryLimit(int64(limit))
+}

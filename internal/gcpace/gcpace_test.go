@@ -1,0 +1,166 @@
+package gcpace
+
+import (
+	"math"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+	"time"
+)
+
+// These tests drive the real collector; they change process-wide settings and restore them,
+// so none runs in parallel.
+
+var (
+	sink []byte
+	// kept is the live set: a global, so that the compiler cannot end its life early.
+	kept [][]byte
+)
+
+// churn allocates n bytes of garbage in 64 KB pieces.
+func churn(n int) {
+	for range n >> 16 {
+		sink = make([]byte, 64<<10)
+	}
+	sink = nil
+}
+
+// hold adds n bytes to the live set.
+func hold(n int) {
+	for range n >> 16 {
+		kept = append(kept, make([]byte, 64<<10))
+	}
+}
+
+// goalRatio is the heap goal over the live heap once a collection has set both and the pacer
+// has moved its limit after it.
+func goalRatio(t *testing.T) float64 {
+	t.Helper()
+	var r float64
+	n := numGC()
+	waitFor(t, "a collection's cleanup", func() bool {
+		r = float64(read("/gc/heap/goal:bytes")) / float64(read("/gc/heap/live:bytes"))
+		return numGC() > n+1
+	})
+	return r
+}
+
+func numGC() uint32 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.NumGC
+}
+
+func read(name string) uint64 {
+	s := []metrics.Sample{{Name: name}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+func currentLimit() int64 { return debug.SetMemoryLimit(-1) }
+
+// waitFor waits until ok, collecting meanwhile: the pacer moves the limit in a cleanup that
+// runs after a collection, on the runtime's cleanup goroutine.
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !ok(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPacesAsGOGC runs the same allocation under GOGC=50 and under the pacer at 50: the
+// pacer must collect about as often and to the same heap goal, with GOGC off (so that the
+// runtime forces no collection every two minutes), and follow the live heap as it grows.
+func TestPacesAsGOGC(t *testing.T) {
+	const live, garbage = 128 << 20, 3 << 30
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer func() { kept = nil }()
+	hold(live)
+	runtime.GC()
+
+	debug.SetGCPercent(50)
+	before := numGC()
+	churn(garbage)
+	gogcRuns := numGC() - before
+
+	stop := Start(50)
+	defer stop()
+	if p := debug.SetGCPercent(-1); p != -1 {
+		t.Fatalf("GOGC is %d while the pacer runs, want off (-1): the runtime would force collections", p)
+	}
+	runtime.GC()
+	waitFor(t, "a limit set from the live heap", func() bool { return currentLimit() < math.MaxInt64 })
+	before = numGC()
+	churn(garbage)
+	paceRuns := numGC() - before
+	ratio := goalRatio(t)
+	t.Logf("garbage %d MB over %d MB live: GOGC=50 %d collections, the pacer at 50 %d; its goal %.2f× the live heap",
+		garbage>>20, live>>20, gogcRuns, paceRuns, ratio)
+	if r := float64(paceRuns) / float64(gogcRuns); r < 0.6 || r > 1.7 {
+		t.Errorf("the pacer collected %d times where GOGC=50 collected %d", paceRuns, gogcRuns)
+	}
+	if ratio < 1.3 || ratio > 1.7 {
+		t.Errorf("the pacer's heap goal is %.2f× the live heap, want ~1.5× (GOGC=50)", ratio)
+	}
+
+	// The live heap doubles: the goal follows it.
+	hold(live)
+	ratio = goalRatio(t)
+	t.Logf("live heap doubled: goal %.2f× the live heap", ratio)
+	if ratio < 1.3 || ratio > 1.7 {
+		t.Errorf("with the live heap doubled the goal is %.2f× it, want ~1.5×", ratio)
+	}
+
+	// And shrinks: the limit comes down with it, so the free heap is given back.
+	high := currentLimit()
+	kept = nil
+	waitFor(t, "the limit to come down with the live heap", func() bool { return currentLimit() < high/2 })
+}
+
+// TestAtLeast raises the pacer's percent for a while (a load), and GOGC's when the pacer
+// does not run.
+func TestAtLeast(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(70))
+	defer func() { kept = nil }()
+	hold(256 << 20)
+	stop := Start(50)
+	runtime.GC()
+	waitFor(t, "a limit", func() bool { return currentLimit() < math.MaxInt64 })
+	base := currentLimit()
+	restore := AtLeast(800)
+	raised := currentLimit()
+	if float64(raised) < 4*float64(base) {
+		t.Errorf("AtLeast(800) moved the limit from %d MB to %d MB, want ~6× higher", base>>20, raised>>20)
+	}
+	restore()
+	if back := currentLimit(); float64(back) > 1.2*float64(base) {
+		t.Errorf("after the restore the limit is %d MB, want back near %d MB", back>>20, base>>20)
+	}
+	stop()
+	if l := currentLimit(); l != math.MaxInt64 {
+		t.Errorf("stop left a memory limit of %d", l)
+	}
+	if p := debug.SetGCPercent(100); p != 70 {
+		t.Errorf("stop left GOGC at %d, want the 70 from before Start", p)
+	}
+
+	debug.SetGCPercent(50)
+	restore = AtLeast(800)
+	if p := debug.SetGCPercent(800); p != 800 {
+		t.Errorf("without the pacer AtLeast(800) left GOGC at %d", p)
+	}
+	restore()
+	if p := debug.SetGCPercent(50); p != 50 {
+		t.Errorf("the restore left GOGC at %d, want 50", p)
+	}
+	debug.SetGCPercent(-1)
+	AtLeast(800)()
+	if p := debug.SetGCPercent(100); p != -1 {
+		t.Errorf("AtLeast turned GOGC on (%d) where it was off", p)
+	}
+}
