@@ -24,16 +24,17 @@ import (
 	"flotilla.dev/internal/tunnel"
 )
 
-// serverGOGC is the server's GOGC unless the environment sets one. Most of a large fleet's
-// heap is the fleet model, which lives as long as the process, and the resident memory
-// follows the heap's peak: with Go's default of 100 the heap grows to twice the model
-// between collections. At 50 it grows half as far, for a collection twice as often: at a
-// million clusters (~0.6 GB of model) one costs ~2.4 s of CPU, for ~300 MB less resident
-// memory (docs/benchmarks.md, "The fleet model's memory and load"). The server paces its
-// collections at 50 itself (gcpace), without the runtime's forced collection every two
-// minutes, which an idle fleet's little allocation would otherwise never need. GOGC in the
-// environment (GOGC=100 trades the memory back) or GOMEMLIMIT leaves the collector to the
-// runtime's pacing, with GOGC at 50 unless set.
+// The server's collector. Most of a large fleet's heap is the fleet model, which lives as
+// long as the process, and the resident memory follows the heap's peak: with Go's default
+// GOGC of 100 the heap grows to twice the model between collections, and every collection
+// marks the whole model (~2.4 s of CPU at a million clusters). The server paces collections
+// itself (gcpace): at 25% of the live heap while collections take less than 5% of a core, as
+// an idle fleet's little allocation lets them, rising towards 100% while a busy fleet would
+// make them cost more; and without the runtime's forced collection every two minutes
+// (docs/benchmarks.md, "The fleet model's memory and load"). GOGC in the environment leaves
+// the collector to the runtime; GOMEMLIMIT does too, with GOGC at serverGOGC.
+var serverGC = gcpace.Config{Percent: 25, MaxPercent: 100, CPUShare: 0.05}
+
 const serverGOGC = 50
 
 // bootstrapToken takes the admin token from --bootstrap-token-file, the environment, or the
@@ -131,7 +132,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			case os.Getenv("GOMEMLIMIT") != "":
 				debug.SetGCPercent(serverGOGC)
 			default:
-				defer gcpace.Start(serverGOGC)()
+				defer gcpace.Start(serverGC)()
 			}
 			return server.Run(cmd.Context(), cfg)
 		},

@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
+	"time"
 )
 
 // minGoal is the least heap goal, as the runtime's own 4 MB floor under GOGC, larger: below
@@ -29,28 +30,50 @@ const minGoal = 64 << 20
 // limit is set that much above the goal wanted.
 const headroom = 0.03
 
+// Config says how the pacer paces.
+type Config struct {
+	// Percent is the GOGC paced as: the heap grows by this share of what the last collection
+	// left live before the next one starts. The least it paces at when MaxPercent is higher.
+	Percent int
+	// MaxPercent, when above Percent, is how far the percent may rise while collections take
+	// more than CPUShare of a core: when the fleet is busy its allocation would otherwise
+	// make a low percent collect the whole model every few seconds. It comes back down as
+	// collections get cheaper.
+	MaxPercent int
+	// CPUShare is the share of one core that collections may take before the percent rises.
+	CPUShare float64
+}
+
 var pace struct {
 	mu      sync.Mutex
 	on      bool
 	gen     int // which Start the re-armed sentinels belong to
-	percent int // the GOGC paced as
+	cfg     Config
+	percent float64 // the GOGC paced as now
 	raised  []int
 	gogc    int   // before Start
 	limit   int64 // before Start
+	// when, and the runtime's count of CPU seconds spent collecting then, at the last
+	// collection's cleanup
+	lastAt  time.Time
+	lastCPU float64
 }
 
-// Start turns the runtime's GOGC off and paces collections at percent, until stop. It does
-// nothing (and stop does nothing) when the pacer already runs or percent is not positive.
-func Start(percent int) (stop func()) {
+// Start turns the runtime's GOGC off and paces collections as cfg says, until stop. It does
+// nothing (and stop does nothing) when the pacer already runs or cfg.Percent is not positive.
+func Start(cfg Config) (stop func()) {
 	pace.mu.Lock()
 	defer pace.mu.Unlock()
-	if pace.on || percent <= 0 {
+	if pace.on || cfg.Percent <= 0 {
 		return func() {}
 	}
+	cfg.MaxPercent = max(cfg.MaxPercent, cfg.Percent)
 	pace.on = true
 	pace.gen++
-	pace.percent = percent
+	pace.cfg = cfg
+	pace.percent = float64(cfg.Percent)
 	pace.raised = nil
+	pace.lastAt, pace.lastCPU = time.Now(), gcCPU()
 	pace.gogc = debug.SetGCPercent(-1)
 	pace.limit = debug.SetMemoryLimit(-1)
 	tuneLocked()
@@ -65,6 +88,29 @@ func Start(percent int) (stop func()) {
 		debug.SetMemoryLimit(pace.limit)
 		debug.SetGCPercent(pace.gogc)
 	}
+}
+
+// Percent is the percent the pacer paces at now (0 when it does not run).
+func Percent() int {
+	pace.mu.Lock()
+	defer pace.mu.Unlock()
+	if !pace.on {
+		return 0
+	}
+	return int(pace.percent + 0.5)
+}
+
+// adapt returns the percent to pace at after a period in which collections took share of a
+// core at percent p. Collections per second go as 1/percent for a given allocation rate,
+// each marking the same live heap, so share × percent is about constant: p × share / CPUShare
+// would meet the budget exactly. The step goes half way there (geometrically), so that one
+// unusual period does not swing it fully.
+func adapt(p, share float64, cfg Config) float64 {
+	if cfg.MaxPercent <= cfg.Percent || cfg.CPUShare <= 0 {
+		return float64(cfg.Percent)
+	}
+	p = math.Sqrt(p * p * share / cfg.CPUShare)
+	return min(max(p, float64(cfg.Percent)), float64(cfg.MaxPercent))
 }
 
 // Running reports whether the pacer runs.
@@ -130,6 +176,11 @@ func collected(gen int) {
 	if !pace.on || gen != pace.gen {
 		return
 	}
+	now, cpu := time.Now(), gcCPU()
+	if wall := now.Sub(pace.lastAt).Seconds(); wall > 0 {
+		pace.percent = adapt(pace.percent, (cpu-pace.lastCPU)/wall, pace.cfg)
+	}
+	pace.lastAt, pace.lastCPU = now, cpu
 	tuneLocked()
 	arm(gen)
 }
@@ -140,6 +191,16 @@ var names = [...]string{
 	"/memory/classes/heap/released:bytes",
 	"/memory/classes/heap/free:bytes",
 	"/memory/classes/heap/objects:bytes",
+}
+
+// gcCPU is the runtime's estimate of the CPU seconds spent collecting so far.
+func gcCPU() float64 {
+	s := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64 {
+		return 0
+	}
+	return s[0].Value.Float64()
 }
 
 // tuneLocked sets the memory limit to what the runtime holds besides the heap, plus the heap
@@ -166,9 +227,9 @@ func tuneLocked() {
 	}
 	p := pace.percent
 	for _, r := range pace.raised {
-		p = max(p, r)
+		p = max(p, float64(r))
 	}
-	goal := max(float64(live)*(1+float64(p)/100), minGoal)
+	goal := max(float64(live)*(1+p/100), minGoal)
 	limit := float64(other) + goal/(1-headroom)
 	if limit >= math.MaxInt64 {
 		limit = math.MaxInt64

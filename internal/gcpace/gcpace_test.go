@@ -88,7 +88,7 @@ func TestPacesAsGOGC(t *testing.T) {
 	churn(garbage)
 	gogcRuns := numGC() - before
 
-	stop := Start(50)
+	stop := Start(Config{Percent: 50})
 	defer stop()
 	if p := debug.SetGCPercent(-1); p != -1 {
 		t.Fatalf("GOGC is %d while the pacer runs, want off (-1): the runtime would force collections", p)
@@ -128,9 +128,8 @@ func TestAtLeast(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(70))
 	defer func() { kept = nil }()
 	hold(256 << 20)
-	stop := Start(50)
-	runtime.GC()
-	waitFor(t, "a limit", func() bool { return currentLimit() < math.MaxInt64 })
+	stop := Start(Config{Percent: 50})
+	goalRatio(t) // a limit from the live heap held
 	base := currentLimit()
 	restore := AtLeast(800)
 	raised := currentLimit()
@@ -163,4 +162,46 @@ func TestAtLeast(t *testing.T) {
 	if p := debug.SetGCPercent(100); p != -1 {
 		t.Errorf("AtLeast turned GOGC on (%d) where it was off", p)
 	}
+}
+
+func TestAdapt(t *testing.T) {
+	cfg := Config{Percent: 25, MaxPercent: 100, CPUShare: 0.05}
+	for _, c := range []struct {
+		p, share, want float64
+	}{
+		{25, 0.01, 25},   // cheap: stays at the floor
+		{25, 0.05, 25},   // on budget
+		{25, 0.20, 50},   // 4× over: half way (geometrically) to 100
+		{50, 0.10, 70.7}, // 2× over
+		{25, 2, 100},     // capped
+		{100, 0, 25},     // idle: straight back down
+		{80, 0.0125, 40}, // a quarter of the budget: half way to 20, floored at 25 later
+	} {
+		if got := adapt(c.p, c.share, cfg); math.Abs(got-c.want) > 0.1 {
+			t.Errorf("adapt(%v, %v) = %.1f, want %.1f", c.p, c.share, got, c.want)
+		}
+	}
+	if got := adapt(80, 1, Config{Percent: 50}); got != 50 {
+		t.Errorf("without a MaxPercent the percent is %v, want 50", got)
+	}
+}
+
+// TestRisesAndFalls: under heavy allocation the percent rises off its floor, and once the
+// collections are cheap again it comes back.
+func TestRisesAndFalls(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer func() { kept = nil }()
+	hold(64 << 20)
+	stop := Start(Config{Percent: 25, MaxPercent: 400, CPUShare: 0.05})
+	defer stop()
+	churn(2 << 30)
+	busy := Percent()
+	t.Logf("after 2 GB of garbage over 64 MB live: %d%%", busy)
+	if busy <= 25 {
+		t.Errorf("the percent stayed at %d%% while collections ran back to back", busy)
+	}
+	time.Sleep(2 * time.Second)
+	runtime.GC()
+	waitFor(t, "the percent to come back down", func() bool { return Percent() < busy })
+	t.Logf("after 2 s without garbage: %d%%", Percent())
 }
