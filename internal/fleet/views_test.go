@@ -122,3 +122,39 @@ func BenchmarkOverview(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/cluster")
 	})
 }
+
+// A sweep lets go of the model's lock between chunks of clusters, so that polls and pings
+// are not held for the whole walk, and still marks every cluster; a load in one of its
+// pauses ends it.
+func TestSweepLetsGoOfTheLock(t *testing.T) {
+	const n = 3*sweepChunk + 5
+	f := New(seedClusters(t, n), Config{})
+	if _, err := f.load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Seen days ago and past the load's grace: every cluster turns Offline at the sweep.
+	f.loadedAt.Store(time.Now().Add(-time.Hour).UnixNano())
+	clear(f.dirtyClusters)
+	yields, held := 0, 0
+	sweepYield = func() {
+		yields++
+		if !f.mu.TryRLock() {
+			held++
+			return
+		}
+		f.mu.RUnlock()
+	}
+	defer func() { sweepYield = nil }()
+	f.sweep(time.Now())
+	if yields != n/sweepChunk || held > 0 || len(f.dirtyClusters) != n {
+		t.Fatalf("a sweep of %d clusters let go of the lock %d times (want %d), %d of them still held; %d clusters marked",
+			n, yields, n/sweepChunk, held, len(f.dirtyClusters))
+	}
+
+	clear(f.dirtyClusters)
+	sweepYield = func() { f.loadedAt.Add(1) } // a load in the first pause
+	f.sweep(time.Now())
+	if len(f.dirtyClusters) != sweepChunk {
+		t.Fatalf("after a load in its first pause the sweep marked %d clusters, want the %d before it", len(f.dirtyClusters), sweepChunk)
+	}
+}
