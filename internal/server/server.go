@@ -34,6 +34,7 @@ import (
 	"flotilla.dev/internal/bundle"
 	"flotilla.dev/internal/doorbell"
 	"flotilla.dev/internal/fleet"
+	"flotilla.dev/internal/gcpace"
 	"flotilla.dev/internal/gitops"
 	"flotilla.dev/internal/leader"
 	"flotilla.dev/internal/metrics"
@@ -277,6 +278,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			}
 			return 0
 		}))
+	s.metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_gc_percent",
+		Help: "The percent of the live heap the server lets the heap grow by before collecting (its own pacing; 0 when GOGC or GOMEMLIMIT leaves it to the runtime)"},
+		func() float64 { return float64(gcpace.Percent()) }))
 	s.metrics.RegisterObjectCounts(s.store.Count)
 
 	if cfg.TLSCertFile != "" {
