@@ -99,8 +99,9 @@ func (f *Fleet) sweepInterval() time.Duration {
 }
 
 // sweepChunk is how many clusters a sweep visits per hold of the model's write lock. A
-// whole sweep of 1M clusters held it for ~0.4 s, and every poll, ping answer and proxied
-// call waited meanwhile: a cold tunnel's first byte took 396 ms instead of ~10.
+// whole sweep of 1M clusters held it for ~0.3 s of CPU, and every poll, ping answer and
+// proxied call waited meanwhile (a cold tunnel's first byte took 396 ms at 1M, 15–29 ms at
+// 10,000 clusters).
 const sweepChunk = 4096
 
 // sweepYield, when set (tests), runs each time a sweep lets go of the lock.
