@@ -113,13 +113,6 @@ func adapt(p, share float64, cfg Config) float64 {
 	return min(max(p, float64(cfg.Percent)), float64(cfg.MaxPercent))
 }
 
-// Running reports whether the pacer runs.
-func Running() bool {
-	pace.mu.Lock()
-	defer pace.mu.Unlock()
-	return pace.on
-}
-
 // AtLeast raises the collector's percent to at least p until restore is called: the pacer's
 // when it runs, else GOGC itself (unless GOGC is off). A load that builds a large live heap
 // from nothing uses it to collect a few times instead of at every 1.5× of growth.
