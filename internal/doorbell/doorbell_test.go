@@ -7,10 +7,13 @@ import (
 	"crypto/sha256"
 	"net"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // fleet is a fake fleet model: unit logic, no store behind it.
@@ -791,5 +794,58 @@ func TestSourceLimitZeroKey(t *testing.T) {
 	}
 	if l.allow(netip.MustParseAddrPort("[::1]:4000"), now) {
 		t.Error("::1 not limited past its burst")
+	}
+}
+
+// TestEntryAddress: an entry gives back the address it was given, IPv4, IPv6 and IPv6 with a
+// zone alike; a zone lives in the side table only while the cluster's address has one; and
+// the entry holds no pointer, so the collector never scans the table of a million.
+func TestEntryAddress(t *testing.T) {
+	u := mustUID(uidA)
+	zones := map[UID]string{}
+	var e entry
+	if e.addr(u, zones).IsValid() {
+		t.Fatal("an entry never given an address has one")
+	}
+	for _, a := range []string{"192.0.2.7:4000", "[2001:db8::7]:4001", "[fe80::1%eth0]:4002", "[::ffff:192.0.2.8]:4003", "10.0.0.1:65535"} {
+		want := netip.MustParseAddrPort(a)
+		e.setAddr(u, want, zones)
+		if got := e.addr(u, zones); got != want {
+			t.Errorf("%s came back as %s", want, got)
+		}
+		if _, has := zones[u]; has != (want.Addr().Zone() != "") {
+			t.Errorf("after %s the zone table holds %v", want, zones)
+		}
+	}
+	typ := reflect.TypeFor[entry]()
+	for i := range typ.NumField() {
+		switch k := typ.Field(i).Type.Kind(); k {
+		case reflect.Bool, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Array:
+		default:
+			t.Errorf("entry.%s is a %s: the table would be scanned by the collector", typ.Field(i).Name, k)
+		}
+	}
+}
+
+// TestZonedPing: a ping from a zoned address records the zone, and forgetting the cluster
+// drops it.
+func TestZonedPing(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	fl := newFleet()
+	fl.add(uidA, "ws/a", 42)
+	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
+		entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
+	s.ringLim = rate.NewLimiter(rate.Inf, 1)
+	from := netip.MustParseAddrPort("[fe80::2%eth1]:4000")
+	if out := s.handle(ping(uidA, keyOf(uidA), uint64(now.UnixNano()), 42), from, nil); len(out) == 0 {
+		t.Fatal("no answer to a zoned ping")
+	}
+	u := mustUID(uidA)
+	if e := s.entries[u]; e.addr(u, s.zones) != from {
+		t.Fatalf("recorded %s, want %s", e.addr(u, s.zones), from)
+	}
+	s.forget(u)
+	if len(s.zones) != 0 {
+		t.Fatalf("zones after forgetting: %v", s.zones)
 	}
 }

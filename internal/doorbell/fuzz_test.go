@@ -25,7 +25,7 @@ func FuzzHandle(f *testing.F) {
 	fl := newFleet()
 	fl.add(uidA, "ws/a", 42)
 	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
-		entries: map[UID]entry{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
+		entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
 	s.ringLim = rate.NewLimiter(rate.Inf, 1)
 	from := netip.MustParseAddrPort("127.0.0.1:4000")
 	f.Fuzz(func(t *testing.T, b []byte) {
