@@ -23,6 +23,9 @@ import (
 // run. Off by default (a measurement, ~2 min):
 //
 //	FLOTILLA_DOORBELL_CPU=1 [FLOTILLA_DOORBELL_CPU_RATE=10000] go test ./internal/doorbell -run TestServeCPU -v
+//
+// The pings go out every millisecond; FLOTILLA_DOORBELL_PINGER_SLOT=100 sends them every 100 ms
+// instead, as a fleet pings on the server's slots (Server.next).
 func TestServeCPU(t *testing.T) {
 	if os.Getenv("FLOTILLA_DOORBELL_CPU") == "" {
 		t.Skip("a measurement: set FLOTILLA_DOORBELL_CPU=1")
@@ -210,8 +213,13 @@ func TestPingerProcess(t *testing.T) {
 	for i := range keys {
 		keys[i] = ClusterKey(secret, cpuUID(i))
 	}
-	// Every millisecond, the pings due: rate/1000 of them, spread over the sockets.
-	tick := time.NewTicker(time.Millisecond)
+	// Every millisecond, the pings due: rate/1000 of them, spread over the sockets. With
+	// FLOTILLA_DOORBELL_PINGER_SLOT (ms), every slot instead: pings that arrive together.
+	every := time.Millisecond
+	if ms, err := strconv.Atoi(os.Getenv("FLOTILLA_DOORBELL_PINGER_SLOT")); err == nil && ms > 0 {
+		every = time.Duration(ms) * time.Millisecond
+	}
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	start := time.Now()
 	sent := 0

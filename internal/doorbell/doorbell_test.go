@@ -849,3 +849,45 @@ func TestZonedPing(t *testing.T) {
 		t.Fatalf("zones after forgetting: %v", s.zones)
 	}
 }
+
+// TestPingSlots: the phases a server gives fall on its slots, so that a fleet's pings arrive
+// together, and every slot gets about its share of the fleet; each next ping is still
+// between a tenth of an interval and 1.1 intervals away.
+func TestPingSlots(t *testing.T) {
+	s := &Server{cfg: Config{Budget: DefaultBudget}}
+	const d = 500 * time.Second
+	sl := s.slot(d)
+	if sl != maxSlot {
+		t.Fatalf("slot %v at the default budget, want %v", sl, maxSlot)
+	}
+	if got := (&Server{cfg: Config{Budget: 1e6}}).slot(d); got != time.Millisecond {
+		t.Errorf("slot %v at a budget of 1M pings/s, want 1ms (a slot's pings must fit the socket's buffer)", got)
+	}
+	if got := s.slot(time.Second); got != 50*time.Millisecond {
+		t.Errorf("slot %v in a 1 s interval, want a twentieth of it", got)
+	}
+	const n = 200000
+	perSlot := map[int64]int{}
+	now := time.Unix(1_800_000_000, 123_456_789)
+	for i := range n {
+		u := cpuUID(i)
+		at := now.Add(time.Duration(i) * 7 * time.Millisecond) // answered at different times
+		next := s.next(u, at, d)
+		if next < d/10 || next >= d+d/10 {
+			t.Fatalf("next ping in %v, want within [%v, %v)", next, d/10, d+d/10)
+		}
+		phase := at.Add(next).UnixNano() % int64(d)
+		if phase%int64(sl) != 0 {
+			t.Fatalf("ping at phase %v, not on a %v slot", time.Duration(phase), sl)
+		}
+		perSlot[phase/int64(sl)]++
+	}
+	// 5,000 slots, 40 pings each on average: none far above.
+	most := 0
+	for _, k := range perSlot {
+		most = max(most, k)
+	}
+	if slots := int(d / sl); len(perSlot) < slots*9/10 || most > 3*n/slots {
+		t.Errorf("%d of %d slots used, the fullest holding %d pings of %d", len(perSlot), slots, most, n)
+	}
+}
