@@ -205,3 +205,33 @@ func TestRisesAndFalls(t *testing.T) {
 	waitFor(t, "the percent to come back down", func() bool { return Percent() < busy })
 	t.Logf("after 2 s without garbage: %d%%", Percent())
 }
+
+// TestStepsDownWhenIdle: after heavy allocation has raised the percent, a process that stops
+// allocating (so collects no more) still comes back to the floor, with a collection or two at
+// most, where the percent would otherwise wait for the next collection, however far off.
+func TestStepsDownWhenIdle(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer func() { kept = nil }()
+	defer func(d time.Duration) { stepEvery = d }(stepEvery)
+	stepEvery = 20 * time.Millisecond
+	hold(64 << 20)
+	stop := Start(Config{Percent: 25, MaxPercent: 400, CPUShare: 0.05})
+	defer stop()
+	churn(2 << 30)
+	busy := Percent()
+	if busy <= 25 {
+		t.Fatalf("the percent stayed at %d%% under heavy allocation", busy)
+	}
+	n := numGC()
+	deadline := time.Now().Add(30 * time.Second)
+	for Percent() > 25 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the percent stayed at %d%% (from %d%%) for 30 s without garbage", Percent(), busy)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := numGC() - n; c > 2 {
+		t.Errorf("%d collections while stepping down from %d%%, want at most 2", c, busy)
+	}
+	t.Logf("from %d%% to %d%% with %d collections", busy, Percent(), numGC()-n)
+}
