@@ -634,8 +634,13 @@ func (f *Fleet) recount(b *bundleEntry, c *Cluster, old, now string) {
 	f.aggTouch(c)
 	if now != "" && now != api.StateReady {
 		b.notReady[c] = struct{}{}
-	} else {
+	} else if _, ok := b.notReady[c]; ok {
 		delete(b.notReady, c)
+		if len(b.notReady) == 0 {
+			// A map keeps the size it grew to: a change rolled out to a million clusters
+			// left 31 MB of empty slots behind it.
+			b.notReady = map[*Cluster]struct{}{}
+		}
 	}
 	f.dirtyBundles[b] = struct{}{}
 	f.dirtyClusters[c] = struct{}{}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -187,4 +188,39 @@ func writeClusters(t testing.TB, st *sqlite.Store, n int) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestNotReadyGivenBack: a bundle's set of clusters not Ready, grown by a change that covered
+// the fleet, is a fresh map once all are Ready again: a map never shrinks, and at 1M the
+// empty one held 31 MB.
+func TestNotReadyGivenBack(t *testing.T) {
+	const n = 3000
+	st := seedFleet(t, n)
+	f := New(st, Config{})
+	if _, err := f.load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.workspaces["fleet-default"].bundles["app"]
+	grown := reflect.ValueOf(b.notReady).UnsafePointer()
+	for _, c := range f.byUID {
+		f.recount(b, c, api.StateReady, api.StateNotReady)
+	}
+	if len(b.notReady) != n || reflect.ValueOf(b.notReady).UnsafePointer() != grown {
+		t.Fatalf("%d clusters not Ready, want %d in the same set", len(b.notReady), n)
+	}
+	i := 0
+	for _, c := range f.byUID {
+		f.recount(b, c, api.StateNotReady, api.StateReady)
+		if i++; i < n && reflect.ValueOf(b.notReady).UnsafePointer() != grown {
+			t.Fatalf("the set was replaced with %d clusters still in it", len(b.notReady))
+		}
+	}
+	if len(b.notReady) != 0 || reflect.ValueOf(b.notReady).UnsafePointer() == grown {
+		t.Fatalf("%d clusters not Ready; the set grown to %d is still held", len(b.notReady), n)
+	}
+	if b.counts[api.StateReady] != n {
+		t.Fatalf("%d Ready, want %d", b.counts[api.StateReady], n)
+	}
 }
