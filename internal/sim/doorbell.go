@@ -141,6 +141,13 @@ func (s *Sim) joinBell(i int, info *api.DoorbellInfo, now int64) {
 	sock.mu.Unlock()
 }
 
+// next returns when the cluster pings and keeps alive next, read under its lock mu.
+func (st *bellState) next(mu *sync.Mutex) (ping, keep int64) {
+	mu.Lock()
+	defer mu.Unlock()
+	return st.nextPing, st.nextKeep
+}
+
 // ping sends cluster i's "my version is V"; the worker running i calls it.
 func (s *Sim) ping(i int, now int64) {
 	c := &s.clusters[i]
@@ -149,15 +156,21 @@ func (s *Sim) ping(i int, now int64) {
 	p := doorbell.Packet{Kind: doorbell.KindPing, Cluster: st.uid, Counter: uint64(time.Now().UnixNano()), Value: uint64(c.since), KeepAlive: ka > 0, Acks: ka > 0}
 	var buf [doorbell.Size]byte
 	sock := s.bells.socks[(i/s.bells.per)%len(s.bells.socks)]
-	if _, err := sock.conn.WriteToUDPAddrPort(p.Append(buf[:0], st.key[:]), s.bells.server); err == nil {
-		s.bells.pings.Add(1)
-	}
-	// Until its answer says when (its phase in the server's ping interval).
+	// Until its answer says when (its phase in the server's ping interval). Set before the
+	// ping goes, as the agent does, and under the lock the reader of answers takes: an answer
+	// read before this returned would otherwise be overwritten, and the cluster would ping
+	// off its phase.
 	d := time.Duration(s.bellInterval.Load())
+	mu := s.lock(i)
+	mu.Lock()
 	st.nextPing = now + int64(d-d/10) + rand.Int64N(int64(d/5)+1)
 	st.nextKeep = 0
 	if ka > 0 {
 		st.nextKeep = now + int64(jitter(time.Duration(ka)))
+	}
+	mu.Unlock()
+	if _, err := sock.conn.WriteToUDPAddrPort(p.Append(buf[:0], st.key[:]), s.bells.server); err == nil {
+		s.bells.pings.Add(1)
 	}
 }
 
@@ -169,7 +182,10 @@ func (s *Sim) keepAlive(i int, now int64) {
 	if _, err := sock.conn.WriteToUDPAddrPort(doorbell.KeepAlive, s.bells.server); err == nil {
 		s.bells.keepalives.Add(1)
 	}
+	mu := s.lock(i)
+	mu.Lock()
 	st.nextKeep = now + int64(jitter(time.Duration(s.bells.keepAlive.Load())))
+	mu.Unlock()
 }
 
 // jitter spreads d by ±10%, as the agent's keeper does.

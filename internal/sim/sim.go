@@ -438,7 +438,7 @@ func (s *Sim) reschedule(i int, err error) {
 	next := c.nextPoll
 	var ping, keep int64
 	if c.bell != nil {
-		ping, keep = c.bell.nextPing, c.bell.nextKeep
+		ping, keep = c.bell.next(s.lock(i))
 	}
 	for _, t := range []int64{c.reportAt, c.readyAt, c.nextBeat, ping, keep} {
 		if t != 0 && t < next {
@@ -515,13 +515,20 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		}
 		mu.Unlock()
 	}
-	if c.bell != nil && now >= c.bell.nextPing {
-		s.ping(i, now)
-	} else if c.bell != nil && c.bell.nextKeep != 0 && now >= c.bell.nextKeep {
-		if c.bell.nextKeep < c.bell.nextPing {
-			s.keepAlive(i, now)
-		} else {
-			c.bell.nextKeep = 0 // the ping comes first, and keeps the path open itself
+	if c.bell != nil {
+		// The reader of answers moves these under the cluster's lock.
+		nextPing, nextKeep := c.bell.next(s.lock(i))
+		if now >= nextPing {
+			s.ping(i, now)
+		} else if nextKeep != 0 && now >= nextKeep {
+			if nextKeep < nextPing {
+				s.keepAlive(i, now)
+			} else {
+				mu := s.lock(i)
+				mu.Lock()
+				c.bell.nextKeep = 0 // the ping comes first, and keeps the path open itself
+				mu.Unlock()
+			}
 		}
 	}
 	beat := s.cfg.Heartbeat > 0 && now >= c.nextBeat
