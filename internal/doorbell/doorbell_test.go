@@ -12,8 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // fleet is a fake fleet model: unit logic, no store behind it.
@@ -833,9 +831,7 @@ func TestZonedPing(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	fl := newFleet()
 	fl.add(uidA, "ws/a", 42)
-	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
-		entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
-	s.ringLim = rate.NewLimiter(rate.Inf, 1)
+	s := socketless(fl, now)
 	from := netip.MustParseAddrPort("[fe80::2%eth1]:4000")
 	if out := s.handle(ping(uidA, keyOf(uidA), uint64(now.UnixNano()), 42), from, nil); len(out) == 0 {
 		t.Fatal("no answer to a zoned ping")

@@ -24,9 +24,7 @@ func FuzzHandle(f *testing.F) {
 	f.Add(KeepAlive)
 	fl := newFleet()
 	fl.add(uidA, "ws/a", 42)
-	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
-		entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
-	s.ringLim = rate.NewLimiter(rate.Inf, 1)
+	s := socketless(fl, now)
 	from := netip.MustParseAddrPort("127.0.0.1:4000")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, perr := Parse(b)
@@ -50,4 +48,13 @@ func FuzzHandle(f *testing.F) {
 			t.Fatalf("recorded a cluster for an unsigned datagram %x", b)
 		}
 	})
+}
+
+// socketless is a server with no socket, for calling handle directly: its clock stopped at
+// now, no ring or per-source limit.
+func socketless(fl *fleet, now time.Time) *Server {
+	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
+		entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
+	s.ringLim = rate.NewLimiter(rate.Inf, 1)
+	return s
 }
