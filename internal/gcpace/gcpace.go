@@ -61,7 +61,6 @@ var pace struct {
 	// collection's cost), atGC the percent set then; stepDown lowers the percent from them.
 	lastCost float64
 	atGC     float64
-	done     chan struct{} // closed by stop
 }
 
 // stepEvery is how often the pacer looks whether collections have become rare (stepDown).
@@ -88,17 +87,17 @@ func Start(cfg Config) (stop func()) {
 	pace.limit = debug.SetMemoryLimit(-1)
 	tuneLocked()
 	arm(pace.gen)
-	done := make(chan struct{})
-	pace.done = done
-	go stepper(pace.gen, done)
+	gen, done := pace.gen, make(chan struct{})
+	go stepper(gen, done)
 	return func() {
 		pace.mu.Lock()
 		defer pace.mu.Unlock()
-		if !pace.on {
+		// A stop called twice, or after a later Start, leaves that pacer alone.
+		if !pace.on || pace.gen != gen {
 			return
 		}
 		pace.on = false
-		close(pace.done)
+		close(done)
 		debug.SetMemoryLimit(pace.limit)
 		debug.SetGCPercent(pace.gogc)
 	}
@@ -210,7 +209,7 @@ func stepper(gen int, done chan struct{}) {
 // stepDown lowers the percent while no collection comes. The percent adapts after each
 // collection, but a server gone idle after a busy hour collects rarely: it would keep the
 // busy hour's percent, and the heap that goes with it, for many minutes (at 1M clusters a
-// percent of 50 held ~1.6 GB of RSS at idle where 25 holds ~1.1 GB). Were a collection to
+// percent of 50 held ~1.65 GB of RSS at idle where 25 held ~1.2 GB). Were a collection to
 // come now, it would have cost the last one's CPU over the whole time since: that share
 // gives the percent, which only ever falls here. When it does, the lower limit may start a
 // collection at once, which hands the garbage back.

@@ -235,3 +235,17 @@ func TestStepsDownWhenIdle(t *testing.T) {
 	}
 	t.Logf("from %d%% to %d%% with %d collections", busy, Percent(), numGC()-n)
 }
+
+// TestStopTwice: a pacer's stop called again, after a later Start, neither panics nor stops
+// the later pacer.
+func TestStopTwice(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	stop := Start(Config{Percent: 25})
+	stop()
+	stop2 := Start(Config{Percent: 30})
+	defer stop2()
+	stop()
+	if p := Percent(); p != 30 {
+		t.Fatalf("the later pacer paces at %d%% after the first one's stop was called again, want 30", p)
+	}
+}
