@@ -161,7 +161,8 @@ func TestAckKeepsQueuedChange(t *testing.T) {
 	pending := func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.entries[mustUID(uidA)].pending
+		e, _ := s.entries.get(mustUID(uidA))
+		return e.pending
 	}
 	send(now, 42, false)
 	f.mu.Lock()

@@ -837,7 +837,7 @@ func TestZonedPing(t *testing.T) {
 		t.Fatal("no answer to a zoned ping")
 	}
 	u := mustUID(uidA)
-	if e := s.entries[u]; e.addr(u, s.zones) != from {
+	if e, _ := s.entries.get(u); e.addr(u, s.zones) != from {
 		t.Fatalf("recorded %s, want %s", e.addr(u, s.zones), from)
 	}
 	s.forget(u)

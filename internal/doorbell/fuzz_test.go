@@ -35,7 +35,7 @@ func FuzzHandle(f *testing.F) {
 				t.Fatalf("round trip changed %x into %x", b[:tagOffset], again[:tagOffset])
 			}
 		}
-		before := len(s.entries)
+		before := s.entries.len()
 		out := s.handle(b, from, nil)
 		if len(out) > len(b) {
 			t.Fatalf("answered %d bytes to %d", len(out), len(b))
@@ -44,7 +44,7 @@ func FuzzHandle(f *testing.F) {
 		if len(out) > 0 && !signed {
 			t.Fatalf("answered an unsigned datagram %x", b)
 		}
-		if len(s.entries) != before && !signed {
+		if s.entries.len() != before && !signed {
 			t.Fatalf("recorded a cluster for an unsigned datagram %x", b)
 		}
 	})
@@ -54,7 +54,7 @@ func FuzzHandle(f *testing.F) {
 // now, no ring or per-source limit.
 func socketless(fl *fleet, now time.Time) *Server {
 	s := &Server{cfg: Config{Secrets: func() [][]byte { return [][]byte{secret} }, Budget: DefaultBudget, KeepAliveBudget: DefaultKeepAliveBudget, Clusters: fl, Interval: DefaultInterval, ReplayWindow: DefaultReplayWindow, Now: func() time.Time { return now }},
-		entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
+		entries: newTable(), zones: map[UID]string{}, wake: make(chan struct{}, 1), sources: newSourceLimiter(1e9)}
 	s.ringLim = rate.NewLimiter(rate.Inf, 1)
 	return s
 }

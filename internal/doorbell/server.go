@@ -121,11 +121,11 @@ type Stats struct {
 }
 
 // entry is all the server keeps per cluster: its last counter and where its last valid
-// datagram came from. 40 bytes and no pointer, in one map keyed by UID: at a million
-// clusters the map is the server's largest after the fleet model, and a map without pointers
-// is never scanned by the collector. (A netip.AddrPort holds a pointer, for its zone, and
-// made the map 167 bytes a cluster against 134.) The rare address with a zone (an IPv6
-// link-local source) keeps its zone in Server.zones.
+// datagram came from. 40 bytes and no pointer, in a table by UID (see table): at a million
+// clusters the table is the server's largest after the fleet model, and memory without
+// pointers is never scanned by the collector. (A netip.AddrPort holds a pointer, for its
+// zone, and made the map of entries 167 bytes a cluster against 134.) The rare address with
+// a zone (an IPv6 link-local source) keeps its zone in Server.zones.
 type entry struct {
 	counter uint64
 	ip      [16]byte // of the address; see addr
@@ -218,7 +218,7 @@ type Server struct {
 	Stats Stats
 
 	mu      sync.Mutex
-	entries map[UID]entry
+	entries table
 	zones   map[UID]string // the zones of the entries' zoned addresses (entry.zoned)
 	count   atomic.Int64   // len(entries), read without the lock
 	queue   []UID          // clusters to ring because their state changed
@@ -305,7 +305,7 @@ func Listen(addr string, cfg Config) (*Server, error) {
 		// Keepalives then reach the reader, which refuses them by their size.
 		cfg.Logger.Warn("doorbell: no socket filter, keepalives are dropped after they are read", "err", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: map[UID]entry{}, zones: map[UID]string{}, wake: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, log: cfg.Logger, conn: conn, entries: newTable(), zones: map[UID]string{}, wake: make(chan struct{}, 1),
 		sources: newSourceLimiter(cfg.SourceRate), ringLim: rate.NewLimiter(rate.Limit(cfg.RingRate), max(1, int(cfg.RingRate/10)))}
 	s.batch = defaultBatch
 	s.ringCtr.Store(uint64(cfg.Now().UnixNano()))
@@ -358,7 +358,7 @@ func (s *Server) Pinging(uid string) bool {
 	}
 	cut := uint32(s.cfg.Now().Add(-3 * s.PingInterval()).Unix())
 	s.mu.Lock()
-	e, ok := s.entries[u]
+	e, ok := s.entries.get(u)
 	s.mu.Unlock()
 	return ok && e.seen >= cut
 }
@@ -493,7 +493,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		return nil
 	}
 	s.mu.Lock()
-	e, had := s.entries[p.Cluster]
+	e, had := s.entries.get(p.Cluster)
 	// A counter ahead of the clock is refused even after a held one: taken, it would refuse
 	// the real agent's pings (a key's holder pinning the counter near 2^64).
 	if had && (p.Counter <= e.counter || s.ahead(p.Counter, now)) || !had && !s.fresh(p.Counter, now) {
@@ -509,9 +509,9 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 	ne := entry{counter: p.Counter, seen: uint32(now.Unix()), secret: secretTag(secrets[used]), acks: p.Acks,
 		pending: had && e.pending && p.Rung, zoned: had && e.zoned}
 	ne.setAddr(p.Cluster, from, s.zones)
-	s.entries[p.Cluster] = ne
+	s.entries.set(p.Cluster, ne)
 	if !had {
-		s.count.Store(int64(len(s.entries)))
+		s.count.Store(int64(s.entries.len()))
 	}
 	s.mu.Unlock()
 	s.cfg.Clusters.Seen(name, now)
@@ -606,14 +606,15 @@ func (s *Server) nextRing() uint64 {
 
 func (s *Server) forget(u UID) {
 	s.mu.Lock()
-	s.drop(u, s.entries[u])
-	s.count.Store(int64(len(s.entries)))
+	e, _ := s.entries.get(u)
+	s.drop(u, e)
+	s.count.Store(int64(s.entries.len()))
 	s.mu.Unlock()
 }
 
 // drop deletes u's entry e, and its zone; s.mu is held.
 func (s *Server) drop(u UID, e entry) {
-	delete(s.entries, u)
+	s.entries.del(u)
 	if e.zoned {
 		delete(s.zones, u)
 	}
@@ -628,10 +629,10 @@ func (s *Server) Ring(uid string) {
 		return
 	}
 	s.mu.Lock()
-	e, ok := s.entries[u]
+	e, ok := s.entries.get(u)
 	if ok && !e.pending && e.family != 0 {
 		e.pending = true
-		s.entries[u] = e
+		s.entries.set(u, e)
 		s.queue = append(s.queue, u)
 	}
 	s.mu.Unlock()
@@ -673,10 +674,10 @@ func (s *Server) ringer(ctx context.Context) {
 		s.mu.Lock()
 		if s.all {
 			s.all = false
-			for u, e := range s.entries {
+			for u, e := range s.entries.all() {
 				if !e.pending && e.family != 0 {
 					e.pending = true
-					s.entries[u] = e
+					s.entries.set(u, e)
 					s.queue = append(s.queue, u)
 				}
 			}
@@ -751,7 +752,8 @@ func (s *Server) ringer(ctx context.Context) {
 func (s *Server) unacknowledged(u UID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.entries[u].rung
+	e, _ := s.entries.get(u)
+	return e.rung
 }
 
 // ringTunnel rings a cluster named "namespace/name"; it is asked for by name, from under
@@ -773,7 +775,7 @@ func (s *Server) ring(u UID, kind Kind, cluster string, tries uint8, buf []byte)
 	}
 	now := s.cfg.Now()
 	s.mu.Lock()
-	e, ok := s.entries[u]
+	e, ok := s.entries.get(u)
 	to := e.addr(u, s.zones)
 	due := ok && to.IsValid() && (tries == 0 && (kind == KindTunnel || e.pending) || tries > 0 && e.rung)
 	if ok {
@@ -782,7 +784,7 @@ func (s *Server) ring(u UID, kind Kind, cluster string, tries uint8, buf []byte)
 		}
 		// Marked before the ring goes, so that an acknowledgement cannot come before it.
 		e.rung = due && e.acks || e.rung && !due
-		s.entries[u] = e
+		s.entries.set(u, e)
 	}
 	if due && e.acks && tries+1 < maxRingTries && len(s.retries) < maxRetries {
 		heap.Push(&s.retries, retry{at: now.Add(s.cfg.RingRetry << tries).UnixNano(), u: u, kind: kind, tries: tries + 1, cluster: cluster})
@@ -829,12 +831,12 @@ func (s *Server) sweeper(ctx context.Context) {
 		iv := s.PingInterval()
 		cut := uint32(s.cfg.Now().Add(-max(10*iv, s.cfg.ReplayWindow) - iv).Unix())
 		s.mu.Lock()
-		for u, e := range s.entries {
+		for u, e := range s.entries.all() {
 			if e.seen < cut && !e.pending {
 				s.drop(u, e)
 			}
 		}
-		s.count.Store(int64(len(s.entries)))
+		s.count.Store(int64(s.entries.len()))
 		s.mu.Unlock()
 	}
 }
