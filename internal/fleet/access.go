@@ -182,7 +182,7 @@ func (f *Fleet) takeAccess(c *Cluster, rep *api.AccessReport) {
 	}
 	if a := c.accessReport(); a == nil || a.digest != rep.Digest || a.err != rep.Error {
 		c.ext().access = &accessReport{digest: rep.Digest, err: rep.Error}
-		f.dirtyClusters[c] = struct{}{}
+		f.dirtyClusters.add(c)
 	}
 	if f.access == nil {
 		return

@@ -128,7 +128,7 @@ type Fleet struct {
 	held map[*Cluster]storedStatus
 
 	dirtyBundles  map[*bundleEntry]struct{}
-	dirtyClusters map[*Cluster]struct{}
+	dirtyClusters dirtySet
 	dirtyGroups   map[string]struct{} // namespaces whose groups need their counts written
 
 	// access, when set, adds each cluster's compiled access objects to its desired state.
@@ -178,11 +178,12 @@ type Cluster struct {
 	storedSeen int64
 	inventory  invDoc      // most clusters of a fleet report alike
 	storedInv  invDoc      // the inventory last seen stored (by any replica)
-	state      string      // last written cluster state
+	state      stateCode   // last written cluster state
 	statusHash uint64      // of the stored status document (see statusHash)
 	deps       deps        // one pair per bundle that targets the cluster or that it reported
 	counts     stateCounts // effective state → n, over this cluster's deployments
 	Paused     bool
+	dirty      bool // its status is to be written (Fleet.dirtyClusters)
 	more       *clusterMore
 	agg        aggIn // what the cluster added to the dashboard's counts
 }
@@ -286,6 +287,27 @@ func canonicalState(s string) string {
 		return states[i]
 	}
 	return s
+}
+
+// stateCode is a cluster state as a Cluster keeps the one last written: a byte, where a
+// string was 16 of the ~250 a cluster takes. 0 is none; the states the model writes are
+// 1 + their stateSlot; stateOther is any other text found stored, which the model's own
+// state never equals, so it is written over.
+type stateCode uint8
+
+const stateOther stateCode = 255
+
+// codeOf returns s's stateCode.
+func codeOf(s string) stateCode {
+	if s == "" {
+		return 0
+	}
+	for i, st := range stateSlots {
+		if st == s {
+			return stateCode(i + 1)
+		}
+	}
+	return stateOther
 }
 
 // stateCounts counts deployments by state without a map per cluster.
@@ -459,7 +481,7 @@ func New(st Store, cfg Config) *Fleet {
 		cfg.Logger = def.Logger
 	}
 	return &Fleet{cfg: cfg, st: st, log: cfg.Logger, workspaces: map[string]*workspace{}, byUID: map[string]*Cluster{}, agg: newAggIndex(), waiters: map[*Cluster]chan struct{}{}, reporting: map[*Cluster]chan struct{}{}, held: map[*Cluster]storedStatus{},
-		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyClusters: map[*Cluster]struct{}{}, dirtyGroups: map[string]struct{}{},
+		dirtyBundles: map[*bundleEntry]struct{}{}, dirtyGroups: map[string]struct{}{},
 		usage: map[string]map[string]map[string]map[string]string{}, dirtyProjects: map[string]struct{}{}}
 }
 
@@ -643,7 +665,7 @@ func (f *Fleet) recount(b *bundleEntry, c *Cluster, old, now string) {
 		}
 	}
 	f.dirtyBundles[b] = struct{}{}
-	f.dirtyClusters[c] = struct{}{}
+	f.dirtyClusters.add(c)
 	f.dirtyGroups[c.Namespace] = struct{}{}
 }
 
@@ -1091,7 +1113,7 @@ func (f *Fleet) setInventory(c *Cluster, inv *api.ClusterInventory) {
 	}
 	if raw, _ := json.Marshal(inv); string(raw) != invJSON(c.inventory) {
 		c.inventory = invOf(raw)
-		f.dirtyClusters[c] = struct{}{}
+		f.dirtyClusters.add(c)
 		f.aggTouch(c)
 	}
 }

@@ -70,7 +70,7 @@ func TestClusterSummaryRoundTrip(t *testing.T) {
 			Status:   json.RawMessage(`{"state":"Ready","lastSeen":"2026-11-22T20:00:00Z","inventory":{"nodeCount":3}}`)},
 			&Cluster{Namespace: "fleet-default", Name: "c-1", UID: "u-1", ClientID: "kube-system-uid", Paused: true, more: &clusterMore{values: map[string]any{"replicas": float64(3)}},
 				Labels: map[string]string{"env": "prod", "arch": "arm64"}, Annotations: map[string]string{"note": "x"},
-				state: "Ready", storedSeen: seen.UnixNano(), inventory: invOf([]byte(`{"nodeCount":3}`))}},
+				state: codeOf("Ready"), storedSeen: seen.UnixNano(), inventory: invOf([]byte(`{"nodeCount":3}`))}},
 	} {
 		got, err := decodeCluster(SummarizeCluster(tc.obj))
 		if err != nil {

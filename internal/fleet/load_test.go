@@ -124,7 +124,7 @@ func TestLoadDoesNotRewriteStoredStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, c := range f.byUID {
-			f.dirtyClusters[c] = struct{}{}
+			f.dirtyClusters.add(c)
 		}
 	}
 	f := New(first, Config{})

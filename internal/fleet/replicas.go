@@ -148,7 +148,7 @@ func (f *Fleet) learnStatus(c *Cluster, status json.RawMessage) {
 		}
 	}
 	if st.State != "" {
-		c.state = canonicalState(st.State)
+		c.state = codeOf(st.State)
 	}
 	if inv := invOf(st.Inventory); inv != (invDoc{}) && inv != c.storedInv {
 		c.storedInv, c.inventory = inv, inv
@@ -162,8 +162,9 @@ func (f *Fleet) learnStatus(c *Cluster, status json.RawMessage) {
 func (f *Fleet) followerWrites() []pendingWrite {
 	res := min(f.seenResolution(), f.offlineAfter()/3)
 	var writes []pendingWrite
-	for c := range f.dirtyClusters {
-		delete(f.dirtyClusters, c)
+	// Each marked cluster once: those put back below are not taken again in this pass.
+	for range f.dirtyClusters.len() {
+		c := f.dirtyClusters.pop()
 		seen := c.lastSeen()
 		inv := c.inventory
 		newSeen := !seen.IsZero() && seen.Sub(c.storedSeenAt()) > res
@@ -173,7 +174,7 @@ func (f *Fleet) followerWrites() []pendingWrite {
 		}
 		if len(writes) >= maxClusterWrites {
 			// The rest wait for the next pass.
-			f.dirtyClusters[c] = struct{}{}
+			f.dirtyClusters.add(c)
 			continue
 		}
 		writes = append(writes, pendingWrite{
@@ -223,7 +224,7 @@ func (f *Fleet) markAllDirty() {
 			f.dirtyBundles[b] = struct{}{}
 		}
 		for _, c := range w.clusters {
-			f.dirtyClusters[c] = struct{}{}
+			f.dirtyClusters.add(c)
 		}
 		f.dirtyGroups[w.name] = struct{}{}
 	}

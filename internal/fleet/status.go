@@ -88,7 +88,7 @@ func (f *Fleet) Stats() (clusters, bundles, deployments map[string]int, queue in
 			}
 		}
 	}
-	return clusters, bundles, deployments, len(f.dirtyBundles) + len(f.dirtyClusters) + len(f.dirtyGroups)
+	return clusters, bundles, deployments, len(f.dirtyBundles) + f.dirtyClusters.len() + len(f.dirtyGroups)
 }
 
 // sweepInterval is how often sweep runs: a tenth of the time after which a silent cluster
@@ -129,8 +129,8 @@ func (f *Fleet) sweep(now time.Time) {
 			if c.agg.g != nil && stateSlot(state) != c.agg.state {
 				f.aggUpdate(w, c, now)
 			}
-			if seen := c.lastSeen(); state != c.state || (!seen.IsZero() && seen.Sub(c.storedSeenAt()) > res) {
-				f.dirtyClusters[c] = struct{}{}
+			if seen := c.lastSeen(); codeOf(state) != c.state || (!seen.IsZero() && seen.Sub(c.storedSeenAt()) > res) {
+				f.dirtyClusters.add(c)
 			}
 			if n++; n%sweepChunk == 0 {
 				f.mu.Unlock()
@@ -161,7 +161,7 @@ func (f *Fleet) offlineAfter() time.Duration {
 func (f *Fleet) loadGrace(c *Cluster, now time.Time) bool {
 	l := f.loadedAt.Load()
 	return l != 0 && c.seen.Load() < l && now.UnixNano()-l < int64(f.offlineAfter()) &&
-		c.state != "" && c.state != "Offline" && c.state != "Pending"
+		c.state != 0 && c.state != codeOf("Offline") && c.state != codeOf("Pending")
 }
 
 func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
@@ -297,13 +297,13 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindGitRepo, Namespace: r[0], Name: r[1]}, status: sum, field: "summary"})
 	}
 	n := 0
-	for c := range f.dirtyClusters {
-		// Bound a pass: the rest stay dirty for the next one, so bundle rollups never wait
-		// behind a flood of cluster writes.
-		if n++; n > maxClusterWrites {
+	// Bound a pass: the rest stay dirty for the next one, so bundle rollups never wait
+	// behind a flood of cluster writes.
+	for ; n < maxClusterWrites; n++ {
+		c := f.dirtyClusters.pop()
+		if c == nil {
 			break
 		}
-		delete(f.dirtyClusters, c)
 		state := f.clusterState(c, now)
 		counts, total := c.counts.asMap()
 		s := summary(counts, total)
@@ -332,12 +332,7 @@ func (f *Fleet) flush(ctx context.Context, now time.Time) {
 			st.LastSeen = &t
 		}
 		writes = append(writes, pendingWrite{key: store.Key{Kind: api.KindCluster, Namespace: c.Namespace, Name: c.Name}, status: st, stored: c.statusHash,
-			cluster: c, onDone: func() { c.state = state; c.setStoredSeen(seen) }})
-	}
-	if len(f.dirtyClusters) == 0 && n > 1024 {
-		// A map keeps the size it grew to (a whole fleet's after a load or a change covering
-		// all clusters): an empty one is given back.
-		f.dirtyClusters = map[*Cluster]struct{}{}
+			cluster: c, onDone: func() { c.state = codeOf(state); c.setStoredSeen(seen) }})
 	}
 	for ns := range f.dirtyGroups {
 		w := f.workspaces[ns]

@@ -231,7 +231,7 @@ func decodeCluster(b []byte) (*Cluster, error) {
 	}
 	c.Paused = r.b[0] == 1
 	r.b = r.b[1:]
-	c.state = r.str(true)
+	c.state = codeOf(string(r.bytes()))
 	seen, n := binary.Varint(r.b)
 	if n <= 0 {
 		return nil, errSummary

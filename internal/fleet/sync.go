@@ -99,6 +99,9 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	f.loadedAt.Store(start.UnixNano())
 	f.workspaces = map[string]*workspace{}
 	f.byUID = map[string]*Cluster{}
+	// Clusters of a model before this one (a reload) are written no more: the clusters
+	// loaded are marked as they are targeted, or by the sweep when their state changed.
+	f.dirtyClusters.clear()
 	// Deployment statuses and report sequences are read on a second connection while the
 	// clusters are: at a million clusters each scan takes seconds, and readers of either
 	// store do not block each other. The rows are joined to their clusters afterwards.
@@ -240,10 +243,6 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	// after the load: an agent whose state did not change while the server was down is
 	// answered "unchanged", one whose state did (a bundle deleted meanwhile) gets it anew.
 	f.loadRev = rev
-	if len(f.dirtyClusters) == 0 {
-		// Every cluster's rollup is written (or found stored) after a load.
-		f.dirtyClusters = make(map[*Cluster]struct{}, n)
-	}
 	// In the order they were read, which is the order they lie in memory: in map order each
 	// cluster would be a cache miss.
 	var w *workspace
@@ -464,8 +463,8 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 		json.Unmarshal(obj.Status, &st)
 		c.inventory = invOf(st.Inventory)
 		c.storedInv = c.inventory
-		c.state = canonicalState(st.State)
-		f.dirtyClusters[c] = struct{}{}
+		c.state = codeOf(st.State)
+		f.dirtyClusters.add(c)
 		f.known.wake(c.UID)
 	}
 	if h := statusHash(obj.Status); h != c.statusHash {
@@ -475,7 +474,7 @@ func (f *Fleet) applyCluster(w *workspace, ev store.Event, obj *api.Object) {
 			// model's own writes record their hash first): compared again with what the
 			// model would write. A write skipped because the hash it knew matched would
 			// otherwise leave it wrong for good.
-			f.dirtyClusters[c] = struct{}{}
+			f.dirtyClusters.add(c)
 		}
 	}
 	if !isNew {
@@ -514,7 +513,7 @@ func (f *Fleet) forgetCluster(w *workspace, c *Cluster) {
 	delete(f.byUID, c.UID)
 	f.forgetUsage(c)
 	f.clusters.Store(int64(len(f.byUID)))
-	delete(f.dirtyClusters, c)
+	f.dirtyClusters.remove(c)
 	f.dirtyGroups[w.name] = struct{}{}
 	if f.cfg.Gone != nil {
 		f.cfg.Gone(w.name, c.Name)

@@ -134,7 +134,7 @@ func TestSweepLetsGoOfTheLock(t *testing.T) {
 	}
 	// Seen days ago and past the load's grace: every cluster turns Offline at the sweep.
 	f.loadedAt.Store(time.Now().Add(-time.Hour).UnixNano())
-	clear(f.dirtyClusters)
+	f.dirtyClusters.clear()
 	yields, held := 0, 0
 	sweepYield = func() {
 		yields++
@@ -146,15 +146,15 @@ func TestSweepLetsGoOfTheLock(t *testing.T) {
 	}
 	defer func() { sweepYield = nil }()
 	f.sweep(time.Now())
-	if yields != n/sweepChunk || held > 0 || len(f.dirtyClusters) != n {
+	if yields != n/sweepChunk || held > 0 || f.dirtyClusters.len() != n {
 		t.Fatalf("a sweep of %d clusters let go of the lock %d times (want %d), %d of them still held; %d clusters marked",
-			n, yields, n/sweepChunk, held, len(f.dirtyClusters))
+			n, yields, n/sweepChunk, held, f.dirtyClusters.len())
 	}
 
-	clear(f.dirtyClusters)
+	f.dirtyClusters.clear()
 	sweepYield = func() { f.loadedAt.Add(1) } // a load in the first pause
 	f.sweep(time.Now())
-	if len(f.dirtyClusters) != sweepChunk {
-		t.Fatalf("after a load in its first pause the sweep marked %d clusters, want the %d before it", len(f.dirtyClusters), sweepChunk)
+	if f.dirtyClusters.len() != sweepChunk {
+		t.Fatalf("after a load in its first pause the sweep marked %d clusters, want the %d before it", f.dirtyClusters.len(), sweepChunk)
 	}
 }
