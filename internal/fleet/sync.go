@@ -180,7 +180,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 		for _, c := range sorted {
 			wsOf[c.Namespace].clusters[c.Name] = c
 		}
-		slices.SortFunc(sorted, keyCmp)
+		sortByKey(sorted)
 		order := btree.NewG(32, keyLess)
 		for _, c := range sorted {
 			order.ReplaceOrInsert(c)

@@ -1,8 +1,12 @@
 package fleet
 
 import (
+	"cmp"
 	"container/heap"
+	"encoding/binary"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -376,6 +380,50 @@ func keyLess(a, b *Cluster) bool {
 		return a.Namespace < b.Namespace
 	}
 	return a.Name < b.Name
+}
+
+// sortByKey sorts cs as keyCmp orders them. At a load a million clusters sorted by keyCmp
+// took 1.6 s: each of the ~20 million comparisons reads two clusters and their names through
+// pointers, cache misses all. Here each cluster is sorted by a key held in the slice, its
+// namespace's rank and its name's first 8 bytes, and names are compared only where those are
+// equal. (Zero bytes after a short name order it before every longer name it begins.)
+func sortByKey(cs []*Cluster) {
+	type sortKey struct {
+		ns     int
+		prefix uint64
+		c      *Cluster
+	}
+	rank := map[string]int{}
+	for _, c := range cs {
+		rank[c.Namespace] = 0
+	}
+	nss := slices.Sorted(maps.Keys(rank))
+	for i, ns := range nss {
+		rank[ns] = i
+	}
+	keys := make([]sortKey, len(cs))
+	var ns string
+	r := 0
+	for i, c := range cs {
+		if c.Namespace != ns {
+			ns, r = c.Namespace, rank[c.Namespace]
+		}
+		var b [8]byte
+		copy(b[:], c.Name)
+		keys[i] = sortKey{r, binary.BigEndian.Uint64(b[:]), c}
+	}
+	slices.SortFunc(keys, func(a, b sortKey) int {
+		if a.ns != b.ns {
+			return cmp.Compare(a.ns, b.ns)
+		}
+		if a.prefix != b.prefix {
+			return cmp.Compare(a.prefix, b.prefix)
+		}
+		return strings.Compare(a.c.Name, b.c.Name)
+	})
+	for i := range keys {
+		cs[i] = keys[i].c
+	}
 }
 
 // boundOf makes a cluster of a key NAMESPACE/NAME, to compare others with.

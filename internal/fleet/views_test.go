@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strconv"
@@ -156,5 +158,54 @@ func TestSweepLetsGoOfTheLock(t *testing.T) {
 	f.sweep(time.Now())
 	if f.dirtyClusters.len() != sweepChunk {
 		t.Fatalf("after a load in its first pause the sweep marked %d clusters, want the %d before it", f.dirtyClusters.len(), sweepChunk)
+	}
+}
+
+// TestSortByKey checks sortByKey against keyCmp: names that share their first 8 bytes, a
+// name that begins another, names shorter than 8 bytes, and several namespaces.
+func TestSortByKey(t *testing.T) {
+	names := []string{"a", "ab", "abcdefgh", "abcdefgh1", "abcdefgh0", "abcdefg", "b", "c-00000001", "c-00000010", "c-0000000",
+		"edge-store-0001", "edge-store-0010", "edge-store-0002", "z", "", "zzzzzzzzz", "0"}
+	var cs []*Cluster
+	for _, ns := range []string{"fleet-default", "a", "fleet-local", "fleet"} {
+		for _, n := range names {
+			cs = append(cs, &Cluster{Namespace: ns, Name: n})
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20 {
+		rng.Shuffle(len(cs), func(i, j int) { cs[i], cs[j] = cs[j], cs[i] })
+		got := slices.Clone(cs)
+		sortByKey(got)
+		want := slices.Clone(cs)
+		slices.SortStableFunc(want, keyCmp)
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("at %d: %s/%q, want %s/%q", i, got[i].Namespace, got[i].Name, want[i].Namespace, want[i].Name)
+			}
+		}
+	}
+}
+
+// BenchmarkSortClusters sorts 1M clusters with random names, as a load does, by keyCmp and by
+// sortByKey.
+func BenchmarkSortClusters(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	cs := make([]*Cluster, 1<<20)
+	for i := range cs {
+		cs[i] = &Cluster{Namespace: "fleet-default", Name: fmt.Sprintf("c-%016x", rng.Uint64())}
+	}
+	for _, s := range []struct {
+		name string
+		sort func([]*Cluster)
+	}{{"keyCmp", func(cs []*Cluster) { slices.SortFunc(cs, keyCmp) }}, {"sortByKey", sortByKey}} {
+		b.Run(s.name, func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				in := slices.Clone(cs)
+				b.StartTimer()
+				s.sort(in)
+			}
+		})
 	}
 }
