@@ -337,6 +337,8 @@ type fakeApplier struct {
 	mu      sync.Mutex
 	applied map[string]apply.Deployment // by ID, the last Apply
 	applies map[string]int
+	// hashes are the hashes applied, by ID, in order.
+	hashes  map[string][]string
 	status  map[string]int
 	removed []string
 	// state overrides the result state of a deployment (Ready by default).
@@ -348,7 +350,7 @@ type fakeApplier struct {
 }
 
 func newFakeApplier() *fakeApplier {
-	return &fakeApplier{applied: map[string]apply.Deployment{}, applies: map[string]int{}, status: map[string]int{}, state: map[string]apply.State{}, failed: map[string]error{}}
+	return &fakeApplier{applied: map[string]apply.Deployment{}, applies: map[string]int{}, hashes: map[string][]string{}, status: map[string]int{}, state: map[string]apply.State{}, failed: map[string]error{}}
 }
 
 func (a *fakeApplier) result(d apply.Deployment) apply.Result {
@@ -370,6 +372,7 @@ func (a *fakeApplier) Apply(_ context.Context, d apply.Deployment) (apply.Result
 		return apply.Result{State: apply.ErrApplied, Message: err.Error()}, err
 	}
 	a.applies[d.ID]++
+	a.hashes[d.ID] = append(a.hashes[d.ID], d.Hash)
 	a.applied[d.ID] = d
 	return a.result(d), nil
 }
