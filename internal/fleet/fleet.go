@@ -297,6 +297,12 @@ type stateCode uint8
 
 const stateOther stateCode = 255
 
+// The codes loadGrace compares with, figured once.
+var (
+	codeOffline = codeOf("Offline")
+	codePending = codeOf("Pending")
+)
+
 // codeOf returns s's stateCode.
 func codeOf(s string) stateCode {
 	if s == "" {

@@ -161,7 +161,7 @@ func (f *Fleet) offlineAfter() time.Duration {
 func (f *Fleet) loadGrace(c *Cluster, now time.Time) bool {
 	l := f.loadedAt.Load()
 	return l != 0 && c.seen.Load() < l && now.UnixNano()-l < int64(f.offlineAfter()) &&
-		c.state != 0 && c.state != codeOf("Offline") && c.state != codeOf("Pending")
+		c.state != 0 && c.state != codeOffline && c.state != codePending
 }
 
 func (f *Fleet) clusterState(c *Cluster, now time.Time) string {
