@@ -281,14 +281,6 @@ func stateIndex(s string) int {
 	return -1
 }
 
-// canonicalState returns the package's own copy of a known state name.
-func canonicalState(s string) string {
-	if i := stateIndex(s); i >= 0 {
-		return states[i]
-	}
-	return s
-}
-
 // stateCode is a cluster state as a Cluster keeps the one last written: a byte, where a
 // string was 16 of the ~250 a cluster takes. 0 is none; the states the model writes are
 // 1 + their stateSlot; stateOther is any other text found stored, which the model's own
@@ -389,20 +381,46 @@ func (c *Cluster) delDep(bundle string) {
 
 // pair is one (cluster, bundle): which target matched (-1: none), what was reported, and,
 // while a rollout holds the cluster back, the older deployment it keeps running.
+//
+// At a million clusters there is a pair for nearly every cluster, so its size counts: the
+// index and the state are packed into one word (80 bytes, where a string and an int made 96).
 type pair struct {
 	bundle     string // the bundle's name, shared with its entry
-	target     int
 	desiredID  string
 	reportedID string
-	state      string
 	message    string
 	held       *api.DeploymentSpec // its ID is the held deployment's
+	target     int32               // an index into the bundle's targets, or -1
+	state      depState
+}
+
+// depState is a reported deployment state: 0 for none, else 1 + its index in states.
+type depState uint8
+
+// depStateOf returns s's depState. Reports with other states are refused, so only a store
+// written by another version can hold one; it counts as NotReady, which it surely is to
+// this server.
+func depStateOf(s string) depState {
+	if i := stateIndex(s); i >= 0 {
+		return depState(i + 1)
+	}
+	if s == "" {
+		return 0
+	}
+	return depState(stateIndex(api.StateNotReady) + 1)
+}
+
+func (s depState) String() string {
+	if s == 0 {
+		return ""
+	}
+	return states[s-1]
 }
 
 // available reports whether the cluster runs this bundle well, in whichever version it has.
 func (p *pair) available() bool {
 	if p.held != nil {
-		return p.reportedID == p.held.ID && p.state == api.StateReady
+		return p.reportedID == p.held.ID && p.state == readyState
 	}
 	return p.effective() == api.StateReady
 }
@@ -419,8 +437,11 @@ func (p *pair) effective() string {
 	case p.reportedID != p.desiredID:
 		return api.StateOutOfSync
 	}
-	return p.state
+	return p.state.String()
 }
+
+// readyState is Ready's depState.
+var readyState = depStateOf(api.StateReady)
 
 type group struct {
 	name     string
@@ -620,14 +641,14 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 		}
 		p = c.addDep(b.name, pair{target: -1})
 	}
-	if p.target == target && p.desiredID == id {
+	if int(p.target) == target && p.desiredID == id {
 		return false
 	}
 	old := p.effective()
 	switch {
 	case target < 0:
 		p.held = nil
-	case prev != nil && p.held == nil && p.target >= 0 && p.target < len(prev.targets):
+	case prev != nil && p.held == nil && p.target >= 0 && int(p.target) < len(prev.targets):
 		spec := *prev.targets[p.target].spec
 		spec.ID = p.desiredID
 		p.held = &spec
@@ -635,7 +656,7 @@ func (f *Fleet) setPair(b *bundleEntry, c *Cluster, target int, id string, prev 
 	case prev == nil:
 		p.held = nil
 	}
-	p.target, p.desiredID = target, id
+	p.target, p.desiredID = int32(target), id
 	f.recount(b, c, old, p.effective())
 	if target < 0 && p.reportedID == "" {
 		c.delDep(b.name)
@@ -1151,7 +1172,7 @@ func (f *Fleet) applyReport(c *Cluster, seq int64, inv *api.ClusterInventory, ro
 		if id == p.desiredID {
 			id = p.desiredID
 		}
-		p.reportedID, p.state, p.message = id, canonicalState(d.State), d.Message
+		p.reportedID, p.state, p.message = id, depStateOf(d.State), d.Message
 		if b := bundleOf(bname); b != nil {
 			f.recount(b, c, old, p.effective())
 		}
@@ -1163,7 +1184,7 @@ func (f *Fleet) applyReport(c *Cluster, seq int64, inv *api.ClusterInventory, ro
 		_, bname, _ := splitKey(key)
 		if p := c.deps.get(bname); p != nil {
 			old := p.effective()
-			p.reportedID, p.state, p.message = "", "", ""
+			p.reportedID, p.state, p.message = "", 0, ""
 			if b := bundleOf(bname); b != nil {
 				f.recount(b, c, old, p.effective())
 			}

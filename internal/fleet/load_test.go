@@ -83,11 +83,11 @@ func TestLoadRestoresReports(t *testing.T) {
 		if wantDeps == 0 {
 			continue
 		}
-		if p := c.deps.get("gone"); p == nil || p.reportedID != "id-1" || p.state != api.StateReady || p.target != -1 {
+		if p := c.deps.get("gone"); p == nil || p.reportedID != "id-1" || p.state.String() != api.StateReady || p.target != -1 {
 			t.Fatalf("cluster %d: pair of gone: %+v", i, p)
 		}
 		if wantDeps == 2 {
-			if p := c.deps.get("other"); p == nil || p.state != "ErrApplied" || p.message != "boom "+strconv.Itoa(i) {
+			if p := c.deps.get("other"); p == nil || p.state.String() != "ErrApplied" || p.message != "boom "+strconv.Itoa(i) {
 				t.Fatalf("cluster %d: pair of other: %+v", i, p)
 			}
 		}

@@ -275,4 +275,22 @@ func TestClusterSize(t *testing.T) {
 	if n := unsafe.Sizeof(Cluster{}); n > 240 {
 		t.Fatalf("a Cluster is %d bytes: more than the 240 of its size class", n)
 	}
+	// Nearly every cluster has a pair at a million: 80 bytes is a size class of its own.
+	if n := unsafe.Sizeof(pair{}); n > 80 {
+		t.Fatalf("a pair is %d bytes: more than 80", n)
+	}
+}
+
+func TestDepState(t *testing.T) {
+	if s := depStateOf("").String(); s != "" {
+		t.Fatalf("no state came back as %q", s)
+	}
+	for _, st := range states {
+		if got := depStateOf(st).String(); got != st {
+			t.Fatalf("%s came back as %q", st, got)
+		}
+	}
+	if got := depStateOf("Exploded").String(); got != api.StateNotReady {
+		t.Fatalf("an unknown state came back as %q, want %s", got, api.StateNotReady)
+	}
 }

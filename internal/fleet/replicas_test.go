@@ -87,7 +87,7 @@ func TestReplicasFollowEachOther(t *testing.T) {
 		defer fa.mu.RUnlock()
 		if c := fa.byUID[reportUID]; c != nil {
 			if p := c.deps.get("app"); p != nil {
-				return p.reportedID + " " + p.state
+				return p.reportedID + " " + p.state.String()
 			}
 		}
 		return ""
@@ -187,7 +187,7 @@ func TestReplicaTakesReportStoredBeforeItsOwn(t *testing.T) {
 	defer f.mu.RUnlock()
 	c := f.byUID[reportUID]
 	for _, b := range []string{"one", "two"} {
-		if p := c.deps.get(b); p == nil || p.state != api.StateReady {
+		if p := c.deps.get(b); p == nil || p.state != readyState {
 			t.Errorf("bundle %s on the cluster: %+v, want Ready from the stored reports", b, p)
 		}
 	}
@@ -239,7 +239,7 @@ func TestReplicaStaleReportTakesStoredRows(t *testing.T) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, b := range []string{"one", "two"} {
-		if p := c.deps.get(b); p == nil || p.state != api.StateReady {
+		if p := c.deps.get(b); p == nil || p.state != readyState {
 			t.Errorf("bundle %s on the cluster: %+v, want Ready from the stored report 7", b, p)
 		}
 	}

@@ -81,7 +81,7 @@ func (e *reportEnv) reported(name string) (id, state string) {
 	defer e.f.mu.RUnlock()
 	c := e.f.workspaces[reportNS].cluster(reportName, reportUID)
 	if p := c.deps.get(name); p != nil {
-		return p.reportedID, p.state
+		return p.reportedID, p.state.String()
 	}
 	return "", ""
 }

@@ -65,11 +65,11 @@ func FuzzRollout(f *testing.F) {
 			}
 			switch x >> 1 & 3 {
 			case 0: // runs the new version, Ready
-				p.reportedID, p.state = "new", api.StateReady
+				p.reportedID, p.state = "new", readyState
 			case 1: // runs the old version, Ready
-				p.reportedID, p.state = "old", api.StateReady
+				p.reportedID, p.state = "old", readyState
 			case 2: // failing
-				p.reportedID, p.state = "old", api.StateErrApplied
+				p.reportedID, p.state = "old", depStateOf(api.StateErrApplied)
 			}
 			c.addDep(b.name, p)
 			fl.recount(b, c, "", c.deps.get(b.name).effective())

@@ -228,7 +228,7 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	waited := time.Now()
 	statuses.each(func(r *statusRow) {
 		if c := f.byUID[r.uid]; c != nil {
-			c.addDep(internString(r.bundle), pair{target: -1, reportedID: internString(r.id), state: canonicalState(r.state), message: r.message})
+			c.addDep(internString(r.bundle), pair{target: -1, reportedID: internString(r.id), state: depStateOf(r.state), message: r.message})
 		}
 	})
 	statuses = chunked[statusRow]{}
