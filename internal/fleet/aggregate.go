@@ -179,20 +179,20 @@ func (f *Fleet) aggRecount(c *Cluster, old, now string) {
 }
 
 // aggRebuild counts every cluster afresh (after a load), with order holding them all in
-// list order. The caller holds the write lock.
-func (f *Fleet) aggRebuild(order *btree.BTreeG[*Cluster], now time.Time) {
+// list order. The caller holds the write lock. The clusters are counted in the order given,
+// which a load makes the order they lie in memory: in list order each could be a cache miss
+// (a fleet's names need not follow the order it registered in).
+func (f *Fleet) aggRebuild(clusters []*Cluster, order *btree.BTreeG[*Cluster], now time.Time) {
 	f.agg = newAggIndex()
 	f.agg.order = order
-	// In list order, close to the order the clusters lie in memory (map order is not).
 	var w *workspace
-	order.Ascend(func(c *Cluster) bool {
+	for _, c := range clusters {
 		if w == nil || w.name != c.Namespace {
 			w = f.workspaces[c.Namespace]
 		}
 		c.agg = aggIn{}
 		f.aggUpdate(w, c, now)
-		return true
-	})
+	}
 }
 
 // indexed says whether an overview of q can be read from the counts: q narrows the fleet by

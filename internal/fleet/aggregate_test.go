@@ -133,4 +133,11 @@ func TestCountsFollowChanges(t *testing.T) {
 	if n != len(objs)+1 {
 		t.Errorf("the index holds %d clusters, the model %d", n, len(objs)+1)
 	}
+	// A load counts what it read afresh, in its own order.
+	e.load()
+	f = e.f
+	check("reloaded")
+	if n := f.agg.order.Len(); n != len(objs)+1 {
+		t.Errorf("after a reload the index holds %d clusters, the store %d", n, len(objs)+1)
+	}
 }

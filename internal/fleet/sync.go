@@ -257,11 +257,11 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 			f.setPair(b, c, t, id, nil)
 		}
 	}
-	loaded = nil
 	f.clusters.Store(int64(len(f.byUID)))
 	targeted := time.Now()
 	order = <-orderc
-	f.aggRebuild(order, time.Now())
+	f.aggRebuild(loaded, order, time.Now())
+	loaded = nil
 	ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 	f.log.Info("fleet model loaded", "clusters", n, "bundles", nb, "revision", rev, "took", ms(time.Since(start)),
 		"clusters_read", ms(scanned.Sub(start)), "status_wait", ms(waited.Sub(scanned)), "targets", ms(targeted.Sub(waited)), "counts", ms(time.Since(targeted)))
