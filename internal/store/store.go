@@ -73,6 +73,11 @@ type ListOptions struct {
 	// Limit bounds the page size; 0 means everything.
 	Limit    int
 	Continue string
+	// Items, when set, is handed the page's objects while they are read, in order and in
+	// batches, from List's goroutine: a server can send them while the rest are read. They
+	// stay in the ListResult's Items as well. It must not block: List holds a read
+	// transaction meanwhile.
+	Items func([]json.RawMessage)
 }
 
 // ListResult is one page of objects. Items are stored JSON, resourceVersion included, so a

@@ -91,11 +91,35 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 	limit := opts.Limit
 	var current []row
 	var a arena
+	// The objects read so far go to opts.Items every listBatch rows, but for the one past
+	// the limit, which only tells that another page follows. A continue page's objects
+	// changed since its first page are merged in by id at the end, so its objects go all
+	// at once.
+	sent := 0
 	defer func() {
-		if err != nil {
+		// Objects handed out may still be being written: their blocks are then left to
+		// the collector, never reused under a reader.
+		if err != nil && sent == 0 {
 			a.release()
 		}
 	}()
+	flush := func() {
+		if opts.Items == nil || len(before) > 0 {
+			return
+		}
+		n := len(current)
+		if limit > 0 {
+			n = min(n, limit)
+		}
+		if n > sent {
+			items := make([]json.RawMessage, n-sent)
+			for i, r := range current[sent:n] {
+				items[i] = r.data
+			}
+			opts.Items(items)
+			sent = n
+		}
+	}
 	after := tok.After
 	for {
 		// One more than a page tells whether another page follows.
@@ -103,17 +127,21 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 		if limit > 0 {
 			want = limit + 1 - len(current)
 		}
-		page, err := s.queryRows(ctx, tx, q, args, after, want, &a)
-		if err != nil {
-			return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)
-		}
-		for _, r := range page {
+		read := 0
+		err := s.queryRows(ctx, tx, q, args, after, want, &a, func(r row) {
+			read++
 			after = r.id
 			if post == nil || post.Matches(labels.Set(labelsOf(r.data))) {
 				current = append(current, r)
 			}
+			if read%listBatch == 0 {
+				flush()
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)
 		}
-		if want == 0 || len(page) < want || len(current) > limit {
+		if want == 0 || read < want || len(current) > limit {
 			break
 		}
 	}
@@ -132,13 +160,22 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 	for i, r := range all {
 		res.Items[i] = r.data
 	}
+	if opts.Items != nil && len(before) > 0 && len(res.Items) > 0 {
+		opts.Items(res.Items)
+	} else {
+		flush()
+	}
 	if len(a.pooled) > 0 {
 		res.Release = a.release
 	}
 	return res, nil
 }
 
-func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any, after int64, limit int, a *arena) ([]row, error) {
+// listBatch is how many rows a list reads between handing objects to ListOptions.Items.
+const listBatch = 256
+
+// queryRows runs a page query and hands each row to each, its object copied into a.
+func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any, after int64, limit int, a *arena, each func(row)) error {
 	qargs := append([]any{after}, args...)
 	if limit > 0 {
 		q += " LIMIT ?"
@@ -146,20 +183,19 @@ func (s *Store) queryRows(ctx context.Context, tx *sql.Tx, q string, args []any,
 	}
 	rows, err := tx.QueryContext(ctx, s.q(q), qargs...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rows.Close()
-	var out []row
 	for rows.Next() {
 		var r row
 		var raw sql.RawBytes
 		if err := rows.Scan(&r.id, &raw); err != nil {
-			return nil, err
+			return err
 		}
 		r.data = a.copy(raw)
-		out = append(out, r)
+		each(r)
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
 
 // arena holds a list's objects. They are copied out of the driver's buffer into shared

@@ -1,0 +1,103 @@
+package apiserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"flotilla.dev/api"
+	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/auth"
+	"flotilla.dev/internal/store"
+	"flotilla.dev/internal/store/sqlite"
+	"flotilla.dev/internal/store/sqlstore"
+)
+
+// failAfterFirst is a store whose lists fail once their first objects were handed out.
+type failAfterFirst struct {
+	store.Store
+}
+
+func (f failAfterFirst) List(ctx context.Context, opts store.ListOptions) (*store.ListResult, error) {
+	res, err := f.Store.List(ctx, opts)
+	if err != nil || len(res.Items) == 0 {
+		return res, err
+	}
+	return nil, errors.New("disk gone")
+}
+
+// A list answer is streamed with its metadata last, and one that fails after its first
+// objects went out is cut off, never ended as if whole: the client sees an error, not a
+// shorter list.
+func TestListStreamedAndCutOffOnFailure(t *testing.T) {
+	ctx := context.Background()
+	cfg := sqlstore.DefaultConfig()
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	st, err := sqlite.Open(ctx, t.TempDir(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	a := auth.NewAuthenticator(st)
+	token, err := a.Bootstrap(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 600 {
+		o := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
+			Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: fmt.Sprintf("c%03d", i), Labels: map[string]string{"n": fmt.Sprint(i)}}}
+		if _, err := st.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(url string) (int, []byte, error) {
+		req, _ := http.NewRequest(http.MethodGet, url+base+"/namespaces/fleet-default/clusters", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, err
+	}
+	serve := func(s store.Store) string {
+		mux := http.NewServeMux()
+		apiserver.New(s, a, slog.New(slog.DiscardHandler)).Register(mux)
+		hs := httptest.NewServer(mux)
+		t.Cleanup(hs.Close)
+		return hs.URL
+	}
+
+	code, body, err := get(serve(st))
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("list: %d %v", code, err)
+	}
+	var list struct {
+		Kind     string            `json:"kind"`
+		Items    []json.RawMessage `json:"items"`
+		Metadata api.ListMeta      `json:"metadata"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatalf("the list does not decode: %v", err)
+	}
+	if len(list.Items) != 600 || list.Kind != "ClusterList" || list.Metadata.ResourceVersion == "" {
+		t.Fatalf("%s of %d items, resourceVersion %q", list.Kind, len(list.Items), list.Metadata.ResourceVersion)
+	}
+
+	code, body, err = get(serve(failAfterFirst{st}))
+	if err == nil {
+		t.Fatalf("a list that failed midway was answered %d with %d bytes and no error", code, len(body))
+	}
+	if code != http.StatusOK || !strings.Contains(string(body), `"items":[`) {
+		t.Fatalf("the list failed before its answer began: %d %q", code, body)
+	}
+}
