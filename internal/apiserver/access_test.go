@@ -288,3 +288,28 @@ func TestCanI(t *testing.T) {
 		}
 	}
 }
+
+// A caller whose view is one label selector in one workspace, listing another workspace,
+// gets nothing: the store was once asked there with a selector of nothing, which has no
+// requirements to query by, and answered every cluster of that workspace.
+func TestAccessListOfAnotherWorkspaceIsEmpty(t *testing.T) {
+	e := newEnv(t)
+	e.fleetOfFour()
+	e.mustDo("POST", base+"/namespaces/other/clusters", newObj(api.KindCluster, "other", "elsewhere", map[string]string{"env": "dev"}, api.ClusterSpec{}), http.StatusCreated)
+	e.mustDo("POST", base+"/rolebindings", binding("alice-dev", "cluster-member",
+		api.Subject{Kind: api.SubjectUser, Name: "alice"}, api.BindingScope{Workspace: "fleet-default", ClusterSelector: &api.LabelSelector{MatchLabels: map[string]string{"env": "dev"}}}), http.StatusCreated)
+	alice := e.as("alice")
+	if got := names(t, alice.mustDo("GET", clustersPath, nil, http.StatusOK)); !slices.Equal(got, []string{"dev1", "dev2"}) {
+		t.Fatalf("alice lists %v in her workspace", got)
+	}
+	for _, path := range []string{
+		base + "/namespaces/other/clusters",
+		base + "/namespaces/other/clusters?labelSelector=env%3Ddev",
+		base + "/namespaces/other/clusters?fieldSelector=metadata.name%3Delsewhere", // the Kubernetes flavour
+		base + "/namespaces/other/clusters?limit=1",
+	} {
+		if got := names(t, alice.mustDo("GET", path, nil, http.StatusOK)); len(got) != 0 {
+			t.Errorf("GET %s: alice sees %v in a workspace not hers", path, got)
+		}
+	}
+}

@@ -167,7 +167,10 @@ func (f *listFilter) narrow(reqNS string, sel labels.Selector) (ns string, out l
 		}
 		ns = f.ns
 	}
-	reqs, _ := f.sel.Requirements()
+	reqs, selectable := f.sel.Requirements()
+	if !selectable {
+		return "", nil, false
+	}
 	if sel == nil {
 		sel = labels.Everything()
 	}

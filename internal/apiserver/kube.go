@@ -262,7 +262,10 @@ func (s *Server) listScopeOf(req *request, watch bool) (listScope, error) {
 	}
 	ns, sel, overlap := filter.narrow(req.ns, sel)
 	if !overlap {
+		// Nothing the caller may see lies there. The store answers a selector of nothing
+		// with nothing, and the filter keeps nothing besides.
 		ns, sel = req.ns, labels.Nothing()
+		filter = &listFilter{keep: func(string, string, map[string]string) bool { return false }}
 	}
 	return listScope{ns: ns, sel: sel, filter: filter}, nil
 }

@@ -83,6 +83,13 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) (res *store.Li
 		}
 	}
 
+	if opts.Selector != nil {
+		if _, selectable := opts.Selector.Requirements(); !selectable {
+			// A selector of nothing (labels.Nothing) has no requirements to query by: read as
+			// none, it would answer everything.
+			return &store.ListResult{Revision: tok.Rev}, nil
+		}
+	}
 	driver, err := s.pickDriver(ctx, tx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", opts.Kind, err)

@@ -93,6 +93,10 @@ func TestListItemsStream(t *testing.T) {
 			}
 			res, got = list(store.ListOptions{Selector: half, Limit: 100, Continue: res.Continue})
 			same("a continue page", res, got, 100)
+			// A selector of nothing lists nothing (it has no requirements to query by).
+			if res, _ := list(store.ListOptions{Selector: labels.Nothing()}); len(res.Items) != 0 || res.Revision == 0 {
+				t.Fatalf("a selector of nothing listed %d objects at revision %d", len(res.Items), res.Revision)
+			}
 			gt, _ := labels.Parse("n>500")
 			res, got = list(store.ListOptions{Selector: gt})
 			same("filtered in Go", res, got, 99)
