@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -269,16 +270,26 @@ func (s *Server) list(req *request) error {
 	}
 	done := make(chan listed, 1)
 	go func() {
-		res, err := s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: sc.ns, Selector: sc.sel, Limit: limit,
+		var l listed
+		defer func() {
+			// On its own goroutine a panic would end the server, where net/http recovers
+			// the handler's: it fails this list instead.
+			if p := recover(); p != nil {
+				s.log.Error("list panicked", "kind", req.kind.Kind, "panic", p, "stack", string(debug.Stack()))
+				l = listed{err: fmt.Errorf("listing %s: panic: %v", req.kind.Kind, p)}
+			}
+			out.close()
+			done <- l
+		}()
+		l.res, l.err = s.store.List(req.r.Context(), store.ListOptions{Kind: req.kind.Kind, Namespace: sc.ns, Selector: sc.sel, Limit: limit,
 			Continue: q.Get("continue"), Items: out.put})
-		out.close()
-		done <- listed{res, err}
 	}()
 	first, end := out.next()
 	var l listed
+	finished := false
 	if end {
 		// Nothing was read, or it failed before the first object: a plain answer.
-		if l = <-done; l.err != nil {
+		if l, finished = <-done, true; l.err != nil {
 			return listError(l.err)
 		}
 	}
@@ -290,8 +301,8 @@ func (s *Server) list(req *request) error {
 	// to the connection (HTTP/1.1 chunks, or HTTP/2 frames), each a system call.
 	w := bufio.NewWriterSize(req.w, listWriteBuffer)
 	fmt.Fprintf(w, `{"apiVersion":%q,"kind":%q,"items":[`, api.APIVersion, req.kind.Kind+"List")
-	n := 0
-	for items := first; !end; items, end = out.next() {
+	n, received := 0, 0
+	write := func(items []json.RawMessage) {
 		for _, it := range items {
 			// A page may hold fewer than limit items when the caller sees only some: the
 			// continue token goes on from where the store stopped, as Kubernetes allows.
@@ -305,15 +316,29 @@ func (s *Server) list(req *request) error {
 			w.Write(s.filterRaw(req.kind.Kind, it))
 		}
 	}
-	if l.res == nil && l.err == nil {
+	for items := first; !end; items, end = out.next() {
+		received += len(items)
+		write(items)
+	}
+	if !finished {
 		l = <-done
 	}
 	if l.err != nil {
 		// The answer has begun and cannot become an error: it is cut off, which the client
 		// sees. The objects written may still be in net/http's hands, so their memory is
-		// not handed back.
-		s.log.Warn("list failed after its first objects were sent", "kind", req.kind.Kind, "err", l.err)
+		// not handed back. A client that went away is no news.
+		if req.r.Context().Err() == nil {
+			s.log.Warn("list failed after its first objects were sent", "kind", req.kind.Kind, "err", l.err)
+		}
 		panic(http.ErrAbortHandler)
+	}
+	if l.res == nil {
+		l.res = &store.ListResult{}
+	}
+	// A store that hands over fewer objects than it answers (none, if it ignores Items)
+	// still has them all written.
+	if received < len(l.res.Items) {
+		write(l.res.Items[received:])
 	}
 	meta, _ := json.Marshal(api.ListMeta{ResourceVersion: strconv.FormatInt(l.res.Revision, 10), Continue: l.res.Continue})
 	fmt.Fprintf(w, `],"metadata":%s}`+"\n", meta)

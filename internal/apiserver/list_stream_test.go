@@ -34,6 +34,25 @@ func (f failAfterFirst) List(ctx context.Context, opts store.ListOptions) (*stor
 	return nil, errors.New("disk gone")
 }
 
+// ignoresItems is a store that hands nothing over while it reads.
+type ignoresItems struct {
+	store.Store
+}
+
+func (f ignoresItems) List(ctx context.Context, opts store.ListOptions) (*store.ListResult, error) {
+	opts.Items = nil
+	return f.Store.List(ctx, opts)
+}
+
+// panics is a store whose lists panic.
+type panics struct {
+	store.Store
+}
+
+func (panics) List(context.Context, store.ListOptions) (*store.ListResult, error) {
+	panic("boom")
+}
+
 // A list answer is streamed with its metadata last, and one that fails after its first
 // objects went out is cut off, never ended as if whole: the client sees an error, not a
 // shorter list.
@@ -91,6 +110,23 @@ func TestListStreamedAndCutOffOnFailure(t *testing.T) {
 	}
 	if len(list.Items) != 600 || list.Kind != "ClusterList" || list.Metadata.ResourceVersion == "" {
 		t.Fatalf("%s of %d items, resourceVersion %q", list.Kind, len(list.Items), list.Metadata.ResourceVersion)
+	}
+
+	// A store that does not hand objects over while it reads still has them all written.
+	code, body, err = get(serve(ignoresItems{st}))
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("list from a store ignoring Items: %d %v", code, err)
+	}
+	if err := json.Unmarshal(body, &list); err != nil || len(list.Items) != 600 {
+		t.Fatalf("list from a store ignoring Items: %d items (%v)", len(list.Items), err)
+	}
+	// A store that panics fails the list, not the server: the next list is answered.
+	url := serve(panics{st})
+	if code, _, err := get(url); err == nil && code == http.StatusOK {
+		t.Fatal("a list whose store panicked was answered 200")
+	}
+	if code, _, err := get(url); err == nil && code == http.StatusOK {
+		t.Fatal("a second list whose store panicked was answered 200")
 	}
 
 	code, body, err = get(serve(failAfterFirst{st}))
