@@ -22,8 +22,13 @@ import (
 
 // Run loads the model and keeps it current until ctx ends.
 func (f *Fleet) Run(ctx context.Context) error {
+	collected := make(chan struct{})
+	close(collected)
 	for {
-		// The load's percent is kept until its garbage is collected (below).
+		// The load's percent is kept until its garbage is collected (below). A reload waits
+		// for the last load's collection: its restore of the percent would otherwise
+		// interleave with this load's raising it, and could leave the percent raised.
+		<-collected
 		restoreGC := gcpace.AtLeast(loadGCPercent)
 		rev, err := f.load(ctx)
 		if err != nil {
@@ -47,7 +52,10 @@ func (f *Fleet) Run(ctx context.Context) error {
 		// its goal, and every request served meanwhile would pay for the collection in
 		// assists (at 1M the first request after a restart took 0.6-0.8 s, where it takes
 		// 10 ms so).
+		c := make(chan struct{})
+		collected = c
 		go func() {
+			defer close(c)
 			debug.FreeOSMemory()
 			restoreGC()
 		}()
@@ -101,7 +109,8 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 	// nothing: at the usual GOGC the collector ran ten times at 200k clusters, marking the
 	// growing model in each, a fifth to a third of the load's CPU. A higher GOGC meanwhile
 	// lets it run two or three times (the heap still bounded by a multiple of what is live);
-	// the garbage is given back after the load (Run).
+	// the garbage is given back after the load (Run). Run raises it already, and holds it
+	// past the load; this is for callers of load alone (tests, benchmarks).
 	defer gcpace.AtLeast(loadGCPercent)()
 	f.mu.Lock()
 	defer f.mu.Unlock()
