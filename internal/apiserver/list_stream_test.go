@@ -15,10 +15,7 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
-	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/store"
-	"flotilla.dev/internal/store/sqlite"
-	"flotilla.dev/internal/store/sqlstore"
 )
 
 // failAfterFirst is a store whose lists fail once their first objects were handed out.
@@ -57,29 +54,18 @@ func (panics) List(context.Context, store.ListOptions) (*store.ListResult, error
 // objects went out is cut off, never ended as if whole: the client sees an error, not a
 // shorter list.
 func TestListStreamedAndCutOffOnFailure(t *testing.T) {
+	e := newEnv(t)
 	ctx := context.Background()
-	cfg := sqlstore.DefaultConfig()
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	st, err := sqlite.Open(ctx, t.TempDir(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	a := auth.NewAuthenticator(st)
-	token, err := a.Bootstrap(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for i := range 600 {
 		o := &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindCluster},
 			Metadata: api.ObjectMeta{Namespace: "fleet-default", Name: fmt.Sprintf("c%03d", i), Labels: map[string]string{"n": fmt.Sprint(i)}}}
-		if _, err := st.Create(ctx, o); err != nil {
+		if _, err := e.st.Create(ctx, o); err != nil {
 			t.Fatal(err)
 		}
 	}
 	get := func(url string) (int, []byte, error) {
 		req, _ := http.NewRequest(http.MethodGet, url+base+"/namespaces/fleet-default/clusters", nil)
-		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Authorization", "Bearer "+e.token)
 		resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
 		if err != nil {
 			return 0, nil, err
@@ -88,15 +74,17 @@ func TestListStreamedAndCutOffOnFailure(t *testing.T) {
 		b, err := io.ReadAll(resp.Body)
 		return resp.StatusCode, b, err
 	}
+	// The same API over another store.
 	serve := func(s store.Store) string {
 		mux := http.NewServeMux()
-		apiserver.New(s, a, slog.New(slog.DiscardHandler)).Register(mux)
+		apiserver.New(s, e.auth, slog.New(slog.DiscardHandler)).Register(mux)
 		hs := httptest.NewServer(mux)
 		t.Cleanup(hs.Close)
 		return hs.URL
 	}
+	st := e.st
 
-	code, body, err := get(serve(st))
+	code, body, err := get(e.url)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("list: %d %v", code, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,20 +29,11 @@ func TestListItemsStream(t *testing.T) {
 			ctx := testCtx(t)
 			const n = 600
 			body := func(i int) string { return strings.Repeat(fmt.Sprint(i%10), 2000) }
-			var wg sync.WaitGroup
-			sem := make(chan struct{}, 32)
-			for i := range n {
-				wg.Go(func() {
-					sem <- struct{}{}
-					defer func() { <-sem }()
-					o := storetest.Obj("ns", fmt.Sprintf("c%03d", i), map[string]string{"half": fmt.Sprint(i % 2), "n": fmt.Sprint(i)})
-					o.Spec = json.RawMessage(fmt.Sprintf(`{"displayName":%q}`, body(i)))
-					if _, err := s.Create(ctx, o); err != nil {
-						t.Error(err)
-					}
-				})
-			}
-			wg.Wait()
+			createAll(t, s, n, func(i int) *api.Object {
+				o := storetest.Obj("ns", fmt.Sprintf("c%03d", i), map[string]string{"half": fmt.Sprint(i % 2), "n": fmt.Sprint(i)})
+				o.Spec = json.RawMessage(fmt.Sprintf(`{"displayName":%q}`, body(i)))
+				return o
+			})
 			list := func(opts store.ListOptions) (*store.ListResult, [][]json.RawMessage) {
 				t.Helper()
 				var got [][]json.RawMessage

@@ -24,20 +24,11 @@ func TestListReleaseReusesBlocks(t *testing.T) {
 			s, _ := b.open(t, sqlstore.Config{})
 			ctx := testCtx(t)
 			const n = 400
-			var wg sync.WaitGroup
-			sem := make(chan struct{}, 32)
-			for i := range n {
-				wg.Go(func() {
-					sem <- struct{}{}
-					defer func() { <-sem }()
-					o := storetest.Obj("ns", fmt.Sprintf("c%03d", i), map[string]string{"half": fmt.Sprint(i % 2)})
-					o.Spec = json.RawMessage(fmt.Sprintf(`{"displayName":%q}`, strings.Repeat(fmt.Sprint(i%10), 4000)))
-					if _, err := s.Create(ctx, o); err != nil {
-						t.Error(err)
-					}
-				})
-			}
-			wg.Wait()
+			createAll(t, s, n, func(i int) *api.Object {
+				o := storetest.Obj("ns", fmt.Sprintf("c%03d", i), map[string]string{"half": fmt.Sprint(i % 2)})
+				o.Spec = json.RawMessage(fmt.Sprintf(`{"displayName":%q}`, strings.Repeat(fmt.Sprint(i%10), 4000)))
+				return o
+			})
 			check := func(res *store.ListResult, want int) {
 				t.Helper()
 				if len(res.Items) != want {
@@ -92,5 +83,26 @@ func TestListReleaseReusesBlocks(t *testing.T) {
 				t.Error("a list of three holds pooled blocks")
 			}
 		})
+	}
+}
+
+// createAll creates objects 0 to n-1 of obj in s, 32 at a time.
+func createAll(t *testing.T, s store.Store, n int, obj func(i int) *api.Object) {
+	t.Helper()
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if _, err := s.Create(ctx, obj(i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
 	}
 }
