@@ -30,6 +30,12 @@ func (f *Fleet) Run(ctx context.Context) error {
 		// interleave with this load's raising it, and could leave the percent raised.
 		<-collected
 		restoreGC := gcpace.AtLeast(loadGCPercent)
+		if counts, err := f.st.Count(ctx); err == nil {
+			// Room for all the load allocates: no collection while it builds.
+			restoreRoom := gcpace.Room(uint64(counts[api.KindCluster]) * loadBytesPerCluster)
+			restorePercent := restoreGC
+			restoreGC = func() { restoreRoom(); restorePercent() }
+		}
 		rev, err := f.load(ctx)
 		if err != nil {
 			restoreGC()
@@ -297,6 +303,10 @@ func (f *Fleet) load(ctx context.Context) (int64, error) {
 
 // loadGCPercent is the GOGC of a load.
 const loadGCPercent = 800
+
+// loadBytesPerCluster is about what a load allocates per cluster, garbage included: the
+// model keeps ~750 bytes of each, and reading makes ~2.5 times that.
+const loadBytesPerCluster = 3 << 10
 
 // chunked is a list grown in fixed chunks: a million rows appended to one slice would
 // copy it ~20 times and leave twice its size as garbage.

@@ -164,6 +164,31 @@ func TestAtLeast(t *testing.T) {
 	}
 }
 
+// TestRoom: room for a gigabyte more than the heap holds puts the next collection past that
+// gigabyte, and no collection comes while it is allocated; the restore takes the room back.
+func TestRoom(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer func() { kept = nil }()
+	hold(64 << 20)
+	stop := Start(Config{Percent: 25})
+	defer stop()
+	goalRatio(t)
+	base := currentLimit()
+	restore := Room(1 << 30)
+	if l, want := currentLimit(), int64(read("/memory/classes/heap/objects:bytes")+1<<30); l < want {
+		t.Fatalf("Room(1 GB) set a limit of %d MB, want at least %d MB", l>>20, want>>20)
+	}
+	n := numGC()
+	churn(700 << 20)
+	if c := numGC() - n; c != 0 {
+		t.Errorf("%d collections while 700 MB were allocated in a room of 1 GB", c)
+	}
+	restore()
+	if l := currentLimit(); float64(l) > 1.2*float64(base) {
+		t.Errorf("after the restore the limit is %d MB, want back near %d MB", l>>20, base>>20)
+	}
+}
+
 func TestAdapt(t *testing.T) {
 	cfg := Config{Percent: 25, MaxPercent: 100, CPUShare: 0.05}
 	for _, c := range []struct {
