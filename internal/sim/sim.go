@@ -516,19 +516,15 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		mu.Unlock()
 	}
 	if c.bell != nil {
-		// The reader of answers moves these under the cluster's lock.
-		nextPing, nextKeep := c.bell.next(s.lock(i))
-		if now >= nextPing {
-			s.ping(i, now)
-		} else if nextKeep != 0 && now >= nextKeep {
-			if nextKeep < nextPing {
-				s.keepAlive(i, now)
-			} else {
-				mu := s.lock(i)
-				mu.Lock()
-				c.bell.nextKeep = 0 // the ping comes first, and keeps the path open itself
-				mu.Unlock()
-			}
+		if now >= c.nextPoll {
+			// A poll due as well (the first after registering, or a ring's, or both
+			// late behind a busy scheduler) goes first, as the agent's would: its keeper
+			// pings the version the poll brought. Pinged before, the version it had would
+			// be answered "changed" (spending the server's ring budget), and the cluster
+			// would poll again for nothing.
+			defer s.bellStep(i)
+		} else {
+			s.bellStep(i)
 		}
 	}
 	beat := s.cfg.Heartbeat > 0 && now >= c.nextBeat
@@ -574,6 +570,26 @@ func (s *Sim) act(ctx context.Context, i int, now int64) error {
 		}
 	}
 	return nil
+}
+
+// bellStep sends cluster i's ping or keepalive if it is due; the worker running i calls it.
+func (s *Sim) bellStep(i int) {
+	c := &s.clusters[i]
+	now := s.now()
+	// The reader of answers moves these under the cluster's lock.
+	nextPing, nextKeep := c.bell.next(s.lock(i))
+	if now >= nextPing {
+		s.ping(i, now)
+	} else if nextKeep != 0 && now >= nextKeep {
+		if nextKeep < nextPing {
+			s.keepAlive(i, now)
+		} else {
+			mu := s.lock(i)
+			mu.Lock()
+			c.bell.nextKeep = 0 // the ping comes first, and keeps the path open itself
+			mu.Unlock()
+		}
+	}
 }
 
 func (s *Sim) finalState(i int) uint8 {

@@ -240,6 +240,13 @@ func TestDoorbell(t *testing.T) {
 	if ch.Doorbell == nil || ch.Doorbell.Reached != 200 || ch.HTTPS != nil {
 		t.Fatalf("the change reached %+v by doorbell, %+v by HTTPS only; want all 200 by doorbell", ch.Doorbell, ch.HTTPS)
 	}
+	// Every poll brought news: the first of each cluster its desired state, a ring's the
+	// change. (A ping of the version held before a poll due at once would be answered
+	// "changed", and the cluster would poll again for nothing: one unchanged poll each.) A
+	// ping that crosses a ring's poll on the way may still cause one.
+	if p := s.Progress(); p.Unchanged > 200/20 {
+		t.Errorf("%d of %d polls unchanged; want hardly any with the doorbell ringing", p.Unchanged, p.Polls)
+	}
 	idle, err := s.Idle(ctx, 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
