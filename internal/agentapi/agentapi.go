@@ -58,8 +58,9 @@ type Tunnels interface {
 // Doorbell is the server's datagram doorbell (internal/doorbell.Server).
 type Doorbell interface {
 	Port() int
-	// Pinging says whether the cluster with uid pings it.
-	Pinging(uid string) bool
+	// Polled is told before a poll reads the cluster's desired state (the answer makes a
+	// change's ring for it needless); it says whether the cluster pings the doorbell.
+	Polled(uid string) bool
 	Interval() time.Duration
 	// KeepAliveInterval is how often agents send keepalives between pings.
 	KeepAliveInterval() time.Duration
@@ -228,6 +229,8 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		since, _ = strconv.ParseInt(v, 10, 64)
 	}
 	s.fleet.Seen(id.Namespace, id.Name, s.now())
+	// Before the state is read: a change made after it still rings.
+	pinging := s.Doorbell != nil && s.Doorbell.Polled(id.UID)
 	ds, rev, err := s.fleet.Desired(id.Namespace, id.Name, id.UID, since)
 	key := id.Namespace + "/" + id.Name
 	wake, release := s.tunnelWanted(w, key)
@@ -265,7 +268,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	secs := s.pollAfter(w, id.UID)
 	if s.Doorbell != nil {
 		w.Header().Set(api.HeaderDoorbell, strconv.Itoa(s.Doorbell.Port()))
-		if s.Doorbell.Pinging(id.UID) {
+		if pinging {
 			w.Header().Set(api.HeaderBellPollAfter, strconv.Itoa(max(1, int(s.fleet.BellPollAfter(id.UID, s.now()).Seconds()))))
 		}
 	}

@@ -238,3 +238,64 @@ func TestKeeperFallsBackForOlderServer(t *testing.T) {
 		t.Errorf("%d keepalives sent to a server that does not take them", keeps)
 	}
 }
+
+// A cluster that polls over HTTPS while its ring is queued, or sent and unacknowledged, is
+// not rung (again): the poll's answer brings the change. A change made after the poll rings.
+func TestPolledSparesRing(t *testing.T) {
+	const uidB = "7d1e2f3a-0000-4000-8000-00000000000b"
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	f.add(uidB, "ws/b", 42)
+	const retryAfter = 200 * time.Millisecond
+	// Two rings a second, one at once: B's ring waits half a second behind A's.
+	s := startServer(t, f, Config{RingRate: 2, RingRetry: retryAfter})
+	p := newPeer(t, s)
+	now := uint64(time.Now().UnixNano())
+	for _, u := range []string{uidA, uidB} {
+		p.send(Packet{Kind: KindPing, Cluster: mustUID(u), Counter: now, Value: 42, KeepAlive: true, Acks: true}.Append(nil, keyOf(u)))
+		answer(t, p.recv(5*time.Second), keyOf(u))
+	}
+	rung := func(wait time.Duration) []UID {
+		var got []UID
+		for {
+			b := p.recv(wait)
+			if b == nil {
+				return got
+			}
+			r, err := Parse(b)
+			if err != nil || !r.Ring {
+				t.Fatalf("got %+v (%v), want a ring", r, err)
+			}
+			got = append(got, r.Cluster)
+		}
+	}
+
+	s.Ring(uidA)
+	s.Ring(uidB)
+	if !s.Polled(uidB) {
+		t.Error("Polled says B, which pings, does not")
+	}
+	if got := rung(time.Second); len(got) != 1 || got[0] != mustUID(uidA) {
+		t.Fatalf("rang %v, want A alone (B polled while its ring was queued)", got)
+	}
+	// A polls instead of acknowledging: its ring is not sent again.
+	s.Polled(uidA)
+	if got := rung(4 * retryAfter * maxRingTries); len(got) != 0 {
+		t.Fatalf("rang %v after A polled, want nothing", got)
+	}
+	if n := s.Stats.Spared.Load(); n != 2 {
+		t.Errorf("%d rings spared, want 2", n)
+	}
+	// A poll with nothing queued spares nothing; a change after it rings.
+	s.Polled(uidB)
+	s.Ring(uidB)
+	if got := rung(2 * time.Second); len(got) == 0 || got[0] != mustUID(uidB) {
+		t.Fatalf("rang %v, want B for the change after its poll", got)
+	}
+	if n := s.Stats.Spared.Load(); n != 2 {
+		t.Errorf("%d rings spared, want 2", n)
+	}
+	if s.Polled("not a uid") || s.Polled("7d1e2f3a-0000-4000-8000-0000000000ff") {
+		t.Error("Polled says an unknown cluster pings")
+	}
+}

@@ -604,7 +604,7 @@ func TestPingBudget(t *testing.T) {
 		f.add(u, "ws/"+strconv.Itoa(i), 42)
 	}
 	s := startServer(t, f, Config{Interval: time.Second, Budget: 0.5})
-	if s.Pinging(uidA) {
+	if s.Polled(uidA) {
 		t.Fatal("pinging before any ping")
 	}
 	p := newPeer(t, s)
@@ -622,8 +622,8 @@ func TestPingBudget(t *testing.T) {
 	if d, _ := a.Delays(); d < 800*time.Millisecond-time.Millisecond || d > 8800*time.Millisecond {
 		t.Errorf("come back in %v, want its phase within the stretched interval (8 s)", d)
 	}
-	if !s.Pinging(uidA) || s.Pinging("7d1e2f3a-0000-4000-8000-0000000000ff") || s.Pinging("not a uid") {
-		t.Error("Pinging does not tell the clusters that ping from the others")
+	if !s.Polled(uidA) || s.Polled("7d1e2f3a-0000-4000-8000-0000000000ff") || s.Polled("not a uid") {
+		t.Error("Polled does not tell the clusters that ping from the others")
 	}
 }
 

@@ -113,6 +113,9 @@ type Stats struct {
 	Received, Answered, Rung atomic.Int64
 	// Resent counts rings sent again because the first went unacknowledged.
 	Resent atomic.Int64
+	// Spared counts clusters that polled over HTTPS while a ring was queued for them or
+	// unacknowledged, which then was not sent (again).
+	Spared atomic.Int64
 	// Reads counts the reader's system calls, each a batch of datagrams.
 	Reads atomic.Int64
 	// Refused counts datagrams dropped as malformed, unsigned, replayed or of an unknown
@@ -348,10 +351,17 @@ func (s *Server) keepAliveInterval() time.Duration {
 	return d
 }
 
-// Pinging says whether the agent of the cluster with uid pings: its last valid ping came
-// within three ping intervals. Such a cluster hears of changes from the doorbell and need
-// poll HTTPS only rarely.
-func (s *Server) Pinging(uid string) bool {
+// Polled is told that the cluster with uid polls over HTTPS, before its desired state is
+// read: the answer brings every change made before it, so a change's ring still queued for
+// the cluster is not sent, and a ring sent and not yet acknowledged is not sent again.
+// (A change rings after it is made, so one made after this call rings anew.) Without it a
+// cluster that polled during a rollout, at its interval or after registering, was rung
+// later all the same, and polled again for nothing.
+//
+// It reports whether the cluster pings: its last valid ping came within three ping
+// intervals. Such a cluster hears of changes from the doorbell and need poll HTTPS only
+// rarely.
+func (s *Server) Polled(uid string) bool {
 	u, err := ParseUID(uid)
 	if err != nil {
 		return false
@@ -359,6 +369,11 @@ func (s *Server) Pinging(uid string) bool {
 	cut := uint32(s.cfg.Now().Add(-3 * s.PingInterval()).Unix())
 	s.mu.Lock()
 	e, ok := s.entries.get(u)
+	if ok && (e.pending || e.rung) {
+		e.pending, e.rung = false, false
+		s.entries.set(u, e)
+		s.Stats.Spared.Add(1)
+	}
 	s.mu.Unlock()
 	return ok && e.seen >= cut
 }

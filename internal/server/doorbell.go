@@ -76,6 +76,7 @@ func bellCollectors(b *doorbell.Server) []prometheus.Collector {
 		counter("flotilla_doorbell_answered_total", "Doorbell pings answered.", b.Stats.Answered.Load),
 		counter("flotilla_doorbell_rung_total", "Doorbell rings sent unprompted (a change, a tunnel wanted).", b.Stats.Rung.Load),
 		counter("flotilla_doorbell_rings_resent_total", "Doorbell rings sent again, unacknowledged by an agent that acknowledges rings.", b.Stats.Resent.Load),
+		counter("flotilla_doorbell_rings_spared_total", "Doorbell rings not sent, or not sent again, because the cluster polled over HTTPS first.", b.Stats.Spared.Load),
 		counter("flotilla_doorbell_refused_total", "Doorbell datagrams read and dropped: malformed, not signed, replayed, or of an unknown cluster.", b.Stats.Refused.Load),
 		counter("flotilla_doorbell_limited_total", "Doorbell datagrams dropped by the per-source limit.", b.Stats.Limited.Load),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_doorbell_clusters", Help: "Clusters whose agents ping the doorbell."}, func() float64 { return float64(b.Len()) }),
