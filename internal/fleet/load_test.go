@@ -75,12 +75,12 @@ func TestLoadRestoresReports(t *testing.T) {
 			t.Fatalf("cluster %d: %+v", i, c)
 		}
 		labelMaps[reflect.ValueOf(c.Labels).Pointer()] = true
-		wantSeq, wantDeps := int64(i+1), 1+i%3/2
+		wantDeps := 1 + i%3/2
 		if i%3 == 0 {
-			wantSeq, wantDeps = 0, 0
+			wantDeps = 0
 		}
-		if c.seq != wantSeq || len(c.deps) != wantDeps {
-			t.Fatalf("cluster %d: seq %d and %d pairs, want %d and %d", i, c.seq, len(c.deps), wantSeq, wantDeps)
+		if len(c.deps) != wantDeps {
+			t.Fatalf("cluster %d: %d pairs, want %d", i, len(c.deps), wantDeps)
 		}
 		if wantDeps == 0 {
 			continue
@@ -97,6 +97,79 @@ func TestLoadRestoresReports(t *testing.T) {
 	// seedClusters gives 2 × 3 × 1 label combinations.
 	if len(labelMaps) != 6 {
 		t.Errorf("%d distinct label maps for 6 distinct label sets", len(labelMaps))
+	}
+}
+
+// A load does not read the report sequences: the store keeps each cluster's reports in
+// order. After a load, a report older than the stored one changes neither the store nor
+// the model; the stored one sent again is the same rows; a newer one is taken.
+func TestLoadKeepsReportOrder(t *testing.T) {
+	ctx := context.Background()
+	st := seedFleet(t, 3)
+	f := New(st, Config{})
+	if _, err := f.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.RLock()
+	id := f.workspaces["fleet-default"].bundles["app"].targets[0].id
+	f.mu.RUnlock()
+	// seedFleet stored report 1 of each cluster (app Ready); cluster 0 then sent report 5.
+	uid := seededUID(0)
+	report := func(seq int64, state string) ReportResult {
+		t.Helper()
+		rep := &api.StatusReport{Seq: seq, Deployments: []api.DeploymentStatus{{Bundle: "fleet-default/app", ID: id, State: state}}}
+		res, err := f.Report(ctx, "fleet-default", seededName(0), uid, rep, time.Now())
+		if err != nil || len(res.Refused) > 0 {
+			t.Fatalf("report %d: %+v, %v", seq, res, err)
+		}
+		return res
+	}
+	storedState := func() string {
+		t.Helper()
+		var state string
+		if err := st.ScanStatus(ctx, func(r store.DeploymentStatus) error {
+			if r.Cluster == uid {
+				state = r.State
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return state
+	}
+	modelState := func() string {
+		f.mu.RLock()
+		defer f.mu.RUnlock()
+		return f.byUID[uid].deps.get("app").state.String()
+	}
+	if err := st.PutStatus(ctx, uid, 5, []store.DeploymentStatus{{Bundle: "fleet-default/app", ID: id, State: api.StateNotReady}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f = New(st, Config{})
+	if _, err := f.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := modelState(); got != api.StateNotReady {
+		t.Fatalf("loaded %s, want report 5's NotReady", got)
+	}
+	// Report 4, delayed: older than the stored 5.
+	if res := report(4, api.StateReady); res.Fresh {
+		t.Errorf("report 4 after stored 5 taken as fresh")
+	}
+	if s, m := storedState(), modelState(); s != api.StateNotReady || m != api.StateNotReady {
+		t.Errorf("after stale report 4: stored %s, model %s; want NotReady in both", s, m)
+	}
+	// Report 5 again (its acknowledgement was lost): the same rows.
+	report(5, api.StateNotReady)
+	if s, m := storedState(), modelState(); s != api.StateNotReady || m != api.StateNotReady {
+		t.Errorf("after report 5 again: stored %s, model %s; want NotReady in both", s, m)
+	}
+	// Report 6: taken.
+	if res := report(6, api.StateReady); !res.Fresh {
+		t.Errorf("report 6 not taken as fresh")
+	}
+	if s, m := storedState(), modelState(); s != api.StateReady || m != api.StateReady {
+		t.Errorf("after report 6: stored %s, model %s; want Ready in both", s, m)
 	}
 }
 
