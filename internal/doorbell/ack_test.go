@@ -246,56 +246,76 @@ func TestPolledSparesRing(t *testing.T) {
 	f := newFleet()
 	f.add(uidA, "ws/a", 42)
 	f.add(uidB, "ws/b", 42)
-	const retryAfter = 200 * time.Millisecond
-	// Two rings a second, one at once: B's ring waits half a second behind A's.
-	s := startServer(t, f, Config{RingRate: 2, RingRetry: retryAfter})
+	const retryAfter = time.Second
+	s := startServer(t, f, Config{RingRetry: retryAfter})
 	p := newPeer(t, s)
 	now := uint64(time.Now().UnixNano())
 	for _, u := range []string{uidA, uidB} {
 		p.send(Packet{Kind: KindPing, Cluster: mustUID(u), Counter: now, Value: 42, KeepAlive: true, Acks: true}.Append(nil, keyOf(u)))
 		answer(t, p.recv(5*time.Second), keyOf(u))
 	}
-	rung := func(wait time.Duration) []UID {
-		var got []UID
-		for {
-			b := p.recv(wait)
-			if b == nil {
-				return got
-			}
-			r, err := Parse(b)
-			if err != nil || !r.Ring {
-				t.Fatalf("got %+v (%v), want a ring", r, err)
-			}
-			got = append(got, r.Cluster)
-		}
+	// Queued: B's ring waits behind a long queue of rings to clusters that never pinged
+	// (passed over), so the poll comes first however busy the machine.
+	s.mu.Lock()
+	for i := range 100000 {
+		s.queue = append(s.queue, UID{0xee, byte(i >> 16), byte(i >> 8), byte(i)})
 	}
-
-	s.Ring(uidA)
+	s.mu.Unlock()
 	s.Ring(uidB)
 	if !s.Polled(uidB) {
 		t.Error("Polled says B, which pings, does not")
 	}
-	if got := rung(time.Second); len(got) != 1 || got[0] != mustUID(uidA) {
-		t.Fatalf("rang %v, want A alone (B polled while its ring was queued)", got)
+	// Sent, unacknowledged: A polls instead of acknowledging, before the resend is due.
+	s.Ring(uidA)
+	r := answer(t, p.recv(5*time.Second), keyOf(uidA))
+	if !r.Ring || r.Cluster != mustUID(uidA) {
+		t.Fatalf("got %+v, want A's ring", r)
 	}
-	// A polls instead of acknowledging: its ring is not sent again.
 	s.Polled(uidA)
-	if got := rung(4 * retryAfter * maxRingTries); len(got) != 0 {
-		t.Fatalf("rang %v after A polled, want nothing", got)
+	if b := p.recv(3 * retryAfter); b != nil {
+		r, _ := Parse(b)
+		t.Fatalf("rang %v again after both polled, want nothing", r.Cluster)
 	}
-	if n := s.Stats.Spared.Load(); n != 2 {
-		t.Errorf("%d rings spared, want 2", n)
+	if n, m := s.Stats.Spared.Load(), s.Stats.Resent.Load(); n != 2 || m != 0 {
+		t.Errorf("%d rings spared and %d resent, want 2 and 0", n, m)
 	}
 	// A poll with nothing queued spares nothing; a change after it rings.
 	s.Polled(uidB)
 	s.Ring(uidB)
-	if got := rung(2 * time.Second); len(got) == 0 || got[0] != mustUID(uidB) {
-		t.Fatalf("rang %v, want B for the change after its poll", got)
+	if r := answer(t, p.recv(5*time.Second), keyOf(uidB)); !r.Ring || r.Cluster != mustUID(uidB) {
+		t.Fatalf("got %+v, want B's ring for the change after its poll", r)
 	}
 	if n := s.Stats.Spared.Load(); n != 2 {
 		t.Errorf("%d rings spared, want 2", n)
 	}
 	if s.Polled("not a uid") || s.Polled("7d1e2f3a-0000-4000-8000-0000000000ff") {
 		t.Error("Polled says an unknown cluster pings")
+	}
+}
+
+// A ring passed over (the cluster pinged or polled since it was queued) takes nothing from
+// the ring budget: with one ring a second, rings queued behind a thousand spared ones go at
+// once.
+func TestSparedRingsTakeNoBudget(t *testing.T) {
+	f := newFleet()
+	f.add(uidA, "ws/a", 42)
+	s := startServer(t, f, Config{RingRate: 1})
+	p := newPeer(t, s)
+	p.send(Packet{Kind: KindPing, Cluster: mustUID(uidA), Counter: uint64(time.Now().UnixNano()), Value: 42, KeepAlive: true, Acks: true}.Append(nil, keyOf(uidA)))
+	answer(t, p.recv(5*time.Second), keyOf(uidA))
+	// A thousand entries of clusters that pinged, their rings queued and then spared.
+	s.mu.Lock()
+	for i := range 1000 {
+		u := UID{0xee, byte(i >> 8), byte(i)}
+		e, _ := s.entries.get(mustUID(uidA))
+		e.pending = false
+		s.entries.set(u, e)
+		s.queue = append(s.queue, u)
+	}
+	s.mu.Unlock()
+	s.Ring(uidA)
+	// The burst is one ring: had each spared ring taken a token, A's would come in ~1,000 s.
+	if r := answer(t, p.recv(20*time.Second), keyOf(uidA)); !r.Ring {
+		t.Fatalf("got %+v, want A's ring", r)
 	}
 }

@@ -701,7 +701,7 @@ func (s *Server) ringer(ctx context.Context) {
 		var u UID
 		var cluster string
 		var again retry
-		var have bool
+		var have, passed bool
 		switch {
 		case len(s.urgent) > 0:
 			cluster, s.urgent = s.urgent[0], s.urgent[1:]
@@ -714,13 +714,19 @@ func (s *Server) ringer(ctx context.Context) {
 			if len(s.queue) == 0 {
 				s.queue = nil // let a drained million-entry queue go
 			}
-			have = true
+			// A ring no longer due (the cluster pinged or polled since it was queued)
+			// takes nothing from the ring budget: it is passed over here.
+			e, ok := s.entries.get(u)
+			have, passed = true, !ok || !e.pending
 		}
 		wait := time.Duration(-1)
 		if !have && len(s.retries) > 0 {
 			wait = time.Duration(s.retries[0].at - now)
 		}
 		s.mu.Unlock()
+		if passed {
+			continue
+		}
 		if !have {
 			var due <-chan time.Time
 			var t *time.Timer
