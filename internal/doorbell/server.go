@@ -113,8 +113,9 @@ type Stats struct {
 	Received, Answered, Rung atomic.Int64
 	// Resent counts rings sent again because the first went unacknowledged.
 	Resent atomic.Int64
-	// Spared counts clusters that polled over HTTPS while a ring was queued for them or
-	// unacknowledged, which then was not sent (again).
+	// Spared counts polls over HTTPS that found a ring queued for their cluster, or sent
+	// and unacknowledged: it was then not sent, or not sent again (a ring on its last try
+	// would not have been resent anyway, and counts too).
 	Spared atomic.Int64
 	// Reads counts the reader's system calls, each a batch of datagrams.
 	Reads atomic.Int64
