@@ -34,9 +34,10 @@ func (f *fleet) add(uid string, name string, v int64) {
 	f.versions[uid], f.names[uid] = v, name
 }
 
-func (f *fleet) DoorbellLookup(uid string, version int64) (string, bool, bool) {
+func (f *fleet) DoorbellLookup(u UID, version int64) (Cluster, bool, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	uid := u.String()
 	v, ok := f.versions[uid]
 	return f.names[uid], v != version, ok
 }
@@ -59,7 +60,18 @@ func (f *fleet) DoorbellUID(key string) string {
 	return ""
 }
 
-func (f *fleet) Seen(string, time.Time) { f.mu.Lock(); f.seen++; f.mu.Unlock() }
+func (f *fleet) Seen(Cluster, time.Time) { f.mu.Lock(); f.seen++; f.mu.Unlock() }
+func (f *fleet) Key(c Cluster) string    { return c.(string) }
+func (f *fleet) Wanting() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.wanted {
+		if w {
+			return true
+		}
+	}
+	return false
+}
 func (f *fleet) Ready() bool            { f.mu.Lock(); defer f.mu.Unlock(); return !f.loading }
 func (f *fleet) IsWanted(c string) bool { f.mu.Lock(); defer f.mu.Unlock(); return f.wanted[c] }
 

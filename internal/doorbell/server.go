@@ -21,24 +21,34 @@ import (
 
 // Clusters is what the server needs of the fleet model.
 type Clusters interface {
-	// DoorbellLookup returns the cluster with uid as "namespace/name" and whether its
-	// desired state differs from version; ok is false for a cluster the model does not
-	// know (never registered, deleted, or not loaded yet).
-	DoorbellLookup(uid string, version int64) (key string, changed, ok bool)
+	// DoorbellLookup returns the cluster with uid and whether its desired state differs
+	// from version; ok is false for a cluster the model does not know (never registered,
+	// deleted, or not loaded yet). It allocates nothing: every ping makes one.
+	DoorbellLookup(uid UID, version int64) (c Cluster, changed, ok bool)
 	// DoorbellKnown says whether the model knows the cluster with uid (cheaply: it is asked
 	// before every ring).
 	DoorbellKnown(uid string) bool
 	// DoorbellUID returns the UID of the cluster "namespace/name" ("" if unknown).
 	DoorbellUID(key string) string
-	// Seen records that the cluster's agent called.
-	Seen(key string, now time.Time)
+	// Seen records that the agent of a cluster DoorbellLookup returned called.
+	Seen(c Cluster, now time.Time)
+	// Key names a cluster DoorbellLookup returned, as "namespace/name".
+	Key(c Cluster) string
 	// Ready says the model is loaded; until then every ping is answered KindLater.
 	Ready() bool
 }
 
+// Cluster is the fleet model's handle on one cluster, opaque to the doorbell, which holds
+// it only while it answers one ping. Asked for, it is named with Clusters.Key: a ping needs
+// no name unless a tunnel is wanted.
+type Cluster any
+
 // Tunnels says whether the server wants a cluster's tunnel.
 type Tunnels interface {
 	IsWanted(cluster string) bool
+	// Wanting says whether any tunnel is wanted at all, so that a ping is named and looked
+	// up only then.
+	Wanting() bool
 }
 
 // Defaults.
@@ -502,7 +512,7 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		answer.Kind, delay = KindLater, 2*time.Second
 		return reply()
 	}
-	name, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster.String(), int64(p.Value))
+	cl, changed, ok := s.cfg.Clusters.DoorbellLookup(p.Cluster, int64(p.Value))
 	if !ok {
 		s.Stats.Refused.Add(1)
 		s.forget(p.Cluster)
@@ -530,10 +540,10 @@ func (s *Server) handle(b []byte, from netip.AddrPort, out []byte) []byte {
 		s.count.Store(int64(s.entries.len()))
 	}
 	s.mu.Unlock()
-	s.cfg.Clusters.Seen(name, now)
+	s.cfg.Clusters.Seen(cl, now)
 
 	switch {
-	case s.cfg.Tunnels != nil && s.cfg.Tunnels.IsWanted(name):
+	case s.cfg.Tunnels != nil && s.cfg.Tunnels.Wanting() && s.cfg.Tunnels.IsWanted(s.cfg.Clusters.Key(cl)):
 		answer.Kind = KindTunnel
 	case changed && !p.Rung:
 		// Rings and these answers take from one budget, so a fleet pinging at once after

@@ -141,16 +141,25 @@ func ParseUID(s string) (UID, error) {
 // String is the UUID's text form, as the fleet model keys clusters.
 func (u UID) String() string {
 	var b [36]byte
-	hex.Encode(b[0:8], u[0:4])
-	b[8] = '-'
-	hex.Encode(b[9:13], u[4:6])
-	b[13] = '-'
-	hex.Encode(b[14:18], u[6:8])
-	b[18] = '-'
-	hex.Encode(b[19:23], u[8:10])
-	b[23] = '-'
-	hex.Encode(b[24:36], u[10:16])
-	return string(b[:])
+	return string(u.Append(b[:0]))
+}
+
+// Append appends the UUID's text form to b: with b on the caller's stack, a look-up by the
+// text form allocates nothing (every ping makes one).
+func (u UID) Append(b []byte) []byte {
+	n := len(b)
+	b = append(b, make([]byte, 36)...)
+	t := b[n:]
+	hex.Encode(t[0:8], u[0:4])
+	t[8] = '-'
+	hex.Encode(t[9:13], u[4:6])
+	t[13] = '-'
+	hex.Encode(t[14:18], u[6:8])
+	t[18] = '-'
+	hex.Encode(t[19:23], u[8:10])
+	t[23] = '-'
+	hex.Encode(t[24:36], u[10:16])
+	return b
 }
 
 // Packet is one datagram, decoded.

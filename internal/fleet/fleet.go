@@ -724,14 +724,15 @@ func (f *Fleet) bump(c *Cluster) {
 	}
 }
 
-// DoorbellLookup returns the cluster with uid as "namespace/name" and whether its desired
-// state differs from version; ok is false for an unknown UID. A state not versioned since a
-// change or a load is versioned here, as a poll would, so that a fleet pinging after a
-// server restart is told "unchanged" where nothing changed. A state that cannot be served
-// yet (access not loaded) counts as unchanged: the agent asks again at its next ping.
-func (f *Fleet) DoorbellLookup(uid string, version int64) (key string, changed, ok bool) {
+// DoorbellLookup returns the cluster whose UID has the text form uid, and whether its
+// desired state differs from version; ok is false for an unknown UID. A state not versioned
+// since a change or a load is versioned here, as a poll would, so that a fleet pinging after
+// a server restart is told "unchanged" where nothing changed. A state that cannot be served
+// yet (access not loaded) counts as unchanged: the agent asks again at its next ping. uid is
+// bytes so that the look-up allocates nothing (every doorbell ping makes one).
+func (f *Fleet) DoorbellLookup(uid []byte, version int64) (c *Cluster, changed, ok bool) {
 	f.mu.RLock()
-	c := f.byUID[uid]
+	c = f.byUID[string(uid)]
 	var ns, name string
 	var rev int64
 	if c != nil {
@@ -739,16 +740,16 @@ func (f *Fleet) DoorbellLookup(uid string, version int64) (key string, changed, 
 	}
 	f.mu.RUnlock()
 	if c == nil {
-		return "", false, false
+		return nil, false, false
 	}
 	if rev != 0 {
-		return ns + "/" + name, rev != version, true
+		return c, rev != version, true
 	}
-	_, rev, err := f.Desired(ns, name, uid, version)
+	_, rev, err := f.Desired(ns, name, c.UID, version)
 	if errors.Is(err, ErrUnknownCluster) {
-		return "", false, false
+		return nil, false, false
 	}
-	return ns + "/" + name, err == nil && rev != version, true
+	return c, err == nil && rev != version, true
 }
 
 // KnownUID reports whether a cluster with uid exists.
@@ -1198,20 +1199,28 @@ func (f *Fleet) applyReport(c *Cluster, seq int64, inv *api.ClusterInventory, ro
 // Seen records a poll.
 func (f *Fleet) Seen(ns, name string, now time.Time) {
 	f.mu.RLock()
-	var back *Cluster
+	var c *Cluster
 	if w := f.workspaces[ns]; w != nil {
-		if c := w.clusters[name]; c != nil {
-			c.seen.Store(now.UnixNano())
-			if c.agg.g != nil && c.agg.state >= stateSlot("Offline") {
-				back = c // counted Offline or Pending: its silence has ended
-			}
-		}
+		c = w.clusters[name]
 	}
 	f.mu.RUnlock()
-	if back != nil {
+	if c != nil {
+		f.SeenCluster(c, now)
+	}
+}
+
+// SeenCluster is Seen for a cluster DoorbellLookup returned, without looking it up again.
+func (f *Fleet) SeenCluster(c *Cluster, now time.Time) {
+	c.seen.Store(now.UnixNano())
+	f.mu.RLock()
+	// Counted Offline or Pending: its silence has ended. (A cluster removed meanwhile
+	// counts nowhere: aggTouch leaves it.)
+	back := c.agg.g != nil && c.agg.state >= stateSlot("Offline")
+	f.mu.RUnlock()
+	if back {
 		// Once per silence: the counts move it under the write lock.
 		f.mu.Lock()
-		f.aggTouch(back)
+		f.aggTouch(c)
 		f.mu.Unlock()
 	}
 }

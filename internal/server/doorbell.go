@@ -17,8 +17,13 @@ type bellFleet struct{ f *fleet.Fleet }
 
 var _ doorbell.Clusters = bellFleet{}
 
-func (b bellFleet) DoorbellLookup(uid string, version int64) (string, bool, bool) {
-	return b.f.DoorbellLookup(uid, version)
+func (b bellFleet) DoorbellLookup(uid doorbell.UID, version int64) (doorbell.Cluster, bool, bool) {
+	var text [36]byte
+	c, changed, ok := b.f.DoorbellLookup(uid.Append(text[:0]), version)
+	if !ok {
+		return nil, false, false
+	}
+	return c, changed, true
 }
 
 func (b bellFleet) DoorbellKnown(uid string) bool { return b.f.KnownUID(uid) }
@@ -28,9 +33,11 @@ func (b bellFleet) DoorbellUID(key string) string {
 	return b.f.UIDOf(ns, name)
 }
 
-func (b bellFleet) Seen(key string, now time.Time) {
-	ns, name, _ := strings.Cut(key, "/")
-	b.f.Seen(ns, name, now)
+func (b bellFleet) Seen(c doorbell.Cluster, now time.Time) { b.f.SeenCluster(c.(*fleet.Cluster), now) }
+
+func (b bellFleet) Key(c doorbell.Cluster) string {
+	fc := c.(*fleet.Cluster)
+	return fc.Namespace + "/" + fc.Name
 }
 
 func (b bellFleet) Ready() bool { return b.f.Ready() }

@@ -205,6 +205,14 @@ func (s *Server) wantLocked(cluster string) *want {
 	return w
 }
 
+// Wanting reports whether a tunnel is wanted for any cluster (the doorbell asks on every
+// ping, before it names the cluster to ask IsWanted).
+func (s *Server) Wanting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.wanted) > 0
+}
+
 // IsWanted reports whether a tunnel is wanted for cluster and not open yet.
 func (s *Server) IsWanted(cluster string) bool {
 	s.mu.Lock()
