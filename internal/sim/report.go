@@ -182,6 +182,9 @@ func (r *Report) WriteTable(w io.Writer) {
 		if i.DoorbellPerSec > 0 {
 			fmt.Fprintf(tw, "  doorbell\t%.0f pkt/s\tdatagrams received by the server; %.0f keepalives/s sent, dropped by its socket filter\n", i.DoorbellPerSec, i.KeepAlivesPerSec)
 		}
+		if l := i.Late; l != nil {
+			fmt.Fprintf(tw, "  second half\t%v\tserver CPU %.1f%% of one core; %.1f reports/s, %.0f pkt/s; %s\n", l.Duration, 100*l.ServerCPU, l.ReportsPerSec, l.DoorbellPerSec, l.ServerGC)
+		}
 	}
 	if c := r.ColdTunnels; c != nil {
 		fmt.Fprintf(tw, "cold tunnel\t\tfirst byte of GET /version through the proxy, no tunnel open: doorbell %v, HTTPS only %v\n", c.Doorbell, c.HTTPS)

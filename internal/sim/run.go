@@ -100,6 +100,10 @@ func (s *Sim) Run(ctx context.Context) (*Report, error) {
 		var idleCPU float64
 		if rep.Idle != nil {
 			idleCPU = rep.Idle.ServerCPU
+			if rep.Idle.Late != nil {
+				// The idle fleet alone, without the change's wake.
+				idleCPU = rep.Idle.Late.ServerCPU
+			}
 		}
 		if rep.PingStorm, err = s.PingStorm(ctx, s.cfg.PingStorm, idleCPU); err != nil {
 			return s.finish(rep), err
@@ -442,6 +446,21 @@ type IdleResult struct {
 	// loopback charged to the simulator, not the server).
 	DoorbellPerSec   float64 `json:"doorbellPerSec,omitempty"`
 	KeepAlivesPerSec float64 `json:"keepAlivesPerSec,omitempty"`
+	// Late is the same over the second half of the window. The first half still carries
+	// the change's wake: the server compacts the history the change wrote once it is older
+	// than the history window (5 minutes by default), and a simulator that fell behind
+	// during the change sends what it owes. With a window of twice the history window or
+	// more, the second half is the idle fleet alone.
+	Late *IdleHalf `json:"late,omitempty"`
+}
+
+// IdleHalf is what the fleet cost over part of the idle window.
+type IdleHalf struct {
+	Duration       Seconds   `json:"duration"`
+	ReportsPerSec  float64   `json:"reportsPerSec"`
+	ServerCPU      float64   `json:"serverCPU"`
+	ServerGC       GCFigures `json:"serverGC"`
+	DoorbellPerSec float64   `json:"doorbellPerSec,omitempty"`
 }
 
 // GCFigures are the server's allocations and collections over a period, from its /metrics
@@ -493,22 +512,39 @@ func (s *Sim) Idle(ctx context.Context, d time.Duration) (*IdleResult, error) {
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-time.After(d):
+	case <-time.After(d / 2):
+	}
+	// The second half's figures start here; a failed scrape only leaves them out.
+	mid, midErr := s.Scrape(ctx)
+	midAt, repsMid := time.Now(), s.st.reports.Load()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(d - time.Since(start)):
 	}
 	m1, err := s.Scrape(ctx)
 	if err != nil {
 		return nil, err
 	}
 	took := time.Since(start).Seconds()
-	c0, _ := m0.value("process_cpu_seconds_total", nil)
-	c1, _ := m1.value("process_cpu_seconds_total", nil)
 	polls, reports := float64(s.st.polls.Load()-polls0), float64(s.st.reports.Load()-reps0)
-	d0, _ := m0.value("flotilla_doorbell_received_total", nil)
-	d1, _ := m1.value("flotilla_doorbell_received_total", nil)
-	return &IdleResult{Duration: Seconds(took), PollsPerSec: polls / took,
-		ReportsPerSec: reports / took, ServerCPU: (c1 - c0) / took,
+	res := &IdleResult{Duration: Seconds(took), PollsPerSec: polls / took,
+		ReportsPerSec: reports / took, ServerCPU: delta(m0, m1, "process_cpu_seconds_total") / took,
 		SimCPU: (processCPU() - cpu0).Seconds() / took, ServerGC: gcFigures(m0, m1, took, polls+reports),
-		DoorbellPerSec: (d1 - d0) / took, KeepAlivesPerSec: float64(s.doorbellCounts().KeepAlives-keeps0) / took}, nil
+		DoorbellPerSec: delta(m0, m1, "flotilla_doorbell_received_total") / took, KeepAlivesPerSec: float64(s.doorbellCounts().KeepAlives-keeps0) / took}
+	if late := time.Since(midAt).Seconds(); midErr == nil && late > 0 {
+		res.Late = &IdleHalf{Duration: Seconds(late), ReportsPerSec: float64(s.st.reports.Load()-repsMid) / late,
+			ServerCPU: delta(mid, m1, "process_cpu_seconds_total") / late, ServerGC: gcFigures(mid, m1, late, 0),
+			DoorbellPerSec: delta(mid, m1, "flotilla_doorbell_received_total") / late}
+	}
+	return res, nil
+}
+
+// delta is how much the unlabelled metric name grew from scrape a to scrape b.
+func delta(a, b serverMetrics, name string) float64 {
+	va, _ := a.value(name, nil)
+	vb, _ := b.value(name, nil)
+	return vb - va
 }
 
 // StormResult is the cost of an unchanged poll, measured by sending them as fast as they

@@ -256,6 +256,10 @@ func TestDoorbell(t *testing.T) {
 	if idle.KeepAlivesPerSec < 100 || idle.DoorbellPerSec >= idle.KeepAlivesPerSec {
 		t.Errorf("idle: %.0f keepalives/s sent, %.0f datagrams/s read by the server; want ~200, and fewer read", idle.KeepAlivesPerSec, idle.DoorbellPerSec)
 	}
+	// The second half is measured on its own, within the window.
+	if l := idle.Late; l == nil || l.Duration <= 0 || l.Duration >= idle.Duration || l.ServerCPU < 0 || l.ServerGC.AllocPerSec <= 0 {
+		t.Errorf("idle: second half %+v of %v; want it measured, about half as long", l, idle.Duration)
+	}
 	ps, err := s.PingStorm(ctx, 300*time.Millisecond, 0)
 	if err != nil {
 		t.Fatal(err)
