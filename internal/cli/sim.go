@@ -129,7 +129,7 @@ Every simulated cluster also carries ` + sim.RunLabel + `=PREFIX.`,
 	f.StringVar(&cfg.ChangeBundle, "change-bundle", "", "apply a bundle of this name after registration and time it reaching the fleet")
 	f.StringVar(&cfg.ChangeSelector, "change-selector", "", "label selector of the change's target (default: every simulated cluster)")
 	f.IntVar(&cfg.ChangeSize, "change-size", cfg.ChangeSize, "bytes of payload in the changed bundle")
-	f.DurationVar(&cfg.Duration, "duration", 0, "how long to keep the fleet running idle after the change, measuring its cost")
+	f.DurationVar(&cfg.Duration, "duration", 0, "how long to keep the fleet running idle after the change, measuring its cost (the second half on its own too: give twice the server's history window, 5m by default, to measure it past the change's wake)")
 	f.DurationVar(&cfg.PollStorm, "poll-storm", 0, "how long to send unchanged polls as fast as they are answered; 0 to skip")
 	f.IntVar(&cfg.MaxTunnels, "max-tunnels", cfg.MaxTunnels, "the most clusters that open their agent tunnel when the server asks (a small Kubernetes-like API behind each); 0: none")
 	f.DurationVar(&cfg.TunnelIdle, "tunnel-idle", 0, "close a simulated agent's tunnel no request used for this long (default: the agent's)")
