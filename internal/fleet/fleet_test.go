@@ -153,3 +153,36 @@ func TestFNV1a(t *testing.T) {
 		t.Errorf("PollAfter allocates %v times per call", n)
 	}
 }
+
+// A doorbell ping finds its cluster by the UID's text in bytes, without allocating (every
+// ping makes one), and marks the very cluster it found seen.
+func TestDoorbellLookup(t *testing.T) {
+	f := New(nil, Config{})
+	const uid = "6f1c2b9e-0000-4000-8000-000000000042"
+	c := &Cluster{Namespace: "fleet-default", Name: "edge", UID: uid}
+	c.desiredRev.Store(7)
+	f.ws(c.Namespace).clusters[c.Name] = c
+	f.byUID[uid] = c
+	text := []byte(uid)
+	if got, changed, ok := f.DoorbellLookup(text, 7); !ok || got != c || changed {
+		t.Errorf("at its version: %p, changed %v, ok %v; want the cluster, unchanged", got, changed, ok)
+	}
+	if _, changed, ok := f.DoorbellLookup(text, 6); !ok || !changed {
+		t.Errorf("at an older version: changed %v, ok %v; want changed", changed, ok)
+	}
+	if got, _, ok := f.DoorbellLookup([]byte("6f1c2b9e-0000-4000-8000-000000000043"), 7); ok || got != nil {
+		t.Errorf("an unknown UID: %p, ok %v; want none", got, ok)
+	}
+	if n := testing.AllocsPerRun(100, func() { f.DoorbellLookup(text, 7) }); n != 0 {
+		t.Errorf("a look-up allocates %v times; want none", n)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	f.SeenCluster(c, now)
+	if got := f.LastSeen(c.Namespace, c.Name); !got.Equal(now) {
+		t.Errorf("seen at %v after SeenCluster(%v)", got, now)
+	}
+	f.Seen(c.Namespace, c.Name, now.Add(time.Second))
+	if got := f.LastSeen(c.Namespace, c.Name); !got.Equal(now.Add(time.Second)) {
+		t.Errorf("seen at %v after Seen(%v)", got, now.Add(time.Second))
+	}
+}
