@@ -26,30 +26,8 @@ type entry struct {
 	known  bool // user was set by the handler
 	// begun is set once Begin recorded the call: the middleware records nothing more.
 	begun bool
-}
-
-// call is what the middleware keeps of one request, in one allocation: every agent's
-// heartbeat passes through here, and at a million clusters what an idle server allocates
-// sets how often the collector marks the whole fleet model.
-type call struct {
-	entry
-	rw    responseWriter
-	l     *Log
-	r, r2 *http.Request
-	id    string
-}
-
-// begin writes the record of a call that has started (Begin).
-func (c *call) begin(verb string) {
-	rec := c.l.record(c.r, c.r2, &c.entry, http.StatusSwitchingProtocols, c.id)
-	rec.Verb = verb
-	c.l.enqueue(rec)
-}
-
-// callOf returns the call of the audited request in ctx, or nil.
-func callOf(ctx context.Context) *call {
-	c, _ := ctx.Value(ctxKey{}).(*call)
-	return c
+	// begin writes the record of a call that has started (Begin).
+	begin func(verb string)
 }
 
 type ctxKey struct{}
@@ -58,11 +36,10 @@ type ctxKey struct{}
 // has authenticated the caller and knows the object; a call outside an audited request does
 // nothing. Empty strings leave what is already known.
 func Annotate(ctx context.Context, user string, groups []string, kind, namespace, name string) {
-	c := callOf(ctx)
-	if c == nil {
+	e, _ := ctx.Value(ctxKey{}).(*entry)
+	if e == nil {
 		return
 	}
-	e := &c.entry
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if user != "" {
@@ -84,18 +61,19 @@ func Annotate(ctx context.Context, user string, groups []string, kind, namespace
 // started it, and when, is known at once. The call is then not recorded again when it ends.
 // Outside an audited request it does nothing.
 func Begin(ctx context.Context, verb string) {
-	c := callOf(ctx)
-	if c == nil {
+	e, _ := ctx.Value(ctxKey{}).(*entry)
+	if e == nil {
 		return
 	}
-	c.mu.Lock()
-	if c.begun {
-		c.mu.Unlock()
+	e.mu.Lock()
+	if e.begun || e.begin == nil {
+		e.mu.Unlock()
 		return
 	}
-	c.begun = true
-	c.mu.Unlock()
-	c.begin(verb)
+	e.begun = true
+	begin := e.begin
+	e.mu.Unlock()
+	begin(verb)
 }
 
 // AnnotateName records the object's name once it is known only from the body (a create).
@@ -103,34 +81,41 @@ func AnnotateName(ctx context.Context, name string) { Annotate(ctx, "", nil, "",
 
 // RequestID returns the ID of the audited request in ctx, or "".
 func RequestID(ctx context.Context) string {
-	if c := callOf(ctx); c != nil {
-		return c.id
-	}
-	return ""
+	id, _ := ctx.Value(idKey{}).(string)
+	return id
 }
+
+type idKey struct{}
 
 // Middleware records every mutating call and every denied call that passes through next.
 // It gives each request an ID (X-Request-ID when the client sent a sane one), echoes it in
 // the response, and writes the record after the answer, without ever reading the body.
 func (l *Log) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := &call{l: l, r: r, id: requestID(r.Header.Get(api.HeaderRequestID))}
-		w.Header().Set(api.HeaderRequestID, c.id)
-		c.r2 = r.WithContext(context.WithValue(r.Context(), ctxKey{}, c))
-		c.rw.ResponseWriter = w
-		next.ServeHTTP(&c.rw, c.r2)
-		code := c.rw.code
+		id := requestID(r.Header.Get(api.HeaderRequestID))
+		w.Header().Set(api.HeaderRequestID, id)
+		e := &entry{}
+		ctx := context.WithValue(context.WithValue(r.Context(), ctxKey{}, e), idKey{}, id)
+		r2 := r.WithContext(ctx)
+		e.begin = func(verb string) {
+			rec := l.record(r, r2, e, http.StatusSwitchingProtocols, id)
+			rec.Verb = verb
+			l.enqueue(rec)
+		}
+		rw := &responseWriter{ResponseWriter: w}
+		next.ServeHTTP(rw, r2)
+		code := rw.code
 		if code == 0 {
 			code = http.StatusOK
 		}
-		c.mu.Lock()
-		begun := c.begun
-		c.mu.Unlock()
+		e.mu.Lock()
+		begun := e.begun
+		e.mu.Unlock()
 		if begun || !audited(r.Method, r.URL.Path, code) {
 			return
 		}
-		rec := l.record(r, c.r2, &c.entry, code, c.id)
-		rec.Reason, rec.Message = c.rw.reason(code)
+		rec := l.record(r, r2, e, code, id)
+		rec.Reason, rec.Message = rw.reason(code)
 		l.enqueue(rec)
 	})
 }
