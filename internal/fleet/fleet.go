@@ -733,10 +733,11 @@ func (f *Fleet) bump(c *Cluster) {
 func (f *Fleet) DoorbellLookup(uid []byte, version int64) (c *Cluster, changed, ok bool) {
 	f.mu.RLock()
 	c = f.byUID[string(uid)]
-	var ns, name string
+	var ns, name, id string
 	var rev int64
 	if c != nil {
-		ns, name, rev = c.Namespace, c.Name, f.currentRev(c)
+		// Read under the lock: a re-registration renames the cluster in place.
+		ns, name, id, rev = c.Namespace, c.Name, c.UID, f.currentRev(c)
 	}
 	f.mu.RUnlock()
 	if c == nil {
@@ -745,7 +746,7 @@ func (f *Fleet) DoorbellLookup(uid []byte, version int64) (c *Cluster, changed, 
 	if rev != 0 {
 		return c, rev != version, true
 	}
-	_, rev, err := f.Desired(ns, name, c.UID, version)
+	_, rev, err := f.Desired(ns, name, id, version)
 	if errors.Is(err, ErrUnknownCluster) {
 		return nil, false, false
 	}
@@ -1213,16 +1214,25 @@ func (f *Fleet) Seen(ns, name string, now time.Time) {
 func (f *Fleet) SeenCluster(c *Cluster, now time.Time) {
 	c.seen.Store(now.UnixNano())
 	f.mu.RLock()
-	// Counted Offline or Pending: its silence has ended. (A cluster removed meanwhile
-	// counts nowhere: aggTouch leaves it.)
+	// Counted Offline or Pending: its silence has ended.
 	back := c.agg.g != nil && c.agg.state >= stateSlot("Offline")
 	f.mu.RUnlock()
 	if back {
-		// Once per silence: the counts move it under the write lock.
+		// Once per silence: the counts move it under the write lock. Only the model's own
+		// cluster: one a load replaced since its look-up counts in counts that are gone.
 		f.mu.Lock()
-		f.aggTouch(c)
+		if f.byUID[c.UID] == c {
+			f.aggTouch(c)
+		}
 		f.mu.Unlock()
 	}
+}
+
+// KeyOf names a cluster DoorbellLookup returned, as "namespace/name".
+func (f *Fleet) KeyOf(c *Cluster) string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return c.Namespace + "/" + c.Name
 }
 
 // LastSeen is when the cluster's agent last called this server (zero: not since it started).

@@ -35,10 +35,7 @@ func (b bellFleet) DoorbellUID(key string) string {
 
 func (b bellFleet) Seen(c doorbell.Cluster, now time.Time) { b.f.SeenCluster(c.(*fleet.Cluster), now) }
 
-func (b bellFleet) Key(c doorbell.Cluster) string {
-	fc := c.(*fleet.Cluster)
-	return fc.Namespace + "/" + fc.Name
-}
+func (b bellFleet) Key(c doorbell.Cluster) string { return b.f.KeyOf(c.(*fleet.Cluster)) }
 
 func (b bellFleet) Ready() bool { return b.f.Ready() }
 

@@ -82,3 +82,24 @@ func TestCloseEndsTheTunnel(t *testing.T) {
 	}
 	eventually(t, "the tunnel's session closed", tun.sess.IsClosed)
 }
+
+// Wanting says whether any tunnel is wanted, for the doorbell to name a pinging cluster only
+// then: true while a token is live, false once every token has expired, even before a sweep
+// forgets them.
+func TestWanting(t *testing.T) {
+	e := newEnv(t, Config{TokenTTL: 50 * time.Millisecond})
+	if e.reg.Wanting() {
+		t.Fatal("wanting with nothing asked for")
+	}
+	e.reg.Await(context.Background(), "ns/a", time.Nanosecond)
+	if !e.reg.Wanting() || !e.reg.IsWanted("ns/a") {
+		t.Fatal("not wanting right after a tunnel was asked for")
+	}
+	time.Sleep(100 * time.Millisecond)
+	e.reg.mu.Lock()
+	held := len(e.reg.wanted)
+	e.reg.mu.Unlock()
+	if e.reg.Wanting() || held != 1 {
+		t.Errorf("wanting %v with %d expired want held; want false with it still held", e.reg.Wanting(), held)
+	}
+}

@@ -71,7 +71,10 @@ type Server struct {
 	open     map[string]*tunnel
 	reserved int // accepted, handshake in progress
 	wanted   map[string]*want
-	sweepAt  int // len(wanted) at which expired wants are next swept
+	// wantedUntil is when the last token handed out expires: past it no want is live, though
+	// expired ones stay in wanted until a sweep.
+	wantedUntil time.Time
+	sweepAt     int // len(wanted) at which expired wants are next swept
 	// waiters are held polls of clusters no tunnel is wanted for yet; closed when one is.
 	waiters map[string]*waiter
 
@@ -195,6 +198,9 @@ func (s *Server) wantLocked(cluster string) *want {
 		w.ready = old.ready
 	}
 	s.wanted[cluster] = w
+	if w.expires.After(s.wantedUntil) {
+		s.wantedUntil = w.expires
+	}
 	if wt := s.waiters[cluster]; wt != nil {
 		close(wt.ch)
 		delete(s.waiters, cluster)
@@ -210,7 +216,7 @@ func (s *Server) wantLocked(cluster string) *want {
 func (s *Server) Wanting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.wanted) > 0
+	return len(s.wanted) > 0 && time.Now().Before(s.wantedUntil)
 }
 
 // IsWanted reports whether a tunnel is wanted for cluster and not open yet.
