@@ -147,19 +147,11 @@ func (u UID) String() string {
 // Append appends the UUID's text form to b: with b on the caller's stack, a look-up by the
 // text form allocates nothing (every ping makes one).
 func (u UID) Append(b []byte) []byte {
-	n := len(b)
-	b = append(b, make([]byte, 36)...)
-	t := b[n:]
-	hex.Encode(t[0:8], u[0:4])
-	t[8] = '-'
-	hex.Encode(t[9:13], u[4:6])
-	t[13] = '-'
-	hex.Encode(t[14:18], u[6:8])
-	t[18] = '-'
-	hex.Encode(t[19:23], u[8:10])
-	t[23] = '-'
-	hex.Encode(t[24:36], u[10:16])
-	return b
+	b = hex.AppendEncode(b, u[0:4])
+	b = hex.AppendEncode(append(b, '-'), u[4:6])
+	b = hex.AppendEncode(append(b, '-'), u[6:8])
+	b = hex.AppendEncode(append(b, '-'), u[8:10])
+	return hex.AppendEncode(append(b, '-'), u[10:16])
 }
 
 // Packet is one datagram, decoded.

@@ -87,7 +87,8 @@ func TestCloseEndsTheTunnel(t *testing.T) {
 // then: true while a token is live, false once every token has expired, even before a sweep
 // forgets them.
 func TestWanting(t *testing.T) {
-	e := newEnv(t, Config{TokenTTL: 50 * time.Millisecond})
+	// Long enough that a loaded machine checks before the token expires.
+	e := newEnv(t, Config{TokenTTL: 500 * time.Millisecond})
 	if e.reg.Wanting() {
 		t.Fatal("wanting with nothing asked for")
 	}
@@ -95,7 +96,7 @@ func TestWanting(t *testing.T) {
 	if !e.reg.Wanting() || !e.reg.IsWanted("ns/a") {
 		t.Fatal("not wanting right after a tunnel was asked for")
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(600 * time.Millisecond)
 	e.reg.mu.Lock()
 	held := len(e.reg.wanted)
 	e.reg.mu.Unlock()
