@@ -150,6 +150,12 @@ type DesiredState struct {
 	// the roles bound on the cluster and the projects spanning it; nil when the server does
 	// not manage access (the agent then leaves what it applied before alone).
 	Access *AccessState `json:"access,omitempty"`
+	// Contents are content archives, by digest, that the agent would otherwise fetch at once:
+	// the server sends the small ones of deployments the cluster has not reported applied,
+	// up to a budget per answer, to save a round trip each. The agent checks each against
+	// its digest as it checks fetched content, and fetches any it is not given or that fails
+	// the check. They are not part of the state's Revision.
+	Contents map[string][]byte `json:"contents,omitempty"`
 }
 
 // AccessState is everything access-related a cluster must hold. The agent applies Objects

@@ -190,6 +190,41 @@ func TestContentDigestIsVerified(t *testing.T) {
 	})
 }
 
+// Content sent with the desired state is taken without a fetch; content sent damaged is
+// refused and fetched; content no deployment names is not kept; and the persisted desired
+// state holds none of it.
+func TestInlineContent(t *testing.T) {
+	f := newFakeServer(t)
+	f.setDesired(nil, configMapBundle("web", "1"), configMapBundle("api", "1"))
+	web, apiDigest := f.desired.Deployments[0].ContentHash, f.desired.Deployments[1].ContentHash
+	f.set(func(f *fakeServer) { f.inline, f.corrupt[apiDigest] = true, true })
+	a := startAgent(t, testConfig(t, f, t.TempDir()), nil)
+	waitFor(t, "web Ready", func() bool { return f.snapshot().latest["fleet-default/web"].State == api.StateReady })
+	// The damaged api archive was fetched instead, and the fetch was damaged too.
+	waitFor(t, "api ErrApplied for damaged content", func() bool {
+		return f.snapshot().latest["fleet-default/api"].State == api.StateErrApplied
+	})
+	f.set(func(f *fakeServer) { f.corrupt[apiDigest] = false })
+	waitFor(t, "api Ready once fetched whole", func() bool {
+		return f.snapshot().latest["fleet-default/api"].State == api.StateReady
+	})
+	f.set(func(f *fakeServer) {
+		if f.fetches[web] != 0 {
+			t.Errorf("web's content was fetched %d times; it came with the desired state", f.fetches[web])
+		}
+		if f.fetches[apiDigest] == 0 {
+			t.Error("api's damaged content was taken without a fetch")
+		}
+	})
+	dir := &stateDir{dir: a.cfg.StateDir}
+	if dir.hasContent("sha256:" + strings.Repeat("ab", 32)) {
+		t.Error("content no deployment names was kept")
+	}
+	if ds, err := dir.loadDesired(); err != nil || ds == nil || ds.Contents != nil {
+		t.Errorf("persisted desired state %+v, %v; want one without contents", ds, err)
+	}
+}
+
 func TestPausedDeploymentIsOnlyChecked(t *testing.T) {
 	f := newFakeServer(t)
 	f.setDesired(nil, configMapBundle("web", "1"))

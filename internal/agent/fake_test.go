@@ -35,13 +35,16 @@ type fakeServer struct {
 	desired       api.DesiredState
 	content       map[string][]byte
 	corrupt       map[string]bool // serve damaged bytes for these digests
-	down          bool            // drop every connection
-	deleted       bool            // the cluster was deleted
-	polls         []int64         // since of every poll
-	notModified   int
-	fetches       map[string]int
-	reports       []api.StatusReport
-	lastSeq       int64
+	// inline, when set, sends every deployment's content with the desired state, as the
+	// server does for content not applied yet; corrupt digests are sent damaged there too.
+	inline      bool
+	down        bool    // drop every connection
+	deleted     bool    // the cluster was deleted
+	polls       []int64 // since of every poll
+	notModified int
+	fetches     map[string]int
+	reports     []api.StatusReport
+	lastSeq     int64
 	// latest is the server's view: the last state reported per bundle.
 	latest map[string]api.DeploymentStatus
 	// tokensSeen are the bearer tokens seen on non-registration calls.
@@ -222,7 +225,19 @@ func (f *fakeServer) getDesired(w http.ResponseWriter, r *http.Request) {
 	if _, ok := f.served[f.desired.Revision]; !ok {
 		f.served[f.desired.Revision] = time.Now()
 	}
-	json.NewEncoder(w).Encode(f.desired)
+	ds := f.desired
+	if f.inline {
+		ds.Contents = map[string][]byte{}
+		for _, d := range ds.Deployments {
+			ds.Contents[d.ContentHash] = f.content[d.ContentHash]
+			if f.corrupt[d.ContentHash] {
+				ds.Contents[d.ContentHash] = append([]byte("garbage"), f.content[d.ContentHash]...)
+			}
+		}
+		// Content no deployment names is not taken.
+		ds.Contents["sha256:"+strings.Repeat("ab", 32)] = []byte("stray")
+	}
+	json.NewEncoder(w).Encode(ds)
 }
 
 func (f *fakeServer) getContent(w http.ResponseWriter, r *http.Request) {

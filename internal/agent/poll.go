@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"flotilla.dev/api"
@@ -159,6 +160,7 @@ func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (tim
 		}
 		return after, false, nil
 	}
+	a.takeInline(ds)
 	if _, err := a.fetchContent(ctx, ds); err != nil {
 		return 0, false, err
 	}
@@ -184,6 +186,25 @@ func (a *agent) poll(ctx context.Context, since *int64, hold time.Duration) (tim
 		a.log.Warn("pruning the content cache", "err", err)
 	}
 	return after, true, nil
+}
+
+// takeInline puts in the cache the archives the server sent with ds, and drops them from ds.
+// Each is checked against its digest like fetched content; one that fails the check, or
+// that no deployment of ds names, is left out, and fetchContent fetches what is missing.
+func (a *agent) takeInline(ds *api.DesiredState) {
+	for digest, data := range ds.Contents {
+		named := slices.ContainsFunc(ds.Deployments, func(d api.DeploymentSpec) bool { return d.ContentHash == digest })
+		if !named || a.dir.hasContent(digest) {
+			continue
+		}
+		if err := a.dir.putContent(digest, data); err != nil {
+			a.log.Warn("content sent with the desired state refused; fetching it", "digest", digest, "err", err)
+			continue
+		}
+		a.setContentErr(digest, "")
+		a.log.Debug("took content sent with the desired state", "digest", digest, "bytes", len(data))
+	}
+	ds.Contents = nil
 }
 
 // fetchContent puts the content of every deployment of ds in the cache. It returns an error

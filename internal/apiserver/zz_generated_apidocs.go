@@ -143,6 +143,7 @@ var apiDocs = map[string]string{
 	"DesiredState":                                 "DesiredState is everything a cluster should run.",
 	"DesiredState.Access":                          "Access is the RBAC objects, project namespaces, quotas and limit ranges compiled from the roles bound on the cluster and the projects spanning it; nil when the server does not manage access (the agent then leaves what it applied before alone).",
 	"DesiredState.ClusterValues":                   "ClusterValues are the Cluster's spec.templateValues.",
+	"DesiredState.Contents":                        "Contents are content archives, by digest, that the agent would otherwise fetch at once: the server sends the small ones of deployments the cluster has not reported applied, up to a budget per answer, to save a round trip each. The agent checks each against its digest as it checks fetched content, and fetches any it is not given or that fails the check. They are not part of the state's Revision.",
 	"DesiredState.Deployments":                     "Deployments are every bundle targeting the cluster, with its options already customised for this cluster.",
 	"DesiredState.PollAfterSeconds":                "PollAfterSeconds is when to ask again.",
 	"DesiredState.Revision":                        "Revision identifies this state; the agent sends it back as since=.",

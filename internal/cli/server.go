@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/auth/ldap"
@@ -97,6 +98,12 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			if cfg.DoorbellKeepAliveBudget <= 0 || math.IsNaN(cfg.DoorbellKeepAliveBudget) || math.IsInf(cfg.DoorbellKeepAliveBudget, 0) {
 				return fmt.Errorf("--doorbell-keepalive-budget must be a positive number of keepalives per second, not %v", cfg.DoorbellKeepAliveBudget)
 			}
+			if cfg.InlineContent < 0 {
+				return fmt.Errorf("--agent-inline-content must not be negative, not %d", cfg.InlineContent)
+			}
+			if cfg.InlineContent == 0 {
+				cfg.InlineContent = -1 // none; 0 in the Config is the default
+			}
 			if cfg.Fleet.PollBudget <= 0 || math.IsNaN(cfg.Fleet.PollBudget) || math.IsInf(cfg.Fleet.PollBudget, 0) {
 				return fmt.Errorf("--agent-poll-budget must be a positive number of polls per second, not %v", cfg.Fleet.PollBudget)
 			}
@@ -160,6 +167,7 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 	f.DurationVar(&cfg.HistoryWindow, "history-window", 5*time.Minute, "how long change history is kept for watches and paging")
 	f.DurationVar(&cfg.Fleet.PollInterval, "agent-poll-interval", 15*time.Second, "how often agents are told to poll for changes")
 	f.Float64Var(&cfg.Fleet.PollBudget, "agent-poll-budget", 2000, "polls per second the whole fleet may make; agents are told to come back later as the fleet grows")
+	f.IntVar(&cfg.InlineContent, "agent-inline-content", agentapi.DefaultInlineContent, "bytes of bundle content archives sent with a changed desired state, for the deployments its cluster has not applied yet, so that its agent need not fetch them (0: none, every archive is fetched)")
 	f.IntVar(&cfg.Fleet.MaxWaiters, "max-held-polls", 5000, "agent polls held open at once, to tell those agents of a change at once (~20 KB each)")
 	f.DurationVar(&cfg.Fleet.OfflineAfter, "offline-after", 0, "a cluster not heard from for this long is Offline (default: 4 poll intervals, at least 2m; never less than 3 of the intervals a large fleet's poll budget stretches them to)")
 	cfg.RenderBudget = bundle.DefaultBudget()

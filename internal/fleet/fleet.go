@@ -853,6 +853,28 @@ func version(ds *api.DesiredState) int64 {
 	return max(v, 1)
 }
 
+// Unapplied appends to dst the content digests of ds's deployments that the cluster has
+// not reported applied (a report names the deployment's ID), each once: the content its
+// agent is about to fetch. ds is an answer of Desired for the same cluster.
+func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, dst []string) []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c := f.workspaces[ns].cluster(name, uid)
+	if c == nil {
+		return dst
+	}
+	for _, d := range ds.Deployments {
+		if d.ContentHash == "" || slices.Contains(dst, d.ContentHash) {
+			continue
+		}
+		_, bname, _ := splitKey(d.Bundle)
+		if p := c.deps.get(bname); p == nil || p.reportedID != d.ID {
+			dst = append(dst, d.ContentHash)
+		}
+	}
+	return dst
+}
+
 // References reports whether digest is content of one of c's deployments.
 func (f *Fleet) References(ns, name, uid, digest string) bool {
 	f.mu.RLock()

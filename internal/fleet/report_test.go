@@ -214,3 +214,41 @@ func bundleObj(t *testing.T, e *reportEnv, spec string) *api.Object {
 	obj.Spec = json.RawMessage(spec)
 	return obj
 }
+
+// Unapplied names the content of deployments the cluster has not reported applied: all of
+// them before its first report, none once it reports the deployment's ID, and the content
+// again when its report names another ID.
+func TestUnapplied(t *testing.T) {
+	e := newReportEnv(t)
+	ds, _, err := e.f.Desired(reportNS, reportName, reportUID, 0)
+	if err != nil || len(ds.Deployments) != 1 {
+		t.Fatalf("desired state %+v, %v; want one deployment", ds, err)
+	}
+	dep := ds.Deployments[0]
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, nil); len(got) != 1 || got[0] != "sha256:0123" {
+		t.Errorf("before any report: %v, want [sha256:0123]", got)
+	}
+	if got := e.f.Unapplied(reportNS, reportName, "uid-other", ds, nil); len(got) != 0 {
+		t.Errorf("for a cluster of another UID: %v, want none", got)
+	}
+	report := func(seq int64, id string) {
+		t.Helper()
+		rep := &api.StatusReport{Seq: seq, Deployments: []api.DeploymentStatus{{Bundle: dep.Bundle, ID: id, State: api.StateReady}}}
+		if _, err := e.f.Report(context.Background(), reportNS, reportName, reportUID, rep, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report(1, dep.ID)
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, nil); len(got) != 0 {
+		t.Errorf("after the deployment was reported applied: %v, want none", got)
+	}
+	report(2, "an-older-id")
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, []string{"kept"}); len(got) != 2 || got[0] != "kept" || got[1] != "sha256:0123" {
+		t.Errorf("after another ID was reported: %v, want [kept sha256:0123]", got)
+	}
+	// The same content named twice is listed once.
+	two := &api.DesiredState{Deployments: []api.DeploymentSpec{dep, dep}}
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, two, nil); len(got) != 1 {
+		t.Errorf("one archive named twice: %v, want it once", got)
+	}
+}

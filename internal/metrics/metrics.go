@@ -51,7 +51,7 @@ func New() *Metrics {
 	})
 	m.agent = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flotilla_agent_requests_total",
-		Help: "Agent protocol requests by call and answer. Every desired-state answer (not_modified, changed) is made from memory, without a database read.",
+		Help: "Agent protocol requests by call and answer. Every desired-state answer (not_modified, changed) is made from memory, without a database read, but for content it carries (content, inline) not cached yet.",
 	}, []string{"call", "answer"})
 	m.reconc = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "flotilla_controller_reconcile_duration_seconds", Help: "Controller reconcile passes by controller.",

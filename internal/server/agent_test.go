@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -203,6 +204,10 @@ func TestAgentProtocol(t *testing.T) {
 	if _, err := b.Content(ctx, dep.ContentHash); client.Code(err) != http.StatusForbidden {
 		t.Errorf("B reading A's content: %v, want 403", err)
 	}
+	// The content came with the state too, A not having applied it yet.
+	if len(ds.Contents) != 1 || !bytes.Equal(ds.Contents[dep.ContentHash], data) {
+		t.Errorf("desired state carried %d archives, want the deployment's", len(ds.Contents))
+	}
 
 	// Status: reported, rolled up, idempotent.
 	rep := api.StatusReport{Seq: 1, Time: time.Now(), Deployments: []api.DeploymentStatus{{Bundle: dep.Bundle, ID: dep.ID, State: api.StateReady}}}
@@ -210,6 +215,9 @@ func TestAgentProtocol(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBundle(t, ts, "web", func(s *api.Summary) bool { return s.Ready == 1 && s.DesiredReady == 1 })
+	if full, _, _, err := a.Desired(ctx, 0); err != nil || full == nil || len(full.Contents) != 0 {
+		t.Errorf("after A reported the deployment applied: %+v, %v; want the state without its content", full, err)
+	}
 	stale := api.StatusReport{Seq: 1, Deployments: []api.DeploymentStatus{{Bundle: dep.Bundle, ID: dep.ID, State: api.StateErrApplied}}}
 	if err := a.ReportStatus(ctx, stale); err != nil {
 		t.Fatal(err)
@@ -238,7 +246,10 @@ func TestAgentProtocol(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitDesired(t, b, func(ds *api.DesiredState) bool { return len(ds.Deployments) == 1 })
+	dsB := waitDesired(t, b, func(ds *api.DesiredState) bool { return len(ds.Deployments) == 1 })
+	if !bytes.Equal(dsB.Contents[dep.ContentHash], data) {
+		t.Errorf("B's first desired state with the bundle carried %d archives, want its content", len(dsB.Contents))
+	}
 	waitDesired(t, a, func(ds *api.DesiredState) bool { return len(ds.Deployments) == 0 })
 	if _, err := b.Content(ctx, dep.ContentHash); err != nil {
 		t.Errorf("B reading content it now deploys: %v", err)

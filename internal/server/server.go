@@ -110,6 +110,10 @@ type Config struct {
 	// long a call to a cluster waits for its agent to open its tunnel (0: 30s).
 	MaxTunnels             int
 	TunnelIdle, TunnelWait time.Duration
+	// InlineContent is how many bytes of content archives a changed desired-state answer
+	// carries for the deployments its cluster has not applied (0:
+	// agentapi.DefaultInlineContent; negative: none).
+	InlineContent int
 	// ProxyBodyTimeout and ProxyWriteTimeout are the budgets of a proxied call's request body
 	// and of each write of its answer to a slow client (0: 2m each; see proxy.Config).
 	ProxyBodyTimeout, ProxyWriteTimeout time.Duration
@@ -351,6 +355,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.agents.Metrics = s.metrics
+	if cfg.InlineContent != 0 {
+		s.agents.InlineContent = max(cfg.InlineContent, 0)
+	}
 	s.tunnels = tunnel.NewServer(tunnel.Config{Max: cfg.MaxTunnels, Idle: cfg.TunnelIdle, Logger: cfg.Logger,
 		Wanted: func(cluster string) {
 			if b := s.bell.Load(); b != nil {

@@ -111,8 +111,11 @@ type Totals struct {
 	Unchanged    uint64 `json:"unchanged"`
 	Contents     uint64 `json:"contents"`
 	ContentBytes uint64 `json:"contentBytes"`
-	Reports      uint64 `json:"reports"`
-	Errors       uint64 `json:"errors"`
+	// Inlined and InlineBytes are the archives the server sent with desired states.
+	Inlined     uint64 `json:"inlined"`
+	InlineBytes uint64 `json:"inlineBytes"`
+	Reports     uint64 `json:"reports"`
+	Errors      uint64 `json:"errors"`
 }
 
 func (s *Sim) newReport() *Report {
@@ -237,7 +240,8 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	tw.Flush()
 	t := r.Totals
-	fmt.Fprintf(w, "\n%d polls (%d unchanged), %d content fetches (%s), %d status reports, %d errors\n", t.Polls, t.Unchanged, t.Contents, mb(float64(t.ContentBytes)), t.Reports, t.Errors)
+	fmt.Fprintf(w, "\n%d polls (%d unchanged), %d content fetches (%s), %d archives sent with the state (%s), %d status reports, %d errors\n",
+		t.Polls, t.Unchanged, t.Contents, mb(float64(t.ContentBytes)), t.Inlined, mb(float64(t.InlineBytes)), t.Reports, t.Errors)
 	for _, k := range slices.Sorted(maps.Keys(r.Errors)) {
 		fmt.Fprintf(w, "  %-50s %d\n", k, r.Errors[k])
 	}

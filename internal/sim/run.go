@@ -727,7 +727,7 @@ func (s *Sim) finish(rep *Report) *Report {
 	rep.Calls = s.Calls()
 	rep.Errors = s.Errors()
 	rep.Totals = Totals{Registered: s.st.registered.Load(), Polls: s.st.polls.Load(), Unchanged: s.st.unchanged.Load(),
-		Contents: s.st.contents.Load(), ContentBytes: s.st.bytes.Load(), Reports: s.st.reports.Load(), Errors: s.st.errors.Load()}
+		Contents: s.st.contents.Load(), ContentBytes: s.st.bytes.Load(), Inlined: s.st.inlined.Load(), InlineBytes: s.st.inlineBytes.Load(), Reports: s.st.reports.Load(), Errors: s.st.errors.Load()}
 	return rep
 }
 

@@ -118,8 +118,10 @@ var callNames = [numCalls]string{"register", "desired", "desired-304", "content"
 type stats struct {
 	registered, polled, dead          atomic.Int64
 	polls, unchanged, contents, bytes atomic.Uint64
-	reports, errors                   atomic.Uint64
-	inflight, longPolls               atomic.Int64
+	// inlined counts archives the server sent with a desired state, inlineBytes their size.
+	inlined, inlineBytes atomic.Uint64
+	reports, errors      atomic.Uint64
+	inflight, longPolls  atomic.Int64
 	// everHeld counts clusters that have made a long poll.
 	everHeld atomic.Int64
 	// pollAfter is the last poll interval the server gave, in nanoseconds.
@@ -698,7 +700,8 @@ func (s *Sim) poll(ctx context.Context, i int, wait time.Duration) error {
 }
 
 // apply takes a new desired state: it fetches the content of every deployment that changed
-// (once per digest, as an agent's content cache would) and "applies" it. Nothing changes
+// (once per digest, as an agent's content cache would) unless the server sent it with the
+// state, and "applies" it. Nothing changes
 // unless all content could be fetched, so that the poll is retried as a whole.
 func (s *Sim) apply(ctx context.Context, i int, cl *client.Client, ds *api.DesiredState) error {
 	c := &s.clusters[i]
@@ -723,6 +726,13 @@ func (s *Sim) apply(ctx context.Context, i int, cl *client.Client, ds *api.Desir
 		if old != nil && old.id == d.ID {
 			next = append(next, *old)
 			continue
+		}
+		if data, ok := ds.Contents[d.ContentHash]; ok && !have(d.ContentHash) && !fetched[d.ContentHash] {
+			// Sent with the state, as the server does for content not applied yet. (The
+			// simulator checks no digest, of this or of fetched content.)
+			s.st.inlined.Add(1)
+			s.st.inlineBytes.Add(uint64(len(data)))
+			fetched[d.ContentHash] = true
 		}
 		if d.ContentHash != "" && !have(d.ContentHash) && !fetched[d.ContentHash] {
 			rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
