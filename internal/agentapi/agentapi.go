@@ -89,6 +89,10 @@ type Server struct {
 	tokens        tokenCache
 }
 
+// maxInlineReads bounds the archives one desired-state answer reads from the store to
+// inline them.
+const maxInlineReads = 4
+
 // DefaultInlineContent is the default of Server.InlineContent: a few small bundles' archives
 // (a bundle of plain manifests compresses to a few KiB), not a chart's.
 const DefaultInlineContent = 64 << 10
@@ -301,13 +305,21 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 // an archive too large to carry is served from memory when the agent fetches it.
 func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) {
 	var buf [4]string
-	left := s.InlineContent
+	left, reads := s.InlineContent, 0
 	for _, digest := range s.fleet.Unapplied(id.Namespace, id.Name, id.UID, ds, buf[:0]) {
+		if left == 0 {
+			break
+		}
 		if n, ok := s.cache.sizeOf(digest); ok && n > left {
 			continue
 		}
 		data, ok := s.cache.get(digest)
 		if !ok {
+			// A cluster of many bundles polling again and again must not make each poll
+			// read them all.
+			if reads++; reads > maxInlineReads {
+				continue
+			}
 			var err error
 			if data, err = s.st.GetContent(ctx, digest); err != nil {
 				// The agent fetches it, and hears of the error then.

@@ -3,10 +3,12 @@ package agentapi
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"testing"
+	"time"
 
 	"flotilla.dev/api"
 )
@@ -66,5 +68,48 @@ func TestInlineContent(t *testing.T) {
 	}
 	if c := contents(); c != nil {
 		t.Errorf("content the cluster reported applied was sent again: %d archives", len(c))
+	}
+}
+
+// One answer reads at most maxInlineReads archives from the store: a cluster of many
+// bundles polling again and again does not make each poll read them all.
+func TestInlineContentReadsBounded(t *testing.T) {
+	e := newAgentEnv(t)
+	ctx := context.Background()
+	e.srv.InlineContent = 0
+	const n = maxInlineReads + 2
+	for i := range n {
+		digest := fmt.Sprintf("sha256:%04d", i)
+		if err := e.st.PutContent(ctx, digest, []byte("archive "+digest)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			continue // app's, sha256:0000 is not it: app's content stays unstored
+		}
+		now := time.Now().UTC()
+		if _, err := e.st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+			Metadata: api.ObjectMeta{Namespace: envNS, Name: fmt.Sprintf("b%d", i), Generation: 1, CreationTimestamp: &now},
+			Spec:     json.RawMessage(`{"contentHash":"` + digest + `","targets":[{"clusterName":"edge-1"}]}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ds := e.poll(0, 0); ds != nil && len(ds.Deployments) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the model did not take the %d bundles", n-1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.srv.InlineContent = DefaultInlineContent
+	// app's content is unstored: one read that finds nothing, then three archives.
+	if _, ds := e.poll(0, 0); len(ds.Contents) != maxInlineReads-1 {
+		t.Errorf("first answer carried %d archives, want %d (the store read %d times)", len(ds.Contents), maxInlineReads-1, maxInlineReads)
+	}
+	// The three are cached now: they and two more read.
+	if _, ds := e.poll(0, 0); len(ds.Contents) != n-1 {
+		t.Errorf("second answer carried %d archives, want %d", len(ds.Contents), n-1)
 	}
 }
