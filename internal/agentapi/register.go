@@ -19,6 +19,7 @@ import (
 
 	"flotilla.dev/api"
 	"flotilla.dev/internal/apiserver"
+	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
 	"flotilla.dev/internal/resource"
 	"flotilla.dev/internal/store"
@@ -589,6 +590,7 @@ func (s *Server) registerCluster(ctx context.Context, token string, req *api.Reg
 	if !s.fleet.WaitKnown(ctx, ns, name, cur.Metadata.UID, 5*time.Second) && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
+	audit.Annotate(ctx, "", nil, api.KindCluster, ns, name)
 	cred, exp := s.keys.mint(identity{Namespace: ns, Name: name, UID: cur.Metadata.UID})
 	return &api.RegisterResponse{Namespace: ns, ClusterName: name, Credential: cred, Expires: &exp, Doorbell: s.doorbellInfo(cur.Metadata.UID)}, nil
 }

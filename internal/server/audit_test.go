@@ -340,3 +340,24 @@ func TestAuditNamesLogins(t *testing.T) {
 		t.Fatalf("login records: %+v; want the successful one to name alice", logins)
 	}
 }
+
+// A registration is recorded with the cluster it registered, and no user: the bearer of an
+// agent call is a registration token or a cluster credential, never a user's.
+func TestAuditNamesRegisteredCluster(t *testing.T) {
+	ts, _ := startWith(t, t.TempDir(), nil)
+	ctx := ctxT(t)
+	tok := createToken(t, ts, "edge", api.RegistrationTokenSpec{TTL: "1h"})
+	reg, err := ts.agent(t, "").Register(ctx, tok, api.RegisterRequest{ClientID: "uid-audit"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []api.AuditRecord
+	waitUntil(t, "the registration is recorded", func() bool {
+		recs = auditAll(t, ts.admin, client.AuditQuery{Since: "1h", Verb: "register"})
+		return len(recs) == 1
+	})
+	r := recs[0]
+	if r.Kind != api.KindCluster || r.Namespace != reg.Namespace || r.Name != reg.ClusterName || r.User != "" || r.Code != http.StatusOK {
+		t.Errorf("registration record %+v; want Cluster %s/%s, no user, 200", r, reg.Namespace, reg.ClusterName)
+	}
+}
