@@ -234,8 +234,8 @@ func (f *fakeServer) getDesired(w http.ResponseWriter, r *http.Request) {
 				ds.Contents[d.ContentHash] = append([]byte("garbage"), f.content[d.ContentHash]...)
 			}
 		}
-		// Content no deployment names is not taken.
-		ds.Contents["sha256:"+strings.Repeat("ab", 32)] = []byte("stray")
+		// Content no deployment names is not taken, though its digest is right.
+		ds.Contents[bundle.Digest([]byte("stray"))] = []byte("stray")
 	}
 	json.NewEncoder(w).Encode(ds)
 }

@@ -44,7 +44,10 @@ func TestInlineContent(t *testing.T) {
 	if c := contents(); c != nil {
 		t.Errorf("content over the budget was sent: %d archives", len(c))
 	}
-	// Served from the cache the inlining filled.
+	// The inlining filled the cache; the agent's fetch is served from it.
+	if _, ok := e.srv.cache.get(digest); !ok {
+		t.Error("the archive read for inlining was not cached")
+	}
 	req, _ := http.NewRequest(http.MethodGet, e.url+api.PathContent+digest, nil)
 	req.Header.Set("Authorization", "Bearer "+e.cred)
 	resp, err := http.DefaultClient.Do(req)

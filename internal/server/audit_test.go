@@ -356,7 +356,23 @@ func TestAuditNamesRegisteredCluster(t *testing.T) {
 		recs = auditAll(t, ts.admin, client.AuditQuery{Since: "1h", Verb: "register"})
 		return len(recs) == 1
 	})
+	// A user's token on an agent call names no user: agent calls are not looked up as one.
+	if resp := send(t, rawClient(t, ts), ts, http.MethodPost, api.PathRegister, adminToken, "", "{}"); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a registration without a client ID answered %d, want 400", resp.StatusCode)
+	}
+	waitUntil(t, "both registrations are recorded", func() bool {
+		recs = auditAll(t, ts.admin, client.AuditQuery{Since: "1h", Verb: "register"})
+		return len(recs) == 2
+	})
+	for _, r := range recs {
+		if r.User != "" {
+			t.Errorf("registration record %+v names a user", r)
+		}
+	}
 	r := recs[0]
+	if r.Code != http.StatusOK {
+		r = recs[1]
+	}
 	if r.Kind != api.KindCluster || r.Namespace != reg.Namespace || r.Name != reg.ClusterName || r.User != "" || r.Code != http.StatusOK {
 		t.Errorf("registration record %+v; want Cluster %s/%s, no user, 200", r, reg.Namespace, reg.ClusterName)
 	}
