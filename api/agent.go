@@ -14,6 +14,8 @@ const (
 	// PathRegister: POST RegisterRequest with the registration token → RegisterResponse.
 	PathRegister = AgentPrefix + "/register"
 	// PathDesired: GET ?since=R → 200 DesiredState, or 304 when nothing changed since R.
+	// With &wait=S the server holds the request up to S seconds (at most 60) for a change;
+	// with &inline=1 the agent says it takes Contents.
 	PathDesired = AgentPrefix + "/desired"
 	// PathContent: GET /v1/agent/content/{digest} → the content archive (immutable).
 	PathContent = AgentPrefix + "/content/"
@@ -154,9 +156,22 @@ type DesiredState struct {
 	// the server sends the small ones of deployments the cluster has not reported applied,
 	// up to a budget per answer, to save a round trip each. The agent checks each against
 	// its digest as it checks fetched content, and fetches any it is not given or that fails
-	// the check. They are not part of the state's Revision.
+	// the check. They are not part of the state's Revision. Sent only to agents that ask
+	// for them (inline=1), at most MaxInlineContent bytes of archives.
 	Contents map[string][]byte `json:"contents,omitempty"`
 }
+
+// MaxInlineContent bounds the archive bytes one desired-state answer carries in Contents,
+// whatever the server is configured to: an answer is held in memory whole on both sides.
+const MaxInlineContent = 1 << 20
+
+// MaxDesiredBytes bounds an encoded desired-state answer an agent reads: thousands of
+// deployments with their options, and MaxInlineContent of archives in base64.
+const MaxDesiredBytes = 64 << 20
+
+// MaxContentBytes bounds a content archive an agent reads. A bundle's content is at most
+// 64 MiB unpacked (bundle.DefaultLimits); its compressed archive, with tar headers, fits.
+const MaxContentBytes = 80 << 20
 
 // AccessState is everything access-related a cluster must hold. The agent applies Objects
 // with server-side apply and prunes what it applied before (label flotilla.dev/owner=access)

@@ -40,7 +40,8 @@ func (c *Client) Desired(ctx context.Context, since int64) (state *api.DesiredSt
 // most a minute) and answers as soon as the desired state changes.
 func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duration) (state *api.DesiredState, rev int64, pollAfter time.Duration, err error) {
 	i := c.cur.Load()
-	u := c.bases[i] + api.PathDesired + "?since=" + strconv.FormatInt(since, 10)
+	// inline=1: the caller gets the archives the server sends with the state (Contents).
+	u := c.bases[i] + api.PathDesired + "?since=" + strconv.FormatInt(since, 10) + "&inline=1"
 	if s := int(wait.Seconds()); s > 0 {
 		u += "&wait=" + strconv.Itoa(s)
 	}
@@ -76,8 +77,8 @@ func (c *Client) WaitDesired(ctx context.Context, since int64, wait time.Duratio
 		return nil, rev, pollAfter, nil
 	case http.StatusOK:
 		var ds api.DesiredState
-		if err := json.NewDecoder(resp.Body).Decode(&ds); err != nil {
-			return nil, 0, pollAfter, fmt.Errorf("decoding desired state: %w", err)
+		if err := json.NewDecoder(io.LimitReader(resp.Body, api.MaxDesiredBytes)).Decode(&ds); err != nil {
+			return nil, 0, pollAfter, fmt.Errorf("decoding desired state (of at most %d bytes): %w", api.MaxDesiredBytes, err)
 		}
 		if ds.PollAfterSeconds > 0 {
 			pollAfter = time.Duration(ds.PollAfterSeconds) * time.Second
@@ -115,8 +116,12 @@ func (c *Client) Content(ctx context.Context, digest string) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	var b bytes.Buffer
-	if _, err := io.Copy(&b, resp.Body); err != nil {
+	n, err := io.Copy(&b, io.LimitReader(resp.Body, api.MaxContentBytes+1))
+	if err != nil {
 		return nil, fmt.Errorf("reading content %s: %w", digest, err)
+	}
+	if n > api.MaxContentBytes {
+		return nil, fmt.Errorf("content %s is larger than %d bytes", digest, api.MaxContentBytes)
 	}
 	return b.Bytes(), nil
 }

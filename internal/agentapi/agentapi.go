@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -79,6 +80,7 @@ type Server struct {
 	// InlineContent is how many bytes of content archives a changed desired-state answer
 	// may carry, for the deployments its cluster has not applied yet (0: none). Set it
 	// before serving.
+	// It is at most api.MaxInlineContent.
 	InlineContent int
 	st            Store
 	fleet         *fleet.Fleet
@@ -86,12 +88,22 @@ type Server struct {
 	log           *slog.Logger
 	now           func() time.Time
 	cache         *contentCache
+	flight        singleflight.Group
 	tokens        tokenCache
 }
 
-// maxInlineReads bounds the archives one desired-state answer reads from the store to
-// inline them.
-const maxInlineReads = 4
+const (
+	// maxInlineReads bounds the archives one desired-state answer reads from the store to
+	// inline them.
+	maxInlineReads = 4
+	// maxInlineDigests bounds the unapplied deployments one answer considers: a cluster
+	// of thousands of bundles costs no more per answer than one of a few.
+	maxInlineDigests = 16
+	// inlineWait bounds how long an answer waits for the store to inline content.
+	inlineWait = 2 * time.Second
+	// loadTimeout bounds one read of content from the store.
+	loadTimeout = 30 * time.Second
+)
 
 // DefaultInlineContent is the default of Server.InlineContent: a few small bundles' archives
 // (a bundle of plain manifests compresses to a few KiB), not a chart's.
@@ -292,7 +304,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Metrics.AgentRequest("desired", "changed")
 	ds.PollAfterSeconds = secs
-	if s.InlineContent > 0 {
+	if s.InlineContent > 0 && queryValue(r.URL.RawQuery, "inline") == "1" {
 		s.inline(r.Context(), id, ds)
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -302,11 +314,14 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 // inline puts into ds the archives its cluster is about to fetch, as many as fit in
 // s.InlineContent: in a rollout that is one request per cluster fewer (a third of them),
 // and for an agent far away, a round trip. Content it reads from the store is cached, so
-// an archive too large to carry is served from memory when the agent fetches it.
+// an archive too large to carry is served from memory when the agent fetches it. The
+// answer does not wait long for the store: what it cannot read soon, the agent fetches.
 func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) {
-	var buf [4]string
-	left, reads := s.InlineContent, 0
-	for _, digest := range s.fleet.Unapplied(id.Namespace, id.Name, id.UID, ds, buf[:0]) {
+	ctx, cancel := context.WithTimeout(ctx, inlineWait)
+	defer cancel()
+	var buf [maxInlineDigests]string
+	left, reads := min(s.InlineContent, api.MaxInlineContent), 0
+	for _, digest := range s.fleet.Unapplied(id.Namespace, id.Name, id.UID, ds, maxInlineDigests, buf[:0]) {
 		if left == 0 {
 			break
 		}
@@ -321,11 +336,10 @@ func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) 
 				continue
 			}
 			var err error
-			if data, err = s.st.GetContent(ctx, digest); err != nil {
+			if data, err = s.load(ctx, digest); err != nil {
 				// The agent fetches it, and hears of the error then.
 				continue
 			}
-			s.cache.put(digest, data)
 		}
 		if len(data) > left {
 			continue
@@ -336,6 +350,36 @@ func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) 
 		}
 		ds.Contents[digest] = data
 		s.Metrics.AgentRequest("content", "inline")
+	}
+}
+
+// load reads digest's archive from the store and caches it, once however many requests
+// want it at the same time: a rollout wakes thousands of held polls that all miss the
+// cache for the same archive.
+func (s *Server) load(ctx context.Context, digest string) ([]byte, error) {
+	ch := s.flight.DoChan(digest, func() (any, error) {
+		// A request that missed the cache just as another read filled it.
+		if data, ok := s.cache.get(digest); ok {
+			return data, nil
+		}
+		// Not bound to the first caller's request: its end must not fail the others.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		data, err := s.st.GetContent(rctx, digest)
+		if err != nil {
+			return nil, err
+		}
+		s.cache.put(digest, data)
+		return data, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 
@@ -357,12 +401,10 @@ func (s *Server) content(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.Metrics.AgentRequest("content", "store")
 		var err error
-		data, err = s.st.GetContent(r.Context(), digest)
-		if err != nil {
+		if data, err = s.load(r.Context(), digest); err != nil {
 			apiserver.WriteError(w, err)
 			return
 		}
-		s.cache.put(digest, data)
 	}
 	w.Header().Set("Content-Type", "application/gzip")
 	w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestInlineContent(t *testing.T) {
 	const digest = "sha256:0123"
 	contents := func() map[string][]byte {
 		t.Helper()
-		resp, ds := e.poll(0, 0)
+		resp, ds := e.pollQuery("since=0&inline=1")
 		if ds == nil {
 			t.Fatalf("poll answered %d, want a desired state", resp.StatusCode)
 		}
@@ -39,6 +40,24 @@ func TestInlineContent(t *testing.T) {
 	}
 	if c := contents(); len(c) != 1 || !bytes.Equal(c[digest], data) {
 		t.Errorf("contents %v, want app's archive", c)
+	}
+	// An agent that does not ask for contents (one built before them) is not sent them:
+	// it would fetch the archive anyway.
+	if _, ds := e.poll(0, 0); ds == nil || ds.Contents != nil {
+		t.Errorf("an agent that did not ask: %+v, want the state without contents", ds)
+	}
+	// However large the configured budget, an answer carries at most MaxInlineContent.
+	big := bytes.Repeat([]byte{'x'}, api.MaxInlineContent+1)
+	const bigDigest = "sha256:0bad"
+	if err := e.st.PutContent(context.Background(), bigDigest, big); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.InlineContent = 4 * api.MaxInlineContent
+	if ds := (&api.DesiredState{Deployments: []api.DeploymentSpec{{Bundle: envNS + "/big", ContentHash: bigDigest}}}); true {
+		e.srv.inline(context.Background(), identity{Namespace: envNS, Name: "edge-1", UID: envUID}, ds)
+		if ds.Contents != nil {
+			t.Errorf("an archive over MaxInlineContent was sent (budget %d)", e.srv.InlineContent)
+		}
 	}
 	e.srv.InlineContent = len(data) - 1
 	if c := contents(); c != nil {
@@ -108,11 +127,78 @@ func TestInlineContentReadsBounded(t *testing.T) {
 	}
 	e.srv.InlineContent = DefaultInlineContent
 	// app's content is unstored: one read that finds nothing, then three archives.
-	if _, ds := e.poll(0, 0); len(ds.Contents) != maxInlineReads-1 {
+	if _, ds := e.pollQuery("since=0&inline=1"); len(ds.Contents) != maxInlineReads-1 {
 		t.Errorf("first answer carried %d archives, want %d (the store read %d times)", len(ds.Contents), maxInlineReads-1, maxInlineReads)
 	}
 	// The three are cached now: they and two more read.
-	if _, ds := e.poll(0, 0); len(ds.Contents) != n-1 {
+	if _, ds := e.pollQuery("since=0&inline=1"); len(ds.Contents) != n-1 {
 		t.Errorf("second answer carried %d archives, want %d", len(ds.Contents), n-1)
+	}
+}
+
+// gatedStore counts content reads and holds each until release is closed.
+type gatedStore struct {
+	Store
+	reads   atomic.Int32
+	release chan struct{}
+}
+
+func (g *gatedStore) GetContent(ctx context.Context, digest string) ([]byte, error) {
+	g.reads.Add(1)
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.Store.GetContent(ctx, digest)
+}
+
+// Requests that want the same archive while it is being read wait for that one read, and
+// a request that gives up does not fail it: a rollout wakes thousands of held polls that
+// all miss the cache for the same archive.
+func TestContentReadOnce(t *testing.T) {
+	e := newAgentEnv(t)
+	const digest = "sha256:0123"
+	data := []byte("archive")
+	if err := e.st.PutContent(context.Background(), digest, data); err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedStore{Store: e.st, release: make(chan struct{})}
+	e.srv.st = g
+	first := make(chan []byte)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		got, _ := e.srv.load(ctx, digest)
+		first <- got
+	}()
+	for g.reads.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	// The first caller gives up; the read goes on for the others.
+	cancel()
+	if got := <-first; got != nil {
+		t.Errorf("a caller that gave up got %q", got)
+	}
+	gone, stop := context.WithCancel(context.Background())
+	stop()
+	for range 20 {
+		if _, err := e.srv.load(gone, digest); err == nil {
+			t.Fatal("a caller whose context is done got the archive before it was read")
+		}
+	}
+	done := make(chan []byte)
+	go func() {
+		got, _ := e.srv.load(context.Background(), digest)
+		done <- got
+	}()
+	close(g.release)
+	if got := <-done; !bytes.Equal(got, data) {
+		t.Errorf("the waiting caller got %q, want %q", got, data)
+	}
+	if n := g.reads.Load(); n != 1 {
+		t.Errorf("the store was read %d times, want once", n)
+	}
+	if _, ok := e.srv.cache.get(digest); !ok {
+		t.Error("the archive read was not cached")
 	}
 }

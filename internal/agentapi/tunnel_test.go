@@ -19,7 +19,13 @@ import (
 
 func (e *agentEnv) poll(since int64, wait int) (*http.Response, *api.DesiredState) {
 	e.t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s%s?since=%d&wait=%d", e.url, api.PathDesired, since, wait), nil)
+	return e.pollQuery(fmt.Sprintf("since=%d&wait=%d", since, wait))
+}
+
+// pollQuery asks for the desired state with a query string of its own.
+func (e *agentEnv) pollQuery(query string) (*http.Response, *api.DesiredState) {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.url+api.PathDesired+"?"+query, nil)
 	req.Header.Set("Authorization", "Bearer "+e.cred)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.dev/api"
 	"flotilla.dev/internal/agentapi"
 	"flotilla.dev/internal/audit"
 	"flotilla.dev/internal/auth"
@@ -98,8 +99,8 @@ or DATA_DIR/keys/kek). Back it up with the database: without it the keys cannot 
 			if cfg.DoorbellKeepAliveBudget <= 0 || math.IsNaN(cfg.DoorbellKeepAliveBudget) || math.IsInf(cfg.DoorbellKeepAliveBudget, 0) {
 				return fmt.Errorf("--doorbell-keepalive-budget must be a positive number of keepalives per second, not %v", cfg.DoorbellKeepAliveBudget)
 			}
-			if cfg.InlineContent < 0 {
-				return fmt.Errorf("--agent-inline-content must not be negative, not %d", cfg.InlineContent)
+			if cfg.InlineContent < 0 || cfg.InlineContent > api.MaxInlineContent {
+				return fmt.Errorf("--agent-inline-content must be from 0 to %d bytes, not %d", api.MaxInlineContent, cfg.InlineContent)
 			}
 			if cfg.InlineContent == 0 {
 				cfg.InlineContent = -1 // none; 0 in the Config is the default

@@ -854,21 +854,41 @@ func version(ds *api.DesiredState) int64 {
 }
 
 // Unapplied appends to dst the content digests of ds's deployments that the cluster has
-// not reported applied (a report names the deployment's ID), each once: the content its
-// agent is about to fetch. ds is an answer of Desired for the same cluster.
-func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, dst []string) []string {
+// not reported applied (a report names the deployment's ID), each once and at most max of
+// them: the content its agent is about to fetch. A paused deployment keeps what it applied
+// and fetches nothing. ds is an answer of Desired for the same cluster.
+func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, max int, dst []string) []string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	c := f.workspaces[ns].cluster(name, uid)
 	if c == nil {
 		return dst
 	}
+	// A cluster of thousands of bundles: one pass over its pairs, not one per deployment.
+	var byBundle map[string]*pair
+	if len(c.deps) > 16 {
+		byBundle = make(map[string]*pair, len(c.deps))
+		for i := range c.deps {
+			byBundle[c.deps[i].bundle] = &c.deps[i]
+		}
+	}
+	start := len(dst)
 	for _, d := range ds.Deployments {
-		if d.ContentHash == "" || slices.Contains(dst, d.ContentHash) {
+		if len(dst)-start >= max {
+			break
+		}
+		// dst holds at most max of ours: the check is bounded by it.
+		if d.ContentHash == "" || d.Paused || slices.Contains(dst[start:], d.ContentHash) {
 			continue
 		}
 		_, bname, _ := splitKey(d.Bundle)
-		if p := c.deps.get(bname); p == nil || p.reportedID != d.ID {
+		var p *pair
+		if byBundle != nil {
+			p = byBundle[bname]
+		} else {
+			p = c.deps.get(bname)
+		}
+		if p == nil || p.reportedID != d.ID {
 			dst = append(dst, d.ContentHash)
 		}
 	}

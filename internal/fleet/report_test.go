@@ -225,10 +225,10 @@ func TestUnapplied(t *testing.T) {
 		t.Fatalf("desired state %+v, %v; want one deployment", ds, err)
 	}
 	dep := ds.Deployments[0]
-	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, nil); len(got) != 1 || got[0] != "sha256:0123" {
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, 8, nil); len(got) != 1 || got[0] != "sha256:0123" {
 		t.Errorf("before any report: %v, want [sha256:0123]", got)
 	}
-	if got := e.f.Unapplied(reportNS, reportName, "uid-other", ds, nil); len(got) != 0 {
+	if got := e.f.Unapplied(reportNS, reportName, "uid-other", ds, 8, nil); len(got) != 0 {
 		t.Errorf("for a cluster of another UID: %v, want none", got)
 	}
 	report := func(seq int64, id string) {
@@ -239,16 +239,32 @@ func TestUnapplied(t *testing.T) {
 		}
 	}
 	report(1, dep.ID)
-	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, nil); len(got) != 0 {
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, 8, nil); len(got) != 0 {
 		t.Errorf("after the deployment was reported applied: %v, want none", got)
 	}
 	report(2, "an-older-id")
-	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, []string{"kept"}); len(got) != 2 || got[0] != "kept" || got[1] != "sha256:0123" {
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, 8, []string{"kept"}); len(got) != 2 || got[0] != "kept" || got[1] != "sha256:0123" {
 		t.Errorf("after another ID was reported: %v, want [kept sha256:0123]", got)
 	}
 	// The same content named twice is listed once.
 	two := &api.DesiredState{Deployments: []api.DeploymentSpec{dep, dep}}
-	if got := e.f.Unapplied(reportNS, reportName, reportUID, two, nil); len(got) != 1 {
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, two, 8, nil); len(got) != 1 {
 		t.Errorf("one archive named twice: %v, want it once", got)
+	}
+	// A paused deployment fetches nothing: its content is not sent again and again.
+	paused := dep
+	paused.Paused = true
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, &api.DesiredState{Deployments: []api.DeploymentSpec{paused}}, 8, nil); len(got) != 0 {
+		t.Errorf("a paused deployment: %v, want none", got)
+	}
+	// At most max digests, however many deployments are unapplied.
+	many := &api.DesiredState{}
+	for i := range 40 {
+		d := dep
+		d.Bundle, d.ContentHash = fmt.Sprintf("%s/b%d", reportNS, i), fmt.Sprintf("sha256:%04d", i)
+		many.Deployments = append(many.Deployments, d)
+	}
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, many, 5, []string{"kept"}); len(got) != 6 || got[5] != "sha256:0004" {
+		t.Errorf("40 unapplied deployments, at most 5: %v, want kept and the first 5", got)
 	}
 }
