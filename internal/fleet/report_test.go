@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -266,5 +267,41 @@ func TestUnapplied(t *testing.T) {
 	}
 	if got := e.f.Unapplied(reportNS, reportName, reportUID, many, 5, []string{"kept"}); len(got) != 6 || got[5] != "sha256:0004" {
 		t.Errorf("40 unapplied deployments, at most 5: %v, want kept and the first 5", got)
+	}
+}
+
+// A cluster of many bundles (its pairs looked up by a map): what it reported applied is left
+// out, the rest listed in the state's order.
+func TestUnappliedManyBundles(t *testing.T) {
+	e := newReportEnv(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	for i := range 20 {
+		if _, err := e.st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+			Metadata: api.ObjectMeta{Namespace: reportNS, Name: fmt.Sprintf("b%02d", i), Generation: 1, CreationTimestamp: &now},
+			Spec:     json.RawMessage(fmt.Sprintf(`{"contentHash":"sha256:%04d","targets":[{"clusterName":%q}]}`, i, reportName))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.load()
+	ds, _, err := e.f.Desired(reportNS, reportName, reportUID, 0)
+	if err != nil || len(ds.Deployments) != 21 {
+		t.Fatalf("desired state of %d deployments, %v; want 21", len(ds.Deployments), err)
+	}
+	var rep api.StatusReport
+	rep.Seq = 1
+	var want []string
+	for i, d := range ds.Deployments {
+		if i%2 == 0 {
+			rep.Deployments = append(rep.Deployments, api.DeploymentStatus{Bundle: d.Bundle, ID: d.ID, State: api.StateReady})
+		} else {
+			want = append(want, d.ContentHash)
+		}
+	}
+	if _, err := e.f.Report(ctx, reportNS, reportName, reportUID, &rep, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, 100, nil); !slices.Equal(got, want) {
+		t.Errorf("unapplied %v, want %v", got, want)
 	}
 }
