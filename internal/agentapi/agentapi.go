@@ -101,8 +101,9 @@ const (
 	maxInlineDigests = 16
 	// inlineWait bounds how long an answer waits for the store to inline content.
 	inlineWait = 2 * time.Second
-	// loadTimeout bounds one read of content from the store.
-	loadTimeout = 30 * time.Second
+	// loadTimeout bounds one read of content from the store: as long as an agent waits for
+	// a fetch, so that a large archive on a busy database is not failed for every waiter.
+	loadTimeout = 10 * time.Minute
 )
 
 // DefaultInlineContent is the default of Server.InlineContent: a few small bundles' archives
@@ -357,6 +358,10 @@ func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) 
 // want it at the same time: a rollout wakes thousands of held polls that all miss the
 // cache for the same archive.
 func (s *Server) load(ctx context.Context, digest string) ([]byte, error) {
+	// A caller that stopped waiting (an answer's inline budget spent) starts no read.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	ch := s.flight.DoChan(digest, func() (any, error) {
 		// A request that missed the cache just as another read filled it.
 		if data, ok := s.cache.get(digest); ok {
