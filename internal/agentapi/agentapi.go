@@ -78,9 +78,8 @@ type Server struct {
 	// serving.
 	Doorbell Doorbell
 	// InlineContent is how many bytes of content archives a changed desired-state answer
-	// may carry, for the deployments its cluster has not applied yet (0: none). Set it
-	// before serving.
-	// It is at most api.MaxInlineContent.
+	// may carry, for the deployments its cluster has not applied yet (0: none; at most
+	// api.MaxInlineContent is used). Set it before serving.
 	InlineContent int
 	st            Store
 	fleet         *fleet.Fleet
@@ -362,7 +361,14 @@ func (s *Server) load(ctx context.Context, digest string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	ch := s.flight.DoChan(digest, func() (any, error) {
+	ch := s.flight.DoChan(digest, func() (data any, err error) {
+		// The read runs in singleflight's goroutine, which re-raises a panic outside
+		// net/http's recovery: it would take the process down, not fail one request.
+		defer func() {
+			if p := recover(); p != nil {
+				data, err = nil, fmt.Errorf("reading content %s: %v", digest, p)
+			}
+		}()
 		// A request that missed the cache just as another read filled it.
 		if data, ok := s.cache.get(digest); ok {
 			return data, nil
@@ -370,12 +376,12 @@ func (s *Server) load(ctx context.Context, digest string) ([]byte, error) {
 		// Not bound to the first caller's request: its end must not fail the others.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
 		defer cancel()
-		data, err := s.st.GetContent(rctx, digest)
+		b, err := s.st.GetContent(rctx, digest)
 		if err != nil {
 			return nil, err
 		}
-		s.cache.put(digest, data)
-		return data, nil
+		s.cache.put(digest, b)
+		return b, nil
 	})
 	select {
 	case res := <-ch:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -200,5 +201,18 @@ func TestContentReadOnce(t *testing.T) {
 	}
 	if _, ok := e.srv.cache.get(digest); !ok {
 		t.Error("the archive read was not cached")
+	}
+}
+
+type panickyStore struct{ Store }
+
+func (panickyStore) GetContent(context.Context, string) ([]byte, error) { panic("driver bug") }
+
+// A panic in a shared read fails the requests that wait for it, not the process.
+func TestContentReadPanicIsAnError(t *testing.T) {
+	e := newAgentEnv(t)
+	e.srv.st = panickyStore{e.st}
+	if _, err := e.srv.load(context.Background(), "sha256:0123"); err == nil || !strings.Contains(err.Error(), "driver bug") {
+		t.Errorf("a read that panicked: %v, want its error", err)
 	}
 }

@@ -855,8 +855,10 @@ func version(ds *api.DesiredState) int64 {
 
 // Unapplied appends to dst the content digests of ds's deployments that the cluster has
 // not reported applied (a report names the deployment's ID), each once and at most max of
-// them: the content its agent is about to fetch. A paused deployment keeps what it applied
-// and fetches nothing. ds is an answer of Desired for the same cluster.
+// them: the content its agent is about to fetch. Paused deployments are left out: one
+// reports the ID it last applied, never the desired one, so its content would be listed in
+// every answer (its agent fetches it as before). ds is an answer of Desired for the same
+// cluster.
 func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, max int, dst []string) []string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

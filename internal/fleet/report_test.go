@@ -252,7 +252,8 @@ func TestUnapplied(t *testing.T) {
 	if got := e.f.Unapplied(reportNS, reportName, reportUID, two, 8, nil); len(got) != 1 {
 		t.Errorf("one archive named twice: %v, want it once", got)
 	}
-	// A paused deployment fetches nothing: its content is not sent again and again.
+	// A paused deployment reports the ID it last applied, never the desired one: it is left
+	// out, or its content would be sent in every answer.
 	paused := dep
 	paused.Paused = true
 	if got := e.f.Unapplied(reportNS, reportName, reportUID, &api.DesiredState{Deployments: []api.DeploymentSpec{paused}}, 8, nil); len(got) != 0 {
