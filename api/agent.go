@@ -101,6 +101,9 @@ const (
 	// ReasonRegistrationRefused: the cluster already exists and the registration proved no
 	// right to it (its credential, or a registration token bound to it).
 	ReasonRegistrationRefused = "RegistrationRefused"
+	// ReasonDesiredTooLarge: the cluster's desired state is larger than MaxDesiredBytes,
+	// more than its agent reads, and is not sent.
+	ReasonDesiredTooLarge = "DesiredStateTooLarge"
 )
 
 // RegisterRequest is sent once, with the registration token as bearer token.

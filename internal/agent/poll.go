@@ -57,12 +57,18 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				return nil
 			}
 			wait, hold = bo.next(), 0
-			if !offline {
+			switch {
+			case client.Reason(err) == api.ReasonDesiredTooLarge:
+				// The server is reached; what it has for the cluster cannot be delivered
+				// until less is targeted at it. Said at every try, which the backoff
+				// spaces: it needs someone to act.
+				a.log.Error("the server cannot send this cluster's desired state; the cluster keeps its last one", "err", err, "retryIn", wait.Round(time.Millisecond))
+			case !offline:
 				a.log.Warn("cannot reach the Flotilla server; the cluster keeps its last desired state", "err", err, "retryIn", wait.Round(time.Millisecond))
-			} else {
+				offline = true
+			default:
 				a.log.Debug("server still unreachable", "err", err, "retryIn", wait.Round(time.Millisecond))
 			}
-			offline = true
 		} else {
 			bo.reset()
 			a.pollAfter.Store(int64(after))

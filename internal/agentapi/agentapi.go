@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -89,6 +90,9 @@ type Server struct {
 	cache         *contentCache
 	flight        singleflight.Group
 	tokens        tokenCache
+	// inlineWait bounds how long an answer waits for the store to inline content
+	// (defaultInlineWait; tests shorten it).
+	inlineWait time.Duration
 }
 
 const (
@@ -97,9 +101,8 @@ const (
 	maxInlineReads = 4
 	// maxInlineDigests bounds the unapplied deployments one answer considers: a cluster
 	// of thousands of bundles costs no more per answer than one of a few.
-	maxInlineDigests = 16
-	// inlineWait bounds how long an answer waits for the store to inline content.
-	inlineWait = 2 * time.Second
+	maxInlineDigests  = 16
+	defaultInlineWait = 2 * time.Second
 	// loadTimeout bounds one read of content from the store: as long as an agent waits for
 	// a fetch, so that a large archive on a busy database is not failed for every waiter.
 	loadTimeout = 10 * time.Minute
@@ -112,7 +115,7 @@ const DefaultInlineContent = 64 << 10
 // New prepares the agent API; creds says how cluster credentials are signed.
 func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger, creds CredentialConfig) (*Server, error) {
 	k := newKeyRing(creds)
-	return &Server{Metrics: nopObserver{}, InlineContent: DefaultInlineContent, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20),
+	return &Server{Metrics: nopObserver{}, InlineContent: DefaultInlineContent, inlineWait: defaultInlineWait, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20),
 		tokens: tokenCache{entries: map[string]cachedToken{}, locks: map[string]*sync.Mutex{}, uses: map[store.Key]int{}}}, nil
 }
 
@@ -307,8 +310,41 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	if s.InlineContent > 0 && queryValue(r.URL.RawQuery, "inline") == "1" {
 		s.inline(r.Context(), id, ds)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(ds)
+	// An answer its agent would refuse to read is refused here, saying why, rather than
+	// sent in vain again and again. encoding/json encodes a value whole before it writes
+	// it, so the check comes before any byte of the answer is sent.
+	err = json.NewEncoder(&cappedWriter{w: w, left: api.MaxDesiredBytes}).Encode(ds)
+	if errors.Is(err, errTooLarge) && ds.Contents != nil {
+		// The archives are a saving, not a need: the agent fetches what it is not sent.
+		ds.Contents = nil
+		err = json.NewEncoder(&cappedWriter{w: w, left: api.MaxDesiredBytes}).Encode(ds)
+	}
+	if errors.Is(err, errTooLarge) {
+		s.Metrics.AgentRequest("desired", "too_large")
+		s.log.Warn("a cluster's desired state is larger than its agent reads; it cannot be sent",
+			"cluster", key, "deployments", len(ds.Deployments), "limit", api.MaxDesiredBytes)
+		fail(w, http.StatusInternalServerError, api.ReasonDesiredTooLarge, fmt.Sprintf(
+			"the desired state of cluster %s (%d deployments) is larger than the %d bytes an agent reads; target fewer or smaller bundles at it",
+			key, len(ds.Deployments), api.MaxDesiredBytes))
+	}
+}
+
+// errTooLarge is cappedWriter's refusal.
+var errTooLarge = errors.New("answer too large")
+
+// cappedWriter writes to w at most left bytes; a write that would pass them is refused
+// whole.
+type cappedWriter struct {
+	w    io.Writer
+	left int
+}
+
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	if len(p) > c.left {
+		return 0, errTooLarge
+	}
+	c.left -= len(p)
+	return c.w.Write(p)
 }
 
 // inline puts into ds the archives its cluster is about to fetch, as many as fit in
@@ -317,7 +353,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 // an archive too large to carry is served from memory when the agent fetches it. The
 // answer does not wait long for the store: what it cannot read soon, the agent fetches.
 func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) {
-	ctx, cancel := context.WithTimeout(ctx, inlineWait)
+	ctx, cancel := context.WithTimeout(ctx, s.inlineWait)
 	defer cancel()
 	var buf [maxInlineDigests]string
 	left, reads := min(s.InlineContent, api.MaxInlineContent), 0

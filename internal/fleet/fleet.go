@@ -855,10 +855,10 @@ func version(ds *api.DesiredState) int64 {
 
 // Unapplied appends to dst the content digests of ds's deployments that the cluster has
 // not reported applied (a report names the deployment's ID), each once and at most max of
-// them: the content its agent is about to fetch. Paused deployments are left out: one
-// reports the ID it last applied, never the desired one, so its content would be listed in
-// every answer (its agent fetches it as before). ds is an answer of Desired for the same
-// cluster.
+// them: the content its agent is about to fetch. A paused deployment counts only until the
+// cluster first reports on its bundle: its agent fetches the content once to check it, but
+// then reports the ID it last applied, never the paused one, so the content would be listed
+// again in every answer. ds is an answer of Desired for the same cluster.
 func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, max int, dst []string) []string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -866,13 +866,20 @@ func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, max int, d
 	if c == nil {
 		return dst
 	}
-	// A cluster of thousands of bundles: one pass over its pairs, not one per deployment.
+	// A cluster of thousands of bundles: one pass over its pairs, not one per deployment,
+	// built only once a lookup is needed.
 	var byBundle map[string]*pair
-	if len(c.deps) > 16 {
-		byBundle = make(map[string]*pair, len(c.deps))
-		for i := range c.deps {
-			byBundle[c.deps[i].bundle] = &c.deps[i]
+	lookup := func(bundle string) *pair {
+		if len(c.deps) <= 16 {
+			return c.deps.get(bundle)
 		}
+		if byBundle == nil {
+			byBundle = make(map[string]*pair, len(c.deps))
+			for i := range c.deps {
+				byBundle[c.deps[i].bundle] = &c.deps[i]
+			}
+		}
+		return byBundle[bundle]
 	}
 	start := len(dst)
 	for _, d := range ds.Deployments {
@@ -880,17 +887,15 @@ func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, max int, d
 			break
 		}
 		// dst holds at most max of ours: the check is bounded by it.
-		if d.ContentHash == "" || d.Paused || slices.Contains(dst[start:], d.ContentHash) {
+		if d.ContentHash == "" || slices.Contains(dst[start:], d.ContentHash) {
 			continue
 		}
 		_, bname, _ := splitKey(d.Bundle)
-		var p *pair
-		if byBundle != nil {
-			p = byBundle[bname]
-		} else {
-			p = c.deps.get(bname)
-		}
-		if p == nil || p.reportedID != d.ID {
+		p := lookup(bname)
+		switch {
+		case p == nil || p.reportedID == "":
+			dst = append(dst, d.ContentHash)
+		case !d.Paused && p.reportedID != d.ID:
 			dst = append(dst, d.ContentHash)
 		}
 	}

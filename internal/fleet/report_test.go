@@ -229,6 +229,13 @@ func TestUnapplied(t *testing.T) {
 	if got := e.f.Unapplied(reportNS, reportName, reportUID, ds, 8, nil); len(got) != 1 || got[0] != "sha256:0123" {
 		t.Errorf("before any report: %v, want [sha256:0123]", got)
 	}
+	// Paused before the cluster reported on it: its agent is about to fetch the content to
+	// check the deployment, so it is listed.
+	paused := dep
+	paused.Paused = true
+	if got := e.f.Unapplied(reportNS, reportName, reportUID, &api.DesiredState{Deployments: []api.DeploymentSpec{paused}}, 8, nil); len(got) != 1 {
+		t.Errorf("a paused deployment not reported on yet: %v, want [sha256:0123]", got)
+	}
 	if got := e.f.Unapplied(reportNS, reportName, "uid-other", ds, 8, nil); len(got) != 0 {
 		t.Errorf("for a cluster of another UID: %v, want none", got)
 	}
@@ -252,10 +259,8 @@ func TestUnapplied(t *testing.T) {
 	if got := e.f.Unapplied(reportNS, reportName, reportUID, two, 8, nil); len(got) != 1 {
 		t.Errorf("one archive named twice: %v, want it once", got)
 	}
-	// A paused deployment reports the ID it last applied, never the desired one: it is left
-	// out, or its content would be sent in every answer.
-	paused := dep
-	paused.Paused = true
+	// Once reported on, a paused deployment reports the ID it last applied, never the
+	// paused one: it is left out, or its content would be sent in every answer.
 	if got := e.f.Unapplied(reportNS, reportName, reportUID, &api.DesiredState{Deployments: []api.DeploymentSpec{paused}}, 8, nil); len(got) != 0 {
 		t.Errorf("a paused deployment: %v, want none", got)
 	}
