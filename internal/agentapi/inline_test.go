@@ -8,11 +8,13 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"flotilla.dev/api"
+	"flotilla.dev/internal/store"
 )
 
 // A changed desired state carries the content its cluster has not applied, within the
@@ -214,5 +216,174 @@ func TestContentReadPanicIsAnError(t *testing.T) {
 	e.srv.st = panickyStore{e.st}
 	if _, err := e.srv.load(context.Background(), "sha256:0123"); err == nil || !strings.Contains(err.Error(), "driver bug") {
 		t.Errorf("a read that panicked: %v, want its error", err)
+	}
+}
+
+// fetch GETs path with the cluster's credential. A request that hangs fails the test
+// rather than the whole binary's timeout; no test here should come near the limit.
+func (e *agentEnv) fetch(path string) (int, []byte) {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+e.cred)
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		e.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("GET %s: reading the answer: %v", path, err)
+	}
+	return resp.StatusCode, body
+}
+
+// An answer does not wait on a slow store to inline content: it goes without the archive,
+// and the read it gave up on goes on, so the agent's fetch gets the archive once the store
+// answers, without a second read.
+func TestInlineContentWaitIsBounded(t *testing.T) {
+	e := newAgentEnv(t)
+	const digest = "sha256:0123"
+	data := []byte("archive")
+	if err := e.st.PutContent(context.Background(), digest, data); err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedStore{Store: e.st, release: make(chan struct{})}
+	var once sync.Once
+	open := func() { once.Do(func() { close(g.release) }) }
+	// Registered after newAgentEnv's, so it runs before the test server's Close, which
+	// waits for requests held on the gate.
+	t.Cleanup(open)
+	e.srv.st = g
+	e.srv.inlineWait = 100 * time.Millisecond
+	code, body := e.fetch(api.PathDesired + "?since=0&inline=1")
+	if code != http.StatusOK {
+		t.Fatalf("poll answered %d: %s", code, body)
+	}
+	var ds api.DesiredState
+	if err := json.Unmarshal(body, &ds); err != nil {
+		t.Fatal(err)
+	}
+	if len(ds.Deployments) != 1 || ds.Deployments[0].ContentHash != digest {
+		t.Fatalf("deployments %+v, want app's", ds.Deployments)
+	}
+	if ds.Contents != nil {
+		t.Errorf("an archive the store had not read yet was sent: %v", ds.Contents)
+	}
+	// Else the answer went without it for some other reason, and the wait went untested.
+	if n := g.reads.Load(); n != 1 {
+		t.Fatalf("the answer read the store %d times, want once", n)
+	}
+	open()
+	if code, got := e.fetch(api.PathContent + digest); code != http.StatusOK || !bytes.Equal(got, data) {
+		t.Errorf("fetching the archive not sent: %d %q, want %q", code, got, data)
+	}
+	if n := g.reads.Load(); n != 1 {
+		t.Errorf("the store was read %d times, want once: the fetch did not take the read the answer started", n)
+	}
+}
+
+// failingStore fails content reads with err while failing is set.
+type failingStore struct {
+	Store
+	err     error
+	failing atomic.Bool
+}
+
+func (f *failingStore) GetContent(ctx context.Context, digest string) ([]byte, error) {
+	if f.failing.Load() {
+		return nil, f.err
+	}
+	return f.Store.GetContent(ctx, digest)
+}
+
+// The content route answers a failed read with the Status its error maps to, so that the
+// agent knows whether to try again, and does not remember the failure: a request after the
+// store recovers gets the archive.
+func TestContentRouteReadErrors(t *testing.T) {
+	const digest = "sha256:0123" // app's: the cluster references it
+	data := []byte("archive")
+	for _, tc := range []struct {
+		name   string
+		err    error // the store's read error; nil: the store lacks the archive
+		code   int
+		reason string
+	}{
+		{"missing", nil, http.StatusNotFound, api.ReasonNotFound},
+		{"store closed", fmt.Errorf("reading content %s: %w", digest, store.ErrClosed), http.StatusServiceUnavailable, api.ReasonUnavailable},
+		{"timed out", fmt.Errorf("reading content %s: %w", digest, context.DeadlineExceeded), http.StatusServiceUnavailable, api.ReasonUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newAgentEnv(t)
+			put := func() {
+				t.Helper()
+				if err := e.st.PutContent(context.Background(), digest, data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fs := &failingStore{Store: e.st, err: tc.err}
+			if tc.err != nil {
+				put()
+				fs.failing.Store(true)
+			}
+			e.srv.st = fs
+			code, body := e.fetch(api.PathContent + digest)
+			var st api.Status
+			if err := json.Unmarshal(body, &st); err != nil {
+				t.Fatalf("answer %d %q is not a Status: %v", code, body, err)
+			}
+			if code != tc.code || st.Kind != "Status" || st.Code != tc.code || st.Reason != tc.reason {
+				t.Errorf("answered %d %+v, want %d with a Status of reason %s", code, st, tc.code, tc.reason)
+			}
+			if tc.err == nil {
+				put()
+			} else {
+				fs.failing.Store(false)
+			}
+			if code, got := e.fetch(api.PathContent + digest); code != http.StatusOK || !bytes.Equal(got, data) {
+				t.Errorf("after the store recovered: %d %q, want %q", code, got, data)
+			}
+		})
+	}
+}
+
+// However large the configured budget, a poll's answer carries at most MaxInlineContent of
+// archives: an archive over it but within the budget is left for the agent to fetch, and a
+// small one beside it is still sent.
+func TestInlineContentCapOverHTTP(t *testing.T) {
+	e := newAgentEnv(t)
+	ctx := context.Background()
+	const small, big = "sha256:0123", "sha256:0bad" // app's, and big's
+	data := []byte("archive")
+	large := bytes.Repeat([]byte{'x'}, api.MaxInlineContent+1)
+	for digest, b := range map[string][]byte{small: data, big: large} {
+		if err := e.st.PutContent(ctx, digest, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC()
+	if _, err := e.st.Create(ctx, &api.Object{TypeMeta: api.TypeMeta{APIVersion: api.APIVersion, Kind: api.KindBundle},
+		Metadata: api.ObjectMeta{Namespace: envNS, Name: "big", Generation: 1, CreationTimestamp: &now},
+		Spec:     json.RawMessage(`{"contentHash":"` + big + `","targets":[{"clusterName":"edge-1"}]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ds := e.poll(0, 0); ds != nil && len(ds.Deployments) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the model did not take bundle big")
+		}
+	}
+	e.srv.InlineContent = 4 * api.MaxInlineContent
+	_, ds := e.pollQuery("since=0&inline=1")
+	if ds == nil {
+		t.Fatal("poll answered no desired state")
+	}
+	if len(ds.Contents) != 1 || !bytes.Equal(ds.Contents[small], data) {
+		sizes := map[string]int{}
+		for d, b := range ds.Contents {
+			sizes[d] = len(b)
+		}
+		t.Errorf("contents (digest: bytes) %v, want only %s's %d bytes", sizes, small, len(data))
 	}
 }
