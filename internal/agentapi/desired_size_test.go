@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -39,20 +38,10 @@ func TestDesiredStateBounded(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			req, _ := http.NewRequest(http.MethodGet, e.url+api.PathDesired+"?"+query, nil)
-			req.Header.Set("Authorization", "Bearer "+e.cred)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			code, body := e.fetch(api.PathDesired + "?" + query)
 			var ds api.DesiredState
-			if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &ds) == nil && len(ds.Deployments) == n {
-				return resp.StatusCode, body
+			if code != http.StatusOK || json.Unmarshal(body, &ds) == nil && len(ds.Deployments) == n {
+				return code, body
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("the model did not take the %d bundles", n)
