@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -93,6 +94,8 @@ type Server struct {
 	// inlineWait bounds how long an answer waits for the store to inline content
 	// (defaultInlineWait; tests shorten it).
 	inlineWait time.Duration
+	// tooLargeLog spaces the warnings about desired states too large to send.
+	tooLargeLog *rate.Limiter
 }
 
 const (
@@ -115,7 +118,7 @@ const DefaultInlineContent = 64 << 10
 // New prepares the agent API; creds says how cluster credentials are signed.
 func New(ctx context.Context, st Store, f *fleet.Fleet, log *slog.Logger, creds CredentialConfig) (*Server, error) {
 	k := newKeyRing(creds)
-	return &Server{Metrics: nopObserver{}, InlineContent: DefaultInlineContent, inlineWait: defaultInlineWait, st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20),
+	return &Server{Metrics: nopObserver{}, InlineContent: DefaultInlineContent, inlineWait: defaultInlineWait, tooLargeLog: rate.NewLimiter(rate.Every(time.Minute), 1), st: st, fleet: f, keys: k, log: log, now: time.Now, cache: newContentCache(64 << 20),
 		tokens: tokenCache{entries: map[string]cachedToken{}, locks: map[string]*sync.Mutex{}, uses: map[store.Key]int{}}}, nil
 }
 
@@ -321,8 +324,12 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	if errors.Is(err, errTooLarge) {
 		s.Metrics.AgentRequest("desired", "too_large")
-		s.log.Warn("a cluster's desired state is larger than its agent reads; it cannot be sent",
-			"cluster", key, "deployments", len(ds.Deployments), "limit", api.MaxDesiredBytes)
+		// Bundles too large for every cluster would make one line per poll of each: one
+		// a minute says it, the metric counts them all.
+		if s.tooLargeLog.Allow() {
+			s.log.Warn("a cluster's desired state is larger than its agent reads; it cannot be sent (logged at most once a minute)",
+				"cluster", key, "deployments", len(ds.Deployments), "limit", api.MaxDesiredBytes)
+		}
 		fail(w, http.StatusInternalServerError, api.ReasonDesiredTooLarge, fmt.Sprintf(
 			"the desired state of cluster %s (%d deployments) is larger than the %d bytes an agent reads; target fewer or smaller bundles at it",
 			key, len(ds.Deployments), api.MaxDesiredBytes))
