@@ -171,6 +171,10 @@ type agent struct {
 
 	// rung: the doorbell said the desired state changed or a tunnel is wanted; poll now.
 	rung chan struct{}
+	// undeliverable: the server said the desired state is too large to send. Until a poll
+	// succeeds, the doorbell's "changed" (which that state keeps it saying) does not cut
+	// the backoff short.
+	undeliverable atomic.Bool
 	// bellPort is the doorbell port polls advertise (-1: no poll answered yet), bellAdvert
 	// kicked when it changes; bellState is api.DoorbellOn/Off/Blocked.
 	bellPort   atomic.Int32

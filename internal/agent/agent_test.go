@@ -17,6 +17,7 @@ import (
 	"flotilla.dev/api"
 	"flotilla.dev/internal/agent/apply"
 	"flotilla.dev/internal/bundle"
+	"flotilla.dev/internal/doorbell"
 )
 
 func pemOf(der []byte) []byte {
@@ -643,4 +644,53 @@ func TestInventoriedDeploymentsAreRemoved(t *testing.T) {
 			t.Errorf("removed %v, want only fleet-default/gone", ap.removed)
 		}
 	})
+}
+
+// A desired state the server cannot send (too large) leaves the cluster on its last state,
+// the agent polling on; once the server can send it, it is applied.
+func TestDesiredStateTooLarge(t *testing.T) {
+	f := newFakeServer(t)
+	f.setDesired(nil, configMapBundle("web", "1"))
+	startAgent(t, testConfig(t, f, t.TempDir()), nil)
+	waitFor(t, "web reported Ready", func() bool { return f.snapshot().latest["fleet-default/web"].State == api.StateReady })
+	f.mu.Lock()
+	first := f.desired.Deployments[0].ID
+	f.mu.Unlock()
+	f.mu.Lock()
+	f.tooLarge = true
+	f.mu.Unlock()
+	f.setDesired(nil, configMapBundle("web", "2"))
+	polls := len(f.snapshot().polls)
+	waitFor(t, "polls refused", func() bool { return len(f.snapshot().polls) >= polls+3 })
+	if got := f.snapshot().latest["fleet-default/web"]; got.ID != first || got.State != api.StateReady {
+		t.Errorf("while the state could not be sent: web %+v, want %s Ready", got, first)
+	}
+	f.mu.Lock()
+	f.tooLarge = false
+	second := f.desired.Deployments[0].ID
+	f.mu.Unlock()
+	waitFor(t, "the new state applied once sent", func() bool {
+		got := f.snapshot().latest["fleet-default/web"]
+		return got.ID == second && got.State == api.StateReady
+	})
+}
+
+// While the server cannot send the state, the doorbell's "changed" (which every ping then
+// hears) does not wake the poll loop; a wanted tunnel does.
+func TestRingWhileUndeliverable(t *testing.T) {
+	a := &agent{rung: make(chan struct{}, 1)}
+	a.ring(doorbell.KindChanged)
+	if len(a.rung) != 1 {
+		t.Fatal("a change did not ring")
+	}
+	<-a.rung
+	a.undeliverable.Store(true)
+	a.ring(doorbell.KindChanged)
+	if len(a.rung) != 0 {
+		t.Error("a change rang while the state cannot be sent")
+	}
+	a.ring(doorbell.KindTunnel)
+	if len(a.rung) != 1 {
+		t.Error("a wanted tunnel did not ring while the state cannot be sent")
+	}
 }

@@ -159,7 +159,7 @@ func (a *agent) startDoorbell(ctx context.Context) error {
 			}
 			return 0
 		},
-		Ring:    func(doorbell.Kind) { kick(a.rung) },
+		Ring:    a.ring,
 		Rekey:   func() { kick(a.bellRekey) },
 		OnState: a.setDoorbellState,
 		Timeout: a.cfg.DoorbellTimeout,
@@ -172,4 +172,14 @@ func (a *agent) startDoorbell(ctx context.Context) error {
 	}()
 	a.log.Debug("using the server's doorbell", "address", server.String())
 	return nil
+}
+
+// ring hears the doorbell: the poll loop polls now. While the server cannot send the
+// cluster's state (too large), "changed" is what every ping hears: it does not cut the
+// backoff short, while a wanted tunnel still does.
+func (a *agent) ring(k doorbell.Kind) {
+	if k == doorbell.KindChanged && a.undeliverable.Load() {
+		return
+	}
+	kick(a.rung)
 }

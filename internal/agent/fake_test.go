@@ -39,6 +39,7 @@ type fakeServer struct {
 	// server does for content not applied yet; corrupt digests are sent damaged there too.
 	inline      bool
 	down        bool    // drop every connection
+	tooLarge    bool    // refuse a changed state as too large to send
 	deleted     bool    // the cluster was deleted
 	polls       []int64 // since of every poll
 	notModified int
@@ -191,6 +192,10 @@ func (f *fakeServer) getDesired(w http.ResponseWriter, r *http.Request) {
 	defer f.mu.Unlock()
 	since, _ := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
 	f.polls = append(f.polls, since)
+	if f.tooLarge && since < f.desired.Revision {
+		f.fail(w, http.StatusInternalServerError, api.ReasonDesiredTooLarge, "the desired state of cluster fleet-default/c-1 is larger than an agent reads")
+		return
+	}
 	if f.pollAfter > 0 {
 		w.Header().Set(api.HeaderPollAfter, strconv.Itoa(int(f.pollAfter/time.Second)))
 	}

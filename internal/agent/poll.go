@@ -61,8 +61,16 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			case client.Reason(err) == api.ReasonDesiredTooLarge:
 				// The server is reached; what it has for the cluster cannot be delivered
 				// until less is targeted at it. Said at every try, which the backoff
-				// spaces: it needs someone to act.
+				// spaces (the doorbell's "changed" is ignored meanwhile): it needs
+				// someone to act.
+				a.undeliverable.Store(true)
 				a.log.Error("the server cannot send this cluster's desired state; the cluster keeps its last one", "err", err, "retryIn", wait.Round(time.Millisecond))
+				if offline {
+					// Reached, all the same: queued status goes now.
+					a.log.Info("reached the Flotilla server again")
+					offline = false
+					kick(a.online)
+				}
 			case !offline:
 				a.log.Warn("cannot reach the Flotilla server; the cluster keeps its last desired state", "err", err, "retryIn", wait.Round(time.Millisecond))
 				offline = true
@@ -71,6 +79,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			}
 		} else {
 			bo.reset()
+			a.undeliverable.Store(false)
 			a.pollAfter.Store(int64(after))
 			wait, hold = nextPoll(after, a.cfg.PollWait, hold, elapsed, changed)
 			if a.doorbellUsable() {

@@ -7,6 +7,7 @@ package agentapi
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -308,19 +309,20 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	s.Metrics.AgentRequest("desired", "changed")
 	ds.PollAfterSeconds = secs
 	if s.InlineContent > 0 && queryValue(r.URL.RawQuery, "inline") == "1" {
 		s.inline(r.Context(), id, ds)
 	}
+	w.Header().Set("Content-Type", "application/json")
 	// An answer its agent would refuse to read is refused here, saying why, rather than
 	// sent in vain again and again. encoding/json encodes a value whole before it writes
 	// it, so the check comes before any byte of the answer is sent.
-	err = json.NewEncoder(&cappedWriter{w: w, left: api.MaxDesiredBytes}).Encode(ds)
-	if errors.Is(err, errTooLarge) && ds.Contents != nil {
+	cw := &cappedWriter{w: w, limit: api.MaxDesiredBytes}
+	err = json.NewEncoder(cw).Encode(ds)
+	if errors.Is(err, errTooLarge) && ds.Contents != nil && cw.refused-inlinedBytes(ds) <= api.MaxDesiredBytes {
 		// The archives are a saving, not a need: the agent fetches what it is not sent.
 		ds.Contents = nil
-		err = json.NewEncoder(&cappedWriter{w: w, left: api.MaxDesiredBytes}).Encode(ds)
+		err = json.NewEncoder(cw).Encode(ds)
 	}
 	if errors.Is(err, errTooLarge) {
 		s.Metrics.AgentRequest("desired", "too_large")
@@ -333,24 +335,40 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusInternalServerError, api.ReasonDesiredTooLarge, fmt.Sprintf(
 			"the desired state of cluster %s (%d deployments) is larger than the %d bytes an agent reads; target fewer or smaller bundles at it",
 			key, len(ds.Deployments), api.MaxDesiredBytes))
+		return
 	}
+	s.Metrics.AgentRequest("desired", "changed")
+	for range ds.Contents {
+		s.Metrics.AgentRequest("content", "inline")
+	}
+}
+
+// inlinedBytes is about what ds.Contents take in ds's encoding (base64 and the digests).
+func inlinedBytes(ds *api.DesiredState) int {
+	n := 0
+	for digest, data := range ds.Contents {
+		n += len(digest) + base64.StdEncoding.EncodedLen(len(data))
+	}
+	return n
 }
 
 // errTooLarge is cappedWriter's refusal.
 var errTooLarge = errors.New("answer too large")
 
-// cappedWriter writes to w at most left bytes; a write that would pass them is refused
-// whole.
+// cappedWriter writes to w at most limit bytes; a write that would pass them is refused
+// whole, its length kept in refused.
 type cappedWriter struct {
-	w    io.Writer
-	left int
+	w              io.Writer
+	limit, written int
+	refused        int
 }
 
 func (c *cappedWriter) Write(p []byte) (int, error) {
-	if len(p) > c.left {
+	if c.written+len(p) > c.limit {
+		c.refused = c.written + len(p)
 		return 0, errTooLarge
 	}
-	c.left -= len(p)
+	c.written += len(p)
 	return c.w.Write(p)
 }
 
@@ -392,7 +410,6 @@ func (s *Server) inline(ctx context.Context, id identity, ds *api.DesiredState) 
 			ds.Contents = make(map[string][]byte, 1)
 		}
 		ds.Contents[digest] = data
-		s.Metrics.AgentRequest("content", "inline")
 	}
 }
 

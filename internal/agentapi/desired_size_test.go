@@ -59,6 +59,9 @@ func TestDesiredStateBounded(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("a state under the limit: %d %s", code, body)
 	}
+	if resp, _ := e.pollQuery("since=0"); resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("a desired state sent as %q", resp.Header.Get("Content-Type"))
+	}
 	if room := api.MaxDesiredBytes - len(body); room <= 0 || room >= archive*4/3 {
 		t.Fatalf("the state is %d bytes: the test wants it within an archive of the limit", len(body))
 	}

@@ -270,6 +270,11 @@ func TestInlineContentWaitIsBounded(t *testing.T) {
 		t.Errorf("an archive the store had not read yet was sent: %v", ds.Contents)
 	}
 	// Else the answer went without it for some other reason, and the wait went untested.
+	// (The read runs on its own goroutine: on a loaded machine it may start after the
+	// answer gave up on it.)
+	for deadline := time.Now().Add(30 * time.Second); g.reads.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := g.reads.Load(); n != 1 {
 		t.Fatalf("the answer read the store %d times, want once", n)
 	}
