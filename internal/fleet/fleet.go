@@ -891,11 +891,9 @@ func (f *Fleet) Unapplied(ns, name, uid string, ds *api.DesiredState, max int, d
 			continue
 		}
 		_, bname, _ := splitKey(d.Bundle)
-		p := lookup(bname)
-		switch {
-		case p == nil || p.reportedID == "":
-			dst = append(dst, d.ContentHash)
-		case !d.Paused && p.reportedID != d.ID:
+		// Listed until the cluster reports the deployment's ID; a paused one only until
+		// the cluster first reports on its bundle.
+		if p := lookup(bname); p == nil || p.reportedID == "" || !d.Paused && p.reportedID != d.ID {
 			dst = append(dst, d.ContentHash)
 		}
 	}
